@@ -1,0 +1,196 @@
+"""The cache directory as a whole: where entries live, what is in them, and request memos.
+
+A *request memo* remembers which key a request (model name, ``--weights``, ``--pool``, … as
+typed, plus the weights file's size and mtime and the library versions) resolved to, together
+with the settings the speed probe chose. With it, a rerun that hits the cache needs neither
+torch nor timm (about 7 s of imports on a small machine): it scans the dataset, reads one JSON
+file and compares one digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+from featpipe.cache.entry import entry_meta, open_entry, parts_dir, size_on_disk
+from featpipe.cache.key import KeyFields, entry_stem
+from featpipe.errors import FeatpipeError
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("FEATPIPE_CACHE", "cache"))
+
+
+def ensure_writable(cache_dir: Path) -> Path:
+    """Create the cache directory and prove we can write there, before any work is done."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe = cache_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise FeatpipeError(
+            f"cache directory {cache_dir} is not writable ({exc.strerror or exc}): "
+            "pass --cache-dir DIR or fix its permissions"
+        ) from None
+    return cache_dir
+
+
+def entry_path(cache_dir: Path, dataset: str, model_slug: str, digest: str) -> Path:
+    return cache_dir / dataset / f"{entry_stem(model_slug, digest)}.h5"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def machine_signature() -> str:
+    """What a speed probe's answer depends on: CPU model, core count, GPU presence."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in handle if "model name" in ln), cpu)
+    except OSError:
+        pass
+    gpu = "gpu" if Path("/dev/nvidia0").exists() else "nogpu"
+    return f"{platform.node()}|{cpu}|{os.cpu_count()}|{gpu}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """An extract request as typed, plus what could silently change its meaning."""
+
+    model: str
+    weights: str
+    weights_detail: str
+    pool: str
+    layer: str | None
+    image_size: int | None
+    precision: str
+    batch_size: int | None
+    dtype: str
+    draft: bool
+    device: str
+
+    @property
+    def digest(self) -> str:
+        fields = asdict(self)
+        fields["versions"] = [_version(d) for d in ("featpipe", "torch", "torchvision", "timm")]
+        if self.precision == "auto" or self.batch_size is None:
+            fields["machine"] = machine_signature()
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _memo_path(cache_dir: Path, request: Request) -> Path:
+    return cache_dir / ".requests" / f"{request.digest[:32]}.json"
+
+
+def recall(cache_dir: Path, request: Request) -> tuple[KeyFields, dict[str, Any]] | None:
+    path = _memo_path(cache_dir, request)
+    try:
+        memo = json.loads(path.read_text())
+        return KeyFields(**memo["fields"]), memo["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember(
+    cache_dir: Path, request: Request, fields: KeyFields, settings: dict[str, Any]
+) -> None:
+    path = _memo_path(cache_dir, request)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"fields": asdict(fields), "settings": settings}))
+    os.replace(tmp, path)
+
+
+@dataclass
+class EntrySummary:
+    path: Path
+    dataset: str
+    backbone: str
+    n: int
+    dim: int
+    dtype: str
+    precision: str
+    pool: str
+    size_bytes: int
+    created: float
+    key: str
+    error: str = ""
+
+
+def list_entries(cache_dir: Path) -> list[EntrySummary]:
+    """Every entry under ``cache_dir``; unreadable ones are listed with their error."""
+    rows = []
+    for path in sorted(cache_dir.glob("*/*.h5")):
+        try:
+            with open_entry(path) as f:
+                a = f.attrs
+                rows.append(
+                    EntrySummary(
+                        path, str(a["dataset"]), str(a["backbone"]), int(a["n"]), int(a["dim"]),
+                        str(a["dtype"]), str(a["precision"]), str(a["pool"]), size_on_disk(path),
+                        float(a["created"]), str(a["key"]),
+                    )
+                )
+        except FeatpipeError as exc:
+            rows.append(
+                EntrySummary(path, path.parent.name, path.stem, 0, 0, "", "", "",
+                             size_on_disk(path), path.stat().st_mtime, "", str(exc))
+            )
+    return rows
+
+
+def find_entries(cache_dir: Path, selector: str) -> list[Path]:
+    """Entries matching a path, ``dataset/stem``, a stem, a key prefix, or a dataset name."""
+    direct = Path(selector)
+    if direct.suffix == ".h5" and direct.is_file():
+        return [direct]
+    found = []
+    for path in sorted(cache_dir.glob("*/*.h5")):
+        stem_key = path.stem.rsplit("-", 1)[-1]
+        if selector in (f"{path.parent.name}/{path.stem}", path.stem, path.parent.name) or (
+            len(selector) >= 4 and stem_key.startswith(selector[:8])
+        ):
+            found.append(path)
+    if not found:
+        raise FeatpipeError(
+            f"no cache entry matches '{selector}' in {cache_dir}: see featpipe cache ls"
+        )
+    return found
+
+
+def entry_info(path: Path) -> dict[str, Any]:
+    with open_entry(path) as f:
+        meta = entry_meta(f)
+        meta["shards"] = int(f["source/shard_names"].shape[0])
+        meta["skipped_examples"] = [
+            f"{p}: {r}"
+            for p, r in zip(
+                f["skipped/relpath"].asstr()[:5], f["skipped/reason"].asstr()[:5], strict=True
+            )
+        ]
+    meta["path"] = str(path)
+    meta["size_bytes"] = size_on_disk(path)
+    return meta
+
+
+def remove_entry(path: Path) -> int:
+    """Delete an entry and its shards; returns the bytes freed."""
+    freed = size_on_disk(path)
+    shutil.rmtree(parts_dir(path), ignore_errors=True)
+    path.unlink(missing_ok=True)
+    if path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()
+    return freed
+

@@ -1,0 +1,103 @@
+"""Decode any image file a user may have into an 8-bit RGB PIL image.
+
+Real folders contain grayscale scans, RGBA screenshots, palette GIFs, CMYK JPEGs from print
+workflows, 16-bit PNGs from scientific cameras and photos whose pixels are stored sideways with
+an EXIF orientation tag. torchvision's ``ImageFolder`` loader only calls ``convert("RGB")``,
+which silently clips 16-bit data to white and ignores EXIF. This module gets each of those right
+and turns every failure into a short reason string that the cache records.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Images above this many pixels are refused as likely decompression bombs (PIL's own default).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+)
+
+
+class ImageDecodeError(Exception):
+    """Raised with a short reason when a file cannot be used as an image."""
+
+
+def is_image_name(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Scale high-bit-depth single-channel images to 8 bits instead of clipping them."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img)
+        top = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
+        arr = np.clip(arr.astype(np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr, mode="L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
+    return img
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite transparent images on white, the way a viewer shows them."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img
+
+
+def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Open ``path`` as an upright 8-bit RGB image, or raise :class:`ImageDecodeError`.
+
+    ``draft_size`` lets the JPEG decoder downscale by a power of two while decoding (DCT
+    scaling), never below ``draft_size`` on the short side; for large photos that cuts decode
+    time several-fold. It changes pixels slightly, so the transform fingerprint records it.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageDecodeError("zero-byte file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageDecodeError(
+                        f"{img.width}x{img.height} pixels exceeds the decompression-bomb limit "
+                        f"of {MAX_PIXELS} pixels"
+                    )
+                if draft_size and img.format == "JPEG":
+                    # PIL keeps both sides >= the requested size, so the short side stays
+                    # >= draft_size and the resize that follows only ever downsamples.
+                    img.draft(img.mode, (draft_size, draft_size))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = _flatten_alpha(_to_8bit(img))
+                return img.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image PIL can identify") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"decompression bomb: {exc}") from None
+    except Image.DecompressionBombWarning as exc:
+        raise ImageDecodeError(f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "truncated" in reason.lower():
+            reason = f"truncated image: {reason}"
+        raise ImageDecodeError(reason) from None
+
+
+# Never let PIL pad a truncated file with grey: a truncated image is an error, not data.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
