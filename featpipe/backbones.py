@@ -140,8 +140,11 @@ def list_backbones(pattern: str = "*", offline_only: bool = False) -> list[dict[
         if offline_only and not offline:
             continue
         rows.append(
-            {"name": name, "library": "torchvision" if name.startswith(TV_PREFIX) else "timm",
-             "offline": offline}
+            {
+                "name": name,
+                "library": "torchvision" if name.startswith(TV_PREFIX) else "timm",
+                "offline": offline,
+            }
         )
     return sorted(rows, key=lambda r: (not r["offline"], r["name"]))
 
@@ -349,7 +352,9 @@ def _timm_embedder(model: nn.Module, spec: BackboneSpec) -> nn.Module:
     try:
         model.reset_classifier(0, global_pool=_TIMM_POOL[spec.pool])
     except (AssertionError, ValueError, TypeError) as exc:
-        raise FeatpipeError(f"--pool {spec.pool} is not available for {spec.model}: {exc}") from None
+        raise FeatpipeError(
+            f"--pool {spec.pool} is not available for {spec.model}: {exc}"
+        ) from None
     return model
 
 

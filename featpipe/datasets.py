@@ -88,7 +88,9 @@ class Dataset:
         h = hashlib.sha256()
         h.update(json.dumps([self.task, self.class_names, self.layout]).encode())
         for i in self.items:
-            h.update(f"{i.relpath}\0{i.size}\0{i.mtime_ns}\0{i.label}\0{i.target}\0{i.split}\n".encode())
+            h.update(
+                f"{i.relpath}\0{i.size}\0{i.mtime_ns}\0{i.label}\0{i.target}\0{i.split}\n".encode()
+            )
         for r in self.rejected:
             h.update(f"!{r.relpath}\0{r.reason}\n".encode())
         return h.hexdigest()
@@ -171,8 +173,14 @@ def _scan_folder(root: Path, name: str) -> Dataset:
             for split_dir in split_dirs:
                 rejected += _loose_images(split_dir, root)
             return Dataset(
-                name, root, "imagefolder-splits", "classification", class_names, items,
-                rejected + _loose_images(root, root), split_source="folders",
+                name,
+                root,
+                "imagefolder-splits",
+                "classification",
+                class_names,
+                items,
+                rejected + _loose_images(root, root),
+                split_source="folders",
             )
     if subdirs:
         class_dirs = {d.name: [d] for d in subdirs}
@@ -182,7 +190,12 @@ def _scan_folder(root: Path, name: str) -> Dataset:
         splits = stratified_split([i.relpath for i in items], [i.label for i in items])
         items = [_with_split(i, s) for i, s in zip(items, splits, strict=True)]
         return Dataset(
-            name, root, "imagefolder", "classification", class_names, items,
+            name,
+            root,
+            "imagefolder",
+            "classification",
+            class_names,
+            items,
             rejected + _loose_images(root, root),
         )
     files = _walk_files(root)
@@ -213,9 +226,9 @@ def _parse_float(value: str) -> float | None:
 
 def _infer_task(labels: list[str]) -> Task:
     numbers = [_parse_float(v) for v in labels]
-    if all(n is not None and math.isfinite(n) for n in numbers):
-        if any(n != int(n) for n in numbers):  # type: ignore[arg-type]
-            return "regression"
+    finite = all(n is not None and math.isfinite(n) for n in numbers)
+    if finite and any(n != int(n) for n in numbers):  # type: ignore[arg-type]
+        return "regression"
     return "classification"
 
 
@@ -270,8 +283,7 @@ def _scan_csv(csv_path: Path, name: str, task: Task | None) -> Dataset:
             raw_split = (row.get(split_col) or "").strip().lower()
             if raw_split not in SPLIT_ALIASES:
                 raise FeatpipeError(
-                    f"{csv_path}, line {line}: unknown split '{raw_split}'; "
-                    "use train, val or test"
+                    f"{csv_path}, line {line}: unknown split '{raw_split}'; use train, val or test"
                 )
             split = SPLIT_ALIASES[raw_split]
         label, target = -1, math.nan

@@ -146,9 +146,15 @@ def _versions() -> dict[str, str]:
     from featpipe import __version__
 
     return {
-        "featpipe": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "timm": timm.__version__, "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
-        "numpy": np.__version__, "pillow": PIL.__version__, "python": sys.version.split()[0],
+        "featpipe": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "python": sys.version.split()[0],
     }
 
 
@@ -207,8 +213,17 @@ def extract(
     dataset = data if isinstance(data, Dataset) else scan(data, name=name, task=task)
     cache_dir = ensure_writable(Path(cache_dir))
     request = Request(
-        backbone, weights, _weights_detail(backbone, weights), pool, layer, image_size,
-        precision, batch_size, dtype, draft, device,
+        backbone,
+        weights,
+        _weights_detail(backbone, weights),
+        pool,
+        layer,
+        image_size,
+        precision,
+        batch_size,
+        dtype,
+        draft,
+        device,
     )
     memo = recall(cache_dir, request)
     if memo is not None:
@@ -217,8 +232,16 @@ def extract(
         if matches(entry, dataset):
             n, dim, n_skipped = entry_header(entry)
             return ExtractResult(
-                entry, dataset.name, backbone, n, dim, 0, n_skipped,
-                time.perf_counter() - start, hit=True, settings=settings,
+                entry,
+                dataset.name,
+                backbone,
+                n,
+                dim,
+                0,
+                n_skipped,
+                time.perf_counter() - start,
+                hit=True,
+                settings=settings,
             )
     run = _resolve(dataset, request, memo, cache_dir)
     parts = parts_dir(run.entry)
@@ -239,8 +262,17 @@ def extract(
     n = commit(run.entry, dataset, run.fields, index, provenance)
     _, dim, n_skipped = entry_header(run.entry)
     return ExtractResult(
-        run.entry, dataset.name, backbone, n, dim, n_new, n_skipped,
-        time.perf_counter() - start, hit=False, images_per_second=rate, settings=run.settings,
+        run.entry,
+        dataset.name,
+        backbone,
+        n,
+        dim,
+        n_new,
+        n_skipped,
+        time.perf_counter() - start,
+        hit=False,
+        images_per_second=rate,
+        settings=run.settings,
     )
 
 
@@ -256,8 +288,9 @@ def _build(request: Request, timings: dict[str, float]) -> Backbone:
     from featpipe.backbones import BackboneSpec, build_backbone
 
     t0 = time.perf_counter()
-    spec = BackboneSpec(request.model, request.weights, request.pool, request.layer,
-                        request.image_size)
+    spec = BackboneSpec(
+        request.model, request.weights, request.pool, request.layer, request.image_size
+    )
     backbone = build_backbone(spec)
     timings["model_s"] = time.perf_counter() - t0
     return backbone
@@ -340,10 +373,13 @@ def _extract_rows(
     loader = make_loader(
         [str(run.dataset.root / i.relpath) for i in pending],
         ImageToUint8(config, fields.transform["jpeg_draft"]),
-        batch_size, n_workers, pin_memory=device.type == "cuda",
+        batch_size,
+        n_workers,
+        pin_memory=device.type == "cuda",
     )
-    writer = ShardWriter(parts, int(settings["dim"]), fields.dtype, fields.digest,
-                         shard_rows=shard_rows)
+    writer = ShardWriter(
+        parts, int(settings["dim"]), fields.dtype, fields.digest, shard_rows=shard_rows
+    )
     done = skipped_total = 0
     t0 = time.perf_counter()
     try:
@@ -398,8 +434,10 @@ def _screen(
         if ok:
             rows.append((item.relpath, item.size, item.mtime_ns))
         else:
-            reason = "backbone output is not finite" if dtype == "float32" else (
-                "features exceed the float16 range: use --dtype float32"
+            reason = (
+                "backbone output is not finite"
+                if dtype == "float32"
+                else ("features exceed the float16 range: use --dtype float32")
             )
             bad.append((item.relpath, item.size, item.mtime_ns, reason))
     return rows, feats[good], bad

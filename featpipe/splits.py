@@ -44,7 +44,7 @@ def stratified_split(
         n = len(members)
         start = 0
         for split, fraction in fractions.items():
-            count = int(round(n * fraction))
+            count = round(n * fraction)
             if n - start - count < 1:  # never leave a class with no training example
                 count = max(0, n - start - 1)
             for i in members[start : start + count]:

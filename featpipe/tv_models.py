@@ -77,7 +77,9 @@ FAMILIES: tuple[Family, ...] = (
     Family(r"regnet_", _regnet_trunk, "fc", ("stem", "trunk_output")),
     Family(r"densenet", _densenet_trunk, "classifier", ("features",)),
     Family(r"mnasnet", _layers_trunk, "classifier", ("layers",)),
-    Family(r"shufflenet_v2", _shufflenet_trunk, "fc", ("conv1", "stage2", "stage3", "stage4", "conv5")),
+    Family(
+        r"shufflenet_v2", _shufflenet_trunk, "fc", ("conv1", "stage2", "stage3", "stage4", "conv5")
+    ),
     Family(r"swin_", _swin_trunk, "head", ("features", "norm")),
     Family(r"convnext_", _features_trunk, "classifier", ("features",), post_norm="classifier.0"),
     Family(

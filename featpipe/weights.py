@@ -116,10 +116,7 @@ def resolve_weights(model: str, weights: str) -> WeightsChoice:
     """Turn a ``--weights`` string into a :class:`WeightsChoice` for ``model``."""
     if weights == "auto":
         package = OFFLINE.get(model)
-        if package is not None and package.installed():
-            weights = "offline"
-        else:
-            weights = "hub"
+        weights = "offline" if package is not None and package.installed() else "hub"
     if weights == "none":
         return WeightsChoice("none")
     if weights == "hub" or weights.startswith("hub:"):
@@ -320,8 +317,5 @@ def load_strict(
         if wrong:
             shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in wrong]
             parts.append(f"shape mismatches: {_preview(shapes)}")
-        raise FeatpipeError(
-            f"weights {source} do not fit this architecture; " + "; ".join(parts)
-        )
+        raise FeatpipeError(f"weights {source} do not fit this architecture; " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
-

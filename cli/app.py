@@ -1,0 +1,138 @@
+"""``featpipe``: the root command, ``extract``, ``models`` and ``demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import typer
+from rich.table import Table
+
+from featpipe.errors import FeatpipeError
+from featpipe.extraction import ExtractResult, Progress
+
+from . import options as opt
+from .cache_cmd import cache_app
+from .datasets_cmd import datasets_app
+from .render import console, progress_bar
+
+app = typer.Typer(
+    name="featpipe",
+    help="Run a frozen vision backbone once, cache its embeddings, fit heads in seconds.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(cache_app, name="cache")
+app.add_typer(datasets_app, name="datasets")
+
+
+def run_extract(
+    data: Path, backbone: str, options: opt.ExtractOptions, name: str | None = None
+) -> ExtractResult:
+    """Extract with a rich progress bar; shared by every command that needs features."""
+    from featpipe.extraction import extract
+
+    with progress_bar(f"extract {backbone}") as bar:
+
+        def update(p: Progress) -> None:
+            bar.update(p.done, p.total, p.images_per_second)
+
+        return extract(data, backbone, name=name, progress=update, **options.kwargs())
+
+
+@app.command()
+def extract(
+    data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
+    backbone: str = opt.Backbone,
+    weights: str = opt.Weights,
+    pool: str = opt.Pool,
+    layer: str | None = opt.Layer,
+    image_size: int | None = opt.ImageSize,
+    precision: str = opt.Precision,
+    dtype: str = opt.Dtype,
+    device: str = opt.Device,
+    batch_size: str = opt.BatchSize,
+    workers: str = opt.Workers,
+    cache_dir: Path = opt.CacheDir,
+    on_error: str = opt.OnError,
+    name: str | None = opt.Name,
+) -> None:
+    """Run BACKBONE once over DATA and cache the pooled embeddings (only new files are run)."""
+    options = opt.ExtractOptions(
+        weights,
+        pool,
+        layer,
+        image_size,
+        precision,
+        dtype,
+        device,
+        batch_size,
+        workers,
+        cache_dir,
+        on_error,
+    )
+    result = run_extract(data, backbone, options, name)
+    console().print(result.summary())
+
+
+@app.command()
+def models(
+    filter: str = typer.Option("*", "--filter", "-f", help="Glob on the name, e.g. '*lite*'."),
+    offline: bool = typer.Option(False, "--offline", help="Only models with offline weights."),
+    limit: int = typer.Option(40, help="Show at most this many rows."),
+) -> None:
+    """List backbones: any timm name, tv/<name> for torchvision; offline weights first."""
+    from featpipe.backbones import list_backbones
+
+    rows = list_backbones(filter, offline_only=offline)
+    table = Table(title=f"backbones matching '{filter}' ({len(rows)})")
+    for column in ("name", "library", "offline weights"):
+        table.add_column(column)
+    for row in rows[:limit]:
+        table.add_row(row["name"], row["library"], row["offline"] or "-")
+    console().print(table)
+    if len(rows) > limit:
+        console().print(f"… {len(rows) - limit} more: narrow with --filter or raise --limit")
+
+
+@app.command()
+def demo(
+    data_dir: Path = typer.Option(Path("data"), help="Where the bundled dataset is written."),
+    dataset: str = typer.Option("elpv", help="Bundled dataset to use."),
+    backbone: str = opt.Backbone,
+    cache_dir: Path = opt.CacheDir,
+) -> None:
+    """The quick start: write a bundled real dataset as images, extract with real weights."""
+    from featpipe.bundled import prepare_dataset
+
+    root = prepare_dataset(dataset, data_dir / dataset)
+    console().print(f"dataset: {root}")
+    options = opt.ExtractOptions(
+        "auto", "avg", None, None, "auto", "float32", "auto", "auto", "auto", cache_dir, "skip"
+    )
+    result = run_extract(root, backbone, options)
+    console().print(result.summary())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: a user error prints one line and exits 2; bugs keep their traceback."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="featpipe")
+    except FeatpipeError as exc:
+        console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        return 2
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console(stderr=True).print("interrupted: finished batches are kept; rerun to resume")
+        return 130
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

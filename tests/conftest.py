@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny synthetic image trees, a tiny timm model, real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# A tiny timm model with random weights: mechanics only, never correctness of features.
+TINY = {
+    "backbone": "test_efficientnet",
+    "weights": "none",
+    "image_size": 32,
+    "precision": "fp32",
+    "batch_size": 4,
+    "workers": 0,
+}
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 48), fmt: str = "PNG") -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path, fmt)
+    return path
+
+
+def make_tree(
+    root: Path,
+    classes: tuple[str, ...] = ("ants", "bees"),
+    per_class: int = 6,
+    split: str | None = None,
+    seed: int = 0,
+) -> Path:
+    """An ImageFolder tree of random RGB PNGs (optionally under a split folder)."""
+    base = root / split if split else root
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write_image(base / name / f"{name}_{i:03d}.png", seed=seed * 1000 + c * 100 + i)
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "tiny")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """scikit-image's real photos (chelsea the cat, a cup of coffee) as JPEG files."""
+    import skimage.data
+
+    out = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for name in ("chelsea", "coffee", "astronaut"):
+        paths[name] = out / f"{name}.jpg"
+        Image.fromarray(getattr(skimage.data, name)()).save(paths[name], quality=95)
+    return paths
