@@ -51,6 +51,7 @@ def extract(
     layer: str | None = opt.Layer,
     image_size: int | None = opt.ImageSize,
     precision: str = opt.Precision,
+    engine: str = opt.Engine,
     dtype: str = opt.Dtype,
     device: str = opt.Device,
     batch_size: str = opt.BatchSize,
@@ -66,6 +67,7 @@ def extract(
         layer,
         image_size,
         precision,
+        engine,
         dtype,
         device,
         batch_size,
@@ -110,7 +112,18 @@ def demo(
     root = prepare_dataset(dataset, data_dir / dataset)
     console().print(f"dataset: {root}")
     options = opt.ExtractOptions(
-        "auto", "avg", None, None, "auto", "float32", "auto", "auto", "auto", cache_dir, "skip"
+        "auto",
+        "avg",
+        None,
+        None,
+        "auto",
+        "auto",
+        "float32",
+        "auto",
+        "auto",
+        "auto",
+        cache_dir,
+        "skip",
     )
     result = run_extract(root, backbone, options)
     console().print(result.summary())

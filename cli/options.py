@@ -38,6 +38,7 @@ Pool = typer.Option("avg", help="avg | max | avgmax (concatenated) | cls (ViT)."
 Layer = typer.Option(None, help="Intermediate feature layer: index or module name (timm).")
 ImageSize = typer.Option(None, "--image-size", help="Override the model's input size (px).")
 Precision = typer.Option("auto", help="auto (probe) | fp32 | bf16 | fp16 (CUDA).")
+Engine = typer.Option("auto", help="auto (probe) | torch | onnxruntime (CPU, fp32).")
 Dtype = typer.Option("float32", help="Stored dtype: float32 | float16.")
 Device = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")
 BatchSize = typer.Option("auto", "--batch-size", help="Images per batch, or auto (probe).")
@@ -56,6 +57,7 @@ class ExtractOptions:
     layer: str | None
     image_size: int | None
     precision: str
+    engine: str
     dtype: str
     device: str
     batch_size: str
@@ -70,6 +72,7 @@ class ExtractOptions:
             "layer": self.layer,
             "image_size": self.image_size,
             "precision": self.precision,
+            "engine": self.engine,
             "dtype": self.dtype,
             "device": self.device,
             "batch_size": auto_int(self.batch_size, "--batch-size"),

@@ -26,8 +26,9 @@ import torchvision
 from timm.data import resolve_data_config
 from torch import nn
 
+from featpipe.choices import POOLS
 from featpipe.errors import FeatpipeError
-from featpipe.pooling import POOLS, MapPool, TokenPool
+from featpipe.pooling import MapPool, TokenPool
 from featpipe.tv_models import TorchvisionEmbedder, family_of
 from featpipe.weights import (
     OFFLINE,

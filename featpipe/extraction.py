@@ -17,7 +17,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,14 @@ from featpipe.cache.entry import (
     parts_dir,
 )
 from featpipe.cache.key import KeyFields
-from featpipe.cache.shards import ShardIndex, ShardWriter, read_index, recover_orphans
+from featpipe.cache.shards import (
+    DiskError,
+    ShardIndex,
+    ShardWriter,
+    read_index,
+    recover_orphans,
+)
+from featpipe.choices import DTYPES, ENGINES, ON_ERROR
 from featpipe.datasets import Dataset, Item, Task, scan
 from featpipe.errors import FeatpipeError
 from featpipe.weights import resolve_weights, weights_file
@@ -48,8 +55,6 @@ from featpipe.weights import resolve_weights, weights_file
 if TYPE_CHECKING:
     from featpipe.backbones import Backbone
 
-DTYPES = ("float32", "float16")
-ON_ERROR = ("skip", "fail")
 FLOAT16_MAX = 65504.0
 
 
@@ -94,9 +99,16 @@ class ExtractResult:
             )
         rate = f", {self.images_per_second:.1f} images/s" if self.n_new else ""
         skipped = f", {self.n_skipped} skipped" if self.n_skipped else ""
+        s = self.settings
+        how = (
+            f"  [{s['engine']} {s['precision']}, batch {s['batch_size']}, "
+            f"{s.get('workers', 0)} workers]"
+            if self.n_new
+            else ""
+        )
         return (
             f"{self.entry}  N={self.n} D={self.dim}  {self.n_new} extracted in "
-            f"{self.seconds:.1f} s{rate}{skipped}"
+            f"{self.seconds:.1f} s{rate}{skipped}{how}"
         )
 
 
@@ -118,7 +130,11 @@ def _dist_version(dist: str) -> str:
     return importlib.metadata.version(dist)
 
 
-def _check_options(dtype: str, on_error: str, batch_size: int | None, workers: int | None) -> None:
+def _check_options(
+    dtype: str, on_error: str, batch_size: int | None, workers: int | None, engine: str
+) -> None:
+    if engine not in ENGINES:
+        raise FeatpipeError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
     if dtype not in DTYPES:
         raise FeatpipeError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     if on_error not in ON_ERROR:
@@ -179,6 +195,7 @@ class _Run:
     device: Any
     backbone: Backbone | None
     timings: dict[str, float]
+    cache_dir: Path
 
 
 def extract(
@@ -190,6 +207,7 @@ def extract(
     layer: str | None = None,
     image_size: int | None = None,
     precision: str = "auto",
+    engine: str = "auto",
     dtype: str = "float32",
     device: str = "auto",
     batch_size: int | None = None,
@@ -209,21 +227,22 @@ def extract(
     result's :meth:`ExtractResult.load` reads them back.
     """
     start = time.perf_counter()
-    _check_options(dtype, on_error, batch_size, workers)
+    _check_options(dtype, on_error, batch_size, workers, engine)
     dataset = data if isinstance(data, Dataset) else scan(data, name=name, task=task)
     cache_dir = ensure_writable(Path(cache_dir))
     request = Request(
-        backbone,
-        weights,
-        _weights_detail(backbone, weights),
-        pool,
-        layer,
-        image_size,
-        precision,
-        batch_size,
-        dtype,
-        draft,
-        device,
+        model=backbone,
+        weights=weights,
+        weights_detail=_weights_detail(backbone, weights),
+        pool=pool,
+        layer=layer,
+        image_size=image_size,
+        precision=precision,
+        engine=engine,
+        batch_size=batch_size,
+        dtype=dtype,
+        draft=draft,
+        device=device,
     )
     memo = recall(cache_dir, request)
     if memo is not None:
@@ -296,6 +315,12 @@ def _build(request: Request, timings: dict[str, float]) -> Backbone:
     return backbone
 
 
+def _onnx_path(cache_dir: Path, fields: KeyFields) -> Path:
+    """One ONNX export per network (model, weights, transform, pool, layer), shared by dtypes."""
+    network = replace(fields, precision="fp32", dtype="float32")
+    return cache_dir / ".onnx" / f"{fields.model.replace('/', '_')}-{network.digest[:16]}.onnx"
+
+
 def _resolve(
     dataset: Dataset,
     request: Request,
@@ -303,34 +328,36 @@ def _resolve(
     cache_dir: Path,
 ) -> _Run:
     """Key fields and speed settings: from the memo, or by building and probing the model."""
-    from featpipe import transforms, tuning
+    from featpipe import devices, transforms, tuning
+    from featpipe.engines import Normalized
 
-    device = tuning.resolve_device(request.device)
-    tuning.check_precision(device, request.precision)
+    device = devices.resolve_device(request.device)
+    devices.check_precision(device, request.precision)
     timings: dict[str, float] = {}
     backbone = None
     if memo is None:
         backbone = _build(request, timings)
         t0 = time.perf_counter()
-        size = tuple(backbone.data_config["input_size"][1:])
-        module = backbone.module.to(device)
-        if backbone.is_conv:
-            import torch
-
-            module = module.to(memory_format=torch.channels_last)
-        chosen = tuning.probe(
-            module, device, size, backbone.is_conv, request.precision, request.batch_size
-        )
-        timings["probe_s"] = time.perf_counter() - t0
         fields = KeyFields(
             model=request.model,
             weights=backbone.weights_identity,
             transform=transforms.fingerprint(backbone.data_config, request.draft),
             pool=request.pool,
             layer=request.layer,
-            precision=chosen.precision,
+            precision="fp32",
             dtype=request.dtype,
         )
+        chosen = tuning.probe(
+            Normalized(backbone.module, backbone.data_config),
+            device,
+            backbone.is_conv,
+            _onnx_path(cache_dir, fields),
+            request.precision,
+            request.batch_size,
+            request.engine,
+        )
+        timings["probe_s"] = time.perf_counter() - t0
+        fields = replace(fields, precision=chosen.precision)
         settings = chosen.as_dict() | {
             "dim": backbone.num_features,
             "data_config": backbone.data_config,
@@ -340,7 +367,7 @@ def _resolve(
     else:
         fields, settings = memo
     entry = entry_path(cache_dir, dataset.name, request.model.replace("/", "_"), fields.digest)
-    return _Run(dataset, fields, settings, entry, device, backbone, timings)
+    return _Run(dataset, fields, settings, entry, device, backbone, timings, cache_dir)
 
 
 def _extract_rows(
@@ -352,24 +379,24 @@ def _extract_rows(
     shard_rows: int,
     progress: Callable[[Progress], None] | None,
 ) -> int:
-    """The hot loop: decode in workers, normalise on device, forward, journal. Returns rows."""
-    import torch
-
+    """The hot loop: decode in workers, forward ``uint8`` batches, journal. Returns rows."""
+    from featpipe.engines import Normalized
     from featpipe.loader import make_loader
-    from featpipe.transforms import ImageToUint8, Normalize
-    from featpipe.tuning import autocast
+    from featpipe.transforms import ImageToUint8
+    from featpipe.tuning import build_engine
 
     assert run.backbone is not None
     settings, fields, device = run.settings, run.fields, run.device
     batch_size = int(settings["batch_size"])
-    channels_last = bool(settings["channels_last"])
     n_workers = default_workers(len(pending), batch_size) if workers is None else workers
     settings["workers"] = n_workers
-    module = run.backbone.module.to(device)
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
     config = run.backbone.data_config
-    normalize = Normalize(config["mean"], config["std"]).to(device)
+    engine = build_engine(
+        settings,
+        Normalized(run.backbone.module, config),
+        device,
+        _onnx_path(run.cache_dir, fields),
+    )
     loader = make_loader(
         [str(run.dataset.root / i.relpath) for i in pending],
         ImageToUint8(config, fields.transform["jpeg_draft"]),
@@ -377,43 +404,32 @@ def _extract_rows(
         n_workers,
         pin_memory=device.type == "cuda",
     )
-    writer = ShardWriter(
-        parts, int(settings["dim"]), fields.dtype, fields.digest, shard_rows=shard_rows
-    )
+    dim = int(settings["dim"])
+    writer = ShardWriter(parts, dim, fields.dtype, fields.digest, shard_rows=shard_rows)
     done = skipped_total = 0
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode():
-            for batch in loader:
-                skipped = [
-                    (pending[i].relpath, pending[i].size, pending[i].mtime_ns, reason)
-                    for i, reason in batch.failed
-                ]
-                feats = np.empty((0, int(settings["dim"])), dtype=np.float32)
-                if batch.index:
-                    x = normalize(batch.images.to(device, non_blocking=True))
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    with autocast(device, fields.precision):
-                        feats = module(x).float().cpu().numpy()
-                rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
-                skipped += bad
-                writer.append(rows, feats, skipped)
-                done += len(batch.index) + len(batch.failed)
-                skipped_total += len(skipped)
-                if skipped and on_error == "fail":
-                    path = run.dataset.root / skipped[0][0]
-                    raise FeatpipeError(
-                        f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
-                        "--on-error skip to record it and go on"
-                    )
-                if progress is not None:
-                    progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
-    except FeatpipeError as exc:
-        if "cannot write" in str(exc):
-            writer.abandon()  # the disk is the problem: leave the journal for recovery
-        else:
-            writer.flush()
+        for batch in loader:
+            skipped = [
+                (pending[i].relpath, pending[i].size, pending[i].mtime_ns, reason)
+                for i, reason in batch.failed
+            ]
+            feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
+            rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
+            skipped += bad
+            writer.append(rows, feats, skipped)
+            done += len(batch.index) + len(batch.failed)
+            skipped_total += len(skipped)
+            if skipped and on_error == "fail":
+                path = run.dataset.root / skipped[0][0]
+                raise FeatpipeError(
+                    f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
+                    "--on-error skip to record it and go on"
+                )
+            if progress is not None:
+                progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
+    except DiskError:
+        writer.abandon()  # the disk is the problem: leave the journal for recovery
         raise
     except BaseException:
         writer.flush()  # keep every finished batch, whatever stopped us

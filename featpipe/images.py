@@ -1,4 +1,4 @@
-"""Decode any image file a user may have into an 8-bit RGB PIL image.
+"""Decode any image file a user may have into an upright 8-bit PIL image (``L`` or ``RGB``).
 
 Real folders contain grayscale scans, RGBA screenshots, palette GIFs, CMYK JPEGs from print
 workflows, 16-bit PNGs from scientific cameras and photos whose pixels are stored sideways with
@@ -43,6 +43,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         return Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
+    if img.mode == "1":
+        return img.convert("L")
     return img
 
 
@@ -57,8 +59,12 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
-    """Open ``path`` as an upright 8-bit RGB image, or raise :class:`ImageDecodeError`.
+def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Open ``path`` as an upright 8-bit ``L`` or ``RGB`` image, or raise :class:`ImageDecodeError`.
+
+    Grayscale stays one channel: resizing one band instead of three identical ones gives the
+    same pixels for a third of the work, and the three channels are made at tensor level
+    (:func:`gray_to_rgb`).
 
     ``draft_size`` lets the JPEG decoder downscale by a power of two while decoding (DCT
     scaling), never below ``draft_size`` on the short side; for large photos that cuts decode
@@ -83,7 +89,7 @@ def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 img = _flatten_alpha(_to_8bit(img))
-                return img.convert("RGB")
+                return img if img.mode == "L" else img.convert("RGB")
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -97,6 +103,11 @@ def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
         if "truncated" in reason.lower():
             reason = f"truncated image: {reason}"
         raise ImageDecodeError(reason) from None
+
+
+def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """:func:`load_image`, always as RGB (for code that hands the image to other libraries)."""
+    return load_image(path, draft_size).convert("RGB")
 
 
 # Never let PIL pad a truncated file with grey: a truncated image is an error, not data.

@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLS = ("avg", "max", "avgmax", "cls")
-
 
 class MapPool(nn.Module):
     """Pool an NCHW map; ``post`` (a norm taking NCHW) is applied to each pooled vector."""

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
-from featpipe.images import load_rgb
+from featpipe.images import load_image
 
 
 def scale_size(data_config: dict[str, Any]) -> int:
@@ -38,7 +38,11 @@ def fingerprint(data_config: dict[str, Any], draft: bool) -> dict[str, Any]:
 
 
 class ImageToUint8:
-    """Path → upright RGB → resize → crop → ``uint8`` CHW tensor. Picklable for workers."""
+    """Path → upright image → resize → crop → ``uint8`` 3×H×W tensor. Picklable for workers.
+
+    Grayscale images are resized as one band and expanded to three channels afterwards: the
+    same numbers as resizing an RGB copy (a test checks it), at a third of the cost.
+    """
 
     def __init__(self, data_config: dict[str, Any], draft: bool) -> None:
         self.pil_transform: Callable[[Image.Image], torch.Tensor] = create_transform(
@@ -47,7 +51,8 @@ class ImageToUint8:
         self.draft_size = scale_size(data_config) if draft else None
 
     def __call__(self, path: str) -> torch.Tensor:
-        return self.pil_transform(load_rgb(path, self.draft_size))
+        tensor = self.pil_transform(load_image(path, self.draft_size))
+        return tensor.expand(3, -1, -1) if tensor.shape[0] == 1 else tensor
 
 
 class Normalize(torch.nn.Module):

@@ -1,30 +1,31 @@
-"""Choose compute precision and batch size by a short measurement, not by fixed defaults.
+"""Choose engine, compute precision and batch size by a short measurement, not fixed defaults.
 
 On the 2-core CPUs this project is built on, the best batch size for a mobile net is 4 while a
-ResNet prefers more, and bf16 autocast was 1.5–2.8× faster than fp32 on one idle machine yet
-slower under load on another. So ``--precision auto`` and ``--batch-size auto`` time a few
-forward passes on synthetic input at the real image size and keep the fastest. Precision changes
-the numbers, so it goes into the cache key; the choice is memoised per machine by the caller so
-reruns agree.
+ResNet prefers more; bf16 autocast was 1.5–2.8× faster than fp32 on a CPU with AVX512-BF16 and
+15× slower on one without; ONNX Runtime beat PyTorch eager by 1.5× on one CPU. So ``auto`` times
+a few forward passes on synthetic ``uint8`` input at the real image size and keeps the fastest.
+Precision changes the numbers, so it goes into the cache key; the whole choice is memoised per
+machine by the caller, so reruns and resumes use the same settings.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from featpipe.choices import ENGINES
+from featpipe.devices import check_precision
+from featpipe.engines import Engine, Normalized, OnnxEngine, TorchEngine, export_onnx
 from featpipe.errors import FeatpipeError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BATCHES = (4, 8, 16, 32)
 CUDA_BATCHES = (64, 128, 256)
-# bf16 must win by this factor on CPU to be chosen: fp32 is exact, so ties go to it.
-BF16_MARGIN = 1.10
+# A faster-looking candidate must win by this factor: ties go to exact fp32 / plain torch.
+MARGIN = 1.10
 
 
 @dataclass
@@ -32,97 +33,92 @@ class Settings:
     precision: str
     batch_size: int
     channels_last: bool
+    engine: str
     measured: dict[str, float] = field(default_factory=dict)
+    note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "precision": self.precision,
             "batch_size": self.batch_size,
             "channels_last": self.channels_last,
+            "engine": self.engine,
             "probe_images_per_s": self.measured,
+            "probe_note": self.note,
         }
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise FeatpipeError(f"--device {device}: use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FeatpipeError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return resolved
+def measure(engine: Engine, batch: int, size: tuple[int, int], min_seconds: float = 0.3) -> float:
+    """Forward-only images/s on random ``uint8`` input: the extraction ceiling for a setting."""
+    x = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8)
+    engine(x)  # warm-up: allocation, kernel selection
+    calls, start = 0, time.perf_counter()
+    while calls < 1 or time.perf_counter() - start < min_seconds:
+        engine(x)
+        calls += 1
+    return calls * batch / (time.perf_counter() - start)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
-
-
-def check_precision(device: torch.device, precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise FeatpipeError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type == "cpu":
-        raise FeatpipeError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
-
-
-def measure(
-    module: torch.nn.Module,
-    device: torch.device,
-    precision: str,
-    batch: int,
-    size: tuple[int, int],
-    channels_last: bool,
-    min_seconds: float = 0.3,
-) -> float:
-    """Forward-only images/s on random input (the extraction ceiling for this setting)."""
-    x = torch.randn(batch, 3, *size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(device, precision):
-        module(x)  # warm-up: allocations, kernel selection
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        iters, start = 0, time.perf_counter()
-        while iters < 2 or time.perf_counter() - start < min_seconds:
-            module(x)
-            iters += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return iters * batch / (time.perf_counter() - start)
+def build_engine(
+    settings: dict[str, Any], module: Normalized, device: torch.device, onnx_path: Path
+) -> Engine:
+    """The engine a settings record describes (the same one the probe timed)."""
+    if settings["engine"] == "onnxruntime":
+        export_onnx(module, module.input_size, onnx_path)
+        return OnnxEngine(onnx_path, torch.get_num_threads(), spin=False)
+    return TorchEngine(module, device, settings["precision"], settings["channels_last"])
 
 
 def probe(
-    module: torch.nn.Module,
+    module: Normalized,
     device: torch.device,
-    size: tuple[int, int],
     is_conv: bool,
+    onnx_path: Path,
     precision: str = "auto",
     batch_size: int | None = None,
+    engine: str = "auto",
 ) -> Settings:
-    """Pick precision and batch size for ``module`` on ``device`` by timing them."""
+    """Pick engine, precision and batch size for ``module`` on ``device`` by timing them."""
     check_precision(device, precision)
-    channels_last = is_conv
-    measured: dict[str, float] = {}
-    if precision == "auto":
-        if device.type == "cuda":
+    if engine not in ENGINES:
+        raise FeatpipeError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if engine == "onnxruntime" and (device.type != "cpu" or precision not in ("auto", "fp32")):
+        raise FeatpipeError(
+            "--engine onnxruntime runs fp32 on CPU: use --device cpu --precision fp32"
+        )
+    engines: dict[tuple[str, str], Engine] = {}
+    rates: dict[tuple[str, str, int], float] = {}
+
+    def timed(name: str, prec: str, batch: int) -> float:
+        if (name, prec) not in engines:
+            settings = {"engine": name, "precision": prec, "channels_last": is_conv}
+            engines[(name, prec)] = build_engine(settings, module, device, onnx_path)
+        if (name, prec, batch) not in rates:
+            rates[(name, prec, batch)] = measure(engines[(name, prec)], batch, module.input_size)
+        return rates[(name, prec, batch)]
+
+    note = ""
+    batches = CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES
+    trial = batch_size or batches[1]
+    if device.type == "cuda":
+        if precision == "auto":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            trial = batch_size or 8
-            fp32 = measure(module, device, "fp32", trial, size, channels_last)
-            bf16 = measure(module, device, "bf16", trial, size, channels_last)
-            measured.update({f"fp32@{trial}": round(fp32, 1), f"bf16@{trial}": round(bf16, 1)})
-            precision = "bf16" if bf16 > BF16_MARGIN * fp32 else "fp32"
+        engine = "torch"
+    else:
+        if precision == "auto":
+            faster = timed("torch", "bf16", trial) > MARGIN * timed("torch", "fp32", trial)
+            precision = "bf16" if faster else "fp32"
+        if engine == "auto":
+            engine = "torch"
+            if precision == "fp32":
+                try:
+                    onnx = timed("onnxruntime", "fp32", trial)
+                except Exception as exc:  # not every architecture exports: say why, use torch
+                    note = f"onnx export failed, using torch: {str(exc).splitlines()[0][:200]}"
+                else:
+                    if onnx > MARGIN * timed("torch", "fp32", trial):
+                        engine = "onnxruntime"
     if batch_size is None:
-        best, best_rate = 0, 0.0
-        for batch in CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES:
-            rate = measure(module, device, precision, batch, size, channels_last)
-            measured[f"{precision}@{batch}"] = round(rate, 1)
-            if rate > best_rate:
-                best, best_rate = batch, rate
-            elif rate < 0.9 * best_rate:
-                break
-        batch_size = best
-    return Settings(precision, batch_size, channels_last, measured)
+        batch_size = max(batches, key=lambda b: timed(engine, precision, b))
+    measured = {f"{e}-{p}@{b}": round(r, 1) for (e, p, b), r in rates.items()}
+    return Settings(precision, batch_size, is_conv, engine, measured, note)

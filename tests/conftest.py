@@ -13,6 +13,7 @@ TINY = {
     "backbone": "test_efficientnet",
     "weights": "none",
     "image_size": 32,
+    "engine": "torch",
     "precision": "fp32",
     "batch_size": 4,
     "workers": 0,

@@ -17,6 +17,8 @@ TINY_ARGS = [
     "32",
     "--precision",
     "fp32",
+    "--engine",
+    "torch",
     "--batch-size",
     "4",
     "--workers",

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from featpipe import images
-from featpipe.images import ImageDecodeError, load_rgb
+from featpipe.images import ImageDecodeError, load_image, load_rgb
 
 
 def _save(img: Image.Image, path: Path, **kw) -> Path:
@@ -16,12 +16,13 @@ def _save(img: Image.Image, path: Path, **kw) -> Path:
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "1"])
-def test_every_mode_becomes_rgb(tmp_path: Path, mode: str) -> None:
+def test_every_mode_becomes_8_bit_l_or_rgb(tmp_path: Path, mode: str) -> None:
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8))
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     path = _save(img.convert(mode), tmp_path / f"x.{fmt.lower()}", format=fmt)
-    out = load_rgb(path)
-    assert out.mode == "RGB" and out.size == (30, 20)
+    out = load_image(path)
+    assert out.mode == ("L" if mode in ("L", "1") else "RGB") and out.size == (30, 20)
+    assert load_rgb(path).mode == "RGB"
 
 
 def test_transparent_pixels_are_composited_on_white(tmp_path: Path) -> None:
@@ -73,3 +74,23 @@ def test_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
     path = _save(Image.new("RGB", (20, 20)), tmp_path / "bomb.png")
     with pytest.raises(ImageDecodeError, match="decompression-bomb"):
         load_rgb(path)
+
+
+def test_grayscale_fast_path_gives_the_same_pixels_as_rgb(tmp_path: Path) -> None:
+    from featpipe.transforms import ImageToUint8
+
+    gray = np.random.default_rng(1).integers(0, 255, (300, 280), np.uint8)
+    path = _save(Image.fromarray(gray), tmp_path / "g.png")
+    config = {
+        "input_size": (3, 224, 224),
+        "interpolation": "bicubic",
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+    }
+    transform = ImageToUint8(config, draft=True)
+    fast = transform(str(path))
+    slow = transform.pil_transform(load_rgb(path))
+    assert fast.shape == slow.shape == (3, 224, 224)
+    assert np.array_equal(fast.numpy(), slow.numpy())

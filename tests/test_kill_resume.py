@@ -20,6 +20,7 @@ ARGS = {
     "weights": "none",
     "image_size": 64,
     "precision": "fp32",
+    "engine": "torch",
     "batch_size": 4,
     "workers": 0,
 }
@@ -42,6 +43,8 @@ def _cli(data: Path, cache: Path) -> list[str]:
         "64",
         "--precision",
         "fp32",
+        "--engine",
+        "torch",
         "--batch-size",
         "4",
         "--workers",

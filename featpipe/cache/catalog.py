@@ -76,6 +76,7 @@ class Request:
     layer: str | None
     image_size: int | None
     precision: str
+    engine: str
     batch_size: int | None
     dtype: str
     draft: bool
@@ -85,7 +86,7 @@ class Request:
     def digest(self) -> str:
         fields = asdict(self)
         fields["versions"] = [_version(d) for d in ("featpipe", "torch", "torchvision", "timm")]
-        if self.precision == "auto" or self.batch_size is None:
+        if "auto" in (self.precision, self.engine) or self.batch_size is None:
             fields["machine"] = machine_signature()
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 

@@ -42,8 +42,12 @@ def new_writer_stem(rank: int = 0) -> str:
     return f"w{rank:03d}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _disk_error(path: Path, exc: OSError) -> FeatpipeError:
-    return FeatpipeError(
+class DiskError(FeatpipeError):
+    """Writing failed (disk full, permissions): finished rows are safe, the journal is kept."""
+
+
+def _disk_error(path: Path, exc: OSError) -> DiskError:
+    return DiskError(
         f"cannot write {path} ({exc.strerror or exc}); rows already written are kept: "
         "free space or fix permissions, then rerun the same command to resume"
     )

@@ -1,0 +1,77 @@
+"""One command for every measurement: ``make bench`` (or ``python benchmarks/run.py``).
+
+Writes ``benchmarks/results/<section>.json`` (raw figures, the machine, the date and the command)
+and ``benchmarks/RESULTS.md`` (the tables quoted in README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import bench_extract
+import torch
+
+from featpipe.cache.catalog import machine_signature
+
+HERE = Path(__file__).parent
+SECTIONS = {"extract": bench_extract}
+
+
+def machine() -> str:
+    cpu = machine_signature().split("|")[1]
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, {platform.system()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--work", type=Path, default=HERE / "out", help="Scratch data and caches.")
+    parser.add_argument("--quick", action="store_true", help="Smaller datasets (a smoke run).")
+    args = parser.parse_args()
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    for name in args.only:
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        results = SECTIONS[name].run(args.work, quick=args.quick)
+        record = {
+            "section": name,
+            "date": started,
+            "machine": machine(),
+            "command": "make bench  # python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            "results": results,
+        }
+        (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    write_markdown(out)
+
+
+def write_markdown(out: Path) -> None:
+    parts = ["# Benchmark results", ""]
+    for name, module in SECTIONS.items():
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        parts += [
+            f"## {name}",
+            "",
+            f"Measured {record['date']} on {record['machine']}.",
+            f"Command: `{record['command']}`",
+            "",
+            module.markdown(record["results"]),
+            "",
+        ]
+    (HERE / "RESULTS.md").write_text("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
