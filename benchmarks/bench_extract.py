@@ -21,7 +21,8 @@ from torchvision import datasets, transforms
 import featpipe
 from featpipe.backbones import BackboneSpec, build_backbone
 from featpipe.bundled import prepare_dataset
-from featpipe.tuning import measure
+from featpipe.engines import Normalized
+from featpipe.tuning import build_engine, measure
 
 
 def _subset(source: Path, out: Path, per_class: int) -> Path:
@@ -75,24 +76,19 @@ def ceiling_and_naive(
     built = build_backbone(spec)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
     # Probe once on a few images (the choice is memoised in the cache directory), so that the
-    # end-to-end run and the ceiling use the same precision, batch size and memory format.
+    # end-to-end run and the ceiling use the same engine, precision and batch size.
     probe_root = _subset(root, work / f"{name}-probe", 2)
     settings = featpipe.extract(probe_root, backbone, weights="offline", cache_dir=cache).settings
-    module = built.module.to(dev)
-    if settings["channels_last"]:
-        module = module.to(memory_format=torch.channels_last)
+    engine = build_engine(
+        settings,
+        Normalized(built.module, built.data_config),
+        dev,
+        work / f"{backbone.replace('/', '_')}.onnx",
+    )
     size = tuple(built.data_config["input_size"][1:])
 
     def ceiling() -> float:
-        return measure(
-            module,
-            dev,
-            settings["precision"],
-            settings["batch_size"],
-            size,
-            settings["channels_last"],
-            min_seconds=4.0,
-        )
+        return measure(engine, settings["batch_size"], size, min_seconds=4.0)
 
     before = ceiling()
     result = featpipe.extract(root, backbone, weights="offline", cache_dir=cache)
@@ -103,7 +99,7 @@ def ceiling_and_naive(
         "dataset": name,
         "backbone": backbone,
         "images": result.n,
-        "settings": {k: settings[k] for k in ("precision", "batch_size", "channels_last")}
+        "settings": {k: settings[k] for k in ("engine", "precision", "batch_size", "channels_last")}
         | {"workers": result.settings.get("workers")},
         "end_to_end_images_per_s": round(result.images_per_second, 1),
         "forward_only_images_per_s": round(forward, 1),

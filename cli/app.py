@@ -15,6 +15,7 @@ from featpipe.extraction import ExtractResult, Progress
 from . import options as opt
 from .cache_cmd import cache_app
 from .datasets_cmd import datasets_app
+from .fit_cmd import register as register_fit
 from .render import console, progress_bar
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(cache_app, name="cache")
 app.add_typer(datasets_app, name="datasets")
+register_fit(app)
 
 
 def run_extract(

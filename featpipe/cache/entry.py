@@ -234,6 +234,12 @@ def entry_meta(f: h5py.File) -> dict[str, Any]:
     return meta
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """An entry's attributes (key fields, provenance, …) without reading its features."""
+    with open_entry(path) as f:
+        return entry_meta(f)
+
+
 def _columns(f: h5py.File, rows: slice | np.ndarray) -> dict[str, np.ndarray]:
     return {
         "labels": f["label"][rows],

@@ -1,0 +1,209 @@
+"""``featpipe fit`` and ``featpipe results``: heads on cached features, and the tidy table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from featpipe.errors import FeatpipeError
+from featpipe.headconfig import parse_grid_args, read_grid_file, varying
+from featpipe.runs import DEFAULT_RUNS_DIR, results_table, write_csv
+from featpipe.sweep import SweepResult, parse_shots
+
+from . import options as opt
+from .render import console, progress_bar
+
+RunsDir = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="Where runs are written and read.")
+
+
+def parse_fixed(items: list[str]) -> dict[str, str]:
+    fixed = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or "," in value:
+            raise FeatpipeError(f"--set {item}: write option=value (one value; grids use --sweep)")
+        fixed[name.strip()] = value.strip()
+    return fixed
+
+
+def grid_from(sweep: list[str], extra: list[str], grid_file: Path | None) -> dict[str, list]:
+    stray = [e for e in extra if "=" not in e]
+    if stray:
+        raise FeatpipeError(f"unexpected argument '{stray[0]}': sweep items look like lr=1e-3,1e-2")
+    grid = read_grid_file(grid_file) if grid_file else {}
+    grid.update(parse_grid_args([*sweep, *extra]))
+    return grid
+
+
+def _fmt(mean: float, std: float, seeds: int) -> str:
+    if mean != mean:  # NaN: not evaluated
+        return "-"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if seeds > 1 else "")
+
+
+def leaderboard(result: SweepResult, seeds: int, limit: int = 10) -> Table:
+    metric = result.metric
+    ranked = sorted(result.candidates, key=lambda c: -c.mean(metric))
+    keys = varying([c.config for c in result.candidates])
+    table = Table(title=f"head leaderboard (selection on {result.selection}, by {metric})")
+    for column in ("#", "head", f"val {metric}", f"test {metric}", "fit s"):
+        table.add_column(column, justify="right" if column != "head" else "left")
+    for rank, cand in enumerate(ranked[:limit], start=1):
+        chosen = cand is result.best
+        table.add_row(
+            str(rank),
+            ("[bold green]" if chosen else "") + cand.config.label(keys),
+            _fmt(cand.mean(metric), cand.std(metric), seeds),
+            _fmt(cand.mean(metric, "test"), cand.std(metric, "test"), seeds) if chosen else "",
+            f"{sum(cand.fit_seconds):.2f}",
+        )
+    return table
+
+
+def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
+    out = console()
+    out.print(leaderboard(result, seeds))
+    if result.few_shot:
+        table = Table(title="few-shot (accuracy against examples per class)")
+        for column in ("shots", "per class", "split", "accuracy", "draws"):
+            table.add_column(column, justify="right")
+        for p in result.few_shot:
+            table.add_row(
+                str(p["shots"]),
+                str(p["per_class"]),
+                p["split"],
+                f"{p['mean']:.4f} ± {p['std']:.4f}",
+                str(p["draws"]),
+            )
+        out.print(table)
+    best = result.best
+    test = best.test[0] if best.test else {}
+    extra = "  ".join(f"test {k}={v:.4f}" for k, v in test.items())
+    out.print(f"chosen: {best.config.label()}  {extra}")
+    out.print(f"run: {run.path}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def fit(
+        data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
+        extra: list[str] = typer.Argument(None, help="More sweep items: option=v1,v2 …"),
+        backbone: str = typer.Option(
+            "tf_efficientnet_lite0",
+            "--backbone",
+            "-b",
+            help="MODEL[@WEIGHTS], '+' to concatenate backbones (a+tv/b).",
+        ),
+        head: str | None = typer.Option(
+            None, help="linear | mlp | logreg | linearsvc | ridge | knn"
+        ),
+        set_: list[str] = typer.Option([], "--set", help="Fixed head option: name=value."),
+        sweep: list[str] = typer.Option([], "--sweep", help="Grid: option=v1,v2 (any option)."),
+        grid: Path | None = typer.Option(None, "--grid", help="Grid file (TOML, YAML or JSON)."),
+        seeds: int = typer.Option(1, help="Seeds per config: mean ± std."),
+        cv: int = typer.Option(5, help="Folds for selection when there is no val split."),
+        shots: str | None = typer.Option(None, help="Few-shot curve, e.g. 1,5,10,50,all."),
+        draws: int = typer.Option(5, help="Repeated draws per few-shot point."),
+        runs_dir: Path = RunsDir,
+        weights: str = opt.Weights,
+        precision: str = opt.Precision,
+        engine: str = opt.Engine,
+        device: str = opt.Device,
+        batch_size: str = opt.BatchSize,
+        workers: str = opt.Workers,
+        cache_dir: Path = opt.CacheDir,
+        image_size: int | None = opt.ImageSize,
+        pool: str = opt.Pool,
+    ) -> None:
+        """Fit heads on cached features (extracting first if needed); save and rank them."""
+        from featpipe.fitting import fit as fit_heads
+
+        fixed = parse_fixed(set_)
+        if head:
+            fixed["head"] = head
+        grid_values = grid_from(sweep, extra or [], grid)
+        options = opt.ExtractOptions(
+            weights,
+            pool,
+            None,
+            image_size,
+            precision,
+            engine,
+            "float32",
+            device,
+            batch_size,
+            workers,
+            cache_dir,
+            "skip",
+        )
+        if seeds < 1:
+            raise FeatpipeError(f"--seeds {seeds}: use 1 or more")
+        with progress_bar("extract") as bar:
+            run, result = fit_heads(
+                data,
+                backbone,
+                grid=grid_values,
+                head=fixed,
+                seeds=seeds,
+                cv=cv,
+                shots=parse_shots(shots) if shots else None,
+                draws=draws,
+                runs_dir=runs_dir,
+                extract_options=options.kwargs(),
+                progress=lambda model: lambda p: bar.update(p.done, p.total, p.images_per_second),
+            )
+        print_fit(run, result, seeds)
+
+    @app.command()
+    def results(
+        runs_dir: Path = RunsDir,
+        where: list[str] = typer.Option([], "--where", help="Filter: column=value."),
+        csv: Path | None = typer.Option(None, "--csv", help="Also write the rows to CSV."),
+        sort: str = typer.Option("val_accuracy", help="Column to sort by (descending)."),
+        limit: int = typer.Option(30, help="Rows to print."),
+    ) -> None:
+        """The tidy results table of every run: filter, sort, export."""
+        filters = dict(w.split("=", 1) for w in where if "=" in w)
+        rows = results_table(runs_dir, filters)
+        if not rows:
+            raise FeatpipeError(f"no runs found in {runs_dir}: fit something first")
+        if csv:
+            write_csv(rows, csv)
+        rows.sort(key=lambda r: -(r.get(sort) if isinstance(r.get(sort), float | int) else -1e9))
+        columns = [
+            "dataset",
+            "backbone",
+            "head",
+            "lr",
+            "wd",
+            "C",
+            "k",
+            "seed",
+            "val_accuracy",
+            "val_macro_f1",
+            "test_accuracy",
+            "val_r2",
+            "test_r2",
+            "fit_seconds",
+            "chosen",
+        ]
+        columns = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
+        table = Table(title=f"results: {len(rows)} rows from {runs_dir}")
+        for column in columns:
+            table.add_column(column)
+        for row in rows[:limit]:
+            table.add_row(*(_cell(row.get(c)) for c in columns))
+        console().print(table)
+        if csv:
+            console().print(f"wrote {len(rows)} rows to {csv}")
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
