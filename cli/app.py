@@ -13,10 +13,13 @@ from featpipe.errors import FeatpipeError
 from featpipe.extraction import ExtractResult, Progress
 
 from . import options as opt
+from .argv import expand
 from .cache_cmd import cache_app
+from .compare_cmd import register as register_compare
 from .datasets_cmd import datasets_app
 from .fit_cmd import register as register_fit
 from .render import console, progress_bar
+from .use_cmd import register as register_use
 
 app = typer.Typer(
     name="featpipe",
@@ -28,6 +31,8 @@ app = typer.Typer(
 app.add_typer(cache_app, name="cache")
 app.add_typer(datasets_app, name="datasets")
 register_fit(app)
+register_compare(app)
+register_use(app)
 
 
 def run_extract(
@@ -134,7 +139,8 @@ def demo(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a user error prints one line and exits 2; bugs keep their traceback."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="featpipe")
+        args = expand(list(sys.argv[1:] if argv is None else argv))
+        app(args=args, standalone_mode=False, prog_name="featpipe")
     except FeatpipeError as exc:
         console(stderr=True).print(f"[bold red]error:[/] {exc}")
         return 2

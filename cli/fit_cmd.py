@@ -29,12 +29,9 @@ def parse_fixed(items: list[str]) -> dict[str, str]:
     return fixed
 
 
-def grid_from(sweep: list[str], extra: list[str], grid_file: Path | None) -> dict[str, list]:
-    stray = [e for e in extra if "=" not in e]
-    if stray:
-        raise FeatpipeError(f"unexpected argument '{stray[0]}': sweep items look like lr=1e-3,1e-2")
+def grid_from(sweep: list[str], grid_file: Path | None) -> dict[str, list]:
     grid = read_grid_file(grid_file) if grid_file else {}
-    grid.update(parse_grid_args([*sweep, *extra]))
+    grid.update(parse_grid_args(sweep))
     return grid
 
 
@@ -90,7 +87,6 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def fit(
         data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
-        extra: list[str] = typer.Argument(None, help="More sweep items: option=v1,v2 …"),
         backbone: str = typer.Option(
             "tf_efficientnet_lite0",
             "--backbone",
@@ -101,7 +97,9 @@ def register(app: typer.Typer) -> None:
             None, help="linear | mlp | logreg | linearsvc | ridge | knn"
         ),
         set_: list[str] = typer.Option([], "--set", help="Fixed head option: name=value."),
-        sweep: list[str] = typer.Option([], "--sweep", help="Grid: option=v1,v2 (any option)."),
+        sweep: list[str] = typer.Option(
+            [], "--sweep", help="Grid items option=v1,v2 … (any head option; several allowed)."
+        ),
         grid: Path | None = typer.Option(None, "--grid", help="Grid file (TOML, YAML or JSON)."),
         seeds: int = typer.Option(1, help="Seeds per config: mean ± std."),
         cv: int = typer.Option(5, help="Folds for selection when there is no val split."),
@@ -124,7 +122,7 @@ def register(app: typer.Typer) -> None:
         fixed = parse_fixed(set_)
         if head:
             fixed["head"] = head
-        grid_values = grid_from(sweep, extra or [], grid)
+        grid_values = grid_from(sweep, grid)
         options = opt.ExtractOptions(
             weights,
             pool,

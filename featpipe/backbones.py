@@ -271,7 +271,8 @@ def _tv_hub_state(spec: BackboneSpec, choice: WeightsChoice) -> dict[str, torch.
 
 def _timm_kwargs(spec: BackboneSpec) -> dict[str, Any]:
     cfg = timm.models.get_pretrained_cfg(spec.arch)
-    if spec.image_size and cfg is not None and cfg.fixed_input_size:
+    native = cfg.input_size[-1] if cfg is not None else None
+    if spec.image_size and cfg is not None and cfg.fixed_input_size and spec.image_size != native:
         # Position embeddings are resampled at run time for the requested size.
         return {"dynamic_img_size": True}
     return {}

@@ -1,0 +1,227 @@
+"""``featpipe report``: one HTML page with PNG plots over every run in a directory.
+
+Plots, where a picture says more than numbers: validation score against learning rate (one line
+per weight decay), a backbone × dataset heatmap, few-shot curves, the confusion matrix of the
+best head, and train/validation curves of torch heads with the fit diagnosis written beside
+them. Fine-tune runs add their per-epoch curves.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from featpipe.diagnosis import diagnose_history
+from featpipe.errors import FeatpipeError
+from featpipe.runs import Run, list_runs
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _latest(runs: list[Run]) -> dict[tuple[str, str], Run]:
+    latest: dict[tuple[str, str], Run] = {}
+    for run in sorted(runs, key=lambda r: r.config["created"]):
+        latest[(run.config["dataset"], run.config["backbone"])] = run
+    return latest
+
+
+def sweep_plot(run: Run, out: Path, index: int) -> str | None:
+    """Validation score against lr, one line per wd, for each torch head type of a run."""
+    import csv
+
+    with (run.path / "rows.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("lr") and r["head"] in ("linear", "mlp")]
+    metric = f"val_{run.metrics['metric']}"
+    lines: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        lines[(r["head"], r["wd"])][float(r["lr"])].append(float(r[metric]))
+    if not lines or all(len(points) < 2 for points in lines.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (head, wd), points in sorted(lines.items()):
+        lrs = sorted(points)
+        ax.plot(lrs, [np.mean(points[lr]) for lr in lrs], marker="o", label=f"{head}, wd={wd}")
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="learning rate",
+        ylabel=metric.replace("_", " "),
+        title=f"{run.config['dataset']} · {run.config['backbone']}",
+    )
+    ax.legend(fontsize=8)
+    return _save(fig, out, f"sweep-{index}.png")
+
+
+def heatmap(latest: dict[tuple[str, str], Run], out: Path) -> str | None:
+    datasets = sorted({d for d, _ in latest})
+    backbones = sorted({b for _, b in latest})
+    if len(datasets) * len(backbones) < 2:
+        return None
+    grid = np.full((len(backbones), len(datasets)), np.nan)
+    for (d, b), run in latest.items():
+        value = run.metrics["test"]["mean"]
+        grid[backbones.index(b), datasets.index(d)] = (
+            value if value == value else run.metrics["val"]["mean"]
+        )
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(datasets), 1.2 + 0.5 * len(backbones)))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(datasets)), datasets, rotation=20)
+    ax.set_yticks(range(len(backbones)), backbones)
+    for (i, j), v in np.ndenumerate(grid):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w", fontsize=9)
+    fig.colorbar(image, ax=ax, label="test score of the chosen head")
+    ax.set_title("backbone × dataset")
+    return _save(fig, out, "heatmap.png")
+
+
+def few_shot_plot(runs: list[Run], out: Path) -> str | None:
+    with_curves = [r for r in runs if r.metrics.get("few_shot")]
+    if not with_curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in with_curves:
+        pts = run.metrics["few_shot"]
+        x = [p["per_class"] for p in pts]
+        y = np.array([p["mean"] for p in pts])
+        err = np.array([p["std"] for p in pts])
+        ax.plot(x, y, marker="o", label=f"{run.config['dataset']} · {run.config['backbone']}")
+        ax.fill_between(x, y - err, y + err, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="training examples per class",
+        ylabel="accuracy",
+        title="sample efficiency (mean ± std over draws)",
+    )
+    ax.legend(fontsize=8)
+    return _save(fig, out, "few-shot.png")
+
+
+def confusion_plot(run: Run, out: Path, index: int) -> str | None:
+    matrix = run.metrics.get("confusion")
+    if not matrix:
+        return None
+    matrix = np.array(matrix)
+    names = run.metrics["class_names"]
+    size = 2 + 0.45 * len(names)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=60, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(
+            j,
+            i,
+            str(v),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if v > matrix.max() / 2 else "black",
+        )
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title=f"test confusion: {run.config['dataset']} · {run.config['backbone']}",
+    )
+    return _save(fig, out, f"confusion-{index}.png")
+
+
+def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
+    """Train/validation curves of the chosen torch head, with the diagnosis."""
+    chosen = run.metrics["chosen"]
+    curves = [c for c in run.curves() if c["config"] == chosen]
+    if not curves or not curves[0]["history"].get("val_metric"):
+        return None
+    history = curves[0]["history"]
+    head = run.head()
+    diag = diagnose_history(history, len(run.metrics["class_names"]))
+    epochs = range(1, len(history["train_loss"]) + 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(epochs, history["train_loss"], label="train")
+    left.plot(epochs, history["val_loss"], label="validation")
+    left.set(xlabel="epoch", ylabel="loss")
+    right.plot(epochs, history["train_metric"], label="train")
+    right.plot(epochs, history["val_metric"], label="validation")
+    right.axvline(head.best_epoch + 1, color="grey", linestyle=":", label="kept epoch")
+    right.set(xlabel="epoch", ylabel=run.metrics["metric"])
+    right.legend(fontsize=8)
+    params = curves[0]["config"]
+    short = ", ".join(f"{k}={params[k]}" for k in ("lr", "wd", "epochs") if k in params)
+    fig.suptitle(
+        f"{run.config['dataset']} · {run.config['backbone']} · {params['head']}({short})",
+        fontsize=9,
+    )
+    return _save(fig, out, f"curves-{index}.png"), diag.text() if diag else ""
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def report(runs_dir: Path, out: Path) -> Path:
+    """Write ``out/index.html`` and its PNGs; returns the HTML path."""
+    runs = list_runs(runs_dir)
+    if not runs:
+        raise FeatpipeError(f"no runs in {runs_dir}: fit something first")
+    out.mkdir(parents=True, exist_ok=True)
+    latest = _latest(runs)
+    parts: list[str] = [
+        "<html><head><meta charset='utf-8'><title>featpipe report</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
+        "collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style></head>"
+        f"<body><h1>featpipe report</h1><p>{len(runs)} runs from {html.escape(str(runs_dir))}"
+        "</p>"
+    ]
+    summary = [
+        [
+            d,
+            b,
+            r.metrics["chosen_label"],
+            f"{r.metrics['val']['mean']:.4f}",
+            f"{r.metrics['test']['mean']:.4f}",
+            r.metrics["selection"],
+            r.path.name,
+        ]
+        for (d, b), r in sorted(latest.items())
+    ]
+    parts.append("<h2>Leaderboard (latest run per pair)</h2>")
+    parts.append(
+        _table(summary, ["dataset", "backbone", "chosen head", "val", "test", "selection", "run"])
+    )
+    figure = heatmap(latest, out)
+    if figure:
+        parts.append(f"<h2>Backbone × dataset</h2><img src='{figure}'>")
+    figure = few_shot_plot(list(latest.values()), out)
+    if figure:
+        parts.append(f"<h2>Few-shot curves</h2><img src='{figure}'>")
+    for i, ((dataset, backbone), run) in enumerate(sorted(latest.items())):
+        section = [f"<h2>{html.escape(dataset)} · {html.escape(backbone)}</h2>"]
+        for plot in (sweep_plot(run, out, i), confusion_plot(run, out, i)):
+            if plot:
+                section.append(f"<img src='{plot}'>")
+        curves = curves_plot(run, out, i)
+        if curves:
+            section.append(
+                f"<img src='{curves[0]}'><p><b>Diagnosis</b> — {html.escape(curves[1])}</p>"
+            )
+        parts += section if len(section) > 1 else []
+    parts.append("</body></html>")
+    page = out / "index.html"
+    page.write_text("\n".join(parts))
+    return page
