@@ -112,9 +112,14 @@ def demo(
     dataset: str = typer.Option("elpv", help="Bundled dataset to use."),
     backbone: str = opt.Backbone,
     cache_dir: Path = opt.CacheDir,
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run is saved."),
 ) -> None:
-    """The quick start: write a bundled real dataset as images, extract with real weights."""
+    """The quick start: write a bundled real dataset as images, extract with real weights,
+    then fit a sweep of heads and print the leaderboard."""
     from featpipe.bundled import prepare_dataset
+    from featpipe.fitting import fit
+
+    from .fit_cmd import print_fit
 
     root = prepare_dataset(dataset, data_dir / dataset)
     console().print(f"dataset: {root}")
@@ -134,6 +139,14 @@ def demo(
     )
     result = run_extract(root, backbone, options)
     console().print(result.summary())
+    run, sweep = fit(
+        root,
+        backbone,
+        grid={"head": ["linear", "logreg"], "lr": [1e-3, 1e-2]},
+        runs_dir=runs_dir,
+        extract_options={"cache_dir": cache_dir},
+    )
+    print_fit(run, sweep, seeds=1)
 
 
 def main(argv: list[str] | None = None) -> int:

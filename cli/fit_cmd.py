@@ -79,7 +79,8 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
     best = result.best
     test = best.test[0] if best.test else {}
     extra = "  ".join(f"test {k}={v:.4f}" for k, v in test.items())
-    out.print(f"chosen: {best.config.label()}  {extra}")
+    keys = varying([c.config for c in result.candidates])
+    out.print(f"chosen: {best.config.label(keys)}  {extra}")
     out.print(f"run: {run.path}")
 
 
