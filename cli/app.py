@@ -17,6 +17,7 @@ from .argv import expand
 from .cache_cmd import cache_app
 from .compare_cmd import register as register_compare
 from .datasets_cmd import datasets_app
+from .finetune_cmd import register as register_finetune
 from .fit_cmd import register as register_fit
 from .render import console, progress_bar
 from .use_cmd import register as register_use
@@ -33,6 +34,7 @@ app.add_typer(datasets_app, name="datasets")
 register_fit(app)
 register_compare(app)
 register_use(app)
+register_finetune(app)
 
 
 def run_extract(

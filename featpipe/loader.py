@@ -60,11 +60,16 @@ def make_loader(
     batch_size: int,
     workers: int,
     pin_memory: bool,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
+    """Ordered batches for extraction; ``shuffle`` with a seeded ``generator`` for training
+    (the generator also seeds the workers, so augmentation is reproducible)."""
     return DataLoader(
         ImageFiles(paths, transform),
         batch_size=batch_size,
-        shuffle=False,
+        shuffle=shuffle,
+        generator=generator,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

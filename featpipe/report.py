@@ -145,20 +145,36 @@ def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
     if not curves or not curves[0]["history"].get("val_metric"):
         return None
     history = curves[0]["history"]
-    head = run.head()
+    finetune = run.config.get("kind") == "finetune"
+    best_epoch = run.metrics["best_epoch"] if finetune else run.head().best_epoch
     diag = diagnose_history(history, len(run.metrics["class_names"]))
     epochs = range(1, len(history["train_loss"]) + 1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    if finetune:
+        fig, axes = plt.subplots(2, 2, figsize=(9, 6.5))
+        (left, right), (lrs, grads) = axes
+        for name in history["lr"][-1]:
+            lrs.plot(epochs, [e.get(name, np.nan) for e in history["lr"]], label=name)
+        lrs.set(xlabel="epoch", ylabel="learning rate (end of epoch)", yscale="log")
+        for name in history["grad_norm"][-1]:
+            grads.plot(epochs, [e.get(name, np.nan) for e in history["grad_norm"]], label=name)
+        grads.set(xlabel="epoch", ylabel="gradient norm per block", yscale="log")
+        for ax in (lrs, grads):
+            handles = ax.get_legend_handles_labels()[0]
+            if len(handles) <= 8:
+                ax.legend(fontsize=6)
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     left.plot(epochs, history["train_loss"], label="train")
     left.plot(epochs, history["val_loss"], label="validation")
     left.set(xlabel="epoch", ylabel="loss")
     right.plot(epochs, history["train_metric"], label="train")
     right.plot(epochs, history["val_metric"], label="validation")
-    right.axvline(head.best_epoch + 1, color="grey", linestyle=":", label="kept epoch")
+    right.axvline(best_epoch + 1, color="grey", linestyle=":", label="kept epoch")
     right.set(xlabel="epoch", ylabel=run.metrics["metric"])
     right.legend(fontsize=8)
     params = curves[0]["config"]
-    short = ", ".join(f"{k}={params[k]}" for k in ("lr", "wd", "epochs") if k in params)
+    keys = ("unfreeze", "lr", "wd", "epochs")
+    short = ", ".join(f"{k}={params[k]}" for k in keys if k in params)
     fig.suptitle(
         f"{run.config['dataset']} · {run.config['backbone']} · {params['head']}({short})",
         fontsize=9,
@@ -215,6 +231,13 @@ def report(runs_dir: Path, out: Path) -> Path:
         for plot in (sweep_plot(run, out, i), confusion_plot(run, out, i)):
             if plot:
                 section.append(f"<img src='{plot}'>")
+        if run.metrics.get("cam"):
+            import shutil
+
+            shutil.copy(run.path / run.metrics["cam"], out / f"cam-{i}.png")
+            section.append(
+                f"<p>Class activation maps (validation images)</p><img src='cam-{i}.png'>"
+            )
         curves = curves_plot(run, out, i)
         if curves:
             section.append(

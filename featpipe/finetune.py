@@ -1,0 +1,523 @@
+"""The fine-tune stage: unfreeze blocks when cached features are not enough.
+
+Everything the course material names is here and explicit: freezing at every granularity
+(:mod:`featpipe.blocks`), gradual unfreezing with the optimizer rebuilt at each step,
+discriminative learning rates (multipliers, or timm's layer decay), BatchNorm modes, LP-FT
+(start from the head the fit stage chose), a fresh Kaiming/Xavier head, training from scratch,
+and re-initialising the last blocks.
+
+Reproducible and resumable: each epoch's randomness (shuffling, augmentation, dropout) is seeded
+from (seed, epoch), and a checkpoint is written atomically after every epoch, so a run killed at
+any moment and resumed ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.data import create_transform
+
+from featpipe import metrics
+from featpipe.backbones import Backbone, BackboneSpec, build_backbone
+from featpipe.blocks import all_blocks, apply_trainable, check_monotone, parse_schedule
+from featpipe.datasets import Dataset, Item, scan
+from featpipe.devices import autocast, resolve_device
+from featpipe.errors import FeatpipeError
+from featpipe.finetune_model import (
+    FinetuneModel,
+    GroupPlan,
+    apply_bn_mode,
+    fresh_head,
+    lr_factor,
+    make_optimizer,
+    param_groups,
+    reinit,
+)
+from featpipe.loader import make_loader
+from featpipe.runs import DEFAULT_RUNS_DIR, RUN_FORMAT, _slug, _write_rows
+from featpipe.transforms import ImageToUint8, Normalize
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class FinetuneConfig:
+    """Every option of a fine-tune run (recorded in the run, restored on resume)."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "auto"
+    image_size: int | None = None
+    unfreeze: str = "head"
+    gradual: str | None = None
+    bn: str = "auto"
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    wd: float = 1e-4
+    lr_mult: list[float] | None = None
+    layer_decay: float | None = None
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    epochs: int = 5
+    batch_size: int = 32
+    patience: int = 0
+    augment: bool = True
+    color_jitter: float = 0.0
+    head: str = "linear"
+    head_init: str = "kaiming"
+    head_scale: float = 1.0
+    from_run: str | None = None
+    reinit: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16)
+
+
+class TrainImages(ImageToUint8):
+    """Training transform (timm ``create_transform(is_training=True)``), ``uint8`` out."""
+
+    def __init__(self, data_config: dict[str, Any], color_jitter: float) -> None:
+        self.pil_transform = create_transform(
+            **data_config,
+            is_training=True,
+            use_prefetcher=True,
+            color_jitter=color_jitter or None,
+        )
+        self.draft_size = None
+
+
+@dataclass
+class State:
+    """Everything a checkpoint holds besides tensors."""
+
+    epoch: int = 0
+    step: int = 0
+    best_metric: float = -float("inf")
+    best_epoch: int = -1
+    history: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def _build_model(config: FinetuneConfig, dataset: Dataset) -> tuple[FinetuneModel, Backbone]:
+    n_out = len(dataset.class_names) if dataset.task == "classification" else 1
+    if config.from_run:
+        from featpipe.predict import load_pipeline
+
+        pipeline = load_pipeline(config.from_run)
+        if len(pipeline.backbones) != 1:
+            raise FeatpipeError(f"--from {config.from_run}: LP-FT needs a single-backbone run")
+        backbone = pipeline.backbones[0]
+        if pipeline.head.class_names != dataset.class_names:
+            raise FeatpipeError(
+                f"--from {config.from_run}: the run's classes {pipeline.head.class_names} "
+                f"differ from the dataset's {dataset.class_names}"
+            )
+        head = pipeline.head.to_module().train()
+    else:
+        backbone = build_backbone(
+            BackboneSpec(config.backbone, config.weights, image_size=config.image_size)
+        )
+        head = fresh_head(
+            backbone.num_features, n_out, config.head, config.head_init, config.head_scale
+        )
+    model = FinetuneModel(backbone.module, head)
+    if config.reinit:
+        reinit(model, config.reinit)
+    return model, backbone
+
+
+def _loader(
+    dataset: Dataset,
+    items: list[Item],
+    transform: ImageToUint8,
+    batch: int,
+    workers: int,
+    shuffle: bool,
+    seed: int,
+) -> torch.utils.data.DataLoader:
+    return make_loader(
+        [str(dataset.root / i.relpath) for i in items],
+        transform,
+        batch,
+        workers,
+        pin_memory=False,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _targets(items: list[Item], index: list[int], task: str) -> torch.Tensor:
+    if task == "regression":
+        return torch.tensor([items[i].target for i in index], dtype=torch.float32)
+    return torch.tensor([items[i].label for i in index], dtype=torch.long)
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    return F.mse_loss(out.squeeze(1), y) if task == "regression" else F.cross_entropy(out, y)
+
+
+class Trainer:
+    """One fine-tune run in a run directory; call :meth:`run` (it resumes by itself)."""
+
+    def __init__(self, data: str | Path | Dataset, config: FinetuneConfig, out: Path) -> None:
+        self.config, self.out = config, out
+        self.dataset = data if isinstance(data, Dataset) else scan(data)
+        if self.dataset.task == "none":
+            raise FeatpipeError(f"{self.dataset.root}: fine-tuning needs labels")
+        self.train_items = [i for i in self.dataset.items if i.split == "train"]
+        self.val_items = [i for i in self.dataset.items if i.split == "val"]
+        self.test_items = [i for i in self.dataset.items if i.split == "test"]
+        if not self.train_items or not self.val_items:
+            raise FeatpipeError(
+                f"{self.dataset.root}: fine-tuning needs train and val splits (the best epoch "
+                "is chosen on val); add a val folder or let featpipe split the data"
+            )
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.model, self.backbone = _build_model(config, self.dataset)
+        self.model.to(self.device)
+        self.channels_last = self.backbone.is_conv
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.normalize = Normalize(
+            self.backbone.data_config["mean"], self.backbone.data_config["std"]
+        ).to(self.device)
+        self.precision = "fp32"
+        if config.amp and self.device.type == "cuda":
+            self.precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        steps = parse_schedule(config.gradual) if config.gradual else [(0, config.unfreeze)]
+        self.steps = steps
+        self.sets = check_monotone(self.model, steps)
+        self.plan = GroupPlan(config.lr, config.wd, config.lr_mult, config.layer_decay)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.state = State()
+        self.metric = metrics.primary(self.dataset.task)
+
+    # ---------------------------------------------------------------- freezing per epoch
+    def _stage(self, epoch: int) -> int:
+        return max(i for i, (start, _) in enumerate(self.steps) if start <= epoch)
+
+    def _enter(self, epoch: int, previous_stage: int | None) -> int:
+        stage = self._stage(epoch)
+        if stage != previous_stage:
+            apply_trainable(self.model, self.sets[stage])
+            self.model.train()
+            apply_bn_mode(self.model, self.config.bn, self.sets[stage])
+            groups = param_groups(self.model, self.plan)
+            self.optimizer = make_optimizer(self.config.optimizer, groups, self.optimizer)
+        else:
+            self.model.train()
+            apply_bn_mode(self.model, self.config.bn, self.sets[stage])
+        return stage
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self) -> None:
+        assert self.optimizer is not None
+        tmp = self.out / f"{CHECKPOINT}.tmp-{os.getpid()}"
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "state": asdict(self.state),
+                "config": asdict(self.config),
+            },
+            tmp,
+        )
+        os.replace(tmp, self.out / CHECKPOINT)
+
+    def _resume(self) -> int | None:
+        """Load the checkpoint, if any; returns the stage of the last trained epoch."""
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return None
+        saved = torch.load(path, map_location=self.device, weights_only=False)
+        if saved["config"] != asdict(self.config):
+            raise FeatpipeError(
+                f"{self.out} holds a checkpoint of a run with other options: resume it with "
+                "the same options, or write to a new --out directory"
+            )
+        self.model.load_state_dict(saved["model"])
+        self.state = State(**saved["state"])
+        # The optimizer was saved with the groups of the last trained epoch: rebuild those,
+        # load its state, and let the loop move on to the next stage as usual.
+        stage = self._enter(max(0, self.state.epoch - 1), None)
+        assert self.optimizer is not None
+        self.optimizer.load_state_dict(saved["optimizer"])
+        return stage
+
+    # ---------------------------------------------------------------- training
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images.to(self.device))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            return self.model(x).float()
+
+    def _epoch(self, epoch: int, stage: int) -> dict[str, Any]:
+        config = self.config
+        seed = config.seed * 100_003 + epoch
+        # Every generator this epoch can touch (dropout; timm's crops use `random`, flips torch)
+        # starts from (seed, epoch), so a resumed epoch replays exactly.
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        transform = (
+            TrainImages(self.backbone.data_config, config.color_jitter)
+            if config.augment
+            else ImageToUint8(self.backbone.data_config, draft=False)
+        )
+        loader = _loader(
+            self.dataset,
+            self.train_items,
+            transform,
+            config.batch_size,
+            config.workers,
+            shuffle=True,
+            seed=seed,
+        )
+        assert self.optimizer is not None
+        steps_per_epoch = len(loader)
+        blocks = all_blocks(self.model)
+        params = dict(self.model.named_parameters())
+        grad_sums = np.zeros(len(blocks))
+        loss_sum = correct = seen = 0.0
+        for batch in loader:
+            if len(batch.index) < 2:
+                continue  # BatchNorm cannot train on one image
+            y = _targets(self.train_items, batch.index, self.dataset.task).to(self.device)
+            factor = lr_factor(
+                self.state.step,
+                steps_per_epoch,
+                config.epochs,
+                config.schedule,
+                config.warmup_epochs,
+            )
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            out = self._forward(batch.images)
+            loss = _loss(out, y, self.dataset.task)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for b, block in enumerate(blocks):
+                grads = [params[p].grad for p in block.params if params[p].grad is not None]
+                if grads:
+                    grad_sums[b] += float(torch.norm(torch.stack([g.norm() for g in grads])))
+            self.optimizer.step()
+            self.state.step += 1
+            n = len(batch.index)
+            loss_sum += loss.item() * n
+            seen += n
+            if self.dataset.task == "classification":
+                correct += float((out.argmax(1) == y).sum())
+        train_metric = correct / seen if self.dataset.task == "classification" else float("nan")
+        return {
+            "train_loss": loss_sum / max(seen, 1),
+            "train_metric": train_metric,
+            "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
+            "grad_norm": {
+                b.name: grad_sums[i] / max(1, steps_per_epoch)
+                for i, b in enumerate(blocks)
+                if grad_sums[i] > 0
+            },
+            "trainable": int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)),
+            "stage": self.steps[stage][1],
+        }
+
+    @torch.no_grad()
+    def evaluate(self, items: list[Item]) -> tuple[dict[str, float], float, np.ndarray]:
+        """Metrics, mean loss and predictions on ``items`` (eval mode)."""
+        self.model.eval()
+        loader = _loader(
+            self.dataset,
+            items,
+            ImageToUint8(self.backbone.data_config, False),
+            max(64, self.config.batch_size),
+            self.config.workers,
+            False,
+            0,
+        )
+        outs, ys = [], []
+        for batch in loader:
+            if batch.index:
+                outs.append(self._forward(batch.images).cpu())
+                ys.append(_targets(items, batch.index, self.dataset.task))
+        out, y = torch.cat(outs), torch.cat(ys)
+        loss = float(_loss(out, y, self.dataset.task))
+        if self.dataset.task == "regression":
+            pred = out.squeeze(1).numpy()
+            return metrics.regression(y.numpy(), pred), loss, pred
+        pred = out.argmax(1).numpy()
+        return metrics.classification(y.numpy(), pred, len(self.dataset.class_names)), loss, pred
+
+    def run(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train (resuming from the checkpoint if there is one); returns the final metrics.
+
+        ``stop_after`` ends this call after that many epochs (the run stays resumable).
+        """
+        self.out.mkdir(parents=True, exist_ok=True)
+        stage = self._resume()
+        done_now = 0
+        start = time.perf_counter()
+        while self.state.epoch < self.config.epochs:
+            epoch = self.state.epoch
+            stage = self._enter(epoch, stage)
+            t0 = time.perf_counter()
+            record = self._epoch(epoch, stage)
+            record["train_images_per_s"] = len(self.train_items) / (time.perf_counter() - t0)
+            val, val_loss, _ = self.evaluate(self.val_items)
+            record.update({"epoch": epoch, "val_loss": val_loss, "val_metric": val[self.metric]})
+            for key, value in record.items():
+                self.state.history.setdefault(key, []).append(value)
+            if val[self.metric] > self.state.best_metric:
+                self.state.best_metric, self.state.best_epoch = val[self.metric], epoch
+                save_file(
+                    {k: v.contiguous() for k, v in self.model.state_dict().items()},
+                    str(self.out / "best.safetensors"),
+                )
+            self.state.epoch += 1
+            self._save_checkpoint()
+            done_now += 1
+            patience = self.config.patience
+            if patience and epoch - self.state.best_epoch >= patience:
+                break
+            if stop_after is not None and done_now >= stop_after:
+                return {"stopped_at_epoch": self.state.epoch}
+        return self._finish(time.perf_counter() - start)
+
+    def _finish(self, seconds: float) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(self.out / "best.safetensors")))
+        val, _, _ = self.evaluate(self.val_items)
+        test = self.evaluate(self.test_items)[0] if self.test_items else {}
+        result = {
+            "task": self.dataset.task,
+            "class_names": self.dataset.class_names,
+            "metric": self.metric,
+            "best_epoch": self.state.best_epoch,
+            "val": {"mean": val[self.metric], "std": 0.0, "all": [val]},
+            "test": {"mean": test.get(self.metric, float("nan")), "std": 0.0, "all": [test]},
+            "chosen": {
+                "head": "finetune",
+                "unfreeze": self.config.gradual or self.config.unfreeze,
+                "lr": self.config.lr,
+                "bn": self.config.bn,
+            },
+            "chosen_label": f"finetune({self.config.gradual or self.config.unfreeze})",
+            "selection": "val",
+            "fit_seconds": seconds,
+            "extract_seconds": 0.0,
+            "confusion": None,
+            "few_shot": [],
+        }
+        if self.test_items and self.dataset.task == "classification":
+            _, _, pred = self.evaluate(self.test_items)
+            y = np.array([i.label for i in self.test_items])
+            result["confusion"] = metrics.confusion(y, pred, len(self.dataset.class_names))
+        result["cam"] = self._cam()
+        self._write_run(result, val, test)
+        return result
+
+    def _cam(self, count: int = 6) -> str:
+        """CAM overlays for the first validation images (``cam.png``), when the head allows."""
+        from featpipe.cam import class_activation_maps, save_cam_figure
+
+        if self.dataset.task != "classification":
+            return ""
+        items = self.val_items[:count]
+        transform = ImageToUint8(self.backbone.data_config, draft=False)
+        images = torch.stack([transform(str(self.dataset.root / i.relpath)) for i in items])
+        self.model.eval()
+        x = self.normalize(images.to(self.device))
+        cams = class_activation_maps(self.model.backbone, self.model.head, x)
+        if cams is None:
+            return ""
+        maps, pred = cams
+        save_cam_figure(
+            images,
+            maps,
+            pred,
+            [i.label for i in items],
+            self.dataset.class_names,
+            self.out / "cam.png",
+        )
+        return "cam.png"
+
+    def _write_run(
+        self, result: dict[str, Any], val: dict[str, float], test: dict[str, float]
+    ) -> None:
+        from featpipe import __version__
+
+        config = asdict(self.config)
+        run = {
+            "format": RUN_FORMAT,
+            "featpipe": __version__,
+            "kind": "finetune",
+            "created": time.time(),
+            "dataset": self.dataset.name,
+            "dataset_root": str(self.dataset.root),
+            "backbone": self.config.backbone,
+            "entries": [],
+            "request": config,
+            "weights_identity": self.backbone.weights_identity,
+        }
+        row = {
+            "dataset": self.dataset.name,
+            "backbone": self.config.backbone,
+            "head": "finetune",
+            "unfreeze": self.config.gradual or self.config.unfreeze,
+            "lr": self.config.lr,
+            "wd": self.config.wd,
+            "bn": self.config.bn,
+            "seed": self.config.seed,
+            **{f"val_{k}": v for k, v in val.items()},
+            **{f"test_{k}": v for k, v in test.items()},
+            "fit_seconds": result["fit_seconds"],
+            "chosen": True,
+            "run": self.out.name,
+        }
+        curves = [
+            {
+                "config": result["chosen"],
+                "label": result["chosen_label"],
+                "seed": self.config.seed,
+                "history": self.state.history,
+            }
+        ]
+        (self.out / "run.json").write_text(json.dumps(run, indent=1, default=str))
+        (self.out / "metrics.json").write_text(json.dumps(result, indent=1))
+        (self.out / "curves.json").write_text(json.dumps(curves))
+        _write_rows(self.out / "rows.csv", [row])
+
+
+def default_out(runs_dir: Path, dataset: str, backbone: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return (
+        runs_dir
+        / _slug(dataset)
+        / _slug(backbone)
+        / f"finetune-{stamp}-{random.randrange(16**6):06x}"
+    )
+
+
+def finetune(
+    data: str | Path,
+    config: FinetuneConfig,
+    out: Path | None = None,
+    runs_dir: Path = DEFAULT_RUNS_DIR,
+    stop_after: int | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Fine-tune on ``data``; returns the run directory and its metrics."""
+    dataset = scan(data)
+    out = out or default_out(runs_dir, dataset.name, config.backbone)
+    trainer = Trainer(dataset, config, out)
+    return out, trainer.run(stop_after)

@@ -1,0 +1,211 @@
+"""Fine-tuning: freezing, gradual unfreezing, BatchNorm modes, learning-rate groups, LP-FT,
+resume, inspect, CAM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import featpipe
+from conftest import TINY, make_tree
+from featpipe.architecture import describe
+from featpipe.backbones import BackboneSpec
+from featpipe.blocks import all_blocks, parse_schedule
+from featpipe.cam import class_activation_maps, linear_view
+from featpipe.errors import FeatpipeError
+from featpipe.finetune import FinetuneConfig, Trainer
+from featpipe.finetune_model import FinetuneModel, fresh_head
+from featpipe.fitting import fit
+from featpipe.preprocess import Preprocessor
+from featpipe.transforms import ImageToUint8
+
+BASE = {
+    "backbone": "test_efficientnet",
+    "weights": "none",
+    "image_size": 32,
+    "epochs": 3,
+    "batch_size": 8,
+    "lr": 0.05,
+    "augment": False,
+}
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "imgs", classes=("a", "b", "c"), per_class=7)
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before: dict, after: dict, names) -> set[str]:
+    return {n for n in names if not torch.equal(before[n], after[n])}
+
+
+def test_frozen_parameters_are_bitwise_unchanged_under_gradual_unfreezing(data, tmp_path):
+    config = FinetuneConfig(
+        **BASE | {"epochs": 4}, gradual="0:head,1:last:2,2:all", bn="freeze-stats"
+    )
+    trainer = Trainer(data, config, tmp_path / "run")
+    blocks = all_blocks(trainer.model)
+    body = [p for b in blocks[:-1] for p in b.params]
+    last2 = [p for b in blocks[-3:-1] for p in b.params]
+    start = snapshot(trainer.model)
+    trainer.run(stop_after=1)
+    after_head = snapshot(trainer.model)
+    assert changed(start, after_head, body) == set()
+    assert changed(start, after_head, blocks[-1].params) == set(blocks[-1].params)
+    trainer.run(stop_after=1)
+    after_last2 = snapshot(trainer.model)
+    moved = changed(after_head, after_last2, body)
+    assert moved and moved <= set(last2)
+    frozen_bn = [p for p in last2 if ".bn" in p]
+    assert changed(after_head, after_last2, frozen_bn) == set()  # freeze-stats: γ, β fixed
+    trainer.run(stop_after=1)  # (run() reloads the checkpoint: what a new process would do)
+    assert changed(after_last2, snapshot(trainer.model), body) - set(last2)  # all unfrozen
+
+
+def test_bn_modes(data, tmp_path):
+    for mode in ("freeze-stats", "freeze-affine", "train"):
+        trainer = Trainer(
+            data, FinetuneConfig(**BASE | {"epochs": 1}, unfreeze="all", bn=mode), tmp_path / mode
+        )
+        names = [n for n, m in trainer.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        before = snapshot(trainer.model)
+        trainer.run()
+        after = snapshot(trainer.model)
+        stats = [f"{n}.running_mean" for n in names]
+        affine = [f"{n}.weight" for n in names]
+        if mode == "freeze-stats":
+            assert changed(before, after, stats + affine) == set()
+        elif mode == "freeze-affine":
+            assert changed(before, after, stats) == set(stats)
+            assert changed(before, after, affine) == set()
+        else:
+            assert changed(before, after, stats) == set(stats)
+            assert changed(before, after, affine) == set(affine)
+
+
+def test_learning_rate_groups(data, tmp_path):
+    trainer = Trainer(
+        data, FinetuneConfig(**BASE, unfreeze="all", lr_mult=[0.1, 0.33, 1.0]), tmp_path / "a"
+    )
+    trainer._enter(0, None)
+    groups = trainer.optimizer.param_groups
+    lrs = [g["base_lr"] for g in groups]
+    assert lrs[0] == pytest.approx(0.005) and lrs[-1] == pytest.approx(0.05)
+    assert sorted(set(np.round(lrs, 6))) == [0.005, 0.0165, 0.05]
+    assert lrs == sorted(lrs)  # the input side learns slowest
+    assert groups[-1]["name"] == "head"
+    decay = Trainer(data, FinetuneConfig(**BASE, unfreeze="all", layer_decay=0.5), tmp_path / "b")
+    decay._enter(0, None)
+    scales = sorted({round(g["base_lr"] / 0.05, 8) for g in decay.optimizer.param_groups})
+    n = len(all_blocks(decay.model))
+    assert scales[-1] == 1.0 and scales[0] == pytest.approx(0.5 ** (n - 1))
+
+
+def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
+    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    run, result = fit(
+        data,
+        "test_efficientnet",
+        head={"head": "linear", "epochs": 3},
+        runs_dir=tmp_path / "runs",
+        extract_options=extract,
+    )
+    trainer = Trainer(data, FinetuneConfig(**BASE, from_run=str(run.path)), tmp_path / "ft")
+    cached = featpipe.extract(data, cache_dir=tmp_path / "c", **TINY).load()
+    transform = ImageToUint8(trainer.backbone.data_config, True)
+    images = torch.stack([transform(str(data / p)) for p in cached.relpath[:6]])
+    trainer.model.eval()
+    with torch.no_grad():
+        out = trainer._forward(images).numpy()
+    expected = result.best_head.decision_function(cached.X[:6])
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_resume_equals_an_uninterrupted_run(data, tmp_path):
+    config = FinetuneConfig(**BASE | {"augment": True}, unfreeze="last:1")
+    Trainer(data, config, tmp_path / "whole").run()
+    first = Trainer(data, config, tmp_path / "parts")
+    first.run(stop_after=1)
+    Trainer(data, config, tmp_path / "parts").run()  # a new process would do the same
+    a = load_file(str(tmp_path / "whole" / "best.safetensors"))
+    b = load_file(str(tmp_path / "parts" / "best.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_during_finetune_then_resume(data, tmp_path):
+    config = FinetuneConfig(**BASE | {"epochs": 4})
+    Trainer(data, config, tmp_path / "whole").run()
+    code = (
+        "import sys; from featpipe.finetune import FinetuneConfig, Trainer;"
+        f"Trainer(sys.argv[1], FinetuneConfig(**{BASE | {'epochs': 4}!r}), "
+        "__import__('pathlib').Path(sys.argv[2])).run()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(tmp_path / "killed")])
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    Trainer(data, config, tmp_path / "killed").run()
+    a = load_file(str(tmp_path / "whole" / "best.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_options_are_clear_errors(data, tmp_path):
+    with pytest.raises(FeatpipeError, match="--unfreeze stage9: no block or module"):
+        Trainer(data, FinetuneConfig(**BASE, unfreeze="stage9"), tmp_path / "x")
+    with pytest.raises(FeatpipeError, match="epochs must start at 0 and increase"):
+        parse_schedule("0:head,3:all,2:last:1")
+    with pytest.raises(FeatpipeError, match="would freeze again"):
+        Trainer(data, FinetuneConfig(**BASE, gradual="0:all,2:head"), tmp_path / "y")
+    with pytest.raises(FeatpipeError, match="--bn stats: choose one of"):
+        Trainer(data, FinetuneConfig(**BASE, bn="stats"), tmp_path / "z").run()
+
+
+def test_inspect_shapes_and_counts_match_the_model():
+    d = describe(BackboneSpec("tv/resnet18", weights="none"), depth=1, unfreeze="layer4")
+    backbone = d.root.children[0]
+    import torchvision
+
+    reference = torchvision.models.resnet18()
+    total = sum(p.numel() for n, p in reference.named_parameters() if not n.startswith("fc."))
+    assert backbone.trainable + backbone.frozen == total
+    layer4 = next(c for c in backbone.children if c.name == "layer4")
+    assert layer4.shape == (1, 512, 7, 7) and layer4.frozen == 0
+    assert layer4.trainable == sum(p.numel() for p in reference.layer4.parameters())
+    assert backbone.shape == (1, 512)
+    assert [b["name"] for b in d.blocks][-3:] == ["layer4.0", "layer4.1", "head"]
+
+
+def test_cam_uses_the_head_weights_on_the_final_map():
+    from featpipe.backbones import build_backbone
+
+    backbone = build_backbone(BackboneSpec("tv/resnet18", weights="none"))
+    pre = Preprocessor(standardize=True).fit(np.random.default_rng(0).normal(size=(50, 512)))
+    head = torch.nn.Sequential(pre.to_module(), fresh_head(512, 3, "linear", "xavier", 1.0))
+    weight, bias = linear_view(head)
+    z = torch.randn(4, 512)
+    torch.testing.assert_close(z @ weight.t() + bias, head(z), rtol=1e-4, atol=1e-4)
+    x = torch.randn(2, 3, 64, 64)
+    maps, pred = class_activation_maps(backbone.module, head, x)
+    assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+    with torch.no_grad():
+        assert np.array_equal(pred, head(backbone.module(x)).argmax(1).numpy())
+    model = FinetuneModel(backbone.module, fresh_head(512, 3, "mlp", "kaiming", 1.0))
+    assert class_activation_maps(model.backbone, model.head, x) is None  # MLP: no CAM
