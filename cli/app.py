@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -43,11 +44,14 @@ def run_extract(
     """Extract with a rich progress bar; shared by every command that needs features."""
     from featpipe.extraction import extract
 
-    with progress_bar(f"extract {backbone}") as bar:
+    rank = int(os.environ.get("RANK", "0"))
+    label = f"extract {backbone}" + (f" [rank {rank}]" if "RANK" in os.environ else "")
+    with progress_bar(label) as bar:
 
         def update(p: Progress) -> None:
             bar.update(p.done, p.total, p.images_per_second)
 
+        # Under torchrun each rank shows its own part; rank 0 reports the total.
         return extract(data, backbone, name=name, progress=update, **options.kwargs())
 
 
@@ -85,6 +89,21 @@ def extract(
         on_error,
     )
     result = run_extract(data, backbone, options, name)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if len(result.ranks) > 1:
+        table = Table(title=f"{len(result.ranks)} ranks")
+        for column in ("rank", "host", "rows", "seconds", "images/s"):
+            table.add_column(column, justify="right")
+        for r in result.ranks:
+            table.add_row(
+                str(r["rank"]),
+                r["host"],
+                str(r["rows"]),
+                str(r.get("seconds", "")),
+                str(r["images_per_s"]),
+            )
+        console().print(table)
     console().print(result.summary())
 
 

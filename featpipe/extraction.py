@@ -17,12 +17,13 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featpipe import distributed
 from featpipe.cache.catalog import (
     DEFAULT_CACHE_DIR,
     Request,
@@ -87,6 +88,7 @@ class ExtractResult:
     hit: bool
     images_per_second: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    ranks: list[dict[str, Any]] = field(default_factory=list)
 
     def load(self, split: str | list[str] | None = None) -> Features:
         return load_features(self.entry, split)
@@ -145,11 +147,15 @@ def _check_options(
         raise FeatpipeError(f"--workers {workers}: use 0 or more")
 
 
-def default_workers(n_items: int, batch_size: int) -> int:
-    """Decode in parallel with the forward pass, leaving a core for the forward itself."""
-    if n_items <= 2 * batch_size:
+def default_workers(n_items: int, batch_size: int, world: int = 1) -> int:
+    """Decode in parallel with the forward pass, leaving a core for the forward itself.
+
+    Under torchrun the cores are shared by ``world`` ranks on the node.
+    """
+    cores = max(1, (os.cpu_count() or 2) // world)
+    if n_items <= 2 * batch_size or cores < 2:
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return min(8, cores - 1)
 
 
 def _versions() -> dict[str, str]:
@@ -244,42 +250,70 @@ def extract(
         draft=draft,
         device=device,
     )
-    memo = recall(cache_dir, request)
-    if memo is not None:
-        fields, settings = memo
-        entry = entry_path(cache_dir, dataset.name, backbone.replace("/", "_"), fields.digest)
-        if matches(entry, dataset):
-            n, dim, n_skipped = entry_header(entry)
-            return ExtractResult(
-                entry,
-                dataset.name,
-                backbone,
-                n,
-                dim,
-                0,
-                n_skipped,
-                time.perf_counter() - start,
-                hit=True,
-                settings=settings,
-            )
-    run = _resolve(dataset, request, memo, cache_dir)
+    dist = distributed.current()
+    if dist is not None:
+        distributed.check_same(
+            asdict(request) | {"data": str(dataset.root), "dataset": dataset.digest()}
+        )
+        distributed.check_shared(cache_dir)
+    hit = distributed.on_leader(dist, lambda: _cache_hit(cache_dir, request, dataset))
+    if hit is not None:
+        hit.seconds = time.perf_counter() - start
+        return hit
+    run = _leader_then_all(
+        dist,
+        lambda memo: _resolve(dataset, request, memo, cache_dir),
+        lambda: recall(cache_dir, request),
+    )
     parts = parts_dir(run.entry)
     parts.mkdir(parents=True, exist_ok=True)
-    recover_orphans(parts)
-    index = read_index(parts)
-    pending = _pending(dataset.items, index)
-    n_new, rate = 0, 0.0
-    if pending:
+    distributed.on_leader(dist, lambda: recover_orphans(parts))
+    pending = _pending(dataset.items, read_index(parts))
+    mine = pending[distributed.part(len(pending), dist.rank, dist.world)] if dist else pending
+
+    def work() -> tuple[int, float]:
+        if not mine:
+            return 0, 0.0
         if run.backbone is None:
             run.backbone = _build(request, run.timings)
         t0 = time.perf_counter()
-        n_new = _extract_rows(run, pending, parts, on_error, workers, shard_rows, progress)
+        rows = _extract_rows(
+            run,
+            mine,
+            parts,
+            on_error,
+            workers,
+            shard_rows,
+            progress,
+            rank=dist.rank if dist else 0,
+            world=dist.world if dist else 1,
+        )
         run.timings["extract_s"] = time.perf_counter() - t0
-        rate = len(pending) / run.timings["extract_s"]
-        index = read_index(parts)
-    provenance = _provenance(run, workers, n_new, rate, len(pending))
-    n = commit(run.entry, dataset, run.fields, index, provenance)
-    _, dim, n_skipped = entry_header(run.entry)
+        return rows, len(mine) / run.timings["extract_s"]
+
+    n_new, rate = distributed.everyone(dist, work)
+    ranks = [{"rank": 0, "rows": n_new, "images_per_s": round(rate, 2), "host": platform.node()}]
+    if dist is not None:
+        ranks = distributed.gather(
+            {
+                "rank": dist.rank,
+                "rows": n_new,
+                "images_per_s": round(rate, 2),
+                "seconds": round(run.timings.get("extract_s", 0.0), 2),
+                "host": platform.node(),
+            }
+        )
+        total_seconds = max(r["seconds"] for r in ranks)
+        n_new = sum(r["rows"] for r in ranks)
+        rate = len(pending) / total_seconds if total_seconds else 0.0
+
+    def finish() -> None:
+        provenance = _provenance(run, workers, n_new, rate, len(pending))
+        provenance["ranks"] = ranks
+        commit(run.entry, dataset, run.fields, read_index(parts), provenance)
+
+    distributed.on_leader(dist, finish)
+    n, dim, n_skipped = entry_header(run.entry)
     return ExtractResult(
         run.entry,
         dataset.name,
@@ -292,7 +326,42 @@ def extract(
         hit=False,
         images_per_second=rate,
         settings=run.settings,
+        ranks=ranks,
     )
+
+
+def _cache_hit(cache_dir: Path, request: Request, dataset: Dataset) -> ExtractResult | None:
+    """The result of a request whose entry already describes this scan, if there is one."""
+    memo = recall(cache_dir, request)
+    if memo is None:
+        return None
+    fields, settings = memo
+    entry = entry_path(cache_dir, dataset.name, request.model.replace("/", "_"), fields.digest)
+    if not matches(entry, dataset):
+        return None
+    n, dim, n_skipped = entry_header(entry)
+    return ExtractResult(
+        entry, dataset.name, request.model, n, dim, 0, n_skipped, 0.0, hit=True, settings=settings
+    )
+
+
+def _leader_then_all(
+    dist: distributed.Dist | None, resolve: Callable[[Any], _Run], memo: Callable[[], Any]
+) -> _Run:
+    """Rank 0 resolves (builds, probes, memoises); then the others read its memo."""
+    if dist is None:
+        return resolve(memo())
+    runs: list[_Run | None] = [None]
+    for turn in (True, False):  # first the leader, then everyone else; all ranks settle twice
+        error = None
+        if dist.leader == turn:
+            try:
+                runs[0] = resolve(memo())
+            except Exception as exc:
+                error = exc
+        distributed.settle(error)
+    assert runs[0] is not None
+    return runs[0]
 
 
 def _pending(items: list[Item], index: ShardIndex) -> list[Item]:
@@ -378,6 +447,8 @@ def _extract_rows(
     workers: int | None,
     shard_rows: int,
     progress: Callable[[Progress], None] | None,
+    rank: int = 0,
+    world: int = 1,
 ) -> int:
     """The hot loop: decode in workers, forward ``uint8`` batches, journal. Returns rows."""
     from featpipe.engines import Normalized
@@ -388,7 +459,7 @@ def _extract_rows(
     assert run.backbone is not None
     settings, fields, device = run.settings, run.fields, run.device
     batch_size = int(settings["batch_size"])
-    n_workers = default_workers(len(pending), batch_size) if workers is None else workers
+    n_workers = default_workers(len(pending), batch_size, world) if workers is None else workers
     settings["workers"] = n_workers
     config = run.backbone.data_config
     engine = build_engine(
@@ -405,7 +476,7 @@ def _extract_rows(
         pin_memory=device.type == "cuda",
     )
     dim = int(settings["dim"])
-    writer = ShardWriter(parts, dim, fields.dtype, fields.digest, shard_rows=shard_rows)
+    writer = ShardWriter(parts, dim, fields.dtype, fields.digest, rank=rank, shard_rows=shard_rows)
     done = skipped_total = 0
     t0 = time.perf_counter()
     try:

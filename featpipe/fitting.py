@@ -7,10 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from featpipe import distributed
 from featpipe.cache.entry import read_meta
 from featpipe.features import load_feature_set, parse_spec, spec_label
 from featpipe.headconfig import HeadConfig, expand, parse_value
-from featpipe.runs import DEFAULT_RUNS_DIR, Run, save_run
+from featpipe.runs import DEFAULT_RUNS_DIR, Run, load_run, save_run
 from featpipe.sweep import SweepResult, sweep
 
 # Without --head or --sweep: six linear heads, trained together in one stacked pass.
@@ -69,23 +70,28 @@ def fit(
     extract_seconds = sum(
         meta["provenance"].get("timings_s", {}).get("extract_s", 0.0) for meta in metas
     )
-    run = save_run(
-        Path(runs_dir),
-        result,
-        dataset=results[0].dataset,
-        dataset_root=str(features.meta.get("dataset_root", data)),
-        spec=spec_label(parts),
-        entries=entries,
-        request={
-            "grid": {k: list(v) for k, v in (grid or {}).items()},
-            "head": head or {},
-            "seeds": seeds,
-            "cv": cv,
-            "shots": shots,
-            "draws": draws,
-            "extract": {k: str(v) for k, v in options.items()},
-            "configs": [asdict(c) for c in configs],
-        },
-        extract_seconds=extract_seconds,
-    )
+
+    def save() -> Run:
+        return save_run(
+            Path(runs_dir),
+            result,
+            dataset=results[0].dataset,
+            dataset_root=str(features.meta.get("dataset_root", data)),
+            spec=spec_label(parts),
+            entries=entries,
+            request={
+                "grid": {k: list(v) for k, v in (grid or {}).items()},
+                "head": head or {},
+                "seeds": seeds,
+                "cv": cv,
+                "shots": shots,
+                "draws": draws,
+                "extract": {k: str(v) for k, v in options.items()},
+                "configs": [asdict(c) for c in configs],
+            },
+            extract_seconds=extract_seconds,
+        )
+
+    # Under torchrun every rank fitted its share of the grid; rank 0 writes the one run.
+    run = load_run(distributed.on_leader(distributed.current(), lambda: save().path))
     return run, result

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from featpipe import metrics
+from featpipe import distributed, metrics
 from featpipe.cache.entry import Features
 from featpipe.errors import FeatpipeError
 from featpipe.headconfig import HeadConfig
 from featpipe.heads import FittedHead, fit_heads
+from featpipe.stacked import group_key
 
 
 @dataclass
@@ -109,6 +110,44 @@ def _folds(y: np.ndarray, task: str, k: int, seed: int = 0) -> list[tuple[np.nda
     return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y))))
 
 
+def fit_grid(
+    runs: list[HeadConfig],
+    X: np.ndarray,
+    y: np.ndarray,
+    Xv: np.ndarray | None,
+    yv: np.ndarray | None,
+    class_names: list[str],
+    task: str,
+    n_jobs: int,
+) -> list[FittedHead]:
+    """:func:`fit_heads`, with the grid dealt out to torchrun ranks when there are several.
+
+    Configs that train together (one stacked group, see :func:`featpipe.stacked.group_key`)
+    stay on one rank; groups go round-robin; every rank gets every fitted head back.
+    """
+    dist = distributed.current()
+    if dist is None:
+        return fit_heads(runs, X, y, Xv, yv, class_names, task, n_jobs)
+    keys: dict[tuple, int] = {}
+    owner = []
+    for config in runs:
+        key = group_key(config) if config.is_torch else (id(config),)
+        owner.append(keys.setdefault(key, len(keys)) % dist.world)
+    mine = [i for i, rank in enumerate(owner) if rank == dist.rank]
+    fitted = distributed.everyone(
+        dist,
+        lambda: (
+            fit_heads([runs[i] for i in mine], X, y, Xv, yv, class_names, task, n_jobs)
+            if mine
+            else []
+        ),
+    )
+    heads: dict[int, FittedHead] = {}
+    for indices, part in distributed.gather((mine, fitted)):
+        heads.update(zip(indices, part, strict=True))
+    return [heads[i] for i in range(len(runs))]
+
+
 def _score(head: FittedHead, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return metrics.evaluate(head, X, y)
 
@@ -140,7 +179,7 @@ def select(
     fold_seconds = np.zeros(len(runs))
     for fit_idx, val_idx in folds:
         Xf, yf, Xv, yv = train.X[fit_idx], train.y[fit_idx], train.X[val_idx], train.y[val_idx]
-        heads = fit_heads(runs, Xf, yf, Xv, yv, features.class_names, features.task, n_jobs)
+        heads = fit_grid(runs, Xf, yf, Xv, yv, features.class_names, features.task, n_jobs)
         for r, head in enumerate(heads):
             fold_scores[r].append(_score(head, Xv, yv))
             fold_seconds[r] += head.fit_seconds
@@ -185,7 +224,13 @@ def sweep(
             confusion = metrics.confusion(
                 test.y, best.heads[0].predict(test.X), len(features.class_names)
             )
-    few = few_shot(features, best.config, shots, draws) if shots else []
+    few = (
+        distributed.on_leader(
+            distributed.current(), lambda: few_shot(features, best.config, shots, draws)
+        )
+        if shots
+        else []
+    )
     return SweepResult(
         features.task,
         features.class_names,
