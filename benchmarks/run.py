@@ -17,13 +17,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_extract
+import bench_finetune
 import bench_fit
 import torch
 
 from featpipe.cache.catalog import machine_signature
 
 HERE = Path(__file__).parent
-SECTIONS = {"extract": bench_extract, "fit": bench_fit}
+SECTIONS = {"extract": bench_extract, "fit": bench_fit, "finetune": bench_finetune}
 
 
 def machine() -> str:

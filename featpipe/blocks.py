@@ -102,13 +102,6 @@ def all_blocks(model: nn.Module) -> list[Block]:
     return [*backbone_blocks(model), Block("head", head)]
 
 
-def module_names(model: nn.Module) -> list[str]:
-    """Names a user may pass (relative to the backbone), e.g. ``blocks.5`` or ``layer4``."""
-    names = [n[len("backbone.") :] for n, _ in model.named_modules() if n.startswith("backbone.")]
-    names = [n[len("model.") :] if n.startswith("model.") else n for n in names]
-    return [n for n in names if n]
-
-
 def _by_name(model: nn.Module, name: str) -> set[str]:
     params = [n for n, _ in model.named_parameters()]
     for base in ("backbone.", "backbone.model."):

@@ -62,28 +62,34 @@ class TorchEngine:
             return self.module(x).float().cpu().numpy()
 
 
+def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output: str) -> None:
+    """ONNX with a dynamic batch axis; input ``images``, one output named ``output``."""
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated in favour of torch.export (which needs
+        # the extra onnxscript package); it still works in the torch we pin.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=[output],
+            dynamic_axes={"images": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
 def export_onnx(module: Normalized, size: tuple[int, int], path: Path) -> Path:
     """Export once per backbone (dynamic batch), atomically: tmp name, then rename."""
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    example = torch.zeros(2, 3, *size, dtype=torch.uint8)
     try:
-        with warnings.catch_warnings():
-            # The TorchScript-based exporter is deprecated in favour of torch.export (which
-            # needs the extra onnxscript package); it still works in the torch we pin.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                module.cpu().eval(),
-                (example,),
-                str(tmp),
-                input_names=["images"],
-                output_names=["embeddings"],
-                dynamic_axes={"images": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
+        write_onnx(
+            module.cpu().eval(), torch.zeros(2, 3, *size, dtype=torch.uint8), tmp, "embeddings"
+        )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from featpipe.engines import write_onnx
 from featpipe.errors import FeatpipeError
 from featpipe.predict import DeployedPipeline, RunPipeline, collect_images, load_pipeline
 from featpipe.runs import Run
@@ -63,18 +64,7 @@ def export(
                 torch.jit.trace(module, images, check_trace=False).save(str(tmp))
                 got = torch.jit.load(str(tmp))(images).detach().numpy()
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    module,
-                    (images,),
-                    str(tmp),
-                    input_names=["images"],
-                    output_names=["outputs"],
-                    dynamic_axes={"images": {0: "batch"}},
-                    opset_version=17,
-                    dynamo=False,
-                )
+            write_onnx(module, images, tmp, "outputs")
             import onnxruntime as ort
 
             session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])

@@ -135,6 +135,16 @@ def _build_model(config: FinetuneConfig, dataset: Dataset) -> tuple[FinetuneMode
     return model, backbone
 
 
+def _hold_out(items: list[Item]) -> tuple[list[Item], list[Item]]:
+    from featpipe.splits import stratified_split
+
+    splits = stratified_split([i.relpath for i in items], [i.label for i in items], {"val": 0.15})
+    return (
+        [i for i, s in zip(items, splits, strict=True) if s == "train"],
+        [i for i, s in zip(items, splits, strict=True) if s == "val"],
+    )
+
+
 def _loader(
     dataset: Dataset,
     items: list[Item],
@@ -176,10 +186,14 @@ class Trainer:
         self.train_items = [i for i in self.dataset.items if i.split == "train"]
         self.val_items = [i for i in self.dataset.items if i.split == "val"]
         self.test_items = [i for i in self.dataset.items if i.split == "test"]
-        if not self.train_items or not self.val_items:
+        if not self.val_items:
+            # The best epoch is chosen on validation data, never on test: without a val split
+            # (train/ and test/ folders only), a deterministic stratified 15% of train is held out.
+            self.train_items, self.val_items = _hold_out(self.train_items)
+        if len(self.train_items) < 2 or not self.val_items:
             raise FeatpipeError(
-                f"{self.dataset.root}: fine-tuning needs train and val splits (the best epoch "
-                "is chosen on val); add a val folder or let featpipe split the data"
+                f"{self.dataset.root}: fine-tuning needs training images and a validation "
+                "split to choose the best epoch on"
             )
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)

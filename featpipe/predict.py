@@ -8,7 +8,6 @@ network the head was fitted on.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from featpipe.errors import FeatpipeError
 from featpipe.heads import FittedHead
 from featpipe.images import is_image_name
 from featpipe.loader import make_loader
-from featpipe.runs import Run, load_run
+from featpipe.runs import Run, load_run, write_csv
 from featpipe.transforms import ImageToUint8
 
 
@@ -145,13 +144,7 @@ def predict(
             }
         rows.append(row)
     if out is not None:
-        columns: list[str] = []
-        for row in rows:
-            columns += [k for k in row if k not in columns]
-        with out.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, out)
     return rows
 
 

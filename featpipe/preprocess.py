@@ -49,9 +49,6 @@ class Preprocessor:
             Z = (Z - self.arrays["pca_center"]) @ self.arrays["pca_components"]
         return Z.astype(np.float32, copy=False)
 
-    def out_dim(self, dim: int) -> int:
-        return self.pca or dim
-
     def to_module(self) -> nn.Module:
         return PreprocessModule(self)
 

@@ -20,6 +20,18 @@ TINY = {
 }
 
 
+# The same settings for a resnet18 that runs long enough to be killed mid-way.
+SLOW = TINY | {"backbone": "resnet18", "image_size": 64}
+
+
+def flags(options: dict) -> list[str]:
+    """Library keyword arguments as CLI flags (``batch_size`` → ``--batch-size``)."""
+    out: list[str] = []
+    for key, value in options.items():
+        out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
 def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 48), fmt: str = "PNG") -> Path:
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)

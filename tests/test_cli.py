@@ -6,24 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY, flags
 from featpipe.cli.app import main
 
-TINY_ARGS = [
-    "-b",
-    "test_efficientnet",
-    "-w",
-    "none",
-    "--image-size",
-    "32",
-    "--precision",
-    "fp32",
-    "--engine",
-    "torch",
-    "--batch-size",
-    "4",
-    "--workers",
-    "0",
-]
+TINY_ARGS = flags(TINY)
 
 
 def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

@@ -14,36 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, make_tree
+from conftest import SLOW, TINY, flags, make_tree
 from featpipe.extraction import extract
 from featpipe.fitting import fit
 from featpipe.runs import list_runs
-
-ARGS = [
-    "-b",
-    "resnet18",
-    "-w",
-    "none",
-    "--image-size",
-    "64",
-    "--precision",
-    "fp32",
-    "--engine",
-    "torch",
-    "--batch-size",
-    "4",
-    "--workers",
-    "0",
-]
-KW = {
-    "backbone": "resnet18",
-    "weights": "none",
-    "image_size": 64,
-    "precision": "fp32",
-    "engine": "torch",
-    "batch_size": 4,
-    "workers": 0,
-}
 
 
 def free_port() -> int:
@@ -73,7 +47,7 @@ def photos(tmp_path: Path) -> Path:
 def test_two_ranks_write_one_entry_equal_to_a_single_process(photos, tmp_path) -> None:
     cache = tmp_path / "two"
     done = subprocess.run(
-        torchrun(2, "extract", str(photos), *ARGS, "--cache-dir", str(cache)),
+        torchrun(2, "extract", str(photos), *flags(SLOW), "--cache-dir", str(cache)),
         capture_output=True,
         text=True,
         timeout=300,
@@ -82,8 +56,8 @@ def test_two_ranks_write_one_entry_equal_to_a_single_process(photos, tmp_path) -
     [entry] = cache.glob("data/*.h5")
     shards = sorted(p.name[:4] for p in entry.with_suffix(".parts").glob("*.h5"))
     assert shards == ["w000", "w001"]  # each rank wrote its own shard, no file shared
-    single = extract(photos, cache_dir=tmp_path / "one", **KW).load()
-    both = extract(photos, cache_dir=cache, **KW)
+    single = extract(photos, cache_dir=tmp_path / "one", **SLOW).load()
+    both = extract(photos, cache_dir=cache, **SLOW)
     assert both.hit
     joined = both.load()
     assert list(joined.relpath) == list(single.relpath)
@@ -97,7 +71,7 @@ def test_two_ranks_write_one_entry_equal_to_a_single_process(photos, tmp_path) -
 def test_killed_rank_resumes_with_another_world_size(photos, tmp_path) -> None:
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
-        torchrun(2, "extract", str(photos), *ARGS, "--cache-dir", str(cache)),
+        torchrun(2, "extract", str(photos), *flags(SLOW), "--cache-dir", str(cache)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -114,9 +88,9 @@ def test_killed_rank_resumes_with_another_world_size(photos, tmp_path) -> None:
         time.sleep(0.01)
     os.kill(victim, signal.SIGKILL)  # rank 1 dies; torchrun stops the others
     assert proc.wait(timeout=120) != 0
-    resumed = extract(photos, cache_dir=cache, **KW)  # one process now
+    resumed = extract(photos, cache_dir=cache, **SLOW)  # one process now
     assert 0 < resumed.n_new < 90
-    clean = extract(photos, cache_dir=tmp_path / "clean", **KW)
+    clean = extract(photos, cache_dir=tmp_path / "clean", **SLOW)
     np.testing.assert_allclose(resumed.load().X, clean.load().X, rtol=1e-5, atol=1e-6)
 
 
@@ -139,7 +113,7 @@ def test_mismatched_arguments_are_an_error_on_every_rank(photos, tmp_path) -> No
                     "featpipe",
                     "extract",
                     str(photos),
-                    *ARGS,
+                    *flags(SLOW),
                     "--pool",
                     pool,
                     "--cache-dir",
@@ -163,20 +137,7 @@ def test_sweep_split_across_ranks_matches_one_process(photos, tmp_path) -> None:
     args = [
         "fit",
         str(photos),
-        "-b",
-        "test_efficientnet",
-        "-w",
-        "none",
-        "--image-size",
-        "32",
-        "--precision",
-        "fp32",
-        "--engine",
-        "torch",
-        "--batch-size",
-        "4",
-        "--workers",
-        "0",
+        *flags(TINY),
         "--cache-dir",
         str(cache),
         "--runs-dir",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, make_tree
+from conftest import TINY, flags, make_tree
 from featpipe.bundled import prepare_dataset
 from featpipe.cli.app import main
 from featpipe.compare import read_experiment
@@ -32,20 +32,7 @@ def test_fit_cli_prints_leaderboard_and_results_export_csv(dataset, tmp_path, ca
     args = [
         "fit",
         dataset,
-        "-b",
-        "test_efficientnet",
-        "-w",
-        "none",
-        "--image-size",
-        "32",
-        "--precision",
-        "fp32",
-        "--engine",
-        "torch",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
+        *flags(TINY),
         "--cache-dir",
         tmp_path / "cache",
         "--runs-dir",

@@ -12,18 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import make_tree
+from conftest import SLOW, flags, make_tree
 from featpipe.extraction import extract
-
-ARGS = {
-    "backbone": "resnet18",
-    "weights": "none",
-    "image_size": 64,
-    "precision": "fp32",
-    "engine": "torch",
-    "batch_size": 4,
-    "workers": 0,
-}
 
 
 def _cli(data: Path, cache: Path) -> list[str]:
@@ -35,20 +25,7 @@ def _cli(data: Path, cache: Path) -> list[str]:
         str(data),
         "--cache-dir",
         str(cache),
-        "-b",
-        ARGS["backbone"],
-        "-w",
-        "none",
-        "--image-size",
-        "64",
-        "--precision",
-        "fp32",
-        "--engine",
-        "torch",
-        "--batch-size",
-        "4",
-        "--workers",
-        "0",
+        *flags(SLOW),
     ]
 
 
@@ -84,9 +61,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     _kill_after(_cli(data, killed_cache), batches=5)
     _kill_after(_cli(data, killed_cache), batches=3)  # killed again, in the resumed run
     assert not list(killed_cache.glob("*/*.h5")), "no entry may exist before a run completes"
-    resumed = extract(data, cache_dir=killed_cache, **ARGS)
+    resumed = extract(data, cache_dir=killed_cache, **SLOW)
     assert 0 < resumed.n_new <= 240 - 8 * 4  # at least the 8 journaled batches were kept
-    clean = extract(data, cache_dir=tmp_path / "clean", **ARGS)
+    clean = extract(data, cache_dir=tmp_path / "clean", **SLOW)
     assert clean.n == resumed.n == 240
     a, b = resumed.load(), clean.load()
     assert list(a.relpath) == list(b.relpath)

@@ -34,10 +34,6 @@ class KeyFields:
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
-    @classmethod
-    def from_json(cls, text: str) -> KeyFields:
-        return cls(**json.loads(text))
-
 
 def entry_stem(model_slug: str, digest: str) -> str:
     """``<backbone>-<key8>``: readable in ``ls``, unique enough with the full key inside."""
