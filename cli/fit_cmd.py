@@ -104,6 +104,11 @@ def register(app: typer.Typer) -> None:
         grid: Path | None = typer.Option(None, "--grid", help="Grid file (TOML, YAML or JSON)."),
         seeds: int = typer.Option(1, help="Seeds per config: mean ± std."),
         cv: int = typer.Option(5, help="Folds for selection when there is no val split."),
+        holdout: float = typer.Option(
+            0.0,
+            help="Without a val split: hold out this stratified share of train as val "
+            "(0.15 matches finetune) instead of cross-validating.",
+        ),
         shots: str | None = typer.Option(None, help="Few-shot curve, e.g. 1,5,10,50,all."),
         draws: int = typer.Option(5, help="Repeated draws per few-shot point."),
         runs_dir: Path = RunsDir,
@@ -148,6 +153,7 @@ def register(app: typer.Typer) -> None:
                 head=fixed,
                 seeds=seeds,
                 cv=cv,
+                holdout=holdout,
                 shots=parse_shots(shots) if shots else None,
                 draws=draws,
                 runs_dir=runs_dir,

@@ -45,6 +45,7 @@ from featpipe.finetune_model import (
 )
 from featpipe.loader import make_loader
 from featpipe.runs import DEFAULT_RUNS_DIR, RUN_FORMAT, _slug, _write_rows
+from featpipe.splits import hold_out
 from featpipe.transforms import ImageToUint8, Normalize
 
 CHECKPOINT = "checkpoint.pt"
@@ -113,6 +114,13 @@ def _build_model(config: FinetuneConfig, dataset: Dataset) -> tuple[FinetuneMode
         from featpipe.predict import load_pipeline
 
         pipeline = load_pipeline(config.from_run)
+        if pipeline.run.metrics.get("selection", "val") != "val":
+            raise FeatpipeError(
+                f"--from {config.from_run}: that head was fitted on every training image "
+                f"(chosen by {pipeline.run.metrics['selection']}), so fine-tuning would choose "
+                "epochs on images the head has seen; fit it again with --holdout 0.15 (the "
+                "same hold-out fine-tuning uses) or give the data a val split"
+            )
         if len(pipeline.backbones) != 1:
             raise FeatpipeError(f"--from {config.from_run}: LP-FT needs a single-backbone run")
         backbone = pipeline.backbones[0]
@@ -136,12 +144,10 @@ def _build_model(config: FinetuneConfig, dataset: Dataset) -> tuple[FinetuneMode
 
 
 def _hold_out(items: list[Item]) -> tuple[list[Item], list[Item]]:
-    from featpipe.splits import stratified_split
-
-    splits = stratified_split([i.relpath for i in items], [i.label for i in items], {"val": 0.15})
+    held = hold_out([i.relpath for i in items], [i.label for i in items])
     return (
-        [i for i, s in zip(items, splits, strict=True) if s == "train"],
-        [i for i, s in zip(items, splits, strict=True) if s == "val"],
+        [i for i, h in zip(items, held, strict=True) if not h],
+        [i for i, h in zip(items, held, strict=True) if h],
     )
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featpipe import distributed
-from featpipe.cache.entry import read_meta
+from featpipe.cache.entry import Features, read_meta
 from featpipe.features import load_feature_set, parse_spec, spec_label
 from featpipe.headconfig import HeadConfig, expand, parse_value
 from featpipe.runs import DEFAULT_RUNS_DIR, Run, load_run, save_run
+from featpipe.splits import hold_out
 from featpipe.sweep import SweepResult, sweep
 
 # Without --head or --sweep: six linear heads, trained together in one stacked pass.
@@ -30,6 +33,16 @@ def build_configs(
     return expand(grid if grid else {}, HeadConfig(**options))
 
 
+def with_holdout(features: Features, fraction: float) -> Features:
+    """Mark a stratified ``fraction`` of the train rows as val (the fine-tune stage's rule)."""
+    train = np.flatnonzero(features.split == "train")
+    strata = features.labels[train] if features.task == "classification" else [0] * len(train)
+    held = hold_out(list(features.relpath[train]), list(strata), fraction)
+    split = features.split.copy()
+    split[train[np.array(held, dtype=bool)]] = "val"
+    return replace(features, split=split)
+
+
 def fit(
     data: str | Path,
     backbone: str = "tf_efficientnet_lite0",
@@ -40,6 +53,7 @@ def fit(
     cv: int = 5,
     shots: list[int | str] | None = None,
     draws: int = 5,
+    holdout: float = 0.0,
     runs_dir: str | Path = DEFAULT_RUNS_DIR,
     extract_options: dict[str, Any] | None = None,
     progress: Callable[[str], Callable | None] | None = None,
@@ -48,10 +62,13 @@ def fit(
     """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
 
     ``grid`` maps head options to lists of values (every combination is fitted); ``head``
-    gives fixed options. With neither, :data:`DEFAULT_GRID` is used.
+    gives fixed options. With neither, :data:`DEFAULT_GRID` is used. ``holdout`` turns a
+    stratified share of train into the val split when the data has none (else CV selects).
     """
     configs = build_configs(grid if grid or head else DEFAULT_GRID, head)
     features, results = load_feature_set(data, backbone, extract_options, progress)
+    if holdout and not (features.split == "val").any():
+        features = with_holdout(features, holdout)
     result = sweep(features, configs, seeds=seeds, cv=cv, shots=shots, draws=draws, n_jobs=n_jobs)
     options = dict(extract_options or {})
     parts = parse_spec(backbone, options.get("weights", "auto"))
@@ -84,6 +101,7 @@ def fit(
                 "head": head or {},
                 "seeds": seeds,
                 "cv": cv,
+                "holdout": holdout,
                 "shots": shots,
                 "draws": draws,
                 "extract": {k: str(v) for k, v in options.items()},

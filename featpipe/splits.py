@@ -53,6 +53,20 @@ def stratified_split(
     return out
 
 
+HOLDOUT = 0.15
+
+
+def hold_out(
+    relpaths: Sequence[str], strata: Sequence[object], fraction: float = HOLDOUT
+) -> list[bool]:
+    """Which training items to hold out as validation data when a dataset has none.
+
+    The fit stage (``--holdout``) and the fine-tune stage use this same rule, so a head fitted
+    with a hold-out and then fine-tuned (LP-FT) is never validated on images it was trained on.
+    """
+    return [s == "val" for s in stratified_split(relpaths, strata, {"val": fraction})]
+
+
 def regression_strata(targets: Sequence[float], bins: int = 5) -> list[int]:
     """Quantile bins of a numeric target, so that each split covers its whole range."""
     values = np.asarray(targets, dtype=np.float64)

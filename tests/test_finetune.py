@@ -209,3 +209,31 @@ def test_cam_uses_the_head_weights_on_the_final_map():
         assert np.array_equal(pred, head(backbone.module(x)).argmax(1).numpy())
     model = FinetuneModel(backbone.module, fresh_head(512, 3, "mlp", "kaiming", 1.0))
     assert class_activation_maps(model.backbone, model.head, x) is None  # MLP: no CAM
+
+
+def test_lp_ft_never_validates_on_images_the_head_was_trained_on(tmp_path):
+    data = tmp_path / "tt"
+    make_tree(data, classes=("a", "b", "c"), per_class=12, split="train")
+    make_tree(data, classes=("a", "b", "c"), per_class=3, split="test", seed=9)
+    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    head = {"head": "logreg"}
+    cv_run, _ = fit(
+        data, "test_efficientnet", head=head, runs_dir=tmp_path / "r", extract_options=extract
+    )
+    with pytest.raises(FeatpipeError, match=r"fit it again with --holdout 0\.15"):
+        Trainer(data, FinetuneConfig(**BASE, from_run=str(cv_run.path)), tmp_path / "ft1")
+    held_run, result = fit(
+        data,
+        "test_efficientnet",
+        head=head,
+        holdout=0.15,
+        runs_dir=tmp_path / "r",
+        extract_options=extract,
+    )
+    trainer = Trainer(data, FinetuneConfig(**BASE, from_run=str(held_run.path)), tmp_path / "ft")
+    assert result.selection == "val"
+    features = featpipe.extract(data, cache_dir=tmp_path / "c", **TINY).load()
+    from featpipe.fitting import with_holdout
+
+    marked = with_holdout(features, 0.15)
+    assert set(marked.relpath[marked.split == "val"]) == {i.relpath for i in trainer.val_items}
