@@ -108,9 +108,10 @@ class ExtractResult:
             if self.n_new
             else ""
         )
+        note = f"\nnote: {s['probe_note']}" if self.n_new and s.get("probe_note") else ""
         return (
             f"{self.entry}  N={self.n} D={self.dim}  {self.n_new} extracted in "
-            f"{self.seconds:.1f} s{rate}{skipped}{how}"
+            f"{self.seconds:.1f} s{rate}{skipped}{how}{note}"
         )
 
 
