@@ -137,13 +137,17 @@ def param_groups(model: FinetuneModel, plan: GroupPlan) -> list[dict[str, Any]]:
             )
         return [g for g in out if g["params"]]
     params = dict(model.named_parameters())
-    blocks = [b for b in all_blocks(model) if any(params[p].requires_grad for p in b.params)]
+    # Chunks are cut over all blocks, trainable or not, so a block keeps its multiplier while
+    # gradual unfreezing adds blocks around it (the head always takes the last one).
+    blocks = all_blocks(model)
     mults = plan.lr_mult or [1.0]
-    size = math.ceil(len(blocks) / len(mults)) if blocks else 1
+    size = math.ceil(len(blocks) / len(mults))
     groups = []
     for i, block in enumerate(blocks):
-        mult = mults[min(i // size, len(mults) - 1)]
         trainable = [params[p] for p in block.params if params[p].requires_grad]
+        if not trainable:
+            continue
+        mult = mults[min(i // size, len(mults) - 1)]
         groups.append(
             {
                 "params": trainable,

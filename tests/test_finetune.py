@@ -107,6 +107,11 @@ def test_learning_rate_groups(data, tmp_path):
     assert sorted(set(np.round(lrs, 6))) == [0.005, 0.0165, 0.05]
     assert lrs == sorted(lrs)  # the input side learns slowest
     assert groups[-1]["name"] == "head"
+    staged = Trainer(
+        data, FinetuneConfig(**BASE, gradual="0:head,1:all", lr_mult=[0.1, 1.0]), tmp_path / "c"
+    )
+    staged._enter(0, None)
+    assert [(g["name"], g["base_lr"]) for g in staged.optimizer.param_groups] == [("head", 0.05)]
     decay = Trainer(data, FinetuneConfig(**BASE, unfreeze="all", layer_decay=0.5), tmp_path / "b")
     decay._enter(0, None)
     scales = sorted({round(g["base_lr"] / 0.05, 8) for g in decay.optimizer.param_groups})
