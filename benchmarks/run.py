@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_distributed
 import bench_extract
 import bench_finetune
 import bench_fit
@@ -24,7 +25,12 @@ import torch
 from featpipe.cache.catalog import machine_signature
 
 HERE = Path(__file__).parent
-SECTIONS = {"extract": bench_extract, "fit": bench_fit, "finetune": bench_finetune}
+SECTIONS = {
+    "extract": bench_extract,
+    "fit": bench_fit,
+    "finetune": bench_finetune,
+    "distributed": bench_distributed,
+}
 
 
 def machine() -> str:
