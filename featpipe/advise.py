@@ -160,7 +160,7 @@ def _command(size: str, similarity: str, data: str, backbone: str) -> str:
         return (
             f"featpipe fit {data} --backbone {backbone}  # then, with the run it prints:\n"
             f"featpipe finetune {data} --backbone {backbone} --from RUN "
-            "--gradual 0:head,2:last:3,4:all --lr-mult 0.1,0.33,1 --epochs 8"
+            "--gradual 0:head,2:last:3,4:all --lr-mult 0.1,0.33,1 --lr 1e-4 --epochs 8"
         )
     if (size, similarity) == ("large", "dissimilar"):
         return (
