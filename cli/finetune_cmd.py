@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         reinit: str | None = typer.Option(None, help="Re-initialise blocks, e.g. last:2 (hybrid)."),
         seed: int = typer.Option(0),
         device: str = opt.Device,
-        workers: int = typer.Option(0),
+        workers: str = opt.Workers,
         out: Path | None = typer.Option(
             None, "--out", "-o", help="Run directory (resumes if it has a checkpoint)."
         ),
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
             reinit=reinit,
             seed=seed,
             device=device,
-            workers=workers,
+            workers=opt.auto_int(workers, "--workers"),
         )
         path, result = run_finetune(data, config, out, runs_dir)
         history = json.loads((path / "curves.json").read_text())[0]["history"]

@@ -17,7 +17,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from featpipe.blocks import all_blocks, apply_trainable, check_monotone, parse_s
 from featpipe.datasets import Dataset, Item, scan
 from featpipe.devices import autocast, resolve_device
 from featpipe.errors import FeatpipeError
+from featpipe.extraction import default_workers
 from featpipe.finetune_model import (
     FinetuneModel,
     GroupPlan,
@@ -80,7 +81,7 @@ class FinetuneConfig:
     reinit: str | None = None
     seed: int = 0
     device: str = "auto"
-    workers: int = 0
+    workers: int | None = None  # None: one decoding process per spare core
     amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16)
 
 
@@ -201,6 +202,12 @@ class Trainer:
                 f"{self.dataset.root}: fine-tuning needs training images and a validation "
                 "split to choose the best epoch on"
             )
+        if config.workers is None:
+            # Resolved once and stored with the run: augmentation streams depend on it.
+            config = replace(
+                config, workers=default_workers(len(self.train_items), config.batch_size)
+            )
+            self.config = config
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.model, self.backbone = _build_model(config, self.dataset)
