@@ -38,6 +38,7 @@ from featpipe.finetune_model import (
     FinetuneModel,
     GroupPlan,
     apply_bn_mode,
+    bn_names,
     fresh_head,
     lr_factor,
     make_optimizer,
@@ -109,7 +110,10 @@ class State:
     history: dict[str, list[Any]] = field(default_factory=dict)
 
 
-def _build_model(config: FinetuneConfig, dataset: Dataset) -> tuple[FinetuneModel, Backbone]:
+def _build_model(
+    config: FinetuneConfig, dataset: Dataset
+) -> tuple[FinetuneModel, Backbone, set[str]]:
+    """The model, its backbone, and the BN layers without pretrained statistics."""
     n_out = len(dataset.class_names) if dataset.task == "classification" else 1
     if config.from_run:
         from featpipe.predict import load_pipeline
@@ -139,9 +143,10 @@ def _build_model(config: FinetuneConfig, dataset: Dataset) -> tuple[FinetuneMode
             backbone.num_features, n_out, config.head, config.head_init, config.head_scale
         )
     model = FinetuneModel(backbone.module, head)
+    fresh = bn_names(model) if backbone.weights.kind == "none" else set()
     if config.reinit:
-        reinit(model, config.reinit)
-    return model, backbone
+        fresh |= set(reinit(model, config.reinit)) & bn_names(model)
+    return model, backbone, fresh
 
 
 def _hold_out(items: list[Item]) -> tuple[list[Item], list[Item]]:
@@ -210,7 +215,7 @@ class Trainer:
             self.config = config
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.model, self.backbone = _build_model(config, self.dataset)
+        self.model, self.backbone, self.fresh_bn = _build_model(config, self.dataset)
         self.model.to(self.device)
         self.channels_last = self.backbone.is_conv
         if self.channels_last:
@@ -238,12 +243,12 @@ class Trainer:
         if stage != previous_stage:
             apply_trainable(self.model, self.sets[stage])
             self.model.train()
-            apply_bn_mode(self.model, self.config.bn, self.sets[stage])
+            apply_bn_mode(self.model, self.config.bn, self.sets[stage], self.fresh_bn)
             groups = param_groups(self.model, self.plan)
             self.optimizer = make_optimizer(self.config.optimizer, groups, self.optimizer)
         else:
             self.model.train()
-            apply_bn_mode(self.model, self.config.bn, self.sets[stage])
+            apply_bn_mode(self.model, self.config.bn, self.sets[stage], self.fresh_bn)
         return stage
 
     # ---------------------------------------------------------------- checkpoints

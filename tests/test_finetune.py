@@ -242,3 +242,24 @@ def test_lp_ft_never_validates_on_images_the_head_was_trained_on(tmp_path):
 
     marked = with_holdout(features, 0.15)
     assert set(marked.relpath[marked.split == "val"]) == {i.relpath for i in trainer.val_items}
+
+
+def test_auto_bn_keeps_pretrained_statistics_and_trains_fresh_ones(data, tmp_path):
+    from featpipe.backbones import load_classifier
+
+    weights = tmp_path / "pretrained.pth"
+    torch.save(
+        load_classifier(BackboneSpec("test_efficientnet", weights="none")).model.state_dict(),
+        weights,
+    )
+    for source, stats_move in ((str(weights), False), ("none", True)):
+        config = FinetuneConfig(**BASE | {"epochs": 1, "weights": source}, unfreeze="all")
+        trainer = Trainer(data, config, tmp_path / f"auto-{stats_move}")
+        names = [n for n, m in trainer.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        before = snapshot(trainer.model)
+        trainer.run()
+        after = snapshot(trainer.model)
+        stats = [f"{n}.running_mean" for n in names]
+        affine = [f"{n}.weight" for n in names]
+        assert changed(before, after, stats) == (set(stats) if stats_move else set())
+        assert changed(before, after, affine) == set(affine)  # γ trains either way
