@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
@@ -104,7 +105,7 @@ def extract(
                 str(r["images_per_s"]),
             )
         console().print(table)
-    console().print(result.summary())
+    console().print(escape(result.summary()))
 
 
 @app.command()
@@ -143,7 +144,7 @@ def demo(
     from .fit_cmd import print_fit
 
     root = prepare_dataset(dataset, data_dir / dataset)
-    console().print(f"dataset: {root}")
+    console().print(escape(f"dataset: {root}"))
     options = opt.ExtractOptions(
         "auto",
         "avg",
@@ -159,7 +160,7 @@ def demo(
         "skip",
     )
     result = run_extract(root, backbone, options)
-    console().print(result.summary())
+    console().print(escape(result.summary()))
     run, sweep = fit(
         root,
         backbone,
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         args = expand(list(sys.argv[1:] if argv is None else argv))
         app(args=args, standalone_mode=False, prog_name="featpipe")
     except FeatpipeError as exc:
-        console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
     except click.ClickException as exc:
         exc.show()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from featpipe.cache.catalog import entry_info, find_entries, list_entries, remove_entry
@@ -103,11 +104,11 @@ def verify(
         problems = verify_entry(path)
         if problems:
             bad += 1
-            console().print(f"[red]FAIL[/] {path}")
+            console().print(f"[red]FAIL[/] {escape(str(path))}")
             for problem in problems:
-                console().print(f"  - {problem}")
+                console().print(escape(f"  - {problem}"))
         else:
-            console().print(f"[green]ok[/]   {path}")
+            console().print(f"[green]ok[/]   {escape(str(path))}")
     if bad:
         raise FeatpipeError(f"{bad} of {len(paths)} entries failed verification (listed above)")
 

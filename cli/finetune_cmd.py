@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -135,7 +136,7 @@ def register(app: typer.Typer) -> None:
             f"{result['val']['mean']:.4f}, test {result['test']['mean']:.4f}"
             + ("  (CAM overlays: cam.png)" if result.get("cam") else "")
         )
-        console().print(f"run: {path}")
+        console().print(escape(f"run: {path}"))
 
     @app.command()
     def inspect(
@@ -159,7 +160,7 @@ def register(app: typer.Typer) -> None:
                 raise FeatpipeError(f"--export {export}: choose torchscript or onnx")
             target = out or Path(f"{spec.slug}.{'pt' if export == 'torchscript' else 'onnx'}")
             export_for_netron(spec, export, target)
-            console().print(f"wrote {target}: open it in Netron (https://netron.app)")
+            console().print(escape(f"wrote {target}: open it in Netron (https://netron.app)"))
             return
         d = describe(spec, depth, unfreeze)
 
@@ -246,4 +247,4 @@ def register(app: typer.Typer) -> None:
         console().print(table)
         console().print(f"quadrant: [bold]{advice.size} dataset, {advice.similarity} domain[/]")
         console().print(f"strategy: {advice.strategy}")
-        console().print(f"next:\n{advice.command}")
+        console().print(escape(f"next:\n{advice.command}"))

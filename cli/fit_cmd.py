@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
 from featpipe.headconfig import parse_grid_args, read_grid_file, varying
 from featpipe.runs import DEFAULT_RUNS_DIR, results_table, write_csv
-from featpipe.sweep import SweepResult, parse_shots
 
 from . import options as opt
 from .render import console, progress_bar
+
+if TYPE_CHECKING:
+    from featpipe.sweep import SweepResult
 
 RunsDir = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="Where runs are written and read.")
 
@@ -80,8 +83,8 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
     test = best.test[0] if best.test else {}
     extra = "  ".join(f"test {k}={v:.4f}" for k, v in test.items())
     keys = varying([c.config for c in result.candidates])
-    out.print(f"chosen: {best.config.label(keys)}  {extra}")
-    out.print(f"run: {run.path}")
+    out.print(escape(f"chosen: {best.config.label(keys)}  {extra}"))
+    out.print(escape(f"run: {run.path}"))
 
 
 def register(app: typer.Typer) -> None:
@@ -124,6 +127,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fit heads on cached features (extracting first if needed); save and rank them."""
         from featpipe.fitting import fit as fit_heads
+        from featpipe.sweep import parse_shots
 
         fixed = parse_fixed(set_)
         if head:

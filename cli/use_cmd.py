@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import options as opt
@@ -64,4 +65,4 @@ def register(app: typer.Typer) -> None:
         from featpipe.report import report as write_report
 
         page = write_report(runs_dir, out)
-        console().print(f"wrote {page}")
+        console().print(escape(f"wrote {page}"))

@@ -23,7 +23,6 @@ import tomllib
 
 from featpipe.errors import FeatpipeError
 from featpipe.features import parse_spec
-from featpipe.fitting import fit
 from featpipe.headconfig import parse_value
 from featpipe.runs import DEFAULT_RUNS_DIR
 
@@ -107,6 +106,8 @@ def compare(
     progress: Callable[[str], Callable | None] | None = None,
 ) -> list[Row]:
     """Run every dataset × backbone pair; rows in the order given, gaps filled in."""
+    from featpipe.fitting import fit
+
     rows: list[Row] = []
     for data in experiment.data:
         for backbone in experiment.backbones:

@@ -21,11 +21,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featpipe.errors import FeatpipeError
-from featpipe.heads import FittedHead
-from featpipe.sweep import SweepResult
+
+if TYPE_CHECKING:  # torch-free at import: the CLI reads runs without loading torch
+    from featpipe.heads import FittedHead
+    from featpipe.sweep import SweepResult
 
 RUN_FORMAT = 1
 DEFAULT_RUNS_DIR = Path(os.environ.get("FEATPIPE_RUNS", "runs"))
@@ -38,6 +40,8 @@ class Run:
     metrics: dict[str, Any]
 
     def head(self) -> FittedHead:
+        from featpipe.heads import FittedHead
+
         return FittedHead.load(self.path / "head")
 
     def curves(self) -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 def test_extract_summary_then_cache_hit(tree: Path, cache_dir: Path, capsys) -> None:
     code, out, _ = cli(capsys, "extract", tree, *TINY_ARGS, "--cache-dir", cache_dir)
     assert code == 0 and "N=12 D=256" in out and "12 extracted in" in out and "images/s" in out
+    assert "[torch fp32, batch 4, 0 workers]" in out  # printed literally, not read as markup
     code, out, _ = cli(capsys, "extract", tree, *TINY_ARGS, "--cache-dir", cache_dir)
     assert code == 0 and out.startswith("cache hit:")
 
@@ -55,6 +58,20 @@ def test_bad_options_give_one_line_errors(tree, cache_dir, capsys, args, message
     assert code == 2
     assert message in " ".join(err.split())
     assert len(err.strip().splitlines()) <= 2  # one logical line (wrapped at most once)
+
+
+def test_cache_hit_does_not_import_torch(tree: Path, cache_dir: Path) -> None:
+    """The CLI answers a cache hit from the memo and the entry alone: torch stays unloaded."""
+    args = [str(tree), *TINY_ARGS, "--cache-dir", str(cache_dir)]
+    script = (
+        "import sys; from featpipe.cli.app import main; code = main(['extract', *sys.argv[1:]]); "
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)"
+    )
+    first = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert first.stdout.split()[-2:] == ["TORCH", "0"], first.stderr
+    again = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert "cache hit:" in again.stdout
+    assert again.stdout.split()[-2:] == ["NO-TORCH", "0"], again.stdout
 
 
 def test_models_lists_offline_weights_first(capsys) -> None:
