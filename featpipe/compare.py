@@ -14,12 +14,11 @@ An experiment file (TOML or YAML) describes the same comparison, so it can be re
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from featpipe.errors import FeatpipeError
 from featpipe.features import parse_spec

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from featpipe.errors import FeatpipeError
 
