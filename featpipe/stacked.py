@@ -3,9 +3,10 @@
 Heads that share an architecture and a training recipe (optimizer, schedule, epochs, batch
 size, seed, …) but differ in learning rate and weight decay are trained together: their weights
 are stacked along a leading K axis, every minibatch is gathered once for all of them, the first
-layer of all K heads is one matrix product (``[B, D] @ [D, K·O]``), and a vectorised optimizer
-applies each head's own learning rate and weight decay. This is the dinov2 linear-evaluation
-trick without the backbone forward: the features are already cached.
+layer of all K linear heads is one matrix product (``[B, D] @ [D, K·O]``; MLPs use one batched
+product), and a vectorised optimizer applies each head's own learning rate and weight decay.
+This is the dinov2 linear-evaluation trick without the backbone forward: the features are
+already cached.
 
 Each head sees exactly what it would see alone: the same initial weights (drawn from its seed),
 the same minibatch order, the same updates. A group of one is the sequential fit, so the batched
@@ -28,6 +29,7 @@ from torch import nn
 from featpipe.headconfig import HeadConfig
 
 EVAL_CHUNK = 8192
+ONE_GEMM_MAX = 1 << 22  # stacked first-layer weights (floats) still laid out for one GEMM
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
 
@@ -54,6 +56,11 @@ class StackedOptimizer:
 
     The arithmetic is ``torch.optim``'s (weight decay on every parameter, as in one param
     group): SGD and Adam add ``wd·p`` to the gradient, AdamW decays the weights directly.
+
+    Every step works in place: gradients are zeroed rather than freed, and Adam's update goes
+    through one preallocated buffer per parameter. Stacked MLP weights are large (K·D·2D
+    floats); allocating temporaries of that size each step made the kernel page-fault fresh
+    memory in, which cost more than the arithmetic.
     """
 
     def __init__(
@@ -62,7 +69,10 @@ class StackedOptimizer:
         self.params, self.kind, self.lr, self.wd = params, kind, lr, wd
         self.t = 0
         self.state = [
-            (torch.zeros_like(p), torch.zeros_like(p)) if kind != "sgd" else [None] for p in params
+            (torch.zeros_like(p), torch.zeros_like(p), torch.empty_like(p))
+            if kind != "sgd"
+            else [None]
+            for p in params
         ]
 
     def _per_head(self, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -74,30 +84,31 @@ class StackedOptimizer:
         for p, state in zip(self.params, self.state, strict=True):
             if p.grad is None:
                 continue
-            grad = p.grad
+            grad = p.grad  # ours to overwrite: zero_grad() zeroes it before the next backward
             lr = self._per_head(self.lr * scale, p)
             wd = self._per_head(self.wd, p)
+            if self.kind != "adamw":
+                grad.addcmul_(p, wd)
             if self.kind == "sgd":
-                grad = grad + wd * p
                 if state[0] is None:
                     state[0] = grad.clone()
                 else:
                     state[0].mul_(0.9).add_(grad)
-                p.sub_(lr * state[0])
+                p.addcmul_(state[0], lr, value=-1)
                 continue
+            m, v, buf = state
             if self.kind == "adamw":
                 p.mul_(1 - lr * wd)
-            else:
-                grad = grad + wd * p
-            m, v = state
             m.mul_(0.9).add_(grad, alpha=0.1)
             v.mul_(0.999).addcmul_(grad, grad, value=0.001)
-            denom = (v / (1 - 0.999**self.t)).sqrt_().add_(1e-8)
-            p.sub_(lr / (1 - 0.9**self.t) * m / denom)
+            torch.div(v, 1 - 0.999**self.t, out=buf).sqrt_().add_(1e-8)
+            torch.div(m, buf, out=buf)
+            p.addcmul_(buf, lr / (1 - 0.9**self.t), value=-1)
 
     def zero_grad(self) -> None:
         for p in self.params:
-            p.grad = None
+            if p.grad is not None:
+                p.grad.zero_()
 
 
 def lr_scale(config: HeadConfig, step: int, steps_per_epoch: int) -> float:
@@ -159,11 +170,18 @@ class StackedHeads:
         scale = norm["weight"] / torch.sqrt(var + BN_EPS)
         return (z - mean.unsqueeze(1)) * scale.unsqueeze(1) + norm["bias"].unsqueeze(1)
 
-    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        """``x`` [B, D] → outputs [K, B, O]."""
+    def _first_layer(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """Layer 0 of all K heads: ``x`` [B, D] → [K, B, O].
+
+        Without a first BN every head reads the same input, so small stacks (linear heads) are
+        one GEMM ``[B, D] @ [D, K·O]``. Large stacks (MLPs: K·D·2D weights) use a batched
+        product against the shared input instead, because laying their weights out for one
+        GEMM would copy all of them at every step. With a first BN the statistics are shared
+        but the affine is per head, so each head gets its own normalised input.
+        """
         k, batch = self.k, x.shape[0]
         w0, b0 = self.weights[0], self.biases[0]
-        if self.norms:  # first BN: shared statistics (same input), per-head affine → fold it
+        if self.norms:
             norm = self.norms[0]
             if train:
                 mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
@@ -171,19 +189,20 @@ class StackedHeads:
                     norm["running_mean"].lerp_(mean.expand(k, -1), BN_MOMENTUM)
                     unbiased = var * batch / max(1, batch - 1)
                     norm["running_var"].lerp_(unbiased.expand(k, -1), BN_MOMENTUM)
-                x_hat = (x - mean) / torch.sqrt(var + BN_EPS)
-                gamma, beta = norm["weight"], norm["bias"]
-                w0 = gamma.unsqueeze(2) * w0
-                b0 = b0 + torch.bmm(beta.unsqueeze(1), self.weights[0]).squeeze(1)
-                x = x_hat
+                x_hat = ((x - mean) / torch.sqrt(var + BN_EPS)).expand(k, -1, -1)
             else:
-                scale = norm["weight"] / torch.sqrt(norm["running_var"] + BN_EPS)
-                shift = norm["bias"] - norm["running_mean"] * scale
-                b0 = b0 + torch.bmm(shift.unsqueeze(1), w0).squeeze(1)
-                w0 = scale.unsqueeze(2) * w0
-        # One GEMM for the first layer of all K heads: [B, D] @ [D, K·O].
-        h = (x @ w0.permute(1, 0, 2).reshape(self.dim, -1)).view(batch, k, -1).transpose(0, 1)
-        h = h + b0.unsqueeze(1)
+                mean, var = norm["running_mean"].unsqueeze(1), norm["running_var"].unsqueeze(1)
+                x_hat = (x.unsqueeze(0) - mean) / torch.sqrt(var + BN_EPS)
+            x_k = x_hat * norm["weight"].unsqueeze(1) + norm["bias"].unsqueeze(1)
+            return torch.baddbmm(b0.unsqueeze(1), x_k, w0)
+        if w0.numel() <= ONE_GEMM_MAX:
+            h = x @ w0.permute(1, 0, 2).reshape(self.dim, -1)
+            return h.view(batch, k, -1).transpose(0, 1) + b0.unsqueeze(1)
+        return torch.baddbmm(b0.unsqueeze(1), x.expand(k, -1, -1), w0)
+
+    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """``x`` [B, D] → outputs [K, B, O]."""
+        h = self._first_layer(x, train)
         for i in range(1, len(self.weights)):
             h = torch.relu(h)
             if self.norms:

@@ -86,6 +86,19 @@ def test_batched_sweep_equals_sequential_fits(head: str) -> None:
         )
 
 
+def test_first_layer_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a first BN: one GEMM over the stacked weights, or a batched product against the
+    shared input (large stacks); the same heads either way."""
+    X, y = (torch.from_numpy(a) for a in blobs())
+    grid = expand({"lr": [1e-3, 1e-2]}, HeadConfig(head="mlp", epochs=2, hidden=16, bn=False))
+    one_gemm = train_group(grid, X, y, n_out=4)
+    monkeypatch.setattr("featpipe.stacked.ONE_GEMM_MAX", 0)
+    batched = train_group(grid, X, y, n_out=4)
+    with torch.no_grad():
+        for a, b in zip(one_gemm, batched, strict=True):
+            torch.testing.assert_close(a.module(X), b.module(X), atol=1e-5, rtol=1e-5)
+
+
 def test_exported_module_equals_the_stacked_eval_forward() -> None:
     X = torch.from_numpy(blobs()[0])
     config = HeadConfig(head="mlp", epochs=2, hidden=8, depth=2, batch_size=50)
