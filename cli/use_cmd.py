@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import options as opt
+from .fit_cmd import RunsDir
 from .render import console
 
 
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Runs to report on."),
+        runs_dir: Path = RunsDir,
         out: Path = typer.Option(Path("report"), "--out", "-o", help="Output directory."),
     ) -> None:
         """Write an HTML report with PNG plots over every run."""

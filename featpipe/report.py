@@ -26,24 +26,52 @@ from featpipe.runs import Run, list_runs
 
 def _save(fig: plt.Figure, out: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
+    fig.savefig(out / name, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return name
 
 
-def _latest(runs: list[Run]) -> dict[tuple[str, str], Run]:
-    latest: dict[tuple[str, str], Run] = {}
+def _val(run: Run) -> float:
+    value = run.metrics["val"]["mean"]
+    return value if value == value else -math.inf
+
+
+def _pairs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    """Runs per (dataset, backbone), oldest first."""
+    pairs: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in sorted(runs, key=lambda r: r.config["created"]):
-        latest[(run.config["dataset"], run.config["backbone"])] = run
-    return latest
+        pairs[(run.config["dataset"], run.config["backbone"])].append(run)
+    return dict(sorted(pairs.items()))
+
+
+def _featured(runs: list[Run]) -> list[tuple[str, Run]]:
+    """What a pair's section shows: its best run (by validation score, cached-feature heads
+    and fine-tunes alike), the latest run with a learning-rate sweep, the latest fine-tune."""
+    best = max(runs, key=_val)
+    chosen = [("best run", best)]
+    swept = [r for r in runs if _has_sweep(r)]
+    if swept and swept[-1] is not best:
+        chosen.append(("latest sweep", swept[-1]))
+    tuned = [r for r in runs if r.config.get("kind") == "finetune"]
+    if tuned and tuned[-1] is not best:
+        chosen.append(("latest fine-tune", tuned[-1]))
+    return chosen
+
+
+def _sweep_rows(run: Run) -> list[dict[str, str]]:
+    import csv
+
+    with (run.path / "rows.csv").open(newline="") as handle:
+        return [r for r in csv.DictReader(handle) if r.get("lr") and r["head"] in ("linear", "mlp")]
+
+
+def _has_sweep(run: Run) -> bool:
+    return len({r["lr"] for r in _sweep_rows(run)}) > 1
 
 
 def sweep_plot(run: Run, out: Path, index: int) -> str | None:
     """Validation score against lr, one line per wd, for each torch head type of a run."""
-    import csv
-
-    with (run.path / "rows.csv").open(newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("lr") and r["head"] in ("linear", "mlp")]
+    rows = _sweep_rows(run)
     metric = f"val_{run.metrics['metric']}"
     lines: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -64,27 +92,36 @@ def sweep_plot(run: Run, out: Path, index: int) -> str | None:
     return _save(fig, out, f"sweep-{index}.png")
 
 
-def heatmap(latest: dict[tuple[str, str], Run], out: Path) -> str | None:
-    datasets = sorted({d for d, _ in latest})
-    backbones = sorted({b for _, b in latest})
-    if len(datasets) * len(backbones) < 2:
-        return None
-    grid = np.full((len(backbones), len(datasets)), np.nan)
-    for (d, b), run in latest.items():
-        value = run.metrics["test"]["mean"]
-        grid[backbones.index(b), datasets.index(d)] = (
-            value if value == value else run.metrics["val"]["mean"]
-        )
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(datasets), 1.2 + 0.5 * len(backbones)))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(datasets)), datasets, rotation=20)
-    ax.set_yticks(range(len(backbones)), backbones)
-    for (i, j), v in np.ndenumerate(grid):
-        if not math.isnan(v):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w", fontsize=9)
-    fig.colorbar(image, ax=ax, label="test score of the chosen head")
-    ax.set_title("backbone × dataset")
-    return _save(fig, out, "heatmap.png")
+def heatmaps(best: dict[tuple[str, str], Run], out: Path) -> list[str]:
+    """Backbone × dataset, one heatmap per metric (accuracy and R² do not share a scale)."""
+    by_metric: dict[str, dict[tuple[str, str], Run]] = defaultdict(dict)
+    for pair, run in best.items():
+        by_metric[run.metrics["metric"]][pair] = run
+    figures = []
+    for metric, runs in sorted(by_metric.items()):
+        datasets = sorted({d for d, _ in runs})
+        backbones = sorted({b for _, b in runs})
+        if len(datasets) * len(backbones) < 2:
+            continue
+        grid = np.full((len(backbones), len(datasets)), np.nan)
+        for (d, b), run in runs.items():
+            value = run.metrics["test"]["mean"]
+            grid[backbones.index(b), datasets.index(d)] = (
+                value if value == value else run.metrics["val"]["mean"]
+            )
+        fig, ax = plt.subplots(figsize=(2.5 + 1.6 * len(datasets), 1.5 + 0.5 * len(backbones)))
+        image = ax.imshow(grid, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
+        ax.set_yticks(range(len(backbones)), backbones)
+        middle = np.nanmean(grid)
+        for (i, j), v in np.ndenumerate(grid):
+            if not math.isnan(v):
+                color = "black" if v > middle else "white"
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", color=color, fontsize=9)
+        fig.colorbar(image, ax=ax, label=f"test {metric} (best run)")
+        ax.set_title(f"backbone × dataset: {metric}")
+        figures.append(_save(fig, out, f"heatmap-{metric}.png"))
+    return figures
 
 
 def few_shot_plot(runs: list[Run], out: Path) -> str | None:
@@ -196,7 +233,8 @@ def report(runs_dir: Path, out: Path) -> Path:
     if not runs:
         raise FeatpipeError(f"no runs in {runs_dir}: fit something first")
     out.mkdir(parents=True, exist_ok=True)
-    latest = _latest(runs)
+    pairs = _pairs(runs)
+    best = {pair: max(group, key=_val) for pair, group in pairs.items()}
     parts: list[str] = [
         "<html><head><meta charset='utf-8'><title>featpipe report</title><style>"
         "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
@@ -208,43 +246,59 @@ def report(runs_dir: Path, out: Path) -> Path:
         [
             d,
             b,
+            r.config.get("kind", "heads"),
             r.metrics["chosen_label"],
+            r.metrics["metric"],
             f"{r.metrics['val']['mean']:.4f}",
             f"{r.metrics['test']['mean']:.4f}",
             r.metrics["selection"],
+            f"{len(pairs[(d, b)])}",
             r.path.name,
         ]
-        for (d, b), r in sorted(latest.items())
+        for (d, b), r in best.items()
     ]
-    parts.append("<h2>Leaderboard (latest run per pair)</h2>")
-    parts.append(
-        _table(summary, ["dataset", "backbone", "chosen head", "val", "test", "selection", "run"])
-    )
-    figure = heatmap(latest, out)
-    if figure:
-        parts.append(f"<h2>Backbone × dataset</h2><img src='{figure}'>")
-    figure = few_shot_plot(list(latest.values()), out)
+    parts.append("<h2>Leaderboard (best run per dataset × backbone, by validation score)</h2>")
+    header = ["dataset", "backbone", "kind", "chosen head", "metric", "val", "test"]
+    parts.append(_table(summary, [*header, "selection", "runs", "run"]))
+    figures = heatmaps(best, out)
+    if figures:
+        parts.append("<h2>Backbone × dataset</h2>")
+        parts += [f"<img src='{f}'>" for f in figures]
+    figure = few_shot_plot([r for group in pairs.values() for r in group], out)
     if figure:
         parts.append(f"<h2>Few-shot curves</h2><img src='{figure}'>")
-    for i, ((dataset, backbone), run) in enumerate(sorted(latest.items())):
+    index = 0
+    for (dataset, backbone), group in pairs.items():
         section = [f"<h2>{html.escape(dataset)} · {html.escape(backbone)}</h2>"]
-        for plot in (sweep_plot(run, out, i), confusion_plot(run, out, i)):
-            if plot:
-                section.append(f"<img src='{plot}'>")
-        if run.metrics.get("cam"):
-            import shutil
-
-            shutil.copy(run.path / run.metrics["cam"], out / f"cam-{i}.png")
-            section.append(
-                f"<p>Class activation maps (validation images)</p><img src='cam-{i}.png'>"
-            )
-        curves = curves_plot(run, out, i)
-        if curves:
-            section.append(
-                f"<img src='{curves[0]}'><p><b>Diagnosis</b> — {html.escape(curves[1])}</p>"
-            )
+        for role, run in _featured(group):
+            index += 1
+            plots = _run_plots(run, out, index)
+            if plots:
+                title = f"{role}: {run.metrics['chosen_label']} ({run.path.name})"
+                section += [f"<h3>{html.escape(title)}</h3>", *plots]
         parts += section if len(section) > 1 else []
     parts.append("</body></html>")
     page = out / "index.html"
     page.write_text("\n".join(parts))
     return page
+
+
+def _run_plots(run: Run, out: Path, i: int) -> list[str]:
+    """The HTML of one run's plots: sweep, confusion, CAM, curves with diagnosis."""
+    html_parts = []
+    for plot in (sweep_plot(run, out, i), confusion_plot(run, out, i)):
+        if plot:
+            html_parts.append(f"<img src='{plot}'>")
+    if run.metrics.get("cam"):
+        import shutil
+
+        shutil.copy(run.path / run.metrics["cam"], out / f"cam-{i}.png")
+        html_parts.append(
+            f"<p>Class activation maps (validation images)</p><img src='cam-{i}.png'>"
+        )
+    curves = curves_plot(run, out, i)
+    if curves:
+        html_parts.append(
+            f"<img src='{curves[0]}'><p><b>Diagnosis</b> — {html.escape(curves[1])}</p>"
+        )
+    return html_parts

@@ -148,7 +148,8 @@ def test_compare_two_datasets_two_backbones_with_random_control(tmp_path, capsys
         main(["report", "--runs-dir", str(tmp_path / "runs"), "-o", str(tmp_path / "report")]) == 0
     )
     page = (tmp_path / "report" / "index.html").read_text()
-    assert "heatmap.png" in page and (tmp_path / "report" / "heatmap.png").stat().st_size > 1000
+    assert "heatmap-accuracy.png" in page
+    assert (tmp_path / "report" / "heatmap-accuracy.png").stat().st_size > 1000
 
 
 def test_compare_on_the_command_line_takes_several_values(tmp_path, capsys) -> None:
