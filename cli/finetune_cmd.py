@@ -14,7 +14,7 @@ from featpipe.errors import FeatpipeError
 
 from . import options as opt
 from .fit_cmd import RunsDir
-from .render import console
+from .render import console, progress_bar
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:
@@ -34,7 +34,12 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def finetune(
         data: Path = typer.Argument(..., help="ImageFolder tree or CSV manifest."),
-        backbone: str = opt.Backbone,
+        backbone: str | None = typer.Option(
+            None,
+            "--backbone",
+            "-b",
+            help="timm name or tv/<name>; default: the --from run's, else tf_efficientnet_lite0.",
+        ),
         weights: str = opt.Weights,
         image_size: int | None = opt.ImageSize,
         from_run: Path | None = typer.Option(
@@ -107,9 +112,15 @@ def register(app: typer.Typer) -> None:
             device=device,
             workers=opt.auto_int(workers, "--workers"),
         )
-        path, result = run_finetune(data, config, out, runs_dir)
+        with progress_bar("fine-tune") as bar:
+
+            def update(epoch: int, done: int, total: int, seconds: float) -> None:
+                rate = done / seconds if seconds > 0 else 0.0
+                bar.update(done, total, rate, f"fine-tune epoch {epoch + 1}/{epochs}")
+
+            path, result = run_finetune(data, config, out, runs_dir, progress=update)
         history = json.loads((path / "curves.json").read_text())[0]["history"]
-        table = Table(title=f"fine-tune {backbone} ({config.gradual or config.unfreeze})")
+        table = Table(title=f"fine-tune {result['backbone']} ({config.gradual or config.unfreeze})")
         for column in (
             "epoch",
             "stage",

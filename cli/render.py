@@ -60,7 +60,7 @@ class LazyProgress:
         self.bar: Progress | None = None
         self.task = None
 
-    def update(self, done: int, total: int, rate: float) -> None:
+    def update(self, done: int, total: int, rate: float, description: str | None = None) -> None:
         if self.bar is None:
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -74,7 +74,13 @@ class LazyProgress:
             )
             self.bar.start()
             self.task = self.bar.add_task(self.description, total=total, rate=0.0)
-        self.bar.update(self.task, completed=done, total=total, rate=rate)
+        self.bar.update(
+            self.task,
+            completed=done,
+            total=total,
+            rate=rate,
+            description=description or self.description,
+        )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featpipe import distributed
+from featpipe.allocator import keep_freed_memory
 from featpipe.cache.catalog import (
     DEFAULT_CACHE_DIR,
     Request,
@@ -261,6 +262,7 @@ def extract(
     if hit is not None:
         hit.seconds = time.perf_counter() - start
         return hit
+    keep_freed_memory()  # before the probe, so that it times what the run will see
     run = _leader_then_all(
         dist,
         lambda memo: _resolve(dataset, request, memo, cache_dir),

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from safetensors.torch import save_file
 from timm.data import create_transform
 
 from featpipe import metrics
+from featpipe.allocator import keep_freed_memory
 from featpipe.backbones import Backbone, BackboneSpec, build_backbone
 from featpipe.blocks import all_blocks, apply_trainable, check_monotone, parse_schedule
 from featpipe.datasets import Dataset, Item, scan
@@ -51,13 +53,16 @@ from featpipe.splits import hold_out
 from featpipe.transforms import ImageToUint8, Normalize
 
 CHECKPOINT = "checkpoint.pt"
+# Called after every training batch: (epoch, images done this epoch, epoch size, seconds).
+EpochProgress = Callable[[int, int, int, float], None]
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 
 @dataclass
 class FinetuneConfig:
     """Every option of a fine-tune run (recorded in the run, restored on resume)."""
 
-    backbone: str = "tf_efficientnet_lite0"
+    backbone: str | None = None  # None: the --from run's backbone, else DEFAULT_BACKBONE
     weights: str = "auto"
     image_size: int | None = None
     unfreeze: str = "head"
@@ -84,6 +89,31 @@ class FinetuneConfig:
     device: str = "auto"
     workers: int | None = None  # None: one decoding process per spare core
     amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16)
+
+
+def resolve_backbone(config: FinetuneConfig) -> FinetuneConfig:
+    """With ``--from RUN`` the run names the backbone (model, weights, input size), so the run
+    directory and the results table record the network that was actually trained."""
+    if not config.from_run:
+        return replace(config, backbone=config.backbone or DEFAULT_BACKBONE)
+    from featpipe.runs import load_run
+
+    entries = load_run(config.from_run).config["entries"]
+    if len(entries) != 1:
+        raise FeatpipeError(f"--from {config.from_run}: LP-FT needs a single-backbone run")
+    model = entries[0]["model"]
+    size = entries[0]["key_fields"]["transform"]["input_size"][-1]
+    if config.backbone not in (None, model):
+        raise FeatpipeError(
+            f"--backbone {config.backbone}: run {config.from_run} was fitted on {model}; "
+            "leave --backbone out when starting from a run"
+        )
+    if config.image_size not in (None, size):
+        raise FeatpipeError(
+            f"--image-size {config.image_size}: run {config.from_run} was fitted at {size} px; "
+            "leave --image-size out when starting from a run"
+        )
+    return replace(config, backbone=model, weights=entries[0]["weights"], image_size=size)
 
 
 class TrainImages(ImageToUint8):
@@ -126,8 +156,6 @@ def _build_model(
                 "epochs on images the head has seen; fit it again with --holdout 0.15 (the "
                 "same hold-out fine-tuning uses) or give the data a val split"
             )
-        if len(pipeline.backbones) != 1:
-            raise FeatpipeError(f"--from {config.from_run}: LP-FT needs a single-backbone run")
         backbone = pipeline.backbones[0]
         if pipeline.head.class_names != dataset.class_names:
             raise FeatpipeError(
@@ -191,6 +219,8 @@ class Trainer:
     """One fine-tune run in a run directory; call :meth:`run` (it resumes by itself)."""
 
     def __init__(self, data: str | Path | Dataset, config: FinetuneConfig, out: Path) -> None:
+        keep_freed_memory()
+        config = resolve_backbone(config)
         self.config, self.out = config, out
         self.dataset = data if isinstance(data, Dataset) else scan(data)
         if self.dataset.task == "none":
@@ -294,7 +324,9 @@ class Trainer:
         with autocast(self.device, self.precision):
             return self.model(x).float()
 
-    def _epoch(self, epoch: int, stage: int) -> dict[str, Any]:
+    def _epoch(
+        self, epoch: int, stage: int, progress: EpochProgress | None = None
+    ) -> dict[str, Any]:
         config = self.config
         seed = config.seed * 100_003 + epoch
         # Every generator this epoch can touch (dropout; timm's crops use `random`, flips torch)
@@ -320,8 +352,12 @@ class Trainer:
         steps_per_epoch = len(loader)
         blocks = all_blocks(self.model)
         params = dict(self.model.named_parameters())
-        grad_sums = np.zeros(len(blocks))
-        loss_sum = correct = seen = 0.0
+        # Running sums stay on the device: one host sync per epoch, not several per step.
+        grad_sums = torch.zeros(len(blocks), device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        started = time.perf_counter()
         for batch in loader:
             if len(batch.index) < 2:
                 continue  # BatchNorm cannot train on one image
@@ -339,27 +375,31 @@ class Trainer:
             loss = _loss(out, y, self.dataset.task)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            for b, block in enumerate(blocks):
-                grads = [params[p].grad for p in block.params if params[p].grad is not None]
-                if grads:
-                    grad_sums[b] += float(torch.norm(torch.stack([g.norm() for g in grads])))
+            with torch.no_grad():
+                for b, block in enumerate(blocks):
+                    grads = [params[p].grad for p in block.params if params[p].grad is not None]
+                    if grads:
+                        grad_sums[b] += torch.linalg.vector_norm(
+                            torch.stack(torch._foreach_norm(grads))
+                        )
             self.optimizer.step()
             self.state.step += 1
             n = len(batch.index)
-            loss_sum += loss.item() * n
             seen += n
-            if self.dataset.task == "classification":
-                correct += float((out.argmax(1) == y).sum())
-        train_metric = correct / seen if self.dataset.task == "classification" else float("nan")
+            with torch.no_grad():
+                loss_sum += loss.detach() * n
+                if self.dataset.task == "classification":
+                    correct += (out.argmax(1) == y).sum()
+            if progress is not None:
+                progress(epoch, seen, len(self.train_items), time.perf_counter() - started)
+        grad_means = (grad_sums / max(1, steps_per_epoch)).tolist()
+        classification = self.dataset.task == "classification"
+        train_metric = float(correct) / seen if classification else float("nan")
         return {
-            "train_loss": loss_sum / max(seen, 1),
+            "train_loss": float(loss_sum) / max(seen, 1),
             "train_metric": train_metric,
             "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
-            "grad_norm": {
-                b.name: grad_sums[i] / max(1, steps_per_epoch)
-                for i, b in enumerate(blocks)
-                if grad_sums[i] > 0
-            },
+            "grad_norm": {b.name: grad_means[i] for i, b in enumerate(blocks) if grad_means[i] > 0},
             "trainable": int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)),
             "stage": self.steps[stage][1],
         }
@@ -390,7 +430,9 @@ class Trainer:
         pred = out.argmax(1).numpy()
         return metrics.classification(y.numpy(), pred, len(self.dataset.class_names)), loss, pred
 
-    def run(self, stop_after: int | None = None) -> dict[str, Any]:
+    def run(
+        self, stop_after: int | None = None, progress: EpochProgress | None = None
+    ) -> dict[str, Any]:
         """Train (resuming from the checkpoint if there is one); returns the final metrics.
 
         ``stop_after`` ends this call after that many epochs (the run stays resumable).
@@ -403,7 +445,7 @@ class Trainer:
             epoch = self.state.epoch
             stage = self._enter(epoch, stage)
             t0 = time.perf_counter()
-            record = self._epoch(epoch, stage)
+            record = self._epoch(epoch, stage, progress)
             record["train_images_per_s"] = len(self.train_items) / (time.perf_counter() - t0)
             val, val_loss, _ = self.evaluate(self.val_items)
             record.update({"epoch": epoch, "val_loss": val_loss, "val_metric": val[self.metric]})
@@ -433,6 +475,7 @@ class Trainer:
         test = self.evaluate(self.test_items)[0] if self.test_items else {}
         result = {
             "task": self.dataset.task,
+            "backbone": self.config.backbone,
             "class_names": self.dataset.class_names,
             "metric": self.metric,
             "best_epoch": self.state.best_epoch,
@@ -547,9 +590,11 @@ def finetune(
     out: Path | None = None,
     runs_dir: Path = DEFAULT_RUNS_DIR,
     stop_after: int | None = None,
+    progress: EpochProgress | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tune on ``data``; returns the run directory and its metrics."""
     dataset = scan(data)
-    out = out or default_out(runs_dir, dataset.name, config.backbone)
+    config = resolve_backbone(config)
+    out = out or default_out(runs_dir, dataset.name, str(config.backbone))
     trainer = Trainer(dataset, config, out)
-    return out, trainer.run(stop_after)
+    return out, trainer.run(stop_after, progress)

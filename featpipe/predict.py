@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featpipe.allocator import keep_freed_memory
 from featpipe.backbones import Backbone, BackboneSpec, build_backbone
 from featpipe.devices import resolve_device
 from featpipe.engines import Normalized, TorchEngine
@@ -85,6 +86,7 @@ def embed(
     workers: int = 0,
 ) -> tuple[np.ndarray, list[str]]:
     """Features of ``files`` under the run's backbones (concatenated); failures get reasons."""
+    keep_freed_memory()
     dev = resolve_device(device)
     blocks, reasons = [], [""] * len(files)
     for backbone, precision, draft in zip(

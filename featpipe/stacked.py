@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featpipe.allocator import keep_freed_memory
 from featpipe.headconfig import HeadConfig
 
 EVAL_CHUNK = 8192
@@ -390,6 +391,7 @@ def train_torch_heads(
     n_out: int,
 ) -> list[TrainedHead]:
     """Group ``configs`` by :func:`group_key` and train each group in one pass."""
+    keep_freed_memory()
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(group_key(c), []).append(i)

@@ -137,6 +137,16 @@ def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
         out = trainer._forward(images).numpy()
     expected = result.best_head.decision_function(cached.X[:6])
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    # The run names the backbone: left out, it is taken from the run; a different one is refused.
+    implied = {k: v for k, v in BASE.items() if k not in ("backbone", "image_size")}
+    named = Trainer(data, FinetuneConfig(**implied, from_run=str(run.path)), tmp_path / "ft2")
+    assert (named.config.backbone, named.config.image_size) == ("test_efficientnet", 32)
+    with pytest.raises(FeatpipeError, match="was fitted on test_efficientnet"):
+        Trainer(
+            data,
+            FinetuneConfig(**BASE | {"backbone": "resnet18"}, from_run=str(run.path)),
+            tmp_path / "x",
+        )
 
 
 def test_resume_equals_an_uninterrupted_run(data, tmp_path):
