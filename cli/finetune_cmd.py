@@ -67,6 +67,9 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size"),
         patience: int = typer.Option(0, help="Early stopping patience (epochs); 0 = off."),
         augment: bool = typer.Option(True, help="RandomResizedCrop + flip (timm)."),
+        crop_scale: float = typer.Option(
+            0.08, "--crop-scale", help="Smallest share of the image a random crop keeps."
+        ),
         color_jitter: float = typer.Option(0.0, "--color-jitter"),
         head: str = typer.Option("linear", help="Fresh head: linear | mlp"),
         head_init: str = typer.Option("kaiming", "--head-init", help="kaiming | xavier"),
@@ -102,6 +105,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             patience=patience,
             augment=augment,
+            crop_scale=crop_scale,
             color_jitter=color_jitter,
             head=head,
             head_init=head_init,
@@ -142,9 +146,16 @@ def register(app: typer.Typer) -> None:
                 f"{history['train_images_per_s'][i]:.1f}",
             )
         console().print(table)
+        start = result.get("start_val")
+        kept = (
+            f"best epoch {result['best_epoch'] + 1}"
+            if result["best_epoch"] >= 0
+            else "no epoch beat the starting head; kept it"
+        )
         console().print(
-            f"best epoch {result['best_epoch'] + 1}: val {result['metric']} "
-            f"{result['val']['mean']:.4f}, test {result['test']['mean']:.4f}"
+            (f"start (the --from head): val {result['metric']} {start:.4f}\n" if start else "")
+            + f"{kept}: val {result['metric']} {result['val']['mean']:.4f}, "
+            f"test {result['test']['mean']:.4f}"
             + ("  (CAM overlays: cam.png)" if result.get("cam") else "")
         )
         console().print(escape(f"run: {path}"))

@@ -79,6 +79,7 @@ class FinetuneConfig:
     batch_size: int = 32
     patience: int = 0
     augment: bool = True
+    crop_scale: float = 0.08  # RandomResizedCrop keeps 8–100% of the image (timm's default)
     color_jitter: float = 0.0
     head: str = "linear"
     head_init: str = "kaiming"
@@ -119,11 +120,12 @@ def resolve_backbone(config: FinetuneConfig) -> FinetuneConfig:
 class TrainImages(ImageToUint8):
     """Training transform (timm ``create_transform(is_training=True)``), ``uint8`` out."""
 
-    def __init__(self, data_config: dict[str, Any], color_jitter: float) -> None:
+    def __init__(self, data_config: dict[str, Any], color_jitter: float, crop_scale: float) -> None:
         self.pil_transform = create_transform(
             **data_config,
             is_training=True,
             use_prefetcher=True,
+            scale=(crop_scale, 1.0),
             color_jitter=color_jitter or None,
         )
         self.draft_size = None
@@ -136,7 +138,8 @@ class State:
     epoch: int = 0
     step: int = 0
     best_metric: float = -float("inf")
-    best_epoch: int = -1
+    best_epoch: int = -1  # -1 before any epoch: with --from, the fitted head itself
+    start_metric: float | None = None
     history: dict[str, list[Any]] = field(default_factory=dict)
 
 
@@ -237,6 +240,8 @@ class Trainer:
                 f"{self.dataset.root}: fine-tuning needs training images and a validation "
                 "split to choose the best epoch on"
             )
+        if not 0 < config.crop_scale <= 1:
+            raise FeatpipeError(f"--crop-scale {config.crop_scale}: use a share in (0, 1]")
         if config.workers is None:
             # Resolved once and stored with the run: augmentation streams depend on it.
             config = replace(
@@ -296,6 +301,12 @@ class Trainer:
         )
         os.replace(tmp, self.out / CHECKPOINT)
 
+    def _save_best(self) -> None:
+        """The best weights so far, written under a temporary name and renamed (atomic)."""
+        tmp = self.out / f"best.safetensors.tmp-{os.getpid()}"
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp))
+        os.replace(tmp, self.out / "best.safetensors")
+
     def _resume(self) -> int | None:
         """Load the checkpoint, if any; returns the stage of the last trained epoch."""
         path = self.out / CHECKPOINT
@@ -335,7 +346,7 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         transform = (
-            TrainImages(self.backbone.data_config, config.color_jitter)
+            TrainImages(self.backbone.data_config, config.color_jitter, config.crop_scale)
             if config.augment
             else ImageToUint8(self.backbone.data_config, draft=False)
         )
@@ -441,6 +452,12 @@ class Trainer:
         stage = self._resume()
         done_now = 0
         start = time.perf_counter()
+        if self.config.from_run and self.state.epoch == 0:
+            # LP-FT: the fitted head is a candidate too, so fine-tuning never ends below the
+            # validation score it started from (strong augmentation can make epoch 1 worse).
+            val, _, _ = self.evaluate(self.val_items)
+            self.state.start_metric = self.state.best_metric = val[self.metric]
+            self._save_best()
         while self.state.epoch < self.config.epochs:
             epoch = self.state.epoch
             stage = self._enter(epoch, stage)
@@ -453,10 +470,7 @@ class Trainer:
                 self.state.history.setdefault(key, []).append(value)
             if val[self.metric] > self.state.best_metric:
                 self.state.best_metric, self.state.best_epoch = val[self.metric], epoch
-                save_file(
-                    {k: v.contiguous() for k, v in self.model.state_dict().items()},
-                    str(self.out / "best.safetensors"),
-                )
+                self._save_best()
             self.state.epoch += 1
             self._save_checkpoint()
             done_now += 1
@@ -479,6 +493,7 @@ class Trainer:
             "class_names": self.dataset.class_names,
             "metric": self.metric,
             "best_epoch": self.state.best_epoch,
+            "start_val": self.state.start_metric,
             "val": {"mean": val[self.metric], "std": 0.0, "all": [val]},
             "test": {"mean": test.get(self.metric, float("nan")), "std": 0.0, "all": [test]},
             "chosen": {

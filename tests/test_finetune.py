@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import featpipe
@@ -147,6 +148,38 @@ def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
             FinetuneConfig(**BASE | {"backbone": "resnet18"}, from_run=str(run.path)),
             tmp_path / "x",
         )
+
+
+def colour_tree(root: Path, per_class: int = 12) -> Path:
+    """Classes told apart by colour: even random-init features separate them."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("red", "green", "blue")):
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+            pixels[..., c] += 180
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i:02d}.png")
+    return root
+
+
+def test_lp_ft_never_ends_below_the_head_it_started_from(tmp_path):
+    data = colour_tree(tmp_path / "colours")
+    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    run, _ = fit(
+        data,
+        "test_efficientnet",
+        head={"head": "linear", "epochs": 20},
+        runs_dir=tmp_path / "runs",
+        extract_options=extract,
+    )
+    config = FinetuneConfig(
+        **BASE | {"lr": 100.0, "epochs": 1}, unfreeze="all", from_run=str(run.path)
+    )
+    trainer = Trainer(data, config, tmp_path / "wrecked")
+    result = trainer.run()
+    assert result["start_val"] == 1.0
+    assert trainer.state.history["val_metric"][0] < 1.0  # the one epoch made it worse …
+    assert result["best_epoch"] == -1 and result["val"]["mean"] == 1.0  # … so it was not kept
 
 
 def test_resume_equals_an_uninterrupted_run(data, tmp_path):
