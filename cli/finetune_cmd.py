@@ -77,6 +77,10 @@ def register(app: typer.Typer) -> None:
         reinit: str | None = typer.Option(None, help="Re-initialise blocks, e.g. last:2 (hybrid)."),
         seed: int = typer.Option(0),
         device: str = opt.Device,
+        precision: str = typer.Option(
+            "auto",
+            help="auto (AMP on CUDA; on CPU the --from run's, else fp32) | fp32 | bf16 | fp16",
+        ),
         workers: str = opt.Workers,
         out: Path | None = typer.Option(
             None, "--out", "-o", help="Run directory (resumes if it has a checkpoint)."
@@ -114,6 +118,7 @@ def register(app: typer.Typer) -> None:
             reinit=reinit,
             seed=seed,
             device=device,
+            precision=precision,
             workers=opt.auto_int(workers, "--workers"),
         )
         with progress_bar("fine-tune") as bar:

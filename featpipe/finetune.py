@@ -33,7 +33,7 @@ from featpipe.allocator import keep_freed_memory
 from featpipe.backbones import Backbone, BackboneSpec, build_backbone
 from featpipe.blocks import all_blocks, apply_trainable, check_monotone, parse_schedule
 from featpipe.datasets import Dataset, Item, scan
-from featpipe.devices import autocast, resolve_device
+from featpipe.devices import autocast, check_precision, resolve_device
 from featpipe.errors import FeatpipeError
 from featpipe.extraction import default_workers
 from featpipe.finetune_model import (
@@ -89,7 +89,23 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     workers: int | None = None  # None: one decoding process per spare core
-    amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16)
+    # auto: AMP on CUDA (bf16 where supported, else fp16 with loss scaling); on CPU the
+    # precision the --from run's features were cached at (so LP-FT starts exactly where fit
+    # ended), else fp32.
+    precision: str = "auto"
+
+
+def _precision(config: FinetuneConfig, device: torch.device) -> str:
+    check_precision(device, config.precision)
+    if config.precision != "auto":
+        return config.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if config.from_run:
+        from featpipe.runs import load_run
+
+        return load_run(config.from_run).config["entries"][0]["key_fields"]["precision"]
+    return "fp32"
 
 
 def resolve_backbone(config: FinetuneConfig) -> FinetuneConfig:
@@ -258,9 +274,8 @@ class Trainer:
         self.normalize = Normalize(
             self.backbone.data_config["mean"], self.backbone.data_config["std"]
         ).to(self.device)
-        self.precision = "fp32"
-        if config.amp and self.device.type == "cuda":
-            self.precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        self.precision = _precision(config, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         steps = parse_schedule(config.gradual) if config.gradual else [(0, config.unfreeze)]
         self.steps = steps
         self.sets = check_monotone(self.model, steps)
@@ -294,6 +309,7 @@ class Trainer:
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "state": asdict(self.state),
                 "config": asdict(self.config),
             },
@@ -325,6 +341,7 @@ class Trainer:
         stage = self._enter(max(0, self.state.epoch - 1), None)
         assert self.optimizer is not None
         self.optimizer.load_state_dict(saved["optimizer"])
+        self.scaler.load_state_dict(saved["scaler"])
         return stage
 
     # ---------------------------------------------------------------- training
@@ -385,7 +402,8 @@ class Trainer:
             out = self._forward(batch.images)
             loss = _loss(out, y, self.dataset.task)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # gradient norms below are of true gradients
             with torch.no_grad():
                 for b, block in enumerate(blocks):
                     grads = [params[p].grad for p in block.params if params[p].grad is not None]
@@ -393,7 +411,8 @@ class Trainer:
                         grad_sums[b] += torch.linalg.vector_norm(
                             torch.stack(torch._foreach_norm(grads))
                         )
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.state.step += 1
             n = len(batch.index)
             seen += n
@@ -568,6 +587,7 @@ class Trainer:
             "lr": self.config.lr,
             "wd": self.config.wd,
             "bn": self.config.bn,
+            "precision": self.precision,
             "seed": self.config.seed,
             **{f"val_{k}": v for k, v in val.items()},
             **{f"test_{k}": v for k, v in test.items()},

@@ -165,6 +165,7 @@ def colour_tree(root: Path, per_class: int = 12) -> Path:
 def test_lp_ft_never_ends_below_the_head_it_started_from(tmp_path):
     data = colour_tree(tmp_path / "colours")
     extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    extract["precision"] = "bf16"  # the features' precision, which LP-FT on a CPU keeps
     run, _ = fit(
         data,
         "test_efficientnet",
@@ -176,6 +177,7 @@ def test_lp_ft_never_ends_below_the_head_it_started_from(tmp_path):
         **BASE | {"lr": 100.0, "epochs": 1}, unfreeze="all", from_run=str(run.path)
     )
     trainer = Trainer(data, config, tmp_path / "wrecked")
+    assert trainer.precision == "bf16"
     result = trainer.run()
     assert result["start_val"] == 1.0
     assert trainer.state.history["val_metric"][0] < 1.0  # the one epoch made it worse …
