@@ -41,9 +41,11 @@ def _subset(source: Path, out: Path, per_class: int) -> Path:
     return out
 
 
-def naive_recipe(root: Path, model: torch.nn.Module, config: dict[str, Any]) -> dict[str, float]:
+def naive_recipe(
+    root: Path, model: torch.nn.Module, config: dict[str, Any], device: torch.device
+) -> dict[str, float]:
     """The course material's loop: ImageFolder, PIL transforms, batch 4, 2 workers, NCHW fp32,
-    features gathered in a Python list."""
+    features gathered in a Python list (on the GPU when there is one, as the course does)."""
     size = config["input_size"][-1]
     transform = transforms.Compose(
         [
@@ -55,13 +57,13 @@ def naive_recipe(root: Path, model: torch.nn.Module, config: dict[str, Any]) -> 
     )
     dataset = datasets.ImageFolder(str(root), transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=False, num_workers=2)
-    model = model.to(memory_format=torch.contiguous_format).eval()
+    model = model.to(device, memory_format=torch.contiguous_format).eval()
     start = time.perf_counter()
     features = []
     with torch.no_grad():
         for inputs, _ in loader:
-            features.append(model(inputs))
-    torch.cat(features)
+            features.append(model(inputs.to(device)))
+    torch.cat(features).cpu()
     seconds = time.perf_counter() - start
     return {"images": len(dataset), "seconds": seconds, "images_per_s": len(dataset) / seconds}
 
@@ -93,7 +95,7 @@ def ceiling_and_naive(
     before = ceiling()
     result = featpipe.extract(root, backbone, weights="offline", cache_dir=cache)
     after = ceiling()
-    naive = naive_recipe(root, build_backbone(spec).module, built.data_config)
+    naive = naive_recipe(root, build_backbone(spec).module, built.data_config, dev)
     forward = (before + after) / 2
     return {
         "dataset": name,

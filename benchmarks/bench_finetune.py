@@ -20,7 +20,8 @@ LEVELS = ("head", "last:3", "all")
 
 
 def forward_rate(trainer: Trainer) -> float:
-    """Images/s of eval-mode forward passes over the training images (decoding included)."""
+    """Images/s of eval-mode forward passes over the training images: decoding included, with
+    the same batch size and worker processes as the training epoch."""
     from featpipe.loader import make_loader
 
     items = trainer.train_items
@@ -28,7 +29,7 @@ def forward_rate(trainer: Trainer) -> float:
         [str(trainer.dataset.root / i.relpath) for i in items],
         ImageToUint8(trainer.backbone.data_config, False),
         trainer.config.batch_size,
-        0,
+        trainer.config.workers,
         pin_memory=False,
     )
     trainer.model.eval()
@@ -39,10 +40,8 @@ def forward_rate(trainer: Trainer) -> float:
     return len(items) / (time.perf_counter() - start)
 
 
-def run(work: Path, quick: bool = False) -> dict[str, Any]:
-    data = prepare_dataset(
-        "elpv", work / ("elpv-ft-40" if quick else "elpv-ft-150"), per_class=40 if quick else 150
-    )
+def levels(data: Path, work: Path, batch_size: int = 32) -> dict[str, Any]:
+    """One training epoch per freezing level, and a forward pass over the same images."""
     rows = []
     for level in LEVELS:
         config = FinetuneConfig(
@@ -50,11 +49,12 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
             weights="offline",
             unfreeze=level,
             epochs=1,
-            batch_size=32,
+            batch_size=batch_size,
             augment=False,
         )
         trainer = Trainer(data, config, work / f"ft-bench-{level.replace(':', '')}")
         trainer._enter(0, None)
+        trainer._epoch(0, 0)  # warm-up: kernels, allocator, autotuning
         start = time.perf_counter()
         trainer._epoch(0, 0)
         train_rate = len(trainer.train_items) / (time.perf_counter() - start)
@@ -71,10 +71,20 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
         )
         print(rows[-1], flush=True)
     return {
-        "dataset": f"elpv, {len(trainer.train_items)} training images, 224 px",
-        "backbone": "tf_efficientnet_lite0 (offline weights), batch 32, no augmentation",
+        "dataset": f"{data.name}, {len(trainer.train_items)} training images, 224 px",
+        "backbone": (
+            f"tf_efficientnet_lite0 (offline weights), batch {batch_size}, no augmentation, "
+            f"{trainer.precision}, {trainer.config.workers} worker(s), {trainer.device.type}"
+        ),
         "levels": rows,
     }
+
+
+def run(work: Path, quick: bool = False) -> dict[str, Any]:
+    data = prepare_dataset(
+        "elpv", work / ("elpv-ft-40" if quick else "elpv-ft-150"), per_class=40 if quick else 150
+    )
+    return levels(data, work)
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_advise
+import bench_cuda
 import bench_distributed
 import bench_extract
 import bench_finetune
@@ -30,7 +32,14 @@ SECTIONS = {
     "fit": bench_fit,
     "finetune": bench_finetune,
     "distributed": bench_distributed,
+    "cuda": bench_cuda,
+    "advise": bench_advise,
 }
+# `make bench`: everything but the advise check (it trains networks for tens of minutes), and
+# the CUDA section only where there is a GPU.
+DEFAULT = ["extract", "fit", "finetune", "distributed"] + (
+    ["cuda"] if torch.cuda.is_available() else []
+)
 
 
 def machine() -> str:
@@ -41,44 +50,57 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--only", nargs="*", default=DEFAULT, choices=list(SECTIONS))
     parser.add_argument("--work", type=Path, default=HERE / "out", help="Scratch data and caches.")
     parser.add_argument("--quick", action="store_true", help="Smaller datasets (a smoke run).")
+    parser.add_argument(
+        "--advise-data",
+        nargs="*",
+        choices=list(bench_advise.DATASETS),
+        help="Datasets for the advise section (default: all; a CPU manages elpv, fashion-100).",
+    )
+    parser.add_argument(
+        "--tag", default="", help="Suffix of the results file, e.g. the machine: advise-gpu.json"
+    )
     args = parser.parse_args()
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     for name in args.only:
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        results = SECTIONS[name].run(args.work, quick=args.quick)
+        extra = {"datasets": args.advise_data} if name == "advise" else {}
+        results = SECTIONS[name].run(args.work, quick=args.quick, **extra)
         record = {
             "section": name,
             "date": started,
             "machine": machine(),
-            "command": "make bench  # python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
             "results": results,
         }
-        (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+        suffix = f"-{args.tag}" if args.tag else ""
+        (out / f"{name}{suffix}.json").write_text(json.dumps(record, indent=1))
     write_markdown(out)
 
 
 def write_markdown(out: Path) -> None:
     parts = ["# Benchmark results", ""]
     for name, module in SECTIONS.items():
-        path = out / f"{name}.json"
-        if not path.exists():
-            continue
-        record = json.loads(path.read_text())
-        parts += [
-            f"## {name}",
-            "",
-            f"Measured {record['date']} on {record['machine']}.",
-            f"Command: `{record['command']}`",
-            "",
-            module.markdown(record["results"]),
-            "",
-        ]
+        for path in sorted(out.glob(f"{name}.json")) + sorted(out.glob(f"{name}-*.json")):
+            parts += _section(path, module)
     (HERE / "RESULTS.md").write_text("\n".join(parts))
+
+
+def _section(path: Path, module) -> list[str]:
+    record = json.loads(path.read_text())
+    return [
+        f"## {path.stem}",
+        "",
+        f"Measured {record['date']} on {record['machine']}.",
+        f"Command: `{record['command']}`",
+        "",
+        module.markdown(record["results"]),
+        "",
+    ]
 
 
 if __name__ == "__main__":

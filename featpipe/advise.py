@@ -148,26 +148,27 @@ def advise(
         size,
         similarity,
         STRATEGIES[(size, similarity)],
-        _command(size, similarity, str(data), backbone),
+        _command(size, similarity, str(data), backbone, bool((pretrained.split == "val").any())),
         evidence,
     )
 
 
-def _command(size: str, similarity: str, data: str, backbone: str) -> str:
+def _command(size: str, similarity: str, data: str, backbone: str, has_val: bool) -> str:
+    """The next command for a quadrant (the recipes ``benchmarks/bench_advise.py`` checks)."""
+    fit = f"featpipe fit {data} --backbone {backbone}"
     if (size, similarity) == ("small", "similar"):
-        return f"featpipe fit {data} --backbone {backbone} --sweep head=linear,logreg lr=1e-3,1e-2"
+        return f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1"
     if (size, similarity) == ("large", "similar"):
+        holdout = "" if has_val else " --holdout 0.15"
         return (
-            f"featpipe fit {data} --backbone {backbone}  # then, with the run it prints:\n"
-            f"featpipe finetune {data} --backbone {backbone} --from RUN "
-            "--gradual 0:head,2:last:3,4:all --lr-mult 0.1,0.33,1 --lr 1e-4 --epochs 8"
+            f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1{holdout}"
+            "  # then, with the run it prints:\n"
+            f"featpipe finetune {data} --from RUN --gradual 0:last:3,2:all "
+            "--lr-mult 0.1,0.33,1 --lr 1e-4 --epochs 6 --crop-scale 0.35"
         )
     if (size, similarity) == ("large", "dissimilar"):
         return (
             f"featpipe finetune {data} --backbone {backbone} --weights none --unfreeze all "
-            "--epochs 30 --lr 3e-3"
+            "--lr 3e-3 --epochs 30 --crop-scale 0.35"
         )
-    return (
-        f"featpipe fit {data} --backbone {backbone} --sweep head=linear,logreg "
-        "wd=1e-3,1e-2,1e-1 --set dropout=0.5 --shots 1,5,25,all"
-    )
+    return f"{fit} --sweep head=linear,logreg wd=1e-3,1e-2,1e-1 C=0.01,0.1,1 --shots 1,5,25,all"
