@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,26 @@ def forward_grid(batch: int = 256) -> list[dict[str, Any]]:
     return rows
 
 
+WORKERS = (8, 15)
+
+
+def loader_rate(data: Path, workers: int, batch: int = 128) -> dict[str, Any]:
+    """Images/s of decoding alone (the DataLoader with pinned memory, no model)."""
+    from featpipe.datasets import scan
+    from featpipe.loader import make_loader
+    from featpipe.transforms import ImageToUint8
+
+    built = build_backbone(BackboneSpec(BACKBONE, "offline"))
+    dataset = scan(data)
+    paths = [str(dataset.root / i.relpath) for i in dataset.items]
+    loader = make_loader(paths, ImageToUint8(built.data_config, True), batch, workers, True)
+    start = time.perf_counter()
+    count = sum(len(b.index) for b in loader)
+    row = {"workers": workers, "images_per_s": round(count / (time.perf_counter() - start), 1)}
+    print(row, flush=True)
+    return row
+
+
 def run(work: Path, quick: bool = False) -> dict[str, Any]:
     if not torch.cuda.is_available():
         raise SystemExit("the cuda section needs a GPU (run it on the device machine)")
@@ -53,9 +74,11 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
     data = prepare_dataset("fashion-mnist", work / f"fashion-cuda-{per_class}", per_class=per_class)
     results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0)}
     results["forward"] = forward_grid()
-    results["extract"] = bench_extract.ceiling_and_naive(
-        f"fashion-mnist-{20 * per_class}", data, BACKBONE, work
-    )
+    name = f"fashion-mnist-{20 * per_class}"
+    results["loader"] = [loader_rate(data, w) for w in WORKERS]
+    results["extract"] = [bench_extract.ceiling_and_naive(name, data, BACKBONE, work)]
+    more = bench_extract.ceiling_and_naive(name, data, BACKBONE, work, workers=15, naive=False)
+    results["extract"].append(more)
     print(results["extract"], flush=True)
     ft_data = prepare_dataset("fashion-mnist", work / "fashion-cuda-ft-300", per_class=300)
     results["finetune"] = bench_finetune.levels(ft_data, work, batch_size=128)
@@ -73,6 +96,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {r['precision']} | {r['memory_format']} | {r['batch']} | {r['images_per_s']} |"
         )
-    lines += ["", bench_extract.markdown({"ceiling_and_naive": [results["extract"]]}), ""]
+    lines += ["", "| DataLoader workers | decoding only, img/s |", "|---|---|"]
+    lines += [f"| {r['workers']} | {r['images_per_s']} |" for r in results.get("loader", [])]
+    extract = results["extract"] if isinstance(results["extract"], list) else [results["extract"]]
+    lines += ["", bench_extract.markdown({"ceiling_and_naive": extract}), ""]
     lines += [bench_finetune.markdown(results["finetune"])]
     return "\n".join(lines)

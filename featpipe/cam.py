@@ -72,7 +72,7 @@ def class_activation_maps(
     ).squeeze(1)
     low = cams.flatten(1).min(1).values.view(-1, 1, 1)
     high = cams.flatten(1).max(1).values.view(-1, 1, 1)
-    return ((cams - low) / (high - low).clamp_min(1e-8)).numpy(), pred.numpy()
+    return ((cams - low) / (high - low).clamp_min(1e-8)).cpu().numpy(), pred.cpu().numpy()
 
 
 def save_cam_figure(
