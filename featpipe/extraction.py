@@ -149,15 +149,17 @@ def _check_options(
         raise FeatpipeError(f"--workers {workers}: use 0 or more")
 
 
-def default_workers(n_items: int, batch_size: int, world: int = 1) -> int:
+def default_workers(n_items: int, batch_size: int, world: int = 1, gpu: bool = False) -> int:
     """Decode in parallel with the forward pass, leaving a core for the forward itself.
 
-    Under torchrun the cores are shared by ``world`` ranks on the node.
+    On a CPU the forward needs the other cores, so at most 8 workers; with a GPU decoding is the
+    limit, so every core but one decodes (on a 16-core H100 machine, 15 workers decoded 6,900
+    img/s against 5,900 for 8). Under torchrun the cores are shared by ``world`` ranks.
     """
     cores = max(1, (os.cpu_count() or 2) // world)
     if n_items <= 2 * batch_size or cores < 2:
         return 0
-    return min(8, cores - 1)
+    return min(32 if gpu else 8, cores - 1)
 
 
 def _versions() -> dict[str, str]:
@@ -454,6 +456,7 @@ def _extract_rows(
     world: int = 1,
 ) -> int:
     """The hot loop: decode in workers, forward ``uint8`` batches, journal. Returns rows."""
+    from featpipe.devices import host_threads
     from featpipe.engines import Normalized
     from featpipe.loader import make_loader
     from featpipe.transforms import ImageToUint8
@@ -462,7 +465,10 @@ def _extract_rows(
     assert run.backbone is not None
     settings, fields, device = run.settings, run.fields, run.device
     batch_size = int(settings["batch_size"])
-    n_workers = default_workers(len(pending), batch_size, world) if workers is None else workers
+    gpu = device.type == "cuda"
+    n_workers = (
+        default_workers(len(pending), batch_size, world, gpu) if workers is None else workers
+    )
     settings["workers"] = n_workers
     config = run.backbone.data_config
     engine = build_engine(
@@ -482,33 +488,34 @@ def _extract_rows(
     writer = ShardWriter(parts, dim, fields.dtype, fields.digest, rank=rank, shard_rows=shard_rows)
     done = skipped_total = 0
     t0 = time.perf_counter()
-    try:
-        for batch in loader:
-            skipped = [
-                (pending[i].relpath, pending[i].size, pending[i].mtime_ns, reason)
-                for i, reason in batch.failed
-            ]
-            feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
-            rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
-            skipped += bad
-            writer.append(rows, feats, skipped)
-            done += len(batch.index) + len(batch.failed)
-            skipped_total += len(skipped)
-            if skipped and on_error == "fail":
-                path = run.dataset.root / skipped[0][0]
-                raise FeatpipeError(
-                    f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
-                    "--on-error skip to record it and go on"
-                )
-            if progress is not None:
-                progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
-    except DiskError:
-        writer.abandon()  # the disk is the problem: leave the journal for recovery
-        raise
-    except BaseException:
-        writer.flush()  # keep every finished batch, whatever stopped us
-        raise
-    writer.flush()
+    with host_threads(device):
+        try:
+            for batch in loader:
+                skipped = [
+                    (pending[i].relpath, pending[i].size, pending[i].mtime_ns, reason)
+                    for i, reason in batch.failed
+                ]
+                feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
+                rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
+                skipped += bad
+                writer.append(rows, feats, skipped)
+                done += len(batch.index) + len(batch.failed)
+                skipped_total += len(skipped)
+                if skipped and on_error == "fail":
+                    path = run.dataset.root / skipped[0][0]
+                    raise FeatpipeError(
+                        f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
+                        "--on-error skip to record it and go on"
+                    )
+                if progress is not None:
+                    progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
+        except DiskError:
+            writer.abandon()  # the disk is the problem: leave the journal for recovery
+            raise
+        except BaseException:
+            writer.flush()  # keep every finished batch, whatever stopped us
+            raise
+        writer.flush()
     return done - skipped_total
 
 

@@ -33,7 +33,7 @@ from featpipe.allocator import keep_freed_memory
 from featpipe.backbones import Backbone, BackboneSpec, build_backbone
 from featpipe.blocks import all_blocks, apply_trainable, check_monotone, parse_schedule
 from featpipe.datasets import Dataset, Item, scan
-from featpipe.devices import autocast, check_precision, resolve_device
+from featpipe.devices import autocast, check_precision, host_threads, resolve_device
 from featpipe.errors import FeatpipeError
 from featpipe.extraction import default_workers
 from featpipe.finetune_model import (
@@ -258,13 +258,13 @@ class Trainer:
             )
         if not 0 < config.crop_scale <= 1:
             raise FeatpipeError(f"--crop-scale {config.crop_scale}: use a share in (0, 1]")
+        self.device = resolve_device(config.device)
         if config.workers is None:
             # Resolved once and stored with the run: augmentation streams depend on it.
-            config = replace(
-                config, workers=default_workers(len(self.train_items), config.batch_size)
-            )
+            gpu = self.device.type == "cuda"
+            workers = default_workers(len(self.train_items), config.batch_size, gpu=gpu)
+            config = replace(config, workers=workers)
             self.config = config
-        self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.model, self.backbone, self.fresh_bn = _build_model(config, self.dataset)
         self.model.to(self.device)
@@ -467,6 +467,10 @@ class Trainer:
 
         ``stop_after`` ends this call after that many epochs (the run stays resumable).
         """
+        with host_threads(self.device):
+            return self._run(stop_after, progress)
+
+    def _run(self, stop_after: int | None, progress: EpochProgress | None) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         stage = self._resume()
         done_now = 0
