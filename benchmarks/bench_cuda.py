@@ -99,6 +99,14 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "| DataLoader workers | decoding only, img/s |", "|---|---|"]
     lines += [f"| {r['workers']} | {r['images_per_s']} |" for r in results.get("loader", [])]
     extract = results["extract"] if isinstance(results["extract"], list) else [results["extract"]]
-    lines += ["", bench_extract.markdown({"ceiling_and_naive": extract}), ""]
+    lines += ["", bench_extract.markdown({"ceiling_and_naive": extract})]
+    lines += [
+        "",
+        "The rows are consecutive runs of the same extraction (the first also against the naive "
+        "recipe). A run of 20,000 images lasts seconds, so worker start-up and first CUDA calls "
+        "weigh on it; the steady-state loop (`benchmarks/cuda_host_threads.py`) is the better "
+        "guide to throughput on large datasets.",
+        "",
+    ]
     lines += [bench_finetune.markdown(results["finetune"])]
     return "\n".join(lines)
