@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision import datasets, transforms
 
 import featpipe
 from featpipe.backbones import BackboneSpec, build_backbone
@@ -41,31 +40,49 @@ def _subset(source: Path, out: Path, per_class: int) -> Path:
     return out
 
 
-def naive_recipe(
-    root: Path, model: torch.nn.Module, config: dict[str, Any], device: torch.device
-) -> dict[str, float]:
-    """The course material's loop: ImageFolder, PIL transforms, batch 4, 2 workers, NCHW fp32,
-    features gathered in a Python list (on the GPU when there is one, as the course does)."""
-    size = config["input_size"][-1]
-    transform = transforms.Compose(
-        [
-            transforms.Resize(int(size / config["crop_pct"])),
-            transforms.CenterCrop(size),
-            transforms.ToTensor(),
-            transforms.Normalize(config["mean"], config["std"]),
-        ]
+NAIVE = """
+import json, sys, time
+import torch
+from torchvision import datasets, transforms
+from featpipe.backbones import BackboneSpec, build_backbone
+
+root, backbone, device = sys.argv[1:4]
+built = build_backbone(BackboneSpec(backbone, weights="offline"))
+config, size = built.data_config, built.data_config["input_size"][-1]
+transform = transforms.Compose(
+    [
+        transforms.Resize(int(size / config["crop_pct"])),
+        transforms.CenterCrop(size),
+        transforms.ToTensor(),
+        transforms.Normalize(config["mean"], config["std"]),
+    ]
+)
+dataset = datasets.ImageFolder(root, transform=transform)
+loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=False, num_workers=2)
+model = built.module.to(device).eval()
+start = time.perf_counter()
+features = []
+with torch.no_grad():
+    for inputs, _ in loader:
+        features.append(model(inputs.to(device)))
+torch.cat(features).cpu()
+seconds = time.perf_counter() - start
+rate = len(dataset) / seconds
+print(json.dumps({"images": len(dataset), "seconds": seconds, "images_per_s": rate}))
+"""
+
+
+def naive_recipe(root: Path, backbone: str, device: torch.device) -> dict[str, float]:
+    """The course material's loop, in a fresh process as a user would run it: ImageFolder, PIL
+    transforms, batch 4, 2 workers, NCHW fp32, features gathered in a Python list (on the GPU
+    when there is one, as the course does), glibc's allocator defaults."""
+    done = subprocess.run(
+        [sys.executable, "-c", NAIVE, str(root), backbone, str(device)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    dataset = datasets.ImageFolder(str(root), transform=transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=False, num_workers=2)
-    model = model.to(device, memory_format=torch.contiguous_format).eval()
-    start = time.perf_counter()
-    features = []
-    with torch.no_grad():
-        for inputs, _ in loader:
-            features.append(model(inputs.to(device)))
-    torch.cat(features).cpu()
-    seconds = time.perf_counter() - start
-    return {"images": len(dataset), "seconds": seconds, "images_per_s": len(dataset) / seconds}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def ceiling_and_naive(
@@ -114,7 +131,7 @@ def ceiling_and_naive(
         "ratio_to_ceiling": round(result.images_per_second / forward, 3),
     }
     if naive:
-        baseline = naive_recipe(root, build_backbone(spec).module, built.data_config, dev)
+        baseline = naive_recipe(root, backbone, dev)
         row["naive_images_per_s"] = round(baseline["images_per_s"], 1)
         row["speedup_vs_naive"] = round(result.images_per_second / baseline["images_per_s"], 2)
     return row

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_advise
+import bench_allocator
 import bench_cuda
 import bench_distributed
 import bench_extract
@@ -29,6 +30,7 @@ from featpipe.cache.catalog import machine_signature
 HERE = Path(__file__).parent
 SECTIONS = {
     "extract": bench_extract,
+    "allocator": bench_allocator,
     "fit": bench_fit,
     "finetune": bench_finetune,
     "distributed": bench_distributed,
@@ -37,7 +39,7 @@ SECTIONS = {
 }
 # `make bench`: everything but the advise check (it trains networks for tens of minutes), and
 # the CUDA section only where there is a GPU.
-DEFAULT = ["extract", "fit", "finetune", "distributed"] + (
+DEFAULT = ["extract", "allocator", "fit", "finetune", "distributed"] + (
     ["cuda"] if torch.cuda.is_available() else []
 )
 
