@@ -255,20 +255,23 @@ class StackedHeads:
 def _loss(
     out: torch.Tensor, y: torch.Tensor, config: HeadConfig, weights: torch.Tensor | None
 ) -> torch.Tensor:
-    """Per-head mean loss [K]."""
-    k, batch = out.shape[:2]
+    """Per-head mean loss [K]: ``F.cross_entropy``'s arithmetic (weights, label smoothing).
+
+    The log-softmax runs over a class-first layout: with few classes and K·B rows, PyTorch's CPU
+    kernel along a short last axis took 649 µs for 8,192 × 10 logits, along the first 47 µs.
+    """
     if out.shape[2] == 1 and y.dtype.is_floating_point:
         return ((out.squeeze(2) - y) ** 2).mean(dim=1)
-    flat = F.cross_entropy(
-        out.reshape(k * batch, -1),
-        y.repeat(k),
-        weight=weights,
-        reduction="none",
-        label_smoothing=config.label_smoothing,
-    ).view(k, batch)
+    logp = F.log_softmax(out.permute(2, 0, 1), dim=0)  # [O, K, B]
+    nll = -logp.gather(0, y.view(1, 1, -1).expand(1, out.shape[0], -1)).squeeze(0)
+    eps = config.label_smoothing
     if weights is None:
-        return flat.mean(dim=1)
-    return flat.sum(dim=1) / weights[y].sum()
+        per = (1 - eps) * nll - eps * logp.mean(dim=0) if eps else nll
+        return per.mean(dim=1)
+    per = (1 - eps) * weights[y] * nll
+    if eps:
+        per = per - eps * (logp * weights.view(-1, 1, 1)).sum(dim=0) / len(weights)
+    return per.sum(dim=1) / weights[y].sum()
 
 
 def _metric(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -277,7 +280,7 @@ def _metric(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         residual = ((out.squeeze(2) - y) ** 2).sum(dim=1)
         total = ((y - y.mean()) ** 2).sum().clamp_min(1e-12)
         return 1 - residual / total
-    return (out.argmax(dim=2) == y).float().mean(dim=1)
+    return (out.permute(2, 0, 1).argmax(dim=0) == y).float().mean(dim=1)  # class-first: fast
 
 
 def evaluate(

@@ -25,6 +25,7 @@ def test_cuda_loops_hold_the_host_thread_pool_small_and_restore_it() -> None:
 def test_workers_use_every_spare_core_with_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert default_workers(10_000, 256, gpu=True) == 15
-    assert default_workers(10_000, 32) == 8  # on a CPU the forward needs the other cores
-    assert default_workers(10_000, 32, world=8) == 1  # torchrun ranks share the node
+    assert default_workers(10_000, 32) == 4  # on a CPU the forward needs the other cores
+    assert default_workers(10_000, 32, world=4) == 1  # torchrun ranks share the node
+    assert default_workers(10_000, 32, world=8) == 0  # 2 cores per rank: decode in the rank
     assert default_workers(20, 32) == 0  # a handful of images: no processes to start

@@ -120,15 +120,20 @@ def test_learning_rate_groups(data, tmp_path):
     assert scales[-1] == 1.0 and scales[0] == pytest.approx(0.5 ** (n - 1))
 
 
-def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
+def fit_head(data: Path, tmp_path: Path, epochs: int, precision: str = "fp32"):
+    """A linear head on the tiny model's cached features (the run LP-FT starts from)."""
     extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
-    run, result = fit(
+    return fit(
         data,
         "test_efficientnet",
-        head={"head": "linear", "epochs": 3},
+        head={"head": "linear", "epochs": epochs},
         runs_dir=tmp_path / "runs",
-        extract_options=extract,
+        extract_options=extract | {"precision": precision},
     )
+
+
+def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
+    run, result = fit_head(data, tmp_path, epochs=3)
     trainer = Trainer(data, FinetuneConfig(**BASE, from_run=str(run.path)), tmp_path / "ft")
     cached = featpipe.extract(data, cache_dir=tmp_path / "c", **TINY).load()
     transform = ImageToUint8(trainer.backbone.data_config, True)
@@ -164,15 +169,8 @@ def colour_tree(root: Path, per_class: int = 12) -> Path:
 
 def test_lp_ft_never_ends_below_the_head_it_started_from(tmp_path):
     data = colour_tree(tmp_path / "colours")
-    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
-    extract["precision"] = "bf16"  # the features' precision, which LP-FT on a CPU keeps
-    run, _ = fit(
-        data,
-        "test_efficientnet",
-        head={"head": "linear", "epochs": 20},
-        runs_dir=tmp_path / "runs",
-        extract_options=extract,
-    )
+    # bf16: the features' precision, which LP-FT on a CPU keeps
+    run, _ = fit_head(data, tmp_path, epochs=20, precision="bf16")
     config = FinetuneConfig(
         **BASE | {"lr": 100.0, "epochs": 1}, unfreeze="all", from_run=str(run.path)
     )

@@ -232,3 +232,20 @@ def test_estimator_api_and_option_validation() -> None:
 def test_grid_expansion_drops_options_a_head_ignores() -> None:
     configs = expand(parse_grid_args(["head=linear,knn", "lr=1e-3,1e-2"]))
     assert [(c.head, c.lr) for c in configs] == [("linear", 1e-3), ("linear", 1e-2), ("knn", 1e-3)]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_stacked_loss_is_torch_cross_entropy(smoothing: float, weighted: bool) -> None:
+    from featpipe.stacked import _loss
+
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(3, 50, 7, generator=gen)
+    y = torch.randint(0, 7, (50,), generator=gen)
+    weights = torch.rand(7, generator=gen) + 0.5 if weighted else None
+    ours = _loss(out, y, HeadConfig(label_smoothing=smoothing), weights)
+    for k in range(3):
+        ref = torch.nn.functional.cross_entropy(
+            out[k], y, weight=weights, label_smoothing=smoothing
+        )
+        torch.testing.assert_close(ours[k], ref)
