@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from featpipe.advise import advise
+from featpipe.advise import LP_FT, SCRATCH, advise
 from featpipe.bundled import prepare_dataset
 from featpipe.finetune import FinetuneConfig, finetune
 from featpipe.fitting import fit
@@ -73,22 +73,8 @@ def check(name: str, work: Path, runs: Path, cache: Path) -> dict[str, Any]:
     strategies["head"]["chosen"] = run.metrics["chosen_label"]
     print(name, "head", strategies["head"], flush=True)
     recipes = {
-        "lp-ft": FinetuneConfig(
-            from_run=str(run.path),
-            gradual="0:last:3,2:all",
-            lr_mult=[0.1, 0.33, 1.0],
-            lr=1e-4,
-            epochs=ft_epochs,
-            crop_scale=0.35,
-        ),
-        "scratch": FinetuneConfig(
-            backbone=BACKBONE,
-            weights="none",
-            unfreeze="all",
-            lr=3e-3,
-            epochs=scratch_epochs,
-            crop_scale=0.35,
-        ),
+        "lp-ft": FinetuneConfig(from_run=str(run.path), epochs=ft_epochs, **LP_FT),
+        "scratch": FinetuneConfig(backbone=BACKBONE, epochs=scratch_epochs, **SCRATCH),
     }
     for strategy, config in recipes.items():
         start = time.perf_counter()

@@ -21,7 +21,7 @@ from .compare_cmd import register as register_compare
 from .datasets_cmd import datasets_app
 from .finetune_cmd import register as register_finetune
 from .fit_cmd import register as register_fit
-from .render import console, progress_bar
+from .render import console, plain, progress_bar
 from .use_cmd import register as register_use
 
 app = typer.Typer(
@@ -105,7 +105,7 @@ def extract(
                 str(r["images_per_s"]),
             )
         console().print(table)
-    console().print(escape(result.summary()))
+    plain(result.summary())
 
 
 @app.command()
@@ -144,7 +144,7 @@ def demo(
     from .fit_cmd import print_fit
 
     root = prepare_dataset(dataset, data_dir / dataset)
-    console().print(escape(f"dataset: {root}"))
+    plain(f"dataset: {root}")
     options = opt.ExtractOptions(
         "auto",
         "avg",
@@ -160,7 +160,7 @@ def demo(
         "skip",
     )
     result = run_extract(root, backbone, options)
-    console().print(escape(result.summary()))
+    plain(result.summary())
     run, sweep = fit(
         root,
         backbone,

@@ -14,7 +14,7 @@ from featpipe.cache.entry import verify as verify_entry
 from featpipe.errors import FeatpipeError
 
 from . import options as opt
-from .render import console, human_bytes, human_time
+from .render import console, human_bytes, human_time, plain
 
 cache_app = typer.Typer(help="Inspect and manage the feature cache.", no_args_is_help=True)
 
@@ -106,7 +106,7 @@ def verify(
             bad += 1
             console().print(f"[red]FAIL[/] {escape(str(path))}")
             for problem in problems:
-                console().print(escape(f"  - {problem}"))
+                plain(f"  - {problem}")
         else:
             console().print(f"[green]ok[/]   {escape(str(path))}")
     if bad:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -14,7 +13,7 @@ from featpipe.errors import FeatpipeError
 
 from . import options as opt
 from .fit_cmd import RunsDir
-from .render import console, progress_bar
+from .render import console, plain, progress_bar
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:
@@ -163,7 +162,7 @@ def register(app: typer.Typer) -> None:
             f"test {result['test']['mean']:.4f}"
             + ("  (CAM overlays: cam.png)" if result.get("cam") else "")
         )
-        console().print(escape(f"run: {path}"))
+        plain(f"run: {path}")
 
     @app.command()
     def inspect(
@@ -187,7 +186,7 @@ def register(app: typer.Typer) -> None:
                 raise FeatpipeError(f"--export {export}: choose torchscript or onnx")
             target = out or Path(f"{spec.slug}.{'pt' if export == 'torchscript' else 'onnx'}")
             export_for_netron(spec, export, target)
-            console().print(escape(f"wrote {target}: open it in Netron (https://netron.app)"))
+            plain(f"wrote {target}: open it in Netron (https://netron.app)")
             return
         d = describe(spec, depth, unfreeze)
 
@@ -274,4 +273,4 @@ def register(app: typer.Typer) -> None:
         console().print(table)
         console().print(f"quadrant: [bold]{advice.size} dataset, {advice.similarity} domain[/]")
         console().print(f"strategy: {advice.strategy}")
-        console().print(escape(f"next:\n{advice.command}"))
+        plain(f"next:\n{advice.command}")

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
@@ -14,7 +13,7 @@ from featpipe.headconfig import parse_grid_args, read_grid_file, varying
 from featpipe.runs import DEFAULT_RUNS_DIR, results_table, write_csv
 
 from . import options as opt
-from .render import console, progress_bar
+from .render import console, plain, progress_bar
 
 if TYPE_CHECKING:
     from featpipe.sweep import SweepResult
@@ -83,8 +82,8 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
     test = best.test[0] if best.test else {}
     extra = "  ".join(f"test {k}={v:.4f}" for k, v in test.items())
     keys = varying([c.config for c in result.candidates])
-    out.print(escape(f"chosen: {best.config.label(keys)}  {extra}"))
-    out.print(escape(f"run: {run.path}"))
+    plain(f"chosen: {best.config.label(keys)}  {extra}")
+    plain(f"run: {run.path}")
 
 
 def register(app: typer.Typer) -> None:

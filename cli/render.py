@@ -31,6 +31,12 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
+def plain(text: str, stderr: bool = False) -> None:
+    """Print text that comes from data (paths, summaries, commands) without reading markup in
+    it: ``[torch bf16, batch 8]`` or ``data[1]/x.png`` must print as written."""
+    console(stderr).print(text, markup=False)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

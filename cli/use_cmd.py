@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from . import options as opt
 from .fit_cmd import RunsDir
-from .render import console
+from .render import console, plain
 
 
 def register(app: typer.Typer) -> None:
@@ -66,4 +65,4 @@ def register(app: typer.Typer) -> None:
         from featpipe.report import report as write_report
 
         page = write_report(runs_dir, out)
-        console().print(escape(f"wrote {page}"))
+        plain(f"wrote {page}")

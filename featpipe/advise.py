@@ -153,6 +153,20 @@ def advise(
     )
 
 
+# The fine-tune recipes advise recommends, as FinetuneConfig fields; benchmarks/bench_advise.py
+# runs exactly these to check the advice.
+LP_FT = {"gradual": "0:last:3,2:all", "lr_mult": [0.1, 0.33, 1.0], "lr": 1e-4, "crop_scale": 0.35}
+SCRATCH = {"weights": "none", "unfreeze": "all", "lr": 3e-3, "crop_scale": 0.35}
+
+
+def _flags(recipe: dict[str, Any]) -> str:
+    """``{"lr_mult": [0.1, 1.0], "lr": 1e-4}`` → ``--lr-mult 0.1,1.0 --lr 0.0001``."""
+    return " ".join(
+        f"--{k.replace('_', '-')} " + (",".join(map(str, v)) if isinstance(v, list) else str(v))
+        for k, v in recipe.items()
+    )
+
+
 def _command(size: str, similarity: str, data: str, backbone: str, has_val: bool) -> str:
     """The next command for a quadrant (the recipes ``benchmarks/bench_advise.py`` checks)."""
     fit = f"featpipe fit {data} --backbone {backbone}"
@@ -163,12 +177,8 @@ def _command(size: str, similarity: str, data: str, backbone: str, has_val: bool
         return (
             f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1{holdout}"
             "  # then, with the run it prints:\n"
-            f"featpipe finetune {data} --from RUN --gradual 0:last:3,2:all "
-            "--lr-mult 0.1,0.33,1 --lr 1e-4 --epochs 6 --crop-scale 0.35"
+            f"featpipe finetune {data} --from RUN {_flags(LP_FT)} --epochs 6"
         )
     if (size, similarity) == ("large", "dissimilar"):
-        return (
-            f"featpipe finetune {data} --backbone {backbone} --weights none --unfreeze all "
-            "--lr 3e-3 --epochs 30 --crop-scale 0.35"
-        )
+        return f"featpipe finetune {data} --backbone {backbone} {_flags(SCRATCH)} --epochs 30"
     return f"{fit} --sweep head=linear,logreg wd=1e-3,1e-2,1e-1 C=0.01,0.1,1 --shots 1,5,25,all"

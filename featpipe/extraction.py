@@ -284,18 +284,21 @@ def extract(
             return 0, 0.0
         if run.backbone is None:
             run.backbone = _build(request, run.timings)
+        from featpipe.devices import host_threads
+
         t0 = time.perf_counter()
-        rows = _extract_rows(
-            run,
-            mine,
-            parts,
-            on_error,
-            workers,
-            shard_rows,
-            progress,
-            rank=dist.rank if dist else 0,
-            world=dist.world if dist else 1,
-        )
+        with host_threads(run.device):
+            rows = _extract_rows(
+                run,
+                mine,
+                parts,
+                on_error,
+                workers,
+                shard_rows,
+                progress,
+                rank=dist.rank if dist else 0,
+                world=dist.world if dist else 1,
+            )
         run.timings["extract_s"] = time.perf_counter() - t0
         return rows, len(mine) / run.timings["extract_s"]
 
@@ -459,7 +462,6 @@ def _extract_rows(
     world: int = 1,
 ) -> int:
     """The hot loop: decode in workers, forward ``uint8`` batches, journal. Returns rows."""
-    from featpipe.devices import host_threads
     from featpipe.engines import Normalized
     from featpipe.loader import make_loader
     from featpipe.transforms import ImageToUint8
@@ -491,34 +493,33 @@ def _extract_rows(
     writer = ShardWriter(parts, dim, fields.dtype, fields.digest, rank=rank, shard_rows=shard_rows)
     done = skipped_total = 0
     t0 = time.perf_counter()
-    with host_threads(device):
-        try:
-            for batch in loader:
-                skipped = [
-                    (pending[i].relpath, pending[i].size, pending[i].mtime_ns, reason)
-                    for i, reason in batch.failed
-                ]
-                feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
-                rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
-                skipped += bad
-                writer.append(rows, feats, skipped)
-                done += len(batch.index) + len(batch.failed)
-                skipped_total += len(skipped)
-                if skipped and on_error == "fail":
-                    path = run.dataset.root / skipped[0][0]
-                    raise FeatpipeError(
-                        f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
-                        "--on-error skip to record it and go on"
-                    )
-                if progress is not None:
-                    progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
-        except DiskError:
-            writer.abandon()  # the disk is the problem: leave the journal for recovery
-            raise
-        except BaseException:
-            writer.flush()  # keep every finished batch, whatever stopped us
-            raise
-        writer.flush()
+    try:
+        for batch in loader:
+            skipped = [
+                (pending[i].relpath, pending[i].size, pending[i].mtime_ns, reason)
+                for i, reason in batch.failed
+            ]
+            feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
+            rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
+            skipped += bad
+            writer.append(rows, feats, skipped)
+            done += len(batch.index) + len(batch.failed)
+            skipped_total += len(skipped)
+            if skipped and on_error == "fail":
+                path = run.dataset.root / skipped[0][0]
+                raise FeatpipeError(
+                    f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
+                    "--on-error skip to record it and go on"
+                )
+            if progress is not None:
+                progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
+    except DiskError:
+        writer.abandon()  # the disk is the problem: leave the journal for recovery
+        raise
+    except BaseException:
+        writer.flush()  # keep every finished batch, whatever stopped us
+        raise
+    writer.flush()
     return done - skipped_total
 
 

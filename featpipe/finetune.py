@@ -95,31 +95,34 @@ class FinetuneConfig:
     precision: str = "auto"
 
 
-def _precision(config: FinetuneConfig, device: torch.device) -> str:
-    check_precision(device, config.precision)
-    if config.precision != "auto":
-        return config.precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if config.from_run:
-        from featpipe.runs import load_run
-
-        return load_run(config.from_run).config["entries"][0]["key_fields"]["precision"]
-    return "fp32"
-
-
-def resolve_backbone(config: FinetuneConfig) -> FinetuneConfig:
-    """With ``--from RUN`` the run names the backbone (model, weights, input size), so the run
-    directory and the results table record the network that was actually trained."""
+def _from_entry(config: FinetuneConfig) -> dict[str, Any] | None:
+    """The cache entry record of the ``--from`` run (its one backbone), or None."""
     if not config.from_run:
-        return replace(config, backbone=config.backbone or DEFAULT_BACKBONE)
+        return None
     from featpipe.runs import load_run
 
     entries = load_run(config.from_run).config["entries"]
     if len(entries) != 1:
         raise FeatpipeError(f"--from {config.from_run}: LP-FT needs a single-backbone run")
-    model = entries[0]["model"]
-    size = entries[0]["key_fields"]["transform"]["input_size"][-1]
+    return entries[0]
+
+
+def _precision(config: FinetuneConfig, device: torch.device, entry: dict[str, Any] | None) -> str:
+    check_precision(device, config.precision)
+    if config.precision != "auto":
+        return config.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return entry["key_fields"]["precision"] if entry else "fp32"
+
+
+def _resolve_backbone(config: FinetuneConfig, entry: dict[str, Any] | None) -> FinetuneConfig:
+    """With ``--from RUN`` the run names the backbone (model, weights, input size), so the run
+    directory and the results table record the network that was actually trained."""
+    if entry is None:
+        return replace(config, backbone=config.backbone or DEFAULT_BACKBONE)
+    model = entry["model"]
+    size = entry["key_fields"]["transform"]["input_size"][-1]
     if config.backbone not in (None, model):
         raise FeatpipeError(
             f"--backbone {config.backbone}: run {config.from_run} was fitted on {model}; "
@@ -130,7 +133,7 @@ def resolve_backbone(config: FinetuneConfig) -> FinetuneConfig:
             f"--image-size {config.image_size}: run {config.from_run} was fitted at {size} px; "
             "leave --image-size out when starting from a run"
         )
-    return replace(config, backbone=model, weights=entries[0]["weights"], image_size=size)
+    return replace(config, backbone=model, weights=entry["weights"], image_size=size)
 
 
 class TrainImages(ImageToUint8):
@@ -235,13 +238,25 @@ def _loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
 
 
 class Trainer:
-    """One fine-tune run in a run directory; call :meth:`run` (it resumes by itself)."""
+    """One fine-tune run in a run directory; call :meth:`run` (it resumes by itself).
 
-    def __init__(self, data: str | Path | Dataset, config: FinetuneConfig, out: Path) -> None:
+    Without ``out`` the run gets a new directory under ``runs_dir``, named after the dataset
+    and the (resolved) backbone.
+    """
+
+    def __init__(
+        self,
+        data: str | Path | Dataset,
+        config: FinetuneConfig,
+        out: Path | None = None,
+        runs_dir: Path = DEFAULT_RUNS_DIR,
+    ) -> None:
         keep_freed_memory()
-        config = resolve_backbone(config)
-        self.config, self.out = config, out
+        entry = _from_entry(config)
+        config = _resolve_backbone(config, entry)
+        self.config = config
         self.dataset = data if isinstance(data, Dataset) else scan(data)
+        self.out = out or default_out(runs_dir, self.dataset.name, str(config.backbone))
         if self.dataset.task == "none":
             raise FeatpipeError(f"{self.dataset.root}: fine-tuning needs labels")
         self.train_items = [i for i in self.dataset.items if i.split == "train"]
@@ -274,7 +289,7 @@ class Trainer:
         self.normalize = Normalize(
             self.backbone.data_config["mean"], self.backbone.data_config["std"]
         ).to(self.device)
-        self.precision = _precision(config, self.device)
+        self.precision = _precision(config, self.device, entry)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         steps = parse_schedule(config.gradual) if config.gradual else [(0, config.unfreeze)]
         self.steps = steps
@@ -632,8 +647,5 @@ def finetune(
     progress: EpochProgress | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tune on ``data``; returns the run directory and its metrics."""
-    dataset = scan(data)
-    config = resolve_backbone(config)
-    out = out or default_out(runs_dir, dataset.name, str(config.backbone))
-    trainer = Trainer(dataset, config, out)
-    return out, trainer.run(stop_after, progress)
+    trainer = Trainer(data, config, out, runs_dir)
+    return trainer.out, trainer.run(stop_after, progress)

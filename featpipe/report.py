@@ -8,6 +8,7 @@ them. Fine-tune runs add their per-epoch curves.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from collections import defaultdict
@@ -58,20 +59,22 @@ def _featured(runs: list[Run]) -> list[tuple[str, Run]]:
     return chosen
 
 
-def _sweep_rows(run: Run) -> list[dict[str, str]]:
+@functools.cache
+def _sweep_rows(path: Path) -> list[dict[str, str]]:
+    """Torch-head rows of a run (read once: a written run never changes)."""
     import csv
 
-    with (run.path / "rows.csv").open(newline="") as handle:
+    with (path / "rows.csv").open(newline="") as handle:
         return [r for r in csv.DictReader(handle) if r.get("lr") and r["head"] in ("linear", "mlp")]
 
 
 def _has_sweep(run: Run) -> bool:
-    return len({r["lr"] for r in _sweep_rows(run)}) > 1
+    return len({r["lr"] for r in _sweep_rows(run.path)}) > 1
 
 
 def sweep_plot(run: Run, out: Path, index: int) -> str | None:
     """Validation score against lr, one line per wd, for each torch head type of a run."""
-    rows = _sweep_rows(run)
+    rows = _sweep_rows(run.path)
     metric = f"val_{run.metrics['metric']}"
     lines: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:

@@ -80,3 +80,21 @@ def test_inspect_and_finetune_cli(tmp_path: Path, capsys) -> None:
     assert main(["results", "--runs-dir", str(tmp_path / "runs")]) == 0
     assert "finetune" in capsys.readouterr().out
     assert main(["report", "--runs-dir", str(tmp_path / "runs"), "-o", str(tmp_path / "rep")]) == 0
+
+
+@pytest.mark.parametrize("quadrant", [("large", "similar"), ("large", "dissimilar")])
+def test_advised_finetune_commands_parse(quadrant, tmp_path: Path) -> None:
+    """The next command advise prints must be one the CLI accepts, option for option."""
+    import shlex
+
+    import typer
+
+    from featpipe.advise import _command
+    from featpipe.cli.app import app
+
+    line = _command(*quadrant, str(tmp_path), "tf_efficientnet_lite0", has_val=False)
+    args = shlex.split(line.splitlines()[-1].replace("RUN", str(tmp_path)))
+    assert args[:2] == ["featpipe", "finetune"]
+    finetune = typer.main.get_command(app).commands["finetune"]
+    params = finetune.make_context("finetune", args[2:]).params
+    assert params["lr"] > 0 and params["crop_scale"] == 0.35
