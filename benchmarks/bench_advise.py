@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from featpipe.advise import LP_FT, SCRATCH, advise
-from featpipe.bundled import prepare_dataset
-from featpipe.finetune import FinetuneConfig, finetune
-from featpipe.fitting import fit
+from featpipe.data.bundled import prepare_dataset
+from featpipe.finetuning.trainer import FinetuneConfig, finetune
+from featpipe.fitting.stage import fit
+from featpipe.reports.advise import LP_FT, SCRATCH, advise
 
 BACKBONE = "tf_efficientnet_lite0"
 TOLERANCE = 0.01  # test-accuracy points (as a fraction) within which strategies tie

@@ -1,4 +1,4 @@
-"""What keeping freed buffers on the heap (``featpipe.allocator``) is worth on this CPU.
+"""What keeping freed buffers on the heap (``featpipe.runtime.allocator``) is worth on this CPU.
 
 Two fresh processes run the same probe, one with glibc's defaults and one after
 ``keep_freed_memory()``: EfficientNet-Lite0 (random weights: speed does not depend on them),
@@ -17,7 +17,7 @@ from typing import Any
 PROBE = """
 import json, resource, sys, time
 import timm, torch
-from featpipe.allocator import keep_freed_memory
+from featpipe.runtime.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "kept" else False
 model = timm.create_model("tf_efficientnet_lite0").to(memory_format=torch.channels_last)
 x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)

@@ -18,10 +18,10 @@ import bench_extract
 import bench_finetune
 import torch
 
-from featpipe.backbones import BackboneSpec, build_backbone
-from featpipe.bundled import prepare_dataset
-from featpipe.engines import Normalized, TorchEngine
-from featpipe.tuning import measure
+from featpipe.backbones.build import BackboneSpec, build_backbone
+from featpipe.data.bundled import prepare_dataset
+from featpipe.runtime.engines import Normalized, TorchEngine
+from featpipe.runtime.tuning import measure
 
 BACKBONE = "tf_efficientnet_lite0"
 
@@ -52,9 +52,9 @@ WORKERS = (8, 15)
 
 def loader_rate(data: Path, workers: int, batch: int = 128) -> dict[str, Any]:
     """Images/s of decoding alone (the DataLoader with pinned memory, no model)."""
-    from featpipe.datasets import scan
-    from featpipe.loader import make_loader
-    from featpipe.transforms import ImageToUint8
+    from featpipe.data.datasets import scan
+    from featpipe.data.loader import make_loader
+    from featpipe.data.transforms import ImageToUint8
 
     built = build_backbone(BackboneSpec(BACKBONE, "offline"))
     dataset = scan(data)

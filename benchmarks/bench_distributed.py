@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from featpipe.bundled import prepare_dataset
+from featpipe.data.bundled import prepare_dataset
 
 SETTINGS = [
     "-b",

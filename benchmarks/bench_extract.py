@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 import featpipe
-from featpipe.backbones import BackboneSpec, build_backbone
-from featpipe.bundled import prepare_dataset
-from featpipe.engines import Normalized
-from featpipe.tuning import build_engine, measure
+from featpipe.backbones.build import BackboneSpec, build_backbone
+from featpipe.data.bundled import prepare_dataset
+from featpipe.runtime.engines import Normalized
+from featpipe.runtime.tuning import build_engine, measure
 
 
 def _subset(source: Path, out: Path, per_class: int) -> Path:
@@ -44,7 +44,7 @@ NAIVE = """
 import json, sys, time
 import torch
 from torchvision import datasets, transforms
-from featpipe.backbones import BackboneSpec, build_backbone
+from featpipe.backbones.build import BackboneSpec, build_backbone
 
 root, backbone, device = sys.argv[1:4]
 built = build_backbone(BackboneSpec(backbone, weights="offline"))

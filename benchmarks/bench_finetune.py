@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from featpipe.bundled import prepare_dataset
-from featpipe.finetune import FinetuneConfig, Trainer
-from featpipe.transforms import ImageToUint8
+from featpipe.data.bundled import prepare_dataset
+from featpipe.data.transforms import ImageToUint8
+from featpipe.finetuning.trainer import FinetuneConfig, Trainer
 
 LEVELS = ("head", "last:3", "all")
 
@@ -22,7 +22,7 @@ LEVELS = ("head", "last:3", "all")
 def forward_rate(trainer: Trainer) -> float:
     """Images/s of eval-mode forward passes over the training images: decoding included, with
     the same batch size and worker processes as the training epoch."""
-    from featpipe.loader import make_loader
+    from featpipe.data.loader import make_loader
 
     items = trainer.train_items
     loader = make_loader(

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 import featpipe
-from featpipe.bundled import prepare_dataset
-from featpipe.headconfig import HeadConfig
-from featpipe.preprocess import Preprocessor
-from featpipe.stacked import train_torch_heads
-from featpipe.sweep import stratified_sample
+from featpipe.data.bundled import prepare_dataset
+from featpipe.fitting.sweep import stratified_sample
+from featpipe.heads.config import HeadConfig
+from featpipe.heads.preprocess import Preprocessor
+from featpipe.heads.stacked import train_torch_heads
 
 EPOCHS = 10
 GRIDS = {1: (1, 1), 8: (4, 2), 32: (8, 4), 128: (16, 8)}

@@ -1,6 +1,7 @@
 """Steady-state CUDA extraction loop, timed by phase, for torch host threads × DataLoader workers.
 
-Why ``featpipe.devices.host_threads`` exists: with torch's default intra-op thread pool in the
+Why ``featpipe.runtime.devices.host_threads`` exists: with torch's default intra-op thread pool
+in the
 main process, its threads spin on the cores the decoding workers need. Usage, on a GPU machine::
 
     python benchmarks/cuda_host_threads.py DATASET_DIR    # e.g. Fashion-MNIST, 1000 per class
@@ -15,12 +16,12 @@ import time
 
 import torch
 
-from featpipe.allocator import keep_freed_memory
-from featpipe.backbones import BackboneSpec, build_backbone
-from featpipe.datasets import scan
-from featpipe.engines import Normalized, TorchEngine
-from featpipe.loader import make_loader
-from featpipe.transforms import ImageToUint8
+from featpipe.backbones.build import BackboneSpec, build_backbone
+from featpipe.data.datasets import scan
+from featpipe.data.loader import make_loader
+from featpipe.data.transforms import ImageToUint8
+from featpipe.runtime.allocator import keep_freed_memory
+from featpipe.runtime.engines import Normalized, TorchEngine
 
 
 def main(root: str) -> None:

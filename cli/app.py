@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
-from featpipe.extraction import ExtractResult, Progress
+from featpipe.extraction.stage import ExtractResult, Progress
 
 from . import options as opt
 from .argv import expand
@@ -43,7 +43,7 @@ def run_extract(
     data: Path, backbone: str, options: opt.ExtractOptions, name: str | None = None
 ) -> ExtractResult:
     """Extract with a rich progress bar; shared by every command that needs features."""
-    from featpipe.extraction import extract
+    from featpipe.extraction.stage import extract
 
     rank = int(os.environ.get("RANK", "0"))
     label = f"extract {backbone}" + (f" [rank {rank}]" if "RANK" in os.environ else "")
@@ -115,7 +115,7 @@ def models(
     limit: int = typer.Option(40, help="Show at most this many rows."),
 ) -> None:
     """List backbones: any timm name, tv/<name> for torchvision; offline weights first."""
-    from featpipe.backbones import list_backbones
+    from featpipe.backbones.build import list_backbones
 
     rows = list_backbones(filter, offline_only=offline)
     table = Table(title=f"backbones matching '{filter}' ({len(rows)})")
@@ -138,8 +138,8 @@ def demo(
 ) -> None:
     """The quick start: write a bundled real dataset as images, extract with real weights,
     then fit a sweep of heads and print the leaderboard."""
-    from featpipe.bundled import prepare_dataset
-    from featpipe.fitting import fit
+    from featpipe.data.bundled import prepare_dataset
+    from featpipe.fitting.stage import fit
 
     from .fit_cmd import print_fit
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from featpipe.compare import Experiment, Row, compare, read_experiment
 from featpipe.errors import FeatpipeError
+from featpipe.reports.compare import Experiment, Row, compare, read_experiment
 
 from . import options as opt
 from .fit_cmd import RunsDir, grid_from, parse_fixed

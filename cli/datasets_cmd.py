@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from featpipe.bundled import BUNDLED, prepare_dataset
-from featpipe.datasets import scan
+from featpipe.data.bundled import BUNDLED, prepare_dataset
+from featpipe.data.datasets import scan
 
 from .render import console
 

@@ -87,8 +87,8 @@ def register(app: typer.Typer) -> None:
         runs_dir: Path = RunsDir,
     ) -> None:
         """Fine-tune: unfreeze blocks, gradually or at once; resumable; a run like fit's."""
-        from featpipe.finetune import FinetuneConfig
-        from featpipe.finetune import finetune as run_finetune
+        from featpipe.finetuning.trainer import FinetuneConfig
+        from featpipe.finetuning.trainer import finetune as run_finetune
 
         config = FinetuneConfig(
             backbone=backbone,
@@ -177,8 +177,8 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", "-o", help="Export path."),
     ) -> None:
         """Blocks and stages with output shapes and parameter counts (names for --unfreeze)."""
-        from featpipe.architecture import describe, export_for_netron
-        from featpipe.backbones import BackboneSpec
+        from featpipe.backbones.build import BackboneSpec
+        from featpipe.finetuning.inspect import describe, export_for_netron
 
         spec = BackboneSpec(backbone, weights, image_size=image_size)
         if export:
@@ -233,7 +233,7 @@ def register(app: typer.Typer) -> None:
         precision: str = opt.Precision,
     ) -> None:
         """Measure size and domain similarity; name the quadrant and the next command."""
-        from featpipe.advise import advise as run_advise
+        from featpipe.reports.advise import advise as run_advise
 
         options = {"cache_dir": cache_dir, "image_size": image_size, "precision": precision}
         advice = run_advise(data, backbone, weights, options)

@@ -9,14 +9,14 @@ import typer
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
-from featpipe.headconfig import parse_grid_args, read_grid_file, varying
-from featpipe.runs import DEFAULT_RUNS_DIR, results_table, write_csv
+from featpipe.heads.config import parse_grid_args, read_grid_file, varying
+from featpipe.runs.record import DEFAULT_RUNS_DIR, results_table, write_csv
 
 from . import options as opt
 from .render import console, plain, progress_bar
 
 if TYPE_CHECKING:
-    from featpipe.sweep import SweepResult
+    from featpipe.fitting.sweep import SweepResult
 
 RunsDir = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="Where runs are written and read.")
 
@@ -125,8 +125,8 @@ def register(app: typer.Typer) -> None:
         pool: str = opt.Pool,
     ) -> None:
         """Fit heads on cached features (extracting first if needed); save and rank them."""
-        from featpipe.fitting import fit as fit_heads
-        from featpipe.sweep import parse_shots
+        from featpipe.fitting.stage import fit as fit_heads
+        from featpipe.fitting.sweep import parse_shots
 
         fixed = parse_fixed(set_)
         if head:

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(10, help="Rows to print."),
     ) -> None:
         """Predict new images with a run's backbone(s) and head; write CSV."""
-        from featpipe.predict import predict as run_predict
+        from featpipe.use.predict import predict as run_predict
 
         rows = run_predict(images, run, out, device)
         table = Table(title=f"predictions ({len(rows)} images) → {out}")
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         check: list[Path] = typer.Option([], "--check", help="Real images for the check."),
     ) -> None:
         """Write backbone + pooling + head as one module, checked against Python on images."""
-        from featpipe.export import export as run_export
+        from featpipe.use.export import export as run_export
 
         target = out or run / ("model.pt" if format == "torchscript" else "model.onnx")
         sidecar = run_export(run, format, target, check or None)
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("report"), "--out", "-o", help="Output directory."),
     ) -> None:
         """Write an HTML report with PNG plots over every run."""
-        from featpipe.report import report as write_report
+        from featpipe.reports.report import report as write_report
 
         page = write_report(runs_dir, out)
         plain(f"wrote {page}")

@@ -12,17 +12,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "extract": "featpipe.extraction",
-    "ExtractResult": "featpipe.extraction",
+    "extract": "featpipe.extraction.stage",
+    "ExtractResult": "featpipe.extraction.stage",
     "load_features": "featpipe.cache.entry",
     "iter_chunks": "featpipe.cache.entry",
     "Features": "featpipe.cache.entry",
-    "scan": "featpipe.datasets",
-    "BackboneSpec": "featpipe.backbones",
-    "build_backbone": "featpipe.backbones",
-    "load_classifier": "featpipe.backbones",
-    "list_backbones": "featpipe.backbones",
-    "prepare_dataset": "featpipe.bundled",
+    "scan": "featpipe.data.datasets",
+    "BackboneSpec": "featpipe.backbones.build",
+    "build_backbone": "featpipe.backbones.build",
+    "load_classifier": "featpipe.backbones.build",
+    "list_backbones": "featpipe.backbones.build",
+    "prepare_dataset": "featpipe.data.bundled",
     "FeatpipeError": "featpipe.errors",
 }
 

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-
 from featpipe.cache.entry import entry_meta, open_entry, parts_dir, size_on_disk
 from featpipe.cache.key import KeyFields, entry_stem
 from featpipe.errors import FeatpipeError
@@ -139,15 +138,35 @@ def list_entries(cache_dir: Path) -> list[EntrySummary]:
                 a = f.attrs
                 rows.append(
                     EntrySummary(
-                        path, str(a["dataset"]), str(a["backbone"]), int(a["n"]), int(a["dim"]),
-                        str(a["dtype"]), str(a["precision"]), str(a["pool"]), size_on_disk(path),
-                        float(a["created"]), str(a["key"]),
+                        path,
+                        str(a["dataset"]),
+                        str(a["backbone"]),
+                        int(a["n"]),
+                        int(a["dim"]),
+                        str(a["dtype"]),
+                        str(a["precision"]),
+                        str(a["pool"]),
+                        size_on_disk(path),
+                        float(a["created"]),
+                        str(a["key"]),
                     )
                 )
         except FeatpipeError as exc:
             rows.append(
-                EntrySummary(path, path.parent.name, path.stem, 0, 0, "", "", "",
-                             size_on_disk(path), path.stat().st_mtime, "", str(exc))
+                EntrySummary(
+                    path,
+                    path.parent.name,
+                    path.stem,
+                    0,
+                    0,
+                    "",
+                    "",
+                    "",
+                    size_on_disk(path),
+                    path.stat().st_mtime,
+                    "",
+                    str(exc),
+                )
             )
     return rows
 
@@ -194,4 +213,3 @@ def remove_entry(path: Path) -> int:
     if path.parent.is_dir() and not any(path.parent.iterdir()):
         path.parent.rmdir()
     return freed
-

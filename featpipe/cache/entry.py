@@ -30,7 +30,7 @@ import numpy as np
 
 from featpipe.cache.key import FORMAT_VERSION, KeyFields
 from featpipe.cache.shards import STR, ShardIndex
-from featpipe.datasets import Dataset
+from featpipe.data.datasets import Dataset
 from featpipe.errors import FeatpipeError
 
 
@@ -55,8 +55,14 @@ class Features:
         wanted = [split] if isinstance(split, str) else split
         mask = np.isin(self.split, wanted)
         return Features(
-            self.X[mask], self.labels[mask], self.targets[mask], self.split[mask],
-            self.relpath[mask], self.class_names, self.task, self.meta,
+            self.X[mask],
+            self.labels[mask],
+            self.targets[mask],
+            self.split[mask],
+            self.relpath[mask],
+            self.class_names,
+            self.task,
+            self.meta,
         )
 
     @property
@@ -189,7 +195,9 @@ def open_entry(path: str | Path) -> h5py.File:
     """Open an entry for reading after checking it is complete, readable and not from the future."""
     path = Path(path)
     if not path.is_file():
-        raise FeatpipeError(f"cache entry {path} does not exist: list entries with featpipe cache ls")
+        raise FeatpipeError(
+            f"cache entry {path} does not exist: list entries with featpipe cache ls"
+        )
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -271,7 +279,9 @@ def iter_chunks(path: str | Path, rows: int | None = None) -> Iterator[Features]
         for start in range(0, n, rows):
             block = slice(start, min(n, start + rows))
             yield Features(
-                f["features"][block], **_columns(f, block), class_names=class_names,
+                f["features"][block],
+                **_columns(f, block),
+                class_names=class_names,
                 task=str(f.attrs["task"]),
             )
 
@@ -333,4 +343,3 @@ def size_on_disk(path: Path) -> int:
     if parts.is_dir():
         total += sum(p.stat().st_size for p in parts.iterdir() if p.is_file())
     return total
-

@@ -137,7 +137,10 @@ def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
 
 
 def write_shard(path: Path, contents: JournalContents) -> None:
-    """Write a shard under a temporary name, fsync it, then rename: it appears complete or not at all."""
+    """Write a shard under a temporary name, fsync it, then rename.
+
+    It appears complete or not at all.
+    """
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     features = contents.features if contents.features is not None else np.empty((0, contents.dim))
     n = len(contents.rows)
@@ -158,8 +161,15 @@ def write_shard(path: Path, contents: JournalContents) -> None:
             skipped["size"] = np.array([s[1] for s in contents.skipped], dtype=np.int64)
             skipped["mtime_ns"] = np.array([s[2] for s in contents.skipped], dtype=np.int64)
             _write_strings(skipped, "reason", [s[3] for s in contents.skipped])
-            f.attrs.update({"key": contents.key, "dim": contents.dim, "dtype": contents.dtype,
-                            "n": n, "sealed": time.time()})
+            f.attrs.update(
+                {
+                    "key": contents.key,
+                    "dim": contents.dim,
+                    "dtype": contents.dtype,
+                    "n": n,
+                    "sealed": time.time(),
+                }
+            )
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -264,8 +274,11 @@ def read_index(parts: Path) -> ShardIndex:
                 index.rows.setdefault((path, int(size), int(mtime)), (shard.name, row))
             skipped = f["skipped"]
             for path, size, mtime, reason in zip(
-                skipped["relpath"].asstr()[:], skipped["size"][:], skipped["mtime_ns"][:],
-                skipped["reason"].asstr()[:], strict=True,
+                skipped["relpath"].asstr()[:],
+                skipped["size"][:],
+                skipped["mtime_ns"][:],
+                skipped["reason"].asstr()[:],
+                strict=True,
             ):
                 index.skipped.setdefault((path, int(size), int(mtime)), reason)
     return index

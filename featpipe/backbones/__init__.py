@@ -1,0 +1,1 @@
+"""Backbones: the spec type (``MODEL[@WEIGHTS]``), weights sources, model building, pooling."""

@@ -1,0 +1,411 @@
+"""Resolve a backbone spec into a frozen module that maps images to pooled embeddings.
+
+A spec names the model the way users already do (any timm name, or ``tv/<name>`` for a
+torchvision model), where its weights come from
+(:mod:`featpipe.backbones.weights`), how to pool, which
+layer to read, and optionally the input size. Resolving it gives:
+
+* the full classifier with its weights, ImageNet head included (used to prove the weights are
+  right on real photos before the head is removed);
+* the embedder: the same network without its classifier, whose output is the pooled vector that
+  the classifier would have consumed, never the logits;
+* the data config (size, interpolation, crop, mean, std) from the model's own pretrained config;
+* a weights identity for the cache key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torchvision
+from timm.data import resolve_data_config
+from torch import nn
+
+from featpipe.backbones.pooling import MapPool, TokenPool
+from featpipe.backbones.tv import TorchvisionEmbedder, family_of
+from featpipe.backbones.weights import (
+    OFFLINE,
+    RANDOM_SEED,
+    WeightsChoice,
+    hub_reachable,
+    load_strict,
+    offline_hint,
+    read_state_dict,
+    resolve_weights,
+    sha256_file,
+    weights_file,
+)
+from featpipe.choices import POOLS
+from featpipe.errors import FeatpipeError
+
+TV_PREFIX = "tv/"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything about a backbone that a user chooses."""
+
+    model: str
+    weights: str = "auto"
+    pool: str = "avg"
+    layer: str | None = None
+    image_size: int | None = None
+
+    @property
+    def is_torchvision(self) -> bool:
+        return self.model.startswith(TV_PREFIX)
+
+    @property
+    def arch(self) -> str:
+        """The name inside its library (``resnet18`` for ``tv/resnet18``)."""
+        return self.model[len(TV_PREFIX) :] if self.is_torchvision else self.model
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe label (``tv_resnet18``)."""
+        return self.model.replace("/", "_")
+
+
+@dataclass
+class LoadedClassifier:
+    """A full classifier with its weights, before its head is removed."""
+
+    spec: BackboneSpec
+    model: nn.Module
+    data_config: dict[str, Any]
+    weights: WeightsChoice
+    weights_identity: str
+
+
+@dataclass
+class Backbone:
+    """A frozen embedder, ready for extraction."""
+
+    spec: BackboneSpec
+    module: nn.Module
+    data_config: dict[str, Any]
+    weights: WeightsChoice
+    weights_identity: str
+    num_features: int
+    is_conv: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+
+
+@functools.cache
+def torchvision_names() -> tuple[str, ...]:
+    names = torchvision.models.list_models(module=torchvision.models)
+    supported = []
+    for name in names:
+        try:
+            family_of(name)
+        except FeatpipeError:
+            continue
+        supported.append(TV_PREFIX + name)
+    return tuple(supported)
+
+
+def check_model_name(model: str) -> None:
+    """Raise with close suggestions when ``model`` is neither a timm nor a torchvision name."""
+    known = model in torchvision_names() if model.startswith(TV_PREFIX) else timm.is_model(model)
+    if known:
+        return
+    if model.startswith(TV_PREFIX):
+        family_of(model[len(TV_PREFIX) :])  # a known family with an unknown size names itself
+    candidates = list(timm.list_models()) + list(torchvision_names())
+    close = difflib.get_close_matches(model, candidates, n=4, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise FeatpipeError(
+        f"unknown backbone '{model}': {hint}list names with: featpipe models --filter PATTERN"
+    )
+
+
+def list_backbones(pattern: str = "*", offline_only: bool = False) -> list[dict[str, Any]]:
+    """Known backbones matching ``pattern``, offline-loadable ones first."""
+    import fnmatch
+
+    rows = []
+    for name in list(timm.list_models(pattern)) + [
+        n for n in torchvision_names() if fnmatch.fnmatch(n, pattern)
+    ]:
+        package = OFFLINE.get(name)
+        offline = package.distribution if package and package.installed() else ""
+        if offline_only and not offline:
+            continue
+        rows.append(
+            {
+                "name": name,
+                "library": "torchvision" if name.startswith(TV_PREFIX) else "timm",
+                "offline": offline,
+            }
+        )
+    return sorted(rows, key=lambda r: (not r["offline"], r["name"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Weights identity and data config (cheap: no weights are loaded)
+
+
+def _timm_pretrained_name(spec: BackboneSpec, choice: WeightsChoice) -> str:
+    if choice.kind == "hub" and choice.value:
+        return choice.value if "." in choice.value else f"{spec.arch}.{choice.value}"
+    return spec.arch
+
+
+def _tv_weights_enum(spec: BackboneSpec, choice: WeightsChoice) -> Any:
+    enum = torchvision.models.get_model_weights(spec.arch)
+    tag = choice.value if choice.kind == "hub" and choice.value else "DEFAULT"
+    try:
+        return enum[tag]
+    except KeyError:
+        options = ", ".join(m.name for m in enum)
+        raise FeatpipeError(
+            f"--weights hub:{tag}: {spec.model} has no such weights; choose one of {options}"
+        ) from None
+
+
+def weights_identity(spec: BackboneSpec, choice: WeightsChoice) -> str:
+    """What the cache key calls these weights: a file's sha256, a hub tag, or the seed."""
+    path = weights_file(spec.model, choice)
+    if path is not None:
+        return f"sha256:{sha256_file(path)}"
+    if choice.kind == "none":
+        return (
+            f"none:seed{RANDOM_SEED}:torch{torch.__version__.split('+')[0]}:timm{timm.__version__}"
+        )
+    if spec.is_torchvision:
+        member = _tv_weights_enum(spec, choice)
+        return f"hub:torchvision/{type(member).__name__}.{member.name}:{Path(member.url).name}"
+    cfg = timm.models.get_pretrained_cfg(_timm_pretrained_name(spec, choice))
+    if cfg is None:
+        raise FeatpipeError(f"--weights {choice.describe()}: timm has no pretrained {spec.model}")
+    source = cfg.hf_hub_id or cfg.url or spec.arch
+    return f"hub:{source}@main"  # timm always fetches the main revision
+
+
+def _tv_data_config(spec: BackboneSpec, choice: WeightsChoice) -> dict[str, Any]:
+    preset = _tv_weights_enum(spec, replace(choice, value=None) if choice.kind != "hub" else choice)
+    t = preset.transforms()
+    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+    return {
+        "input_size": (3, crop, crop),
+        "interpolation": t.interpolation.value,
+        "mean": tuple(float(v) for v in t.mean),
+        "std": tuple(float(v) for v in t.std),
+        "crop_pct": crop / resize,
+        "crop_mode": "center",
+    }
+
+
+def _with_image_size(config: dict[str, Any], image_size: int | None) -> dict[str, Any]:
+    if image_size is None:
+        return config
+    if image_size < 16:
+        raise FeatpipeError(f"--image-size {image_size} is too small; use 16 or more pixels")
+    return {**config, "input_size": (3, image_size, image_size)}
+
+
+def data_config(spec: BackboneSpec, choice: WeightsChoice) -> dict[str, Any]:
+    """The model's own preprocessing (timm ``resolve_data_config``), honouring ``image_size``."""
+    if spec.is_torchvision:
+        config = _tv_data_config(spec, choice)
+    else:
+        cfg = timm.models.get_pretrained_cfg(_timm_pretrained_name(spec, choice))
+        config = resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg else {})
+    config = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in config.items()
+        if k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    }
+    return _with_image_size(config, spec.image_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+
+
+def _timm_hub_model(spec: BackboneSpec, choice: WeightsChoice, **kwargs: Any) -> nn.Module:
+    name = _timm_pretrained_name(spec, choice)
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id and not hub_reachable("huggingface.co"):
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            cached = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(cached, str):
+                overlay = {"file": cached, "hf_hub_id": None, "url": None}
+                return timm.create_model(
+                    name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+                )
+        raise FeatpipeError(
+            f"cannot download {name} weights: huggingface.co is unreachable and they are not in "
+            f"the local Hugging Face cache; {offline_hint(spec.model)}"
+        )
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError) as exc:
+        raise FeatpipeError(
+            f"cannot load {name} weights from the hub ({str(exc).splitlines()[0]}); "
+            f"{offline_hint(spec.model)}"
+        ) from None
+
+
+def _tv_hub_state(spec: BackboneSpec, choice: WeightsChoice) -> dict[str, torch.Tensor]:
+    member = _tv_weights_enum(spec, choice)
+    try:
+        return member.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError) as exc:
+        raise FeatpipeError(
+            f"cannot download {spec.model} weights {member.name} from {member.url} "
+            f"({str(exc).splitlines()[0]}); {offline_hint(spec.model)}"
+        ) from None
+
+
+def _timm_kwargs(spec: BackboneSpec) -> dict[str, Any]:
+    cfg = timm.models.get_pretrained_cfg(spec.arch)
+    native = cfg.input_size[-1] if cfg is not None else None
+    if spec.image_size and cfg is not None and cfg.fixed_input_size and spec.image_size != native:
+        # Position embeddings are resampled at run time for the requested size.
+        return {"dynamic_img_size": True}
+    return {}
+
+
+def load_classifier(spec: BackboneSpec) -> LoadedClassifier:
+    """The full network with its weights and its original (ImageNet) classifier."""
+    check_model_name(spec.model)
+    choice = resolve_weights(spec.model, spec.weights)
+    identity = weights_identity(spec, choice)
+    torch.manual_seed(RANDOM_SEED)  # the "none" control is the same network on every run
+    path = weights_file(spec.model, choice)
+    if spec.is_torchvision:
+        model = torchvision.models.get_model(spec.arch, weights=None)
+        classifier = family_of(spec.arch).classifier
+        if choice.kind == "hub":
+            load_strict(model, _tv_hub_state(spec, choice), spec.model, classifier, "none")
+    else:
+        kwargs = _timm_kwargs(spec)
+        try:
+            model = (
+                _timm_hub_model(spec, choice, **kwargs)
+                if choice.kind == "hub"
+                else timm.create_model(spec.arch, pretrained=False, **kwargs)
+            )
+        except TypeError as exc:
+            raise FeatpipeError(
+                f"--image-size {spec.image_size}: {spec.model} has a fixed input size ({exc})"
+            ) from None
+        classifier = model.pretrained_cfg.get("classifier")
+    if path is not None:
+        load_strict(model, read_state_dict(path), str(path), classifier, choice.converter)
+    model.eval().requires_grad_(False)
+    return LoadedClassifier(spec, model, data_config(spec, choice), choice, identity)
+
+
+def _timm_layer_index(model: nn.Module, layer: str) -> int:
+    modules = [info["module"] for info in model.feature_info]
+    if layer.lstrip("-").isdigit():
+        index = int(layer)
+        if -len(modules) <= index < len(modules):
+            return index % len(modules)
+    elif layer in modules:
+        return modules.index(layer)
+    raise FeatpipeError(
+        f"--layer {layer}: {model.pretrained_cfg['architecture']} has feature layers "
+        f"0..{len(modules) - 1} ({', '.join(modules)})"
+    )
+
+
+class TimmIntermediateEmbedder(nn.Module):
+    """Pool one intermediate stage of a timm model (``forward_intermediates``)."""
+
+    def __init__(self, model: nn.Module, index: int, pool: str) -> None:
+        super().__init__()
+        model.prune_intermediate_layers(indices=[index], prune_head=True)
+        self.model = model
+        self.index = index
+        self.cls = pool == "cls"
+        self.pool = None if self.cls else MapPool(pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cls:
+            _, prefix = self.model.forward_intermediates(
+                x, indices=[self.index], intermediates_only=True, return_prefix_tokens=True
+            )[0]
+            return prefix[:, 0]
+        return self.pool(
+            self.model.forward_intermediates(x, indices=[self.index], intermediates_only=True)[0]
+        )
+
+
+_TIMM_POOL = {"avg": "avg", "max": "max", "avgmax": "catavgmax", "cls": "token"}
+
+
+def _timm_embedder(model: nn.Module, spec: BackboneSpec) -> nn.Module:
+    if spec.layer is not None:
+        return TimmIntermediateEmbedder(model, _timm_layer_index(model, spec.layer), spec.pool)
+    try:
+        model.reset_classifier(0, global_pool=_TIMM_POOL[spec.pool])
+    except (AssertionError, ValueError, TypeError) as exc:
+        raise FeatpipeError(
+            f"--pool {spec.pool} is not available for {spec.model}: {exc}"
+        ) from None
+    return model
+
+
+def _tv_embedder(model: nn.Module, spec: BackboneSpec) -> nn.Module:
+    if spec.layer is not None:
+        raise FeatpipeError(
+            f"--layer is supported for timm models; use the timm equivalent of {spec.model}"
+        )
+    family = family_of(spec.arch)
+    if family.tokens:
+        pool: nn.Module = TokenPool(spec.pool)
+    elif spec.pool == "cls":
+        raise FeatpipeError(f"--pool cls needs a transformer; {spec.model} is a convnet")
+    else:
+        post = model.get_submodule(family.post_norm) if family.post_norm else None
+        pool = MapPool(spec.pool, post)
+    setattr(model, family.classifier, nn.Identity())
+    return TorchvisionEmbedder(model, spec.arch, pool)
+
+
+def build_backbone(spec: BackboneSpec) -> Backbone:
+    """Load weights, remove the classifier, attach the pooling and check the output shape."""
+    if spec.pool not in POOLS:
+        raise FeatpipeError(f"--pool {spec.pool}: choose one of {', '.join(POOLS)}")
+    loaded = load_classifier(spec)
+    model = loaded.model
+    is_conv = any(isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in model.modules())
+    native = model.num_features if hasattr(model, "num_features") else None
+    embedder = _tv_embedder(model, spec) if spec.is_torchvision else _timm_embedder(model, spec)
+    embedder.eval().requires_grad_(False)
+    _, height, width = loaded.data_config["input_size"]
+    try:
+        with torch.inference_mode():
+            out = embedder(torch.zeros(1, 3, height, width))
+    except Exception as exc:  # a pooling/size combination the architecture cannot take
+        raise FeatpipeError(
+            f"{spec.model} with --pool {spec.pool}"
+            f"{' --layer ' + spec.layer if spec.layer else ''} at {height}px failed: {exc}"
+        ) from None
+    if out.ndim != 2:
+        raise FeatpipeError(f"{spec.model}: pooled output has shape {tuple(out.shape)}, not [B, D]")
+    return Backbone(
+        spec=spec,
+        module=embedder,
+        data_config=loaded.data_config,
+        weights=loaded.weights,
+        weights_identity=loaded.weights_identity,
+        num_features=int(out.shape[1]),
+        is_conv=is_conv,
+        info={"native_num_features": native},
+    )

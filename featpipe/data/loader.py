@@ -1,0 +1,78 @@
+"""A DataLoader over image files that never dies on one bad file.
+
+Each worker decodes, resizes and crops; a file that fails becomes a recorded reason instead of
+an exception, so a corrupt JPEG in hour three costs one row, not the run. Batches keep dataset
+order (the cache writes rows in the order they come).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from featpipe.data.images import ImageDecodeError
+from featpipe.data.transforms import ImageToUint8
+
+
+@dataclass
+class Batch:
+    """Decoded images with the positions they came from, plus the positions that failed."""
+
+    images: torch.Tensor  # uint8 [B, 3, H, W]
+    index: list[int]
+    failed: list[tuple[int, str]]
+
+    def pin_memory(self) -> Batch:
+        self.images = self.images.pin_memory()
+        return self
+
+
+class ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[str], transform: ImageToUint8) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, self.transform(self.paths[i]), ""
+        except ImageDecodeError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # anything PIL or a transform raises names the file, not us
+            return i, None, f"{type(exc).__name__}: {exc}"
+
+
+def collate(samples: list[tuple[int, torch.Tensor | None, str]]) -> Batch:
+    ok = [(i, t) for i, t, _ in samples if t is not None]
+    failed = [(i, reason) for i, t, reason in samples if t is None]
+    images = torch.stack([t for _, t in ok]) if ok else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+    return Batch(images, [i for i, _ in ok], failed)
+
+
+def make_loader(
+    paths: Sequence[str],
+    transform: ImageToUint8,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
+    """Ordered batches for extraction; ``shuffle`` with a seeded ``generator`` for training
+    (the generator also seeds the workers, so augmentation is reproducible)."""
+    return DataLoader(
+        ImageFiles(paths, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )

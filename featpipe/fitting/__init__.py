@@ -1,0 +1,4 @@
+"""Stage 3: feature sets read from the cache, the sweep with selection, and the fit stage.
+
+Named for the job, not ``fit``, so that ``featpipe.fit`` stays the function.
+"""

@@ -1,0 +1,115 @@
+"""The fit stage: features from the cache (extracting what is missing), a sweep, a saved run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featpipe.cache.entry import Features, read_meta
+from featpipe.data.splits import hold_out
+from featpipe.fitting.features import load_feature_set, parse_spec, spec_label
+from featpipe.fitting.sweep import SweepResult, sweep
+from featpipe.heads.config import HeadConfig, expand, parse_value
+from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, save_run
+from featpipe.runtime import distributed
+
+# Without --head or --sweep: six linear heads, trained together in one stacked pass.
+DEFAULT_GRID: dict[str, list[Any]] = {
+    "head": ["linear"],
+    "lr": [1e-3, 3e-3, 1e-2],
+    "wd": [1e-4, 1e-2],
+}
+
+
+def build_configs(
+    grid: dict[str, list[Any]] | None, base: dict[str, Any] | None = None
+) -> list[HeadConfig]:
+    """Expand ``grid`` over ``base`` options (both already typed or as strings)."""
+    options = {k: parse_value(k, v) for k, v in (base or {}).items()}
+    return expand(grid if grid else {}, HeadConfig(**options))
+
+
+def with_holdout(features: Features, fraction: float) -> Features:
+    """Mark a stratified ``fraction`` of the train rows as val (the fine-tune stage's rule)."""
+    train = np.flatnonzero(features.split == "train")
+    strata = features.labels[train] if features.task == "classification" else [0] * len(train)
+    held = hold_out(list(features.relpath[train]), list(strata), fraction)
+    split = features.split.copy()
+    split[train[np.array(held, dtype=bool)]] = "val"
+    return replace(features, split=split)
+
+
+def fit(
+    data: str | Path,
+    backbone: str = "tf_efficientnet_lite0",
+    *,
+    grid: dict[str, list[Any]] | None = None,
+    head: dict[str, Any] | None = None,
+    seeds: int = 1,
+    cv: int = 5,
+    shots: list[int | str] | None = None,
+    draws: int = 5,
+    holdout: float = 0.0,
+    runs_dir: str | Path = DEFAULT_RUNS_DIR,
+    extract_options: dict[str, Any] | None = None,
+    progress: Callable[[str], Callable | None] | None = None,
+    n_jobs: int = -1,
+) -> tuple[Run, SweepResult]:
+    """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
+
+    ``grid`` maps head options to lists of values (every combination is fitted); ``head``
+    gives fixed options. With neither, :data:`DEFAULT_GRID` is used. ``holdout`` turns a
+    stratified share of train into the val split when the data has none (else CV selects).
+    """
+    configs = build_configs(grid if grid or head else DEFAULT_GRID, head)
+    features, results = load_feature_set(data, backbone, extract_options, progress)
+    if holdout and not (features.split == "val").any():
+        features = with_holdout(features, holdout)
+    result = sweep(features, configs, seeds=seeds, cv=cv, shots=shots, draws=draws, n_jobs=n_jobs)
+    options = dict(extract_options or {})
+    parts = parse_spec(backbone, options.get("weights", "auto"))
+    metas = [read_meta(r.entry) for r in results]
+    entries = [
+        {
+            "model": model,
+            "weights": weights,
+            "entry": str(r.entry),
+            "key": meta["key"],
+            "key_fields": meta["key_fields"],
+            "settings": r.settings,
+        }
+        for (model, weights), r, meta in zip(parts, results, metas, strict=True)
+    ]
+    extract_seconds = sum(
+        meta["provenance"].get("timings_s", {}).get("extract_s", 0.0) for meta in metas
+    )
+
+    def save() -> Run:
+        return save_run(
+            Path(runs_dir),
+            result,
+            dataset=results[0].dataset,
+            dataset_root=str(features.meta.get("dataset_root", data)),
+            spec=spec_label(parts),
+            entries=entries,
+            request={
+                "grid": {k: list(v) for k, v in (grid or {}).items()},
+                "head": head or {},
+                "seeds": seeds,
+                "cv": cv,
+                "holdout": holdout,
+                "shots": shots,
+                "draws": draws,
+                "extract": {k: str(v) for k, v in options.items()},
+                "configs": [asdict(c) for c in configs],
+            },
+            extract_seconds=extract_seconds,
+        )
+
+    # Under torchrun every rank fitted its share of the grid; rank 0 writes the one run.
+    run = load_run(distributed.on_leader(distributed.current(), lambda: save().path))
+    return run, result

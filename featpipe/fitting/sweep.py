@@ -1,0 +1,317 @@
+"""Sweeps: fit a grid of heads, choose on validation data, report test once, few-shot curves.
+
+Selection never sees the test split: candidates are compared on the validation split, or by
+k-fold cross-validation of the training split when there is none; the test split is scored
+afterwards, once, for the chosen config only (for each of its seeds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from featpipe.cache.entry import Features
+from featpipe.errors import FeatpipeError
+from featpipe.heads import metrics
+from featpipe.heads.config import HeadConfig
+from featpipe.heads.fitted import FittedHead, fit_heads
+from featpipe.heads.stacked import group_key
+from featpipe.runtime import distributed
+
+
+@dataclass
+class Candidate:
+    """One config across seeds: its validation scores and (for the winner) test scores."""
+
+    config: HeadConfig
+    val: list[dict[str, float]] = field(default_factory=list)
+    test: list[dict[str, float]] = field(default_factory=list)
+    fit_seconds: list[float] = field(default_factory=list)
+    histories: list[dict[str, list[float]]] = field(default_factory=list)
+    heads: list[FittedHead] = field(default_factory=list)
+
+    def mean(self, metric: str, split: str = "val") -> float:
+        scores = self.val if split == "val" else self.test
+        return float(np.mean([s[metric] for s in scores])) if scores else float("nan")
+
+    def std(self, metric: str, split: str = "val") -> float:
+        scores = self.val if split == "val" else self.test
+        return float(np.std([s[metric] for s in scores])) if scores else float("nan")
+
+
+@dataclass
+class SweepResult:
+    task: str
+    class_names: list[str]
+    selection: str  # "val" or "cv5"
+    candidates: list[Candidate]
+    best: Candidate
+    best_head: FittedHead
+    confusion: list[list[int]] | None
+    few_shot: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def metric(self) -> str:
+        return metrics.primary(self.task)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Tidy rows: one per config × seed; test columns only for the chosen config."""
+        out = []
+        for cand in self.candidates:
+            chosen = cand is self.best
+            for i, scores in enumerate(cand.val):
+                row: dict[str, Any] = {**cand.config.params(), "seed": cand.config.seed + i}
+                row.update({f"val_{k}": v for k, v in scores.items()})
+                if chosen and i < len(cand.test):
+                    row.update({f"test_{k}": v for k, v in cand.test[i].items()})
+                row["fit_seconds"] = cand.fit_seconds[i] if i < len(cand.fit_seconds) else None
+                row["chosen"] = chosen
+                out.append(row)
+        return out
+
+
+def _check(features: Features) -> None:
+    if not np.isfinite(features.X).all():
+        bad = features.relpath[~np.isfinite(features.X).all(axis=1)]
+        raise FeatpipeError(
+            f"{len(bad)} feature rows hold NaN or inf (e.g. {bad[0]}): run featpipe cache "
+            "verify, then remove the entry and extract again"
+        )
+    train = features.where("train")
+    if len(train) == 0:
+        raise FeatpipeError("the train split is empty: add training images or a split column")
+    if features.task == "classification":
+        present = np.unique(train.labels)
+        if len(present) < 2:
+            raise FeatpipeError(
+                f"the train split has only one class ({features.class_names[present[0]]}): "
+                "a classifier needs at least two"
+            )
+    for split in ("val", "test"):
+        part = features.where(split)
+        if features.task == "classification" and len(part) > 0 and len(np.unique(part.labels)) < 2:
+            raise FeatpipeError(
+                f"the {split} split has only one class: its accuracy would say nothing; "
+                "rebalance the split"
+            )
+
+
+def _folds(y: np.ndarray, task: str, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if task == "classification":
+        smallest = int(np.bincount(y).min()) if len(y) else 0
+        k = max(2, min(k, smallest)) if smallest >= 2 else 2
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros(len(y)), y))
+    return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y))))
+
+
+def fit_grid(
+    runs: list[HeadConfig],
+    X: np.ndarray,
+    y: np.ndarray,
+    Xv: np.ndarray | None,
+    yv: np.ndarray | None,
+    class_names: list[str],
+    task: str,
+    n_jobs: int,
+) -> list[FittedHead]:
+    """:func:`fit_heads`, with the grid dealt out to torchrun ranks when there are several.
+
+    Configs that train together (one stacked group, see :func:`featpipe.heads.stacked.group_key`)
+    stay on one rank; groups go round-robin; every rank gets every fitted head back.
+    """
+    dist = distributed.current()
+    if dist is None:
+        return fit_heads(runs, X, y, Xv, yv, class_names, task, n_jobs)
+    keys: dict[tuple, int] = {}
+    owner = []
+    for config in runs:
+        key = group_key(config) if config.is_torch else (id(config),)
+        owner.append(keys.setdefault(key, len(keys)) % dist.world)
+    mine = [i for i, rank in enumerate(owner) if rank == dist.rank]
+    fitted = distributed.everyone(
+        dist,
+        lambda: (
+            fit_heads([runs[i] for i in mine], X, y, Xv, yv, class_names, task, n_jobs)
+            if mine
+            else []
+        ),
+    )
+    heads: dict[int, FittedHead] = {}
+    for indices, part in distributed.gather((mine, fitted)):
+        heads.update(zip(indices, part, strict=True))
+    return [heads[i] for i in range(len(runs))]
+
+
+def _score(head: FittedHead, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    return metrics.evaluate(head, X, y)
+
+
+def select(
+    features: Features,
+    configs: list[HeadConfig],
+    seeds: int = 1,
+    cv: int = 5,
+    n_jobs: int = -1,
+) -> tuple[list[Candidate], str]:
+    """Fit every config × seed on train; score on val (or by CV). Returns the candidates."""
+    train, val = features.where("train"), features.where("val")
+    candidates = [Candidate(c) for c in configs]
+    runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
+    owner = [i for _ in range(seeds) for i in range(len(configs))]
+    if len(val):
+        heads = fit_heads(
+            runs, train.X, train.y, val.X, val.y, features.class_names, features.task, n_jobs
+        )
+        for i, head in zip(owner, heads, strict=True):
+            candidates[i].val.append(_score(head, val.X, val.y))
+            candidates[i].fit_seconds.append(head.fit_seconds)
+            candidates[i].histories.append(head.history)
+            candidates[i].heads.append(head)
+        return candidates, "val"
+    folds = _folds(train.y, features.task, cv)
+    fold_scores: list[list[dict[str, float]]] = [[] for _ in runs]
+    fold_seconds = np.zeros(len(runs))
+    for fit_idx, val_idx in folds:
+        Xf, yf, Xv, yv = train.X[fit_idx], train.y[fit_idx], train.X[val_idx], train.y[val_idx]
+        heads = fit_grid(runs, Xf, yf, Xv, yv, features.class_names, features.task, n_jobs)
+        for r, head in enumerate(heads):
+            fold_scores[r].append(_score(head, Xv, yv))
+            fold_seconds[r] += head.fit_seconds
+    for r, i in enumerate(owner):
+        names = fold_scores[r][0]
+        candidates[i].val.append({m: float(np.mean([s[m] for s in fold_scores[r]])) for m in names})
+        candidates[i].fit_seconds.append(float(fold_seconds[r]))
+    return candidates, f"cv{len(folds)}"
+
+
+def sweep(
+    features: Features,
+    configs: list[HeadConfig],
+    seeds: int = 1,
+    cv: int = 5,
+    shots: list[int | str] | None = None,
+    draws: int = 5,
+    n_jobs: int = -1,
+) -> SweepResult:
+    """Choose the best config on validation data, then score it on test once."""
+    start = time.perf_counter()
+    if not configs:
+        raise FeatpipeError("the sweep has no head configs: pass --head or --sweep")
+    _check(features)
+    candidates, selection = select(features, configs, seeds, cv, n_jobs)
+    train = features.where("train")
+    metric = metrics.primary(features.task)
+    best = max(candidates, key=lambda c: (c.mean(metric), -configs.index(c.config)))
+    for cand in candidates:  # keep curves, free the losing models (MLP grids are large)
+        if cand is not best:
+            cand.heads = []
+    if not best.heads:  # chosen by CV: refit on the whole training split
+        runs = [replace(best.config, seed=best.config.seed + s) for s in range(seeds)]
+        best.heads = fit_heads(
+            runs, train.X, train.y, None, None, features.class_names, features.task, n_jobs
+        )
+    test = features.where("test")
+    confusion = None
+    if len(test):
+        best.test = [_score(head, test.X, test.y) for head in best.heads]
+        if features.task == "classification":
+            confusion = metrics.confusion(
+                test.y, best.heads[0].predict(test.X), len(features.class_names)
+            )
+    few = (
+        distributed.on_leader(
+            distributed.current(), lambda: few_shot(features, best.config, shots, draws)
+        )
+        if shots
+        else []
+    )
+    return SweepResult(
+        features.task,
+        features.class_names,
+        selection,
+        candidates,
+        best,
+        best.heads[0],
+        confusion,
+        few,
+        time.perf_counter() - start,
+    )
+
+
+def stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of ``per_class`` examples of every class (all of a smaller class), reproducibly."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def parse_shots(text: str) -> list[int | str]:
+    shots: list[int | str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            shots.append("all")
+        elif part.isdigit() and int(part) > 0:
+            shots.append(int(part))
+        else:
+            raise FeatpipeError(
+                f"--shots {text}: use positive whole numbers or 'all', e.g. 1,5,all"
+            )
+    return shots
+
+
+def few_shot(
+    features: Features, config: HeadConfig, shots: list[int | str], draws: int = 5
+) -> list[dict[str, Any]]:
+    """Accuracy against examples per class, on test (or val), over repeated draws."""
+    if features.task != "classification":
+        raise FeatpipeError("--shots is for classification datasets")
+    train = features.where("train")
+    evaluation = features.where("test") if len(features.where("test")) else features.where("val")
+    split = "test" if len(features.where("test")) else "val"
+    if len(evaluation) == 0:
+        raise FeatpipeError("--shots needs a test or val split to score on")
+    val = features.where("val")
+    curve = []
+    for shot in shots:
+        scores = []
+        for draw in range(1 if shot == "all" else draws):
+            idx = (
+                np.arange(len(train))
+                if shot == "all"
+                else stratified_sample(train.labels, int(shot), seed=draw)
+            )
+            [head] = fit_heads(
+                [replace(config, seed=config.seed + draw)],
+                train.X[idx],
+                train.y[idx],
+                val.X if len(val) else None,
+                val.y if len(val) else None,
+                features.class_names,
+                features.task,
+                n_jobs=1,
+            )
+            scores.append(_score(head, evaluation.X, evaluation.y)["accuracy"])
+        per_class = int(np.bincount(train.labels).max()) if shot == "all" else int(shot)
+        curve.append(
+            {
+                "shots": shot,
+                "per_class": per_class,
+                "split": split,
+                "mean": float(np.mean(scores)),
+                "std": float(np.std(scores)),
+                "draws": len(scores),
+                "scores": scores,
+            }
+        )
+    return curve

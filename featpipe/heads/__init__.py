@@ -1,0 +1,3 @@
+"""Heads on cached features: the head config type, fitted heads, the stacked trainer,
+preprocessing and metrics.
+"""

@@ -1,0 +1,370 @@
+"""Heads behind one interface: ``fit(X, y, X_val, y_val)``, ``predict``, ``predict_proba``.
+
+Whatever trained it (the stacked torch trainer, or a scikit-learn estimator), a fitted head is
+kept as a standard ``nn.Module`` after a :class:`~featpipe.heads.preprocess.Preprocessor`: a linear
+scikit-learn model becomes an ``nn.Linear``, k-NN a cosine-similarity vote over its stored
+bank. So every head predicts, saves (safetensors + JSON, no pickle) and exports the same way,
+and what was evaluated is exactly what is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from featpipe.errors import FeatpipeError
+from featpipe.heads.config import HeadConfig, parse_value
+from featpipe.heads.preprocess import Preprocessor
+
+HEAD_FORMAT = 1
+
+
+class CosineKNN(nn.Module):
+    """k-NN with cosine similarity and uniform votes, over a stored bank (scikit-learn's rule)."""
+
+    def __init__(self, bank: torch.Tensor, targets: torch.Tensor, k: int, n_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("bank", nn.functional.normalize(bank.float(), dim=1))
+        self.register_buffer("targets", targets)
+        self.k, self.n_classes = k, n_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sims = nn.functional.normalize(x, dim=1) @ self.bank.t()
+        idx = sims.topk(min(self.k, self.bank.shape[0]), dim=1).indices
+        votes = self.targets[idx]
+        if self.n_classes == 0:  # regression: mean of the neighbours' targets
+            return votes.float().mean(dim=1, keepdim=True)
+        counts = nn.functional.one_hot(votes.long(), self.n_classes).float().sum(dim=1)
+        return counts / idx.shape[1]
+
+
+def _linear(coef: np.ndarray, intercept: np.ndarray | float) -> nn.Linear:
+    """A scikit-learn linear decision function as ``nn.Linear``; binary → two logits [0, z]."""
+    coef = np.atleast_2d(coef)
+    intercept = np.atleast_1d(np.asarray(intercept, dtype=np.float64))
+    if coef.shape[0] == 1 and intercept.shape[0] == 1:
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    layer = nn.Linear(coef.shape[1], coef.shape[0])
+    layer.weight.data = torch.tensor(np.ascontiguousarray(coef), dtype=torch.float32)
+    layer.bias.data = torch.as_tensor(intercept, dtype=torch.float32)
+    return layer
+
+
+def _regression_linear(coef: np.ndarray, intercept: float) -> nn.Linear:
+    layer = nn.Linear(coef.shape[-1], 1)
+    layer.weight.data = torch.as_tensor(np.atleast_2d(coef), dtype=torch.float32)
+    layer.bias.data = torch.as_tensor([float(intercept)], dtype=torch.float32)
+    return layer
+
+
+def fit_sklearn(config: HeadConfig, X: np.ndarray, y: np.ndarray, n_classes: int) -> nn.Module:
+    """Fit a scikit-learn head on preprocessed features and convert it to a module."""
+    from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+    from sklearn.svm import LinearSVC
+
+    weight = None if config.class_weight == "none" else "balanced"
+    if config.head == "knn":
+        targets = torch.as_tensor(y, dtype=torch.long if n_classes else torch.float32)
+        return CosineKNN(torch.from_numpy(X), targets, config.k, n_classes)
+    if n_classes == 0:
+        if config.head != "ridge":
+            raise FeatpipeError(
+                f"head {config.head} is a classifier; for regression use linear, mlp, ridge or knn"
+            )
+        model = Ridge(alpha=config.alpha).fit(X, y)
+        return nn.Sequential(_regression_linear(model.coef_, model.intercept_))
+    if config.head == "logreg":
+        model = LogisticRegression(C=config.C, max_iter=2000, class_weight=weight)
+    elif config.head == "linearsvc":
+        model = LinearSVC(C=config.C, class_weight=weight, max_iter=5000)
+    else:
+        model = RidgeClassifier(alpha=config.alpha, class_weight=weight)
+    model.fit(X, y)
+    layer = _linear(model.coef_, model.intercept_)
+    return nn.Sequential(_expand_classes(layer, model.classes_, n_classes))
+
+
+def _expand_classes(layer: nn.Linear, present: np.ndarray, n_classes: int) -> nn.Linear:
+    """Give classes absent from a (few-shot) training set a logit of −inf-like size."""
+    if len(present) == n_classes:
+        return layer
+    full = nn.Linear(layer.in_features, n_classes)
+    full.weight.data.zero_()
+    full.bias.data.fill_(-1e4)
+    full.weight.data[present] = layer.weight.data
+    full.bias.data[present] = layer.bias.data
+    return full
+
+
+# --------------------------------------------------------------------------------------------
+# Saving modules without pickle: an architecture spec (JSON) plus a state dict (safetensors)
+
+
+def _spec(module: nn.Module) -> list[list[Any]]:
+    if isinstance(module, CosineKNN):
+        return [["CosineKNN", module.k, module.n_classes]]
+    spec: list[list[Any]] = []
+    for layer in module.children():
+        if isinstance(layer, nn.Linear):
+            spec.append(["Linear", layer.in_features, layer.out_features])
+        elif isinstance(layer, nn.BatchNorm1d):
+            spec.append(["BatchNorm1d", layer.num_features])
+        elif isinstance(layer, nn.ReLU):
+            spec.append(["ReLU"])
+        elif isinstance(layer, nn.Dropout):
+            spec.append(["Dropout", layer.p])
+        else:
+            raise TypeError(f"cannot describe layer {layer!r}")
+    return spec
+
+
+def _build(spec: list[list[Any]], state: dict[str, torch.Tensor]) -> nn.Module:
+    if spec[0][0] == "CosineKNN":
+        return CosineKNN(state["bank"], state["targets"], spec[0][1], spec[0][2])
+    kinds = {
+        "Linear": nn.Linear,
+        "BatchNorm1d": nn.BatchNorm1d,
+        "ReLU": nn.ReLU,
+        "Dropout": nn.Dropout,
+    }
+    module = nn.Sequential(*(kinds[name](*args) for name, *args in spec))
+    module.load_state_dict(state)
+    return module.eval()
+
+
+@dataclass
+class FittedHead:
+    """A trained head: preprocessing, module, and what it was trained on."""
+
+    config: HeadConfig
+    preprocessor: Preprocessor
+    module: nn.Module
+    class_names: list[str]
+    task: str
+    n_features: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
+    fit_seconds: float = 0.0
+
+    @torch.no_grad()
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Raw outputs: logits (torch, linear models), vote shares (k-NN) or values."""
+        if X.shape[1] != self.n_features:
+            raise FeatpipeError(
+                f"features have dimension {X.shape[1]}, this head was fitted on "
+                f"{self.n_features}: use the backbone the head was trained with"
+            )
+        Z = torch.from_numpy(self.preprocessor.transform(X))
+        self.module.eval()
+        return torch.cat([self.module(Z[s : s + 8192]) for s in range(0, len(Z), 8192)]).numpy()
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if self.task == "regression":
+            raise FeatpipeError("predict_proba is for classification heads; use predict")
+        out = self.decision_function(X)
+        if isinstance(self.module, CosineKNN):
+            return out
+        return torch.softmax(torch.from_numpy(out), dim=1).numpy()
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        out = self.decision_function(X)
+        return out[:, 0] if self.task == "regression" else out.argmax(axis=1)
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:
+        """Accuracy for classification, R² for regression (as scikit-learn's ``score``)."""
+        from featpipe.heads.metrics import r2
+
+        pred = self.predict(X)
+        return r2(y, pred) if self.task == "regression" else float(np.mean(pred == y))
+
+    def to_module(self) -> nn.Module:
+        """Preprocessing and head as one module (features in, raw outputs out)."""
+        return nn.Sequential(self.preprocessor.to_module(), self.module).eval()
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {f"head.{k}": v.contiguous() for k, v in self.module.state_dict().items()}
+        state |= {
+            f"pre.{k}": torch.from_numpy(np.ascontiguousarray(v))
+            for k, v in self.preprocessor.arrays.items()
+        }
+        save_file(state, str(folder / "head.safetensors"))
+        meta = {
+            "format": HEAD_FORMAT,
+            "config": asdict(self.config),
+            "spec": _spec(self.module),
+            "class_names": self.class_names,
+            "task": self.task,
+            "n_features": self.n_features,
+            "preprocess": {
+                "standardize": self.preprocessor.standardize,
+                "l2norm": self.preprocessor.l2norm,
+                "pca": self.preprocessor.pca,
+            },
+            "best_epoch": self.best_epoch,
+            "fit_seconds": self.fit_seconds,
+            "history": self.history,
+        }
+        (folder / "head.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> FittedHead:
+        try:
+            meta = json.loads((folder / "head.json").read_text())
+            tensors = load_file(str(folder / "head.safetensors"))
+        except (OSError, ValueError) as exc:
+            raise FeatpipeError(f"cannot read a saved head in {folder}: {exc}") from None
+        if meta.get("format", 0) > HEAD_FORMAT:
+            raise FeatpipeError(
+                f"head in {folder} was saved by a newer featpipe (format {meta['format']}): "
+                "upgrade featpipe to load it"
+            )
+        pre = Preprocessor(**meta["preprocess"])
+        pre.arrays = {k[4:]: v.numpy() for k, v in tensors.items() if k.startswith("pre.")}
+        head_state = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
+        return cls(
+            config=HeadConfig(**meta["config"]),
+            preprocessor=pre,
+            module=_build(meta["spec"], head_state),
+            class_names=meta["class_names"],
+            task=meta["task"],
+            n_features=meta["n_features"],
+            history=meta["history"],
+            best_epoch=meta["best_epoch"],
+            fit_seconds=meta["fit_seconds"],
+        )
+
+
+def _timed_sklearn(
+    config: HeadConfig, X: np.ndarray, y: np.ndarray, n_out: int
+) -> tuple[nn.Module, float]:
+    start = time.perf_counter()
+    return fit_sklearn(config, X, y, n_out), time.perf_counter() - start
+
+
+def fit_heads(
+    configs: list[HeadConfig],
+    X: np.ndarray,
+    y: np.ndarray,
+    X_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    class_names: list[str],
+    task: str,
+    n_jobs: int = -1,
+) -> list[FittedHead]:
+    """Fit many heads: torch heads stacked per group, scikit-learn heads in parallel (joblib).
+
+    Preprocessing is fitted once per distinct (standardize, l2norm, pca) on ``X`` (train only).
+    """
+    from joblib import Parallel, delayed
+
+    from featpipe.heads.stacked import train_torch_heads
+
+    n_out = len(class_names) if task == "classification" else 0
+    fitted: list[FittedHead | None] = [None] * len(configs)
+    by_pre: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        by_pre.setdefault((c.standardize, c.l2norm, c.pca), []).append(i)
+    for (standardize, l2norm, pca), members in by_pre.items():
+        pre = Preprocessor(standardize, l2norm, pca).fit(X)
+        Z = pre.transform(X)
+        Zv = pre.transform(X_val) if X_val is not None and len(X_val) else None
+        yv = y_val if Zv is not None else None
+        torch_ids = [i for i in members if configs[i].is_torch]
+        other_ids = [i for i in members if not configs[i].is_torch]
+        for i, t in zip(
+            torch_ids,
+            train_torch_heads([configs[i] for i in torch_ids], Z, y, Zv, yv, n_out),
+            strict=True,
+        ):
+            fitted[i] = FittedHead(
+                configs[i],
+                pre,
+                t.module,
+                class_names,
+                task,
+                X.shape[1],
+                t.history,
+                t.best_epoch,
+                t.seconds,
+            )
+
+        jobs = n_jobs if len(other_ids) > 1 else 1
+        results = Parallel(n_jobs=jobs, prefer="threads")(
+            delayed(_timed_sklearn)(configs[i], Z, y, n_out) for i in other_ids
+        )
+        for i, (module, seconds) in zip(other_ids, results, strict=True):
+            fitted[i] = FittedHead(
+                configs[i], pre, module, class_names, task, X.shape[1], fit_seconds=seconds
+            )
+    return [f for f in fitted if f is not None]
+
+
+class Head:
+    """A scikit-learn-style estimator over cached features::
+
+    head = Head(head="mlp", lr=1e-3).fit(X_train, y_train, X_val, y_val)
+    head.predict(X_test), head.predict_proba(X_test), head.score(X_test, y_test)
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.config = replace(HeadConfig(), **{k: parse_value(k, v) for k, v in options.items()})
+        self.fitted_: FittedHead | None = None
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def set_params(self, **options: Any) -> Head:
+        self.config = replace(self.config, **{k: parse_value(k, v) for k, v in options.items()})
+        return self
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+        class_names: list[str] | None = None,
+    ) -> Head:
+        y = np.asarray(y)
+        regression = y.dtype.kind == "f"
+        if not regression:
+            n = int(y.max()) + 1
+            class_names = class_names or [str(c) for c in range(n)]
+        [self.fitted_] = fit_heads(
+            [self.config],
+            np.asarray(X, np.float32),
+            y,
+            None if X_val is None else np.asarray(X_val, np.float32),
+            y_val,
+            class_names or [],
+            "regression" if regression else "classification",
+            n_jobs=1,
+        )
+        return self
+
+    def _fitted(self) -> FittedHead:
+        if self.fitted_ is None:
+            raise FeatpipeError("this Head is not fitted yet: call fit(X, y) first")
+        return self.fitted_
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._fitted().predict(X)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self._fitted().predict_proba(X)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return self._fitted().decision_function(X)
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:
+        return self._fitted().score(X, y)

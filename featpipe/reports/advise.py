@@ -1,0 +1,184 @@
+"""``featpipe advise``: the course material's decision matrix, from measurements.
+
+=========================  ================================  ==================================
+quadrant                   strategy                          featpipe command
+=========================  ================================  ==================================
+small, similar             train the head only               ``featpipe fit``
+large, similar             head first, then unfreeze the     ``featpipe finetune --from RUN
+                           rest (low lr for early layers)    --gradual … --lr-mult …``
+large, dissimilar          train from scratch (or keep the   ``featpipe finetune --weights none``
+                           early blocks, re-init the last)
+small, dissimilar          collect more data; meanwhile a    ``featpipe fit`` with strong
+                           simple, strongly regularised head regularisation
+=========================  ================================  ==================================
+
+Evidence, all from cached features (the pretrained backbone and its random-init control):
+
+* **size**: training images per class of the smallest class. Small below ``SMALL_PER_CLASS``
+  (the course material's "< 1000 samples", counted per class because every class must be
+  learned).
+* **source-head confidence**: the backbone's own ImageNet classifier applied to the cached
+  pooled features; the mean maximum softmax probability is the standard out-of-distribution
+  score (Hendrycks & Gimpel, 2017). Images like ImageNet's get confident predictions.
+* **transfer gain**: the linear-probe error that pretraining removes relative to the random
+  control, ``(acc_pre − acc_rand) / (1 − acc_rand)``.
+* also reported: the train/validation gap of the best head and the few-shot curve's slope.
+
+Similar when the source head is confident (``SIMILAR_CONFIDENCE``) *and* pretraining removes a
+large part of the error (``SIMILAR_GAIN``); dissimilar otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from featpipe.cache.entry import Features
+from featpipe.errors import FeatpipeError
+from featpipe.fitting.features import load_feature_set
+from featpipe.fitting.sweep import few_shot, sweep
+from featpipe.heads.config import HeadConfig, expand
+
+SMALL_PER_CLASS = 1000
+SIMILAR_CONFIDENCE = 0.35
+SIMILAR_GAIN = 0.35
+PROBE_GRID = {"head": ["linear"], "lr": [1e-3, 3e-3, 1e-2], "wd": [1e-4]}
+
+STRATEGIES = {
+    ("small", "similar"): "train the head only: the pretrained features already fit this data",
+    ("large", "similar"): "head first, then unfreeze the rest with lower learning rates for the "
+    "early blocks (gradual unfreezing, discriminative rates)",
+    ("large", "dissimilar"): "train from scratch (or keep the early blocks and re-initialise "
+    "the last ones): there is enough data to learn its own features",
+    ("small", "dissimilar"): "collect more data; until then keep the backbone frozen and fit a "
+    "simple, strongly regularised head",
+}
+
+
+@dataclass
+class Advice:
+    size: str
+    similarity: str
+    strategy: str
+    command: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def decide(per_class_min: int, gain: float, confidence: float | None) -> tuple[str, str]:
+    """The quadrant from the evidence (see the module docstring for the thresholds)."""
+    size = "small" if per_class_min < SMALL_PER_CLASS else "large"
+    similar = gain >= SIMILAR_GAIN and (confidence is None or confidence >= SIMILAR_CONFIDENCE)
+    return size, "similar" if similar else "dissimilar"
+
+
+def source_confidence(features: Features, backbone: str, weights: str) -> float | None:
+    """Mean max-softmax of the backbone's ImageNet head on the cached pooled features."""
+    from featpipe.backbones.build import BackboneSpec, load_classifier
+
+    meta = features.meta.get("key_fields", {})
+    if meta.get("pool") != "avg" or meta.get("layer") is not None:
+        return None
+    model = load_classifier(BackboneSpec(backbone, weights)).model
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if classifier is None and hasattr(model, "classifier"):
+        classifier = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    if not isinstance(classifier, torch.nn.Linear) or classifier.in_features != features.X.shape[1]:
+        return None
+    with torch.no_grad():
+        logits = classifier(torch.from_numpy(features.X))
+        return float(torch.softmax(logits, dim=1).max(dim=1).values.mean())
+
+
+def _probe(features: Features) -> tuple[float, dict[str, Any]]:
+    result = sweep(features, expand(PROBE_GRID, HeadConfig(epochs=30)))
+    history = result.best_head.history
+    epoch = result.best_head.best_epoch
+    train_acc = history["train_metric"][epoch] if history.get("train_metric") else float("nan")
+    val_acc = result.best.mean("accuracy")
+    return val_acc, {
+        "train_accuracy": train_acc,
+        "val_accuracy": val_acc,
+        "train_val_gap": train_acc - val_acc,
+        "config": result.best.config.label(),
+    }
+
+
+def advise(
+    data: str | Path,
+    backbone: str = "tf_efficientnet_lite0",
+    weights: str = "auto",
+    extract_options: dict[str, Any] | None = None,
+) -> Advice:
+    options = dict(extract_options or {})
+    pretrained, _ = load_feature_set(data, f"{backbone}@{weights}", options)
+    if pretrained.task != "classification":
+        raise FeatpipeError("advise needs a classification dataset (class folders or labels)")
+    random_init, _ = load_feature_set(data, f"{backbone}@none", options)
+    train = pretrained.where("train")
+    per_class = np.bincount(train.labels, minlength=len(train.class_names))
+    acc_pre, probe_pre = _probe(pretrained)
+    acc_rand, _ = _probe(random_init)
+    gain = (acc_pre - acc_rand) / max(1e-9, 1 - acc_rand)
+    confidence = source_confidence(pretrained, backbone, weights)
+    shots = [s for s in (1, 5, 25) if s < per_class.min()] + ["all"]
+    curve = few_shot(pretrained, HeadConfig(head="logreg"), shots, draws=3)
+    size, similarity = decide(int(per_class.min()), gain, confidence)
+    evidence = {
+        "train_images": len(train),
+        "images_per_class_min": int(per_class.min()),
+        "images_per_class_median": float(np.median(per_class)),
+        "linear_probe_pretrained": acc_pre,
+        "linear_probe_random": acc_rand,
+        "pretrained_minus_random": acc_pre - acc_rand,
+        "transfer_gain": gain,
+        "source_head_confidence": confidence,
+        "best_head": probe_pre,
+        "few_shot": [{"shots": p["shots"], "accuracy": p["mean"]} for p in curve],
+        "thresholds": {
+            "small_per_class": SMALL_PER_CLASS,
+            "similar_gain": SIMILAR_GAIN,
+            "similar_confidence": SIMILAR_CONFIDENCE,
+        },
+    }
+    return Advice(
+        size,
+        similarity,
+        STRATEGIES[(size, similarity)],
+        _command(size, similarity, str(data), backbone, bool((pretrained.split == "val").any())),
+        evidence,
+    )
+
+
+# The fine-tune recipes advise recommends, as FinetuneConfig fields; benchmarks/bench_advise.py
+# runs exactly these to check the advice.
+LP_FT = {"gradual": "0:last:3,2:all", "lr_mult": [0.1, 0.33, 1.0], "lr": 1e-4, "crop_scale": 0.35}
+SCRATCH = {"weights": "none", "unfreeze": "all", "lr": 3e-3, "crop_scale": 0.35}
+
+
+def _flags(recipe: dict[str, Any]) -> str:
+    """``{"lr_mult": [0.1, 1.0], "lr": 1e-4}`` → ``--lr-mult 0.1,1.0 --lr 0.0001``."""
+    return " ".join(
+        f"--{k.replace('_', '-')} " + (",".join(map(str, v)) if isinstance(v, list) else str(v))
+        for k, v in recipe.items()
+    )
+
+
+def _command(size: str, similarity: str, data: str, backbone: str, has_val: bool) -> str:
+    """The next command for a quadrant (the recipes ``benchmarks/bench_advise.py`` checks)."""
+    fit = f"featpipe fit {data} --backbone {backbone}"
+    if (size, similarity) == ("small", "similar"):
+        return f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1"
+    if (size, similarity) == ("large", "similar"):
+        holdout = "" if has_val else " --holdout 0.15"
+        return (
+            f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1{holdout}"
+            "  # then, with the run it prints:\n"
+            f"featpipe finetune {data} --from RUN {_flags(LP_FT)} --epochs 6"
+        )
+    if (size, similarity) == ("large", "dissimilar"):
+        return f"featpipe finetune {data} --backbone {backbone} {_flags(SCRATCH)} --epochs 30"
+    return f"{fit} --sweep head=linear,logreg wd=1e-3,1e-2,1e-1 C=0.01,0.1,1 --shots 1,5,25,all"

@@ -1,0 +1,144 @@
+"""Backbone × dataset comparisons: extract what is missing, sweep heads, one leaderboard.
+
+An experiment file (TOML or YAML) describes the same comparison, so it can be rerun exactly::
+
+    data = ["data/elpv", "data/fashion-1k"]
+    backbones = ["tf_efficientnet_lite0", "tf_efficientnet_lite0@none", "tv/mobilenet_v2"]
+    seeds = 1
+    [sweep]
+    head = ["linear", "logreg"]
+    lr = [1e-3, 1e-2]
+    [extract]
+    precision = "fp32"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featpipe.errors import FeatpipeError
+from featpipe.fitting.features import parse_spec
+from featpipe.heads.config import parse_value
+from featpipe.runs.record import DEFAULT_RUNS_DIR
+
+EXPERIMENT_KEYS = {"data", "backbones", "sweep", "head", "seeds", "cv", "extract", "runs_dir"}
+
+
+@dataclass
+class Experiment:
+    data: list[str]
+    backbones: list[str]
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    head: dict[str, Any] = field(default_factory=dict)
+    seeds: int = 1
+    cv: int = 5
+    extract: dict[str, Any] = field(default_factory=dict)
+    runs_dir: str = str(DEFAULT_RUNS_DIR)
+
+
+def read_experiment(path: Path) -> Experiment:
+    """Load and validate an experiment file (TOML, or YAML with PyYAML installed)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FeatpipeError(f"experiment file {path}: {exc.strerror}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text) or {}
+    else:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise FeatpipeError(f"experiment file {path}: {exc}") from None
+    unknown = set(raw) - EXPERIMENT_KEYS
+    if unknown:
+        raise FeatpipeError(
+            f"experiment file {path}: unknown key(s) {sorted(unknown)}; "
+            f"valid keys are {sorted(EXPERIMENT_KEYS)}"
+        )
+    for key in ("data", "backbones"):
+        if not raw.get(key):
+            raise FeatpipeError(f"experiment file {path}: '{key}' must list at least one entry")
+    sweep = {
+        k: [parse_value(k, v) for v in (vs if isinstance(vs, list) else [vs])]
+        for k, vs in raw.get("sweep", {}).items()
+    }
+    head = {k: parse_value(k, v) for k, v in raw.get("head", {}).items()}
+    return Experiment(
+        data=[str(d) for d in raw["data"]],
+        backbones=list(raw["backbones"]),
+        sweep=sweep,
+        head=head,
+        seeds=int(raw.get("seeds", 1)),
+        cv=int(raw.get("cv", 5)),
+        extract=dict(raw.get("extract", {})),
+        runs_dir=str(raw.get("runs_dir", DEFAULT_RUNS_DIR)),
+    )
+
+
+@dataclass
+class Row:
+    dataset: str
+    backbone: str
+    chosen: str
+    metric: str
+    val: float
+    test: float
+    macro_f1: float
+    extract_seconds: float
+    fit_seconds: float
+    run: str
+    gap: float | None = None
+
+
+def _random_twin(spec: str) -> str:
+    return "+".join(f"{m}@none" for m, _ in parse_spec(spec))
+
+
+def compare(
+    experiment: Experiment,
+    progress: Callable[[str], Callable | None] | None = None,
+) -> list[Row]:
+    """Run every dataset × backbone pair; rows in the order given, gaps filled in."""
+    from featpipe.fitting.stage import fit
+
+    rows: list[Row] = []
+    for data in experiment.data:
+        for backbone in experiment.backbones:
+            run, result = fit(
+                data,
+                backbone,
+                grid=experiment.sweep or None,
+                head=experiment.head or None,
+                seeds=experiment.seeds,
+                cv=experiment.cv,
+                runs_dir=experiment.runs_dir,
+                extract_options=experiment.extract,
+                progress=progress,
+            )
+            best, metric = result.best, result.metric
+            test = best.test[0] if best.test else {}
+            row = Row(
+                dataset=run.config["dataset"],
+                backbone=run.config["backbone"],
+                chosen=best.config.label(),
+                metric=metric,
+                val=best.mean(metric),
+                test=best.mean(metric, "test"),
+                macro_f1=float(test.get("macro_f1", float("nan"))),
+                extract_seconds=run.metrics["extract_seconds"],
+                fit_seconds=result.seconds,
+                run=str(run.path),
+            )
+            rows.append(row)
+    by_key = {(r.dataset, r.backbone): r for r in rows}
+    for row in rows:
+        twin = by_key.get((row.dataset, _random_twin(row.backbone)))
+        if twin is not None and twin is not row:
+            row.gap = row.test - twin.test
+    return rows

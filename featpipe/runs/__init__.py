@@ -1,0 +1,3 @@
+"""The run record: one atomic writer and one reader for every kind of run
+(fit, fine-tune, compare).
+"""

@@ -1,0 +1,1 @@
+"""Using a run: predict on new images, export TorchScript / ONNX."""

@@ -1,0 +1,97 @@
+"""Export a run as one deployable module: backbone(s) + pooling + preprocessing + head.
+
+The module takes ``uint8`` images [B, 3, H, W], already resized and centre-cropped to the
+model's input size (the recipe is written next to it), and returns class probabilities (or
+regression values). Every export is checked against the Python pipeline on real images before
+it is reported as done; a disagreement is an error, not a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from featpipe.data.transforms import ImageToUint8
+from featpipe.errors import FeatpipeError
+from featpipe.runs.record import Run
+from featpipe.runtime.engines import write_onnx
+from featpipe.use.predict import DeployedPipeline, RunPipeline, collect_images, load_pipeline
+
+FORMATS = ("torchscript", "onnx")
+TOLERANCE = 1e-4
+
+
+def _check_images(pipeline: RunPipeline, images: list[Path] | None) -> torch.Tensor:
+    """A uint8 batch of real images: the given ones, or the first of the run's dataset."""
+    if not images:
+        root = Path(pipeline.run.config["dataset_root"])
+        if not root.exists():
+            raise FeatpipeError(
+                f"the run's dataset {root} is gone: pass real images to check with --check"
+            )
+        images = [root]
+    files = collect_images(images)[:8]
+    transform = ImageToUint8(pipeline.data_config, pipeline.drafts[0])
+    return torch.stack([transform(str(f)) for f in files])
+
+
+def export(
+    run: Run | str | Path,
+    fmt: str,
+    out: Path,
+    check: list[Path] | None = None,
+) -> dict[str, Any]:
+    """Write the deployable module and a JSON sidecar; return the agreement check's result."""
+    if fmt not in FORMATS:
+        raise FeatpipeError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    pipeline = load_pipeline(run)
+    module = DeployedPipeline(pipeline).eval()
+    images = _check_images(pipeline, check)
+    with torch.no_grad():
+        expected = module(images).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    try:
+        if fmt == "torchscript":
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+                torch.jit.trace(module, images, check_trace=False).save(str(tmp))
+                got = torch.jit.load(str(tmp))(images).detach().numpy()
+        else:
+            write_onnx(module, images, tmp, "outputs")
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            got = session.run(None, {"images": images.numpy()})[0]
+        diff = float(np.abs(got - expected).max())
+        if not diff <= TOLERANCE:
+            raise FeatpipeError(
+                f"exported {fmt} module disagrees with the Python pipeline by {diff:.2e} "
+                f"(> {TOLERANCE}) on {len(images)} real images; nothing was written"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    head = pipeline.head
+    config = pipeline.data_config
+    sidecar = {
+        "format": fmt,
+        "input": "uint8 images [B, 3, H, W], RGB",
+        "preprocess": {
+            "resize_shorter_side_to": int(config["input_size"][-1] / config["crop_pct"]),
+            "interpolation": config["interpolation"],
+            "center_crop": list(config["input_size"][1:]),
+        },
+        "output": "probabilities" if head.task == "classification" else "values",
+        "class_names": head.class_names,
+        "run": str(pipeline.run.path),
+        "check": {"images": len(images), "max_abs_diff": diff},
+    }
+    out.with_suffix(out.suffix + ".json").write_text(json.dumps(sidecar, indent=1))
+    return sidecar

@@ -1,0 +1,179 @@
+"""Use a fitted run on new images: rebuild its backbone(s) from the cache key, apply its head.
+
+The run records, for every backbone it read, the cache key fields (model, weights identity,
+transform, pooling, layer, precision). Prediction rebuilds exactly that backbone and refuses to
+go on if the weights it finds have another identity, so a prediction always comes from the
+network the head was fitted on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featpipe.backbones.build import Backbone, BackboneSpec, build_backbone
+from featpipe.data.images import is_image_name
+from featpipe.data.loader import make_loader
+from featpipe.data.transforms import ImageToUint8
+from featpipe.errors import FeatpipeError
+from featpipe.heads.fitted import FittedHead
+from featpipe.runs.record import Run, load_run, write_csv
+from featpipe.runtime.allocator import keep_freed_memory
+from featpipe.runtime.devices import resolve_device
+from featpipe.runtime.engines import Normalized, TorchEngine
+
+
+@dataclass
+class RunPipeline:
+    """The backbones and head of a run, ready to embed and classify images."""
+
+    run: Run
+    backbones: list[Backbone]
+    precisions: list[str]
+    drafts: list[bool]
+    head: FittedHead
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return self.backbones[0].data_config
+
+
+def load_pipeline(run: Run | str | Path) -> RunPipeline:
+    run = run if isinstance(run, Run) else load_run(run)
+    backbones, precisions, drafts = [], [], []
+    for entry in run.config["entries"]:
+        fields = entry["key_fields"]
+        size = fields["transform"]["input_size"][-1]
+        backbone = build_backbone(
+            BackboneSpec(entry["model"], entry["weights"], fields["pool"], fields["layer"], size)
+        )
+        if backbone.weights_identity != fields["weights"]:
+            raise FeatpipeError(
+                f"run {run.path} was fitted on {entry['model']} weights {fields['weights']}, "
+                f"but --weights {entry['weights']} now gives {backbone.weights_identity}: "
+                "restore those weights to use this run"
+            )
+        backbones.append(backbone)
+        precisions.append(fields["precision"])
+        drafts.append(fields["transform"]["jpeg_draft"])
+    return RunPipeline(run, backbones, precisions, drafts, run.head())
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and is_image_name(p))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FeatpipeError(f"{item} does not exist: pass image files or folders")
+    if not files:
+        raise FeatpipeError(f"no image files found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def embed(
+    pipeline: RunPipeline,
+    files: list[Path],
+    device: str = "auto",
+    batch_size: int = 16,
+    workers: int = 0,
+) -> tuple[np.ndarray, list[str]]:
+    """Features of ``files`` under the run's backbones (concatenated); failures get reasons."""
+    keep_freed_memory()
+    dev = resolve_device(device)
+    blocks, reasons = [], [""] * len(files)
+    for backbone, precision, draft in zip(
+        pipeline.backbones, pipeline.precisions, pipeline.drafts, strict=True
+    ):
+        engine = TorchEngine(
+            Normalized(backbone.module, backbone.data_config), dev, precision, backbone.is_conv
+        )
+        loader = make_loader(
+            [str(f) for f in files],
+            ImageToUint8(backbone.data_config, draft),
+            batch_size,
+            workers,
+            pin_memory=dev.type == "cuda",
+        )
+        out = np.full((len(files), backbone.num_features), np.nan, dtype=np.float32)
+        for batch in loader:
+            if batch.index:
+                out[batch.index] = engine(batch.images)
+            for i, reason in batch.failed:
+                reasons[i] = reason
+        blocks.append(out)
+    return np.concatenate(blocks, axis=1), reasons
+
+
+def predict(
+    inputs: list[Path],
+    run: Run | str | Path,
+    out: Path | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """Predict every image; rows with the predicted class and per-class probabilities."""
+    pipeline = load_pipeline(run)
+    files = collect_images(inputs)
+    X, reasons = embed(pipeline, files, device, batch_size)
+    head = pipeline.head
+    ok = np.array([not r for r in reasons])
+    rows: list[dict[str, Any]] = []
+    outputs = np.zeros((len(files), max(1, len(head.class_names))), np.float32)
+    if ok.any():
+        if head.task == "regression":
+            outputs[ok, 0] = head.predict(X[ok])
+        else:
+            outputs[ok] = head.predict_proba(X[ok])
+    for i, path in enumerate(files):
+        row: dict[str, Any] = {"path": str(path)}
+        if reasons[i]:
+            row["error"] = reasons[i]
+        elif head.task == "regression":
+            row["prediction"] = float(outputs[i, 0])
+        else:
+            best = int(outputs[i].argmax())
+            row |= {"prediction": head.class_names[best], "confidence": float(outputs[i, best])}
+            row |= {
+                f"prob_{c}": float(p) for c, p in zip(head.class_names, outputs[i], strict=True)
+            }
+        rows.append(row)
+    if out is not None:
+        write_csv(rows, out)
+    return rows
+
+
+class DeployedPipeline(nn.Module):
+    """``uint8`` images [B, 3, H, W] (resized and cropped) → probabilities or values."""
+
+    def __init__(self, pipeline: RunPipeline) -> None:
+        super().__init__()
+        sizes = {tuple(b.data_config["input_size"]) for b in pipeline.backbones}
+        if len(sizes) > 1:
+            raise FeatpipeError(
+                f"backbones of run {pipeline.run.path} take different input sizes {sizes}: "
+                "one exported module needs one input size"
+            )
+        self.embedders = nn.ModuleList(
+            Normalized(b.module, b.data_config) for b in pipeline.backbones
+        )
+        self.head = pipeline.head.to_module()
+        self.softmax = pipeline.head.task == "classification" and not _is_knn(pipeline.head)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([e(images) for e in self.embedders], dim=1)
+        out = self.head(features)
+        return torch.softmax(out, dim=1) if self.softmax else out
+
+
+def _is_knn(head: FittedHead) -> bool:
+    from featpipe.heads.fitted import CosineKNN
+
+    return isinstance(head.module, CosineKNN)

@@ -1,0 +1,308 @@
+"""Fine-tuning: freezing, gradual unfreezing, BatchNorm modes, learning-rate groups, LP-FT,
+resume, inspect, CAM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import featpipe
+from conftest import TINY, make_tree
+from featpipe.backbones.build import BackboneSpec
+from featpipe.data.transforms import ImageToUint8
+from featpipe.errors import FeatpipeError
+from featpipe.finetuning.blocks import all_blocks, parse_schedule
+from featpipe.finetuning.cam import class_activation_maps, linear_view
+from featpipe.finetuning.inspect import describe
+from featpipe.finetuning.model import FinetuneModel, fresh_head
+from featpipe.finetuning.trainer import FinetuneConfig, Trainer
+from featpipe.fitting.stage import fit
+from featpipe.heads.preprocess import Preprocessor
+
+BASE = {
+    "backbone": "test_efficientnet",
+    "weights": "none",
+    "image_size": 32,
+    "epochs": 3,
+    "batch_size": 8,
+    "lr": 0.05,
+    "augment": False,
+}
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "imgs", classes=("a", "b", "c"), per_class=7)
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before: dict, after: dict, names) -> set[str]:
+    return {n for n in names if not torch.equal(before[n], after[n])}
+
+
+def test_frozen_parameters_are_bitwise_unchanged_under_gradual_unfreezing(data, tmp_path):
+    config = FinetuneConfig(
+        **BASE | {"epochs": 4}, gradual="0:head,1:last:2,2:all", bn="freeze-stats"
+    )
+    trainer = Trainer(data, config, tmp_path / "run")
+    blocks = all_blocks(trainer.model)
+    body = [p for b in blocks[:-1] for p in b.params]
+    last2 = [p for b in blocks[-3:-1] for p in b.params]
+    start = snapshot(trainer.model)
+    trainer.run(stop_after=1)
+    after_head = snapshot(trainer.model)
+    assert changed(start, after_head, body) == set()
+    assert changed(start, after_head, blocks[-1].params) == set(blocks[-1].params)
+    trainer.run(stop_after=1)
+    after_last2 = snapshot(trainer.model)
+    moved = changed(after_head, after_last2, body)
+    assert moved and moved <= set(last2)
+    frozen_bn = [p for p in last2 if ".bn" in p]
+    assert changed(after_head, after_last2, frozen_bn) == set()  # freeze-stats: γ, β fixed
+    trainer.run(stop_after=1)  # (run() reloads the checkpoint: what a new process would do)
+    assert changed(after_last2, snapshot(trainer.model), body) - set(last2)  # all unfrozen
+
+
+def test_bn_modes(data, tmp_path):
+    for mode in ("freeze-stats", "freeze-affine", "train"):
+        trainer = Trainer(
+            data, FinetuneConfig(**BASE | {"epochs": 1}, unfreeze="all", bn=mode), tmp_path / mode
+        )
+        names = [n for n, m in trainer.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        before = snapshot(trainer.model)
+        trainer.run()
+        after = snapshot(trainer.model)
+        stats = [f"{n}.running_mean" for n in names]
+        affine = [f"{n}.weight" for n in names]
+        if mode == "freeze-stats":
+            assert changed(before, after, stats + affine) == set()
+        elif mode == "freeze-affine":
+            assert changed(before, after, stats) == set(stats)
+            assert changed(before, after, affine) == set()
+        else:
+            assert changed(before, after, stats) == set(stats)
+            assert changed(before, after, affine) == set(affine)
+
+
+def test_learning_rate_groups(data, tmp_path):
+    trainer = Trainer(
+        data, FinetuneConfig(**BASE, unfreeze="all", lr_mult=[0.1, 0.33, 1.0]), tmp_path / "a"
+    )
+    trainer._enter(0, None)
+    groups = trainer.optimizer.param_groups
+    lrs = [g["base_lr"] for g in groups]
+    assert lrs[0] == pytest.approx(0.005) and lrs[-1] == pytest.approx(0.05)
+    assert sorted(set(np.round(lrs, 6))) == [0.005, 0.0165, 0.05]
+    assert lrs == sorted(lrs)  # the input side learns slowest
+    assert groups[-1]["name"] == "head"
+    staged = Trainer(
+        data, FinetuneConfig(**BASE, gradual="0:head,1:all", lr_mult=[0.1, 1.0]), tmp_path / "c"
+    )
+    staged._enter(0, None)
+    assert [(g["name"], g["base_lr"]) for g in staged.optimizer.param_groups] == [("head", 0.05)]
+    decay = Trainer(data, FinetuneConfig(**BASE, unfreeze="all", layer_decay=0.5), tmp_path / "b")
+    decay._enter(0, None)
+    scales = sorted({round(g["base_lr"] / 0.05, 8) for g in decay.optimizer.param_groups})
+    n = len(all_blocks(decay.model))
+    assert scales[-1] == 1.0 and scales[0] == pytest.approx(0.5 ** (n - 1))
+
+
+def fit_head(data: Path, tmp_path: Path, epochs: int, precision: str = "fp32"):
+    """A linear head on the tiny model's cached features (the run LP-FT starts from)."""
+    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    return fit(
+        data,
+        "test_efficientnet",
+        head={"head": "linear", "epochs": epochs},
+        runs_dir=tmp_path / "runs",
+        extract_options=extract | {"precision": precision},
+    )
+
+
+def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
+    run, result = fit_head(data, tmp_path, epochs=3)
+    trainer = Trainer(data, FinetuneConfig(**BASE, from_run=str(run.path)), tmp_path / "ft")
+    cached = featpipe.extract(data, cache_dir=tmp_path / "c", **TINY).load()
+    transform = ImageToUint8(trainer.backbone.data_config, True)
+    images = torch.stack([transform(str(data / p)) for p in cached.relpath[:6]])
+    trainer.model.eval()
+    with torch.no_grad():
+        out = trainer._forward(images).numpy()
+    expected = result.best_head.decision_function(cached.X[:6])
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    # The run names the backbone: left out, it is taken from the run; a different one is refused.
+    implied = {k: v for k, v in BASE.items() if k not in ("backbone", "image_size")}
+    named = Trainer(data, FinetuneConfig(**implied, from_run=str(run.path)), tmp_path / "ft2")
+    assert (named.config.backbone, named.config.image_size) == ("test_efficientnet", 32)
+    with pytest.raises(FeatpipeError, match="was fitted on test_efficientnet"):
+        Trainer(
+            data,
+            FinetuneConfig(**BASE | {"backbone": "resnet18"}, from_run=str(run.path)),
+            tmp_path / "x",
+        )
+
+
+def colour_tree(root: Path, per_class: int = 12) -> Path:
+    """Classes told apart by colour: even random-init features separate them."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("red", "green", "blue")):
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+            pixels[..., c] += 180
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i:02d}.png")
+    return root
+
+
+def test_lp_ft_never_ends_below_the_head_it_started_from(tmp_path):
+    data = colour_tree(tmp_path / "colours")
+    # bf16: the features' precision, which LP-FT on a CPU keeps
+    run, _ = fit_head(data, tmp_path, epochs=20, precision="bf16")
+    config = FinetuneConfig(
+        **BASE | {"lr": 100.0, "epochs": 1}, unfreeze="all", from_run=str(run.path)
+    )
+    trainer = Trainer(data, config, tmp_path / "wrecked")
+    assert trainer.precision == "bf16"
+    result = trainer.run()
+    assert result["start_val"] == 1.0
+    assert trainer.state.history["val_metric"][0] < 1.0  # the one epoch made it worse …
+    assert result["best_epoch"] == -1 and result["val"]["mean"] == 1.0  # … so it was not kept
+
+
+def test_resume_equals_an_uninterrupted_run(data, tmp_path):
+    config = FinetuneConfig(**BASE | {"augment": True}, unfreeze="last:1")
+    Trainer(data, config, tmp_path / "whole").run()
+    first = Trainer(data, config, tmp_path / "parts")
+    first.run(stop_after=1)
+    Trainer(data, config, tmp_path / "parts").run()  # a new process would do the same
+    a = load_file(str(tmp_path / "whole" / "best.safetensors"))
+    b = load_file(str(tmp_path / "parts" / "best.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_during_finetune_then_resume(data, tmp_path):
+    config = FinetuneConfig(**BASE | {"epochs": 4})
+    Trainer(data, config, tmp_path / "whole").run()
+    code = (
+        "import sys; from featpipe.finetuning.trainer import FinetuneConfig, Trainer;"
+        f"Trainer(sys.argv[1], FinetuneConfig(**{BASE | {'epochs': 4}!r}), "
+        "__import__('pathlib').Path(sys.argv[2])).run()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(tmp_path / "killed")])
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    Trainer(data, config, tmp_path / "killed").run()
+    a = load_file(str(tmp_path / "whole" / "best.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_options_are_clear_errors(data, tmp_path):
+    with pytest.raises(FeatpipeError, match="--unfreeze stage9: no block or module"):
+        Trainer(data, FinetuneConfig(**BASE, unfreeze="stage9"), tmp_path / "x")
+    with pytest.raises(FeatpipeError, match="epochs must start at 0 and increase"):
+        parse_schedule("0:head,3:all,2:last:1")
+    with pytest.raises(FeatpipeError, match="would freeze again"):
+        Trainer(data, FinetuneConfig(**BASE, gradual="0:all,2:head"), tmp_path / "y")
+    with pytest.raises(FeatpipeError, match="--bn stats: choose one of"):
+        Trainer(data, FinetuneConfig(**BASE, bn="stats"), tmp_path / "z").run()
+
+
+def test_inspect_shapes_and_counts_match_the_model():
+    d = describe(BackboneSpec("tv/resnet18", weights="none"), depth=1, unfreeze="layer4")
+    backbone = d.root.children[0]
+    import torchvision
+
+    reference = torchvision.models.resnet18()
+    total = sum(p.numel() for n, p in reference.named_parameters() if not n.startswith("fc."))
+    assert backbone.trainable + backbone.frozen == total
+    layer4 = next(c for c in backbone.children if c.name == "layer4")
+    assert layer4.shape == (1, 512, 7, 7) and layer4.frozen == 0
+    assert layer4.trainable == sum(p.numel() for p in reference.layer4.parameters())
+    assert backbone.shape == (1, 512)
+    assert [b["name"] for b in d.blocks][-3:] == ["layer4.0", "layer4.1", "head"]
+
+
+def test_cam_uses_the_head_weights_on_the_final_map():
+    from featpipe.backbones.build import build_backbone
+
+    backbone = build_backbone(BackboneSpec("tv/resnet18", weights="none"))
+    pre = Preprocessor(standardize=True).fit(np.random.default_rng(0).normal(size=(50, 512)))
+    head = torch.nn.Sequential(pre.to_module(), fresh_head(512, 3, "linear", "xavier", 1.0))
+    weight, bias = linear_view(head)
+    z = torch.randn(4, 512)
+    torch.testing.assert_close(z @ weight.t() + bias, head(z), rtol=1e-4, atol=1e-4)
+    x = torch.randn(2, 3, 64, 64)
+    maps, pred = class_activation_maps(backbone.module, head, x)
+    assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+    with torch.no_grad():
+        assert np.array_equal(pred, head(backbone.module(x)).argmax(1).numpy())
+    model = FinetuneModel(backbone.module, fresh_head(512, 3, "mlp", "kaiming", 1.0))
+    assert class_activation_maps(model.backbone, model.head, x) is None  # MLP: no CAM
+
+
+def test_lp_ft_never_validates_on_images_the_head_was_trained_on(tmp_path):
+    data = tmp_path / "tt"
+    make_tree(data, classes=("a", "b", "c"), per_class=12, split="train")
+    make_tree(data, classes=("a", "b", "c"), per_class=3, split="test", seed=9)
+    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    head = {"head": "logreg"}
+    cv_run, _ = fit(
+        data, "test_efficientnet", head=head, runs_dir=tmp_path / "r", extract_options=extract
+    )
+    with pytest.raises(FeatpipeError, match=r"fit it again with --holdout 0\.15"):
+        Trainer(data, FinetuneConfig(**BASE, from_run=str(cv_run.path)), tmp_path / "ft1")
+    held_run, result = fit(
+        data,
+        "test_efficientnet",
+        head=head,
+        holdout=0.15,
+        runs_dir=tmp_path / "r",
+        extract_options=extract,
+    )
+    trainer = Trainer(data, FinetuneConfig(**BASE, from_run=str(held_run.path)), tmp_path / "ft")
+    assert result.selection == "val"
+    features = featpipe.extract(data, cache_dir=tmp_path / "c", **TINY).load()
+    from featpipe.fitting.stage import with_holdout
+
+    marked = with_holdout(features, 0.15)
+    assert set(marked.relpath[marked.split == "val"]) == {i.relpath for i in trainer.val_items}
+
+
+def test_auto_bn_keeps_pretrained_statistics_and_trains_fresh_ones(data, tmp_path):
+    from featpipe.backbones.build import load_classifier
+
+    weights = tmp_path / "pretrained.pth"
+    torch.save(
+        load_classifier(BackboneSpec("test_efficientnet", weights="none")).model.state_dict(),
+        weights,
+    )
+    for source, stats_move in ((str(weights), False), ("none", True)):
+        config = FinetuneConfig(**BASE | {"epochs": 1, "weights": source}, unfreeze="all")
+        trainer = Trainer(data, config, tmp_path / f"auto-{stats_move}")
+        names = [n for n, m in trainer.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        before = snapshot(trainer.model)
+        trainer.run()
+        after = snapshot(trainer.model)
+        stats = [f"{n}.running_mean" for n in names]
+        affine = [f"{n}.weight" for n in names]
+        assert changed(before, after, stats) == (set(stats) if stats_move else set())
+        assert changed(before, after, affine) == set(affine)  # γ trains either way

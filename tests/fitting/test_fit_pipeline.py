@@ -1,0 +1,196 @@
+"""fit → results → predict → export → compare → report, through the CLI and the library."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY, flags, make_tree
+from featpipe.cli.app import main
+from featpipe.data.bundled import prepare_dataset
+from featpipe.errors import FeatpipeError
+from featpipe.fitting.stage import fit
+from featpipe.reports.compare import read_experiment
+from featpipe.reports.diagnosis import diagnose
+from featpipe.runs.record import load_run
+from featpipe.use.export import export
+from featpipe.use.predict import predict
+
+EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "shapes", classes=("a", "b", "c"), per_class=14)
+
+
+def test_fit_cli_prints_leaderboard_and_results_export_csv(dataset, tmp_path, capsys) -> None:
+    args = [
+        "fit",
+        dataset,
+        *flags(TINY),
+        "--cache-dir",
+        tmp_path / "cache",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--sweep",
+        "lr=1e-3,1e-2",
+        "head=linear,logreg",
+        "--set",
+        "epochs=3",
+    ]
+    assert main([str(a) for a in args]) == 0
+    out = capsys.readouterr().out
+    assert "head leaderboard" in out and "linear(lr=0.001)" in out and "logreg" in out
+    assert "chosen:" in out and "run:" in out
+    csv_path = tmp_path / "rows.csv"
+    assert main(["results", "--runs-dir", str(tmp_path / "runs"), "--csv", str(csv_path)]) == 0
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and {r["head"] for r in rows} == {"linear", "logreg"}
+    assert sum(r["chosen"] == "True" for r in rows) == 1
+    assert all(r["dataset"] == "shapes" and r["backbone"] == "test_efficientnet@none" for r in rows)
+
+
+def test_bad_sweep_values_are_clear_errors(dataset, tmp_path, capsys) -> None:
+    code = main(["fit", str(dataset), "--sweep", "lr=fast", "--runs-dir", str(tmp_path)])
+    assert code == 2 and "sweep value lr='fast' is not a valid float" in capsys.readouterr().err
+    code = main(["fit", str(dataset), "--sweep", "head=tree"])
+    assert code == 2 and "unknown head 'tree'" in capsys.readouterr().err
+
+
+def test_predict_agrees_with_fit_time_predictions(dataset, tmp_path) -> None:
+    run, result = fit(
+        dataset,
+        "test_efficientnet",
+        head={"head": "logreg"},
+        runs_dir=tmp_path / "runs",
+        extract_options=EXTRACT | {"cache_dir": tmp_path / "cache"},
+    )
+    from featpipe.extraction.stage import extract
+
+    cached = extract(dataset, cache_dir=tmp_path / "cache", **TINY).load()
+    rows = predict([dataset], run.path, tmp_path / "p.csv", device="cpu")
+    by_path = {Path(r["path"]).relative_to(dataset).as_posix(): r for r in rows}
+    expected = result.best_head.predict_proba(cached.X)
+    for relpath, probs in zip(cached.relpath, expected, strict=True):
+        got = [by_path[relpath][f"prob_{c}"] for c in ("a", "b", "c")]
+        np.testing.assert_allclose(got, probs, atol=1e-4)
+        assert by_path[relpath]["prediction"] == "abc"[int(np.argmax(probs))]
+    assert (tmp_path / "p.csv").read_text().startswith("path,prediction,confidence,prob_a")
+
+
+def test_export_agrees_with_the_python_pipeline_on_real_photos(tmp_path, photos) -> None:
+    elpv = prepare_dataset("elpv", tmp_path / "elpv", per_class=6)
+    run, _ = fit(
+        elpv,
+        "tf_efficientnet_lite0",
+        head={"head": "logreg"},
+        runs_dir=tmp_path / "runs",
+        extract_options={
+            "weights": "offline",
+            "precision": "fp32",
+            "engine": "torch",
+            "batch_size": 4,
+            "workers": 0,
+            "cache_dir": tmp_path / "c",
+        },
+    )
+    for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
+        sidecar = export(
+            run.path, fmt, tmp_path / name, check=[photos["chelsea"], photos["coffee"], elpv]
+        )
+        assert sidecar["check"]["images"] == 8 and sidecar["check"]["max_abs_diff"] <= 1e-4
+        assert sidecar["class_names"] == ["defective", "functional"]
+        assert json.loads((tmp_path / f"{name}.json").read_text())["format"] == fmt
+
+
+def test_run_from_a_newer_version_is_refused(dataset, tmp_path) -> None:
+    run, _ = fit(
+        dataset,
+        "test_efficientnet",
+        head={"head": "knn"},
+        runs_dir=tmp_path / "r",
+        extract_options=EXTRACT | {"cache_dir": tmp_path / "cache"},
+    )
+    config = json.loads((run.path / "run.json").read_text())
+    config["format"] = 99
+    (run.path / "run.json").write_text(json.dumps(config))
+    with pytest.raises(FeatpipeError, match="written by a newer featpipe"):
+        load_run(run.path)
+
+
+def test_compare_two_datasets_two_backbones_with_random_control(tmp_path, capsys) -> None:
+    a = make_tree(tmp_path / "set-a", per_class=12)
+    b = make_tree(tmp_path / "set-b", classes=("x", "y", "z"), per_class=10, seed=5)
+    experiment = tmp_path / "exp.toml"
+    experiment.write_text(
+        f'data = ["{a}", "{b}"]\n'
+        'backbones = ["tf_efficientnet_lite0", "tf_efficientnet_lite0@none"]\n'
+        f'runs_dir = "{tmp_path / "runs"}"\n'
+        '[sweep]\nhead = ["logreg", "knn"]\n'
+        f'[extract]\ncache_dir = "{tmp_path / "cache"}"\nimage_size = 32\nprecision = "fp32"\n'
+        'engine = "torch"\nbatch_size = 8\nworkers = 0\n'
+    )
+    assert read_experiment(experiment).backbones[1] == "tf_efficientnet_lite0@none"
+    assert main(["compare", "--experiment", str(experiment)]) == 0
+    out = capsys.readouterr().out
+    assert "backbone × dataset leaderboard" in out
+    assert out.count("set-a") == 2 and out.count("set-b") == 2
+    assert "pretrained − random" in out
+    gaps = [line for line in out.splitlines() if "tf_efficientnet_lite0 " in line]
+    assert len(gaps) == 2 and all(any(c.isdigit() for c in g.split("│")[7]) for g in gaps)
+    assert (
+        main(["report", "--runs-dir", str(tmp_path / "runs"), "-o", str(tmp_path / "report")]) == 0
+    )
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "heatmap-accuracy.png" in page
+    assert (tmp_path / "report" / "heatmap-accuracy.png").stat().st_size > 1000
+
+
+def test_compare_on_the_command_line_takes_several_values(tmp_path, capsys) -> None:
+    a = make_tree(tmp_path / "one", per_class=10)
+    b = make_tree(tmp_path / "two", per_class=10, seed=3)
+    code = main(
+        [
+            "compare",
+            "--data",
+            str(a),
+            str(b),
+            "--backbone",
+            "test_efficientnet@none",
+            "test_resnet@none",
+            "--sweep",
+            "head=knn",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--precision",
+            "fp32",
+            "--engine",
+            "torch",
+            "--image-size",
+            "32",
+        ]
+    )
+    assert code == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "@none" in line]
+    assert len(rows) == 4
+
+
+@pytest.mark.parametrize(
+    ("train", "val", "loss", "verdict"),
+    [
+        (0.99, 0.80, None, "overfit"),
+        (0.55, 0.52, None, "underfit"),
+        (0.97, 0.95, None, "good fit"),
+        (0.92, 0.88, [0.5, 0.3, 0.4, 0.5], "overfit"),
+    ],
+)
+def test_diagnosis_quadrants(train, val, loss, verdict) -> None:
+    assert diagnose(train, val, chance_error=0.9, val_loss=loss).verdict == verdict

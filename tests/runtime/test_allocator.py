@@ -1,0 +1,40 @@
+"""The allocator setting: large buffers freed by one batch are reused by the next one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import resource, sys, timm, torch
+from featpipe.runtime.allocator import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+model = timm.create_model("resnet18").eval()
+x = torch.randn(8, 3, 224, 224)
+with torch.inference_mode():
+    model(x)  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        model(x)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def faults(mode: str) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True
+    )
+    applied, count = out.stdout.split()
+    return applied, int(count)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_activation_buffers_are_reused_not_faulted_in_again() -> None:
+    applied, kept = faults("keep")
+    _, default = faults("default")
+    assert applied == "True"
+    # By default every large activation buffer is a fresh mmap, faulted in page by page.
+    assert default > 4 * 10_000
+    assert kept < default / 10
