@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         args = expand(list(sys.argv[1:] if argv is None else argv))
         app(args=args, standalone_mode=False, prog_name="featpipe")
     except FeatpipeError as exc:
-        console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+        console(stderr=True).print(f"[bold red]error:[/] {escape(exc.render(opt.flag))}")
         return 2
     except click.ClickException as exc:
         exc.show()

@@ -11,6 +11,14 @@ import typer
 from featpipe.cache.catalog import DEFAULT_CACHE_DIR
 from featpipe.errors import FeatpipeError
 
+# Python parameters whose flag is not ``--`` + the name with dashes.
+_FLAGS = {"from_run": "--from", "data": "DATA", "backbone": "--backbone"}
+
+
+def flag(param: str) -> str:
+    """The command-line spelling of a library parameter, for errors raised from Python."""
+    return _FLAGS.get(param, "--" + param.replace("_", "-"))
+
 
 def auto_int(value: str, option: str) -> int | None:
     """Parse ``auto`` or a whole number, naming the option on failure."""

@@ -31,7 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featpipe.errors import FeatpipeError
+from featpipe.errors import StorageError
 
 RowId = tuple[str, int, int]  # relative path, size, mtime_ns
 CHUNK_BYTES = 1 << 20
@@ -42,7 +42,7 @@ def new_writer_stem(rank: int = 0) -> str:
     return f"w{rank:03d}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class DiskError(FeatpipeError):
+class DiskError(StorageError):
     """Writing failed (disk full, permissions): finished rows are safe, the journal is kept."""
 
 
