@@ -1,0 +1,64 @@
+"""Regularisation paths give what solving each value separately gives (scikit-learn as oracle)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+
+from featpipe.heads.paths import logistic_path, ridge_classifier_path, ridge_path
+
+ALPHAS = [1e-3, 0.1, 10.0, 1e3]
+
+
+def data(n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    X = rng.normal(size=(n, d)) + 0.7 * rng.normal(size=(classes, d))[y]
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize(("n", "d"), [(300, 40), (60, 150)])  # primal and dual
+@pytest.mark.parametrize("classes", [2, 4])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_ridge_classifier_path_equals_one_fit_per_alpha(n, d, classes, balanced) -> None:
+    X, y = data(n, d, classes)
+    if balanced:  # make the weights matter
+        keep = (y != 0) | (np.arange(n) % 3 == 0)
+        X, y = X[keep], y[keep]
+    solutions, found = ridge_classifier_path(X, y, ALPHAS, balanced)
+    for alpha, (coef, intercept) in zip(ALPHAS, solutions, strict=True):
+        ref = RidgeClassifier(alpha=alpha, class_weight="balanced" if balanced else None)
+        ref.fit(X, y)
+        np.testing.assert_allclose(coef, np.atleast_2d(ref.coef_), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(intercept, np.atleast_1d(ref.intercept_), rtol=1e-4, atol=1e-6)
+        scores = X @ coef.T + intercept
+        pred = (
+            found[(scores[:, 0] > 0).astype(int)] if coef.shape[0] == 1 else found[scores.argmax(1)]
+        )
+        np.testing.assert_array_equal(pred, ref.predict(X))
+
+
+def test_ridge_regression_path_equals_ridge() -> None:
+    X, _ = data(200, 30, 2)
+    t = X @ np.random.default_rng(1).normal(size=30) + 3.0
+    for alpha, (coef, intercept) in zip(ALPHAS, ridge_path(X, t[:, None], ALPHAS), strict=True):
+        ref = Ridge(alpha=alpha).fit(X, t)
+        np.testing.assert_allclose(coef[0], ref.coef_, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(intercept[0], ref.intercept_, rtol=1e-5)
+
+
+def test_logistic_path_matches_independent_fits() -> None:
+    X, y = data(300, 20, 3)
+    Cs = [10.0, 0.01, 1.0]  # out of order on purpose: results come back in the given order
+    solutions, classes = logistic_path(X, y, Cs, tol=1e-8)
+    for C, (coef, intercept) in zip(Cs, solutions, strict=True):
+        ref = LogisticRegression(C=C, max_iter=2000, tol=1e-8).fit(X, y)
+        # Both are the optimum of the same strictly convex problem, to L-BFGS's tolerance: the
+        # probabilities agree closely (the weakly regularised coefficients less so).
+        logits = X @ coef.T + intercept
+        proba = np.exp(logits - logits.max(1, keepdims=True))
+        proba /= proba.sum(1, keepdims=True)
+        np.testing.assert_allclose(proba, ref.predict_proba(X), atol=2e-3)
+        pred = classes[logits.argmax(1)]
+        np.testing.assert_array_equal(pred, ref.predict(X))
