@@ -8,10 +8,11 @@ import typer
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
-from featpipe.reports.compare import Experiment, Row, compare, read_experiment
+from featpipe.reports.compare import Experiment, Row, read_experiment
+from featpipe.reports.compare import compare as run_compare
 
 from . import options as opt
-from .fit_cmd import RunsDir, grid_from, parse_fixed
+from .fit_cmd import grid_from, parse_fixed
 from .render import console, progress_bar
 
 
@@ -51,50 +52,48 @@ def leaderboard(rows: list[Row]) -> Table:
     return table
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("compare")
-    def compare_cmd(
-        data: list[str] = typer.Option([], "--data", "-d", help="Datasets (several allowed)."),
-        backbone: list[str] = typer.Option(
-            [], "--backbone", "-b", help="MODEL[@WEIGHTS] specs (several); add @none controls."
-        ),
-        experiment: Path | None = typer.Option(
-            None, "--experiment", "-e", help="TOML/YAML experiment file."
-        ),
-        sweep: list[str] = typer.Option([], "--sweep", help="Grid items option=v1,v2 …"),
-        set_: list[str] = typer.Option([], "--set", help="Fixed head option: name=value."),
-        seeds: int = typer.Option(1, help="Seeds per config."),
-        runs_dir: Path = RunsDir,
-        cache_dir: Path = opt.CacheDir,
-        precision: str = opt.Precision,
-        engine: str = opt.Engine,
-        image_size: int | None = opt.ImageSize,
-        device: str = opt.Device,
-    ) -> None:
-        """Extract what is missing, sweep heads per pair, print one leaderboard."""
-        if experiment:
-            exp = read_experiment(experiment)
-        else:
-            if not data or not backbone:
-                raise FeatpipeError("compare needs --data and --backbone, or --experiment FILE")
-            exp = Experiment(
-                data=data,
-                backbones=backbone,
-                sweep=grid_from(sweep, None),
-                head=parse_fixed(set_),
-                seeds=seeds,
-                runs_dir=str(runs_dir),
-                extract={
-                    "cache_dir": cache_dir,
-                    "precision": precision,
-                    "engine": engine,
-                    "image_size": image_size,
-                    "device": device,
-                },
-            )
-        with progress_bar("extract") as bar:
-            rows = compare(
-                exp,
-                progress=lambda model: lambda p: bar.update(p.done, p.total, p.images_per_second),
-            )
-        console().print(leaderboard(rows))
+def compare(
+    data: list[str] = typer.Option([], "--data", "-d", help="Datasets (several allowed)."),
+    backbone: list[str] = typer.Option(
+        [], "--backbone", "-b", help="MODEL[@WEIGHTS] specs (several); add @none controls."
+    ),
+    experiment: Path | None = typer.Option(
+        None, "--experiment", "-e", help="TOML/YAML experiment file."
+    ),
+    sweep: list[str] = typer.Option([], "--sweep", help="Grid items option=v1,v2 …"),
+    set_: list[str] = typer.Option([], "--set", help="Fixed head option: name=value."),
+    seeds: int = typer.Option(1, help="Seeds per config."),
+    runs_dir: Path = opt.RunsDir,
+    cache_dir: Path = opt.CacheDir,
+    precision: str = opt.Precision,
+    engine: str = opt.Engine,
+    image_size: int | None = opt.ImageSize,
+    device: str = opt.Device,
+) -> None:
+    """Extract what is missing, sweep heads per pair, print one leaderboard."""
+    if experiment:
+        exp = read_experiment(experiment)
+    else:
+        if not data or not backbone:
+            raise FeatpipeError("compare needs --data and --backbone, or --experiment FILE")
+        exp = Experiment(
+            data=data,
+            backbones=backbone,
+            sweep=grid_from(sweep, None),
+            head=parse_fixed(set_),
+            seeds=seeds,
+            runs_dir=str(runs_dir),
+            extract={
+                "cache_dir": cache_dir,
+                "precision": precision,
+                "engine": engine,
+                "image_size": image_size,
+                "device": device,
+            },
+        )
+    with progress_bar("extract") as bar:
+        rows = run_compare(
+            exp,
+            progress=lambda model: lambda p: bar.update(p.done, p.total, p.images_per_second),
+        )
+    console().print(leaderboard(rows))

@@ -1,4 +1,4 @@
-"""``featpipe fit`` and ``featpipe results``: heads on cached features, and the tidy table."""
+"""``featpipe fit``: heads on cached features (extracting first if needed), ranked."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ from rich.table import Table
 
 from featpipe.errors import FeatpipeError
 from featpipe.heads.config import parse_grid_args, read_grid_file, varying
-from featpipe.runs.record import DEFAULT_RUNS_DIR, results_table, write_csv
 
 from . import options as opt
 from .render import console, plain, progress_bar
 
 if TYPE_CHECKING:
     from featpipe.fitting.sweep import SweepResult
-
-RunsDir = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="Where runs are written and read.")
 
 
 def parse_fixed(items: list[str]) -> dict[str, str]:
@@ -86,132 +83,77 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
     plain(f"run: {run.path}")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def fit(
-        data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
-        backbone: str = typer.Option(
-            "tf_efficientnet_lite0",
-            "--backbone",
-            "-b",
-            help="MODEL[@WEIGHTS], '+' to concatenate backbones (a+tv/b).",
-        ),
-        head: str | None = typer.Option(
-            None, help="linear | mlp | logreg | linearsvc | ridge | knn"
-        ),
-        set_: list[str] = typer.Option([], "--set", help="Fixed head option: name=value."),
-        sweep: list[str] = typer.Option(
-            [], "--sweep", help="Grid items option=v1,v2 … (any head option; several allowed)."
-        ),
-        grid: Path | None = typer.Option(None, "--grid", help="Grid file (TOML, YAML or JSON)."),
-        seeds: int = typer.Option(1, help="Seeds per config: mean ± std."),
-        cv: int = typer.Option(5, help="Folds for selection when there is no val split."),
-        holdout: float = typer.Option(
-            0.0,
-            help="Without a val split: hold out this stratified share of train as val "
-            "(0.15 matches finetune) instead of cross-validating.",
-        ),
-        shots: str | None = typer.Option(None, help="Few-shot curve, e.g. 1,5,10,50,all."),
-        draws: int = typer.Option(5, help="Repeated draws per few-shot point."),
-        runs_dir: Path = RunsDir,
-        weights: str = opt.Weights,
-        precision: str = opt.Precision,
-        engine: str = opt.Engine,
-        device: str = opt.Device,
-        batch_size: str = opt.BatchSize,
-        workers: str = opt.Workers,
-        cache_dir: Path = opt.CacheDir,
-        image_size: int | None = opt.ImageSize,
-        pool: str = opt.Pool,
-    ) -> None:
-        """Fit heads on cached features (extracting first if needed); save and rank them."""
-        from featpipe.fitting.stage import fit as fit_heads
-        from featpipe.fitting.sweep import parse_shots
+def fit(
+    data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
+    backbone: str = typer.Option(
+        "tf_efficientnet_lite0",
+        "--backbone",
+        "-b",
+        help="MODEL[@WEIGHTS], '+' to concatenate backbones (a+tv/b).",
+    ),
+    head: str | None = typer.Option(None, help="linear | mlp | logreg | linearsvc | ridge | knn"),
+    set_: list[str] = typer.Option([], "--set", help="Fixed head option: name=value."),
+    sweep: list[str] = typer.Option(
+        [], "--sweep", help="Grid items option=v1,v2 … (any head option; several allowed)."
+    ),
+    grid: Path | None = typer.Option(None, "--grid", help="Grid file (TOML, YAML or JSON)."),
+    seeds: int = typer.Option(1, help="Seeds per config: mean ± std."),
+    cv: int = typer.Option(5, help="Folds for selection when there is no val split."),
+    holdout: float = typer.Option(
+        0.0,
+        help="Without a val split: hold out this stratified share of train as val "
+        "(0.15 matches finetune) instead of cross-validating.",
+    ),
+    shots: str | None = typer.Option(None, help="Few-shot curve, e.g. 1,5,10,50,all."),
+    draws: int = typer.Option(5, help="Repeated draws per few-shot point."),
+    runs_dir: Path = opt.RunsDir,
+    weights: str = opt.Weights,
+    precision: str = opt.Precision,
+    engine: str = opt.Engine,
+    device: str = opt.Device,
+    batch_size: str = opt.BatchSize,
+    workers: str = opt.Workers,
+    cache_dir: Path = opt.CacheDir,
+    image_size: int | None = opt.ImageSize,
+    pool: str = opt.Pool,
+) -> None:
+    """Fit heads on cached features (extracting first if needed); save and rank them."""
+    from featpipe.fitting.stage import fit as fit_heads
+    from featpipe.fitting.sweep import parse_shots
 
-        fixed = parse_fixed(set_)
-        if head:
-            fixed["head"] = head
-        grid_values = grid_from(sweep, grid)
-        options = opt.ExtractOptions(
-            weights,
-            pool,
-            None,
-            image_size,
-            precision,
-            engine,
-            "float32",
-            device,
-            batch_size,
-            workers,
-            cache_dir,
-            "skip",
+    fixed = parse_fixed(set_)
+    if head:
+        fixed["head"] = head
+    grid_values = grid_from(sweep, grid)
+    options = opt.ExtractOptions(
+        weights,
+        pool,
+        None,
+        image_size,
+        precision,
+        engine,
+        "float32",
+        device,
+        batch_size,
+        workers,
+        cache_dir,
+        "skip",
+    )
+    if seeds < 1:
+        raise FeatpipeError(f"--seeds {seeds}: use 1 or more")
+    with progress_bar("extract") as bar:
+        run, result = fit_heads(
+            data,
+            backbone,
+            grid=grid_values,
+            head=fixed,
+            seeds=seeds,
+            cv=cv,
+            holdout=holdout,
+            shots=parse_shots(shots) if shots else None,
+            draws=draws,
+            runs_dir=runs_dir,
+            extract_options=options.kwargs(),
+            progress=lambda model: lambda p: bar.update(p.done, p.total, p.images_per_second),
         )
-        if seeds < 1:
-            raise FeatpipeError(f"--seeds {seeds}: use 1 or more")
-        with progress_bar("extract") as bar:
-            run, result = fit_heads(
-                data,
-                backbone,
-                grid=grid_values,
-                head=fixed,
-                seeds=seeds,
-                cv=cv,
-                holdout=holdout,
-                shots=parse_shots(shots) if shots else None,
-                draws=draws,
-                runs_dir=runs_dir,
-                extract_options=options.kwargs(),
-                progress=lambda model: lambda p: bar.update(p.done, p.total, p.images_per_second),
-            )
-        print_fit(run, result, seeds)
-
-    @app.command()
-    def results(
-        runs_dir: Path = RunsDir,
-        where: list[str] = typer.Option([], "--where", help="Filter: column=value."),
-        csv: Path | None = typer.Option(None, "--csv", help="Also write the rows to CSV."),
-        sort: str = typer.Option("val_accuracy", help="Column to sort by (descending)."),
-        limit: int = typer.Option(30, help="Rows to print."),
-    ) -> None:
-        """The tidy results table of every run: filter, sort, export."""
-        filters = dict(w.split("=", 1) for w in where if "=" in w)
-        rows = results_table(runs_dir, filters)
-        if not rows:
-            raise FeatpipeError(f"no runs found in {runs_dir}: fit something first")
-        if csv:
-            write_csv(rows, csv)
-        rows.sort(key=lambda r: -(r.get(sort) if isinstance(r.get(sort), float | int) else -1e9))
-        columns = [
-            "dataset",
-            "backbone",
-            "head",
-            "lr",
-            "wd",
-            "C",
-            "k",
-            "seed",
-            "val_accuracy",
-            "val_macro_f1",
-            "test_accuracy",
-            "val_r2",
-            "test_r2",
-            "fit_seconds",
-            "chosen",
-        ]
-        columns = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
-        table = Table(title=f"results: {len(rows)} rows from {runs_dir}")
-        for column in columns:
-            table.add_column(column)
-        for row in rows[:limit]:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
-        console().print(table)
-        if csv:
-            console().print(f"wrote {len(rows)} rows to {csv}")
-
-
-def _cell(value: Any) -> str:
-    if value is None or value == "":
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    print_fit(run, result, seeds)

@@ -10,6 +10,7 @@ import typer
 
 from featpipe.cache.catalog import DEFAULT_CACHE_DIR
 from featpipe.errors import FeatpipeError
+from featpipe.runs.record import DEFAULT_RUNS_DIR
 
 # Python parameters whose flag is not ``--`` + the name with dashes.
 _FLAGS = {"from_run": "--from", "data": "DATA", "backbone": "--backbone"}
@@ -54,6 +55,7 @@ Workers = typer.Option("auto", help="DataLoader worker processes, or auto.")
 CacheDir = typer.Option(DEFAULT_CACHE_DIR, "--cache-dir", help="Cache root directory.")
 OnError = typer.Option("skip", "--on-error", help="skip (record and go on) | fail.")
 Name = typer.Option(None, help="Dataset name in the cache (default: folder name).")
+RunsDir = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="Where runs are written and read.")
 
 
 @dataclass

@@ -45,6 +45,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def human_count(n: int) -> str:
+    """Parameter counts as people write them: 4.01M, 12.3k."""
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
 def human_time(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 

@@ -1,0 +1,36 @@
+"""``featpipe predict``: label new images with a run's backbone(s) and head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import options as opt
+from .render import console
+
+
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files or folders."),
+    run: Path = typer.Option(..., "--run", help="A run directory written by fit."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV to write."),
+    device: str = opt.Device,
+    limit: int = typer.Option(10, help="Rows to print."),
+) -> None:
+    """Predict new images with a run's backbone(s) and head; write CSV."""
+    from featpipe.use.predict import predict as run_predict
+
+    rows = run_predict(images, run, out, device)
+    table = Table(title=f"predictions ({len(rows)} images) → {out}")
+    for column in ("path", "prediction", "confidence", "error"):
+        table.add_column(column)
+    for row in rows[:limit]:
+        confidence = row.get("confidence")
+        table.add_row(
+            row["path"],
+            str(row.get("prediction", "")),
+            f"{confidence:.3f}" if confidence is not None else "",
+            row.get("error", ""),
+        )
+    console().print(table)
