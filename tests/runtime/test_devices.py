@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featpipe.extraction.stage import default_workers
 from featpipe.runtime.devices import CUDA_HOST_THREADS, host_threads
+from featpipe.runtime.workers import default_workers
 
 
 def test_cuda_loops_hold_the_host_thread_pool_small_and_restore_it() -> None:
