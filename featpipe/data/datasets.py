@@ -14,22 +14,31 @@ Supported inputs, in the conventions users already have:
 
 Without split folders or a split column, a deterministic stratified split is assigned
 (:mod:`featpipe.data.splits`).
+
+Nothing in the input is dropped in silence and nothing is read twice: a file that cannot become
+a row (not an image, a broken symlink, a folder that cannot be listed, a symlink back into a
+folder already read) is a :class:`Rejected` entry that the cache keeps under ``skipped/``, and
+each real folder and each real file is read once however many names lead to it.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import math
 import os
+import posixpath
+import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from featpipe.data.images import is_image_name
 from featpipe.data.splits import regression_strata, stratified_split
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError, DataError, MissingError
 
 Task = Literal["classification", "regression", "none"]
 
@@ -45,6 +54,37 @@ SPLIT_ALIASES = {
 }
 PATH_COLUMNS = ("path", "filepath", "file", "filename", "image")
 LABEL_COLUMNS = ("label", "target", "class", "y")
+# The split of rows without a label: featpipe predicts them and never fits on them.
+UNLABELLED = "predict"
+# The label cells pandas reads as missing (``pandas.read_csv``'s default ``na_values``), so a
+# manifest written by pandas with NaN labels reads the same here as it does there.
+MISSING_LABELS = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
+
+
+class DataWarning(UserWarning):
+    """A problem in the input that featpipe corrected on its own (e.g. an exact duplicate row)."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +109,10 @@ class Rejected:
 
 @dataclass
 class Dataset:
-    """A scanned dataset: its items in a deterministic order, classes and task."""
+    """A scanned dataset: its items in a deterministic order, classes and task.
+
+    ``notes`` are the corrections the scan made (they are also issued as :class:`DataWarning`).
+    """
 
     name: str
     root: Path
@@ -79,6 +122,7 @@ class Dataset:
     items: list[Item]
     rejected: list[Rejected] = field(default_factory=list)
     split_source: str = "stratified"
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -106,106 +150,184 @@ def _visible(name: str) -> bool:
     return not name.startswith(".") and not name.startswith("__")
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """Every visible regular file below ``folder``, in sorted order (like ImageFolder)."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _visible(f))
-    return found
+def _unusable(path: Path, exc: OSError) -> str:
+    """Why ``stat`` failed on a listed name, in words a user can act on."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop: the link leads back to itself, not to a file"
+    if path.is_symlink() and isinstance(exc, FileNotFoundError):
+        return f"broken symlink: its target {os.readlink(path)} does not exist"
+    return f"cannot read ({exc.strerror or exc})"
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p.name))
+class _Walk:
+    """One scan's walk of a folder tree: each real folder is listed once, problems are recorded.
+
+    ``os.walk(followlinks=True)`` follows ``a/loop -> .`` until the path is too long, turning 24
+    files into hundreds of rows under every split; a folder here is identified by its device and
+    inode, so a second way into it (a loop or another link) is recorded instead of read again.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.rejected: list[Rejected] = []
+        self.read: dict[tuple[int, int], str] = {}
+        self._claim(root, root.stat())
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def reject(self, path: Path, reason: str) -> None:
+        self.rejected.append(Rejected(self.rel(path), reason))
+
+    def _claim(self, folder: Path, st: os.stat_result) -> bool:
+        """Mark ``folder`` as read; False (and recorded) if another name already read it."""
+        first = self.read.get((st.st_dev, st.st_ino))
+        if first is None:
+            self.read[(st.st_dev, st.st_ino)] = self.rel(folder) or "."
+            return True
+        here = self.rel(folder)
+        if first == "." or here.startswith(first + "/"):
+            reason = f"directory symlink loop: leads back to {first}, which is read once"
+        else:
+            reason = f"same folder as {first}, which is read once"
+        self.reject(folder, reason)
+        return False
+
+    def list(self, folder: Path) -> tuple[list[tuple[Path, os.stat_result]], list[Path]]:
+        """The regular files (with their ``stat``) and the new folders directly in ``folder``."""
+        try:
+            with os.scandir(folder) as it:
+                names = sorted(e.name for e in it if _visible(e.name))
+        except OSError as exc:
+            self.reject(folder, f"cannot list folder ({exc.strerror or exc}): its files are unread")
+            return [], []
+        files: list[tuple[Path, os.stat_result]] = []
+        folders: list[Path] = []
+        for name in names:
+            path = folder / name
+            try:
+                st = path.stat()
+            except OSError as exc:
+                self.reject(path, _unusable(path, exc))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in self.read:
+                    self._claim(path, st)  # records why it is not read again
+                else:
+                    folders.append(path)
+            elif stat.S_ISREG(st.st_mode):
+                files.append((path, st))
+            else:
+                self.reject(path, "not a regular file")
+        return files, folders
+
+    def enter(self, folder: Path) -> bool:
+        try:
+            return self._claim(folder, folder.stat())
+        except OSError as exc:
+            self.reject(folder, _unusable(folder, exc))
+            return False
+
+    def files(self, folder: Path) -> list[tuple[Path, os.stat_result]]:
+        """Every visible regular file below ``folder``, in sorted order (like ImageFolder)."""
+        if not self.enter(folder):
+            return []
+        found, folders = self.list(folder)
+        for sub in folders:
+            found += self.files(sub)
+        return found
+
+    def reject_non_images(self, files: list[tuple[Path, os.stat_result]], why: str) -> None:
+        for path, _ in files:
+            self.reject(path, why if is_image_name(path) else _not_an_image(path))
 
 
-def _stat_item(path: Path, root: Path, **fields: object) -> Item:
-    st = path.stat()
-    return Item(path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns, **fields)
+def _not_an_image(path: Path) -> str:
+    return f"not an image file (extension '{path.suffix or 'none'}')"
 
 
 def _scan_class_tree(
-    root: Path, class_dirs: dict[str, list[Path]], split_of: dict[Path, str]
-) -> tuple[list[Item], list[Rejected], list[str]]:
+    walk: _Walk, class_dirs: dict[str, list[Path]], split_of: dict[Path, str]
+) -> tuple[list[Item], list[str]]:
     """Scan ``{class name: [folders]}`` into items; an empty class is an error."""
     class_names = sorted(class_dirs)
     items: list[Item] = []
-    rejected: list[Rejected] = []
     for label, name in enumerate(class_names):
         n_images = 0
         for folder in class_dirs[name]:
-            for path in _walk_files(folder):
+            for path, st in walk.files(folder):
                 if is_image_name(path):
-                    items.append(_stat_item(path, root, label=label, split=split_of[folder]))
+                    items.append(
+                        Item(
+                            walk.rel(path),
+                            st.st_size,
+                            st.st_mtime_ns,
+                            label=label,
+                            split=split_of[folder],
+                        )
+                    )
                     n_images += 1
                 else:
-                    reason = f"not an image file (extension '{path.suffix or 'none'}')"
-                    rejected.append(Rejected(path.relative_to(root).as_posix(), reason))
+                    walk.reject(path, _not_an_image(path))
         if n_images == 0:
             folders = ", ".join(str(f) for f in class_dirs[name])
-            raise FeatpipeError(
-                f"class folder {folders} has no images: add images to it or remove it"
-            )
-    return items, rejected, class_names
+            raise DataError(f"class folder {folders} has no images: add images to it or remove it")
+    return items, class_names
 
 
-def _loose_images(folder: Path, root: Path) -> list[Rejected]:
-    return [
-        Rejected(p.relative_to(root).as_posix(), "image outside any class folder")
-        for p in sorted(folder.iterdir())
-        if p.is_file() and _visible(p.name) and is_image_name(p)
-    ]
+def _split_layout(root: Path) -> bool:
+    """True for ``root/{train,val,test}/<class>/`` (every folder a split, some with classes)."""
+    probe = _Walk(root)
+    _, folders = probe.list(root)
+    splits = [d for d in folders if d.name.lower() in SPLIT_ALIASES]
+    return bool(splits) and len(splits) == len(folders) and any(probe.list(d)[1] for d in splits)
 
 
 def _scan_folder(root: Path, name: str) -> Dataset:
-    subdirs = _subdirs(root)
-    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES]
-    if split_dirs and len(split_dirs) == len(subdirs):
+    walk = _Walk(root)
+    loose = "image outside any class folder"
+    top_files, folders = walk.list(root)
+    if _split_layout(root):
         class_dirs: dict[str, list[Path]] = {}
         split_of: dict[Path, str] = {}
-        for split_dir in split_dirs:
-            split = SPLIT_ALIASES[split_dir.name.lower()]
-            for class_dir in _subdirs(split_dir):
+        for split_dir in folders:
+            if not walk.enter(split_dir):
+                continue
+            split_files, class_folders = walk.list(split_dir)
+            walk.reject_non_images(split_files, loose)
+            for class_dir in class_folders:
                 class_dirs.setdefault(class_dir.name, []).append(class_dir)
-                split_of[class_dir] = split
-        if class_dirs:
-            items, rejected, class_names = _scan_class_tree(root, class_dirs, split_of)
-            for split_dir in split_dirs:
-                rejected += _loose_images(split_dir, root)
-            return Dataset(
-                name,
-                root,
-                "imagefolder-splits",
-                "classification",
-                class_names,
-                items,
-                rejected + _loose_images(root, root),
-                split_source="folders",
-            )
-    if subdirs:
-        class_dirs = {d.name: [d] for d in subdirs}
-        items, rejected, class_names = _scan_class_tree(
-            root, class_dirs, dict.fromkeys(subdirs, "train")
-        )
-        splits = stratified_split([i.relpath for i in items], [i.label for i in items])
-        items = [_with_split(i, s) for i, s in zip(items, splits, strict=True)]
+                split_of[class_dir] = SPLIT_ALIASES[split_dir.name.lower()]
+        items, class_names = _scan_class_tree(walk, class_dirs, split_of)
+        walk.reject_non_images(top_files, loose)
         return Dataset(
             name,
             root,
-            "imagefolder",
+            "imagefolder-splits",
             "classification",
             class_names,
             items,
-            rejected + _loose_images(root, root),
+            walk.rejected,
+            split_source="folders",
         )
-    files = _walk_files(root)
-    items = [_stat_item(p, root, split="predict") for p in files if is_image_name(p)]
-    rejected = [
-        Rejected(p.relative_to(root).as_posix(), f"not an image file (extension '{p.suffix}')")
-        for p in files
-        if not is_image_name(p)
+    if folders:
+        class_dirs = {d.name: [d] for d in folders}
+        items, class_names = _scan_class_tree(walk, class_dirs, dict.fromkeys(folders, "train"))
+        walk.reject_non_images(top_files, loose)
+        splits = stratified_split([i.relpath for i in items], [i.label for i in items])
+        items = [_with_split(i, s) for i, s in zip(items, splits, strict=True)]
+        return Dataset(
+            name, root, "imagefolder", "classification", class_names, items, walk.rejected
+        )
+    items = [
+        Item(walk.rel(p), st.st_size, st.st_mtime_ns, split=UNLABELLED)
+        for p, st in top_files
+        if is_image_name(p)
     ]
-    return Dataset(name, root, "unlabelled", "none", [], items, rejected, split_source="none")
+    for path, _ in top_files:
+        if not is_image_name(path):
+            walk.reject(path, _not_an_image(path))
+    return Dataset(name, root, "unlabelled", "none", [], items, walk.rejected, split_source="none")
 
 
 def _with_split(item: Item, split: str) -> Item:
@@ -224,16 +346,24 @@ def _parse_float(value: str) -> float | None:
         return None
 
 
-def _infer_task(labels: list[str]) -> Task:
-    numbers = [_parse_float(v) for v in labels]
-    finite = all(n is not None and math.isfinite(n) for n in numbers)
-    if finite and any(n != int(n) for n in numbers):  # type: ignore[arg-type]
-        return "regression"
-    return "classification"
+def _lines(lines: list[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:5])
+    more = f" and {len(lines) - 5} more" if len(lines) > 5 else ""
+    return f"line{'s' if len(lines) > 1 else ''} {shown}{more}"
 
 
-def _scan_csv(csv_path: Path, name: str, task: Task | None) -> Dataset:
-    root = csv_path.parent
+@dataclass(frozen=True)
+class _Row:
+    """One manifest row, parsed: where it was, which file it names, what it says about it."""
+
+    line: int
+    listed: str
+    label: str | None
+    split: str | None
+
+
+def _read_manifest(csv_path: Path) -> tuple[list[_Row], bool]:
+    """The rows of a manifest (a missing label read as ``None``) and whether it names splits."""
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
@@ -241,68 +371,185 @@ def _scan_csv(csv_path: Path, name: str, task: Task | None) -> Dataset:
         label_col = _pick_column(header, LABEL_COLUMNS)
         split_col = _pick_column(header, ("split", "subset", "fold"))
         if path_col is None:
-            raise FeatpipeError(
+            raise DataError(
                 f"{csv_path}: no path column in header {header}; "
                 f"name one of {', '.join(PATH_COLUMNS)}"
             )
-        rows = list(reader)
+        rows: list[_Row] = []
+        for record in reader:
+            line = reader.line_num
+            listed = (record.get(path_col) or "").strip()
+            if not listed:
+                raise DataError(f"{csv_path}, line {line}: empty '{path_col}' value: fill it in")
+            label = (record.get(label_col) or "").strip() if label_col else None
+            split = None
+            if split_col:
+                raw_split = (record.get(split_col) or "").strip().lower()
+                if raw_split not in SPLIT_ALIASES:
+                    raise DataError(
+                        f"{csv_path}, line {line}: unknown split '{raw_split}'; "
+                        "use train, val or test"
+                    )
+                split = SPLIT_ALIASES[raw_split]
+            missing = label is None or label in MISSING_LABELS
+            rows.append(_Row(line, listed, None if missing else label, split))
     if not rows:
-        raise FeatpipeError(f"{csv_path} lists no images: add rows 'path,label[,split]'")
-    labels = [(r.get(label_col) or "").strip() for r in rows] if label_col else []
-    for line, value in enumerate(labels, start=2):
-        if not value:
-            raise FeatpipeError(f"{csv_path}, line {line}: empty '{label_col}' value")
-    task = task or (_infer_task(labels) if labels else "none")
+        raise DataError(f"{csv_path} lists no images: add rows 'path,label[,split]'")
+    return rows, split_col is not None
+
+
+def _infer_task(csv_path: Path, rows: list[_Row], requested: Task | None) -> Task:
+    """Classification or regression, decided on the labelled rows only.
+
+    A missing label is a row without a label, never a class and never a number: one NaN among
+    float targets leaves a regression a regression, and a column of NaN holds no task at all.
+    """
+    labelled = [r for r in rows if r.label is not None]
+    if not labelled:
+        if requested in ("classification", "regression"):
+            raise DataError(
+                f"{csv_path} has no labels (no label column, or every value missing), so there "
+                f"is nothing to fit {requested} on: fill in a 'label' column"
+            )
+        return "none"
+    values = [(r, _parse_float(r.label or "")) for r in labelled]
+    numbers = [n for _, n in values if n is not None]
+    if len(numbers) == len(values):
+        bad = next((r for r, n in values if not math.isfinite(n or 0.0)), None)
+        if bad is not None:
+            raise DataError(
+                f"{csv_path}, line {bad.line}: label '{bad.label}' is not a finite number: "
+                "fix it, or leave the cell empty for an unlabelled row"
+            )
+    if requested == "regression":
+        bad = next((r for r, n in values if n is None), None)
+        if bad is not None:
+            raise DataError(
+                f"{csv_path}, line {bad.line}: regression target '{bad.label}' is not a number"
+            )
+    if requested is not None:
+        return requested
+    if len(numbers) == len(values) and any(n != int(n) for n in numbers):
+        return "regression"
+    return "classification"
+
+
+def _identify(
+    csv_path: Path, root: Path, rows: list[_Row], allow_outside: bool
+) -> list[tuple[_Row, str]]:
+    """Each row with the path that identifies its file: resolved, relative to ``root``.
+
+    Two spellings of one file (``img/a.png``, ``./img/../img/a.png``, a symlink) are one file.
+    A path that resolves outside the manifest's folder is refused unless ``allow_outside``: a
+    manifest is often shared, and it must not make featpipe read (and cache the features of)
+    files elsewhere on the machine without the user saying so.
+    """
+    out: list[tuple[_Row, str]] = []
+    outside: list[_Row] = []
+    for row in rows:
+        resolved = Path(os.path.realpath(root / row.listed))
+        if resolved.is_relative_to(root):
+            out.append((row, resolved.relative_to(root).as_posix()))
+        elif allow_outside:
+            out.append((row, resolved.as_posix()))
+        else:
+            outside.append(row)
+    if outside:
+        raise ArgumentError(
+            "allow_outside",
+            f"is off, and {csv_path} {_lines([r.line for r in outside])} list files outside "
+            f"{root} (e.g. {outside[0].listed}): move them under the manifest's folder, "
+            "or allow files outside it",
+        )
+    return out
+
+
+def _deduplicate(
+    csv_path: Path, rows: list[tuple[_Row, str]]
+) -> tuple[list[tuple[_Row, str]], list[str]]:
+    """One row per file: exact duplicates are dropped (with a note), contradictions refused."""
+    first: dict[str, _Row] = {}
+    kept: list[tuple[_Row, str]] = []
+    dropped: list[int] = []
+    for row, key in rows:
+        seen = first.get(key)
+        if seen is None:
+            first[key] = row
+            kept.append((row, key))
+            continue
+        if (seen.label, seen.split) == (row.label, row.split):
+            dropped.append(row.line)
+            continue
+        what = "labels" if seen.label != row.label else "splits"
+        a, b = (seen.label, row.label) if what == "labels" else (seen.split, row.split)
+        raise DataError(
+            f"{csv_path}, lines {seen.line} and {row.line} list the same file {key} with "
+            f"different {what} ({a or 'missing'} and {b or 'missing'}): keep one row per file"
+        )
+    notes = []
+    if dropped:
+        notes.append(
+            f"{csv_path}: dropped {len(dropped)} exact duplicate row(s) ({_lines(dropped)}); "
+            "each file is read once"
+        )
+    return kept, notes
+
+
+def _stat_listed(path: Path) -> os.stat_result | str:
+    """The file's ``stat``, or why it cannot be a row."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        return _unusable(path, exc) if path.is_symlink() else "file not found"
+    except OSError as exc:
+        return _unusable(path, exc)
+    return st if stat.S_ISREG(st.st_mode) else "not a regular file"
+
+
+def _scan_csv(csv_path: Path, name: str, task: Task | None, allow_outside: bool) -> Dataset:
+    root = csv_path.parent.resolve()
+    rows, has_split = _read_manifest(csv_path)
+    task = _infer_task(csv_path, rows, task)
+    identified, notes = _deduplicate(csv_path, _identify(csv_path, root, rows, allow_outside))
     class_names: list[str] = []
     if task == "classification":
-        distinct = set(labels)
+        distinct = {r.label for r, _ in identified if r.label is not None}
         numeric = all(_parse_float(v) is not None for v in distinct)
         class_names = sorted(distinct, key=(lambda v: float(v)) if numeric else None)
-    elif task == "regression":
-        bad = next((v for v in labels if _parse_float(v) is None), None)
-        if bad is not None:
-            raise FeatpipeError(f"{csv_path}: regression target '{bad}' is not a number")
     class_index = {c: i for i, c in enumerate(class_names)}
     items: list[Item] = []
     rejected: list[Rejected] = []
-    for line, row in enumerate(rows, start=2):
-        raw = (row.get(path_col) or "").strip()
-        path = (root / raw).resolve() if not os.path.isabs(raw) else Path(raw)
-        try:
-            relpath = path.relative_to(root.resolve()).as_posix()
-        except ValueError:
-            relpath = path.as_posix()
-        if not path.is_file():
-            rejected.append(Rejected(relpath, f"file not found (line {line} of {csv_path.name})"))
+    for row, relpath in identified:
+        where = f"line {row.line} of {csv_path.name}"
+        if not is_image_name(row.listed):
+            rejected.append(Rejected(relpath, f"{_not_an_image(Path(row.listed))} ({where})"))
             continue
-        if not is_image_name(path):
-            rejected.append(Rejected(relpath, f"not an image file (extension '{path.suffix}')"))
+        st = _stat_listed(root / row.listed)
+        if isinstance(st, str):
+            rejected.append(Rejected(posixpath.normpath(row.listed), f"{st} ({where})"))
             continue
-        split = "train"
-        if split_col:
-            raw_split = (row.get(split_col) or "").strip().lower()
-            if raw_split not in SPLIT_ALIASES:
-                raise FeatpipeError(
-                    f"{csv_path}, line {line}: unknown split '{raw_split}'; use train, val or test"
-                )
-            split = SPLIT_ALIASES[raw_split]
-        label, target = -1, math.nan
-        if task == "classification":
-            label = class_index[row[label_col].strip()]  # type: ignore[index]
-        elif task == "regression":
-            target = float(row[label_col])  # type: ignore[index]
-        st = path.stat()
+        label, target, split = -1, math.nan, row.split or "train"
+        if row.label is None or task == "none":
+            split = UNLABELLED
+        elif task == "classification":
+            label = class_index[row.label]
+        else:
+            target = float(row.label)
         items.append(Item(relpath, st.st_size, st.st_mtime_ns, label, target, split))
-    split_source = "csv" if split_col else "stratified"
-    if not split_col and task != "none":
+    split_source = "csv" if has_split else "stratified"
+    if task == "none":
+        split_source = "none"
+    elif not has_split:
+        labelled = [i for i, item in enumerate(items) if item.split != UNLABELLED]
         strata: list[object] = (
-            [i.label for i in items]
+            [items[i].label for i in labelled]
             if task == "classification"
-            else regression_strata([i.target for i in items])
+            else regression_strata([items[i].target for i in labelled])
         )
-        splits = stratified_split([i.relpath for i in items], strata)
-        items = [_with_split(i, s) for i, s in zip(items, splits, strict=True)]
-    return Dataset(name, root, "csv", task, class_names, items, rejected, split_source)
+        splits = stratified_split([items[i].relpath for i in labelled], strata)
+        for i, s in zip(labelled, splits, strict=True):
+            items[i] = _with_split(items[i], s)
+    return Dataset(name, root, "csv", task, class_names, items, rejected, split_source, notes)
 
 
 def default_name(source: Path) -> str:
@@ -313,27 +560,39 @@ def default_name(source: Path) -> str:
     return source.name
 
 
-def scan(source: str | Path, name: str | None = None, task: Task | None = None) -> Dataset:
-    """Scan a folder or CSV manifest into a :class:`Dataset` (only ``stat`` calls, no decoding)."""
+def scan(
+    source: str | Path,
+    name: str | None = None,
+    task: Task | None = None,
+    *,
+    allow_outside: bool = False,
+) -> Dataset:
+    """Scan a folder or CSV manifest into a :class:`Dataset` (only ``stat`` calls, no decoding).
+
+    ``allow_outside`` lets a manifest list files outside its own folder (refused by default).
+    The scan's corrections (:attr:`Dataset.notes`) are also issued as :class:`DataWarning`.
+    """
     source = Path(source).expanduser()
     if not source.exists():
-        raise FeatpipeError(f"dataset {source} does not exist: pass an image folder or a CSV")
+        raise MissingError(f"dataset {source} does not exist: pass an image folder or a CSV")
     name = name or default_name(source)
     if source.is_file():
         if source.suffix.lower() != ".csv":
-            raise FeatpipeError(
+            raise DataError(
                 f"dataset {source} is a file but not a .csv manifest: pass a folder or a CSV"
             )
-        dataset = _scan_csv(source, name, task)
+        dataset = _scan_csv(source, name, task, allow_outside)
     else:
         dataset = _scan_folder(source.resolve(), name)
         if task == "regression":
-            raise FeatpipeError(
-                "--task regression needs numeric targets: pass a CSV manifest 'path,label'"
+            raise ArgumentError(
+                "task", "regression needs numeric targets: pass a CSV manifest 'path,label'"
             )
     if not dataset.items:
-        raise FeatpipeError(
+        raise DataError(
             f"no images found in {source}: expected class subfolders (ImageFolder), "
             "train/val/test split folders, image files, or a CSV manifest"
         )
+    for note in dataset.notes:
+        warnings.warn(note, DataWarning, stacklevel=2)
     return dataset
