@@ -6,6 +6,13 @@ ResNet prefers more; bf16 autocast was 1.5–2.8× faster than fp32 on a CPU wit
 a few forward passes on synthetic ``uint8`` input at the real image size and keeps the fastest.
 Precision changes the numbers, so it goes into the cache key; the whole choice is memoised per
 machine by the caller, so reruns and resumes use the same settings.
+
+The probe must never cost more than it can save. It runs under a hard budget: at most
+``PROBE_BUDGET_S`` seconds, and at most ``PROBE_SHARE`` of the run it is tuning as estimated
+from the first measurement (exact fp32 on plain torch, which is also the fallback). Before each
+further candidate it times one single-image forward and starts the candidate only if its
+estimated cost fits what is left, so a precision that is 15× slower costs one image, not a
+minute. The caller skips the probe altogether for datasets too small to repay it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 import torch
 
 from featpipe.choices import ENGINES
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError
 from featpipe.runtime.devices import check_precision
 from featpipe.runtime.engines import Engine, Normalized, OnnxEngine, TorchEngine, export_onnx
 
@@ -26,6 +33,12 @@ CPU_BATCHES = (4, 8, 16, 32)
 CUDA_BATCHES = (64, 128, 256)
 # A faster-looking candidate must win by this factor: ties go to exact fp32 / plain torch.
 MARGIN = 1.10
+# The probe's hard ceiling, and its share of the expected run (at the fp32 rate it measures
+# first): on a loaded 2-core machine an unbounded probe spent most of a 472 s, 120-image run.
+PROBE_BUDGET_S = 5.0
+PROBE_SHARE = 0.05
+# An explicitly requested precision this many times slower than fp32 earns a warning.
+FAR_SLOWER = 2.0
 
 
 @dataclass
@@ -36,6 +49,7 @@ class Settings:
     engine: str
     measured: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    probe: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +59,7 @@ class Settings:
             "engine": self.engine,
             "probe_images_per_s": self.measured,
             "probe_note": self.note,
+            "probe": self.probe,
         }
 
 
@@ -78,6 +93,44 @@ def build_engine(
     return TorchEngine(module, device, settings["precision"], settings["channels_last"])
 
 
+def half_precision(device: torch.device) -> str:
+    """The reduced precision worth trying on ``device``."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "fp16"
+    return "bf16"
+
+
+def untimed(
+    device: torch.device,
+    is_conv: bool,
+    precision: str = "auto",
+    batch_size: int | None = None,
+    engine: str = "auto",
+) -> Settings:
+    """The settings when nothing is timed: exact fp32 on plain torch, unless asked otherwise."""
+    batches = CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES
+    return Settings(
+        "fp32" if precision == "auto" else precision,
+        batch_size or batches[1],
+        is_conv,
+        "torch" if engine == "auto" else engine,
+    )
+
+
+class _Clock:
+    """The probe's budget: a ceiling that shrinks to a share of the run once its cost is known."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.start = time.perf_counter()
+        self.limit_s = limit_s
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.limit_s - self.spent()
+
+
 def probe(
     module: Normalized,
     device: torch.device,
@@ -86,50 +139,123 @@ def probe(
     precision: str = "auto",
     batch_size: int | None = None,
     engine: str = "auto",
+    images: int | None = None,
+    budget_s: float = PROBE_BUDGET_S,
 ) -> Settings:
-    """Pick engine, precision and batch size for ``module`` on ``device`` by timing them."""
+    """Pick engine, precision and batch size for ``module`` on ``device`` by timing them.
+
+    ``images`` is the size of the run being tuned: the budget shrinks to ``PROBE_SHARE`` of its
+    expected duration. Whatever is picked measured at least as fast as exact fp32 on plain
+    torch; an explicit precision far slower than fp32 is named in the note.
+    """
     check_precision(device, precision)
     if engine not in ENGINES:
-        raise FeatpipeError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+        raise ArgumentError("engine", f"{engine}: choose one of {', '.join(ENGINES)}")
     if engine == "onnxruntime" and (device.type != "cpu" or precision not in ("auto", "fp32")):
-        raise FeatpipeError(
-            "--engine onnxruntime runs fp32 on CPU: use --device cpu --precision fp32"
+        raise ArgumentError(
+            "engine", "onnxruntime runs fp32 on CPU: use device cpu, precision fp32"
         )
+    clock = _Clock(budget_s)
     engines: dict[tuple[str, str], Engine] = {}
+    per_image: dict[tuple[str, str], float] = {}  # seconds of one single-image forward
     rates: dict[tuple[str, str, int], float] = {}
+    over_budget: set[str] = set()
 
-    def timed(name: str, prec: str, batch: int) -> float:
-        if (name, prec) not in engines:
-            settings = {"engine": name, "precision": prec, "channels_last": is_conv}
-            engines[(name, prec)] = build_engine(settings, module, device, onnx_path)
-        if (name, prec, batch) not in rates:
-            rates[(name, prec, batch)] = measure(
-                engines[(name, prec)], batch, module.input_size, min_seconds=0.6, windows=3
-            )
+    def ready(name: str, prec: str, anyway: bool = False) -> bool:
+        """Build a candidate engine and time one image, if the budget still has room."""
+        if (name, prec) in engines:
+            return True
+        if clock.left() <= 0 and not anyway:
+            return False
+        settings = {"engine": name, "precision": prec, "channels_last": is_conv}
+        engines[(name, prec)] = build_engine(settings, module, device, onnx_path)
+        per_image[(name, prec)] = 1 / measure(engines[(name, prec)], 1, module.input_size, 0.0)
+        return True
+
+    def timed(name: str, prec: str, batch: int, anyway: bool = False) -> float | None:
+        """Images/s of one candidate, or None when it does not fit the budget."""
+        if (name, prec, batch) in rates:
+            return rates[(name, prec, batch)]
+        if not ready(name, prec, anyway):
+            over_budget.add(f"{name}-{prec}@{batch}")
+            return None
+        window = min(0.6, max(0.0, clock.left()) / 2)
+        if not anyway and 2 * batch * per_image[(name, prec)] + window > clock.left():
+            over_budget.add(f"{name}-{prec}@{batch}")
+            return None
+        rates[(name, prec, batch)] = measure(
+            engines[(name, prec)], batch, module.input_size, min_seconds=window, windows=3
+        )
         return rates[(name, prec, batch)]
 
-    note = ""
+    def faster(a: float | None, b: float | None) -> bool:
+        return a is not None and b is not None and a > MARGIN * b
+
+    auto, auto_batch = "auto" in (precision, engine), batch_size is None
+    # Whether exact fp32 on plain torch is an allowed answer (nothing explicit rules it out).
+    may_fall_back = auto and precision in ("auto", "fp32") and engine in ("auto", "torch")
     batches = CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES
     trial = batch_size or batches[1]
-    if device.type == "cuda":
-        if precision == "auto":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if (auto or auto_batch) and budget_s > 0:
+        # The fallback and the run's cost estimate: measured whatever the estimate says.
+        baseline = timed("torch", "fp32", trial, anyway=True)
+        if baseline and images is not None:
+            clock.limit_s = min(clock.limit_s, max(clock.spent(), PROBE_SHARE * images / baseline))
+    note = _far_slower(precision, device, ready, per_image)
+    if precision == "auto":
+        half = half_precision(device)
+        precision = (
+            half if faster(timed("torch", half, trial), timed("torch", "fp32", trial)) else "fp32"
+        )
+    if engine == "auto":
         engine = "torch"
-    else:
-        if precision == "auto":
-            faster = timed("torch", "bf16", trial) > MARGIN * timed("torch", "fp32", trial)
-            precision = "bf16" if faster else "fp32"
-        if engine == "auto":
-            engine = "torch"
-            if precision == "fp32":
-                try:
-                    onnx = timed("onnxruntime", "fp32", trial)
-                except Exception as exc:  # not every architecture exports: say why, use torch
-                    note = f"onnx export failed, using torch: {str(exc).splitlines()[0][:200]}"
-                else:
-                    if onnx > MARGIN * timed("torch", "fp32", trial):
-                        engine = "onnxruntime"
-    if batch_size is None:
-        batch_size = max(batches, key=lambda b: timed(engine, precision, b))
+        if precision == "fp32" and device.type == "cpu":
+            try:
+                onnx = timed("onnxruntime", "fp32", trial)
+            except Exception as exc:  # not every architecture exports: say why, use torch
+                note = f"onnx export failed, using torch: {str(exc).splitlines()[0][:200]}"
+            else:
+                if faster(onnx, timed("torch", "fp32", trial)):
+                    engine = "onnxruntime"
+    if auto_batch:
+        sizes = [b for b in batches if timed(engine, precision, b) is not None]
+        batch_size = max(sizes, key=lambda b: rates[(engine, precision, b)], default=trial)
+    fell_back = False
+    if may_fall_back and (engine, precision) != ("torch", "fp32"):
+        # The winner was chosen at the trial batch and its batch size tuned alone: plain fp32
+        # may be faster at that size. Never end slower than exact fp32 measured.
+        timed("torch", "fp32", batch_size)
+    exact = {b: r for (e, p, b), r in rates.items() if (e, p) == ("torch", "fp32")}
+    chosen = rates.get((engine, precision, batch_size))
+    if may_fall_back and exact and chosen is not None and chosen < max(exact.values()):
+        precision, engine, fell_back = "fp32", "torch", True
+        batch_size = max(exact, key=exact.__getitem__) if auto_batch else trial
     measured = {f"{e}-{p}@{b}": round(r, 1) for (e, p, b), r in rates.items()}
-    return Settings(precision, batch_size, is_conv, engine, measured, note)
+    record = {
+        "budget_s": round(clock.limit_s, 2),
+        "spent_s": round(clock.spent(), 2),
+        "over_budget": sorted(over_budget),
+        "fell_back_to_fp32": fell_back,
+    }
+    return Settings(precision, batch_size, is_conv, engine, measured, note, record)
+
+
+def _far_slower(
+    precision: str, device: torch.device, ready: Any, per_image: dict[tuple[str, str], float]
+) -> str:
+    """A one-line warning when an explicitly requested precision is far slower than fp32.
+
+    Both are timed on one image whatever the budget (a bf16 forward on a CPU without bf16
+    units ran 0.1 img/s, a warning worth two single-image forwards).
+    """
+    if precision in ("auto", "fp32"):
+        return ""
+    ready("torch", "fp32", True)
+    ready("torch", precision, True)
+    ratio = per_image[("torch", precision)] / per_image[("torch", "fp32")]
+    if ratio <= FAR_SLOWER:
+        return ""
+    return (
+        f"precision {precision} ran {ratio:.1f}x slower than fp32 on this {device.type} "
+        "(one image each): fp32 is faster here, and exact"
+    )
