@@ -5,10 +5,14 @@ here, so that a reader or a tool can import any of them."""
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version
 
-import click
 import typer
 from rich.markup import escape
+
+# typer bundles its own click (since 0.26) and raises these, never the installed click's
+# (pyproject bounds typer to the versions tested for this).
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from featpipe.errors import FeatpipeError
 
@@ -23,6 +27,7 @@ from .export_cmd import export
 from .extract_cmd import extract
 from .finetune_cmd import finetune
 from .fit_cmd import fit
+from .help import Group, house_style
 from .inspect_cmd import inspect
 from .models_cmd import models
 from .predict_cmd import predict
@@ -32,11 +37,44 @@ from .results_cmd import results
 
 app = typer.Typer(
     name="featpipe",
-    help="Run a frozen vision backbone once, cache its embeddings, fit heads in seconds.",
+    cls=Group,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    """``--version``: what a bug report needs. Only this flag imports torch."""
+    if not value:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)"
+    else:
+        device = f"cpu ({torch.get_num_threads()} threads)"
+    console().print(
+        f"featpipe {version('featpipe')}, torch {torch.__version__}, timm {version('timm')}, "
+        f"device {device}",
+        markup=False,
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def root(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Show the versions of featpipe, torch and timm and the device, then exit.",
+    ),
+) -> None:
+    """Run a frozen vision backbone once, cache its embeddings, fit heads in seconds."""
+
+
 # In the order of the flow: data → extract → cache → fit → finetune → reports → use.
 app.add_typer(datasets_app, name="datasets")
 for command in (extract, models, demo):
@@ -44,6 +82,7 @@ for command in (extract, models, demo):
 app.add_typer(cache_app, name="cache")
 for command in (fit, results, compare, finetune, inspect, advise, report, predict, export):
     app.command()(command)
+house_style(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,15 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     except FeatpipeError as exc:
         console(stderr=True).print(f"[bold red]error:[/] {escape(exc.render(opt.flag))}")
         return 2
-    except click.ClickException as exc:
-        exc.show()
+    except NoArgsIsHelpError as exc:  # a bare group: its help is the answer, not an error
+        console().print(exc.format_message(), markup=False, highlight=False)
+        return 0
+    except ClickException as exc:
+        console(stderr=True).print(f"[bold red]error:[/] {escape(_usage_line(exc))}")
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         console(stderr=True).print("interrupted: finished batches are kept; rerun to resume")
         return 130
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
     return 0
+
+
+def _usage_line(exc: ClickException) -> str:
+    """Click's message (with its "Did you mean …?") and where help is, on one line."""
+    message = " ".join(exc.format_message().split())
+    if isinstance(exc, UsageError):
+        ctx = getattr(exc, "ctx", None)
+        message += f" (see: {ctx.command_path if ctx else 'featpipe'} --help)"
+    return message
 
 
 if __name__ == "__main__":

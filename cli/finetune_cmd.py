@@ -52,19 +52,21 @@ def finetune(
     ),
     schedule: str = typer.Option("cosine", help="cosine | step | none"),
     warmup: int = typer.Option(0, "--warmup", help="Warm-up epochs."),
-    epochs: int = typer.Option(5),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    epochs: int = typer.Option(5, help="Passes over the training split."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per training step."),
     patience: int = typer.Option(0, help="Early stopping patience (epochs); 0 = off."),
     augment: bool = typer.Option(True, help="RandomResizedCrop + flip (timm)."),
     crop_scale: float = typer.Option(
         0.08, "--crop-scale", help="Smallest share of the image a random crop keeps."
     ),
-    color_jitter: float = typer.Option(0.0, "--color-jitter"),
+    color_jitter: float = typer.Option(
+        0.0, "--color-jitter", help="Brightness/contrast/saturation jitter strength; 0 = off."
+    ),
     head: str = typer.Option("linear", help="Fresh head: linear | mlp"),
     head_init: str = typer.Option("kaiming", "--head-init", help="kaiming | xavier"),
     head_scale: float = typer.Option(1.0, "--head-scale", help="Scale the fresh head's init."),
     reinit: str | None = typer.Option(None, help="Re-initialise blocks, e.g. last:2 (hybrid)."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed for the head init, data order and augmentation."),
     device: str = opt.Device,
     precision: str = typer.Option(
         "auto",

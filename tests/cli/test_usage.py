@@ -1,0 +1,104 @@
+"""Usage errors, --version and --help, through the installed console script.
+
+What a person meets in a terminal is the behaviour under test, so these run
+``.venv/bin/featpipe`` in a subprocess: exit status, one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+FEATPIPE = Path(sys.executable).with_name("featpipe")
+
+
+def featpipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run(
+        [str(FEATPIPE), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["extract", "data", "--backbon", "resnet18"], "No such option: --backbon"),
+        (["extract"], "Missing argument 'data'"),
+        (["fit", "data", "--seeds", "two"], "Invalid value for '--seeds'"),
+        (["extact", "data"], "No such command 'extact'. Did you mean 'extract'?"),
+        (["cache", "info"], "Missing argument 'entry'"),
+        (["results", "--limit"], "Option '--limit' requires an argument"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(args, message, tmp_path) -> None:
+    done = featpipe(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert "--help" in lines[0]  # where to read on
+
+
+def test_version_names_featpipe_torch_timm_and_device() -> None:
+    done = featpipe("--version")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    for part in ("featpipe 0.", "torch 2.", "timm 1.", "device cpu"):
+        assert part in line
+
+
+def test_bare_group_prints_its_help() -> None:
+    done = featpipe("cache")
+    assert done.returncode == 0 and "Commands" in done.stdout and "ls" in done.stdout
+
+
+def _commands() -> list[tuple[str, typer.core.TyperCommand]]:
+    from featpipe.cli.app import app
+
+    out = []
+
+    def walk(prefix: str, command) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            if hasattr(sub, "commands"):
+                walk(f"{prefix} {name}", sub)
+            else:
+                out.append((f"{prefix} {name}".strip(), sub))
+
+    walk("", typer.main.get_command(app))
+    return out
+
+
+def test_every_option_and_argument_is_described() -> None:
+    missing = [
+        f"{name} {param.name}"
+        for name, command in _commands()
+        for param in command.params
+        if not (param.help or "").strip()
+    ]
+    assert not missing
+
+
+@pytest.mark.parametrize("command", ["extract", "finetune", "cache info", "predict"])
+def test_help_reads_like_click(command: str) -> None:
+    done = featpipe(*command.split(), "--help")
+    assert done.returncode == 0
+    text = done.stdout
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert "{" not in usage  # required arguments read DATA, not {data}
+    options = [line for line in text.splitlines() if line.lstrip("│ ").startswith("-")]
+    assert len(options) > 1
+    for line in options:  # click's metavars (TEXT, INTEGER, PATH) where a value is taken
+        assert not any(tag in line for tag in ("<bool>", "<str>", "<int>", "<float>", "<path>"))
+    assert "Show this message and exit." in text
+
+
+def test_help_prints_brackets_as_written() -> None:
+    """Help text is prose: ``MODEL[@WEIGHTS]`` must not be eaten as rich markup."""
+    done = featpipe("fit", "--help")
+    assert "MODEL[@WEIGHTS]" in done.stdout
