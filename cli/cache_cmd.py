@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from featpipe.cache.catalog import entry_info, find_entries, list_entries, remove_entry
+from featpipe.cache.entry import read_meta
 from featpipe.cache.entry import verify as verify_entry
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError, FeatpipeError
 
 from . import options as opt
 from .render import console, human_bytes, human_time, plain
@@ -55,41 +57,116 @@ def ls(cache_dir: Path = opt.CacheDir) -> None:
     console().print(table)
 
 
+SPLIT_ORDER = ("train", "val", "test", "predict")
+
+
+def _few(values: list[str], limit: int = 8) -> str:
+    shown = ", ".join(values[:limit])
+    return shown + (f", … {len(values) - limit} more" if len(values) > limit else "")
+
+
+def summary_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """An entry as a person reads it: what made the numbers, what they are, where they came
+    from. The full key fields and provenance are ``--json``."""
+    key = meta["key_fields"]
+    transform = key["transform"]
+    settings = meta["provenance"].get("settings", {})
+    last = meta["provenance"].get("last_run", {})
+    versions = meta["provenance"].get("versions", {})
+    size = "x".join(str(v) for v in transform["input_size"][1:])
+    described = settings.get("weights")
+    weights = f"{described}  [{key['weights']}]" if described else key["weights"]
+    splits = sorted(
+        meta["splits"].items(),
+        key=lambda kv: SPLIT_ORDER.index(kv[0]) if kv[0] in SPLIT_ORDER else len(SPLIT_ORDER),
+    )
+    classes = meta["class_names"]
+    rows = [
+        ("dataset", f"{meta['dataset']}  ({meta['dataset_root']}, {meta['layout']})"),
+        ("backbone", str(meta["backbone"])),
+        ("weights", weights),
+        (
+            "input",
+            f"{size} px, crop {transform['crop_pct']} {transform['crop_mode']}, "
+            f"{transform['interpolation']}" + (", JPEG draft" if transform["jpeg_draft"] else ""),
+        ),
+        (
+            "features",
+            f"pool {meta['pool']}, layer {key['layer'] or 'last'}, computed in "
+            f"{meta['precision']}, stored as {meta['dtype']}",
+        ),
+        ("rows", f"N={meta['n']}  D={meta['dim']}  task {meta['task']}"),
+        (
+            "splits",
+            ", ".join(f"{name} {count}" for name, count in splits) + f"  ({meta['split_source']})",
+        ),
+    ]
+    if classes:
+        rows.append(("classes", f"{len(classes)}: {_few(classes)}"))
+    skipped = str(meta["n_skipped"])
+    if meta["skipped_examples"]:
+        skipped += " (e.g. " + "; ".join(meta["skipped_examples"][:2]) + ")"
+    rows.append(("skipped", skipped))
+    if last:
+        rate = f" at {last['images_per_s']} images/s" if last.get("rows_extracted") else ""
+        rows.append(
+            (
+                "last run",
+                f"{last.get('rows_extracted', 0)} rows extracted{rate} on "
+                f"{meta['provenance'].get('device', '?')}, "
+                f"{human_time(meta['updated'])}; torch {versions.get('torch', '?')}, "
+                f"timm {versions.get('timm', '?')}",
+            )
+        )
+    rows.append(
+        (
+            "stored",
+            f"{human_bytes(meta['size_bytes'])} in {meta['shards']} shard(s), created "
+            f"{human_time(meta['created'])}, key {meta['key'][:12]}",
+        )
+    )
+    return rows
+
+
 @cache_app.command()
 def info(
     entry: str = typer.Argument(..., help="Entry path, dataset/stem, stem or key prefix."),
     cache_dir: Path = opt.CacheDir,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print everything the entries record (key fields, provenance)."
+    ),
 ) -> None:
-    """Everything an entry records: key fields, provenance, splits, skipped files."""
-    for path in find_entries(cache_dir, entry):
-        meta = entry_info(path)
-        table = Table(title=str(path), show_header=False)
-        table.add_column("field", style="bold")
-        table.add_column("value", overflow="fold")
-        for field in (
-            "dataset",
-            "dataset_root",
-            "backbone",
-            "key",
-            "n",
-            "dim",
-            "dtype",
-            "precision",
-            "pool",
-            "task",
-            "split_source",
-            "n_skipped",
-            "shards",
-        ):
-            table.add_row(field, str(meta.get(field)))
-        table.add_row("size on disk", human_bytes(meta["size_bytes"]))
-        table.add_row("created", human_time(meta["created"]))
-        table.add_row("updated", human_time(meta["updated"]))
-        table.add_row("key fields", json.dumps(meta["key_fields"], indent=1))
-        table.add_row("provenance", json.dumps(meta["provenance"], indent=1))
-        if meta["skipped_examples"]:
-            table.add_row("skipped (first 5)", "\n".join(meta["skipped_examples"]))
-        console().print(table)
+    """A short summary of each matching entry: backbone, weights, input, rows, splits, skips."""
+    metas = [entry_info(path) for path in find_entries(cache_dir, entry)]
+    if as_json:
+        print(json.dumps(metas, indent=1, sort_keys=True, default=str))
+        return
+    for meta in metas:
+        plain(meta["path"])
+        for field, value in summary_rows(meta):
+            plain(f"  {field:<9} {value}")
+
+
+@cache_app.command()
+def export(
+    entry: str = typer.Argument(..., help="Entry path, dataset/stem, stem or key prefix."),
+    fmt: str = typer.Option(
+        ..., "--format", "-f", help="parquet (one file) | npy (a folder: features.npy, rows.csv)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output file or folder (default: <dataset>-<stem>.parquet|-npy)."
+    ),
+    cache_dir: Path = opt.CacheDir,
+) -> None:
+    """Write an entry's embeddings with relpath, label and split columns, block by block."""
+    from featpipe.cache.export import export_entry
+
+    paths = find_entries(cache_dir, entry)
+    if len(paths) > 1:
+        names = ", ".join(f"{p.parent.name}/{p.stem}" for p in paths)
+        raise ArgumentError("entry", f"{entry} matches {len(paths)} entries ({names}): name one")
+    written = export_entry(paths[0], fmt, out)
+    plain(f"{written}: {read_meta(paths[0])['n']} rows as {fmt}")
 
 
 @cache_app.command()

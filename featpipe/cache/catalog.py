@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featpipe.cache.entry import entry_meta, open_entry, parts_dir, size_on_disk
 from featpipe.cache.key import KeyFields, entry_stem
 from featpipe.errors import FeatpipeError
@@ -194,6 +196,9 @@ def entry_info(path: Path) -> dict[str, Any]:
     with open_entry(path) as f:
         meta = entry_meta(f)
         meta["shards"] = int(f["source/shard_names"].shape[0])
+        meta["class_names"] = list(f["class_names"].asstr()[:])
+        splits, counts = np.unique(f["split"].asstr()[:], return_counts=True)
+        meta["splits"] = dict(zip(splits.tolist(), counts.tolist(), strict=True))
         meta["skipped_examples"] = [
             f"{p}: {r}"
             for p, r in zip(
