@@ -5,6 +5,7 @@ here, so that a reader or a tool can import any of them."""
 from __future__ import annotations
 
 import sys
+import warnings
 from importlib.metadata import version
 
 import typer
@@ -21,7 +22,7 @@ from .advise_cmd import advise
 from .argv import expand
 from .cache_cmd import cache_app
 from .compare_cmd import compare
-from .datasets_cmd import datasets_app
+from .datasets_cmd import datasets_app, show_warning
 from .demo_cmd import demo
 from .export_cmd import export
 from .extract_cmd import extract
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a user error prints one line and exits 2; bugs keep their traceback."""
     try:
         args = expand(list(sys.argv[1:] if argv is None else argv))
-        app(args=args, standalone_mode=False, prog_name="featpipe")
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning  # a corrected input: one line, like errors
+            app(args=args, standalone_mode=False, prog_name="featpipe")
     except FeatpipeError as exc:
         console(stderr=True).print(f"[bold red]error:[/] {escape(exc.render(opt.flag))}")
         return 2

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from featpipe.data.bundled import BUNDLED, prepare_dataset
-from featpipe.data.datasets import scan
+from featpipe.data.datasets import UNLABELLED, Dataset, DataWarning, scan
 
-from .render import console
+from . import options as opt
+from .render import console, plain
 
 datasets_app = typer.Typer(help="Bundled real datasets and dataset checks.", no_args_is_help=True)
 
@@ -33,21 +38,63 @@ def prepare(
     per_class: int | None = typer.Option(None, help="Keep the first K images per class/split."),
 ) -> None:
     """Write a bundled real dataset out as an ImageFolder tree of PNG files."""
-    root = prepare_dataset(name, out_dir, per_class)
-    describe(root)
+    print_dataset(scan(prepare_dataset(name, out_dir, per_class)))
 
 
 @datasets_app.command()
-def describe(data: Path = typer.Argument(..., help="Folder or CSV manifest.")) -> None:
-    """How featpipe reads a dataset: layout, task, classes, split sizes, rejected files."""
-    ds = scan(data)
+def describe(
+    data: Path = typer.Argument(..., help="Folder or CSV manifest."),
+    allow_outside: bool = opt.AllowOutside,
+) -> None:
+    """How featpipe reads a dataset: layout, task, classes, split sizes, unlabelled rows,
+    skipped files and the corrections it made (nothing is decoded)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # printed below as the dataset's notes
+        dataset = scan(data, allow_outside=allow_outside)
+    print_dataset(dataset)
+
+
+SHOWN = 10
+
+
+def print_dataset(ds: Dataset) -> None:
     counts = ds.split_counts()
-    console().print(
+    classes = f" ({', '.join(ds.class_names[:SHOWN])}{', …' * (len(ds.class_names) > SHOWN)})"
+    plain(
         f"{ds.name}: {len(ds)} images, {ds.layout}, task {ds.task}, "
-        f"{len(ds.class_names)} classes, splits {counts} ({ds.split_source})"
+        f"{len(ds.class_names)} classes" + (classes if ds.class_names else "")
     )
+    fitted = ", ".join(f"{s} {n}" for s, n in counts.items() if s != UNLABELLED)
+    if fitted:
+        plain(f"splits: {fitted} ({ds.split_source})")
+    if counts.get(UNLABELLED):
+        what = "nothing to fit" if ds.task == "none" else "excluded from fitting"
+        n = counts[UNLABELLED]
+        plain(f"unlabelled: {n} images without a label (split '{UNLABELLED}': {what})")
     if ds.rejected:
-        console().print(
-            f"{len(ds.rejected)} files cannot be used, e.g. "
-            f"{ds.rejected[0].relpath}: {ds.rejected[0].reason}"
+        plain(f"skipped: {len(ds.rejected)} files (kept in the cache entry's skipped/ list)")
+        for r in ds.rejected[:SHOWN]:
+            plain(f"  {r.relpath}: {r.reason}")
+        if len(ds.rejected) > SHOWN:
+            plain(f"  … {len(ds.rejected) - SHOWN} more")
+    for note in ds.notes:
+        plain(f"note: {note}")
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` for the CLI: a :class:`DataWarning` (an input featpipe corrected,
+    such as a duplicate manifest row) is one line on stderr, like an error; others as Python
+    shows them."""
+    if issubclass(category, DataWarning):
+        console(stderr=True).print(f"[yellow]warning:[/] {escape(str(message))}")
+    else:
+        (file or sys.stderr).write(
+            warnings.formatwarning(message, category, filename, lineno, line)
         )

@@ -13,7 +13,7 @@ from featpipe.errors import FeatpipeError
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
 # Python parameters whose flag is not ``--`` + the name with dashes.
-_FLAGS = {"from_run": "--from", "data": "DATA", "backbone": "--backbone"}
+_FLAGS = {"from_run": "--from", "data": "DATA", "entry": "ENTRY", "backbone": "--backbone"}
 
 
 def flag(param: str) -> str:
@@ -52,6 +52,11 @@ Dtype = typer.Option("float32", help="Stored dtype: float32 | float16.")
 Device = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")
 BatchSize = typer.Option("auto", "--batch-size", help="Images per batch, or auto (probe).")
 Workers = typer.Option("auto", help="DataLoader worker processes, or auto.")
+AllowOutside = typer.Option(
+    False,
+    "--allow-outside",
+    help="Let a CSV manifest list files outside its own folder (refused by default).",
+)
 CacheDir = typer.Option(DEFAULT_CACHE_DIR, "--cache-dir", help="Cache root directory.")
 OnError = typer.Option("skip", "--on-error", help="skip (record and go on) | fail.")
 Name = typer.Option(None, help="Dataset name in the cache (default: folder name).")

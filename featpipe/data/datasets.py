@@ -457,9 +457,9 @@ def _identify(
     if outside:
         raise ArgumentError(
             "allow_outside",
-            f"is off, and {csv_path} {_lines([r.line for r in outside])} list files outside "
-            f"{root} (e.g. {outside[0].listed}): move them under the manifest's folder, "
-            "or allow files outside it",
+            f"is off, and {csv_path} names files outside {root} on "
+            f"{_lines([r.line for r in outside])} (e.g. {outside[0].listed}): move them under "
+            "the manifest's folder, or allow files outside it",
         )
     return out
 
