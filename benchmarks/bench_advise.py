@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.data.bundled import prepare_dataset
-from featpipe.finetuning.trainer import FinetuneConfig, finetune
+from featpipe.finetuning.config import FinetuneConfig
+from featpipe.finetuning.stage import finetune
 from featpipe.fitting.stage import fit
 from featpipe.reports.advise import LP_FT, SCRATCH, advise
 
@@ -78,9 +79,9 @@ def check(name: str, work: Path, runs: Path, cache: Path) -> dict[str, Any]:
     }
     for strategy, config in recipes.items():
         start = time.perf_counter()
-        _, metrics = finetune(data, config, runs_dir=runs)
-        strategies[strategy] = _scores(metrics, time.perf_counter() - start)
-        strategies[strategy] |= {"epochs": config.epochs, "best_epoch": metrics["best_epoch"] + 1}
+        ft_run, result = finetune(data, config, runs_dir=runs)
+        strategies[strategy] = _scores(ft_run.metrics, time.perf_counter() - start)
+        strategies[strategy] |= {"epochs": config.epochs, "best_epoch": result.best_epoch + 1}
         print(name, strategy, strategies[strategy], flush=True)
     expected = EXPECTED[(advice.size, advice.similarity)]
     best = max(strategies, key=lambda s: strategies[s]["test_accuracy"])

@@ -14,7 +14,9 @@ import torch
 
 from featpipe.data.bundled import prepare_dataset
 from featpipe.data.transforms import ImageToUint8
-from featpipe.finetuning.trainer import FinetuneConfig, Trainer
+from featpipe.finetuning.config import FinetuneConfig
+from featpipe.finetuning.plan import make_plan
+from featpipe.finetuning.trainer import Trainer
 
 LEVELS = ("head", "last:3", "all")
 
@@ -24,9 +26,9 @@ def forward_rate(trainer: Trainer) -> float:
     the same batch size and worker processes as the training epoch."""
     from featpipe.data.loader import make_loader
 
-    items = trainer.train_items
+    items = trainer.plan.train
     loader = make_loader(
-        [str(trainer.dataset.root / i.relpath) for i in items],
+        [str(trainer.plan.dataset.root / i.relpath) for i in items],
         ImageToUint8(trainer.backbone.data_config, False),
         trainer.config.batch_size,
         trainer.config.workers,
@@ -36,7 +38,7 @@ def forward_rate(trainer: Trainer) -> float:
     start = time.perf_counter()
     with torch.no_grad():
         for batch in loader:
-            trainer._forward(batch.images)
+            trainer.forward(batch.images)
     return len(items) / (time.perf_counter() - start)
 
 
@@ -52,12 +54,12 @@ def levels(data: Path, work: Path, batch_size: int = 32) -> dict[str, Any]:
             batch_size=batch_size,
             augment=False,
         )
-        trainer = Trainer(data, config, work / f"ft-bench-{level.replace(':', '')}")
-        trainer._enter(0, None)
-        trainer._epoch(0, 0)  # warm-up: kernels, allocator, autotuning
+        trainer = Trainer(make_plan(data, config, work / f"ft-bench-{level.replace(':', '')}"))
+        trainer.enter(0, None)
+        trainer.train_epoch(0, 0)  # warm-up: kernels, allocator, autotuning
         start = time.perf_counter()
-        trainer._epoch(0, 0)
-        train_rate = len(trainer.train_items) / (time.perf_counter() - start)
+        trainer.train_epoch(0, 0)
+        train_rate = len(trainer.plan.train) / (time.perf_counter() - start)
         forward = forward_rate(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         rows.append(
@@ -71,7 +73,7 @@ def levels(data: Path, work: Path, batch_size: int = 32) -> dict[str, Any]:
         )
         print(rows[-1], flush=True)
     return {
-        "dataset": f"{data.name}, {len(trainer.train_items)} training images, 224 px",
+        "dataset": f"{data.name}, {len(trainer.plan.train)} training images, 224 px",
         "backbone": (
             f"tf_efficientnet_lite0 (offline weights), batch {batch_size}, no augmentation, "
             f"{trainer.precision}, {trainer.config.workers} worker(s), {trainer.device.type}"

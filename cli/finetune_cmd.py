@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -79,8 +78,8 @@ def finetune(
     runs_dir: Path = opt.RunsDir,
 ) -> None:
     """Fine-tune: unfreeze blocks, gradually or at once; resumable; a run like fit's."""
-    from featpipe.finetuning.trainer import FinetuneConfig
-    from featpipe.finetuning.trainer import finetune as run_finetune
+    from featpipe.finetuning.config import FinetuneConfig
+    from featpipe.finetuning.stage import finetune as run_finetune
 
     config = FinetuneConfig(
         backbone=backbone,
@@ -95,7 +94,7 @@ def finetune(
         lr_mult=_floats(lr_mult, "--lr-mult"),
         layer_decay=layer_decay,
         schedule=schedule,
-        warmup_epochs=warmup,
+        warmup=warmup,
         epochs=epochs,
         batch_size=batch_size,
         patience=patience,
@@ -118,16 +117,16 @@ def finetune(
             rate = done / seconds if seconds > 0 else 0.0
             bar.update(done, total, rate, f"fine-tune epoch {epoch + 1}/{epochs}")
 
-        path, result = run_finetune(data, config, out, runs_dir, progress=update)
-    history = json.loads((path / "curves.json").read_text())[0]["history"]
-    table = Table(title=f"fine-tune {result['backbone']} ({config.gradual or config.unfreeze})")
+        run, result = run_finetune(data, config, out, runs_dir, progress=update)
+    history = result.history
+    table = Table(title=f"fine-tune {result.backbone} ({result.freezing})")
     for column in (
         "epoch",
         "stage",
         "trainable",
         "train loss",
         "val loss",
-        f"val {result['metric']}",
+        f"val {result.metric}",
         "img/s",
     ):
         table.add_column(column, justify="right")
@@ -142,16 +141,17 @@ def finetune(
             f"{history['train_images_per_s'][i]:.1f}",
         )
     console().print(table)
-    start = result.get("start_val")
+    metric = result.metric
     kept = (
-        f"best epoch {result['best_epoch'] + 1}"
-        if result["best_epoch"] >= 0
+        f"best epoch {result.best_epoch + 1}"
+        if result.best_epoch >= 0
         else "no epoch beat the starting head; kept it"
     )
-    console().print(
-        (f"start (the --from head): val {result['metric']} {start:.4f}\n" if start else "")
-        + f"{kept}: val {result['metric']} {result['val']['mean']:.4f}, "
-        f"test {result['test']['mean']:.4f}"
-        + ("  (CAM overlays: cam.png)" if result.get("cam") else "")
-    )
-    plain(f"run: {path}")
+    if result.start_val is not None:  # a start score of 0.0 is a score too
+        plain(f"start (the --from head): val {metric} {result.start_val:.4f}")
+    plain(f"{kept}: val {metric} {result.val_score:.4f}, test {result.test_score:.4f}")
+    if result.cam is not None:
+        plain(f"CAM overlays ({', '.join(result.cam.classes)}): {run.path / result.cam.file}")
+    elif result.cam_note:
+        plain(result.cam_note)
+    plain(f"run: {run.path}")

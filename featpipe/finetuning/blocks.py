@@ -19,13 +19,13 @@ A freezing spec is a comma-separated union of:
 from __future__ import annotations
 
 import fnmatch
-import itertools
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from featpipe.backbones.tv import TorchvisionEmbedder, expand_stages
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError
+from featpipe.finetuning.config import Stage
 
 NORMS = (nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm, nn.GroupNorm)
 KINDS = {"norm": NORMS, "conv": (nn.Conv2d,), "linear": (nn.Linear,)}
@@ -111,11 +111,11 @@ def _by_name(model: nn.Module, name: str) -> set[str]:
     return set()
 
 
-def _by_kind(model: nn.Module, kind: str) -> set[str]:
+def _by_kind(model: nn.Module, kind: str, param: str) -> set[str]:
     if kind == "bias":
         return {n for n, _ in model.named_parameters() if n.endswith(".bias")}
     if kind not in KINDS:
-        raise FeatpipeError(f"--unfreeze type:{kind}: choose type:norm, conv, linear or bias")
+        raise ArgumentError(param, f"type:{kind}: choose type:norm, conv, linear or bias")
     out = set()
     for name, module in model.named_modules():
         if isinstance(module, KINDS[kind]):
@@ -123,8 +123,8 @@ def _by_kind(model: nn.Module, kind: str) -> set[str]:
     return out
 
 
-def trainable_set(model: nn.Module, spec: str) -> set[str]:
-    """Parameter names that ``spec`` makes trainable (the head always is)."""
+def trainable_set(model: nn.Module, spec: str, param: str = "unfreeze") -> set[str]:
+    """Parameter names that ``spec`` makes trainable (the head always is); errors name ``param``."""
     blocks = all_blocks(model)
     params = {n for n, _ in model.named_parameters()}
     chosen = set(blocks[-1].params)
@@ -136,21 +136,22 @@ def trainable_set(model: nn.Module, spec: str) -> set[str]:
         elif item.startswith("last:"):
             count = item[5:]
             if not count.isdigit():
-                raise FeatpipeError(f"--unfreeze {item}: write last:N with a whole number N")
+                raise ArgumentError(param, f"{item}: write last:N with a whole number N")
             body = blocks[:-1]
             for block in body[max(0, len(body) - int(count)) :]:
                 chosen |= set(block.params)
         elif item.startswith("type:"):
-            chosen |= _by_kind(model, item[5:])
+            chosen |= _by_kind(model, item[5:], param)
         elif item.startswith("param:"):
             chosen |= set(fnmatch.filter(params, item[6:]))
         else:
             hit = {p for b in blocks if b.name == item for p in b.params} or _by_name(model, item)
             if not hit:
                 names = [b.name for b in blocks]
-                raise FeatpipeError(
-                    f"--unfreeze {item}: no block or module of that name; blocks are "
-                    f"{', '.join(names)} (see featpipe inspect for module names)"
+                raise ArgumentError(
+                    param,
+                    f"{item}: no block or module of that name; blocks are "
+                    f"{', '.join(names)} (see featpipe inspect for module names)",
                 )
             chosen |= hit
     return chosen
@@ -161,33 +162,16 @@ def apply_trainable(model: nn.Module, names: set[str]) -> None:
         param.requires_grad_(name in names)
 
 
-def parse_schedule(text: str) -> list[tuple[int, str]]:
-    """``"0:head,2:last:2,4:layer3,6:all"`` → ``[(0, "head"), (2, "last:2"), …]``."""
-    steps: list[tuple[int, str]] = []
-    for token in (t.strip() for t in text.split(",") if t.strip()):
-        head, sep, rest = token.partition(":")
-        if sep and head.isdigit():
-            steps.append((int(head), rest))
-        elif steps:
-            steps[-1] = (steps[-1][0], f"{steps[-1][1]},{token}")
-        else:
-            raise FeatpipeError(f"--gradual {text}: start with EPOCH:SPEC, e.g. 0:head,2:last:2")
-    epochs = [e for e, _ in steps]
-    if epochs[0] != 0 or any(b <= a for a, b in itertools.pairwise(epochs)):
-        raise FeatpipeError(
-            f"--gradual {text}: epochs must start at 0 and increase strictly (got {epochs})"
-        )
-    return steps
-
-
-def check_monotone(model: nn.Module, steps: list[tuple[int, str]]) -> list[set[str]]:
-    """Each step must keep everything the previous step trained; returns the sets."""
-    sets = [trainable_set(model, spec) for _, spec in steps]
-    for (epoch, spec), before, after in zip(steps[1:], sets, sets[1:], strict=False):
+def stage_sets(model: nn.Module, stages: list[Stage]) -> list[set[str]]:
+    """What each stage trains; each must keep everything the previous stage trained."""
+    param = "gradual" if len(stages) > 1 else "unfreeze"
+    sets = [trainable_set(model, stage.spec, param) for stage in stages]
+    for stage, before, after in zip(stages[1:], sets, sets[1:], strict=False):
         if not before <= after:
             lost = sorted(before - after)
-            raise FeatpipeError(
-                f"--gradual: the step at epoch {epoch} ({spec}) would freeze again what an "
-                f"earlier step trained (e.g. {lost[0]}); unfreezing must only grow"
+            raise ArgumentError(
+                "gradual",
+                f"{stage.epoch}:{stage.spec}: would freeze again what an earlier stage trained "
+                f"(e.g. {lost[0]}); unfreezing must only grow",
             )
     return sets

@@ -10,15 +10,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from featpipe.errors import FeatpipeError
 from featpipe.finetuning.blocks import all_blocks, trainable_set
 
-BN_MODES = ("auto", "train", "freeze-affine", "freeze-stats")
+if TYPE_CHECKING:
+    from featpipe.backbones.build import Backbone
+    from featpipe.finetuning.plan import Plan
+
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -41,10 +43,12 @@ class FinetuneModel(nn.Module):
 
 
 def fresh_head(dim: int, n_out: int, kind: str, init: str, scale: float) -> nn.Module:
-    """A new head: linear, or the course material's MLP; Kaiming or Xavier, optionally scaled."""
+    """A new head: linear, or the course material's MLP; Kaiming or Xavier, optionally scaled.
+
+    ``kind`` and ``init`` were validated with the config."""
     if kind == "linear":
         head: nn.Module = nn.Sequential(nn.Linear(dim, n_out))
-    elif kind == "mlp":
+    else:
         head = nn.Sequential(
             nn.BatchNorm1d(dim),
             nn.Linear(dim, 2 * dim),
@@ -53,19 +57,49 @@ def fresh_head(dim: int, n_out: int, kind: str, init: str, scale: float) -> nn.M
             nn.Dropout(0.5),
             nn.Linear(2 * dim, n_out),
         )
-    else:
-        raise FeatpipeError(f"--head {kind}: choose linear or mlp")
     for module in head.modules():
         if isinstance(module, nn.Linear):
             if init == "kaiming":
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            elif init == "xavier":
-                nn.init.xavier_uniform_(module.weight)
             else:
-                raise FeatpipeError(f"--head-init {init}: choose kaiming or xavier")
+                nn.init.xavier_uniform_(module.weight)
             nn.init.zeros_(module.bias)
             module.weight.data.mul_(scale)
     return head
+
+
+def build_model(plan: Plan) -> tuple[FinetuneModel, Backbone, set[str]]:
+    """The model a plan trains, its backbone, and the BN layers without pretrained statistics.
+
+    With a start run the backbone is rebuilt from the run's record and must have the same
+    weights identity (else the head would sit on another network), and the head is the run's
+    own fitted head, preprocessing included.
+    """
+    from featpipe.backbones.build import BackboneSpec, build_backbone
+    from featpipe.errors import DataError
+
+    config = plan.config
+    start = plan.start
+    if start is not None:
+        backbone = build_backbone(start.spec)
+        if backbone.weights_identity != start.weights_identity:
+            raise DataError(
+                f"run {start.path} was fitted on {start.spec.model} weights "
+                f"{start.weights_identity}, but {start.spec.weights} now gives "
+                f"{backbone.weights_identity}: restore those weights to start from this run"
+            )
+        head = start.head.to_module().train()
+    else:
+        spec = BackboneSpec(str(config.backbone), config.weights, image_size=config.image_size)
+        backbone = build_backbone(spec)
+        head = fresh_head(
+            backbone.num_features, plan.n_outputs, config.head, config.head_init, config.head_scale
+        )
+    model = FinetuneModel(backbone.module, head)
+    fresh = bn_names(model) if backbone.weights.kind == "none" else set()
+    if config.reinit:
+        fresh |= set(reinit(model, config.reinit)) & bn_names(model)
+    return model, backbone, fresh
 
 
 def bn_names(model: FinetuneModel) -> set[str]:
@@ -74,7 +108,7 @@ def bn_names(model: FinetuneModel) -> set[str]:
 
 def reinit(model: FinetuneModel, spec: str) -> list[str]:
     """Re-initialise the backbone blocks ``spec`` names (the hybrid strategy); returns them."""
-    names = trainable_set(model, spec) - set(all_blocks(model)[-1].params)
+    names = trainable_set(model, spec, "reinit") - set(all_blocks(model)[-1].params)
     touched = set()
     for module_name, module in model.named_modules():
         own = {f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=False)}
@@ -99,8 +133,6 @@ def apply_bn_mode(
     ``freeze-affine``: γ and β fixed everywhere, running statistics still updating.
     ``freeze-stats``: every BN layer in eval mode and γ, β fixed: nothing in it changes.
     """
-    if mode not in BN_MODES:
-        raise FeatpipeError(f"--bn {mode}: choose one of {', '.join(BN_MODES)}")
     for name, module in model.named_modules():
         if not isinstance(module, BN_TYPES) or name.startswith("head."):
             continue
@@ -120,7 +152,7 @@ class GroupPlan:
 
     lr: float
     wd: float
-    lr_mult: list[float] | None = None
+    lr_mult: tuple[float, ...] | None = None
     layer_decay: float | None = None
 
 
@@ -128,8 +160,11 @@ def param_groups(model: FinetuneModel, plan: GroupPlan) -> list[dict[str, Any]]:
     """Optimizer groups over trainable parameters, each with ``base_lr`` and a name.
 
     With ``layer_decay`` the groups are timm's ``param_groups_layer_decay``; with ``lr_mult``
-    (e.g. 0.1, 0.33, 1 as in the course material) the ordered blocks are cut into as many
-    contiguous chunks, the first chunk (input side) taking the first multiplier.
+    (e.g. 0.1, 0.33, 1 as in the course material) the backbone blocks that train *now* are cut
+    into as many contiguous chunks, the first chunk (input side) taking the first multiplier, and
+    the head takes the last. So ``last:3`` with three multipliers gives the three unfrozen blocks
+    0.1, 0.33 and 1 (what users expect), and at each stage of gradual unfreezing the chunks are
+    cut again over what that stage trains: a block's multiplier can change between stages.
     """
     if plan.layer_decay is not None:
         from timm.optim import param_groups_layer_decay
@@ -148,17 +183,16 @@ def param_groups(model: FinetuneModel, plan: GroupPlan) -> list[dict[str, Any]]:
             )
         return [g for g in out if g["params"]]
     params = dict(model.named_parameters())
-    # Chunks are cut over all blocks, trainable or not, so a block keeps its multiplier while
-    # gradual unfreezing adds blocks around it (the head always takes the last one).
-    blocks = all_blocks(model)
-    mults = plan.lr_mult or [1.0]
-    size = math.ceil(len(blocks) / len(mults))
+    mults = plan.lr_mult or (1.0,)
+    *body, head = [
+        (block, [params[p] for p in block.params if params[p].requires_grad])
+        for block in all_blocks(model)
+    ]
+    body = [(block, trainable) for block, trainable in body if trainable]
+    size = max(1, math.ceil(len(body) / len(mults)))
+    chunked = [(b, t, mults[min(i // size, len(mults) - 1)]) for i, (b, t) in enumerate(body)]
     groups = []
-    for i, block in enumerate(blocks):
-        trainable = [params[p] for p in block.params if params[p].requires_grad]
-        if not trainable:
-            continue
-        mult = mults[min(i // size, len(mults) - 1)]
+    for block, trainable, mult in [*chunked, (*head, mults[-1])]:
         groups.append(
             {
                 "params": trainable,
@@ -174,15 +208,15 @@ def param_groups(model: FinetuneModel, plan: GroupPlan) -> list[dict[str, Any]]:
 def make_optimizer(
     kind: str, groups: list[dict[str, Any]], previous: torch.optim.Optimizer | None = None
 ) -> torch.optim.Optimizer:
-    """Build the optimizer; state (momentum, Adam moments) of parameters that stay is kept."""
+    """Build the optimizer (``kind`` was validated with the config); the state (momentum, Adam
+    moments, step counts) of parameters that were already training is carried over unchanged,
+    so a stage change of gradual unfreezing does not restart their moments."""
     if kind == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, momentum=0.9)
     elif kind == "adam":
         optimizer = torch.optim.Adam(groups)
-    elif kind == "adamw":
-        optimizer = torch.optim.AdamW(groups)
     else:
-        raise FeatpipeError(f"--optimizer {kind}: choose sgd, adam or adamw")
+        optimizer = torch.optim.AdamW(groups)
     if previous is not None:
         for group in optimizer.param_groups:
             for param in group["params"]:
@@ -202,6 +236,4 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str, warmu
         return 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "step":
         return 0.1 ** int(progress * 3)
-    if schedule == "none":
-        return 1.0
-    raise FeatpipeError(f"--schedule {schedule}: choose cosine, step or none")
+    return 1.0  # "none" (the config validated the name)

@@ -20,12 +20,15 @@ import featpipe
 from conftest import TINY, make_tree
 from featpipe.backbones.build import BackboneSpec
 from featpipe.data.transforms import ImageToUint8
-from featpipe.errors import FeatpipeError
-from featpipe.finetuning.blocks import all_blocks, parse_schedule
-from featpipe.finetuning.cam import class_activation_maps, linear_view
+from featpipe.errors import ArgumentError
+from featpipe.finetuning.blocks import all_blocks
+from featpipe.finetuning.cam import NotApplicable, class_activation_maps, linear_view
+from featpipe.finetuning.config import FinetuneConfig, parse_schedule
 from featpipe.finetuning.inspect import describe
 from featpipe.finetuning.model import FinetuneModel, fresh_head
-from featpipe.finetuning.trainer import FinetuneConfig, Trainer
+from featpipe.finetuning.plan import make_plan
+from featpipe.finetuning.stage import finetune
+from featpipe.finetuning.trainer import Trainer
 from featpipe.fitting.stage import fit
 from featpipe.heads.preprocess import Preprocessor
 
@@ -38,6 +41,18 @@ BASE = {
     "lr": 0.05,
     "augment": False,
 }
+
+
+def trainer_for(data: Path, config: FinetuneConfig, out: Path) -> Trainer:
+    return Trainer(make_plan(data, config, out))
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """A finished run's trained weights: its backbone and its head."""
+    backbone = load_file(str(run / "backbone.safetensors"))
+    return backbone | {
+        f"head/{k}": v for k, v in load_file(str(run / "head/head.safetensors")).items()
+    }
 
 
 @pytest.fixture
@@ -57,7 +72,7 @@ def test_frozen_parameters_are_bitwise_unchanged_under_gradual_unfreezing(data, 
     config = FinetuneConfig(
         **BASE | {"epochs": 4}, gradual="0:head,1:last:2,2:all", bn="freeze-stats"
     )
-    trainer = Trainer(data, config, tmp_path / "run")
+    trainer = trainer_for(data, config, tmp_path / "run")
     blocks = all_blocks(trainer.model)
     body = [p for b in blocks[:-1] for p in b.params]
     last2 = [p for b in blocks[-3:-1] for p in b.params]
@@ -78,9 +93,8 @@ def test_frozen_parameters_are_bitwise_unchanged_under_gradual_unfreezing(data, 
 
 def test_bn_modes(data, tmp_path):
     for mode in ("freeze-stats", "freeze-affine", "train"):
-        trainer = Trainer(
-            data, FinetuneConfig(**BASE | {"epochs": 1}, unfreeze="all", bn=mode), tmp_path / mode
-        )
+        config = FinetuneConfig(**BASE | {"epochs": 1}, unfreeze="all", bn=mode)
+        trainer = trainer_for(data, config, tmp_path / mode)
         names = [n for n, m in trainer.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
         before = snapshot(trainer.model)
         trainer.run()
@@ -98,23 +112,25 @@ def test_bn_modes(data, tmp_path):
 
 
 def test_learning_rate_groups(data, tmp_path):
-    trainer = Trainer(
+    trainer = trainer_for(
         data, FinetuneConfig(**BASE, unfreeze="all", lr_mult=[0.1, 0.33, 1.0]), tmp_path / "a"
     )
-    trainer._enter(0, None)
+    trainer.enter(0, None)
     groups = trainer.optimizer.param_groups
     lrs = [g["base_lr"] for g in groups]
     assert lrs[0] == pytest.approx(0.005) and lrs[-1] == pytest.approx(0.05)
     assert sorted(set(np.round(lrs, 6))) == [0.005, 0.0165, 0.05]
     assert lrs == sorted(lrs)  # the input side learns slowest
     assert groups[-1]["name"] == "head"
-    staged = Trainer(
+    staged = trainer_for(
         data, FinetuneConfig(**BASE, gradual="0:head,1:all", lr_mult=[0.1, 1.0]), tmp_path / "c"
     )
-    staged._enter(0, None)
+    staged.enter(0, None)
     assert [(g["name"], g["base_lr"]) for g in staged.optimizer.param_groups] == [("head", 0.05)]
-    decay = Trainer(data, FinetuneConfig(**BASE, unfreeze="all", layer_decay=0.5), tmp_path / "b")
-    decay._enter(0, None)
+    decay = trainer_for(
+        data, FinetuneConfig(**BASE, unfreeze="all", layer_decay=0.5), tmp_path / "b"
+    )
+    decay.enter(0, None)
     scales = sorted({round(g["base_lr"] / 0.05, 8) for g in decay.optimizer.param_groups})
     n = len(all_blocks(decay.model))
     assert scales[-1] == 1.0 and scales[0] == pytest.approx(0.5 ** (n - 1))
@@ -134,21 +150,21 @@ def fit_head(data: Path, tmp_path: Path, epochs: int, precision: str = "fp32"):
 
 def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
     run, result = fit_head(data, tmp_path, epochs=3)
-    trainer = Trainer(data, FinetuneConfig(**BASE, from_run=str(run.path)), tmp_path / "ft")
+    trainer = trainer_for(data, FinetuneConfig(**BASE, from_run=str(run.path)), tmp_path / "ft")
     cached = featpipe.extract(data, cache_dir=tmp_path / "c", **TINY).load()
     transform = ImageToUint8(trainer.backbone.data_config, True)
     images = torch.stack([transform(str(data / p)) for p in cached.relpath[:6]])
     trainer.model.eval()
     with torch.no_grad():
-        out = trainer._forward(images).numpy()
+        out = trainer.forward(images).numpy()
     expected = result.best_head.decision_function(cached.X[:6])
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
     # The run names the backbone: left out, it is taken from the run; a different one is refused.
     implied = {k: v for k, v in BASE.items() if k not in ("backbone", "image_size")}
-    named = Trainer(data, FinetuneConfig(**implied, from_run=str(run.path)), tmp_path / "ft2")
+    named = make_plan(data, FinetuneConfig(**implied, from_run=str(run.path)), tmp_path / "ft2")
     assert (named.config.backbone, named.config.image_size) == ("test_efficientnet", 32)
-    with pytest.raises(FeatpipeError, match="was fitted on test_efficientnet"):
-        Trainer(
+    with pytest.raises(ArgumentError, match="was fitted on test_efficientnet"):
+        make_plan(
             data,
             FinetuneConfig(**BASE | {"backbone": "resnet18"}, from_run=str(run.path)),
             tmp_path / "x",
@@ -174,32 +190,30 @@ def test_lp_ft_never_ends_below_the_head_it_started_from(tmp_path):
     config = FinetuneConfig(
         **BASE | {"lr": 100.0, "epochs": 1}, unfreeze="all", from_run=str(run.path)
     )
-    trainer = Trainer(data, config, tmp_path / "wrecked")
-    assert trainer.precision == "bf16"
-    result = trainer.run()
-    assert result["start_val"] == 1.0
-    assert trainer.state.history["val_metric"][0] < 1.0  # the one epoch made it worse …
-    assert result["best_epoch"] == -1 and result["val"]["mean"] == 1.0  # … so it was not kept
+    assert make_plan(data, config).precision == "bf16"
+    _, result = finetune(data, config, tmp_path / "wrecked")
+    assert result.start_val == 1.0
+    assert result.history["val_metric"][0] < 1.0  # the one epoch made it worse …
+    assert result.best_epoch == -1 and result.val_score == 1.0  # … so it was not kept
 
 
 def test_resume_equals_an_uninterrupted_run(data, tmp_path):
     config = FinetuneConfig(**BASE | {"augment": True}, unfreeze="last:1")
-    Trainer(data, config, tmp_path / "whole").run()
-    first = Trainer(data, config, tmp_path / "parts")
-    first.run(stop_after=1)
-    Trainer(data, config, tmp_path / "parts").run()  # a new process would do the same
-    a = load_file(str(tmp_path / "whole" / "best.safetensors"))
-    b = load_file(str(tmp_path / "parts" / "best.safetensors"))
+    finetune(data, config, tmp_path / "whole")
+    assert not trainer_for(data, config, tmp_path / "parts").run(stop_after=1)
+    finetune(data, config, tmp_path / "parts")  # a new process would do the same
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "parts")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_sigkill_during_finetune_then_resume(data, tmp_path):
     config = FinetuneConfig(**BASE | {"epochs": 4})
-    Trainer(data, config, tmp_path / "whole").run()
+    finetune(data, config, tmp_path / "whole")
     code = (
-        "import sys; from featpipe.finetuning.trainer import FinetuneConfig, Trainer;"
-        f"Trainer(sys.argv[1], FinetuneConfig(**{BASE | {'epochs': 4}!r}), "
-        "__import__('pathlib').Path(sys.argv[2])).run()"
+        "import sys; from featpipe.finetuning.config import FinetuneConfig;"
+        "from featpipe.finetuning.stage import finetune;"
+        f"finetune(sys.argv[1], FinetuneConfig(**{BASE | {'epochs': 4}!r}), "
+        "__import__('pathlib').Path(sys.argv[2]))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(tmp_path / "killed")])
     checkpoint = tmp_path / "killed" / "checkpoint.pt"
@@ -209,21 +223,25 @@ def test_sigkill_during_finetune_then_resume(data, tmp_path):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    Trainer(data, config, tmp_path / "killed").run()
-    a = load_file(str(tmp_path / "whole" / "best.safetensors"))
-    b = load_file(str(tmp_path / "killed" / "best.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    finetune(data, config, tmp_path / "killed")
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_options_are_clear_errors(data, tmp_path):
-    with pytest.raises(FeatpipeError, match="--unfreeze stage9: no block or module"):
-        Trainer(data, FinetuneConfig(**BASE, unfreeze="stage9"), tmp_path / "x")
-    with pytest.raises(FeatpipeError, match="epochs must start at 0 and increase"):
+    with pytest.raises(ArgumentError, match=r"^unfreeze stage9: no block or module"):
+        trainer_for(data, FinetuneConfig(**BASE, unfreeze="stage9"), tmp_path / "x")
+    with pytest.raises(ArgumentError, match="epochs must start at 0 and increase"):
         parse_schedule("0:head,3:all,2:last:1")
-    with pytest.raises(FeatpipeError, match="would freeze again"):
-        Trainer(data, FinetuneConfig(**BASE, gradual="0:all,2:head"), tmp_path / "y")
-    with pytest.raises(FeatpipeError, match="--bn stats: choose one of"):
-        Trainer(data, FinetuneConfig(**BASE, bn="stats"), tmp_path / "z").run()
+    with pytest.raises(ArgumentError, match=r"^gradual 2:head: would freeze again"):
+        trainer_for(data, FinetuneConfig(**BASE, gradual="0:all,2:head"), tmp_path / "y")
+    # Options that need no model fail when the config is made, before anything loads.
+    with pytest.raises(ArgumentError, match=r"^bn stats: choose one of"):
+        FinetuneConfig(**BASE, bn="stats")
+    with pytest.raises(ArgumentError, match=r"^gradual all: start with EPOCH:SPEC"):
+        FinetuneConfig(**BASE, gradual="all")
+    with pytest.raises(ArgumentError, match=r"^layer_decay 0\.5: give multipliers or layer decay"):
+        FinetuneConfig(**BASE, lr_mult=[0.1, 1.0], layer_decay=0.5)
 
 
 def test_inspect_shapes_and_counts_match_the_model():
@@ -251,12 +269,19 @@ def test_cam_uses_the_head_weights_on_the_final_map():
     z = torch.randn(4, 512)
     torch.testing.assert_close(z @ weight.t() + bias, head(z), rtol=1e-4, atol=1e-4)
     x = torch.randn(2, 3, 64, 64)
-    maps, pred = class_activation_maps(backbone.module, head, x)
+    classes = torch.tensor([2, 0])
+    maps = class_activation_maps(backbone.module, head, x, classes)
     assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+    # The map of class c, averaged over the final grid, is that class's logit (up to the bias):
+    # the CAM identity, checked against the head applied to the pooled features.
     with torch.no_grad():
-        assert np.array_equal(pred, head(backbone.module(x)).argmax(1).numpy())
+        fmap = backbone.module.family.trunk(backbone.module.model, x)
+        logits = head(backbone.module(x))
+    local = torch.einsum("bchw,bc->bhw", fmap, weight[classes]).mean(dim=(1, 2))
+    torch.testing.assert_close(local + bias[classes], logits[[0, 1], classes], rtol=1e-3, atol=1e-3)
     model = FinetuneModel(backbone.module, fresh_head(512, 3, "mlp", "kaiming", 1.0))
-    assert class_activation_maps(model.backbone, model.head, x) is None  # MLP: no CAM
+    with pytest.raises(NotApplicable, match="not linear"):
+        class_activation_maps(model.backbone, model.head, x, classes)
 
 
 def test_lp_ft_never_validates_on_images_the_head_was_trained_on(tmp_path):
@@ -268,8 +293,8 @@ def test_lp_ft_never_validates_on_images_the_head_was_trained_on(tmp_path):
     cv_run, _ = fit(
         data, "test_efficientnet", head=head, runs_dir=tmp_path / "r", extract_options=extract
     )
-    with pytest.raises(FeatpipeError, match=r"fit it again with --holdout 0\.15"):
-        Trainer(data, FinetuneConfig(**BASE, from_run=str(cv_run.path)), tmp_path / "ft1")
+    with pytest.raises(ArgumentError, match=r"fit it again with a hold-out"):
+        make_plan(data, FinetuneConfig(**BASE, from_run=str(cv_run.path)), tmp_path / "ft1")
     held_run, result = fit(
         data,
         "test_efficientnet",
@@ -278,13 +303,13 @@ def test_lp_ft_never_validates_on_images_the_head_was_trained_on(tmp_path):
         runs_dir=tmp_path / "r",
         extract_options=extract,
     )
-    trainer = Trainer(data, FinetuneConfig(**BASE, from_run=str(held_run.path)), tmp_path / "ft")
+    plan = make_plan(data, FinetuneConfig(**BASE, from_run=str(held_run.path)), tmp_path / "ft")
     assert result.selection == "val"
     features = featpipe.extract(data, cache_dir=tmp_path / "c", **TINY).load()
     from featpipe.fitting.stage import with_holdout
 
     marked = with_holdout(features, 0.15)
-    assert set(marked.relpath[marked.split == "val"]) == {i.relpath for i in trainer.val_items}
+    assert set(marked.relpath[marked.split == "val"]) == {i.relpath for i in plan.val}
 
 
 def test_auto_bn_keeps_pretrained_statistics_and_trains_fresh_ones(data, tmp_path):
@@ -297,7 +322,7 @@ def test_auto_bn_keeps_pretrained_statistics_and_trains_fresh_ones(data, tmp_pat
     )
     for source, stats_move in ((str(weights), False), ("none", True)):
         config = FinetuneConfig(**BASE | {"epochs": 1, "weights": source}, unfreeze="all")
-        trainer = Trainer(data, config, tmp_path / f"auto-{stats_move}")
+        trainer = trainer_for(data, config, tmp_path / f"auto-{stats_move}")
         names = [n for n, m in trainer.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
         before = snapshot(trainer.model)
         trainer.run()

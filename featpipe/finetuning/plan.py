@@ -1,0 +1,210 @@
+"""What a fine-tune run will do, decided once before any training: the run it starts from, the
+backbone, the splits, the device, the precision and the decoding workers.
+
+Everything a resume must reproduce is resolved here and recorded in the config (the backbone a
+``from_run`` names, the worker count that the augmentation streams depend on), so the trainer
+receives settled facts instead of options to interpret.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from featpipe.backbones.build import BackboneSpec
+from featpipe.data.datasets import Dataset, Item, scan
+from featpipe.data.splits import HOLDOUT, hold_out
+from featpipe.errors import ArgumentError, DataError
+from featpipe.finetuning.config import DEFAULT_BACKBONE, FinetuneConfig
+from featpipe.heads import metrics
+from featpipe.runs.record import DEFAULT_RUNS_DIR, _slug, load_run
+from featpipe.runtime.devices import check_precision, resolve_device
+from featpipe.runtime.workers import default_workers
+
+if TYPE_CHECKING:
+    from featpipe.heads.fitted import FittedHead
+
+
+@dataclass(frozen=True)
+class StartRun:
+    """The fit run LP-FT starts from, read through the runs reader: its head, the backbone its
+    features came from (with the weights' identity, which must still match), the precision they
+    were cached at, and the share of train it held out (None: the data's own val split)."""
+
+    path: Path
+    head: FittedHead
+    spec: BackboneSpec
+    weights_identity: str
+    precision: str
+    holdout: float | None
+
+
+def read_start(path: str | Path) -> StartRun:
+    run = load_run(path)
+    entries = run.config["entries"]
+    if len(entries) != 1:
+        raise ArgumentError("from_run", f"{path}: LP-FT needs a single-backbone run")
+    if run.metrics.get("selection", "val") != "val":
+        raise ArgumentError(
+            "from_run",
+            f"{path}: that head was fitted on every training image (chosen by "
+            f"{run.metrics['selection']}), so fine-tuning would choose epochs on images the head "
+            "has seen; fit it again with a hold-out (fit's holdout, e.g. 0.15) or give the data "
+            "a val split",
+        )
+    entry = entries[0]
+    fields = entry["key_fields"]
+    spec = BackboneSpec.from_key_fields(entry["model"], entry["weights"], fields)
+    holdout = float(run.config.get("request", {}).get("holdout") or 0.0)
+    return StartRun(
+        run.path,
+        run.head(),
+        spec,
+        fields["weights"],
+        fields["precision"],
+        holdout or None,
+    )
+
+
+@dataclass
+class Plan:
+    """A fine-tune run, fully decided."""
+
+    config: FinetuneConfig  # resolved: backbone, weights, image size and workers filled in
+    dataset: Dataset
+    train: list[Item]
+    val: list[Item]
+    test: list[Item]
+    holdout: float | None  # share of train held out as val; None: the data's val split
+    device: torch.device
+    precision: str
+    out: Path
+    start: StartRun | None
+
+    @property
+    def metric(self) -> str:
+        return metrics.primary(self.dataset.task)
+
+    @property
+    def n_outputs(self) -> int:
+        classes = self.dataset.class_names
+        return len(classes) if self.dataset.task == "classification" else 1
+
+
+def _resolve_backbone(config: FinetuneConfig, start: StartRun | None) -> FinetuneConfig:
+    """With a ``from_run`` the run names the backbone (model, weights, input size), so the run
+    directory and the results table record the network that was actually trained."""
+    if start is None:
+        return replace(config, backbone=config.backbone or DEFAULT_BACKBONE)
+    spec = start.spec
+    if config.backbone not in (None, spec.model):
+        raise ArgumentError(
+            "backbone",
+            f"{config.backbone}: run {start.path} was fitted on {spec.model}; leave the backbone "
+            "out when starting from a run",
+        )
+    if config.image_size not in (None, spec.image_size):
+        raise ArgumentError(
+            "image_size",
+            f"{config.image_size}: run {start.path} was fitted at {spec.image_size} px; leave "
+            "the image size out when starting from a run",
+        )
+    return replace(config, backbone=spec.model, weights=spec.weights, image_size=spec.image_size)
+
+
+def _split(
+    dataset: Dataset, start: StartRun | None
+) -> tuple[list[Item], list[Item], list[Item], float | None]:
+    """Train, val and test items, and the share of train held out as val (None: the data's).
+
+    The best epoch is chosen on validation data, never on test. Without a val split, a
+    deterministic stratified share of train is held out: the share the ``from_run`` held out
+    (so LP-FT validates on exactly the images its head never saw), else 15%.
+    """
+    train = [i for i in dataset.items if i.split == "train"]
+    val = [i for i in dataset.items if i.split == "val"]
+    test = [i for i in dataset.items if i.split == "test"]
+    fraction = None
+    if not val:
+        if start is not None and start.holdout is None:
+            raise ArgumentError(
+                "from_run",
+                f"{start.path}: its head was chosen on a val split that {dataset.root} no "
+                "longer has; fit it again on this data with a hold-out",
+            )
+        fraction = start.holdout if start is not None and start.holdout else HOLDOUT
+        classification = dataset.task == "classification"
+        # The fit stage's rule: strata are the labels, or one stratum for a regression.
+        held = hold_out(
+            [i.relpath for i in train], [i.label if classification else 0 for i in train], fraction
+        )
+        val = [i for i, h in zip(train, held, strict=True) if h]
+        train = [i for i, h in zip(train, held, strict=True) if not h]
+    if len(train) < 2 or not val:
+        raise DataError(
+            f"{dataset.root}: fine-tuning needs training images and a validation split to "
+            "choose the best epoch on"
+        )
+    return train, val, test, fraction
+
+
+def _precision(config: FinetuneConfig, device: torch.device, start: StartRun | None) -> str:
+    check_precision(device, config.precision)
+    if config.precision != "auto":
+        return config.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return start.precision if start else "fp32"
+
+
+def default_out(runs_dir: Path, dataset: str, backbone: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"finetune-{stamp}-{random.randrange(16**6):06x}"
+    return runs_dir / _slug(dataset) / _slug(backbone) / name
+
+
+def make_plan(
+    data: str | Path | Dataset,
+    config: FinetuneConfig,
+    out: Path | None = None,
+    runs_dir: Path = DEFAULT_RUNS_DIR,
+) -> Plan:
+    """Decide the run: read the ``from_run``, scan the data, split it, pick device and precision.
+
+    Without ``out`` the run gets a new directory under ``runs_dir``, named after the dataset
+    and the (resolved) backbone.
+    """
+    start = read_start(config.from_run) if config.from_run else None
+    config = _resolve_backbone(config, start)
+    dataset = data if isinstance(data, Dataset) else scan(data)
+    if dataset.task == "none":
+        raise DataError(f"{dataset.root}: fine-tuning needs labels")
+    if start is not None and start.head.class_names != dataset.class_names:
+        raise ArgumentError(
+            "from_run",
+            f"{start.path}: the run's classes {start.head.class_names} differ from the "
+            f"dataset's {dataset.class_names}",
+        )
+    train, val, test, fraction = _split(dataset, start)
+    device = resolve_device(config.device)
+    if config.workers is None:
+        # Resolved once and stored with the run: augmentation streams depend on it.
+        workers = default_workers(len(train), config.batch_size, gpu=device.type == "cuda")
+        config = replace(config, workers=workers)
+    return Plan(
+        config=config,
+        dataset=dataset,
+        train=train,
+        val=val,
+        test=test,
+        holdout=fraction,
+        device=device,
+        precision=_precision(config, device, start),
+        out=out or default_out(runs_dir, dataset.name, str(config.backbone)),
+        start=start,
+    )

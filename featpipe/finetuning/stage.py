@@ -1,0 +1,287 @@
+"""The fine-tune stage: plan, train, evaluate the best epoch, draw its CAM, write the run.
+
+A fine-tune trains in its run directory (so ``out`` resumes from the checkpoint there); when
+training ends, the one run writer completes that directory in place with the same record a fit
+run has (``run.json``, ``metrics.json``, ``rows.csv``, ``curves.json``, ``head/``), plus the
+trained backbone's weights, so ``predict`` and ``export`` serve a fine-tune run as they serve a
+fit run.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from featpipe.data.datasets import Dataset
+from featpipe.data.transforms import ImageToUint8
+from featpipe.errors import DataError, StorageError
+from featpipe.finetuning.checkpoint import BEST, CHECKPOINT
+from featpipe.finetuning.config import FinetuneConfig
+from featpipe.finetuning.plan import make_plan
+from featpipe.finetuning.trainer import EpochProgress, Evaluation, Trainer
+from featpipe.heads import metrics
+from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, backbone_entry, load_run, write_run
+
+BACKBONE_STATE = "backbone.safetensors"
+CAM_FILE = "cam.png"
+
+
+class CamFigureWarning(UserWarning):
+    """The optional CAM figure failed; the run was written without it."""
+
+
+@dataclass(frozen=True)
+class CamFigure:
+    """What ``cam.png`` shows: the classes it has rows for, and the final map's side."""
+
+    file: str
+    classes: list[str]
+    grid: int  # cells a side of the final map the maps were computed from
+    size: int  # input size the maps were computed at
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a fine-tune run measured, as its ``metrics.json`` records it."""
+
+    task: str
+    backbone: str
+    class_names: list[str]
+    metric: str
+    freezing: str
+    best_epoch: int  # -1: no epoch beat the head the run started from (kept)
+    start_val: float | None  # the start run's head on val, before any epoch
+    val: dict[str, float]
+    test: dict[str, float]
+    history: dict[str, list[Any]]
+    confusion: list[list[int]] | None
+    precision: str
+    holdout: float | None  # share of train held out as val; None: the data's val split
+    seconds: float
+    cam: CamFigure | None
+    cam_note: str | None  # why there is no cam.png
+
+    @property
+    def val_score(self) -> float:
+        return self.val[self.metric]
+
+    @property
+    def test_score(self) -> float:
+        return self.test.get(self.metric, float("nan"))
+
+    def to_metrics(self) -> dict[str, Any]:
+        """``metrics.json``: the keys a fit run has, plus the fine-tune's own."""
+        return {
+            "task": self.task,
+            "backbone": self.backbone,
+            "class_names": self.class_names,
+            "metric": self.metric,
+            "best_epoch": self.best_epoch,
+            "start_val": self.start_val,
+            "val": {"mean": self.val_score, "std": 0.0, "all": [self.val]},
+            "test": {"mean": self.test_score, "std": 0.0, "all": [self.test]},
+            "chosen": {"head": "finetune", "unfreeze": self.freezing},
+            "chosen_label": f"finetune({self.freezing})",
+            "selection": "val",
+            "holdout": self.holdout,
+            "precision": self.precision,
+            "fit_seconds": self.seconds,
+            "extract_seconds": 0.0,
+            "confusion": self.confusion,
+            "few_shot": [],
+            "cam": asdict(self.cam) if self.cam else None,
+            "cam_note": self.cam_note,
+        }
+
+
+def _images(trainer: Trainer, indices: list[int], size: int) -> torch.Tensor:
+    """Validation images through the eval transform, at ``size`` px (uint8 NCHW)."""
+    data_config = dict(trainer.backbone.data_config)
+    data_config["input_size"] = (3, size, size)
+    transform = ImageToUint8(data_config, draft=False)
+    root = trainer.plan.dataset.root
+    return torch.stack([transform(str(root / trainer.plan.val[i].relpath)) for i in indices])
+
+
+def draw_cam(trainer: Trainer, val: Evaluation, out: Path) -> CamFigure:
+    """``cam.png``: per class, correct and wrong validation predictions with their maps.
+
+    Raises :class:`~featpipe.finetuning.cam.NotApplicable` when CAM does not apply.
+    """
+    from featpipe.finetuning.cam import cam_size, class_activation_maps, pick_tiles, save_cam_figure
+
+    dataset = trainer.plan.dataset
+    labels = np.array([i.label for i in trainer.plan.val])
+    rows = pick_tiles(labels, val.pred)
+    indices = [i for row in rows for i in (*row.correct, *row.wrong)]
+    trainer.model.eval()
+    size, _ = cam_size(
+        trainer.model.backbone, trainer.backbone.data_config["input_size"][-1], trainer.device
+    )
+    images = _images(trainer, indices, size)
+    x = trainer.normalize(images.to(trainer.device))
+    classes = torch.as_tensor(val.pred[indices])
+    maps = class_activation_maps(trainer.model.backbone, trainer.model.head, x, classes)
+    _, grid = cam_size(trainer.model.backbone, size, trainer.device)
+    save_cam_figure(
+        rows,
+        {i: images[k].permute(1, 2, 0).numpy() for k, i in enumerate(indices)},
+        {i: maps[k] for k, i in enumerate(indices)},
+        val.pred,
+        dataset.class_names,
+        out / CAM_FILE,
+    )
+    return CamFigure(CAM_FILE, [dataset.class_names[r.label] for r in rows], grid, size)
+
+
+def _optional_cam(trainer: Trainer, val: Evaluation) -> tuple[CamFigure | None, str | None]:
+    """The CAM figure, or the reason there is none; its failure never costs the trained run."""
+    from featpipe.finetuning.cam import NotApplicable
+
+    if trainer.plan.dataset.task != "classification":
+        return None, "CAM is drawn for classification"
+    try:
+        return draw_cam(trainer, val, trainer.plan.out), None
+    except NotApplicable as exc:
+        return None, f"CAM does not apply to {trainer.config.backbone}: {exc}"
+    except Exception as exc:  # an optional figure must never cost hours of training
+        note = f"CAM figure failed ({type(exc).__name__}: {exc}); the run is written without it"
+        warnings.warn(note, CamFigureWarning, stacklevel=2)
+        return None, note
+
+
+def _head(trainer: Trainer):  # -> FittedHead
+    """The trained head as a fit run saves one (predict and export load it the same way)."""
+    from featpipe.heads.config import HeadConfig
+    from featpipe.heads.fitted import FittedHead
+    from featpipe.heads.preprocess import Preprocessor
+
+    plan = trainer.plan
+    dim = trainer.backbone.num_features
+    if plan.start is not None:  # model.head = Sequential(the run's preprocessing, its head)
+        config, preprocessor = plan.start.head.config, plan.start.head.preprocessor
+        module = trainer.model.head[1]
+    else:
+        config = HeadConfig(head=trainer.config.head)
+        preprocessor = Preprocessor(standardize=False).fit(np.zeros((1, dim), np.float32))
+        module = trainer.model.head
+    return FittedHead(
+        config=config,
+        preprocessor=preprocessor,
+        module=module.cpu().eval(),
+        class_names=plan.dataset.class_names,
+        task=plan.dataset.task,
+        n_features=dim,
+        best_epoch=max(0, trainer.state.best_epoch),
+    )
+
+
+def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
+    """Evaluate the best weights, draw the CAM, and complete the run directory."""
+    plan, config = trainer.plan, trainer.config
+    dataset = plan.dataset
+    trainer.load_best()
+    val = trainer.evaluate(plan.val)
+    test = trainer.evaluate(plan.test) if plan.test else None
+    confusion = None
+    if test is not None and dataset.task == "classification":
+        y = np.array([i.label for i in plan.test])
+        confusion = metrics.confusion(y, test.pred, len(dataset.class_names))
+    cam, cam_note = _optional_cam(trainer, val)
+    result = FinetuneResult(
+        task=dataset.task,
+        backbone=str(config.backbone),
+        class_names=dataset.class_names,
+        metric=plan.metric,
+        freezing=config.freezing,
+        best_epoch=trainer.state.best_epoch,
+        start_val=trainer.state.start_metric,
+        val=val.metrics,
+        test=test.metrics if test else {},
+        history=trainer.state.history,
+        confusion=confusion,
+        precision=plan.precision,
+        holdout=plan.holdout,
+        seconds=seconds,
+        cam=cam,
+        cam_note=cam_note,
+    )
+    row = {
+        "head": "finetune",
+        "unfreeze": config.freezing,
+        "lr": config.lr,
+        "wd": config.wd,
+        "bn": config.bn,
+        "precision": plan.precision,
+        "seed": config.seed,
+        **{f"val_{k}": v for k, v in result.val.items()},
+        **{f"test_{k}": v for k, v in result.test.items()},
+        "fit_seconds": seconds,
+        "chosen": True,
+    }
+    curves = [
+        {
+            "config": {"head": "finetune", "unfreeze": config.freezing},
+            "label": f"finetune({config.freezing})",
+            "seed": config.seed,
+            "history": trainer.state.history,
+        }
+    ]
+    backbone_state = {
+        k: v.contiguous().cpu() for k, v in trainer.model.backbone.state_dict().items()
+    }
+    run = write_run(
+        kind="finetune",
+        dataset=dataset.name,
+        dataset_root=str(dataset.root),
+        backbone=str(config.backbone),
+        request=asdict(config),
+        metrics=result.to_metrics(),
+        rows=[row],
+        curves=curves,
+        entries=[backbone_entry(trainer.backbone, plan.precision, state=BACKBONE_STATE)],
+        head=_head(trainer),
+        files={BACKBONE_STATE: lambda path: save_file(backbone_state, str(path))},
+        extra={"weights_identity": trainer.backbone.weights_identity},
+        path=plan.out,
+        staging=plan.out,
+    )
+    # The run now holds the best weights as backbone + head: the training files are spent.
+    for name in (CHECKPOINT, BEST):
+        (plan.out / name).unlink(missing_ok=True)
+    return run, result
+
+
+def _check_unfinished(out: Path | None) -> None:
+    if out is None or not (out / "run.json").exists():
+        return
+    try:
+        load_run(out)
+    except DataError:
+        return  # an interrupted record: training resumes (or finishes) and writes it again
+    raise StorageError(
+        f"{out} already holds a finished run: a run is never overwritten; write to a new output "
+        "directory"
+    )
+
+
+def finetune(
+    data: str | Path | Dataset,
+    config: FinetuneConfig,
+    out: Path | None = None,
+    runs_dir: Path = DEFAULT_RUNS_DIR,
+    progress: EpochProgress | None = None,
+) -> tuple[Run, FinetuneResult]:
+    """Fine-tune on ``data`` (resuming from ``out``'s checkpoint); returns the run and result."""
+    _check_unfinished(out)
+    trainer = Trainer(make_plan(data, config, out, runs_dir))
+    start = time.perf_counter()
+    trainer.run(progress=progress)
+    return finish(trainer, time.perf_counter() - start)
