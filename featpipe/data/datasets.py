@@ -237,9 +237,12 @@ class _Walk:
             found += self.files(sub)
         return found
 
-    def reject_non_images(self, files: list[tuple[Path, os.stat_result]], why: str) -> None:
+    def reject_loose(self, files: list[tuple[Path, os.stat_result]]) -> None:
+        """Images beside the class folders belong to no class; other files there (a README, a
+        manifest) are not part of the dataset."""
         for path, _ in files:
-            self.reject(path, why if is_image_name(path) else _not_an_image(path))
+            if is_image_name(path):
+                self.reject(path, "image outside any class folder")
 
 
 def _not_an_image(path: Path) -> str:
@@ -285,7 +288,6 @@ def _split_layout(root: Path) -> bool:
 
 def _scan_folder(root: Path, name: str) -> Dataset:
     walk = _Walk(root)
-    loose = "image outside any class folder"
     top_files, folders = walk.list(root)
     if _split_layout(root):
         class_dirs: dict[str, list[Path]] = {}
@@ -294,12 +296,12 @@ def _scan_folder(root: Path, name: str) -> Dataset:
             if not walk.enter(split_dir):
                 continue
             split_files, class_folders = walk.list(split_dir)
-            walk.reject_non_images(split_files, loose)
+            walk.reject_loose(split_files)
             for class_dir in class_folders:
                 class_dirs.setdefault(class_dir.name, []).append(class_dir)
                 split_of[class_dir] = SPLIT_ALIASES[split_dir.name.lower()]
         items, class_names = _scan_class_tree(walk, class_dirs, split_of)
-        walk.reject_non_images(top_files, loose)
+        walk.reject_loose(top_files)
         return Dataset(
             name,
             root,
@@ -313,7 +315,7 @@ def _scan_folder(root: Path, name: str) -> Dataset:
     if folders:
         class_dirs = {d.name: [d] for d in folders}
         items, class_names = _scan_class_tree(walk, class_dirs, dict.fromkeys(folders, "train"))
-        walk.reject_non_images(top_files, loose)
+        walk.reject_loose(top_files)
         splits = stratified_split([i.relpath for i in items], [i.label for i in items])
         items = [_with_split(i, s) for i, s in zip(items, splits, strict=True)]
         return Dataset(
