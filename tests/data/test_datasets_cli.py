@@ -93,3 +93,17 @@ def test_extract_shows_a_corrected_duplicate_as_one_warning_line(tmp_path: Path)
         f"warning: {manifest}: dropped 1 exact duplicate row(s) (line 4); each file is read once"
     ]
     assert "N=4 D=256" in done.stdout
+
+
+def test_fit_leaves_unlabelled_rows_out(tmp_path: Path) -> None:
+    rows = ["path,label"]
+    for i in range(24):
+        write_image(tmp_path / "ds" / f"{i}.png", seed=i)
+        rows.append(f"{i}.png,{'' if i == 23 else ('cat' if i % 2 else 'dog')}")
+    (tmp_path / "ds" / "m.csv").write_text("\n".join(rows) + "\n")
+    done = featpipe(
+        "fit", tmp_path / "ds" / "m.csv", *flags(TINY), "--head", "logreg",
+        "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "chosen: logreg" in done.stdout
