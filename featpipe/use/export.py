@@ -2,8 +2,12 @@
 
 The module takes ``uint8`` images [B, 3, H, W], already resized and centre-cropped to the
 model's input size (the recipe is written next to it), and returns class probabilities (or
-regression values). Every export is checked against the Python pipeline on real images before
+regression values). Every kind of run exports the same way (a fine-tune run with its trained
+backbone weights). Every export is checked against the Python pipeline on real images before
 it is reported as done; a disagreement is an error, not a warning.
+
+The module is exported for inference only: its parameters do not require gradients, so its
+outputs carry no autograd graph (no ``grad_fn``) wherever it is loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 
 from featpipe.data.transforms import ImageToUint8
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError, DataError
 from featpipe.runs.record import Run
 from featpipe.runtime.engines import write_onnx
 from featpipe.use.predict import DeployedPipeline, RunPipeline, collect_images, load_pipeline
@@ -32,8 +36,8 @@ def _check_images(pipeline: RunPipeline, images: list[Path] | None) -> torch.Ten
     if not images:
         root = Path(pipeline.run.config["dataset_root"])
         if not root.exists():
-            raise FeatpipeError(
-                f"the run's dataset {root} is gone: pass real images to check with --check"
+            raise ArgumentError(
+                "check", f"not given and the run's dataset {root} is gone: pass real images"
             )
         images = [root]
     files = collect_images(images)[:8]
@@ -49,9 +53,9 @@ def export(
 ) -> dict[str, Any]:
     """Write the deployable module and a JSON sidecar; return the agreement check's result."""
     if fmt not in FORMATS:
-        raise FeatpipeError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+        raise ArgumentError("fmt", f"{fmt}: choose one of {', '.join(FORMATS)}")
     pipeline = load_pipeline(run)
-    module = DeployedPipeline(pipeline).eval()
+    module = DeployedPipeline(pipeline).eval().requires_grad_(False)
     images = _check_images(pipeline, check)
     with torch.no_grad():
         expected = module(images).numpy()
@@ -71,7 +75,7 @@ def export(
             got = session.run(None, {"images": images.numpy()})[0]
         diff = float(np.abs(got - expected).max())
         if not diff <= TOLERANCE:
-            raise FeatpipeError(
+            raise DataError(
                 f"exported {fmt} module disagrees with the Python pipeline by {diff:.2e} "
                 f"(> {TOLERANCE}) on {len(images)} real images; nothing was written"
             )

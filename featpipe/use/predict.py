@@ -1,9 +1,10 @@
-"""Use a fitted run on new images: rebuild its backbone(s) from the cache key, apply its head.
+"""Use a run of any kind on new images: rebuild its backbone(s), apply its head.
 
-The run records, for every backbone it read, the cache key fields (model, weights identity,
-transform, pooling, layer, precision). Prediction rebuilds exactly that backbone and refuses to
-go on if the weights it finds have another identity, so a prediction always comes from the
-network the head was fitted on.
+The run records, for every backbone, the cache key fields (model, weights identity, transform,
+pooling, layer, precision). Prediction rebuilds exactly that backbone and refuses to go on if
+the weights it finds have another identity, so a prediction always comes from the network the
+head was fitted on. A fine-tune run's entry also names the run's file with the trained backbone
+weights, loaded on top: a fine-tune run predicts and exports exactly as a fit run does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from featpipe.backbones.build import Backbone, BackboneSpec, build_backbone
 from featpipe.data.images import is_image_name
 from featpipe.data.loader import make_loader
 from featpipe.data.transforms import ImageToUint8
-from featpipe.errors import FeatpipeError
+from featpipe.errors import DataError, FeatpipeError
 from featpipe.heads.fitted import FittedHead
 from featpipe.runs.record import Run, load_run, write_csv
 from featpipe.runtime.allocator import keep_freed_memory
@@ -58,10 +59,31 @@ def load_pipeline(run: Run | str | Path) -> RunPipeline:
                 f"but --weights {entry['weights']} now gives {backbone.weights_identity}: "
                 "restore those weights to use this run"
             )
+        if entry.get("state"):
+            _load_trained_state(backbone, run.path / entry["state"])
         backbones.append(backbone)
         precisions.append(fields["precision"])
         drafts.append(fields["transform"]["jpeg_draft"])
     return RunPipeline(run, backbones, precisions, drafts, run.head())
+
+
+def _load_trained_state(backbone: Backbone, path: Path) -> None:
+    """Put a fine-tuned backbone's weights (safetensors: no pickle) into the rebuilt network."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise DataError(f"cannot read the trained backbone weights {path}: {exc}") from None
+    try:
+        backbone.module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(
+            f"{path} does not fit {backbone.spec.model} ({first}): the run is damaged"
+        ) from None
+    backbone.module.eval()
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:

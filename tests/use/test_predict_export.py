@@ -1,0 +1,143 @@
+"""predict and export, checked against what they did not compute themselves.
+
+The oracle for an exported module is the run's head read back from disk, applied to the
+embeddings the cache holds (``FittedHead.predict_proba``: numpy preprocessing, not the module the
+export traces), and ``predict``'s rows for the same images. The exported files are loaded the way
+a user loads them (onnxruntime, ``torch.jit.load``) and fed images prepared with the recipe in
+the export's sidecar, through torchvision, not featpipe's own transform.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from featpipe.cache.entry import load_features
+from featpipe.data.bundled import prepare_dataset
+from featpipe.errors import FeatpipeError
+from featpipe.fitting.stage import fit
+from featpipe.runs.record import Run, load_run
+from featpipe.use.export import export
+from featpipe.use.predict import predict
+
+LITE0 = {
+    "weights": "offline",
+    "precision": "fp32",
+    "engine": "torch",
+    "batch_size": 4,
+    "workers": 0,
+}
+
+
+def recipe_images(files: list[Path], sidecar: dict) -> torch.Tensor:
+    """uint8 [B, 3, H, W] as a user of the export prepares them: the sidecar's recipe, in
+    torchvision (resize the shorter side, centre crop)."""
+    recipe = sidecar["preprocess"]
+    mode = InterpolationMode(recipe["interpolation"])
+    out = []
+    for path in files:
+        image = Image.open(path).convert("RGB")
+        image = TF.resize(image, recipe["resize_shorter_side_to"], interpolation=mode)
+        image = TF.center_crop(image, recipe["center_crop"])
+        out.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def probabilities(rows: list[dict], files: list[Path], classes: list[str]) -> np.ndarray:
+    by_path = {r["path"]: r for r in rows}
+    return np.array([[by_path[str(f)][f"prob_{c}"] for c in classes] for f in files])
+
+
+def exported_models(run: Run, tmp_path: Path) -> dict[str, Callable[[list[Path]], np.ndarray]]:
+    """Export ONNX and TorchScript; each as its user runs it: files in, probabilities out."""
+    import onnxruntime as ort
+
+    models: dict[str, Callable[[list[Path]], np.ndarray]] = {}
+    for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
+        target = tmp_path / name
+        sidecar = export(run.path, fmt, target)
+        assert json.loads(Path(f"{target}.json").read_text()) == sidecar
+        if fmt == "onnx":
+            session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+
+            def run_onnx(files: list[Path], session=session, sidecar=sidecar) -> np.ndarray:
+                images = recipe_images(files, sidecar).numpy()
+                return session.run(None, {"images": images})[0]
+
+            models[fmt] = run_onnx
+        else:
+            module = torch.jit.load(str(target))
+
+            def run_script(files: list[Path], module=module, sidecar=sidecar) -> np.ndarray:
+                result = module(recipe_images(files, sidecar))  # outside no_grad, as users do
+                assert result.grad_fn is None and not result.requires_grad
+                return result.numpy()
+
+            models[fmt] = run_script
+    return models
+
+
+@pytest.fixture(scope="module")
+def elpv_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Path]:
+    """A fit run on real ELPV cells with offline Lite0 weights; a head that standardises."""
+    tmp = tmp_path_factory.mktemp("elpv_run")
+    data = prepare_dataset("elpv", tmp / "elpv", per_class=5)
+    run, _ = fit(
+        data,
+        "tf_efficientnet_lite0",
+        head={"head": "logreg", "standardize": True},
+        runs_dir=tmp / "runs",
+        extract_options=LITE0 | {"cache_dir": tmp / "cache"},
+    )
+    return load_run(run.path), tmp
+
+
+def test_exported_modules_agree_with_cached_features_and_predict_rows(
+    elpv_run, photos, tmp_path
+) -> None:
+    run, _ = elpv_run
+    cached = load_features(run.config["entries"][0]["entry"])
+    root = Path(run.config["dataset_root"])
+    files = [root / r for r in cached.relpath]
+    head = run.head()  # read back from head/, not the object fit returned
+    expected = head.predict_proba(cached.X)
+    assert expected.shape == (len(files), 2)
+
+    models = exported_models(run, tmp_path)
+    predicted = probabilities(predict(files, run.path, device="cpu"), files, head.class_names)
+    np.testing.assert_allclose(predicted, expected, atol=2e-4)
+    for fmt, model in models.items():
+        np.testing.assert_allclose(model(files), expected, atol=2e-4, err_msg=fmt)
+
+    # Photos the run never saw: the exported files and predict agree on them too.
+    extra = [photos["chelsea"], photos["coffee"], photos["astronaut"]]
+    predicted = probabilities(predict(extra, run.path, device="cpu"), extra, head.class_names)
+    for fmt, model in models.items():
+        np.testing.assert_allclose(model(extra), predicted, atol=2e-4, err_msg=fmt)
+
+
+def test_export_refuses_an_unknown_format(elpv_run, tmp_path) -> None:
+    run, _ = elpv_run
+    with pytest.raises(ValueError, match="fmt tflite: choose one of torchscript, onnx"):
+        export(run.path, "tflite", tmp_path / "m.tflite")
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_predict_on_a_run_without_a_head_names_the_run(elpv_run, tmp_path) -> None:
+    """An old fine-tune run (format 1) had no head/: a one-line error, not a traceback."""
+    run, _ = elpv_run
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run.path, old)
+    shutil.rmtree(old / "head")
+    with pytest.raises(FeatpipeError, match="has no saved head"):
+        predict([old], old, device="cpu")
