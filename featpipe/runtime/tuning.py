@@ -64,17 +64,25 @@ class Settings:
 
 
 def measure(
-    engine: Engine, batch: int, size: tuple[int, int], min_seconds: float = 0.3, windows: int = 1
+    engine: Engine,
+    batch: int,
+    size: tuple[int, int],
+    min_seconds: float = 0.3,
+    windows: int = 1,
+    deadline: float | None = None,
 ) -> float:
     """Forward-only images/s on random ``uint8`` input: the extraction ceiling for a setting.
 
     With ``windows > 1`` the best of several short windows is returned: on a shared machine the
-    least disturbed window is the fairest basis for comparing two candidates.
+    least disturbed window is the fairest basis for comparing two candidates. Past ``deadline``
+    (a ``perf_counter`` time) no further window starts.
     """
     x = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8)
     engine(x)  # warm-up: allocation, kernel selection
     best = 0.0
-    for _ in range(windows):
+    for window in range(windows):
+        if window and deadline is not None and time.perf_counter() >= deadline:
+            break
         calls, start = 0, time.perf_counter()
         while calls < 1 or time.perf_counter() - start < min_seconds / windows:
             engine(x)
@@ -100,6 +108,16 @@ def half_precision(device: torch.device) -> str:
     return "bf16"
 
 
+def check_engine(device: torch.device, precision: str, engine: str) -> None:
+    check_precision(device, precision)
+    if engine not in ENGINES:
+        raise ArgumentError("engine", f"{engine}: choose one of {', '.join(ENGINES)}")
+    if engine == "onnxruntime" and (device.type != "cpu" or precision not in ("auto", "fp32")):
+        raise ArgumentError(
+            "engine", "onnxruntime runs fp32 on CPU: use device cpu, precision fp32"
+        )
+
+
 def untimed(
     device: torch.device,
     is_conv: bool,
@@ -108,6 +126,7 @@ def untimed(
     engine: str = "auto",
 ) -> Settings:
     """The settings when nothing is timed: exact fp32 on plain torch, unless asked otherwise."""
+    check_engine(device, precision, engine)
     batches = CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES
     return Settings(
         "fp32" if precision == "auto" else precision,
@@ -148,13 +167,7 @@ def probe(
     expected duration. Whatever is picked measured at least as fast as exact fp32 on plain
     torch; an explicit precision far slower than fp32 is named in the note.
     """
-    check_precision(device, precision)
-    if engine not in ENGINES:
-        raise ArgumentError("engine", f"{engine}: choose one of {', '.join(ENGINES)}")
-    if engine == "onnxruntime" and (device.type != "cpu" or precision not in ("auto", "fp32")):
-        raise ArgumentError(
-            "engine", "onnxruntime runs fp32 on CPU: use device cpu, precision fp32"
-        )
+    check_engine(device, precision, engine)
     clock = _Clock(budget_s)
     engines: dict[tuple[str, str], Engine] = {}
     per_image: dict[tuple[str, str], float] = {}  # seconds of one single-image forward
@@ -184,7 +197,12 @@ def probe(
             over_budget.add(f"{name}-{prec}@{batch}")
             return None
         rates[(name, prec, batch)] = measure(
-            engines[(name, prec)], batch, module.input_size, min_seconds=window, windows=3
+            engines[(name, prec)],
+            batch,
+            module.input_size,
+            min_seconds=window,
+            windows=3,
+            deadline=clock.start + clock.limit_s,
         )
         return rates[(name, prec, batch)]
 
