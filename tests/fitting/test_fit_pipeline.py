@@ -6,19 +6,15 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import TINY, flags, make_tree
 from featpipe.cli.app import main
-from featpipe.data.bundled import prepare_dataset
 from featpipe.errors import FeatpipeError
 from featpipe.fitting.stage import fit
 from featpipe.reports.compare import read_experiment
 from featpipe.reports.diagnosis import diagnose
 from featpipe.runs.record import load_run
-from featpipe.use.export import export
-from featpipe.use.predict import predict
 
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
@@ -61,52 +57,6 @@ def test_bad_sweep_values_are_clear_errors(dataset, tmp_path, capsys) -> None:
     assert code == 2 and "sweep value lr='fast' is not a valid float" in capsys.readouterr().err
     code = main(["fit", str(dataset), "--sweep", "head=tree"])
     assert code == 2 and "unknown head 'tree'" in capsys.readouterr().err
-
-
-def test_predict_agrees_with_fit_time_predictions(dataset, tmp_path) -> None:
-    run, result = fit(
-        dataset,
-        "test_efficientnet",
-        head={"head": "logreg"},
-        runs_dir=tmp_path / "runs",
-        extract_options=EXTRACT | {"cache_dir": tmp_path / "cache"},
-    )
-    from featpipe.extraction.stage import extract
-
-    cached = extract(dataset, cache_dir=tmp_path / "cache", **TINY).load()
-    rows = predict([dataset], run.path, tmp_path / "p.csv", device="cpu")
-    by_path = {Path(r["path"]).relative_to(dataset).as_posix(): r for r in rows}
-    expected = result.best_head.predict_proba(cached.X)
-    for relpath, probs in zip(cached.relpath, expected, strict=True):
-        got = [by_path[relpath][f"prob_{c}"] for c in ("a", "b", "c")]
-        np.testing.assert_allclose(got, probs, atol=1e-4)
-        assert by_path[relpath]["prediction"] == "abc"[int(np.argmax(probs))]
-    assert (tmp_path / "p.csv").read_text().startswith("path,prediction,confidence,prob_a")
-
-
-def test_export_agrees_with_the_python_pipeline_on_real_photos(tmp_path, photos) -> None:
-    elpv = prepare_dataset("elpv", tmp_path / "elpv", per_class=6)
-    run, _ = fit(
-        elpv,
-        "tf_efficientnet_lite0",
-        head={"head": "logreg"},
-        runs_dir=tmp_path / "runs",
-        extract_options={
-            "weights": "offline",
-            "precision": "fp32",
-            "engine": "torch",
-            "batch_size": 4,
-            "workers": 0,
-            "cache_dir": tmp_path / "c",
-        },
-    )
-    for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
-        sidecar = export(
-            run.path, fmt, tmp_path / name, check=[photos["chelsea"], photos["coffee"], elpv]
-        )
-        assert sidecar["check"]["images"] == 8 and sidecar["check"]["max_abs_diff"] <= 1e-4
-        assert sidecar["class_names"] == ["defective", "functional"]
-        assert json.loads((tmp_path / f"{name}.json").read_text())["format"] == fmt
 
 
 def test_run_from_a_newer_version_is_refused(dataset, tmp_path) -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from conftest import TINY, make_tree
 from featpipe.cache.entry import load_features
 from featpipe.data.bundled import prepare_dataset
 from featpipe.errors import FeatpipeError
@@ -28,6 +29,7 @@ from featpipe.runs.record import Run, load_run
 from featpipe.use.export import export
 from featpipe.use.predict import predict
 
+TINY_EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 LITE0 = {
     "weights": "offline",
     "precision": "fp32",
@@ -65,6 +67,8 @@ def exported_models(run: Run, tmp_path: Path) -> dict[str, Callable[[list[Path]]
         target = tmp_path / name
         sidecar = export(run.path, fmt, target)
         assert json.loads(Path(f"{target}.json").read_text()) == sidecar
+        assert sidecar["class_names"] == run.head().class_names
+        assert sidecar["check"]["max_abs_diff"] <= 1e-4
         if fmt == "onnx":
             session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
 
@@ -122,6 +126,32 @@ def test_exported_modules_agree_with_cached_features_and_predict_rows(
     predicted = probabilities(predict(extra, run.path, device="cpu"), extra, head.class_names)
     for fmt, model in models.items():
         np.testing.assert_allclose(model(extra), predicted, atol=2e-4, err_msg=fmt)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "shapes", classes=("a", "b", "c"), per_class=14)
+
+
+def test_predict_agrees_with_fit_time_predictions(dataset, tmp_path) -> None:
+    run, result = fit(
+        dataset,
+        "test_efficientnet",
+        head={"head": "logreg"},
+        runs_dir=tmp_path / "runs",
+        extract_options=TINY_EXTRACT | {"cache_dir": tmp_path / "cache"},
+    )
+    from featpipe.extraction.stage import extract
+
+    cached = extract(dataset, cache_dir=tmp_path / "cache", **TINY).load()
+    rows = predict([dataset], run.path, tmp_path / "p.csv", device="cpu")
+    by_path = {Path(r["path"]).relative_to(dataset).as_posix(): r for r in rows}
+    expected = result.best_head.predict_proba(cached.X)
+    for relpath, probs in zip(cached.relpath, expected, strict=True):
+        got = [by_path[relpath][f"prob_{c}"] for c in ("a", "b", "c")]
+        np.testing.assert_allclose(got, probs, atol=1e-4)
+        assert by_path[relpath]["prediction"] == "abc"[int(np.argmax(probs))]
+    assert (tmp_path / "p.csv").read_text().startswith("path,prediction,confidence,prob_a")
 
 
 def test_export_refuses_an_unknown_format(elpv_run, tmp_path) -> None:
