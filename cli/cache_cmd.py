@@ -13,6 +13,7 @@ from rich.table import Table
 from featpipe.cache.catalog import entry_info, find_entries, list_entries, remove_entry
 from featpipe.cache.entry import read_meta
 from featpipe.cache.entry import verify as verify_entry
+from featpipe.data.datasets import SPLITS
 from featpipe.errors import ArgumentError, FeatpipeError
 
 from . import options as opt
@@ -57,9 +58,6 @@ def ls(cache_dir: Path = opt.CacheDir) -> None:
     console().print(table)
 
 
-SPLIT_ORDER = ("train", "val", "test", "predict")
-
-
 def _few(values: list[str], limit: int = 8) -> str:
     shown = ", ".join(values[:limit])
     return shown + (f", … {len(values) - limit} more" if len(values) > limit else "")
@@ -76,10 +74,7 @@ def summary_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
     size = "x".join(str(v) for v in transform["input_size"][1:])
     described = settings.get("weights")
     weights = f"{described}  [{key['weights']}]" if described else key["weights"]
-    splits = sorted(
-        meta["splits"].items(),
-        key=lambda kv: SPLIT_ORDER.index(kv[0]) if kv[0] in SPLIT_ORDER else len(SPLIT_ORDER),
-    )
+    splits = [(name, meta["splits"][name]) for name in SPLITS if name in meta["splits"]]
     classes = meta["class_names"]
     rows = [
         ("dataset", f"{meta['dataset']}  ({meta['dataset_root']}, {meta['layout']})"),

@@ -32,6 +32,7 @@ import os
 import posixpath
 import stat
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -56,6 +57,8 @@ PATH_COLUMNS = ("path", "filepath", "file", "filename", "image")
 LABEL_COLUMNS = ("label", "target", "class", "y")
 # The split of rows without a label: featpipe predicts them and never fits on them.
 UNLABELLED = "predict"
+# The order splits are shown in.
+SPLITS = ("train", "val", "test", UNLABELLED)
 # The label cells pandas reads as missing (``pandas.read_csv``'s default ``na_values``), so a
 # manifest written by pandas with NaN labels reads the same here as it does there.
 MISSING_LABELS = frozenset(
@@ -140,10 +143,9 @@ class Dataset:
         return h.hexdigest()
 
     def split_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for item in self.items:
-            counts[item.split] = counts.get(item.split, 0) + 1
-        return counts
+        """Items per split, in the order of :data:`SPLITS`."""
+        counts = Counter(item.split for item in self.items)
+        return {split: counts[split] for split in SPLITS if counts[split]}
 
 
 def _visible(name: str) -> bool:
