@@ -524,12 +524,10 @@ def _scan_csv(csv_path: Path, name: str, task: Task | None, allow_outside: bool)
     items: list[Item] = []
     rejected: list[Rejected] = []
     for row, relpath in identified:
-        where = f"line {row.line} of {csv_path.name}"
-        if not is_image_name(row.listed):
-            rejected.append(Rejected(relpath, f"{_not_an_image(Path(row.listed))} ({where})"))
-            continue
-        st = _stat_listed(root / row.listed)
-        if isinstance(st, str):
+        listed = Path(row.listed)
+        st = _stat_listed(root / listed) if is_image_name(listed) else _not_an_image(listed)
+        if isinstance(st, str):  # named as the manifest spells it, so the user can find it
+            where = f"line {row.line} of {csv_path.name}"
             rejected.append(Rejected(posixpath.normpath(row.listed), f"{st} ({where})"))
             continue
         label, target, split = -1, math.nan, row.split or "train"
