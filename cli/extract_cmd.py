@@ -47,6 +47,7 @@ def extract(
     cache_dir: Path = opt.CacheDir,
     on_error: str = opt.OnError,
     name: str | None = opt.Name,
+    jpeg_draft: bool = opt.JpegDraft,
 ) -> None:
     """Run BACKBONE once over DATA and cache the pooled embeddings (only new files are run)."""
     options = opt.ExtractOptions(
@@ -62,6 +63,7 @@ def extract(
         workers,
         cache_dir,
         on_error,
+        jpeg_draft,
     )
     result = run_extract(data, backbone, options, name)
     if int(os.environ.get("RANK", "0")) != 0:

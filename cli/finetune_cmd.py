@@ -76,8 +76,10 @@ def finetune(
         None, "--out", "-o", help="Run directory (resumes if it has a checkpoint)."
     ),
     runs_dir: Path = opt.RunsDir,
+    allow_outside: bool = opt.AllowOutside,
 ) -> None:
     """Fine-tune: unfreeze blocks, gradually or at once; resumable; a run like fit's."""
+    from featpipe.data.datasets import scan
     from featpipe.finetuning.config import FinetuneConfig
     from featpipe.finetuning.stage import finetune as run_finetune
 
@@ -111,13 +113,14 @@ def finetune(
         precision=precision,
         workers=opt.auto_int(workers, "--workers"),
     )
+    dataset = scan(data, allow_outside=allow_outside)
     with progress_bar("fine-tune") as bar:
 
         def update(epoch: int, done: int, total: int, seconds: float) -> None:
             rate = done / seconds if seconds > 0 else 0.0
             bar.update(done, total, rate, f"fine-tune epoch {epoch + 1}/{epochs}")
 
-        run, result = run_finetune(data, config, out, runs_dir, progress=update)
+        run, result = run_finetune(dataset, config, out, runs_dir, progress=update)
     history = result.history
     table = Table(title=f"fine-tune {result.backbone} ({result.freezing})")
     for column in (

@@ -60,6 +60,12 @@ AllowOutside = typer.Option(
 CacheDir = typer.Option(DEFAULT_CACHE_DIR, "--cache-dir", help="Cache root directory.")
 OnError = typer.Option("skip", "--on-error", help="skip (record and go on) | fail.")
 Name = typer.Option(None, help="Dataset name in the cache (default: folder name).")
+JpegDraft = typer.Option(
+    False,
+    "--jpeg-draft",
+    help="Decode JPEGs at reduced scale (faster; the pixels, so the embeddings, differ from "
+    "the model's own preprocessing). Recorded in the cache key.",
+)
 RunsDir = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="Where runs are written and read.")
 
 
@@ -79,6 +85,7 @@ class ExtractOptions:
     workers: str
     cache_dir: Path
     on_error: str
+    draft: bool = False
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -94,4 +101,5 @@ class ExtractOptions:
             "workers": auto_int(self.workers, "--workers"),
             "cache_dir": self.cache_dir,
             "on_error": self.on_error,
+            "draft": self.draft,
         }

@@ -18,7 +18,7 @@ _API = {
     "iter_chunks": "featpipe.cache.entry",
     "Features": "featpipe.cache.entry",
     "scan": "featpipe.data.datasets",
-    "BackboneSpec": "featpipe.backbones.build",
+    "BackboneSpec": "featpipe.backbones.spec",
     "build_backbone": "featpipe.backbones.build",
     "load_classifier": "featpipe.backbones.build",
     "list_backbones": "featpipe.backbones.build",

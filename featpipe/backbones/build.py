@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import dataclass, field, replace
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from featpipe.backbones.pooling import MapPool, TokenPool
+from featpipe.backbones.spec import HF_HUB_PREFIX, TV_PREFIX, BackboneSpec
 from featpipe.backbones.tv import TorchvisionEmbedder, family_of
 from featpipe.backbones.weights import (
     OFFLINE,
@@ -39,37 +41,9 @@ from featpipe.backbones.weights import (
     read_state_dict,
     resolve_weights,
     sha256_file,
-    weights_file,
 )
 from featpipe.choices import POOLS
-from featpipe.errors import FeatpipeError
-
-TV_PREFIX = "tv/"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Everything about a backbone that a user chooses."""
-
-    model: str
-    weights: str = "auto"
-    pool: str = "avg"
-    layer: str | None = None
-    image_size: int | None = None
-
-    @property
-    def is_torchvision(self) -> bool:
-        return self.model.startswith(TV_PREFIX)
-
-    @property
-    def arch(self) -> str:
-        """The name inside its library (``resnet18`` for ``tv/resnet18``)."""
-        return self.model[len(TV_PREFIX) :] if self.is_torchvision else self.model
-
-    @property
-    def slug(self) -> str:
-        """A file-name-safe label (``tv_resnet18``)."""
-        return self.model.replace("/", "_")
+from featpipe.errors import ArgumentError, FeatpipeError
 
 
 @dataclass
@@ -103,9 +77,9 @@ class Backbone:
 
 @functools.cache
 def torchvision_names() -> tuple[str, ...]:
-    names = torchvision.models.list_models(module=torchvision.models)
+    """``tv/<name>`` for every torchvision classifier whose family featpipe can embed."""
     supported = []
-    for name in names:
+    for name in torchvision.models.list_models(module=torchvision.models):
         try:
             family_of(name)
         except FeatpipeError:
@@ -114,18 +88,37 @@ def torchvision_names() -> tuple[str, ...]:
     return tuple(supported)
 
 
-def check_model_name(model: str) -> None:
-    """Raise with close suggestions when ``model`` is neither a timm nor a torchvision name."""
-    known = model in torchvision_names() if model.startswith(TV_PREFIX) else timm.is_model(model)
-    if known:
+def check_model_name(spec: BackboneSpec) -> None:
+    """Raise with the closest known names when ``spec.model`` names no model featpipe can build.
+
+    ``hf-hub:timm/NAME`` is accepted for every NAME timm knows (its weights come from that
+    repository, as with timm itself). A torchvision model of an unsupported family (known to
+    torchvision, no embedding recipe here) says so; any other unknown name gets suggestions.
+    """
+    model = spec.model
+    if spec.is_torchvision:
+        if model in torchvision_names():
+            return
+        if spec.arch in torchvision.models.list_models(module=torchvision.models):
+            family_of(spec.arch)  # raises: torchvision has it, featpipe cannot embed its family
+    elif model.startswith(HF_HUB_PREFIX):
+        if spec.arch != model and timm.is_model(spec.arch):
+            return
+    elif timm.is_model(model):
         return
-    if model.startswith(TV_PREFIX):
-        family_of(model[len(TV_PREFIX) :])  # a known family with an unknown size names itself
     candidates = list(timm.list_models()) + list(torchvision_names())
     close = difflib.get_close_matches(model, candidates, n=4, cutoff=0.6)
+    if model.startswith(HF_HUB_PREFIX):
+        close += [
+            HF_HUB_PREFIX + "timm/" + c
+            for c in difflib.get_close_matches(
+                spec.arch, timm.list_models(pretrained=True), n=2, cutoff=0.6
+            )
+        ]
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise FeatpipeError(
-        f"unknown backbone '{model}': {hint}list names with: featpipe models --filter PATTERN"
+    raise ArgumentError(
+        "backbone",
+        f"{model}: unknown model; {hint}list names with: featpipe models --filter PATTERN",
     )
 
 
@@ -168,16 +161,15 @@ def _tv_weights_enum(spec: BackboneSpec, choice: WeightsChoice) -> Any:
         return enum[tag]
     except KeyError:
         options = ", ".join(m.name for m in enum)
-        raise FeatpipeError(
-            f"--weights hub:{tag}: {spec.model} has no such weights; choose one of {options}"
+        raise ArgumentError(
+            "weights", f"hub:{tag}: {spec.model} has no such weights; choose one of {options}"
         ) from None
 
 
 def weights_identity(spec: BackboneSpec, choice: WeightsChoice) -> str:
     """What the cache key calls these weights: a file's sha256, a hub tag, or the seed."""
-    path = weights_file(spec.model, choice)
-    if path is not None:
-        return f"sha256:{sha256_file(path)}"
+    if choice.path is not None:
+        return f"sha256:{sha256_file(choice.path)}"
     if choice.kind == "none":
         return (
             f"none:seed{RANDOM_SEED}:torch{torch.__version__.split('+')[0]}:timm{timm.__version__}"
@@ -187,14 +179,30 @@ def weights_identity(spec: BackboneSpec, choice: WeightsChoice) -> str:
         return f"hub:torchvision/{type(member).__name__}.{member.name}:{Path(member.url).name}"
     cfg = timm.models.get_pretrained_cfg(_timm_pretrained_name(spec, choice))
     if cfg is None:
-        raise FeatpipeError(f"--weights {choice.describe()}: timm has no pretrained {spec.model}")
+        raise ArgumentError("weights", f"{choice.describe()}: timm has no pretrained {spec.model}")
     source = cfg.hf_hub_id or cfg.url or spec.arch
     return f"hub:{source}@main"  # timm always fetches the main revision
 
 
-def _tv_data_config(spec: BackboneSpec, choice: WeightsChoice) -> dict[str, Any]:
-    preset = _tv_weights_enum(spec, replace(choice, value=None) if choice.kind != "hub" else choice)
-    t = preset.transforms()
+@functools.cache
+def _published_torchvision_files() -> tuple[tuple[str, Any], ...]:
+    """Every published torchvision checkpoint as (sha256 prefix from its file name, enum member).
+
+    torchvision names each file ``<name>-<first hex digits of its sha256>.pth`` and checks
+    downloads against that prefix; a file with a matching sha256 is that checkpoint.
+    """
+    found = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        for member in torchvision.models.get_model_weights(name):
+            match = re.search(r"-([0-9a-f]{8,})\.pth$", member.url)
+            if match:
+                found.append((match.group(1), member))
+    return tuple(found)
+
+
+def _tv_recipe(member: Any) -> dict[str, Any]:
+    """A torchvision weights enum member's own eval transform, as a timm data config."""
+    t = member.transforms()
     crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
     return {
         "input_size": (3, crop, crop),
@@ -210,14 +218,28 @@ def _with_image_size(config: dict[str, Any], image_size: int | None) -> dict[str
     if image_size is None:
         return config
     if image_size < 16:
-        raise FeatpipeError(f"--image-size {image_size} is too small; use 16 or more pixels")
+        raise ArgumentError("image_size", f"{image_size} is too small; use 16 or more pixels")
     return {**config, "input_size": (3, image_size, image_size)}
 
 
-def data_config(spec: BackboneSpec, choice: WeightsChoice) -> dict[str, Any]:
-    """The model's own preprocessing (timm ``resolve_data_config``), honouring ``image_size``."""
-    if spec.is_torchvision:
-        config = _tv_data_config(spec, choice)
+def data_config(spec: BackboneSpec, choice: WeightsChoice, identity: str) -> dict[str, Any]:
+    """The preprocessing of the weights actually loaded, honouring ``image_size``.
+
+    In order: a file that is a published torchvision checkpoint (by its sha256, whichever
+    library's architecture loads it: ``mobilenetv2_100`` with torchvision's MobileNetV2 file
+    gets that file's recipe, not timm's) uses that checkpoint's transforms; a torchvision model
+    uses its chosen weights enum (``DEFAULT`` for other files and for random init); a timm
+    model uses timm's pretrained config (``resolve_data_config``) of the tag it loads.
+    """
+    sha = identity.removeprefix("sha256:") if identity.startswith("sha256:") else None
+    published = next(
+        (m for prefix, m in _published_torchvision_files() if sha and sha.startswith(prefix)),
+        None,
+    )
+    if published is not None:
+        config = _tv_recipe(published)
+    elif spec.is_torchvision:
+        config = _tv_recipe(_tv_weights_enum(spec, choice))
     else:
         cfg = timm.models.get_pretrained_cfg(_timm_pretrained_name(spec, choice))
         config = resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg else {})
@@ -246,16 +268,18 @@ def _timm_hub_model(spec: BackboneSpec, choice: WeightsChoice, **kwargs: Any) ->
                 return timm.create_model(
                     name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
                 )
-        raise FeatpipeError(
-            f"cannot download {name} weights: huggingface.co is unreachable and they are not in "
-            f"the local Hugging Face cache; {offline_hint(spec.model)}"
+        raise ArgumentError(
+            "weights",
+            f"{choice.describe()}: cannot download {name} weights: huggingface.co is unreachable "
+            f"and they are not in the local Hugging Face cache; {offline_hint(spec.model)}",
         )
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError) as exc:
-        raise FeatpipeError(
-            f"cannot load {name} weights from the hub ({str(exc).splitlines()[0]}); "
-            f"{offline_hint(spec.model)}"
+        raise ArgumentError(
+            "weights",
+            f"{choice.describe()}: cannot load {name} weights from the hub "
+            f"({str(exc).splitlines()[0]}); {offline_hint(spec.model)}",
         ) from None
 
 
@@ -264,9 +288,10 @@ def _tv_hub_state(spec: BackboneSpec, choice: WeightsChoice) -> dict[str, torch.
     try:
         return member.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError) as exc:
-        raise FeatpipeError(
-            f"cannot download {spec.model} weights {member.name} from {member.url} "
-            f"({str(exc).splitlines()[0]}); {offline_hint(spec.model)}"
+        raise ArgumentError(
+            "weights",
+            f"{choice.describe()}: cannot download {spec.model} weights {member.name} from "
+            f"{member.url} ({str(exc).splitlines()[0]}); {offline_hint(spec.model)}",
         ) from None
 
 
@@ -279,13 +304,16 @@ def _timm_kwargs(spec: BackboneSpec) -> dict[str, Any]:
     return {}
 
 
-def load_classifier(spec: BackboneSpec) -> LoadedClassifier:
-    """The full network with its weights and its original (ImageNet) classifier."""
-    check_model_name(spec.model)
-    choice = resolve_weights(spec.model, spec.weights)
+def load_classifier(spec: BackboneSpec, choice: WeightsChoice | None = None) -> LoadedClassifier:
+    """The full network with its weights and its original (ImageNet) classifier.
+
+    ``choice`` is the run's resolved ``spec.weights`` (:func:`resolve_weights`), when the
+    caller resolved it already; it is resolved here otherwise.
+    """
+    check_model_name(spec)
+    choice = choice if choice is not None else resolve_weights(spec.model, spec.weights)
     identity = weights_identity(spec, choice)
     torch.manual_seed(RANDOM_SEED)  # the "none" control is the same network on every run
-    path = weights_file(spec.model, choice)
     if spec.is_torchvision:
         model = torchvision.models.get_model(spec.arch, weights=None)
         classifier = family_of(spec.arch).classifier
@@ -300,14 +328,15 @@ def load_classifier(spec: BackboneSpec) -> LoadedClassifier:
                 else timm.create_model(spec.arch, pretrained=False, **kwargs)
             )
         except TypeError as exc:
-            raise FeatpipeError(
-                f"--image-size {spec.image_size}: {spec.model} has a fixed input size ({exc})"
+            raise ArgumentError(
+                "image_size", f"{spec.image_size}: {spec.model} has a fixed input size ({exc})"
             ) from None
         classifier = model.pretrained_cfg.get("classifier")
-    if path is not None:
-        load_strict(model, read_state_dict(path), str(path), classifier, choice.converter)
+    if choice.path is not None:
+        state = read_state_dict(choice.path)
+        load_strict(model, state, str(choice.path), classifier, choice.converter)
     model.eval().requires_grad_(False)
-    return LoadedClassifier(spec, model, data_config(spec, choice), choice, identity)
+    return LoadedClassifier(spec, model, data_config(spec, choice, identity), choice, identity)
 
 
 def _timm_layer_index(model: nn.Module, layer: str) -> int:
@@ -318,9 +347,10 @@ def _timm_layer_index(model: nn.Module, layer: str) -> int:
             return index % len(modules)
     elif layer in modules:
         return modules.index(layer)
-    raise FeatpipeError(
-        f"--layer {layer}: {model.pretrained_cfg['architecture']} has feature layers "
-        f"0..{len(modules) - 1} ({', '.join(modules)})"
+    raise ArgumentError(
+        "layer",
+        f"{layer}: {model.pretrained_cfg['architecture']} has feature layers "
+        f"0..{len(modules) - 1} ({', '.join(modules)})",
     )
 
 
@@ -355,22 +385,23 @@ def _timm_embedder(model: nn.Module, spec: BackboneSpec) -> nn.Module:
     try:
         model.reset_classifier(0, global_pool=_TIMM_POOL[spec.pool])
     except (AssertionError, ValueError, TypeError) as exc:
-        raise FeatpipeError(
-            f"--pool {spec.pool} is not available for {spec.model}: {exc}"
-        ) from None
+        message = f"{spec.pool} is not available for {spec.model}: {exc}"
+        raise ArgumentError("pool", message) from None
     return model
 
 
 def _tv_embedder(model: nn.Module, spec: BackboneSpec) -> nn.Module:
     if spec.layer is not None:
-        raise FeatpipeError(
-            f"--layer is supported for timm models; use the timm equivalent of {spec.model}"
+        raise ArgumentError(
+            "layer",
+            f"{spec.layer}: layers are supported for timm models; use the timm equivalent of "
+            f"{spec.model}",
         )
     family = family_of(spec.arch)
     if family.tokens:
         pool: nn.Module = TokenPool(spec.pool)
     elif spec.pool == "cls":
-        raise FeatpipeError(f"--pool cls needs a transformer; {spec.model} is a convnet")
+        raise ArgumentError("pool", f"cls needs a transformer; {spec.model} is a convnet")
     else:
         post = model.get_submodule(family.post_norm) if family.post_norm else None
         pool = MapPool(spec.pool, post)
@@ -378,11 +409,14 @@ def _tv_embedder(model: nn.Module, spec: BackboneSpec) -> nn.Module:
     return TorchvisionEmbedder(model, spec.arch, pool)
 
 
-def build_backbone(spec: BackboneSpec) -> Backbone:
-    """Load weights, remove the classifier, attach the pooling and check the output shape."""
+def build_backbone(spec: BackboneSpec, choice: WeightsChoice | None = None) -> Backbone:
+    """Load weights, remove the classifier, attach the pooling and check the output shape.
+
+    ``choice``: the run's resolved weights, so that they are looked up once per run.
+    """
     if spec.pool not in POOLS:
-        raise FeatpipeError(f"--pool {spec.pool}: choose one of {', '.join(POOLS)}")
-    loaded = load_classifier(spec)
+        raise ArgumentError("pool", f"{spec.pool}: choose one of {', '.join(POOLS)}")
+    loaded = load_classifier(spec, choice)
     model = loaded.model
     is_conv = any(isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in model.modules())
     native = model.num_features if hasattr(model, "num_features") else None
@@ -393,12 +427,15 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
         with torch.inference_mode():
             out = embedder(torch.zeros(1, 3, height, width))
     except Exception as exc:  # a pooling/size combination the architecture cannot take
-        raise FeatpipeError(
-            f"{spec.model} with --pool {spec.pool}"
-            f"{' --layer ' + spec.layer if spec.layer else ''} at {height}px failed: {exc}"
+        raise ArgumentError(
+            "pool",
+            f"{spec.pool}{' with layer ' + spec.layer if spec.layer else ''}: {spec.model} "
+            f"at {height}px failed: {exc}",
         ) from None
     if out.ndim != 2:
-        raise FeatpipeError(f"{spec.model}: pooled output has shape {tuple(out.shape)}, not [B, D]")
+        raise ArgumentError(
+            "pool", f"{spec.pool}: {spec.model} pools to shape {tuple(out.shape)}, not [B, D]"
+        )
     return Backbone(
         spec=spec,
         module=embedder,

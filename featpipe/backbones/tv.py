@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError
 
 
 def _resnet_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -96,9 +96,10 @@ def family_of(name: str) -> Family:
     for family in FAMILIES:
         if re.match(family.pattern, name):
             return family
-    raise FeatpipeError(
-        f"backbone tv/{name}: this torchvision family is not supported for embeddings; "
-        "use its timm equivalent (see featpipe models)"
+    raise ArgumentError(
+        "backbone",
+        f"tv/{name}: this torchvision family is not supported for embeddings; "
+        "use its timm equivalent (see featpipe models)",
     )
 
 

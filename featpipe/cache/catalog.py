@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.entry import entry_meta, open_entry, parts_dir, size_on_disk
 from featpipe.cache.key import KeyFields, entry_stem
 from featpipe.errors import FeatpipeError
@@ -68,19 +69,16 @@ def machine_signature() -> str:
 
 @dataclass(frozen=True)
 class Request:
-    """An extract request as typed, plus what could silently change its meaning."""
+    """An extract request: the backbone spec and run options as typed, plus what could silently
+    change their meaning behind the same strings (``weights_detail``: the weights file's size and
+    mtime, or the offline package's version; see ``WeightsChoice.detail``)."""
 
-    model: str
-    weights: str
+    spec: BackboneSpec
     weights_detail: str
-    pool: str
-    layer: str | None
-    image_size: int | None
     precision: str
     engine: str
     batch_size: int | None
     dtype: str
-    draft: bool
     device: str
 
     @property

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featpipe.backbones.weights import resolve_weights, weights_file
+from featpipe.backbones.spec import BackboneSpec
+from featpipe.backbones.weights import WeightsChoice, resolve_weights
 from featpipe.cache.catalog import (
     DEFAULT_CACHE_DIR,
     Request,
@@ -50,7 +51,7 @@ from featpipe.cache.shards import (
 )
 from featpipe.choices import DTYPES, ENGINES, ON_ERROR
 from featpipe.data.datasets import Dataset, Item, Task, scan
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.runtime import distributed
 from featpipe.runtime.allocator import keep_freed_memory
 from featpipe.runtime.workers import default_workers
@@ -96,17 +97,18 @@ class ExtractResult:
         return load_features(self.entry, split)
 
     def summary(self) -> str:
+        s = self.settings
+        draft = ", JPEG draft decoding" if s.get("jpeg_draft") else ""  # opt-in, changes pixels
         if self.hit:
             return (
                 f"cache hit: {self.entry}  N={self.n} D={self.dim}  "
-                f"({self.seconds:.2f} s, nothing to extract)"
+                f"({self.seconds:.2f} s, nothing to extract{draft})"
             )
         rate = f", {self.images_per_second:.1f} images/s" if self.n_new else ""
         skipped = f", {self.n_skipped} skipped" if self.n_skipped else ""
-        s = self.settings
         how = (
             f"  [{s['engine']} {s['precision']}, batch {s['batch_size']}, "
-            f"{s.get('workers', 0)} workers]"
+            f"{s.get('workers', 0)} workers{draft}]"
             if self.n_new
             else ""
         )
@@ -115,24 +117,6 @@ class ExtractResult:
             f"{self.entry}  N={self.n} D={self.dim}  {self.n_new} extracted in "
             f"{self.seconds:.1f} s{rate}{skipped}{how}{note}"
         )
-
-
-def _weights_detail(model: str, weights: str) -> str:
-    """What could change behind an unchanged ``--weights`` string (file size and mtime)."""
-    choice = resolve_weights(model, weights)
-    if choice.kind == "offline":
-        return f"{choice.value}=={_dist_version(choice.value or '')}"
-    path = weights_file(model, choice)
-    if path is not None:
-        st = path.stat()
-        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-    return choice.kind
-
-
-def _dist_version(dist: str) -> str:
-    import importlib.metadata
-
-    return importlib.metadata.version(dist)
 
 
 def _check_options(
@@ -198,7 +182,7 @@ class _Run:
 
 def extract(
     data: str | Path | Dataset,
-    backbone: str = "tf_efficientnet_lite0",
+    backbone: str | BackboneSpec = "tf_efficientnet_lite0",
     *,
     weights: str = "auto",
     pool: str = "avg",
@@ -214,32 +198,32 @@ def extract(
     on_error: str = "skip",
     name: str | None = None,
     task: Task | None = None,
-    draft: bool = True,
+    draft: bool = False,
     shard_rows: int = 8192,
     progress: Callable[[Progress], None] | None = None,
 ) -> ExtractResult:
     """Extract (or find in the cache) pooled embeddings of ``data`` under ``backbone``.
 
     ``data`` is an ImageFolder tree, a CSV manifest, an unlabelled folder or a scanned
-    :class:`~featpipe.data.datasets.Dataset`. Only rows that no shard holds yet are computed; the
-    result's :meth:`ExtractResult.load` reads them back.
+    :class:`~featpipe.data.datasets.Dataset`. ``backbone`` is a model name (with ``weights``,
+    ``pool``, ``layer``, ``image_size`` and ``draft``, JPEG draft decoding: faster, not the
+    model's own pixels) or a :class:`~featpipe.backbones.spec.BackboneSpec` that carries them.
+    Only rows that no shard holds yet are computed; the result's :meth:`ExtractResult.load`
+    reads them back.
     """
     start = time.perf_counter()
     _check_options(dtype, on_error, batch_size, workers, engine)
     dataset = data if isinstance(data, Dataset) else scan(data, name=name, task=task)
     cache_dir = ensure_writable(Path(cache_dir))
+    spec = _as_spec(backbone, weights, pool, layer, image_size, draft)
+    choice = resolve_weights(spec.model, spec.weights)  # once per run, passed down
     request = Request(
-        model=backbone,
-        weights=weights,
-        weights_detail=_weights_detail(backbone, weights),
-        pool=pool,
-        layer=layer,
-        image_size=image_size,
+        spec=spec,
+        weights_detail=choice.detail,
         precision=precision,
         engine=engine,
         batch_size=batch_size,
         dtype=dtype,
-        draft=draft,
         device=device,
     )
     dist = distributed.current()
@@ -255,7 +239,7 @@ def extract(
     keep_freed_memory()  # before the probe, so that it times what the run will see
     run = _leader_then_all(
         dist,
-        lambda memo: _resolve(dataset, request, memo, cache_dir),
+        lambda memo: _resolve(dataset, request, choice, memo, cache_dir),
         lambda: recall(cache_dir, request),
     )
     parts = parts_dir(run.entry)
@@ -268,7 +252,7 @@ def extract(
         if not mine:
             return 0, 0.0
         if run.backbone is None:
-            run.backbone = _build(request, run.timings)
+            run.backbone = _build(spec, choice, run.timings)
         from featpipe.runtime.devices import host_threads
 
         t0 = time.perf_counter()
@@ -332,12 +316,21 @@ def _cache_hit(cache_dir: Path, request: Request, dataset: Dataset) -> ExtractRe
     if memo is None:
         return None
     fields, settings = memo
-    entry = entry_path(cache_dir, dataset.name, request.model.replace("/", "_"), fields.digest)
+    entry = entry_path(cache_dir, dataset.name, request.spec.slug, fields.digest)
     if not matches(entry, dataset):
         return None
     n, dim, n_skipped = entry_header(entry)
     return ExtractResult(
-        entry, dataset.name, request.model, n, dim, 0, n_skipped, 0.0, hit=True, settings=settings
+        entry,
+        dataset.name,
+        request.spec.model,
+        n,
+        dim,
+        0,
+        n_skipped,
+        0.0,
+        hit=True,
+        settings=settings,
     )
 
 
@@ -368,14 +361,31 @@ def _pending(items: list[Item], index: ShardIndex) -> list[Item]:
     ]
 
 
-def _build(request: Request, timings: dict[str, float]) -> Backbone:
-    from featpipe.backbones.build import BackboneSpec, build_backbone
+def _as_spec(
+    backbone: str | BackboneSpec,
+    weights: str,
+    pool: str,
+    layer: str | None,
+    image_size: int | None,
+    draft: bool,
+) -> BackboneSpec:
+    """The one spec of this call: given, or made from the model name and its options."""
+    if not isinstance(backbone, BackboneSpec):
+        return BackboneSpec(backbone, weights, pool, layer, image_size, draft)
+    if (weights, pool, layer, image_size, draft) != ("auto", "avg", None, None, False):
+        raise ArgumentError(
+            "backbone",
+            f"{backbone.label}: a BackboneSpec carries its weights, pool, layer, image size "
+            "and draft; set them on the spec, not as arguments",
+        )
+    return backbone
+
+
+def _build(spec: BackboneSpec, choice: WeightsChoice, timings: dict[str, float]) -> Backbone:
+    from featpipe.backbones.build import build_backbone
 
     t0 = time.perf_counter()
-    spec = BackboneSpec(
-        request.model, request.weights, request.pool, request.layer, request.image_size
-    )
-    backbone = build_backbone(spec)
+    backbone = build_backbone(spec, choice)
     timings["model_s"] = time.perf_counter() - t0
     return backbone
 
@@ -383,12 +393,14 @@ def _build(request: Request, timings: dict[str, float]) -> Backbone:
 def _onnx_path(cache_dir: Path, fields: KeyFields) -> Path:
     """One ONNX export per network (model, weights, transform, pool, layer), shared by dtypes."""
     network = replace(fields, precision="fp32", dtype="float32")
-    return cache_dir / ".onnx" / f"{fields.model.replace('/', '_')}-{network.digest[:16]}.onnx"
+    slug = BackboneSpec(fields.model).slug
+    return cache_dir / ".onnx" / f"{slug}-{network.digest[:16]}.onnx"
 
 
 def _resolve(
     dataset: Dataset,
     request: Request,
+    choice: WeightsChoice,
     memo: tuple[KeyFields, dict[str, Any]] | None,
     cache_dir: Path,
 ) -> _Run:
@@ -402,14 +414,15 @@ def _resolve(
     timings: dict[str, float] = {}
     backbone = None
     if memo is None:
-        backbone = _build(request, timings)
+        spec = request.spec
+        backbone = _build(spec, choice, timings)
         t0 = time.perf_counter()
         fields = KeyFields(
-            model=request.model,
+            model=spec.model,
             weights=backbone.weights_identity,
-            transform=transforms.fingerprint(backbone.data_config, request.draft),
-            pool=request.pool,
-            layer=request.layer,
+            transform=transforms.fingerprint(backbone.data_config, spec.draft),
+            pool=spec.pool,
+            layer=spec.layer,
             precision="fp32",
             dtype=request.dtype,
         )
@@ -428,11 +441,12 @@ def _resolve(
             "dim": backbone.num_features,
             "data_config": backbone.data_config,
             "weights": backbone.weights.describe(),
+            "jpeg_draft": spec.draft,
         }
         remember(cache_dir, request, fields, settings)
     else:
         fields, settings = memo
-    entry = entry_path(cache_dir, dataset.name, request.model.replace("/", "_"), fields.digest)
+    entry = entry_path(cache_dir, dataset.name, request.spec.slug, fields.digest)
     return _Run(dataset, fields, settings, entry, device, backbone, timings, cache_dir)
 
 

@@ -14,24 +14,23 @@ from typing import Any
 
 import numpy as np
 
+from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.entry import Features
 from featpipe.errors import FeatpipeError
 from featpipe.extraction.stage import ExtractResult, extract
 
-
-def parse_spec(spec: str, default_weights: str = "auto") -> list[tuple[str, str]]:
-    """``"a@none+tv/b"`` → ``[("a", "none"), ("tv/b", default)]``."""
-    parts = []
-    for part in spec.split("+"):
-        model, _, weights = part.strip().partition("@")
-        if not model:
-            raise FeatpipeError(f"backbone spec '{spec}': empty model name; use MODEL[@WEIGHTS]+…")
-        parts.append((model, weights or default_weights))
-    return parts
+# extract() options that belong to each backbone of a feature spec.
+SPEC_OPTIONS = ("weights", "pool", "layer", "image_size", "draft")
 
 
-def spec_label(parts: list[tuple[str, str]]) -> str:
-    return "+".join(m if w in ("auto", "offline", "hub") else f"{m}@{w}" for m, w in parts)
+def parse_feature_spec(spec: str, options: dict[str, Any] | None = None) -> list[BackboneSpec]:
+    """``"a@none+tv/b"`` with extract options → one :class:`BackboneSpec` per part.
+
+    Weights named in the text win over ``options["weights"]``; pool, layer, image size and
+    draft apply to every part.
+    """
+    own = {k: v for k, v in (options or {}).items() if k in SPEC_OPTIONS}
+    return BackboneSpec.parse(spec, **own)
 
 
 def concatenate(sets: list[Features], names: list[str]) -> Features:
@@ -70,25 +69,25 @@ def concatenate(sets: list[Features], names: list[str]) -> Features:
 
 def load_feature_set(
     data: str | Path,
-    spec: str,
+    specs: str | list[BackboneSpec],
     options: dict[str, Any] | None = None,
     progress: Callable[[str], Callable | None] | None = None,
 ) -> tuple[Features, list[ExtractResult]]:
-    """Extract what is missing for every backbone of ``spec`` and return the joined features.
+    """Extract what is missing for every backbone of ``specs`` and return the joined features.
 
-    ``options`` are :func:`featpipe.extract` keyword arguments (weights in the spec win).
-    ``progress(model)`` may return a per-backbone progress callback.
+    ``specs``: a feature spec string, or its parts already parsed by
+    :func:`parse_feature_spec`; ``options`` are :func:`featpipe.extract` keyword arguments
+    (the per-backbone ones only shape a spec string). ``progress(model)`` may return a
+    per-backbone progress callback.
     """
-    options = dict(options or {})
-    default_weights = options.pop("weights", "auto")
-    parts = parse_spec(spec, default_weights)
+    if isinstance(specs, str):
+        specs = parse_feature_spec(specs, options)
+    options = {k: v for k, v in (options or {}).items() if k not in SPEC_OPTIONS}
     results = [
-        extract(
-            data, model, weights=weights, progress=progress(model) if progress else None, **options
-        )
-        for model, weights in parts
+        extract(data, spec, progress=progress(spec.model) if progress else None, **options)
+        for spec in specs
     ]
     sets = [r.load() for r in results]
     if len(sets) == 1:
         return sets[0], results
-    return concatenate(sets, [m for m, _ in parts]), results
+    return concatenate(sets, [s.model for s in specs]), results

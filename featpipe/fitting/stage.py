@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from featpipe.backbones.spec import label
 from featpipe.cache.entry import Features, read_meta
 from featpipe.data.splits import hold_out
-from featpipe.fitting.features import load_feature_set, parse_spec, spec_label
+from featpipe.fitting.features import load_feature_set, parse_feature_spec
 from featpipe.fitting.sweep import SweepResult, sweep
 from featpipe.heads.config import HeadConfig, expand, parse_value
 from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, save_run
@@ -66,23 +67,23 @@ def fit(
     stratified share of train into the val split when the data has none (else CV selects).
     """
     configs = build_configs(grid if grid or head else DEFAULT_GRID, head)
-    features, results = load_feature_set(data, backbone, extract_options, progress)
+    specs = parse_feature_spec(backbone, extract_options)
+    features, results = load_feature_set(data, specs, extract_options, progress)
     if holdout and not (features.split == "val").any():
         features = with_holdout(features, holdout)
     result = sweep(features, configs, seeds=seeds, cv=cv, shots=shots, draws=draws, n_jobs=n_jobs)
     options = dict(extract_options or {})
-    parts = parse_spec(backbone, options.get("weights", "auto"))
     metas = [read_meta(r.entry) for r in results]
     entries = [
         {
-            "model": model,
-            "weights": weights,
+            "model": spec.model,
+            "weights": spec.weights,
             "entry": str(r.entry),
             "key": meta["key"],
             "key_fields": meta["key_fields"],
             "settings": r.settings,
         }
-        for (model, weights), r, meta in zip(parts, results, metas, strict=True)
+        for spec, r, meta in zip(specs, results, metas, strict=True)
     ]
     extract_seconds = sum(
         meta["provenance"].get("timings_s", {}).get("extract_s", 0.0) for meta in metas
@@ -94,7 +95,7 @@ def fit(
             result,
             dataset=results[0].dataset,
             dataset_root=str(features.meta.get("dataset_root", data)),
-            spec=spec_label(parts),
+            spec=label(specs),
             entries=entries,
             request={
                 "grid": {k: list(v) for k, v in (grid or {}).items()},

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featpipe.backbones.spec import BackboneSpec
 from featpipe.errors import FeatpipeError
-from featpipe.fitting.features import parse_spec
 from featpipe.heads.config import parse_value
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
@@ -97,7 +97,7 @@ class Row:
 
 
 def _random_twin(spec: str) -> str:
-    return "+".join(f"{m}@none" for m, _ in parse_spec(spec))
+    return "+".join(f"{s.model}@none" for s in BackboneSpec.parse(spec))
 
 
 def compare(

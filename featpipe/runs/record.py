@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featpipe.backbones.spec import slugify
 from featpipe.errors import ArgumentError, DataError, StorageError
 
 if TYPE_CHECKING:  # torch-free at import: the CLI reads runs without loading torch
@@ -98,7 +99,7 @@ class Run:
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.+@" else "_" for c in text)
+    return slugify(text)  # the one file-name rule, shared with cache entries
 
 
 def new_run_path(runs_dir: Path, dataset: str, backbone: str, kind: str = "fit") -> Path:

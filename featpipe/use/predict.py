@@ -49,9 +49,8 @@ def load_pipeline(run: Run | str | Path) -> RunPipeline:
     backbones, precisions, drafts = [], [], []
     for entry in run.config["entries"]:
         fields = entry["key_fields"]
-        size = fields["transform"]["input_size"][-1]
         backbone = build_backbone(
-            BackboneSpec(entry["model"], entry["weights"], fields["pool"], fields["layer"], size)
+            BackboneSpec.from_key_fields(entry["model"], entry["weights"], fields)
         )
         if backbone.weights_identity != fields["weights"]:
             raise FeatpipeError(
@@ -63,7 +62,7 @@ def load_pipeline(run: Run | str | Path) -> RunPipeline:
             _load_trained_state(backbone, run.path / entry["state"])
         backbones.append(backbone)
         precisions.append(fields["precision"])
-        drafts.append(fields["transform"]["jpeg_draft"])
+        drafts.append(backbone.spec.draft)
     return RunPipeline(run, backbones, precisions, drafts, run.head())
 
 

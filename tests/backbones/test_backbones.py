@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from timm.data import ImageNetInfo, create_transform
 
-from featpipe.backbones.build import BackboneSpec, build_backbone, load_classifier
-from featpipe.backbones.weights import OFFLINE
-from featpipe.errors import FeatpipeError
+from featpipe.backbones.build import (
+    build_backbone,
+    check_model_name,
+    data_config,
+    load_classifier,
+    weights_identity,
+)
+from featpipe.backbones.spec import BackboneSpec
+from featpipe.backbones.weights import OFFLINE, resolve_weights
+from featpipe.errors import ArgumentError, DataError, FeatpipeError
+
+CLI = str(Path(sys.executable).parent / "featpipe")
 
 CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
 INFO = ImageNetInfo()
@@ -92,19 +105,21 @@ def test_intermediate_layer_by_name_and_index() -> None:
     by_name = build_backbone(BackboneSpec("test_efficientnet", weights="none", layer="blocks.2"))
     by_index = build_backbone(BackboneSpec("test_efficientnet", weights="none", layer="2"))
     assert by_name.num_features == by_index.num_features < 256
-    with pytest.raises(FeatpipeError, match=r"--layer blocks.9: .*feature layers 0..4"):
+    with pytest.raises(FeatpipeError, match=r"^layer blocks.9: .*feature layers 0..4"):
         build_backbone(BackboneSpec("test_efficientnet", weights="none", layer="blocks.9"))
 
 
 def test_unknown_backbone_suggests_close_names() -> None:
-    with pytest.raises(FeatpipeError, match="unknown backbone 'resnt18': did you mean resnet18"):
+    with pytest.raises(
+        ArgumentError, match=r"^backbone resnt18: unknown model; did you mean resnet18"
+    ):
         build_backbone(BackboneSpec("resnt18"))
 
 
 def test_bad_pool_for_architecture_is_a_clear_error() -> None:
-    with pytest.raises(FeatpipeError, match="--pool cls needs a transformer"):
+    with pytest.raises(FeatpipeError, match=r"^pool cls needs a transformer"):
         build_backbone(BackboneSpec("tv/resnet18", weights="none", pool="cls"))
-    with pytest.raises(FeatpipeError, match="--pool avgmax is not available for test_vit"):
+    with pytest.raises(FeatpipeError, match=r"^pool avgmax is not available for test_vit"):
         build_backbone(BackboneSpec("test_vit", weights="none", pool="avgmax"))
 
 
@@ -126,9 +141,151 @@ def test_local_checkpoint_loads_strictly_and_is_identified_by_sha256(tmp_path: P
     assert from_file.weights_identity.startswith("sha256:")
 
 
-def test_hub_failure_names_the_offline_options() -> None:
-    with pytest.raises(FeatpipeError, match=r"--weights offline .*--weights none"):
-        build_backbone(BackboneSpec("resnet18", weights="hub"))
+@pytest.fixture
+def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hugging Face Hub unreachable and its local cache empty, whatever this machine has."""
+    import huggingface_hub
+
+    monkeypatch.setattr("featpipe.backbones.build.hub_reachable", lambda host: False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("model", ["resnet18", "hf-hub:timm/resnet18.a1_in1k"])
+def test_hub_failure_names_the_offline_options(model: str, offline_hub: None) -> None:
+    with pytest.raises(ArgumentError, match=r"^weights hub: .*unreachable.*use weights offline"):
+        build_backbone(BackboneSpec(model, weights="hub"))
+
+
+def test_hf_hub_name_is_the_timm_model_it_names() -> None:
+    """``hf-hub:timm/NAME`` is timm's NAME: same architecture, same pretrained config."""
+    hub = build_backbone(BackboneSpec("hf-hub:timm/resnet18.a1_in1k", weights="none"))
+    plain = build_backbone(BackboneSpec("resnet18.a1_in1k", weights="none"))
+    assert hub.data_config == plain.data_config and hub.num_features == 512
+    assert BackboneSpec("hf-hub:timm/resnet18.a1_in1k").slug == "hf-hub_timm_resnet18.a1_in1k"
+    with pytest.raises(ArgumentError, match=r"did you mean .*hf-hub:timm/resnet18"):
+        check_model_name(BackboneSpec("hf-hub:timm/resnt18.a1_in1k"))
+
+
+@pytest.mark.parametrize(
+    ("model", "suggestion"),
+    [
+        ("tv/mobilenetv2", "tv/mobilenet_v2"),
+        ("tv/resnt50", "tv/resnet50"),
+        ("tv/foo_bar", None),
+    ],
+)
+def test_unknown_torchvision_names_get_the_closest_names(
+    model: str, suggestion: str | None
+) -> None:
+    with pytest.raises(ArgumentError) as caught:
+        check_model_name(BackboneSpec(model))
+    message = str(caught.value)
+    assert message.startswith(f"backbone {model}: unknown model; ")
+    assert "featpipe models --filter" in message and "family" not in message
+    if suggestion:
+        assert f"did you mean {suggestion}" in message
+    else:
+        assert "did you mean" not in message
+
+
+def test_torchvision_model_of_an_unsupported_family_says_so() -> None:
+    with pytest.raises(ArgumentError, match=r"^backbone tv/googlenet: this torchvision family"):
+        check_model_name(BackboneSpec("tv/googlenet"))
+
+
+def test_weights_file_names_missing_and_unexpected_keys(tmp_path: Path) -> None:
+    state = load_classifier(BackboneSpec("test_efficientnet", weights="none")).model.state_dict()
+    del state["conv_stem.weight"]
+    state["extra.weight"] = torch.zeros(3)
+    path = tmp_path / "edited.pth"
+    torch.save(state, path)
+    with pytest.raises(DataError) as caught:
+        build_backbone(BackboneSpec("test_efficientnet", weights=str(path)))
+    message = str(caught.value)
+    assert "missing keys: conv_stem.weight" in message
+    assert "unexpected keys: extra.weight" in message
+
+
+@pytest.mark.parametrize(
+    ("model", "source"),
+    [
+        ("tf_efficientnet_lite0", "tf_efficientnet_lite2"),
+        ("tv/mobilenet_v2", "tf_efficientnet_lite0"),
+    ],
+)
+def test_foreign_efficientnet_file_is_named_not_a_crash(model: str, source: str) -> None:
+    """The efficientnet_pytorch key converter once crashed (IndexError, AttributeError) on
+    another depth or another architecture instead of naming the keys that do not fit."""
+    path = OFFLINE[source].locate()
+    with pytest.raises(DataError, match=r"do not fit this architecture; missing keys: .+"):
+        build_backbone(BackboneSpec(model, weights=str(path)))
+
+
+def _malicious_checkpoint(path: Path, marker: Path) -> Path:
+    """A pickle that runs ``touch marker`` when unpickled without weights_only."""
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"conv_stem.weight": torch.zeros(1), "payload": Payload()}, path)
+    return path
+
+
+def test_malicious_weights_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    evil = _malicious_checkpoint(tmp_path / "evil.pth", marker)
+    with pytest.raises(DataError) as caught:
+        build_backbone(BackboneSpec("test_efficientnet", weights=str(evil)))
+    message = str(caught.value)
+    assert message.startswith(f"weights {evil}: refused") and "\n" not in message
+    assert "weights_only" not in message
+    assert not marker.exists()
+
+
+def test_cli_names_bad_backbones_and_malicious_weights_in_one_line(
+    tree: Path, tmp_path: Path
+) -> None:
+    """Through the console script: exit 2, one line on stderr, no traceback, no code run."""
+    marker = tmp_path / "ran"
+    evil = _malicious_checkpoint(tmp_path / "evil.pth", marker)
+    cases = [
+        (
+            ["-b", "tv/mobilenetv2"],
+            "--backbone tv/mobilenetv2: unknown model; did you mean tv/mobilenet_v2",
+        ),
+        (["-b", "test_efficientnet", "--weights", str(evil)], f"--weights {evil}: refused"),
+    ]
+    for args, expected in cases:
+        done = subprocess.run(
+            [CLI, "extract", str(tree), *args, "--cache-dir", str(tmp_path / "cache")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2, done.stderr
+        assert len(lines) == 1 and expected in lines[0], done.stderr
+        assert "weights_only" not in done.stderr and "Traceback" not in done.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("model", ["tv/mobilenet_v2", "mobilenetv2_100"])
+def test_torchvision_mobilenet_file_brings_its_own_recipe(model: str, tmp_path: Path) -> None:
+    """The offline file is torchvision's IMAGENET1K_V1: resize 256, crop 224, bilinear, in
+    either library and whether named ``offline`` or by its path; not V2's 232 px nor timm's
+    bicubic default."""
+    v1 = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.transforms()
+    copy = tmp_path / "weights.pth"
+    shutil.copy(OFFLINE["tv/mobilenet_v2"].locate(), copy)
+    for weights in ("offline", str(copy)):
+        spec = BackboneSpec(model, weights=weights)
+        choice = resolve_weights(model, weights)
+        config = data_config(spec, choice, weights_identity(spec, choice))
+        assert config["input_size"] == (3, 224, 224) and v1.crop_size == [224]
+        assert config["interpolation"] == "bilinear" == v1.interpolation.value
+        assert round(config["input_size"][-1] / config["crop_pct"]) == v1.resize_size[0] == 256
+        assert config["mean"] == tuple(v1.mean) and config["std"] == tuple(v1.std)
 
 
 def test_torchvision_hub_path_reads_its_own_cache(tmp_path: Path, monkeypatch) -> None:
@@ -146,7 +303,7 @@ def test_torchvision_hub_path_reads_its_own_cache(tmp_path: Path, monkeypatch) -
 
 
 def test_unknown_weights_option_is_a_clear_error() -> None:
-    with pytest.raises(FeatpipeError, match=r"--weights nope.pth: no such file"):
+    with pytest.raises(FeatpipeError, match=r"^weights nope.pth: no such file"):
         build_backbone(BackboneSpec("resnet18", weights="nope.pth"))
-    with pytest.raises(FeatpipeError, match="no offline package carries weights for resnet18"):
+    with pytest.raises(FeatpipeError, match=r"no offline package carries weights for resnet18"):
         build_backbone(BackboneSpec("resnet18", weights="offline"))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import pytest
 
 from conftest import TINY, flags, write_image
 
@@ -62,7 +63,7 @@ def test_manifest_outside_paths_and_duplicates_are_one_line_errors(tmp_path: Pat
     manifest.write_text("path,label\n0.png,a\n../outside.png,b\n1.png,b\n2.png,a\n")
     done = featpipe("datasets", "describe", manifest)
     assert done.returncode == 2
-    assert [line for line in done.stderr.splitlines() if "warning" in line] == [
+    assert done.stderr.splitlines() == [
         f"error: --allow-outside is off, and {manifest} names files outside {root} on line 3 "
         "(e.g. ../outside.png): move them under the manifest's folder, or allow files outside it"
     ]
@@ -107,3 +108,20 @@ def test_fit_leaves_unlabelled_rows_out(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "chosen: logreg" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["extract", "fit", "finetune"])
+def test_every_command_that_reads_data_refuses_outside_paths(tmp_path: Path, command) -> None:
+    root = tmp_path / "ds"
+    for i in range(4):
+        write_image(root / f"{i}.png", seed=i)
+    write_image(tmp_path / "outside.png", seed=7)
+    manifest = root / "m.csv"
+    manifest.write_text("path,label\n0.png,a\n1.png,b\n2.png,a\n3.png,b\n../outside.png,b\n")
+    out = ["--cache-dir", tmp_path / "cache"] if command != "finetune" else []
+    out += ["--runs-dir", tmp_path / "runs"] if command != "extract" else []
+    done = featpipe(command, manifest, "-b", "test_efficientnet", "-w", "none", *out)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith(
+        f"error: --allow-outside is off, and {manifest} names files outside {root} on line 6"
+    )

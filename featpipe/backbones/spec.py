@@ -1,0 +1,116 @@
+"""A backbone as the user names it: one value from the command line to the cache and back.
+
+``MODEL[@WEIGHTS]`` names one backbone (any timm name, ``hf-hub:timm/NAME``, or ``tv/NAME`` for
+torchvision), and ``a+b`` joins several whose embeddings are concatenated. The string is parsed
+here once, at the edge; every stage after it takes :class:`BackboneSpec` values. A spec also
+comes back from a cache entry's recorded key (:meth:`BackboneSpec.from_key_fields`), so that
+``predict`` and fine-tuning rebuild exactly the network and preprocessing the features came from.
+
+This module imports neither torch nor timm: the cache's fast path parses specs too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from featpipe.errors import ArgumentError
+
+TV_PREFIX = "tv/"
+HF_HUB_PREFIX = "hf-hub:"
+# ``--weights`` values that only say where the default weights come from: not part of a label.
+_DEFAULT_SOURCES = ("auto", "offline", "hub")
+_UNSAFE = re.compile(r"[^\w.+@-]")
+
+
+def slugify(text: str) -> str:
+    """A file-name-safe label: every character but letters, digits and ``_ . + @ -`` becomes ``_``.
+
+    The one rule for cache entry names (``tv_resnet18-1a2b3c4d.h5``) and run folders.
+    """
+    return _UNSAFE.sub("_", text)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything about a backbone that a user chooses and that changes its embeddings.
+
+    ``weights`` is the ``--weights`` value as typed; :func:`featpipe.backbones.weights.resolve`
+    turns it into one concrete source, once per run. ``draft`` opts into JPEG draft decoding
+    (faster, but the pixels are not the model's own preprocessing; see
+    :func:`featpipe.data.images.load_image`).
+    """
+
+    model: str
+    weights: str = "auto"
+    pool: str = "avg"
+    layer: str | None = None
+    image_size: int | None = None
+    draft: bool = False
+
+    @classmethod
+    def parse(cls, text: str, weights: str = "auto", **options: Any) -> list[BackboneSpec]:
+        """``"a@none+tv/b"`` → two specs; weights named in the text win over ``weights``.
+
+        ``options`` (pool, layer, image_size, draft) apply to every part.
+        """
+        specs = []
+        for part in text.split("+"):
+            model, _, own = part.strip().partition("@")
+            if not model:
+                raise ArgumentError(
+                    "backbone", f"{text}: empty model name; use MODEL[@WEIGHTS]+…"
+                )
+            specs.append(cls(model, own or weights, **options))
+        return specs
+
+    @classmethod
+    def from_key_fields(
+        cls, model: str, weights: str, key_fields: Mapping[str, Any]
+    ) -> BackboneSpec:
+        """The spec that produced a cache entry, from its recorded key fields.
+
+        ``weights`` is the ``--weights`` value the entry was extracted with (runs record it);
+        the key itself holds the weights' identity, which callers compare after building.
+        """
+        transform = key_fields["transform"]
+        return cls(
+            model,
+            weights,
+            pool=key_fields["pool"],
+            layer=key_fields["layer"],
+            image_size=int(transform["input_size"][-1]),
+            draft=bool(transform.get("jpeg_draft", False)),
+        )
+
+    @property
+    def is_torchvision(self) -> bool:
+        return self.model.startswith(TV_PREFIX)
+
+    @property
+    def arch(self) -> str:
+        """The name inside its library: ``resnet18`` for ``tv/resnet18`` and for
+        ``hf-hub:timm/resnet18.a1_in1k`` → ``resnet18.a1_in1k`` (timm's own name for that repo).
+        """
+        if self.is_torchvision:
+            return self.model[len(TV_PREFIX) :]
+        if self.model.startswith(HF_HUB_PREFIX + "timm/"):
+            return self.model[len(HF_HUB_PREFIX + "timm/") :]
+        return self.model
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe label (``tv_resnet18``)."""
+        return slugify(self.model)
+
+    @property
+    def label(self) -> str:
+        """``MODEL`` or ``MODEL@WEIGHTS`` when the weights are not the default source."""
+        return self.model if self.weights in _DEFAULT_SOURCES else f"{self.model}@{self.weights}"
+
+
+def label(specs: list[BackboneSpec]) -> str:
+    """The label of a feature set (``a+tv/b@none``), as runs and leaderboards show it."""
+    return "+".join(s.label for s in specs)
