@@ -60,9 +60,7 @@ class BackboneSpec:
         for part in text.split("+"):
             model, _, own = part.strip().partition("@")
             if not model:
-                raise ArgumentError(
-                    "backbone", f"{text}: empty model name; use MODEL[@WEIGHTS]+…"
-                )
+                raise ArgumentError("backbone", f"{text}: empty model name; use MODEL[@WEIGHTS]+…")
             specs.append(cls(model, own or weights, **options))
         return specs
 
