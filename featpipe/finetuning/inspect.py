@@ -132,5 +132,6 @@ def export_for_netron(spec: BackboneSpec, fmt: str, out: Path) -> Path:
                 dynamo=False,
                 input_names=["images"],
                 output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             )
     return out
