@@ -96,7 +96,8 @@ class FinetuneResult:
             "extract_seconds": 0.0,
             "confusion": self.confusion,
             "few_shot": [],
-            "cam": asdict(self.cam) if self.cam else None,
+            "cam": self.cam.file if self.cam else "",  # the file, as run format 1 recorded it
+            "cam_figure": asdict(self.cam) if self.cam else None,
             "cam_note": self.cam_note,
         }
 
