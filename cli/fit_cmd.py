@@ -9,7 +9,13 @@ import typer
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
-from featpipe.heads.config import parse_grid_args, read_grid_file, varying
+from featpipe.heads.config import (
+    parse_assignments,
+    parse_grid_args,
+    parse_value,
+    read_grid_file,
+    varying,
+)
 
 from . import options as opt
 from .render import console, plain, progress_bar
@@ -18,19 +24,15 @@ if TYPE_CHECKING:
     from featpipe.fitting.sweep import SweepResult
 
 
-def parse_fixed(items: list[str]) -> dict[str, str]:
-    fixed = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or "," in value:
-            raise FeatpipeError(f"--set {item}: write option=value (one value; grids use --sweep)")
-        fixed[name.strip()] = value.strip()
-    return fixed
+def parse_fixed(items: list[str]) -> dict[str, Any]:
+    """``--set name=value`` items, typed by the head-config parser (errors name ``--set``)."""
+    return parse_assignments(items, "set")
 
 
 def grid_from(sweep: list[str], grid_file: Path | None) -> dict[str, list]:
-    grid = read_grid_file(grid_file) if grid_file else {}
-    grid.update(parse_grid_args(sweep))
+    """``--grid FILE`` then ``--sweep`` items (which win), typed by the same parser."""
+    grid = read_grid_file(grid_file, "grid") if grid_file else {}
+    grid.update(parse_grid_args(sweep, "sweep"))
     return grid
 
 
@@ -75,6 +77,8 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
                 str(p["draws"]),
             )
         out.print(table)
+    if result.few_shot_note:
+        plain(result.few_shot_note)
     best = result.best
     test = best.test[0] if best.test else {}
     extra = "  ".join(f"test {k}={v:.4f}" for k, v in test.items())
@@ -123,7 +127,7 @@ def fit(
 
     fixed = parse_fixed(set_)
     if head:
-        fixed["head"] = head
+        fixed["head"] = parse_value("head", head)
     grid_values = grid_from(sweep, grid)
     options = opt.ExtractOptions(
         weights,

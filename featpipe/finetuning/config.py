@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from featpipe.choices import PRECISIONS
 from featpipe.errors import ArgumentError
+from featpipe.heads.config import OPTIMIZERS
+from featpipe.heads.config import TORCH_HEADS as HEADS
+from featpipe.heads.schedules import SCHEDULES  # one rule per name, shared with fit's heads
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 BN_MODES = ("auto", "train", "freeze-affine", "freeze-stats")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "step", "none")
-HEADS = ("linear", "mlp")
 HEAD_INITS = ("kaiming", "xavier")
 
 

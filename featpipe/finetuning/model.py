@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from featpipe.finetuning.blocks import all_blocks, trainable_set
+from featpipe.heads.config import HeadConfig
+from featpipe.heads.mlp import build_head
 
 if TYPE_CHECKING:
     from featpipe.backbones.build import Backbone
@@ -46,17 +48,8 @@ def fresh_head(dim: int, n_out: int, kind: str, init: str, scale: float) -> nn.M
     """A new head: linear, or the course material's MLP; Kaiming or Xavier, optionally scaled.
 
     ``kind`` and ``init`` were validated with the config."""
-    if kind == "linear":
-        head: nn.Module = nn.Sequential(nn.Linear(dim, n_out))
-    else:
-        head = nn.Sequential(
-            nn.BatchNorm1d(dim),
-            nn.Linear(dim, 2 * dim),
-            nn.ReLU(),
-            nn.BatchNorm1d(2 * dim),
-            nn.Dropout(0.5),
-            nn.Linear(2 * dim, n_out),
-        )
+    # fit's builder, so a fine-tuned head is the network fit trains for the same options
+    head = build_head(HeadConfig(head=kind), dim, n_out)
     for module in head.modules():
         if isinstance(module, nn.Linear):
             if init == "kaiming":
@@ -223,17 +216,3 @@ def make_optimizer(
                 if param in previous.state:
                     optimizer.state[param] = previous.state[param]
     return optimizer
-
-
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str, warmup: int) -> float:
-    """Linear warm-up for ``warmup`` epochs, then cosine, ×0.1 steps, or constant."""
-    warm = warmup * steps_per_epoch
-    if step < warm:
-        return (step + 1) / warm
-    total = max(1, epochs * steps_per_epoch - warm)
-    progress = (step - warm) / total
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "step":
-        return 0.1 ** int(progress * 3)
-    return 1.0  # "none" (the config validated the name)

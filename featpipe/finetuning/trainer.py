@@ -35,12 +35,12 @@ from featpipe.finetuning.model import (
     GroupPlan,
     apply_bn_mode,
     build_model,
-    lr_factor,
     make_optimizer,
     param_groups,
 )
 from featpipe.finetuning.plan import Plan
 from featpipe.heads import metrics
+from featpipe.heads.schedules import lr_factor
 from featpipe.runtime.allocator import keep_freed_memory
 from featpipe.runtime.devices import autocast, host_threads
 
@@ -238,7 +238,10 @@ class Trainer:
                 continue  # BatchNorm cannot train on one image
             y = _targets(train, batch.index, task).to(self.device)
             factor = lr_factor(
-                self.state.step, steps_per_epoch, config.epochs, config.schedule, config.warmup
+                config.schedule,
+                self.state.step,
+                config.epochs * steps_per_epoch,
+                config.warmup * steps_per_epoch,
             )
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor

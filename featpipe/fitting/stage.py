@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from featpipe.cache.entry import Features, read_meta
 from featpipe.data.splits import hold_out
 from featpipe.fitting.features import load_feature_set, parse_feature_spec
 from featpipe.fitting.sweep import SweepResult, sweep
-from featpipe.heads.config import HeadConfig, expand, parse_value
+from featpipe.heads.config import HeadConfig, expand, parse_grid
 from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, save_run
 from featpipe.runtime import distributed
 
@@ -24,14 +24,6 @@ DEFAULT_GRID: dict[str, list[Any]] = {
     "lr": [1e-3, 3e-3, 1e-2],
     "wd": [1e-4, 1e-2],
 }
-
-
-def build_configs(
-    grid: dict[str, list[Any]] | None, base: dict[str, Any] | None = None
-) -> list[HeadConfig]:
-    """Expand ``grid`` over ``base`` options (both already typed or as strings)."""
-    options = {k: parse_value(k, v) for k, v in (base or {}).items()}
-    return expand(grid if grid else {}, HeadConfig(**options))
 
 
 def with_holdout(features: Features, fraction: float) -> Features:
@@ -66,7 +58,9 @@ def fit(
     gives fixed options. With neither, :data:`DEFAULT_GRID` is used. ``holdout`` turns a
     stratified share of train into the val split when the data has none (else CV selects).
     """
-    configs = build_configs(grid if grid or head else DEFAULT_GRID, head)
+    grid = parse_grid(grid or ({} if head else DEFAULT_GRID), "grid")
+    fixed = HeadConfig.from_dict(head or {}, param="head")
+    configs = expand(grid, fixed)
     specs = parse_feature_spec(backbone, extract_options)
     features, results = load_feature_set(data, specs, extract_options, progress)
     if holdout and not (features.split == "val").any():
@@ -98,15 +92,15 @@ def fit(
             spec=label(specs),
             entries=entries,
             request={
-                "grid": {k: list(v) for k, v in (grid or {}).items()},
-                "head": head or {},
+                "grid": grid,  # typed, as parsed
+                "head": {name: getattr(fixed, name) for name in head or {}},
                 "seeds": seeds,
                 "cv": cv,
                 "holdout": holdout,
                 "shots": shots,
                 "draws": draws,
                 "extract": {k: str(v) for k, v in options.items()},
-                "configs": [asdict(c) for c in configs],
+                "configs": [c.to_dict() for c in configs],
             },
             extract_seconds=extract_seconds,
         )

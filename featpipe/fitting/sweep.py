@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from featpipe.cache.entry import Features
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError, DataError
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, fit_heads
@@ -53,6 +53,7 @@ class SweepResult:
     confusion: list[list[int]] | None
     few_shot: list[dict[str, Any]]
     seconds: float
+    few_shot_note: str = ""  # shot counts left out of the curve, and why
 
     @property
     def metric(self) -> str:
@@ -64,7 +65,8 @@ class SweepResult:
         for cand in self.candidates:
             chosen = cand is self.best
             for i, scores in enumerate(cand.val):
-                row: dict[str, Any] = {**cand.config.params(), "seed": cand.config.seed + i}
+                seed = cand.config.seed + i
+                row: dict[str, Any] = replace(cand.config, seed=seed).to_dict()
                 row.update({f"val_{k}": v for k, v in scores.items()})
                 if chosen and i < len(cand.test):
                     row.update({f"test_{k}": v for k, v in cand.test[i].items()})
@@ -77,24 +79,24 @@ class SweepResult:
 def _check(features: Features) -> None:
     if not np.isfinite(features.X).all():
         bad = features.relpath[~np.isfinite(features.X).all(axis=1)]
-        raise FeatpipeError(
+        raise DataError(
             f"{len(bad)} feature rows hold NaN or inf (e.g. {bad[0]}): run featpipe cache "
             "verify, then remove the entry and extract again"
         )
     train = features.where("train")
     if len(train) == 0:
-        raise FeatpipeError("the train split is empty: add training images or a split column")
+        raise DataError("the train split is empty: add training images or a split column")
     if features.task == "classification":
         present = np.unique(train.labels)
         if len(present) < 2:
-            raise FeatpipeError(
+            raise DataError(
                 f"the train split has only one class ({features.class_names[present[0]]}): "
                 "a classifier needs at least two"
             )
     for split in ("val", "test"):
         part = features.where(split)
         if features.task == "classification" and len(part) > 0 and len(np.unique(part.labels)) < 2:
-            raise FeatpipeError(
+            raise DataError(
                 f"the {split} split has only one class: its accuracy would say nothing; "
                 "rebalance the split"
             )
@@ -123,8 +125,10 @@ def fit_grid(
 ) -> list[FittedHead]:
     """:func:`fit_heads`, with the grid dealt out to torchrun ranks when there are several.
 
-    Configs that train together (one stacked group, see :func:`featpipe.heads.stacked.group_key`)
-    stay on one rank; groups go round-robin; every rank gets every fitted head back.
+    Every selection mode fits through here (validation split, each CV fold, the refit of the
+    chosen config), so no rank fits the whole grid. Configs that train together (one stacked
+    group, see :func:`featpipe.heads.stacked.group_key`) stay on one rank; groups go
+    round-robin; every rank gets every fitted head back.
     """
     dist = distributed.current()
     if dist is None:
@@ -166,7 +170,7 @@ def select(
     runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
     owner = [i for _ in range(seeds) for i in range(len(configs))]
     if len(val):
-        heads = fit_heads(
+        heads = fit_grid(
             runs, train.X, train.y, val.X, val.y, features.class_names, features.task, n_jobs
         )
         for i, head in zip(owner, heads, strict=True):
@@ -203,7 +207,7 @@ def sweep(
     """Choose the best config on validation data, then score it on test once."""
     start = time.perf_counter()
     if not configs:
-        raise FeatpipeError("the sweep has no head configs: pass --head or --sweep")
+        raise ArgumentError("configs", "is empty: give at least one head config")
     _check(features)
     candidates, selection = select(features, configs, seeds, cv, n_jobs)
     train = features.where("train")
@@ -214,7 +218,7 @@ def sweep(
             cand.heads = []
     if not best.heads:  # chosen by CV: refit on the whole training split
         runs = [replace(best.config, seed=best.config.seed + s) for s in range(seeds)]
-        best.heads = fit_heads(
+        best.heads = fit_grid(
             runs, train.X, train.y, None, None, features.class_names, features.task, n_jobs
         )
     test = features.where("test")
@@ -232,6 +236,7 @@ def sweep(
         if shots
         else []
     )
+    note = plan_shots(shots, train.labels, features.class_names)[1] if shots else ""
     return SweepResult(
         features.task,
         features.class_names,
@@ -242,6 +247,7 @@ def sweep(
         confusion,
         few,
         time.perf_counter() - start,
+        note,
     )
 
 
@@ -264,26 +270,59 @@ def parse_shots(text: str) -> list[int | str]:
         elif part.isdigit() and int(part) > 0:
             shots.append(int(part))
         else:
-            raise FeatpipeError(
-                f"--shots {text}: use positive whole numbers or 'all', e.g. 1,5,all"
+            raise ArgumentError(
+                "shots", f"{text}: use positive whole numbers or 'all', e.g. 1,5,all"
             )
     return shots
+
+
+def plan_shots(
+    shots: list[int | str], labels: np.ndarray, class_names: list[str]
+) -> tuple[list[int | str], str]:
+    """The shot counts a curve can honestly draw, and a note on those it cannot.
+
+    A draw of N per class is only N per class when every class has N training images: above
+    the smallest class it is an unbalanced sample, and above the largest it is all of train.
+    Such counts are left out, the ``all`` point (every training image) stands for them, and
+    the note says which were left out and why.
+    """
+    counts = np.bincount(labels)
+    present = np.flatnonzero(counts)
+    smallest = present[np.argmin(counts[present])]
+    limit = int(counts[smallest])
+    kept: list[int | str] = []
+    for shot in shots:
+        if (shot == "all" or int(shot) <= limit) and shot not in kept:
+            kept.append(shot)
+    dropped = [s for s in shots if s != "all" and int(s) > limit]
+    if not dropped:
+        return kept, ""
+    if "all" not in kept:
+        kept.append("all")
+    listed = ", ".join(str(s) for s in dropped)
+    return kept, (
+        f"few-shot: {listed} per class left out: the smallest train class "
+        f"({class_names[smallest]}) has {limit} images; the 'all' point uses every training image"
+    )
 
 
 def few_shot(
     features: Features, config: HeadConfig, shots: list[int | str], draws: int = 5
 ) -> list[dict[str, Any]]:
-    """Accuracy against examples per class, on test (or val), over repeated draws."""
+    """Accuracy against examples per class, on test (or val), over repeated draws.
+
+    Shot counts above the smallest training class are left out (see :func:`plan_shots`).
+    """
     if features.task != "classification":
-        raise FeatpipeError("--shots is for classification datasets")
+        raise ArgumentError("shots", "are for classification datasets")
     train = features.where("train")
     evaluation = features.where("test") if len(features.where("test")) else features.where("val")
     split = "test" if len(features.where("test")) else "val"
     if len(evaluation) == 0:
-        raise FeatpipeError("--shots needs a test or val split to score on")
+        raise ArgumentError("shots", "need a test or val split to score on")
     val = features.where("val")
     curve = []
-    for shot in shots:
+    for shot in plan_shots(shots, train.labels, features.class_names)[0]:
         scores = []
         for draw in range(1 if shot == "all" else draws):
             idx = (

@@ -1,27 +1,36 @@
-"""Head configurations and sweep grids: one flat set of options, typed and validated.
+"""The head configuration: one flat set of typed options, parsed once, recorded one way.
 
-A head is described by a flat dict of options (``head=mlp lr=1e-3 wd=1e-4 …``), like
-scikit-learn's ``get_params``. A grid is a dict of option → list of values; every combination is
-one config. Values typed on the command line are parsed into the option's type, and a wrong
-type or an unknown option names itself and lists what is valid.
+A head is described by a flat set of options (``head=mlp lr=1e-3 wd=1e-4 …``), like
+scikit-learn's ``get_params``. Wherever options come from (``--set``, ``--sweep``, a grid file
+in TOML, YAML or JSON, a Python dict, an old run on disk) they go through the same
+:func:`parse_value`, so ``--set lr=1e-3``, ``--sweep lr=1e-3`` and ``lr = 1e-3`` in a grid file
+give the same config, and a bad value gives the same one-line error naming the option.
+
+Wherever a run records a config (the request in ``run.json``, ``metrics.json``'s chosen head,
+``rows.csv``, ``curves.json``, ``head/head.json``) it is written as :meth:`HeadConfig.to_dict`:
+the options that head uses, typed. :meth:`HeadConfig.from_dict` reads that shape back, and the
+older shapes too (every option, or ``--set``'s raw strings).
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
+import math
 import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError
+from featpipe.heads.schedules import SCHEDULES
 
 TORCH_HEADS = ("linear", "mlp")
 SKLEARN_HEADS = ("logreg", "linearsvc", "ridge", "knn")
 HEADS = TORCH_HEADS + SKLEARN_HEADS
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "step", "none")
 CHOICES: dict[str, tuple[str, ...]] = {
     "head": HEADS,
     "optimizer": OPTIMIZERS,
@@ -29,10 +38,57 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "class_weight": ("none", "balanced"),
 }
 
+# The options each head uses, after "head" and before the preprocessing options and the seed.
+_TORCH_OPTIONS = [
+    "lr",
+    "wd",
+    "optimizer",
+    "schedule",
+    "epochs",
+    "batch_size",
+    "label_smoothing",
+    "class_weight",
+    "patience",
+]
+_OWN_OPTIONS: dict[str, list[str]] = {
+    "linear": _TORCH_OPTIONS,
+    "mlp": [*_TORCH_OPTIONS, "hidden", "depth", "dropout", "bn"],
+    "logreg": ["C", "class_weight"],
+    "linearsvc": ["C", "class_weight"],
+    "ridge": ["alpha", "class_weight"],
+    "knn": ["k"],
+}
+_COMMON_OPTIONS = ["standardize", "l2norm", "pca", "seed"]
 
-@dataclass(frozen=True)
+# Numeric options outside these ranges cannot train: (test, what the value must be).
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v > 0, "a positive number"),
+    "wd": (lambda v: v >= 0, "zero or a positive number"),
+    "epochs": (lambda v: v >= 1, "1 or more"),
+    "batch_size": (lambda v: v >= 1, "1 or more"),
+    "hidden": (lambda v: v >= 0, "0 (twice the feature dimension) or a width"),
+    "depth": (lambda v: v >= 1, "1 or more hidden layers"),
+    "dropout": (lambda v: 0 <= v < 1, "a share in [0, 1)"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a share in [0, 1)"),
+    "patience": (lambda v: v >= 0, "0 (off) or a number of epochs"),
+    "C": (lambda v: v > 0, "a positive number"),
+    "alpha": (lambda v: v >= 0, "zero or a positive number"),
+    "k": (lambda v: v >= 1, "1 or more neighbours"),
+    "pca": (lambda v: v >= 0, "0 (off) or a number of components"),
+    "seed": (lambda v: v >= 0, "zero or a positive whole number"),
+}
+
+
+@dataclass(frozen=True, eq=False)
 class HeadConfig:
-    """Every option of every head. Options a head does not use are ignored by it."""
+    """Every option of every head, typed and validated on construction.
+
+    Options a head does not use are ignored by it (:meth:`params` lists those it uses), and
+    two configs are equal when they describe the same model: equal in every option their head
+    uses. So a config read back from a run (which records only those) equals the one fitted.
+    Values may be given as strings (``HeadConfig(lr="1e-3")``); they are parsed into the
+    option's type.
+    """
 
     head: str = "linear"
     # torch heads
@@ -59,135 +115,197 @@ class HeadConfig:
     pca: int = 0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, parse_value(f.name, getattr(self, f.name)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HeadConfig) and self.params() == other.params()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.params().items()))
+
     @property
     def is_torch(self) -> bool:
         return self.head in TORCH_HEADS
 
     def params(self) -> dict[str, Any]:
-        """The options this head actually uses (what a results table should show)."""
-        common = ["head", "standardize", "l2norm", "pca", "seed"]
-        own = {
-            "linear": [
-                "lr",
-                "wd",
-                "optimizer",
-                "schedule",
-                "epochs",
-                "batch_size",
-                "label_smoothing",
-                "class_weight",
-                "patience",
-            ],
-            "logreg": ["C", "class_weight"],
-            "linearsvc": ["C", "class_weight"],
-            "ridge": ["alpha", "class_weight"],
-            "knn": ["k"],
-        }
-        own["mlp"] = [*own["linear"], "hidden", "depth", "dropout", "bn"]
+        """The options this head actually uses, in a fixed order (what a table shows)."""
         values = asdict(self)
-        return {name: values[name] for name in common[:1] + own[self.head] + common[1:]}
+        return {name: values[name] for name in ["head", *_OWN_OPTIONS[self.head], *_COMMON_OPTIONS]}
 
-    def label(self, keys: list[str] | None = None) -> str:
-        """``head(option=value, …)``: every used option, or only ``keys`` (those that vary)."""
-        skip = {"head", "seed"}
+    def to_dict(self) -> dict[str, Any]:
+        """The one recorded shape: the options this head uses, typed (JSON- and CSV-ready).
+
+        Options the head ignores are left out, so a k-NN row carries no learning rate; reading
+        it back with :meth:`from_dict` gives the same model.
+        """
+        return self.params()
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, param: str | None = None, ignore_unknown: bool = False
+    ) -> HeadConfig:
+        """A config from options: typed values or strings, missing options at their defaults.
+
+        Reads :meth:`to_dict`'s shape and the older recorded ones (every option, as
+        ``head/head.json`` held it; ``--set``'s raw strings, as ``run.json`` held them).
+        ``ignore_unknown`` skips keys that are not options (a ``rows.csv`` row has score
+        columns too). ``param`` names where the options came from, for the error message.
+        """
+        known = {}
+        for name, value in data.items():
+            if name in FIELD_TYPES:
+                known[name] = parse_value(name, value, param)
+            elif not ignore_unknown:
+                raise ArgumentError(param or name, _unknown(name))
+        return cls(**known)
+
+    def label(self, vary: Iterable[str] = ()) -> str:
+        """``mlp(hidden=64, dropout=0.3)``: the used options that differ from their defaults,
+        plus those in ``vary`` (the ones a leaderboard compares), whatever their value."""
+        vary = set(vary)
         shown = [
-            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in self.params().items()
-            if k not in skip and (keys is None or k in keys)
+            f"{name}={_text(value)}"
+            for name, value in self.params().items()
+            if name != "head" and (name in vary or value != DEFAULTS[name])
         ]
         return f"{self.head}(" + ", ".join(shown) + ")"
 
 
-def varying(configs: list[HeadConfig]) -> list[str]:
-    """The options whose values differ across ``configs`` (what a leaderboard should show)."""
-    values: dict[str, set] = {}
-    for config in configs:
-        for key, value in asdict(config).items():
-            values.setdefault(key, set()).add(value)
-    return [key for key, seen in values.items() if len(seen) > 1]
+FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(HeadConfig)}
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(HeadConfig)}
 
 
-FIELD_TYPES = {f.name: f.type for f in fields(HeadConfig)}
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _parse_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise FeatpipeError(f"sweep value {name}={value}: expected true or false")
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, FIELD_TYPES, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{name}: unknown head option{hint}; valid options are {', '.join(FIELD_TYPES)}"
 
 
-def parse_value(name: str, value: Any) -> Any:
-    """Convert one option value to its type, or raise naming the option and the expected type."""
-    if name not in FIELD_TYPES:
-        raise FeatpipeError(
-            f"unknown head option '{name}': valid options are {', '.join(FIELD_TYPES)}"
-        )
+def _convert(name: str, value: Any) -> Any:
+    """``value`` as option ``name``'s type; a ``ValueError`` says why it cannot be."""
     kind = FIELD_TYPES[name]
     if kind == "bool":
-        return _parse_bool(name, value)
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"expected one of {', '.join(CHOICES[name])}")
+        parsed: Any = value.strip()
+        if parsed not in CHOICES[name]:
+            raise ValueError(f"choose one of {', '.join(CHOICES[name])}")
+        return parsed
+    if isinstance(value, bool):  # TOML/JSON true is not a number
+        raise ValueError(f"expected a {'whole ' if kind == 'int' else ''}number")
     try:
-        if kind == "int":
-            number = float(value)
-            if number != int(number):
-                raise ValueError
-            parsed: Any = int(number)
-        else:
-            parsed = float(value) if kind == "float" else str(value).strip()
+        number = float(value)
     except (TypeError, ValueError):
-        raise FeatpipeError(
-            f"sweep value {name}={value!r} is not a valid {kind}: e.g. {name}="
-            f"{getattr(HeadConfig(), name)}"
-        ) from None
-    if name in CHOICES and parsed not in CHOICES[name]:
-        raise FeatpipeError(f"unknown {name} '{parsed}': choose one of {', '.join(CHOICES[name])}")
-    if kind in ("int", "float") and parsed < 0:
-        raise FeatpipeError(f"sweep value {name}={value} must not be negative")
+        raise ValueError(f"expected a {'whole ' if kind == 'int' else ''}number") from None
+    if not math.isfinite(number):
+        raise ValueError("expected a finite number")
+    if kind == "int":
+        if number != int(number):
+            raise ValueError("expected a whole number")
+        parsed = int(number)
+    else:
+        parsed = number
+    test, must = _RANGES.get(name, (lambda v: True, ""))
+    if not test(parsed):
+        raise ValueError(f"must be {must}")
     return parsed
 
 
-def parse_grid_args(items: list[str]) -> dict[str, list[Any]]:
-    """``["lr=1e-3,1e-2", "head=linear,mlp"]`` → ``{"lr": [0.001, 0.01], "head": [...]}``."""
-    grid: dict[str, list[Any]] = {}
+def parse_value(name: str, value: Any, param: str | None = None) -> Any:
+    """Option ``name``'s ``value`` (typed, or a string) as its type, validated.
+
+    A bad value raises :class:`ArgumentError` naming the option: from Python ``lr 'abc':
+    expected a number``; with ``param`` (where the value came from, e.g. ``set``) the CLI
+    prints ``--set lr=abc: expected a number``.
+    """
+    if name not in FIELD_TYPES:
+        raise ArgumentError(param or name, _unknown(name))
+    try:
+        return _convert(name, value)
+    except ValueError as exc:
+        example = f"e.g. {name}={_text(DEFAULTS[name])}"
+        if param:
+            raise ArgumentError(param, f"{name}={value}: {exc}, {example}") from None
+        raise ArgumentError(name, f"{value!r}: {exc}, {example}") from None
+
+
+def parse_assignments(items: Iterable[str], param: str = "set") -> dict[str, Any]:
+    """``["hidden=64", "dropout=0.3"]`` → typed fixed options (one value each)."""
+    fixed: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise FeatpipeError(f"--sweep {item}: write option=value[,value…], e.g. lr=1e-3,1e-2")
-        name, _, values = item.partition("=")
-        name = name.strip()
-        grid[name] = [parse_value(name, v) for v in values.split(",") if v.strip()]
-        if not grid[name]:
-            raise FeatpipeError(f"--sweep {item}: no values given for {name}")
+        name, sep, value = item.partition("=")
+        if not sep or "," in value:
+            raise ArgumentError(param, f"{item}: write option=value (one value; grids use --sweep)")
+        fixed[name.strip()] = parse_value(name.strip(), value.strip(), param)
+    return fixed
+
+
+def parse_grid(raw: Mapping[str, Any], param: str = "grid") -> dict[str, list[Any]]:
+    """``{option: value or [values]}`` → ``{option: [typed values]}``; every value checked."""
+    grid: dict[str, list[Any]] = {}
+    for name, values in raw.items():
+        listed = values if isinstance(values, list) else [values]
+        if not listed:
+            raise ArgumentError(param, f"{name}: no values given")
+        grid[name] = [parse_value(name, v, param) for v in listed]
     return grid
 
 
-def read_grid_file(path: Path) -> dict[str, list[Any]]:
-    """A grid from TOML, YAML or JSON: ``{option: value or [values]}``."""
+def parse_grid_args(items: Iterable[str], param: str = "sweep") -> dict[str, list[Any]]:
+    """``["lr=1e-3,1e-2", "head=linear,mlp"]`` → ``{"lr": [0.001, 0.01], "head": [...]}``."""
+    raw: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep:
+            raise ArgumentError(param, f"{item}: write option=value[,value…], e.g. lr=1e-3,1e-2")
+        raw[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+    return parse_grid(raw, param)
+
+
+def read_grid_file(path: Path, param: str = "grid") -> dict[str, list[Any]]:
+    """A grid from TOML, YAML or JSON: ``{option: value or [values]}`` (or under ``[sweep]``)."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise FeatpipeError(f"grid file {path}: {exc.strerror}") from None
-    if path.suffix == ".toml":
-        raw = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        import yaml
+        raise ArgumentError(param, f"{path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            raw = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        raw = yaml.safe_load(text)
-    else:
-        raw = json.loads(text)
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+    except Exception as exc:  # each format's own parse error; the message says where
+        raise ArgumentError(
+            param, f"{path}: not valid {path.suffix[1:] or 'JSON'} ({exc})"
+        ) from None
     if not isinstance(raw, dict):
-        raise FeatpipeError(f"grid file {path}: expected a table of option = [values]")
+        raise ArgumentError(param, f"{path}: expected a table of option = [values]")
     raw = raw.get("sweep", raw)
-    return {
-        name: [parse_value(name, v) for v in (values if isinstance(values, list) else [values])]
-        for name, values in raw.items()
-    }
+    try:
+        return parse_grid(raw, param)
+    except ArgumentError as exc:
+        raise ArgumentError(param, f"{path}: {exc.message}") from None
 
 
-def expand(grid: dict[str, list[Any]], base: HeadConfig | None = None) -> list[HeadConfig]:
+def expand(grid: Mapping[str, list[Any]], base: HeadConfig | None = None) -> list[HeadConfig]:
     """Every combination of the grid, applied on top of ``base``.
 
     Combinations that differ only in options the head ignores (``lr`` for a k-NN head) are the
@@ -195,8 +313,16 @@ def expand(grid: dict[str, list[Any]], base: HeadConfig | None = None) -> list[H
     """
     base = base or HeadConfig()
     names = list(grid)
-    configs: dict[tuple, HeadConfig] = {}
+    configs: dict[HeadConfig, None] = {}  # equal configs are one model: kept once, in order
     for values in itertools.product(*(grid[n] for n in names)):
-        config = replace(base, **dict(zip(names, values, strict=True)))
-        configs.setdefault(tuple(config.params().items()), config)
-    return list(configs.values())
+        configs.setdefault(replace(base, **dict(zip(names, values, strict=True))))
+    return list(configs)
+
+
+def varying(configs: Iterable[HeadConfig]) -> list[str]:
+    """The options whose values differ across ``configs`` (what a leaderboard should show)."""
+    values: dict[str, set] = {}
+    for config in configs:
+        for key, value in asdict(config).items():
+            values.setdefault(key, set()).add(value)
+    return [key for key, seen in values.items() if len(seen) > 1]

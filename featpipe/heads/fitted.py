@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from featpipe.errors import FeatpipeError
-from featpipe.heads.config import HeadConfig, parse_value
+from featpipe.errors import ArgumentError, DataError, StorageError
+from featpipe.heads.config import HeadConfig
 from featpipe.heads.preprocess import Preprocessor
 
 HEAD_FORMAT = 1
@@ -77,8 +77,9 @@ def fit_sklearn(config: HeadConfig, X: np.ndarray, y: np.ndarray, n_classes: int
         return CosineKNN(torch.from_numpy(X), targets, config.k, n_classes)
     if n_classes == 0:
         if config.head != "ridge":
-            raise FeatpipeError(
-                f"head {config.head} is a classifier; for regression use linear, mlp, ridge or knn"
+            raise ArgumentError(
+                "head",
+                f"{config.head} is a classifier; for regression use linear, mlp, ridge or knn",
             )
         model = Ridge(alpha=config.alpha).fit(X, y)
         return nn.Sequential(_regression_linear(model.coef_, model.intercept_))
@@ -145,6 +146,13 @@ def _build(spec: list[list[Any]], state: dict[str, torch.Tensor]) -> nn.Module:
 class FittedHead:
     """A trained head: preprocessing, module, and what it was trained on."""
 
+    def __repr__(self) -> str:
+        out = f"{len(self.class_names)} classes" if self.task != "regression" else "regression"
+        return (
+            f"FittedHead({self.config.label()}, {self.n_features} features → {out}, "
+            f"fitted in {self.fit_seconds:.2f} s)"
+        )
+
     config: HeadConfig
     preprocessor: Preprocessor
     module: nn.Module
@@ -159,7 +167,7 @@ class FittedHead:
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Raw outputs: logits (torch, linear models), vote shares (k-NN) or values."""
         if X.shape[1] != self.n_features:
-            raise FeatpipeError(
+            raise DataError(
                 f"features have dimension {X.shape[1]}, this head was fitted on "
                 f"{self.n_features}: use the backbone the head was trained with"
             )
@@ -169,11 +177,14 @@ class FittedHead:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if self.task == "regression":
-            raise FeatpipeError("predict_proba is for classification heads; use predict")
+            raise DataError(
+                "predict_proba is for classification heads; this one regresses: use predict"
+            )
         out = self.decision_function(X)
         if isinstance(self.module, CosineKNN):
             return out
-        return torch.softmax(torch.from_numpy(out), dim=1).numpy()
+        # In float64: probabilities near 1 stay distinct where the logits are (ranking intact).
+        return torch.softmax(torch.from_numpy(out).double(), dim=1).numpy()
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         out = self.decision_function(X)
@@ -200,7 +211,7 @@ class FittedHead:
         save_file(state, str(folder / "head.safetensors"))
         meta = {
             "format": HEAD_FORMAT,
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "spec": _spec(self.module),
             "class_names": self.class_names,
             "task": self.task,
@@ -222,9 +233,9 @@ class FittedHead:
             meta = json.loads((folder / "head.json").read_text())
             tensors = load_file(str(folder / "head.safetensors"))
         except (OSError, ValueError) as exc:
-            raise FeatpipeError(f"cannot read a saved head in {folder}: {exc}") from None
+            raise StorageError(f"cannot read a saved head in {folder}: {exc}") from None
         if meta.get("format", 0) > HEAD_FORMAT:
-            raise FeatpipeError(
+            raise StorageError(
                 f"head in {folder} was saved by a newer featpipe (format {meta['format']}): "
                 "upgrade featpipe to load it"
             )
@@ -232,7 +243,7 @@ class FittedHead:
         pre.arrays = {k[4:]: v.numpy() for k, v in tensors.items() if k.startswith("pre.")}
         head_state = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
         return cls(
-            config=HeadConfig(**meta["config"]),
+            config=HeadConfig.from_dict(meta["config"]),  # every recorded shape, old and new
             preprocessor=pre,
             module=_build(meta["spec"], head_state),
             class_names=meta["class_names"],
@@ -307,64 +318,3 @@ def fit_heads(
                 configs[i], pre, module, class_names, task, X.shape[1], fit_seconds=seconds
             )
     return [f for f in fitted if f is not None]
-
-
-class Head:
-    """A scikit-learn-style estimator over cached features::
-
-    head = Head(head="mlp", lr=1e-3).fit(X_train, y_train, X_val, y_val)
-    head.predict(X_test), head.predict_proba(X_test), head.score(X_test, y_test)
-    """
-
-    def __init__(self, **options: Any) -> None:
-        self.config = replace(HeadConfig(), **{k: parse_value(k, v) for k, v in options.items()})
-        self.fitted_: FittedHead | None = None
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return asdict(self.config)
-
-    def set_params(self, **options: Any) -> Head:
-        self.config = replace(self.config, **{k: parse_value(k, v) for k, v in options.items()})
-        return self
-
-    def fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        X_val: np.ndarray | None = None,
-        y_val: np.ndarray | None = None,
-        class_names: list[str] | None = None,
-    ) -> Head:
-        y = np.asarray(y)
-        regression = y.dtype.kind == "f"
-        if not regression:
-            n = int(y.max()) + 1
-            class_names = class_names or [str(c) for c in range(n)]
-        [self.fitted_] = fit_heads(
-            [self.config],
-            np.asarray(X, np.float32),
-            y,
-            None if X_val is None else np.asarray(X_val, np.float32),
-            y_val,
-            class_names or [],
-            "regression" if regression else "classification",
-            n_jobs=1,
-        )
-        return self
-
-    def _fitted(self) -> FittedHead:
-        if self.fitted_ is None:
-            raise FeatpipeError("this Head is not fitted yet: call fit(X, y) first")
-        return self.fitted_
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self._fitted().predict(X)
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self._fitted().predict_proba(X)
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return self._fitted().decision_function(X)
-
-    def score(self, X: np.ndarray, y: np.ndarray) -> float:
-        return self._fitted().score(X, y)

@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from featpipe.heads.config import HeadConfig
+from featpipe.heads.mlp import BN_EPS, BN_MOMENTUM, build_head, layer_sizes, uses_bn
+from featpipe.heads.schedules import lr_factor
 from featpipe.runtime.allocator import keep_freed_memory
 
 EVAL_CHUNK = 8192
 ONE_GEMM_MAX = 1 << 22  # stacked first-layer weights (floats) still laid out for one GEMM
-BN_MOMENTUM = 0.1
-BN_EPS = 1e-5
 
 
 @dataclass
@@ -112,26 +112,13 @@ class StackedOptimizer:
                 p.grad.zero_()
 
 
-def lr_scale(config: HeadConfig, step: int, steps_per_epoch: int) -> float:
-    """Schedule factor at a step: cosine per step, or ×0.1 every third of training."""
-    total = config.epochs * steps_per_epoch
-    if config.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * step / total))
-    if config.schedule == "step":
-        every = max(1, config.epochs // 3)
-        return 0.1 ** ((step // steps_per_epoch) // every)
-    return 1.0
-
-
 class StackedHeads:
     """The parameters and forward pass of K heads of one architecture."""
 
     def __init__(self, config: HeadConfig, k: int, dim: int, out: int) -> None:
         gen = torch.Generator().manual_seed(config.seed)
         self.config, self.k, self.dim, self.out = config, k, dim, out
-        self.mlp = config.head == "mlp"
-        width = (config.hidden or 2 * dim) if self.mlp else 0
-        sizes = [dim] + [width] * (config.depth if self.mlp else 0) + [out]
+        sizes = layer_sizes(config, dim, out)
         self.weights, self.biases = [], []
         for fan_in, fan_out in itertools.pairwise(sizes):
             bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation
@@ -140,7 +127,7 @@ class StackedHeads:
             self.weights.append(w.t().unsqueeze(0).repeat(k, 1, 1).requires_grad_())
             self.biases.append(b.unsqueeze(0).repeat(k, 1).requires_grad_())
         self.norms: list[dict[str, torch.Tensor]] = []
-        if self.mlp and config.bn:
+        if uses_bn(config):
             for size in sizes[:-1]:
                 self.norms.append(
                     {
@@ -216,27 +203,19 @@ class StackedHeads:
         return h
 
     def module(self, index: int) -> nn.Module:
-        """Head ``index`` as a standard module: BN → Linear → ReLU → BN → Dropout → Linear."""
-
-        def bn(i: int) -> nn.BatchNorm1d:
-            layer = nn.BatchNorm1d(self.weights[i].shape[1], eps=BN_EPS, momentum=BN_MOMENTUM)
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(layer, name).data.copy_(self.norms[i][name][index].detach())
-            return layer
-
-        layers: list[nn.Module] = [bn(0)] if self.norms else []
-        for i in range(len(self.weights)):
-            linear = nn.Linear(*self.weights[i].shape[1:])
-            linear.weight.data.copy_(self.weights[i][index].detach().t())
-            linear.bias.data.copy_(self.biases[i][index].detach())
-            layers.append(linear)
-            if i < len(self.weights) - 1:
-                layers.append(nn.ReLU())
-                if self.norms:
-                    layers.append(bn(i + 1))
-                if self.config.dropout > 0:
-                    layers.append(nn.Dropout(self.config.dropout))
-        return nn.Sequential(*layers).eval()
+        """Head ``index`` as the standard module :func:`~featpipe.heads.mlp.build_head` builds
+        (BN → Linear → ReLU → BN → Dropout → Linear for an MLP), holding its trained values."""
+        module = build_head(self.config, self.dim, self.out)
+        linears = (m for m in module if isinstance(m, nn.Linear))
+        norms = (m for m in module if isinstance(m, nn.BatchNorm1d))
+        with torch.no_grad():
+            for weight, bias, linear in zip(self.weights, self.biases, linears, strict=True):
+                linear.weight.copy_(weight[index].t())
+                linear.bias.copy_(bias[index])
+            for stats, norm in zip(self.norms, norms, strict=True):
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(norm, name).copy_(stats[name][index])
+        return module.eval()
 
     def snapshot(self) -> list[torch.Tensor]:
         tensors = [*self.parameters()]
@@ -345,7 +324,7 @@ def train_group(
             out = heads.forward(X[idx], train=True)
             loss = _loss(out, y[idx], config, weights)
             loss.sum().backward()
-            optimizer.step(lr_scale(config, step, steps))
+            optimizer.step(lr_factor(config.schedule, step, config.epochs * steps))
             optimizer.zero_grad()
             step += 1
             sums += torch.stack([loss.detach(), _metric(out.detach(), y[idx])]) * len(idx)

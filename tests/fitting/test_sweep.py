@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from featpipe.cache.entry import Features
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.fitting.features import concatenate
-from featpipe.fitting.sweep import few_shot, parse_shots, stratified_sample, sweep
+from featpipe.fitting.sweep import few_shot, parse_shots, plan_shots, stratified_sample, sweep
 from featpipe.heads.config import HeadConfig, expand
 
 GRID = expand({"lr": [1e-4, 1e-2, 1.0], "head": ["linear"]}, HeadConfig(epochs=5))
@@ -55,7 +62,10 @@ def test_seeds_give_mean_and_std() -> None:
     result = sweep(features(), GRID[:1], seeds=3)
     cand = result.best
     assert len(cand.val) == len(cand.test) == 3
-    assert cand.std("accuracy") >= 0.0
+    accuracies = [scores["accuracy"] for scores in cand.val]
+    assert len(set(accuracies)) > 1  # the seeds changed the heads (init and batch order)
+    assert cand.std("accuracy") == pytest.approx(np.std(accuracies), abs=1e-12)
+    assert cand.std("accuracy") > 0
     assert [r["seed"] for r in result.rows()] == [0, 1, 2]
 
 
@@ -72,8 +82,30 @@ def test_few_shot_curve_rises_with_data() -> None:
     assert [p["shots"] for p in curve] == [1, 10, "all"]
     assert [p["draws"] for p in curve] == [3, 3, 1]
     assert curve[0]["mean"] < curve[-1]["mean"]
-    with pytest.raises(FeatpipeError, match="--shots 0,5"):
+    with pytest.raises(ArgumentError, match="shots 0,5: use positive whole numbers"):
         parse_shots("0,5")
+
+
+def test_shot_counts_above_the_smallest_class_are_left_out_and_said() -> None:
+    """Train with 42 images in its smallest class: a '50 per class' point would be an
+    unbalanced sample (or all of train), so it is left out and the result says why."""
+    f = features(n=900)
+    train = np.flatnonzero(f.split == "train")
+    smallest = train[f.labels[train] == 2]
+    f.split[smallest[42:]] = "unused"  # class c2 keeps 42 training images
+    assert np.bincount(f.where("train").labels).min() == 42
+    result = sweep(f, GRID[:1], shots=parse_shots("1,5,10,50,all"), draws=2)
+    assert [p["shots"] for p in result.few_shot] == [1, 5, 10, "all"]
+    assert result.few_shot_note == (
+        "few-shot: 50 per class left out: the smallest train class (c2) has 42 images; "
+        "the 'all' point uses every training image"
+    )
+    kept, note = plan_shots([1, 50, 60], f.where("train").labels, f.class_names)
+    assert kept == [1, "all"] and "50, 60 per class left out" in note  # 'all' stands in for them
+    assert plan_shots([1, 42, "all"], f.where("train").labels, f.class_names) == (
+        [1, 42, "all"],
+        "",
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,3 +130,60 @@ def test_caches_with_different_label_sets_refuse_to_join() -> None:
         concatenate([a, b], ["a", "b"])
     joined = concatenate([a, features(seed=1)], ["a", "b"])
     assert joined.X.shape == (900, 32)
+
+
+# One torchrun rank: record the configs this rank fits, run the selection, print both as JSON.
+RANK_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_sweep import SPLIT_GRID, features
+import featpipe.fitting.sweep as sw
+fitted, real = [], sw.fit_heads
+def recording(runs, *args, **kwargs):
+    fitted.extend(config.label(["lr"]) for config in runs)
+    return real(runs, *args, **kwargs)
+sw.fit_heads = recording
+candidates, selection = sw.select(features(n=300), SPLIT_GRID)
+print(json.dumps({"fitted": fitted, "selection": selection, "val": [c.val for c in candidates]}))
+"""
+SPLIT_GRID = expand({"head": ["linear", "logreg", "knn"], "lr": [1e-3, 1e-2]}, HeadConfig(epochs=3))
+
+
+def test_torchrun_deals_configs_out_with_a_val_split(monkeypatch) -> None:
+    """Two gloo ranks with a val split: each fits its own share of the grid (none fits all of
+    it), and every rank ends with the scores of the whole grid, equal to one process's."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = []
+    for rank in (0, 1):
+        env = os.environ | {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", RANK_SCRIPT, str(Path(__file__).parent)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    every = [config.label(["lr"]) for config in SPLIT_GRID]
+    first, second = (set(o["fitted"]) for o in outs)
+    assert first and second and not first & second  # each config fitted on one rank only
+    assert sorted(first | second) == sorted(every)
+    import featpipe.fitting.sweep as sw
+
+    alone, selection = sw.select(features(n=300), SPLIT_GRID)
+    assert outs[0]["selection"] == outs[1]["selection"] == selection == "val"
+    assert outs[0]["val"] == outs[1]["val"] == [c.val for c in alone]
