@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY, make_tree
 from featpipe.errors import DataError, StorageError
+from featpipe.fitting.stage import fit
 from featpipe.runs.record import (
     IncompleteRunWarning,
     list_runs,
@@ -188,3 +190,22 @@ def test_a_temp_folder_without_a_lock_is_stale_only_when_old(tmp_path) -> None:
     old = time.time() - 3600
     os.utime(temp, (old, old))
     assert stale_temps(tmp_path) == [temp]
+
+
+def test_report_cli_skips_and_names_incomplete_runs(tmp_path) -> None:
+    data = make_tree(tmp_path / "shapes", per_class=8)
+    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    run, _ = fit(data, TINY["backbone"], runs_dir=tmp_path / "runs", extract_options=extract)
+    assert run.kind == "fit" and (run.path / "head" / "head.json").is_file()
+    states = damage(tmp_path / "runs")
+    done = subprocess.run(
+        [str(FEATPIPE), "report", "--runs-dir", str(tmp_path / "runs"), "-o", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    for folder in states.values():
+        assert folder.name in done.stderr
+    assert "shapes" in (tmp_path / "r" / "index.html").read_text()
