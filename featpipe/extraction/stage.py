@@ -199,6 +199,7 @@ def extract(
     name: str | None = None,
     task: Task | None = None,
     draft: bool = False,
+    allow_outside: bool = False,
     shard_rows: int = 8192,
     progress: Callable[[Progress], None] | None = None,
 ) -> ExtractResult:
@@ -209,11 +210,16 @@ def extract(
     ``pool``, ``layer``, ``image_size`` and ``draft``, JPEG draft decoding: faster, not the
     model's own pixels) or a :class:`~featpipe.backbones.spec.BackboneSpec` that carries them.
     Only rows that no shard holds yet are computed; the result's :meth:`ExtractResult.load`
-    reads them back.
+    reads them back. ``allow_outside`` lets a CSV manifest name files outside its own folder
+    (refused by default).
     """
     start = time.perf_counter()
     _check_options(dtype, on_error, batch_size, workers, engine)
-    dataset = data if isinstance(data, Dataset) else scan(data, name=name, task=task)
+    dataset = (
+        data
+        if isinstance(data, Dataset)
+        else scan(data, name=name, task=task, allow_outside=allow_outside)
+    )
     cache_dir = ensure_writable(Path(cache_dir))
     spec = _as_spec(backbone, weights, pool, layer, image_size, draft)
     choice = resolve_weights(spec.model, spec.weights)  # once per run, passed down

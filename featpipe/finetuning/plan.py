@@ -8,8 +8,6 @@ receives settled facts instead of options to interpret.
 
 from __future__ import annotations
 
-import random
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +20,7 @@ from featpipe.data.splits import HOLDOUT, hold_out
 from featpipe.errors import ArgumentError, DataError
 from featpipe.finetuning.config import DEFAULT_BACKBONE, FinetuneConfig
 from featpipe.heads import metrics
-from featpipe.runs.record import DEFAULT_RUNS_DIR, _slug, load_run
+from featpipe.runs.record import DEFAULT_RUNS_DIR, load_run, new_run_path
 from featpipe.runtime.devices import check_precision, resolve_device
 from featpipe.runtime.workers import default_workers
 
@@ -162,12 +160,6 @@ def _precision(config: FinetuneConfig, device: torch.device, start: StartRun | N
     return start.precision if start else "fp32"
 
 
-def default_out(runs_dir: Path, dataset: str, backbone: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"finetune-{stamp}-{random.randrange(16**6):06x}"
-    return runs_dir / _slug(dataset) / _slug(backbone) / name
-
-
 def make_plan(
     data: str | Path | Dataset,
     config: FinetuneConfig,
@@ -205,6 +197,6 @@ def make_plan(
         holdout=fraction,
         device=device,
         precision=_precision(config, device, start),
-        out=out or default_out(runs_dir, dataset.name, str(config.backbone)),
+        out=out or new_run_path(runs_dir, dataset.name, str(config.backbone), "finetune"),
         start=start,
     )
