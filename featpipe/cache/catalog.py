@@ -24,6 +24,7 @@ import numpy as np
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.entry import entry_meta, open_entry, parts_dir, size_on_disk
 from featpipe.cache.key import KeyFields, entry_stem
+from featpipe.cache.shards import atomic_write, remove_stale_temporaries
 from featpipe.errors import FeatpipeError
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("FEATPIPE_CACHE", "cache"))
@@ -108,9 +109,9 @@ def remember(
 ) -> None:
     path = _memo_path(cache_dir, request)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"fields": asdict(fields), "settings": settings}))
-    os.replace(tmp, path)
+    memo = {"fields": asdict(fields), "settings": settings}
+    atomic_write(path, json.dumps(memo).encode())
+    remove_stale_temporaries(path.parent)
 
 
 @dataclass

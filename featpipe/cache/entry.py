@@ -4,21 +4,29 @@
 
 ``features``      N×D, an HDF5 *virtual* dataset that stitches the shards (``<stem>.parts/``)
                   into dataset order without copying a byte;
-``relpath``, ``size``, ``mtime_ns``   what each row is (the row key);
+``relpath``, ``size``, ``mtime_ns``, ``fingerprint``, ``sha256``   what each row is (the
+                  row key, and the content it was computed from);
 ``label``, ``target``, ``split``      what the dataset says about it (labels live here, not in
                   shards, so relabelling never re-extracts);
-``class_names``, ``skipped/{relpath,reason}``, ``source/{shard,row}``;
-attributes        the key fields, and the provenance: versions, device, precision, timings.
+``class_names``, ``skipped/{relpath,reason}``, ``source/{shard,row,shard_names,shard_bytes}``;
+attributes        the key fields, and the provenance: versions, device, precision, timings;
+                  ``content`` (a digest of every file's fingerprint: what a cache hit compares)
+                  and ``checksum`` (SHA-256 of every attribute and dataset but the features).
 
-The file is written to a temporary name and renamed, so a reader sees the previous complete
-entry or the new one, never a half-written one. It is rewritten at the end of every extract
-run, so it always describes the dataset as last scanned: a removed file drops out of it.
+The file is built in memory and written with :func:`~featpipe.cache.shards.atomic_write`, so a
+reader sees the previous complete entry or the new one, never a half-written one. It is
+rewritten at the end of every extract run, so it always describes the dataset as last scanned:
+a removed file drops out of it.
+
+Opening an entry checks its checksum and its shards' sizes (cheap: no feature is read); reading
+features checks HDF5's fletcher32 checksums, and a shard that fails them is named, moved aside,
+and recomputed by the next extract. Format 1 entries (no checksums, no fingerprints) still read;
+the next extract recomputes their rows.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,10 +36,29 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featpipe.cache.key import FORMAT_VERSION, KeyFields
-from featpipe.cache.shards import STR, ShardIndex
+from featpipe.cache.key import KeyFields
+from featpipe.cache.shards import (
+    CORRUPT_SUFFIX,
+    STR,
+    Contents,
+    ShardIndex,
+    atomic_write,
+    checksum_ok,
+    content_digest,
+    file_image,
+    first_corrupt_shard,
+    in_memory_file,
+    quarantine,
+    seal_checksum,
+    stale_temporaries,
+    transient,
+)
 from featpipe.data.datasets import Dataset
-from featpipe.errors import FeatpipeError
+from featpipe.errors import StorageError
+
+# The layout of an entry file; 2 adds content fingerprints, checksums and shard sizes. Not in the
+# cache key: a reader accepts every format up to its own.
+ENTRY_FORMAT = 2
 
 
 @dataclass
@@ -49,6 +76,14 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.X)
+
+    def __repr__(self) -> str:
+        """One line for a notebook: shape, task, splits, classes (never the arrays)."""
+        names, counts = np.unique(self.split.astype(str), return_counts=True)
+        splits = " ".join(f"{s}={c}" for s, c in zip(names, counts, strict=True))
+        classes = self.class_names[:6] + (["…"] if len(self.class_names) > 6 else [])
+        what = f"classes={classes}" if self.task == "classification" else "regression"
+        return f"Features(N={len(self)}, D={self.X.shape[1]}, {self.X.dtype}, {splits}, {what})"
 
     def where(self, split: str | list[str]) -> Features:
         """The rows of one split (or several)."""
@@ -96,29 +131,43 @@ def commit(
     dataset: Dataset,
     fields: KeyFields,
     index: ShardIndex,
+    contents: Contents,
     provenance: dict[str, Any],
 ) -> int:
-    """Write the entry for ``dataset`` from the shards in ``index``; returns its row count."""
+    """Write the entry for ``dataset`` from the shards in ``index``; returns its row count.
+
+    A row counts when its path, size, mtime and content fingerprint (and its full hash, under
+    ``contents.full``) match the file now on disk.
+    """
     shard_names = sorted(index.shard_sizes)
     shard_id = {name: i for i, name in enumerate(shard_names)}
-    kept, sources = [], []
+    kept, sources, fingerprints, hashes = [], [], [], []
     skipped = [(r.relpath, r.reason) for r in dataset.rejected]
+    scanned: list[tuple[str, str]] = []  # (relpath, fingerprint) of every item, for ``content``
+    n_transient = 0
     for item in dataset.items:
         row_id = (item.relpath, item.size, item.mtime_ns)
-        if row_id in index.rows:
-            shard, row = index.rows[row_id]
+        quick = contents.quick.get(item.relpath, "")
+        sha = contents.hashes([item.relpath])[0] if contents.full else None
+        stored = index.find(row_id, quick, sha)
+        reason = index.skip_reason(row_id, quick) if stored is None else None
+        if stored is not None:
             kept.append(item)
-            sources.append((shard_id[shard], row))
-        elif row_id in index.skipped:
-            skipped.append((item.relpath, index.skipped[row_id]))
+            sources.append((shard_id[stored.shard], stored.row))
+            fingerprints.append(stored.fingerprint)
+            hashes.append(stored.sha256)
+        elif reason is not None:
+            skipped.append((item.relpath, reason))
+            n_transient += transient(reason)
         else:
-            raise FeatpipeError(
+            raise StorageError(
                 f"cache entry {entry}: no stored row for {item.relpath}; its shard is missing: "
                 "rerun the extract command to recompute it"
             )
+        scanned.append((item.relpath, quick))
     dims = index.dims or {0}
     if len(dims) != 1:
-        raise FeatpipeError(f"cache entry {entry}: shards disagree on the dimension ({dims})")
+        raise StorageError(f"cache entry {entry}: shards disagree on the dimension ({dims})")
     dim = dims.pop()
     previous_created = None
     if entry.exists():
@@ -127,106 +176,138 @@ def commit(
                 previous_created = old.attrs.get("created")
         except OSError:
             previous_created = None
-    tmp = entry.with_name(entry.name + f".tmp-{os.getpid()}")
-    parts = parts_dir(entry).name
-    try:
-        with h5py.File(tmp, "w") as f:
-            if kept:
-                layout = h5py.VirtualLayout(shape=(len(kept), dim), dtype=fields.dtype)
-                vsources = [
-                    h5py.VirtualSource(
-                        f"{parts}/{name}", "features", shape=(index.shard_sizes[name], dim)
-                    )
-                    for name in shard_names
-                ]
-                for out, shard, row, length in _runs(sources):
-                    layout[out : out + length] = vsources[shard][row : row + length]
-                f.create_virtual_dataset("features", layout, fillvalue=np.nan)
-            else:
-                f.create_dataset("features", shape=(0, dim), dtype=fields.dtype)
-            _strings(f, "relpath", [i.relpath for i in kept])
-            f["size"] = np.array([i.size for i in kept], dtype=np.int64)
-            f["mtime_ns"] = np.array([i.mtime_ns for i in kept], dtype=np.int64)
-            f["label"] = np.array([i.label for i in kept], dtype=np.int64)
-            f["target"] = np.array([i.target for i in kept], dtype=np.float64)
-            _strings(f, "split", [i.split for i in kept])
-            _strings(f, "class_names", list(dataset.class_names))
-            _strings(f, "source/shard_names", shard_names)
-            f["source/shard"] = np.array([s for s, _ in sources], dtype=np.int32)
-            f["source/row"] = np.array([r for _, r in sources], dtype=np.int64)
-            _strings(f, "skipped/relpath", [s[0] for s in skipped])
-            _strings(f, "skipped/reason", [s[1] for s in skipped])
-            now = time.time()
-            f.attrs.update(
-                {
-                    "format_version": FORMAT_VERSION,
-                    "complete": True,
-                    "key": fields.digest,
-                    "key_fields": fields.to_json(),
-                    "dataset": dataset.name,
-                    "dataset_root": str(dataset.root),
-                    "layout": dataset.layout,
-                    "task": dataset.task,
-                    "split_source": dataset.split_source,
-                    "backbone": fields.model,
-                    "dtype": fields.dtype,
-                    "precision": fields.precision,
-                    "pool": fields.pool,
-                    "n": len(kept),
-                    "dim": dim,
-                    "n_skipped": len(skipped),
-                    "manifest": dataset.digest(),
-                    "created": previous_created if previous_created is not None else now,
-                    "updated": now,
-                    "provenance": json.dumps(provenance, sort_keys=True, default=str),
-                }
-            )
-        os.replace(tmp, entry)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise FeatpipeError(
-            f"cannot write cache entry {entry} ({exc}); the extracted rows are kept in "
-            f"{parts_dir(entry)}: free space and rerun to finish"
-        ) from None
+    parts = parts_dir(entry)
+    with in_memory_file() as f:
+        if kept:
+            layout = h5py.VirtualLayout(shape=(len(kept), dim), dtype=fields.dtype)
+            vsources = [
+                h5py.VirtualSource(
+                    f"{parts.name}/{name}", "features", shape=(index.shard_sizes[name], dim)
+                )
+                for name in shard_names
+            ]
+            for out, shard, row, length in _runs(sources):
+                layout[out : out + length] = vsources[shard][row : row + length]
+            f.create_virtual_dataset("features", layout, fillvalue=np.nan)
+        else:
+            f.create_dataset("features", shape=(0, dim), dtype=fields.dtype)
+        _strings(f, "relpath", [i.relpath for i in kept])
+        f["size"] = np.array([i.size for i in kept], dtype=np.int64)
+        f["mtime_ns"] = np.array([i.mtime_ns for i in kept], dtype=np.int64)
+        _strings(f, "fingerprint", fingerprints)
+        _strings(f, "sha256", hashes)
+        f["label"] = np.array([i.label for i in kept], dtype=np.int64)
+        f["target"] = np.array([i.target for i in kept], dtype=np.float64)
+        _strings(f, "split", [i.split for i in kept])
+        _strings(f, "class_names", list(dataset.class_names))
+        _strings(f, "source/shard_names", shard_names)
+        f["source/shard_bytes"] = np.array(
+            [(parts / name).stat().st_size for name in shard_names], dtype=np.int64
+        )
+        f["source/shard"] = np.array([s for s, _ in sources], dtype=np.int32)
+        f["source/row"] = np.array([r for _, r in sources], dtype=np.int64)
+        _strings(f, "skipped/relpath", [s[0] for s in skipped])
+        _strings(f, "skipped/reason", [s[1] for s in skipped])
+        now = time.time()
+        f.attrs.update(
+            {
+                "format_version": ENTRY_FORMAT,
+                "complete": True,
+                "key": fields.digest,
+                "key_fields": fields.to_json(),
+                "dataset": dataset.name,
+                "dataset_root": str(dataset.root),
+                "layout": dataset.layout,
+                "task": dataset.task,
+                "split_source": dataset.split_source,
+                "backbone": fields.model,
+                "dtype": fields.dtype,
+                "precision": fields.precision,
+                "pool": fields.pool,
+                "n": len(kept),
+                "dim": dim,
+                "n_skipped": len(skipped),
+                "n_transient": n_transient,
+                "manifest": dataset.digest(),
+                "content": content_digest(scanned),
+                "content_full": content_digest(zip([i.relpath for i in kept], hashes, strict=True)),
+                "created": previous_created if previous_created is not None else now,
+                "updated": now,
+                "provenance": json.dumps(provenance, sort_keys=True, default=str),
+            }
+        )
+        seal_checksum(f)
+        image = file_image(f)
+    atomic_write(entry, image)
+    # Shards whose rows were recomputed for this entry: an older featpipe's, and corrupt ones.
+    for stale in [parts / n for n in index.legacy] + list(parts.glob(f"*{CORRUPT_SUFFIX}")):
+        stale.unlink(missing_ok=True)
     return len(kept)
 
 
+def _refuse(path: Path, problem: str) -> StorageError:
+    return StorageError(
+        f"cache entry {path} {problem}: rerun the extract command to rebuild it, or remove it "
+        "with featpipe cache rm"
+    )
+
+
 def open_entry(path: str | Path) -> h5py.File:
-    """Open an entry for reading after checking it is complete, readable and not from the future."""
+    """Open an entry for reading after checking it is complete, intact and not from the future.
+
+    The checks are cheap (attributes, small columns and a ``stat`` per shard): the checksum
+    refuses an entry whose labels, splits, row keys or attributes were changed after it was
+    written, and the shard sizes refuse a shard that was truncated or replaced.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FeatpipeError(
+        raise StorageError(
             f"cache entry {path} does not exist: list entries with featpipe cache ls"
         )
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise FeatpipeError(
-            f"cache entry {path} is not a readable HDF5 file ({exc}): remove it with "
-            "featpipe cache rm and extract again"
-        ) from None
-    version = int(f.attrs.get("format_version", -1))
-    if version > FORMAT_VERSION:
+        raise _refuse(path, f"is not a readable HDF5 file ({exc})") from None
+    try:
+        _check(path, f)
+    except BaseException:
         f.close()
-        raise FeatpipeError(
+        raise
+    return f
+
+
+def _check(path: Path, f: h5py.File) -> None:
+    version = int(f.attrs.get("format_version", -1))
+    if version > ENTRY_FORMAT:
+        raise StorageError(
             f"cache entry {path} has format version {version}, newer than this featpipe reads "
-            f"({FORMAT_VERSION}): upgrade featpipe, or remove the entry with featpipe cache rm"
+            f"({ENTRY_FORMAT}): upgrade featpipe, or remove the entry with featpipe cache rm"
         )
     if version < 1 or not f.attrs.get("complete", False):
-        f.close()
-        raise FeatpipeError(f"cache entry {path} is not a complete featpipe entry: extract again")
-    missing = [
-        name
-        for name in f["source/shard_names"].asstr()[:]
-        if not (parts_dir(path) / name).is_file()
-    ]
-    if missing:
-        f.close()
-        raise FeatpipeError(
-            f"cache entry {path}: {len(missing)} shard file(s) are missing from "
-            f"{parts_dir(path)} (e.g. {missing[0]}): rerun the extract command to recompute them"
+        raise StorageError(f"cache entry {path} is not a complete featpipe entry: extract again")
+    try:
+        intact = version < 2 or checksum_ok(f)
+    except (OSError, KeyError, ValueError) as exc:
+        raise _refuse(path, f"is damaged ({exc})") from None
+    if not intact:
+        raise _refuse(
+            path, "fails its checksum (its attributes or columns changed after it was written)"
         )
-    return f
+    names = list(f["source/shard_names"].asstr()[:])
+    parts = parts_dir(path)
+    missing = [name for name in names if not (parts / name).is_file()]
+    if missing:
+        raise StorageError(
+            f"cache entry {path}: {len(missing)} shard file(s) are missing from "
+            f"{parts} (e.g. {missing[0]}): rerun the extract command to recompute them"
+        )
+    if version >= 2:
+        for name, size in zip(names, f["source/shard_bytes"][:], strict=True):
+            if (parts / name).stat().st_size != size:
+                raise StorageError(
+                    f"cache entry {path}: shard {parts / name} changed size since the entry was "
+                    "written: rerun the extract command to recompute its rows"
+                )
 
 
 def entry_header(path: Path) -> tuple[int, int, int]:
@@ -257,11 +338,40 @@ def _columns(f: h5py.File, rows: slice | np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _features(path: Path, f: h5py.File, rows: slice) -> np.ndarray:
+    """Read feature rows; a shard that fails its fletcher32 checksums (or vanished since the
+    entry was opened) is one line naming it, never a traceback and never a NaN row."""
+    try:
+        block = f["features"][rows]
+    except OSError as exc:
+        raise _unreadable(path, f, exc) from None
+    if np.isnan(block).any():  # stored rows are finite: NaN is the fill of a missing source
+        raise _unreadable(path, f, OSError("a shard went missing while it was read"))
+    return block
+
+
+def _unreadable(path: Path, f: h5py.File, exc: OSError) -> StorageError:
+    parts = parts_dir(path)
+    found = first_corrupt_shard(parts, f["source/shard_names"].asstr()[:])
+    if found is None:
+        return StorageError(
+            f"cannot read cache entry {path} ({exc}): check the disk, then rerun the extract "
+            "command to recompute what is lost"
+        )
+    name, reason = found
+    quarantine(parts / name)
+    return StorageError(
+        f"cache entry {path}: shard {parts / name} is corrupt ({reason}): rerun the extract "
+        "command to recompute its rows"
+    )
+
+
 def load_features(path: str | Path, split: str | list[str] | None = None) -> Features:
     """Read an entry (or one split of it) into memory."""
+    path = Path(path)
     with open_entry(path) as f:
         features = Features(
-            X=f["features"][:],
+            X=_features(path, f, slice(None)),
             **_columns(f, slice(None)),
             class_names=list(f["class_names"].asstr()[:]),
             task=str(f.attrs["task"]),
@@ -272,6 +382,7 @@ def load_features(path: str | Path, split: str | list[str] | None = None) -> Fea
 
 def iter_chunks(path: str | Path, rows: int | None = None) -> Iterator[Features]:
     """Stream an entry in row blocks, so memory stays flat however large N is."""
+    path = Path(path)
     with open_entry(path) as f:
         n, dim = f["features"].shape
         rows = rows or max(1, (8 << 20) // max(1, dim * f["features"].dtype.itemsize))
@@ -279,62 +390,108 @@ def iter_chunks(path: str | Path, rows: int | None = None) -> Iterator[Features]
         for start in range(0, n, rows):
             block = slice(start, min(n, start + rows))
             yield Features(
-                f["features"][block],
+                _features(path, f, block),
                 **_columns(f, block),
                 class_names=class_names,
                 task=str(f.attrs["task"]),
             )
 
 
-def matches(path: Path, dataset: Dataset) -> bool:
-    """True when the entry was committed from exactly this scan of the dataset (a cache hit)."""
+def matches(path: Path, dataset: Dataset, full: bool = False) -> Contents | None:
+    """The files' fingerprints when the entry holds exactly this scan of the dataset (a cache
+    hit), else None.
+
+    The rule: the scan (paths, sizes, mtimes, labels, splits) must be the one committed, no file
+    may have been skipped for a reason that may pass (permissions, I/O), and every file's
+    content fingerprint must be the one its row was computed from; with ``full``, every row's
+    full SHA-256 too. Only the first cheap checks pass does it read the files.
+    """
     try:
         f = open_entry(path)
-    except FeatpipeError:
-        return False
+    except StorageError:
+        return None
     with f:
-        return f.attrs.get("manifest") == dataset.digest()
+        attrs = f.attrs
+        if (
+            attrs.get("manifest") != dataset.digest()
+            or int(attrs.get("n_transient", 0))
+            or "content" not in attrs
+        ):
+            return None
+        kept = list(f["relpath"].asstr()[:])
+        contents = Contents(dataset.root, [i.relpath for i in dataset.items], full=full)
+        if contents.digest([i.relpath for i in dataset.items], full=False) != attrs["content"]:
+            return None
+        if full and contents.digest(kept, full=True) != attrs["content_full"]:
+            return None
+    return contents
 
 
 def verify(path: Path) -> list[str]:
-    """Read every byte of an entry and its shards; return the problems found (empty if sound)."""
+    """Read every byte of an entry and its shards; return the problems found (empty if sound).
+
+    A shard that fails its checksums is moved aside (so that the next extract recomputes its
+    rows); temporary files of dead writers and unfinished journals are reported.
+    """
     problems: list[str] = []
+    parts = parts_dir(path)
     try:
         f = open_entry(path)
-    except FeatpipeError as exc:
-        return [str(exc)]
+    except StorageError as exc:
+        return [str(exc), *_leftovers(path)]
     with f:
         key = f.attrs["key"]
-        parts = parts_dir(path)
+        if int(f.attrs["format_version"]) < 2:
+            problems.append(
+                "format 1 entry (no checksums or content fingerprints): rerun the extract "
+                "command to recompute and rewrite it"
+            )
         for name in f["source/shard_names"].asstr()[:]:
-            try:
-                with h5py.File(parts / name, "r") as shard:
-                    if shard.attrs["key"] != key:
-                        problems.append(f"{name}: written for another key")
-                    shard["features"][:]  # fletcher32 checksums are checked on read
-            except OSError as exc:
-                problems.append(f"{name}: unreadable or corrupt ({exc})")
-        if problems:
-            return problems
-        n = f["features"].shape[0]
-        rows = max(1, (8 << 20) // max(1, f["features"].shape[1] * 4))
-        for start in range(0, n, rows):
-            block = f["features"][start : start + rows]
-            bad = ~np.isfinite(block).all(axis=1)
-            if bad.any():
-                first = start + int(np.argmax(bad))
+            found = first_corrupt_shard(parts, [name])
+            if found is not None:
+                quarantine(parts / name)
                 problems.append(
-                    f"{int(bad.sum())} rows hold NaN or inf (first: {f['relpath'].asstr()[first]})"
+                    f"{name}: corrupt ({found[1]}); moved aside: rerun the extract command to "
+                    "recompute its rows"
                 )
-        for column in ("relpath", "label", "split", "size"):
-            if f[column].shape[0] != n:
-                problems.append(f"column {column} has {f[column].shape[0]} rows, features {n}")
+                continue
+            with h5py.File(parts / name, "r") as shard:
+                if shard.attrs["key"] != key:
+                    problems.append(f"{name}: written for another key")
+        if not problems:
+            n = f["features"].shape[0]
+            for start in range(0, n, 65536):
+                block = f["features"][start : start + 65536]
+                bad = ~np.isfinite(block).all(axis=1)
+                if bad.any():
+                    first = start + int(np.argmax(bad))
+                    problems.append(
+                        f"{int(bad.sum())} rows hold NaN or inf "
+                        f"(first: {f['relpath'].asstr()[first]})"
+                    )
+    return problems + _leftovers(path)
+
+
+def _leftovers(path: Path) -> list[str]:
+    """What killed or failed runs left next to the entry."""
+    parts = parts_dir(path)
+    found = []
     journals = list(parts.glob("*.rows"))
     if journals:
-        problems.append(
-            f"{len(journals)} unfinished run(s) in {parts}: rerun extract to resume them"
+        found.append(f"{len(journals)} unfinished run(s) in {parts}: rerun extract to resume them")
+    temporaries = stale_temporaries(parts) + stale_temporaries(path.parent, prefix=path.name)
+    if temporaries:
+        found.append(
+            f"{len(temporaries)} temporary file(s) of dead writers (e.g. {temporaries[0]}): "
+            "the next extract removes them"
         )
-    return problems
+    corrupt = list(parts.glob(f"*{CORRUPT_SUFFIX}"))
+    if corrupt:
+        found.append(
+            f"{len(corrupt)} corrupt shard(s) moved aside (e.g. {corrupt[0].name}): the next "
+            "extract recomputes their rows, then removes them"
+        )
+    return found
 
 
 def size_on_disk(path: Path) -> int:

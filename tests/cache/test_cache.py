@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -164,28 +163,6 @@ def test_on_error_fail_names_the_file_and_keeps_finished_rows(tree: Path, cache_
     assert resumed.n == 11 and resumed.n_new == 11 - len(index.rows)
 
 
-def test_disk_full_keeps_rows_and_the_rerun_completes(
-    tree: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_append = shards.Journal.append
-    calls = {"n": 0}
-
-    def failing_append(self, rows, features, skipped):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise shards._disk_error(self.data_path, OSError(errno.ENOSPC, "No space left"))
-        return real_append(self, rows, features, skipped)
-
-    monkeypatch.setattr(shards.Journal, "append", failing_append)
-    with pytest.raises(FeatpipeError, match=r"No space left.*rows already written are kept"):
-        run(tree, cache_dir)
-    monkeypatch.setattr(shards.Journal, "append", real_append)
-    resumed = run(tree, cache_dir)
-    assert resumed.n == 12 and resumed.n_new == 8  # the first batch of 4 survived
-    clean = run(tree, tmp_path / "clean").load()
-    np.testing.assert_array_equal(resumed.load().X, clean.X)
-
-
 def test_unwritable_cache_dir_is_a_clear_error(tree: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -203,8 +180,9 @@ def test_entry_from_a_newer_format_is_refused(tree: Path, cache_dir: Path) -> No
 
 def test_torn_journal_loses_at_most_the_batch_in_flight(tmp_path: Path) -> None:
     journal = shards.Journal(tmp_path, "w000-1-abc-0000", 3, "float32", "k")
-    journal.append([("a", 1, 1), ("b", 1, 1)], np.ones((2, 3)), [])
-    journal.append([("c", 1, 1)], np.full((1, 3), 2.0), [("bad", 1, 1, "zero-byte file")])
+    journal.append([("a", 1, 1, "fa", "ha"), ("b", 1, 1, "fb", "hb")], np.ones((2, 3)), [])
+    skip = ("bad", 1, 1, "fx", "zero-byte file")
+    journal.append([("c", 1, 1, "fc", "hc")], np.full((1, 3), 2.0), [skip])
     journal.close()
     with journal.data_path.open("ab") as handle:  # a third batch: features half written
         handle.write(np.zeros(2, np.float32).tobytes())
@@ -212,10 +190,13 @@ def test_torn_journal_loses_at_most_the_batch_in_flight(tmp_path: Path) -> None:
         handle.write('{"ok": [["d", 1')
     contents = shards.read_journal(journal.rows_path)
     assert [r[0] for r in contents.rows] == ["a", "b", "c"]
-    assert contents.skipped == [("bad", 1, 1, "zero-byte file")]
+    assert contents.skipped == [skip]
     assert contents.features.tolist() == [[1, 1, 1], [1, 1, 1], [2, 2, 2]]
     assert shards.recover_orphans(tmp_path) == 1
-    assert shards.read_index(tmp_path).rows[("c", 1, 1)] == ("w000-1-abc-0000.h5", 2)
+    index = shards.read_index(tmp_path)
+    assert index.find(("c", 1, 1), "fc") == shards.Stored("w000-1-abc-0000.h5", 2, "fc", "hc")
+    assert index.find(("c", 1, 1), "other") is None  # same path, size and mtime; other content
+    assert index.skip_reason(("bad", 1, 1), "fx") == "zero-byte file"
     assert not list(tmp_path.glob("*.rows")) and not list(tmp_path.glob("*.jrnl"))
 
 
@@ -237,11 +218,12 @@ def test_verify_finds_a_corrupt_shard_and_a_missing_one(tree: Path, cache_dir: P
     data[offset + 100 : offset + 104] = b"\xff\xff\xff\xff"
     shard.write_bytes(bytes(data))
     problems = verify(result.entry)
-    assert problems and "corrupt" in problems[0]
-    shard.unlink()
+    assert problems and "corrupt" in problems[0] and "moved aside" in problems[0]
+    assert not shard.exists()  # moved aside, so that nothing reads it as sound again
     with pytest.raises(FeatpipeError, match=r"shard file.* missing.*rerun the extract command"):
         load_features(result.entry)
     assert run(tree, cache_dir).n_new == 12  # the rerun recomputes what was lost
+    assert verify(result.entry) == []  # and removes the corrupt copy
 
 
 def test_streaming_reader_matches_the_in_memory_one(tree: Path, cache_dir: Path) -> None:
