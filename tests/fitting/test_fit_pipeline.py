@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from conftest import TINY, flags, make_tree
 from featpipe.cli.app import main
 from featpipe.errors import FeatpipeError
 from featpipe.fitting.stage import fit
+from featpipe.heads.config import HeadConfig
 from featpipe.reports.compare import read_experiment
 from featpipe.reports.diagnosis import diagnose
 from featpipe.runs.record import load_run
@@ -41,7 +43,8 @@ def test_fit_cli_prints_leaderboard_and_results_export_csv(dataset, tmp_path, ca
     ]
     assert main([str(a) for a in args]) == 0
     out = capsys.readouterr().out
-    assert "head leaderboard" in out and "linear(lr=0.001)" in out and "logreg" in out
+    assert "head leaderboard" in out and "logreg" in out
+    assert "linear(lr=0.001, epochs=3)" in out  # what varies, and what --set changed
     assert "chosen:" in out and "run:" in out
     csv_path = tmp_path / "rows.csv"
     assert main(["results", "--runs-dir", str(tmp_path / "runs"), "--csv", str(csv_path)]) == 0
@@ -50,6 +53,45 @@ def test_fit_cli_prints_leaderboard_and_results_export_csv(dataset, tmp_path, ca
     assert len(rows) == 3 and {r["head"] for r in rows} == {"linear", "logreg"}
     assert sum(r["chosen"] == "True" for r in rows) == 1
     assert all(r["dataset"] == "shapes" and r["backbone"] == "test_efficientnet@none" for r in rows)
+
+
+def test_a_run_records_head_configs_one_way(dataset, tmp_path) -> None:
+    """run.json's request, metrics.json's chosen head, rows.csv, curves.json and head.json all
+    hold HeadConfig.to_dict(); the label names every option that differs from its default."""
+    run, result = fit(
+        dataset,
+        "test_efficientnet",
+        grid={"lr": ["1e-3", 1e-2]},
+        head={"head": "mlp", "hidden": "16", "dropout": "0.3", "epochs": 2},
+        seeds=2,
+        runs_dir=tmp_path / "runs",
+        extract_options=EXTRACT | {"cache_dir": tmp_path / "cache"},
+    )
+    configs = [c.config for c in result.candidates]
+    request = json.loads((run.path / "run.json").read_text())["request"]
+    assert request["head"] == {"head": "mlp", "hidden": 16, "dropout": 0.3, "epochs": 2}
+    assert request["grid"] == {"lr": [1e-3, 1e-2]}
+    assert request["configs"] == [c.to_dict() for c in configs]
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["chosen"] == result.best.config.to_dict()
+    assert (
+        metrics["chosen_label"].startswith("mlp(")
+        and "hidden=16, dropout=0.3" in (metrics["chosen_label"])
+    )
+    with (run.path / "rows.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    for row in rows:
+        config = HeadConfig.from_dict(row, ignore_unknown=True)
+        assert {k: row[k] for k in config.to_dict()} == {
+            k: str(v) for k, v in config.to_dict().items()
+        }
+        assert config in {replace(c, seed=int(row["seed"])) for c in configs}
+    curves = json.loads((run.path / "curves.json").read_text())
+    assert [c["config"] for c in curves] == [c.to_dict() for c in configs for _ in range(2)]
+    head = json.loads((run.path / "head" / "head.json").read_text())
+    assert head["config"] == result.best.config.to_dict()
+    assert run.head().config == result.best.config
 
 
 def test_bad_sweep_values_are_clear_errors(dataset, tmp_path, capsys) -> None:
