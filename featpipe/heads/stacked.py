@@ -9,9 +9,12 @@ This is the dinov2 linear-evaluation trick without the backbone forward: the fea
 already cached.
 
 Each head sees exactly what it would see alone: the same initial weights (drawn from its seed),
-the same minibatch order, the same updates. A group of one is the sequential fit, so the batched
-sweep and its sequential twin share all of this code; a test holds the optimizer to
-``torch.optim``'s arithmetic, and another holds the batch to its twins.
+the same minibatch order, the same updates, the same learning-rate schedule
+(:mod:`featpipe.heads.schedules`, shared with fine-tuning), and comes out as the module
+:func:`featpipe.heads.mlp.build_head` builds. A group of one is the sequential fit, so the
+batched sweep and its sequential twin share all of this code; that is why tests hold linear and
+MLP heads (BatchNorm included) to an independent ``torch.nn`` model trained by ``torch.optim``,
+and another holds the batch to its twins.
 """
 
 from __future__ import annotations
