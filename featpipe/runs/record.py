@@ -171,7 +171,10 @@ def write_run(
     ``files``) is written into a temporary directory that is then renamed to ``path`` (default:
     a new directory under ``runs_dir``, see :func:`new_run_path`). ``staging`` is a directory
     that already holds files of the run (a fine-tune's work folder): the record is added to it
-    and it is renamed instead. Each row gets the dataset, backbone and run name as columns.
+    and it is renamed instead; when ``staging`` is ``path`` itself (a fine-tune trains in its
+    run directory, so ``--out DIR`` resumes), the record completes it in place and ``run.json``,
+    written last and atomically, is the commit: readers skip the directory until it is there.
+    Each row gets the dataset, backbone and run name as columns.
     ``extra`` adds kind-specific fields to ``run.json``.
     """
     from featpipe import __version__
@@ -182,7 +185,10 @@ def write_run(
             raise ArgumentError("runs_dir", "None: give runs_dir or path")
         path = new_run_path(runs_dir, dataset, backbone, kind)
     path = Path(path)
-    if path.exists():
+    # A fine-tune trains in its run directory (resumable with --out): staging is then the path
+    # itself, and the record completes it in place, run.json last.
+    in_place = staging is not None and path.exists() and path.samefile(staging)
+    if path.exists() and not in_place:
         raise StorageError(f"{path} already exists: a run is never overwritten; choose a new path")
     if runs_dir is not None:
         remove_stale_temps(runs_dir)
@@ -216,8 +222,9 @@ def write_run(
         (tmp / "curves.json").write_text(json.dumps(curves or []))
         _write_rows(tmp / "rows.csv", table)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
-        (tmp / "run.json").write_text(json.dumps(config, indent=1, default=str))
         _fsync_tree(tmp)
+        # run.json last and atomically: it is what makes a directory completed in place a run.
+        _replace_text(tmp / "run.json", json.dumps(config, indent=1, default=str))
     return Run(path, config, dict(metrics))
 
 
@@ -246,7 +253,8 @@ def _writing(final: Path, staging: Path | None) -> Iterator[Path]:
     try:
         yield folder
         (folder / LOCK).unlink(missing_ok=True)
-        folder.rename(final)
+        folder.rename(final)  # a no-op when a fine-tune's directory is completed in place
+        _fsync_dir(final.parent)
     except OSError as exc:
         if staging is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -263,6 +271,28 @@ def _writing(final: Path, staging: Path | None) -> Iterator[Path]:
             os.close(lock_fd)
 
 
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` under a temporary name, flush it, and rename it over the old one."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(folder: Path) -> None:
     """Flush the run's files before the rename makes them visible (a crash never leaves a
     renamed run with empty files)."""
@@ -273,11 +303,7 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(folder)
 
 
 def save_run(

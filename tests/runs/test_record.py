@@ -209,3 +209,21 @@ def test_report_cli_skips_and_names_incomplete_runs(tmp_path) -> None:
     for folder in states.values():
         assert folder.name in done.stderr
     assert "shapes" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_a_fine_tune_directory_is_completed_in_place_run_json_last(tmp_path) -> None:
+    """A fine-tune trains in its run directory (``--out DIR`` resumes from its checkpoint):
+    until run.json is written, readers skip it and say how to resume."""
+    out = tmp_path / "cells" / "lite0" / "finetune-mine"
+    out.mkdir(parents=True)
+    (out / "checkpoint.pt").write_bytes(b"state")
+    (out / "metrics.json").write_text("{}")  # an earlier record attempt, killed before run.json
+    (out / "rows.csv").write_text("head\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list_runs(tmp_path) == []
+    assert "resume it with featpipe finetune --out" in str(caught[0].message)
+    write(tmp_path, "finetune", path=out, staging=out, files={"backbone.bin": b"w"})
+    (run,) = list_runs(tmp_path)
+    assert run.path == out and run.kind == "finetune" and run.metrics["val"]["mean"] == 0.75
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
