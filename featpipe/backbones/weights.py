@@ -124,8 +124,8 @@ def offline_hint(model: str) -> str:
     names = ", ".join(sorted(OFFLINE))
     here = " (installed for this model)" if model in OFFLINE and OFFLINE[model].installed() else ""
     return (
-        f"use weights offline{here} (offline packages exist for {names}), "
-        "a PATH to a local checkpoint, or none for random init"
+        f"choose weights offline{here} (offline packages exist for {names}), "
+        "a local checkpoint PATH, or none for random init"
     )
 
 

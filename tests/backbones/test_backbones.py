@@ -152,7 +152,7 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("model", ["resnet18", "hf-hub:timm/resnet18.a1_in1k"])
 def test_hub_failure_names_the_offline_options(model: str, offline_hub: None) -> None:
-    with pytest.raises(ArgumentError, match=r"^weights hub: .*unreachable.*use weights offline"):
+    with pytest.raises(ArgumentError, match=r"^weights hub: .*unreachable.*choose weights offline"):
         build_backbone(BackboneSpec(model, weights="hub"))
 
 
