@@ -82,8 +82,10 @@ def export_entry(
         writer(tmp, meta, iter_chunks(entry, rows))
         os.replace(tmp, out)
     except OSError as exc:
+        # Reading a damaged shard and writing to a full disk both raise OSError: name both.
         raise StorageError(
-            f"cannot write {out} ({exc}): free space or choose another output"
+            f"cannot export {entry} to {out} ({exc}): check free space and the output folder, "
+            "and the entry with featpipe cache verify"
         ) from None
     finally:
         if tmp.is_dir():
