@@ -75,20 +75,23 @@ def measure(
 
     With ``windows > 1`` the best of several short windows is returned: on a shared machine the
     least disturbed window is the fairest basis for comparing two candidates. Past ``deadline``
-    (a ``perf_counter`` time) no further window starts.
+    (a ``perf_counter`` time) no further window starts; if the warm-up already ran past it, its
+    own (pessimistic) rate is the answer.
     """
     x = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8)
+    start = time.perf_counter()
     engine(x)  # warm-up: allocation, kernel selection
-    best = 0.0
-    for window in range(windows):
-        if window and deadline is not None and time.perf_counter() >= deadline:
+    warm = batch / (time.perf_counter() - start)
+    rates = []
+    for _ in range(windows):
+        if deadline is not None and time.perf_counter() >= deadline:
             break
         calls, start = 0, time.perf_counter()
         while calls < 1 or time.perf_counter() - start < min_seconds / windows:
             engine(x)
             calls += 1
-        best = max(best, calls * batch / (time.perf_counter() - start))
-    return best
+        rates.append(calls * batch / (time.perf_counter() - start))
+    return max(rates, default=warm)
 
 
 def build_engine(
@@ -178,22 +181,24 @@ def probe(
         """Build a candidate engine and time one image, if the budget still has room."""
         if (name, prec) in engines:
             return True
-        if clock.left() <= 0 and not anyway:
+        # Two single-image forwards of the cheapest engine timed so far: the least a new one costs.
+        floor = 2 * min(per_image.values(), default=0.0)
+        if clock.left() <= floor and not anyway:
             return False
         settings = {"engine": name, "precision": prec, "channels_last": is_conv}
         engines[(name, prec)] = build_engine(settings, module, device, onnx_path)
         per_image[(name, prec)] = 1 / measure(engines[(name, prec)], 1, module.input_size, 0.0)
         return True
 
-    def timed(name: str, prec: str, batch: int, anyway: bool = False) -> float | None:
+    def timed(name: str, prec: str, batch: int) -> float | None:
         """Images/s of one candidate, or None when it does not fit the budget."""
         if (name, prec, batch) in rates:
             return rates[(name, prec, batch)]
-        if not ready(name, prec, anyway):
+        if not ready(name, prec):
             over_budget.add(f"{name}-{prec}@{batch}")
             return None
         window = min(0.6, max(0.0, clock.left()) / 2)
-        if not anyway and 2 * batch * per_image[(name, prec)] + window > clock.left():
+        if 2 * batch * per_image[(name, prec)] + window > clock.left():
             over_budget.add(f"{name}-{prec}@{batch}")
             return None
         rates[(name, prec, batch)] = measure(
@@ -215,9 +220,11 @@ def probe(
     batches = CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES
     trial = batch_size or batches[1]
     if (auto or auto_batch) and budget_s > 0:
-        # The fallback and the run's cost estimate: measured whatever the estimate says.
-        baseline = timed("torch", "fp32", trial, anyway=True)
-        if baseline and images is not None:
+        # The fallback and the run's cost estimate: one image is timed whatever the budget
+        # says (on a loaded machine that alone can use it up), a batch only if it fits.
+        ready("torch", "fp32", anyway=True)
+        baseline = timed("torch", "fp32", trial) or 1 / per_image[("torch", "fp32")]
+        if images is not None:
             clock.limit_s = min(clock.limit_s, max(clock.spent(), PROBE_SHARE * images / baseline))
     note = _far_slower(precision, device, ready, per_image)
     if precision == "auto":

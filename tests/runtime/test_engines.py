@@ -135,3 +135,14 @@ def test_explicit_precision_far_slower_than_fp32_is_named(monkeypatch) -> None:
         budget_s=0.0,
     )
     assert fine.note == ""
+
+
+def test_probe_on_a_machine_too_slow_for_a_batch_times_one_image_and_stops(monkeypatch) -> None:
+    costs = {("torch", "fp32"): (0.0, 0.4), ("torch", "bf16"): (0.0, 0.4)}
+    start = time.perf_counter()
+    chosen = fake_probe(monkeypatch, costs, budget_s=1.0)
+    # Two single-image forwards (warm-up and timed) use the budget up; a batch of 8 (3.2 s a
+    # call, warm-up and windows) never starts.
+    assert time.perf_counter() - start < 1.5
+    assert (chosen.precision, chosen.engine, chosen.batch_size) == ("fp32", "torch", 8)
+    assert chosen.measured == {} and "torch-fp32@8" in chosen.probe["over_budget"]
