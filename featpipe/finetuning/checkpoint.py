@@ -10,7 +10,6 @@ whatever the file names, before any check of its contents could refuse it).
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +48,10 @@ class Checkpointer:
             return None
         try:
             return torch.load(self.path, map_location=device, weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-            # torch's own text is many lines and suggests the unsafe loader; one line instead.
+        except Exception as exc:
+            # A refused pickle, a truncated or foreign file: torch raises many types (its text is
+            # many lines and suggests the unsafe loader). weights_only ran nothing from the file;
+            # one line instead.
             raise StorageError(
                 f"{self.path} is not a fine-tune checkpoint featpipe can read safely "
                 f"({type(exc).__name__}); it was not loaded: delete it to start this run again, "

@@ -17,9 +17,10 @@ from safetensors.torch import load_file, save_file
 
 import featpipe
 from conftest import TINY, make_tree
-from featpipe.errors import ArgumentError
+from featpipe.errors import ArgumentError, StorageError
 from featpipe.finetuning.blocks import all_blocks
 from featpipe.finetuning.cam import pick_tiles
+from featpipe.finetuning.checkpoint import Checkpointer
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
 from featpipe.finetuning.stage import CamFigureWarning, finetune
@@ -110,6 +111,19 @@ def test_a_planted_checkpoint_is_never_unpickled(data, tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "checkpoint.pt" in lines[0] and "safely" in lines[0]
     assert "weights_only=False" not in proc.stderr  # never suggests the unsafe loader
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_a_damaged_checkpoint_is_one_line_not_a_traceback(damage, tmp_path):
+    out = tmp_path / "run"
+    checkpointer = Checkpointer(out)
+    checkpointer.save({"model": {"w": torch.zeros(1000)}, "state": {"epoch": 1}})
+    whole = checkpointer.path.read_bytes()
+    damaged = {"truncated": whole[: len(whole) // 2], "empty": b"", "text": b"hello world"}
+    checkpointer.path.write_bytes(damaged[damage])
+    with pytest.raises(StorageError, match="not a fine-tune checkpoint featpipe can read") as info:
+        checkpointer.load(torch.device("cpu"))
+    assert "\n" not in str(info.value)
 
 
 def test_lr_mult_chunks_are_cut_over_the_blocks_that_train(data, tmp_path):
