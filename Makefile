@@ -1,13 +1,14 @@
 # featpipe: two commands do everything on a fresh machine.
 #   make demo   set up, write a bundled real dataset as images, extract with real weights
 #   make test   set up, lint, format check, tests
+#   make report-check   render the HTML report in headless Chromium; check every plot and link
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.featpipe-installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test bench fashion-mnist clean
+.PHONY: setup demo test bench report-check fashion-mnist clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# The report of ./runs (the demo's run if there is none yet), in a real browser: every <img>
+# and <a href> must resolve; the screenshot is report/screenshot.png.
+report-check: setup
+	test -d runs || $(BIN)/featpipe demo
+	$(BIN)/python benchmarks/report_check.py --runs runs --out report
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

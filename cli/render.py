@@ -1,10 +1,9 @@
-"""Rich output helpers shared by the commands: one console, sizes, dates, progress."""
+"""Rich output helpers shared by the commands: one console, sizes, dates, the activity line."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -12,6 +11,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    SpinnerColumn,
     Task,
     TextColumn,
     TimeElapsedColumn,
@@ -62,29 +62,71 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:6.1f} img/s" if speed else "   --- img/s", style="cyan")
 
 
-class LazyProgress:
-    """A progress bar that appears at the first update, so a run that fails early or hits the
-    cache prints no empty bar."""
+class WhenCounting(ProgressColumn):
+    """A column shown only while there is something to count (batches); a step of unknown
+    length (building a model, fitting heads) shows the spinner and its description alone."""
+
+    def __init__(self, column: ProgressColumn) -> None:
+        super().__init__()
+        self.column = column
+
+    def render(self, task: Task) -> Any:
+        return self.column.render(task) if task.total is not None else Text("")
+
+
+class Activity:
+    """One live line on stderr from the first second of a command to its last.
+
+    A spinner says what is happening (``status``: scanning, reading the cache, building the
+    model, probing its speed, fitting heads); while batches run (``update``) it becomes a
+    progress bar with a rate and an ETA. Warnings print above it. The line disappears when the
+    command ends, and is not drawn where stderr is no terminal: a log keeps only the command's
+    own output and its warnings.
+    """
 
     def __init__(self, description: str) -> None:
         self.description = description
-        self.bar: Progress | None = None
-        self.task = None
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}", style="bold", markup=False),
+            WhenCounting(BarColumn()),
+            WhenCounting(MofNCompleteColumn()),
+            WhenCounting(RateColumn()),
+            TimeElapsedColumn(),
+            WhenCounting(TextColumn("ETA")),
+            WhenCounting(TimeRemainingColumn()),
+            console=console(stderr=True),
+            transient=True,
+        )
+        self.task = self.bar.add_task(description, total=None, rate=0.0)
+        # A log or a pipe gets the command's output alone (and its warnings).
+        self.drawn = self.bar.console.is_terminal
+
+    def __enter__(self) -> Activity:
+        if self.drawn:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.drawn:
+            self.bar.stop()
+
+    def say(self, text: str) -> None:
+        """A step of unknown length: the spinner and this text."""
+        self.bar.update(self.task, description=text, total=None, completed=0)
+        if self.drawn:
+            self.bar.refresh()  # a step is news at once, not at the next tick
+
+    def status(self, phase: Any) -> None:
+        """An extraction :class:`~featpipe.extraction.stage.Phase`: a warning is printed above
+        the line (it must stay readable); every other phase becomes the spinner's text."""
+        if getattr(phase, "name", "") == "warning":
+            self.bar.console.print(f"warning: {phase}", markup=False, highlight=False)
+        else:
+            self.say(str(phase))
 
     def update(self, done: int, total: int, rate: float, description: str | None = None) -> None:
-        if self.bar is None:
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                RateColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=console(stderr=True),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.description, total=total, rate=0.0)
+        """Batches: the progress bar."""
         self.bar.update(
             self.task,
             completed=done,
@@ -93,15 +135,7 @@ class LazyProgress:
             description=description or self.description,
         )
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
-
-@contextmanager
-def progress_bar(description: str) -> Iterator[LazyProgress]:
-    bar = LazyProgress(description)
-    try:
-        yield bar
-    finally:
-        bar.close()
+def progress_bar(description: str) -> Activity:
+    """The activity line of a command (a context manager), shown from its first second."""
+    return Activity(description)

@@ -54,6 +54,10 @@ class SweepResult:
     few_shot: list[dict[str, Any]]
     seconds: float
     few_shot_note: str = ""  # shot counts left out of the curve, and why
+    # images per split the scores rest on (the report says how many a verdict rests on)
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    # regression: the chosen head's test predictions, for predicted-vs-true plots
+    test_predictions: dict[str, list[float]] | None = None
 
     @property
     def metric(self) -> str:
@@ -223,12 +227,14 @@ def sweep(
         )
     test = features.where("test")
     confusion = None
+    predictions = None
     if len(test):
         best.test = [_score(head, test.X, test.y) for head in best.heads]
+        predicted = best.heads[0].predict(test.X)
         if features.task == "classification":
-            confusion = metrics.confusion(
-                test.y, best.heads[0].predict(test.X), len(features.class_names)
-            )
+            confusion = metrics.confusion(test.y, predicted, len(features.class_names))
+        else:
+            predictions = {"true": test.y.tolist(), "predicted": predicted.tolist()}
     few = (
         distributed.on_leader(
             distributed.current(), lambda: few_shot(features, best.config, shots, draws)
@@ -248,6 +254,8 @@ def sweep(
         few,
         time.perf_counter() - start,
         note,
+        split_sizes={s: int((features.split == s).sum()) for s in ("train", "val", "test")},
+        test_predictions=predictions,
     )
 
 

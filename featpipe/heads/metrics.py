@@ -1,6 +1,8 @@
 """Metrics, named the way the results table names them.
 
-Classification: accuracy (the selection metric), macro-F1 and the confusion matrix.
+Classification: accuracy (the selection metric), balanced accuracy and macro-F1 (which do not
+let a majority class hide a minority one: ELPV is 3:1), AUROC for two classes when the head's
+scores are given, and the confusion matrix (the report's per-class table reads it).
 Regression: R² (the selection metric), MAE and MSE.
 """
 
@@ -15,14 +17,28 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - float(((y - pred) ** 2).sum()) / total if total > 0 else 0.0
 
 
-def classification(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, float]:
-    from sklearn.metrics import f1_score
+def classification(
+    y: np.ndarray, pred: np.ndarray, n_classes: int, scores: np.ndarray | None = None
+) -> dict[str, float]:
+    """``scores``: the head's raw outputs, one column per class (for AUROC, two classes)."""
+    from sklearn.metrics import f1_score, recall_score, roc_auc_score
 
+    y, pred = np.asarray(y), np.asarray(pred)
     labels = list(range(n_classes))
-    return {
+    # Balanced accuracy is the mean recall over the classes present (balanced_accuracy_score
+    # warns when a prediction names a class absent from y, as in a small CV fold).
+    present = np.unique(y)
+    out = {
         "accuracy": float(np.mean(y == pred)),
+        "balanced_accuracy": float(
+            recall_score(y, pred, labels=present, average="macro", zero_division=0)
+        ),
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
     }
+    if scores is not None and n_classes == 2:
+        margin = scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores[:, 0]
+        out["auroc"] = float(roc_auc_score(y, margin)) if len(present) == 2 else float("nan")
+    return out
 
 
 def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -42,7 +58,7 @@ def primary(task: str) -> str:
 
 
 def evaluate(head, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    pred = head.predict(X)
     if head.task == "regression":
-        return regression(y, pred)
-    return classification(y, pred, len(head.class_names))
+        return regression(y, head.predict(X))
+    scores = head.decision_function(X)  # predict is its argmax: one pass gives both
+    return classification(y, scores.argmax(axis=1), len(head.class_names), scores)

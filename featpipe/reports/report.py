@@ -1,9 +1,14 @@
 """``featpipe report``: one HTML page with PNG plots over every run in a directory.
 
-Plots, where a picture says more than numbers: validation score against learning rate (one line
-per weight decay), a backbone × dataset heatmap, few-shot curves, the confusion matrix of the
-best head, and train/validation curves of torch heads with the fit diagnosis written beside
-them. Fine-tune runs add their per-epoch curves.
+Plots, where a picture says more than numbers: validation score against learning rate (one
+panel per head type, every weight decay visible, seed spread as error bars), a backbone ×
+dataset heatmap, few-shot curves, the confusion matrix and per-class scores of the best head,
+predicted-vs-true and residuals for regression, and train/validation curves of torch heads with
+the fit diagnosis written beside them. Fine-tune runs add their per-epoch curves.
+
+Every row links to its run folder; a chosen head is named by the options that differ from the
+defaults, the full config on hover. Links and images are relative, so the folder can be moved
+together with the runs directory beside it.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import functools
 import html
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -20,9 +27,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from featpipe.errors import FeatpipeError
+from featpipe.errors import MissingError
 from featpipe.reports.diagnosis import diagnose_history
 from featpipe.runs.record import Run, list_runs
+
+# Test scores the tables show next to the selection metric, where a run has them.
+SCORES = {
+    "classification": ("accuracy", "balanced_accuracy", "macro_f1", "auroc"),
+    "regression": ("r2", "mae", "mse"),
+}
+MARKERS = "osD^v<>p*h"
+STYLE = (
+    "body{font-family:sans-serif;max-width:1150px;margin:auto;padding:0 12px}"
+    "table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ccc;padding:3px 6px;"
+    "font-size:13px}th{background:#f3f3f3}td.num{text-align:right}"
+    "img{max-width:100%;margin:4px 0}abbr{text-decoration:underline dotted}"
+    ".note{color:#555;font-size:13px}"
+)
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> str:
@@ -72,26 +93,85 @@ def _has_sweep(run: Run) -> bool:
     return len({r["lr"] for r in _sweep_rows(run.path)}) > 1
 
 
+def _mean_scores(run: Run, split: str) -> dict[str, float]:
+    """A split's scores of the chosen config, averaged over its seeds."""
+    per_seed = run.metrics.get(split, {}).get("all") or []
+    names = {k for scores in per_seed for k in scores}
+    return {k: float(np.mean([s[k] for s in per_seed if k in s])) for k in names}
+
+
+def _head_label(run: Run) -> tuple[str, str]:
+    """The chosen head by the options that differ from their defaults, and in full."""
+    from featpipe.heads.config import HeadConfig
+
+    chosen = run.metrics.get("chosen") or {}
+    full = ", ".join(f"{k}={v}" for k, v in chosen.items())
+    try:
+        short = HeadConfig.from_dict(chosen, ignore_unknown=True).label()
+    except ValueError:  # a config of another featpipe version: show what it recorded
+        short = run.metrics.get("chosen_label", full)
+    return short, full
+
+
+def _split_sizes(run: Run) -> dict[str, int]:
+    """Images per split that the run's scores rest on (recorded by fit; older runs: none)."""
+    return {k: int(v) for k, v in (run.metrics.get("split_sizes") or {}).items()}
+
+
+def _val_size(run: Run) -> int | None:
+    """How many images the validation score rests on; None when the run does not say."""
+    sizes = _split_sizes(run)
+    if run.metrics.get("selection") == "val":
+        return sizes.get("val")
+    return sizes.get("train")  # cross-validation: every training image is validated once
+
+
 def sweep_plot(run: Run, out: Path, index: int) -> str | None:
-    """Validation score against lr, one line per wd, for each torch head type of a run."""
+    """Validation score against lr: one panel per torch head type, one line per weight decay.
+
+    Lines of equal scores would hide each other, so each weight decay has its own marker and a
+    small horizontal offset; error bars are the spread (std) over seeds.
+    """
     rows = _sweep_rows(run.path)
     metric = f"val_{run.metrics['metric']}"
-    lines: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        lines[(r["head"], r["wd"])][float(r["lr"])].append(float(r[metric]))
-    if not lines or all(len(points) < 2 for points in lines.values()):
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (head, wd), points in sorted(lines.items()):
-        lrs = sorted(points)
-        ax.plot(lrs, [np.mean(points[lr]) for lr in lrs], marker="o", label=f"{head}, wd={wd}")
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="learning rate",
-        ylabel=metric.replace("_", " "),
-        title=f"{run.config['dataset']} · {run.config['backbone']}",
+    lines: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
     )
-    ax.legend(fontsize=8)
+    for r in rows:
+        lines[r["head"]][r["wd"]][float(r["lr"])].append(float(r[metric]))
+    if not any(len(points) >= 2 for by_wd in lines.values() for points in by_wd.values()):
+        return None
+    heads = sorted(lines)
+    fig, axes = plt.subplots(
+        1, len(heads), figsize=(4.6 * len(heads), 3.8), sharey=True, squeeze=False
+    )
+    seeds = max(len(v) for by_wd in lines.values() for p in by_wd.values() for v in p.values())
+    for ax, head in zip(axes[0], heads, strict=True):
+        by_wd = lines[head]
+        count = len(by_wd)
+        for i, (wd, points) in enumerate(sorted(by_wd.items(), key=lambda kv: float(kv[0]))):
+            lrs = sorted(points)
+            shift = 10 ** (0.035 * (i - (count - 1) / 2))  # a few % apart on the log axis
+            ax.errorbar(
+                [lr * shift for lr in lrs],
+                [np.mean(points[lr]) for lr in lrs],
+                yerr=[np.std(points[lr]) for lr in lrs],
+                marker=MARKERS[i % len(MARKERS)],
+                markersize=5,
+                capsize=3,
+                linewidth=1.2,
+                alpha=0.85,
+                label=f"wd={wd}",
+            )
+        ax.set_xscale("log")
+        ax.set(xlabel="learning rate", title=f"{head} head")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="weight decay", title_fontsize=8)
+    axes[0][0].set_ylabel(metric.replace("_", " "))
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
+    fig.suptitle(
+        f"{run.config['dataset']} · {run.config['backbone']}: lr sweep ({spread})", fontsize=10
+    )
     return _save(fig, out, f"sweep-{index}.png")
 
 
@@ -128,24 +208,49 @@ def heatmaps(best: dict[tuple[str, str], Run], out: Path) -> list[str]:
 
 
 def few_shot_plot(runs: list[Run], out: Path) -> str | None:
+    """Accuracy against real training examples per class, one line per run, in x order.
+
+    The ``all`` point sits at the largest class's size (all of train) and is labelled so.
+    """
     with_curves = [r for r in runs if r.metrics.get("few_shot")]
     if not with_curves:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run in with_curves:
-        pts = run.metrics["few_shot"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    splits = set()
+    for i, run in enumerate(with_curves):
+        pts = sorted(run.metrics["few_shot"], key=lambda p: p["per_class"])
         x = [p["per_class"] for p in pts]
         y = np.array([p["mean"] for p in pts])
         err = np.array([p["std"] for p in pts])
-        ax.plot(x, y, marker="o", label=f"{run.config['dataset']} · {run.config['backbone']}")
-        ax.fill_between(x, y - err, y + err, alpha=0.2)
+        splits |= {p["split"] for p in pts}
+        head = _head_label(run)[0]
+        line = ax.errorbar(
+            x,
+            y,
+            yerr=err,
+            marker=MARKERS[i % len(MARKERS)],
+            capsize=3,
+            label=f"{run.config['dataset']} · {run.config['backbone']} · {head}",
+        )
+        for p in pts:
+            if p["shots"] == "all":
+                ax.annotate(
+                    f"all ({p['per_class']})",
+                    (p["per_class"], p["mean"]),
+                    textcoords="offset points",
+                    xytext=(4, -12),
+                    fontsize=7,
+                    color=line[0].get_color(),
+                )
     ax.set_xscale("log")
     ax.set(
-        xlabel="training examples per class",
-        ylabel="accuracy",
-        title="sample efficiency (mean ± std over draws)",
+        xlabel="training examples per class (all = the whole train split)",
+        ylabel=f"{'/'.join(sorted(splits))} accuracy",
+        title=f"few-shot: accuracy on the {' and '.join(sorted(splits))} split "
+        "(mean ± std over draws)",
     )
-    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(fig, out, "few-shot.png")
 
 
@@ -155,7 +260,7 @@ def confusion_plot(run: Run, out: Path, index: int) -> str | None:
         return None
     matrix = np.array(matrix)
     names = run.metrics["class_names"]
-    size = 2 + 0.45 * len(names)
+    size = 2.5 + 0.45 * len(names)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=60, fontsize=8)
@@ -178,6 +283,41 @@ def confusion_plot(run: Run, out: Path, index: int) -> str | None:
     return _save(fig, out, f"confusion-{index}.png")
 
 
+def per_class_rows(run: Run) -> list[list[str]]:
+    """Per-class test precision, recall, F1 and support, read off the confusion matrix."""
+    matrix = np.array(run.metrics.get("confusion") or [], dtype=np.float64)
+    if matrix.size == 0:
+        return []
+    support, predicted, hits = matrix.sum(1), matrix.sum(0), np.diag(matrix)
+    rows = []
+    for c, name in enumerate(run.metrics["class_names"]):
+        precision = hits[c] / predicted[c] if predicted[c] else 0.0
+        recall = hits[c] / support[c] if support[c] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append([name, f"{precision:.3f}", f"{recall:.3f}", f"{f1:.3f}", f"{support[c]:.0f}"])
+    return rows
+
+
+def regression_plot(run: Run, out: Path, index: int) -> str | None:
+    """Predicted against true on test, and the residuals against the prediction."""
+    recorded = run.metrics.get("test_predictions")
+    if run.metrics.get("task") != "regression" or not recorded:
+        return None
+    y = np.asarray(recorded["true"], np.float64)
+    pred = np.asarray(recorded["predicted"], np.float64)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    left.scatter(y, pred, s=12, alpha=0.6)
+    low, high = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    left.plot([low, high], [low, high], color="grey", linestyle="--", label="predicted = true")
+    left.set(xlabel="true", ylabel="predicted", title=f"test: {len(y)} images")
+    left.legend(fontsize=8)
+    right.scatter(pred, pred - y, s=12, alpha=0.6)
+    right.axhline(0, color="grey", linestyle="--")
+    right.set(xlabel="predicted", ylabel="residual (predicted − true)", title="residuals")
+    fig.suptitle(f"{run.config['dataset']} · {run.config['backbone']}", fontsize=10)
+    return _save(fig, out, f"regression-{index}.png")
+
+
 def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
     """Train/validation curves of the chosen torch head, with the diagnosis."""
     chosen = run.metrics["chosen"]
@@ -187,7 +327,8 @@ def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
     history = curves[0]["history"]
     finetune = run.config.get("kind") == "finetune"
     best_epoch = run.metrics["best_epoch"] if finetune else run.head().best_epoch
-    diag = diagnose_history(history, len(run.metrics["class_names"]))
+    n_classes = len(run.metrics["class_names"]) if run.metrics.get("task") != "regression" else 0
+    diag = diagnose_history(history, n_classes, n_val=_val_size(run))
     epochs = range(1, len(history["train_loss"]) + 1)
     if finetune:
         fig, axes = plt.subplots(2, 2, figsize=(9, 6.5))
@@ -204,72 +345,98 @@ def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
                 ax.legend(fontsize=6)
     else:
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(epochs, history["train_loss"], label="train")
-    left.plot(epochs, history["val_loss"], label="validation")
-    left.set(xlabel="epoch", ylabel="loss")
-    right.plot(epochs, history["train_metric"], label="train")
-    right.plot(epochs, history["val_metric"], label="validation")
-    right.axvline(best_epoch + 1, color="grey", linestyle=":", label="kept epoch")
-    right.set(xlabel="epoch", ylabel=run.metrics["metric"])
-    right.legend(fontsize=8)
-    params = curves[0]["config"]
-    keys = ("unfreeze", "lr", "wd", "epochs")
-    short = ", ".join(f"{k}={params[k]}" for k in keys if k in params)
+    for ax, key, label in ((left, "loss", "loss"), (right, "metric", run.metrics["metric"])):
+        ax.plot(epochs, history[f"train_{key}"], label="train")
+        ax.plot(epochs, history[f"val_{key}"], label="validation")
+        ax.axvline(best_epoch + 1, color="grey", linestyle=":", label="kept epoch")
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.legend(fontsize=8)
     fig.suptitle(
-        f"{run.config['dataset']} · {run.config['backbone']} · {params['head']}({short})",
+        f"{run.config['dataset']} · {run.config['backbone']} · {_head_label(run)[0]}",
         fontsize=9,
     )
     return _save(fig, out, f"curves-{index}.png"), diag.text() if diag else ""
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
+    """An HTML table; cells are text, or already-built HTML when wrapped in :class:`_Html`."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
+    body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+class _Html(str):
+    """A table cell that is markup already (a link, a hover title)."""
+
+
+def _td(cell: Any) -> str:
+    if isinstance(cell, _Html):
+        return f"<td>{cell}</td>"
+    text = str(cell)
+    numeric = text.replace(".", "", 1).replace("-", "", 1).isdigit()
+    return (
+        f"<td class='num'>{html.escape(text)}</td>" if numeric else f"<td>{html.escape(text)}</td>"
+    )
+
+
+def _run_link(run: Run, out: Path) -> _Html:
+    href = Path(os.path.relpath(run.path.resolve(), out.resolve())).as_posix() + "/"
+    return _Html(f"<a href='{html.escape(href)}'>{html.escape(run.path.name)}</a>")
+
+
+def _head_cell(run: Run) -> _Html:
+    short, full = _head_label(run)
+    return _Html(f"<abbr title='{html.escape(full)}'>{html.escape(short)}</abbr>")
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None or value != value else f"{value:.4f}"
 
 
 def report(runs_dir: Path, out: Path) -> Path:
     """Write ``out/index.html`` and its PNGs; returns the HTML path."""
     runs = list_runs(runs_dir)
     if not runs:
-        raise FeatpipeError(f"no runs in {runs_dir}: fit something first")
+        raise MissingError(f"no runs in {runs_dir}: fit something first")
     out.mkdir(parents=True, exist_ok=True)
     pairs = _pairs(runs)
     best = {pair: max(group, key=_val) for pair, group in pairs.items()}
     parts: list[str] = [
-        "<html><head><meta charset='utf-8'><title>featpipe report</title><style>"
-        "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
-        "collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style></head>"
-        f"<body><h1>featpipe report</h1><p>{len(runs)} runs from {html.escape(str(runs_dir))}"
-        "</p>"
+        f"<html><head><meta charset='utf-8'><title>featpipe report</title><style>{STYLE}"
+        f"</style></head><body><h1>featpipe report</h1><p>{len(runs)} runs from "
+        f"{html.escape(str(runs_dir))}. A head is named by its options that differ from the "
+        "defaults; hover for all of them. Run names link to their folders.</p>"
     ]
-    summary = [
-        [
-            d,
-            b,
-            r.config.get("kind", "heads"),
-            r.metrics["chosen_label"],
-            r.metrics["metric"],
-            f"{r.metrics['val']['mean']:.4f}",
-            f"{r.metrics['test']['mean']:.4f}",
-            r.metrics["selection"],
-            f"{len(pairs[(d, b)])}",
-            r.path.name,
+    for task in ("classification", "regression"):
+        rows = [
+            [
+                d,
+                b,
+                r.config.get("kind", "fit"),
+                _head_cell(r),
+                r.metrics["selection"],
+                _num(r.metrics["val"]["mean"]),
+                *(_num(_mean_scores(r, "test").get(s)) for s in SCORES[task]),
+                f"{len(pairs[(d, b)])}",
+                _run_link(r, out),
+            ]
+            for (d, b), r in best.items()
+            if r.metrics.get("task", "classification") == task
         ]
-        for (d, b), r in best.items()
-    ]
-    parts.append("<h2>Leaderboard (best run per dataset × backbone, by validation score)</h2>")
-    header = ["dataset", "backbone", "kind", "chosen head", "metric", "val", "test"]
-    parts.append(_table(summary, [*header, "selection", "runs", "run"]))
+        if rows:
+            title = f"Leaderboard, {task} (best run per dataset × backbone, by validation score)"
+            parts.append(f"<h2>{title}</h2>")
+            metric = "r2" if task == "regression" else "accuracy"
+            header = ["dataset", "backbone", "kind", "chosen head", "selection", f"val {metric}"]
+            tests = [f"test {s.replace('_', ' ')}" for s in SCORES[task]]
+            parts.append(_table(rows, [*header, *tests, "runs", "run"]))
     figures = heatmaps(best, out)
     if figures:
         parts.append("<h2>Backbone × dataset</h2>")
-        parts += [f"<img src='{f}'>" for f in figures]
+        parts += [f"<img src='{f}' alt='heatmap'>" for f in figures]
     figure = few_shot_plot([r for group in pairs.values() for r in group], out)
     if figure:
-        parts.append(f"<h2>Few-shot curves</h2><img src='{figure}'>")
+        parts.append(f"<h2>Few-shot curves</h2><img src='{figure}' alt='few-shot curves'>")
     index = 0
     for (dataset, backbone), group in pairs.items():
         section = [f"<h2>{html.escape(dataset)} · {html.escape(backbone)}</h2>"]
@@ -277,8 +444,10 @@ def report(runs_dir: Path, out: Path) -> Path:
             index += 1
             plots = _run_plots(run, out, index)
             if plots:
-                title = f"{role}: {run.metrics['chosen_label']} ({run.path.name})"
-                section += [f"<h3>{html.escape(title)}</h3>", *plots]
+                section.append(
+                    f"<h3>{html.escape(role)}: {_head_cell(run)} ({_run_link(run, out)})</h3>"
+                )
+                section += plots
         parts += section if len(section) > 1 else []
     parts.append("</body></html>")
     page = out / "index.html"
@@ -287,21 +456,36 @@ def report(runs_dir: Path, out: Path) -> Path:
 
 
 def _run_plots(run: Run, out: Path, i: int) -> list[str]:
-    """The HTML of one run's plots: sweep, confusion, CAM, curves with diagnosis."""
+    """The HTML of one run's plots: sweep, confusion with per-class scores, regression, CAM,
+    curves with diagnosis."""
     html_parts = []
-    for plot in (sweep_plot(run, out, i), confusion_plot(run, out, i)):
-        if plot:
-            html_parts.append(f"<img src='{plot}'>")
+    sweep = sweep_plot(run, out, i)
+    if sweep:
+        html_parts.append(f"<img src='{sweep}' alt='learning-rate sweep'>")
+    confusion = confusion_plot(run, out, i)
+    if confusion:
+        html_parts.append(f"<img src='{confusion}' alt='confusion matrix'>")
+        header = ["class", "precision", "recall", "F1", "test images"]
+        html_parts.append(_table(per_class_rows(run), header))
+    regression = regression_plot(run, out, i)
+    if regression:
+        html_parts.append(f"<img src='{regression}' alt='predicted against true'>")
+    elif run.metrics.get("task") == "regression":
+        html_parts.append(
+            "<p class='note'>No test predictions recorded in this run (written by an older "
+            "featpipe): fit again for the predicted-vs-true plot.</p>"
+        )
     if run.metrics.get("cam"):
         import shutil
 
         shutil.copy(run.path / run.metrics["cam"], out / f"cam-{i}.png")
         html_parts.append(
-            f"<p>Class activation maps (validation images)</p><img src='cam-{i}.png'>"
+            f"<p>Class activation maps (validation images)</p><img src='cam-{i}.png' alt='CAM'>"
         )
     curves = curves_plot(run, out, i)
     if curves:
         html_parts.append(
-            f"<img src='{curves[0]}'><p><b>Diagnosis</b> — {html.escape(curves[1])}</p>"
+            f"<img src='{curves[0]}' alt='training curves'>"
+            f"<p><b>Diagnosis</b> — {html.escape(curves[1])}</p>"
         )
     return html_parts

@@ -79,6 +79,20 @@ class Run:
     def kind(self) -> str:
         return str(self.config.get("kind", "fit"))
 
+    def __repr__(self) -> str:
+        """One line for a notebook: what was fitted on what, the choice and its scores."""
+        m = self.metrics
+        metric = m.get("metric", "score")
+        scores = ", ".join(
+            f"{split} {metric}={m[split]['mean']:.4f}"
+            for split in ("val", "test")
+            if isinstance(m.get(split), dict) and m[split].get("mean") == m[split].get("mean")
+        )
+        return (
+            f"Run({self.kind}, {self.config.get('dataset')!r}, {self.config.get('backbone')!r}, "
+            f"{m.get('chosen_label', '?')}, {scores}, path={str(self.path)!r})"
+        )
+
     def head(self) -> FittedHead:
         from featpipe.heads.fitted import FittedHead
 
@@ -335,6 +349,8 @@ def save_run(
         },
         "confusion": result.confusion,
         "few_shot": result.few_shot,
+        "split_sizes": result.split_sizes,
+        "test_predictions": result.test_predictions,
         "extract_seconds": extract_seconds,
         "fit_seconds": result.seconds,
         "n_configs": len(result.candidates),
