@@ -45,7 +45,7 @@ def test_cache_commands(tree: Path, cache_dir: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-b", "resnt18"], "unknown backbone 'resnt18': did you mean resnet18"),
+        (["-b", "resnt18"], "--backbone resnt18: unknown model; did you mean resnet18"),
         (["--batch-size", "many"], "--batch-size many: use a whole number or auto"),
         (["--dtype", "int8"], "--dtype int8: choose one of float32, float16"),
         (["--pool", "median"], "--pool median: choose one of avg, max, avgmax, cls"),
