@@ -1,0 +1,124 @@
+"""What an entry records about the runs that made its rows: one record per run that added rows.
+
+An entry is rewritten at the end of every extract run (so that a removed file drops out of it),
+but a run that added no row computed nothing: a rerun with ``--engine torch --batch-size 16``
+over an entry that onnxruntime made at batch 32 must not make the entry claim torch, batch 16,
+0 img/s. So the provenance JSON holds:
+
+* at the top level, the record of the latest run that added rows (``versions``, ``device``,
+  ``host``, ``settings``, ``timings_s``, ``last_run``, ``ranks``: the keys readers already use);
+* ``history``: the records of every run that added rows, oldest first.
+
+A run that adds no row leaves the provenance exactly as it was. An entry written before the
+history existed holds one record at the top level: it becomes the first item of the history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+
+def versions() -> dict[str, str]:
+    import h5py
+    import PIL
+    import timm
+    import torch
+    import torchvision
+
+    from featpipe import __version__
+
+    return {
+        "featpipe": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from featpipe.cache.catalog import machine_signature
+
+    return machine_signature().split("|")[1] + f" ({os.cpu_count()} cores)"
+
+
+def run_record(
+    *,
+    device: Any,
+    settings: dict[str, Any],
+    timings: dict[str, float],
+    extracted: int,
+    copied: int,
+    copied_from: list[str],
+    pending: int,
+    wall_s: float,
+    ranks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One run's record. ``images_per_s`` is over the run's whole wall time, the same interval
+    as ``wall_s``; the loop's own rate is ``loop_images_per_s``."""
+    loop = timings.get("extract_s", 0.0)
+    return {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+        "device": device_name(device),
+        "host": platform.node(),
+        "settings": settings,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()} | {"wall_s": round(wall_s, 3)},
+        "last_run": {
+            "rows_extracted": extracted,
+            "rows_copied": copied,
+            "copied_from": copied_from,
+            "pending": pending,
+            "images_per_s": round(extracted / wall_s, 2) if wall_s > 0 else 0.0,
+            "loop_images_per_s": round(pending / loop, 2) if loop > 0 else 0.0,
+        },
+        "ranks": ranks,
+    }
+
+
+def added_rows(record: dict[str, Any]) -> bool:
+    run = record.get("last_run", {})
+    return bool(run.get("rows_extracted") or run.get("rows_copied"))
+
+
+def merge(previous: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The provenance to write after a run: ``previous`` unchanged if the run added no row,
+    else ``record`` on top with the history extended by it."""
+    if previous and not added_rows(record):
+        return previous
+    history = previous.get("history")
+    if history is None:  # written before histories: its one record is the first
+        history = [previous] if previous.get("settings") else []
+    return record | {"history": [*history, record] if added_rows(record) else history}
+
+
+def previous(entry: Path) -> dict[str, Any]:
+    """The provenance an entry holds now ({} when there is none, or it cannot be read).
+
+    Read from the attribute alone, without the entry's integrity checks: a run that recomputes
+    the rows of a corrupt shard must still keep the history of the runs before it.
+    """
+    if not entry.is_file():
+        return {}
+    try:
+        with h5py.File(entry, "r") as f:
+            return dict(json.loads(f.attrs["provenance"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}

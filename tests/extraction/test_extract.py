@@ -1,0 +1,144 @@
+"""The extract stage tells the truth: provenance per run that added rows, cache hits for explicit
+requests, rows reused across dataset names, honest summary figures, a bounded speed probe, and
+status before the first batch."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY, flags, write_image
+from featpipe.cache.entry import read_meta
+from featpipe.extraction import provenance, stage
+from featpipe.extraction.stage import Phase, extract
+
+AUTO = TINY | {"precision": "auto", "engine": "auto", "batch_size": None}
+
+
+def run(data: Path, cache_dir: Path, **overrides):
+    return extract(data, cache_dir=cache_dir, **(TINY | overrides))
+
+
+def test_a_rerun_that_adds_no_rows_keeps_the_provenance(tree: Path, cache_dir: Path) -> None:
+    first = run(tree, cache_dir)
+    made = read_meta(first.entry)["provenance"]
+    assert made["settings"]["batch_size"] == 4 and len(made["history"]) == 1
+    (tree / "bees" / "bees_002.png").unlink()  # the entry must be rewritten, with nothing to run
+    shrunk = run(tree, cache_dir, batch_size=16)
+    assert (shrunk.hit, shrunk.n_new, shrunk.n) == (False, 0, 11)
+    kept = read_meta(shrunk.entry)["provenance"]
+    assert kept == made  # not "batch 16, 0 img/s"
+    write_image(tree / "bees" / "bees_100.png", seed=5)
+    grown = run(tree, cache_dir, batch_size=16)
+    assert grown.n_new == 1
+    now = read_meta(grown.entry)["provenance"]
+    assert [r["settings"]["batch_size"] for r in now["history"]] == [4, 16]
+    assert [r["last_run"]["rows_extracted"] for r in now["history"]] == [12, 1]
+    assert now["settings"]["batch_size"] == 16  # the top level: the latest run that added rows
+
+
+def test_provenance_without_history_still_reads_and_becomes_the_first_record() -> None:
+    old = {"settings": {"engine": "onnxruntime", "batch_size": 32}, "last_run": {"rows": 5}}
+    nothing = {"settings": {"engine": "torch"}, "last_run": {"rows_extracted": 0}}
+    assert provenance.merge(old, nothing) == old
+    added = {"settings": {"engine": "torch"}, "last_run": {"rows_extracted": 3}}
+    merged = provenance.merge(old, added)
+    assert merged["history"] == [old, added] and merged["settings"]["engine"] == "torch"
+
+
+def test_explicit_request_equal_to_the_entry_key_is_a_hit_without_the_model(
+    tree: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = extract(tree, cache_dir=cache_dir, **AUTO)
+    assert made.settings["precision"] == "fp32"
+    monkeypatch.setattr(
+        "featpipe.backbones.build.build_backbone",
+        lambda *a, **k: pytest.fail("the model was built"),
+    )
+    spelled = run(tree, cache_dir, precision="fp32", engine="torch", batch_size=16)
+    assert spelled.hit and spelled.entry == made.entry
+    assert spelled.summary().startswith("cache hit:")
+
+
+def test_explicit_request_hit_from_the_cli_imports_no_torch(tree: Path, cache_dir: Path) -> None:
+    extract(tree, cache_dir=cache_dir, **AUTO)
+    spelled = TINY | {"batch_size": 16}
+    script = (
+        "import sys; from featpipe.cli.app import main; code = main(['extract', *sys.argv[1:]]); "
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)"
+    )
+    args = [str(tree), *flags(spelled), "--cache-dir", str(cache_dir)]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert "cache hit:" in done.stdout, done.stdout + done.stderr
+    assert done.stdout.split()[-2:] == ["NO-TORCH", "0"], done.stdout
+
+
+def test_same_files_under_another_dataset_name_are_copied_not_extracted(
+    tree: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = run(tree, cache_dir)
+    folder = made.load()
+    manifest = tree / "labels.csv"
+    lines = [f"{p},{p.split('/')[0]}" for p in folder.relpath]
+    manifest.write_text("path,label\n" + "\n".join(lines) + "\n")
+    copy = tmp_path / "copied"  # the same content elsewhere, with new paths and mtimes
+    shutil.copytree(tree / "ants", copy / "ants")
+    write_image(copy / "wasps" / "new.png", seed=4242)  # one file no entry holds
+    monkeypatch.setattr(stage, "_extract_rows", lambda *a, **k: pytest.fail("rows extracted"))
+    listed = run(manifest, cache_dir)
+    assert listed.entry.parent.name == "tiny-labels" and listed.entry.name == made.entry.name
+    assert (listed.n_new, listed.n_copied, listed.n) == (0, 12, 12)
+    again = listed.load()
+    order = {p: i for i, p in enumerate(folder.relpath)}
+    np.testing.assert_array_equal(again.X, folder.X[[order[p] for p in again.relpath]])
+    history = read_meta(listed.entry)["provenance"]["history"]
+    assert history[-1]["last_run"]["rows_copied"] == 12
+    monkeypatch.undo()
+    moved = run(copy, cache_dir)
+    assert (moved.n_copied, moved.n_new) == (6, 1)  # content, not path, decides
+
+
+def test_summary_rate_and_seconds_cover_the_same_interval(tree: Path, cache_dir: Path) -> None:
+    result = run(tree, cache_dir)
+    assert result.images_per_second == pytest.approx(result.n_new / result.seconds)
+    assert "model_s" in result.timings
+    line = result.summary()
+    assert f"12 extracted in {result.seconds:.1f} s" in line
+    assert f"model build {result.timings['model_s']:.1f} s" in line
+    record = read_meta(result.entry)["provenance"]
+    wall = record["timings_s"]["wall_s"]
+    assert record["last_run"]["images_per_s"] == pytest.approx(12 / wall, rel=0.01)
+
+
+def test_small_dataset_skips_the_probe_and_a_large_one_is_probed_within_budget(
+    tree: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = extract(tree, cache_dir=cache_dir, **AUTO)
+    assert "probe_s" not in small.timings
+    assert (small.settings["precision"], small.settings["engine"]) == ("fp32", "torch")
+    assert "256" in small.settings["probe"]["skipped"]
+    monkeypatch.setattr(stage, "PROBE_MIN_IMAGES", 4)
+    phases: list[Phase] = []
+    probed = extract(tree, cache_dir=cache_dir / "other", status=phases.append, **AUTO)
+    assert "probe_s" in probed.timings and "skipped" not in probed.settings["probe"]
+    assert probed.settings["probe"]["budget_s"] <= 5.0
+    assert any(p.name == "probing" and "at most 5 s" in p.message for p in phases)
+    kept = read_meta(probed.entry)["provenance"]["settings"]["probe"]
+    assert kept["spent_s"] == pytest.approx(probed.timings["probe_s"], abs=0.05)
+
+
+def test_status_reports_every_phase_before_the_first_batch(tree: Path, cache_dir: Path) -> None:
+    phases: list[Phase] = []
+    batches: list[int] = []
+    run(tree, cache_dir, status=phases.append, progress=lambda p: batches.append(p.done))
+    names = [p.name for p in phases]
+    assert names[:2] == ["scanning", "cache"] and "building" in names
+    assert batches, "progress still reports batches"
+    phases.clear()
+    run(tree, cache_dir, status=phases.append)
+    assert [p.name for p in phases] == ["scanning", "cache"]  # a hit: nothing else to say
