@@ -24,6 +24,10 @@ from conftest import TINY, make_tree
 from featpipe.cache.entry import load_features
 from featpipe.data.bundled import prepare_dataset
 from featpipe.errors import FeatpipeError
+from featpipe.finetuning.config import FinetuneConfig
+from featpipe.finetuning.plan import make_plan
+from featpipe.finetuning.stage import finish
+from featpipe.finetuning.trainer import Trainer
 from featpipe.fitting.stage import fit
 from featpipe.runs.record import Run, load_run
 from featpipe.use.export import export
@@ -126,6 +130,52 @@ def test_exported_modules_agree_with_cached_features_and_predict_rows(
     predicted = probabilities(predict(extra, run.path, device="cpu"), extra, head.class_names)
     for fmt, model in models.items():
         np.testing.assert_allclose(model(extra), predicted, atol=2e-4, err_msg=fmt)
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, torch.nn.Module, dict]:
+    """A fine-tune run of offline Lite0 on real ELPV cells (every block trained one epoch), and
+    the trained network as the trainer holds it in memory (best weights): the oracle."""
+    tmp = tmp_path_factory.mktemp("finetune_run")
+    data = prepare_dataset("elpv", tmp / "elpv", per_class=6)
+    config = FinetuneConfig(
+        backbone="tf_efficientnet_lite0",
+        weights="offline",
+        image_size=128,
+        unfreeze="all",
+        lr=3e-3,
+        epochs=1,
+        batch_size=8,
+        augment=False,
+        workers=0,
+        device="cpu",
+        precision="fp32",
+    )
+    trainer = Trainer(make_plan(data, config, runs_dir=tmp / "runs"))
+    trainer.run()
+    run, _ = finish(trainer, 0.0)
+    return load_run(run.path), trainer.model.eval(), trainer.backbone.data_config
+
+
+def test_a_finetune_run_predicts_and_exports_its_trained_network(
+    finetune_run, photos, tmp_path
+) -> None:
+    run, model, data_config = finetune_run
+    assert run.kind == "finetune" and (run.path / run.config["entries"][0]["state"]).is_file()
+    files = sorted(Path(run.config["dataset_root"]).rglob("*.png"))[:6]
+    files += [photos["chelsea"], photos["coffee"], photos["astronaut"]]
+    models = exported_models(run, tmp_path)
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    images = recipe_images(files, sidecar).float() / 255
+    mean = torch.tensor(data_config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(data_config["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = torch.softmax(model((images - mean) / std), dim=1).numpy()
+    head = run.head()
+    predicted = probabilities(predict(files, run.path, device="cpu"), files, head.class_names)
+    np.testing.assert_allclose(predicted, expected, atol=2e-4)
+    for fmt, exported in models.items():
+        np.testing.assert_allclose(exported(files), expected, atol=2e-4, err_msg=fmt)
 
 
 @pytest.fixture
