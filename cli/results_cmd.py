@@ -16,7 +16,8 @@ from featpipe.runs.record import results_table, write_csv
 from . import options as opt
 from .render import console, plain
 
-# What the printed table shows, in order, where any row has a value; the CSV has every column.
+# What the printed table shows, in order, where any row has a value (--sort takes any column;
+# the CSV has them all).
 COLUMNS = (
     "run",
     "dataset",
@@ -30,10 +31,7 @@ COLUMNS = (
     "seeds",
     "val_accuracy",
     "val_balanced_accuracy",
-    "val_macro_f1",
-    "val_auroc",
     "test_accuracy",
-    "test_balanced_accuracy",
     "val_r2",
     "test_r2",
     "fit_seconds",
@@ -52,7 +50,9 @@ def results(
         None, "--csv", help="Also write the matching rows, one per seed, to this CSV file."
     ),
     sort: str | None = typer.Option(
-        None, help="Column to sort by, largest first (default: the validation score)."
+        None,
+        help="Column to sort by, largest first, as the CSV names it (val_balanced_accuracy); "
+        "default: the validation score.",
     ),
     limit: int = typer.Option(30, help="Rows to print (the CSV gets all)."),
 ) -> None:
@@ -72,15 +72,30 @@ def results(
         write_csv(matching, csv)
     grouped = _by_config(matching)
     grouped.sort(key=lambda r: _sort_key(r.get(sort)))
-    columns = [c for c in COLUMNS if any(r.get(c) not in (None, "") for r in grouped)]
     shown = grouped[:limit]
+    columns = [c for c in COLUMNS if any(r.get(c) not in (None, "") for r in shown)]
+    # Settings every shown row shares move to the title, so the table keeps its width for
+    # what differs (the run and the head stay: rows are read by them).
+    shared = [
+        c
+        for c in columns
+        if c not in ("run", "head") and not c.startswith(MEASURED) and c != "chosen"
+        if len({str(r.get(c)) for r in shown}) == 1
+    ]
+    columns = [c for c in columns if c not in shared]
+    where = " and ".join(f"{c}={v}" for c, v in filters.items())
     table = Table(
         title=f"results: {len(grouped)} configs ({len(matching)} rows) from {runs_dir}"
-        + (f", where {' and '.join(f'{c}={v}' for c, v in filters.items())}" if filters else "")
-        + f", by {sort}",
+        + (f" where {where}" if filters else "")
+        + f", by {sort}"
+        + "".join(f"\n{c}: {shown[0].get(c)}" for c in shared),
     )
-    for column in columns:
-        table.add_column(column, justify="right" if column.startswith(MEASURED) else "left")
+    for column in columns:  # headers wrap at the underscores of the column names
+        table.add_column(
+            column.replace("_", " "),
+            justify="right" if column.startswith(MEASURED) else "left",
+            no_wrap=column == "run",
+        )
     for row in shown:
         table.add_row(*(_cell(row.get(c)) for c in columns))
     console().print(table)
@@ -166,7 +181,7 @@ class _Spread:
         self.n = len(values)
 
     def __str__(self) -> str:
-        return f"{self.mean:.4g}" + (f" ± {self.std:.2g}" if self.n > 1 else "")
+        return f"{self.mean:.4g}" + (f" ±{self.std:.1g}" if self.n > 1 else "")
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:

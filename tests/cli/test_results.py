@@ -69,7 +69,7 @@ def test_table_names_runs_marks_one_chosen_per_run_and_says_when_cut(runs) -> No
     assert done.returncode == 0, done.stderr
     assert all(name in done.stdout for name in names)
     assert done.stdout.count("✓") == 2  # one per run, although elpv's choice has two seeds
-    assert "± " in done.stdout  # seeds averaged with their spread
+    assert "±" in done.stdout  # seeds averaged with their spread
     assert "showing" not in done.stdout
     cut = featpipe("results", "--runs-dir", folder, "--limit", "3")
     assert "showing 3 of 8" in cut.stdout
