@@ -65,12 +65,33 @@ def test_stacked_optimizer_matches_torch_optim(kind: str) -> None:
     torch.testing.assert_close(ours.module[0].bias, ref.bias, atol=1e-5, rtol=1e-5)
 
 
-def reference_mlp(config: HeadConfig, X: torch.Tensor, y: torch.Tensor, n_out: int):
+class SeededDropout(torch.nn.Module):
+    """Inverted dropout with masks from a seeded generator, drawn for a whole stack of ``k``
+    heads at once ([K, B, H]) and sliced for head ``index``: the stacked trainer's draws, so
+    the reference can use the same masks without sharing any of its code."""
+
+    def __init__(self, p: float, gen: torch.Generator, index: int, k: int) -> None:
+        super().__init__()
+        self.p, self.gen, self.index, self.k = p, gen, index, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1 - self.p
+        mask = torch.rand((self.k, *x.shape), generator=self.gen)[self.index] < keep
+        return x * mask / keep
+
+
+def reference_mlp(
+    config: HeadConfig, X: torch.Tensor, y: torch.Tensor, n_out: int, index: int, k: int
+):
     """An MLP built from torch.nn and trained by torch.optim, independently of featpipe: the
     same initial draws (nn.Linear's uniform bound from the config's seed), the same minibatch
-    order (one permutation per epoch; BatchNorm drops the last partial batch)."""
+    order (one permutation per epoch; BatchNorm drops the last partial batch), the same dropout
+    masks (head ``index`` of ``k``; generator seeded with seed + 1)."""
     dim, width = X.shape[1], config.hidden
     sizes = [dim] + [width] * config.depth + [n_out]
+    masks = torch.Generator().manual_seed(config.seed + 1)
     layers: list[torch.nn.Module] = [torch.nn.BatchNorm1d(dim)] if config.bn else []
     for i in range(len(sizes) - 1):
         layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
@@ -78,6 +99,8 @@ def reference_mlp(config: HeadConfig, X: torch.Tensor, y: torch.Tensor, n_out: i
             layers.append(torch.nn.ReLU())
             if config.bn:
                 layers.append(torch.nn.BatchNorm1d(sizes[i + 1]))
+            if config.dropout:
+                layers.append(SeededDropout(config.dropout, masks, index, k))
     model = torch.nn.Sequential(*layers)
     gen = torch.Generator().manual_seed(config.seed)
     for linear in (m for m in model if isinstance(m, torch.nn.Linear)):
@@ -110,10 +133,18 @@ def reference_mlp(config: HeadConfig, X: torch.Tensor, y: torch.Tensor, n_out: i
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "bn", "depth"), [("adamw", True, 1), ("sgd", True, 2), ("adam", False, 1)]
+    ("optimizer", "bn", "depth", "dropout"),
+    [
+        ("adamw", True, 1, 0.0),
+        ("sgd", True, 2, 0.0),
+        ("adam", False, 1, 0.0),
+        ("adamw", True, 2, 0.3),
+    ],
 )
-def test_stacked_mlp_heads_match_torch_optim(optimizer: str, bn: bool, depth: int) -> None:
-    """Each MLP of a stack of three (different lr and wd) equals its own torch.optim run."""
+def test_stacked_mlp_heads_match_torch_optim(
+    optimizer: str, bn: bool, depth: int, dropout: float
+) -> None:
+    """Each MLP of a stack of four (different lr and wd) equals its own torch.optim run."""
     X, y = (torch.from_numpy(a) for a in blobs(n=300))
     grid = expand(
         {"lr": [3e-3, 3e-2], "wd": [0.0, 1e-2]},
@@ -123,15 +154,15 @@ def test_stacked_mlp_heads_match_torch_optim(optimizer: str, bn: bool, depth: in
             bn=bn,
             depth=depth,
             hidden=16,
-            dropout=0.0,
+            dropout=dropout,
             epochs=3,
             batch_size=64,
             seed=3,
         ),
     )
     stacked = train_group(grid, X, y, n_out=4)
-    for config, ours in zip(grid, stacked, strict=True):
-        ref = reference_mlp(config, X, y, 4)
+    for index, (config, ours) in enumerate(zip(grid, stacked, strict=True)):
+        ref = reference_mlp(config, X, y, 4, index, len(grid))
         expected = {k: v for k, v in ref.state_dict().items() if "num_batches" not in k}
         got = {k: v for k, v in ours.module.state_dict().items() if "num_batches" not in k}
         assert got.keys() == expected.keys()
