@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featpipe.backbones.spec import slugify
+from featpipe.data.datasets import DataWarning
 from featpipe.errors import ArgumentError, DataError, StorageError
 
 if TYPE_CHECKING:  # torch-free at import: the CLI reads runs without loading torch
@@ -65,8 +66,9 @@ UNLOCKED_GRACE_S = 600.0
 FileContent = bytes | Callable[[Path], None]
 
 
-class IncompleteRunWarning(UserWarning):
-    """A directory under the runs directory that is not a complete run; readers skip it."""
+class IncompleteRunWarning(DataWarning):
+    """A directory under the runs directory that is not a complete run; readers skip it (the
+    CLI prints it as one ``warning:`` line, like every DataWarning)."""
 
 
 @dataclass
