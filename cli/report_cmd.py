@@ -14,7 +14,7 @@ def report(
     runs_dir: Path = opt.RunsDir,
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Output directory."),
 ) -> None:
-    """Write an HTML report with PNG plots over every run."""
+    """Write an HTML report with plots over every run (sweeps, few-shot, confusion, curves)."""
     from featpipe.reports.report import report as write_report
 
     page = write_report(runs_dir, out)
