@@ -321,6 +321,8 @@ def load_strict(
     names = [converter] if converter in CONVERTERS else []
     if converter == "auto" and any(k.startswith("_conv_stem") for k in state):
         names = ["efficientnet_pytorch"]
+    elif converter == "auto" and set(state) != set(model.state_dict()):
+        names = ["pair_in_order"]  # another library's names for the same tensors, if it is that
     for name in names:
         state = CONVERTERS[name](state, model)
     target = model.state_dict()

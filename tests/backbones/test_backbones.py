@@ -270,6 +270,19 @@ def test_cli_names_bad_backbones_and_malicious_weights_in_one_line(
     assert not marker.exists()
 
 
+def test_torchvision_file_loads_into_timm_by_path_as_offline(tmp_path: Path) -> None:
+    """torchvision's MobileNetV2 file given by path to timm's mobilenetv2_100: the same tensors
+    under other names, paired as the offline package pairs them."""
+    copy = tmp_path / "mobilenet_v2.pth"
+    shutil.copy(OFFLINE["mobilenetv2_100"].locate(), copy)
+    by_path = build_backbone(BackboneSpec("mobilenetv2_100", weights=str(copy)))
+    offline = build_backbone(BackboneSpec("mobilenetv2_100", weights="offline"))
+    assert by_path.weights_identity == offline.weights_identity
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(by_path.module(x), offline.module(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("model", ["tv/mobilenet_v2", "mobilenetv2_100"])
 def test_torchvision_mobilenet_file_brings_its_own_recipe(model: str, tmp_path: Path) -> None:
     """The offline file is torchvision's IMAGENET1K_V1: resize 256, crop 224, bilinear, in
