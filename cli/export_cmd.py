@@ -10,7 +10,7 @@ from .render import console
 
 
 def export(
-    run: Path = typer.Argument(..., help="A run directory written by fit."),
+    run: Path = typer.Argument(..., help="A run directory (fit or finetune)."),
     format: str = typer.Option("torchscript", "--format", help="torchscript | onnx"),
     out: Path | None = typer.Option(None, "--out", "-o", help="File to write."),
     check: list[Path] = typer.Option([], "--check", help="Real images for the check."),

@@ -13,7 +13,13 @@ from featpipe.errors import FeatpipeError
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
 # Python parameters whose flag is not ``--`` + the name with dashes.
-_FLAGS = {"from_run": "--from", "data": "DATA", "entry": "ENTRY", "backbone": "--backbone"}
+_FLAGS = {
+    "from_run": "--from",
+    "data": "DATA",
+    "entry": "ENTRY",
+    "backbone": "--backbone",
+    "fmt": "--format",
+}
 
 
 def flag(param: str) -> str:

@@ -13,7 +13,7 @@ from .render import console
 
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
-    run: Path = typer.Option(..., "--run", help="A run directory written by fit."),
+    run: Path = typer.Option(..., "--run", help="A run directory (fit or finetune)."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV to write."),
     device: str = opt.Device,
     limit: int = typer.Option(10, help="Rows to print."),

@@ -10,6 +10,8 @@ the export's sidecar, through torchvision, not featpipe's own transform.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -221,3 +223,16 @@ def test_predict_on_a_run_without_a_head_names_the_run(elpv_run, tmp_path) -> No
     shutil.rmtree(old / "head")
     with pytest.raises(FeatpipeError, match="has no saved head"):
         predict([old], old, device="cpu")
+
+
+def test_cli_export_and_predict_errors_are_one_line(tmp_path) -> None:
+    """Through the console script: a bad format names --format; a folder that is no run says so."""
+    featpipe = str(Path(sys.executable).with_name("featpipe"))
+    for args, says in (
+        (["export", str(tmp_path), "--format", "tflite"], "--format tflite: choose one of"),
+        (["predict", str(tmp_path), "--run", str(tmp_path / "nope")], "is not a featpipe run"),
+    ):
+        done = subprocess.run([featpipe, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("error: ") and says in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
