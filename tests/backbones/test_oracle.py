@@ -7,7 +7,9 @@ them with a pipeline featpipe did not compute: timm's ``resolve_data_config`` +
 ``MobileNet_V2_Weights.IMAGENET1K_V1.transforms()`` and a ``torch.load``-ed state dict for
 ``tv/mobilenet_v2``. The model's own classifier applied to the cached rows must name the photo.
 So featpipe's decoding, its ``uint8`` transform, its device-side normaliser, the engine and the
-cache are all on the path under test.
+cache are all on the path under test. (Lite0's reference network gets its weights through
+featpipe's loader, because the offline file uses ``efficientnet_pytorch`` key names; the
+classifier test is what proves those weights right.)
 """
 
 from __future__ import annotations
