@@ -94,6 +94,30 @@ def test_a_run_records_head_configs_one_way(dataset, tmp_path) -> None:
     assert run.head().config == result.best.config
 
 
+def test_fit_says_which_shot_counts_it_left_out(dataset, tmp_path, capsys) -> None:
+    args = [
+        "fit",
+        dataset,
+        *flags(TINY),
+        "--cache-dir",
+        tmp_path / "cache",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--head",
+        "logreg",
+        "--holdout",
+        "0.25",
+        "--shots",
+        "1,5,50",
+        "--draws",
+        "2",
+    ]
+    assert main([str(a) for a in args]) == 0
+    out = capsys.readouterr().out
+    assert "few-shot: 50 per class left out: the smallest train class" in out
+    assert "the 'all' point uses every training image" in out
+
+
 def test_bad_sweep_values_are_clear_errors(dataset, tmp_path, capsys) -> None:
     code = main(["fit", str(dataset), "--sweep", "lr=fast", "--runs-dir", str(tmp_path)])
     assert code == 2 and "--sweep lr=fast: expected a number" in capsys.readouterr().err
