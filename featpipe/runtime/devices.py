@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from featpipe.choices import PRECISIONS
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -19,17 +19,17 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise FeatpipeError(f"--device {device}: use auto, cpu, cuda or cuda:N") from None
+        raise ArgumentError("device", f"{device}: use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FeatpipeError(f"--device {device}: CUDA is not available here; use --device cpu")
+        raise ArgumentError("device", f"{device}: CUDA is not available here; use cpu")
     return resolved
 
 
 def check_precision(device: torch.device, precision: str) -> None:
     if precision not in PRECISIONS:
-        raise FeatpipeError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+        raise ArgumentError("precision", f"{precision}: choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
-        raise FeatpipeError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
+        raise ArgumentError("precision", "fp16 is for CUDA; on CPU use bf16 or fp32")
 
 
 # On CUDA the host thread only launches kernels. Measured on a 16-core H100 machine (Lite0,

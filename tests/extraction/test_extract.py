@@ -14,6 +14,7 @@ import pytest
 
 from conftest import TINY, flags, write_image
 from featpipe.cache.entry import read_meta
+from featpipe.errors import ArgumentError
 from featpipe.extraction import provenance, stage
 from featpipe.extraction.stage import Phase, extract
 
@@ -142,3 +143,13 @@ def test_status_reports_every_phase_before_the_first_batch(tree: Path, cache_dir
     phases.clear()
     run(tree, cache_dir, status=phases.append)
     assert [p.name for p in phases] == ["scanning", "cache"]  # a hit: nothing else to say
+
+
+def test_impossible_engine_and_precision_are_refused_before_any_work(
+    tree: Path, cache_dir: Path
+) -> None:
+    # Checked up front: an explicit request may be a cache hit that never reaches the probe.
+    with pytest.raises(ArgumentError) as caught:
+        run(tree, cache_dir, engine="onnxruntime", precision="bf16")
+    assert caught.value.param == "engine" and "fp32" in str(caught.value)
+    assert not cache_dir.exists()

@@ -29,3 +29,17 @@ def test_workers_use_every_spare_core_with_a_gpu(monkeypatch: pytest.MonkeyPatch
     assert default_workers(10_000, 32, world=4) == 1  # torchrun ranks share the node
     assert default_workers(10_000, 32, world=8) == 0  # 2 cores per rank: decode in the rank
     assert default_workers(20, 32) == 0  # a handful of images: no processes to start
+
+
+def test_bad_device_and_precision_name_their_parameter() -> None:
+    from featpipe.errors import ArgumentError
+    from featpipe.runtime.devices import check_precision, resolve_device
+
+    with pytest.raises(ArgumentError) as bad_device:
+        resolve_device("gpu0")
+    assert bad_device.value.param == "device" and "cuda:N" in str(bad_device.value)
+    with pytest.raises(ArgumentError) as half_on_cpu:
+        check_precision(torch.device("cpu"), "fp16")
+    assert half_on_cpu.value.param == "precision" and str(half_on_cpu.value).startswith(
+        "precision fp16 is for CUDA"
+    )
