@@ -12,7 +12,6 @@ The order of work is chosen so that the cheap answer comes first:
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 import time
@@ -43,15 +42,19 @@ from featpipe.cache.entry import (
 )
 from featpipe.cache.key import KeyFields
 from featpipe.cache.shards import (
+    Contents,
     DiskError,
     ShardIndex,
     ShardWriter,
+    claim_rows,
     read_index,
     recover_orphans,
+    transient,
 )
-from featpipe.choices import DTYPES, ENGINES, ON_ERROR
+from featpipe.choices import DTYPES, ENGINES, ON_ERROR, PRECISIONS
 from featpipe.data.datasets import Dataset, Item, Task, scan
 from featpipe.errors import ArgumentError, FeatpipeError
+from featpipe.extraction import provenance, reuse
 from featpipe.runtime import distributed
 from featpipe.runtime.allocator import keep_freed_memory
 from featpipe.runtime.workers import default_workers
@@ -76,9 +79,40 @@ class Progress:
         return self.done / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A step before the first batch, for a status display: building a model or probing its
+    speed can take minutes on a loaded machine, and silence reads as a hang.
+
+    ``name`` is one of ``scanning``, ``cache`` (looking up and reading the cache), ``building``,
+    ``probing``, ``copying`` (rows of the same files from another dataset's entry),
+    ``waiting`` (for a concurrent extract computing some of the rows) and ``warning`` (a
+    one-line warning worth showing before the run goes on).
+    """
+
+    name: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# A dataset of at most this many images is not worth a speed probe: exact fp32 on plain torch at
+# the default batch. The probe's floor is about 3 s (model warm-ups, one ONNX export, two timed
+# windows); the most it can save is about 60% of the run (bf16 or ONNX Runtime at 1.5-2.8x).
+# At the slowest rates seen on 2 cores (Lite0 fp32 on a loaded machine, ~10 img/s), 256 images
+# is a ~25 s run where a 3 s probe could just pay; below it, it cannot.
+PROBE_MIN_IMAGES = 256
+
+
 @dataclass
 class ExtractResult:
-    """What one extract call did, and where its features are."""
+    """What one extract call did, and where its features are.
+
+    ``seconds`` is the whole call and ``images_per_second`` is ``n_new / seconds``, over the same
+    interval; ``timings`` holds its parts (``import_s``, ``model_s``, ``probe_s``, ``copy_s``,
+    ``extract_s``).
+    """
 
     entry: Path
     dataset: str
@@ -92,6 +126,15 @@ class ExtractResult:
     images_per_second: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    n_copied: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        done = "cache hit" if self.hit else f"{self.n_new} new, {self.n_skipped} skipped"
+        return (
+            f"ExtractResult({self.dataset!r}, {self.backbone!r}, N={self.n}, D={self.dim}, "
+            f"{done}, {self.seconds:.1f} s, entry={str(self.entry)!r})"
+        )
 
     def load(self, split: str | list[str] | None = None) -> Features:
         return load_features(self.entry, split)
@@ -104,8 +147,21 @@ class ExtractResult:
                 f"cache hit: {self.entry}  N={self.n} D={self.dim}  "
                 f"({self.seconds:.2f} s, nothing to extract{draft})"
             )
-        rate = f", {self.images_per_second:.1f} images/s" if self.n_new else ""
+        per_s = self.images_per_second
+        rate = f", {per_s:.1f} images/s" if per_s >= 10 else f", {per_s:.2f} images/s"
+        rate = rate if self.n_new else ""
+        copied = f", {self.n_copied} copied from other datasets' entries" if self.n_copied else ""
         skipped = f", {self.n_skipped} skipped" if self.n_skipped else ""
+        phases = ", ".join(
+            f"{label} {self.timings[key]:.1f} s"
+            for key, label in (
+                ("import_s", "loading torch"),
+                ("model_s", "model build"),
+                ("probe_s", "speed probe"),
+            )
+            if key in self.timings
+        )
+        phases = f" (of which {phases})" if phases else ""
         how = (
             f"  [{s['engine']} {s['precision']}, batch {s['batch_size']}, "
             f"{s.get('workers', 0)} workers{draft}]"
@@ -114,56 +170,35 @@ class ExtractResult:
         )
         note = f"\nnote: {s['probe_note']}" if self.n_new and s.get("probe_note") else ""
         return (
-            f"{self.entry}  N={self.n} D={self.dim}  {self.n_new} extracted in "
-            f"{self.seconds:.1f} s{rate}{skipped}{how}{note}"
+            f"{self.entry}  N={self.n} D={self.dim}  {self.n_new} extracted{copied} in "
+            f"{self.seconds:.1f} s{rate}{phases}{skipped}{how}{note}"
         )
 
 
 def _check_options(
-    dtype: str, on_error: str, batch_size: int | None, workers: int | None, engine: str
+    dtype: str,
+    on_error: str,
+    batch_size: int | None,
+    workers: int | None,
+    engine: str,
+    precision: str,
 ) -> None:
+    """Every check that needs no torch, before anything else: an explicit request can be a
+    cache hit that never reaches the probe's own checks."""
     if engine not in ENGINES:
-        raise FeatpipeError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+        raise ArgumentError("engine", f"{engine}: choose one of {', '.join(ENGINES)}")
+    if precision not in PRECISIONS:
+        raise ArgumentError("precision", f"{precision}: choose one of {', '.join(PRECISIONS)}")
+    if engine == "onnxruntime" and precision not in ("auto", "fp32"):
+        raise ArgumentError("engine", f"onnxruntime runs fp32, not {precision}: use fp32")
     if dtype not in DTYPES:
-        raise FeatpipeError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+        raise ArgumentError("dtype", f"{dtype}: choose one of {', '.join(DTYPES)}")
     if on_error not in ON_ERROR:
-        raise FeatpipeError(f"--on-error {on_error}: choose one of {', '.join(ON_ERROR)}")
+        raise ArgumentError("on_error", f"{on_error}: choose one of {', '.join(ON_ERROR)}")
     if batch_size is not None and batch_size < 1:
-        raise FeatpipeError(f"--batch-size {batch_size}: use a positive number or auto")
+        raise ArgumentError("batch_size", f"{batch_size}: use a positive number or auto")
     if workers is not None and workers < 0:
-        raise FeatpipeError(f"--workers {workers}: use 0 or more")
-
-
-def _versions() -> dict[str, str]:
-    import h5py
-    import PIL
-    import timm
-    import torch
-    import torchvision
-
-    from featpipe import __version__
-
-    return {
-        "featpipe": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
-def _device_name(device: Any) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from featpipe.cache.catalog import machine_signature
-
-    return machine_signature().split("|")[1] + f" ({os.cpu_count()} cores)"
+        raise ArgumentError("workers", f"{workers}: use 0 or more")
 
 
 @dataclass
@@ -201,7 +236,9 @@ def extract(
     draft: bool = False,
     allow_outside: bool = False,
     shard_rows: int = 8192,
+    verify_content: bool = False,
     progress: Callable[[Progress], None] | None = None,
+    status: Callable[[Phase], None] | None = None,
 ) -> ExtractResult:
     """Extract (or find in the cache) pooled embeddings of ``data`` under ``backbone``.
 
@@ -210,17 +247,24 @@ def extract(
     ``pool``, ``layer``, ``image_size`` and ``draft``, JPEG draft decoding: faster, not the
     model's own pixels) or a :class:`~featpipe.backbones.spec.BackboneSpec` that carries them.
     Only rows that no shard holds yet are computed; the result's :meth:`ExtractResult.load`
-    reads them back. ``allow_outside`` lets a CSV manifest name files outside its own folder
-    (refused by default).
+    reads them back. A stored row is reused when its file's path, size, mtime and content
+    fingerprint (first and last 64 KiB) match; ``verify_content`` compares every file's full
+    SHA-256 too. The same files under another dataset name are copied from that dataset's entry
+    (see :mod:`featpipe.extraction.reuse`). ``progress`` is called after every batch, ``status``
+    at every step before the first (see :class:`Phase`). ``allow_outside`` lets a CSV manifest
+    name files outside its own folder (refused by default).
     """
     start = time.perf_counter()
-    _check_options(dtype, on_error, batch_size, workers, engine)
+    say = status or _quiet
+    _check_options(dtype, on_error, batch_size, workers, engine, precision)
+    if not isinstance(data, Dataset):
+        say(Phase("scanning", f"scanning {data}"))
     dataset = (
         data
         if isinstance(data, Dataset)
         else scan(data, name=name, task=task, allow_outside=allow_outside)
     )
-    cache_dir = ensure_writable(Path(cache_dir))
+    cache_dir = Path(cache_dir)
     spec = _as_spec(backbone, weights, pool, layer, image_size, draft)
     choice = resolve_weights(spec.model, spec.weights)  # once per run, passed down
     request = Request(
@@ -238,27 +282,48 @@ def extract(
             asdict(request) | {"data": str(dataset.root), "dataset": dataset.digest()}
         )
         distributed.check_shared(cache_dir)
-    hit = distributed.on_leader(dist, lambda: _cache_hit(cache_dir, request, dataset))
+    say(Phase("cache", f"looking up {len(dataset)} files in {cache_dir}"))
+    hit = distributed.on_leader(
+        dist, lambda: _cache_hit(cache_dir, request, dataset, verify_content)
+    )
     if hit is not None:
         hit.seconds = time.perf_counter() - start
         return hit
+    ensure_writable(cache_dir)  # after the hit: a complete entry needs no write access
     keep_freed_memory()  # before the probe, so that it times what the run will see
+    import_s = 0.0
+    if "torch" not in sys.modules:  # seconds on a loaded machine: say so, and count them
+        say(Phase("building", "loading torch"))
+        t0 = time.perf_counter()
+        import torch  # noqa: F401
+
+        import_s = time.perf_counter() - t0
     run = _leader_then_all(
         dist,
-        lambda memo: _resolve(dataset, request, choice, memo, cache_dir),
+        lambda memo: _resolve(dataset, request, choice, memo, cache_dir, say),
         lambda: recall(cache_dir, request),
     )
+    if import_s:
+        run.timings["import_s"] = import_s
     parts = parts_dir(run.entry)
     parts.mkdir(parents=True, exist_ok=True)
     distributed.on_leader(dist, lambda: recover_orphans(parts))
-    pending = _pending(dataset.items, read_index(parts))
+    say(Phase("cache", f"reading the cache and fingerprinting {len(dataset)} files"))
+    contents = Contents(dataset.root, [i.relpath for i in dataset.items], full=verify_content)
+    pending = _pending(dataset.items, read_index(parts), contents)
+    copied = distributed.on_leader(dist, lambda: _reuse(run, pending, parts, contents, say))
+    if copied.rows:
+        pending = _pending(dataset.items, read_index(parts), contents)
     mine = pending[distributed.part(len(pending), dist.rank, dist.world)] if dist else pending
+    # Rows a concurrent extract is computing are left to it (torchrun ranks split theirs above).
+    claim = claim_rows(parts, [i.relpath for i in mine], skip_claimed=dist is None)
+    mine = [i for i in mine if i.relpath in claim.mine]
 
     def work() -> tuple[int, float]:
         if not mine:
             return 0, 0.0
         if run.backbone is None:
-            run.backbone = _build(spec, choice, run.timings)
+            run.backbone = _build(spec, choice, run.timings, say)
         from featpipe.runtime.devices import host_threads
 
         t0 = time.perf_counter()
@@ -271,13 +336,23 @@ def extract(
                 workers,
                 shard_rows,
                 progress,
+                contents,
                 rank=dist.rank if dist else 0,
                 world=dist.world if dist else 1,
             )
         run.timings["extract_s"] = time.perf_counter() - t0
         return rows, len(mine) / run.timings["extract_s"]
 
-    n_new, rate = distributed.everyone(dist, work)
+    try:
+        n_new, rate = distributed.everyone(dist, work)
+    finally:
+        claim.release()
+    if claim.elsewhere:  # then finish what the other writer left (it may have been killed)
+        say(Phase("waiting", f"waiting for another extract computing {claim.elsewhere} rows"))
+        claim.wait()
+        recover_orphans(parts)
+        mine = _pending(dataset.items, read_index(parts), contents)
+        n_new += work()[0]
     ranks = [{"rank": 0, "rows": n_new, "images_per_s": round(rate, 2), "host": platform.node()}]
     if dist is not None:
         ranks = distributed.gather(
@@ -289,17 +364,27 @@ def extract(
                 "host": platform.node(),
             }
         )
-        total_seconds = max(r["seconds"] for r in ranks)
+        run.timings["extract_s"] = max(r["seconds"] for r in ranks)  # the slowest rank's loop
         n_new = sum(r["rows"] for r in ranks)
-        rate = len(pending) / total_seconds if total_seconds else 0.0
 
     def finish() -> None:
-        provenance = _provenance(run, workers, n_new, rate, len(pending))
-        provenance["ranks"] = ranks
-        commit(run.entry, dataset, run.fields, read_index(parts), provenance)
+        record = provenance.run_record(
+            device=run.device,
+            settings=run.settings,
+            timings=run.timings,
+            extracted=n_new,
+            copied=copied.rows,
+            copied_from=copied.sources,
+            pending=len(pending),
+            wall_s=time.perf_counter() - start,
+            ranks=ranks,
+        )
+        merged = provenance.merge(provenance.previous(run.entry), record)
+        commit(run.entry, dataset, run.fields, read_index(parts), contents, merged)
 
     distributed.on_leader(dist, finish)
     n, dim, n_skipped = entry_header(run.entry)
+    seconds = time.perf_counter() - start  # the whole call: the rate is over the same interval
     return ExtractResult(
         run.entry,
         dataset.name,
@@ -308,22 +393,55 @@ def extract(
         dim,
         n_new,
         n_skipped,
-        time.perf_counter() - start,
+        seconds,
         hit=False,
-        images_per_second=rate,
+        images_per_second=n_new / seconds if seconds > 0 else 0.0,
         settings=run.settings,
         ranks=ranks,
+        n_copied=copied.rows,
+        timings=run.timings,
     )
 
 
-def _cache_hit(cache_dir: Path, request: Request, dataset: Dataset) -> ExtractResult | None:
+def _quiet(phase: Phase) -> None:
+    """The status callback of a caller that shows none."""
+
+
+def _reuse(
+    run: _Run, pending: list[Item], parts: Path, contents: Contents, say: Callable[[Phase], None]
+) -> reuse.Reused:
+    """Copy the rows of pending files that another dataset's entry holds (same key, same
+    content), through a journal like extracted rows."""
+    others = reuse.siblings(run.entry, run.fields.digest) if pending else []
+    if not others:
+        return reuse.Reused()
+    say(Phase("copying", f"looking for {len(pending)} files in {len(others)} other entries"))
+    t0 = time.perf_counter()
+    dim, dtype, key = int(run.settings["dim"]), run.fields.dtype, run.fields.digest
+    writer = ShardWriter(parts, dim, dtype, key, contents)
+    try:
+        copied = reuse.copy_rows(others, pending, contents, writer)
+    except DiskError:
+        writer.abandon()  # the disk is the problem: leave the journal for recovery
+        raise
+    except BaseException:
+        writer.flush()  # keep every copied batch, whatever stopped us
+        raise
+    writer.flush()
+    run.timings["copy_s"] = time.perf_counter() - t0
+    return copied
+
+
+def _cache_hit(
+    cache_dir: Path, request: Request, dataset: Dataset, verify_content: bool
+) -> ExtractResult | None:
     """The result of a request whose entry already describes this scan, if there is one."""
-    memo = recall(cache_dir, request)
+    memo = recall(cache_dir, request) or _network_memo(cache_dir, request, len(dataset))
     if memo is None:
         return None
     fields, settings = memo
     entry = entry_path(cache_dir, dataset.name, request.spec.slug, fields.digest)
-    if not matches(entry, dataset):
+    if matches(entry, dataset, verify_content) is None:
         return None
     n, dim, n_skipped = entry_header(entry)
     return ExtractResult(
@@ -359,12 +477,19 @@ def _leader_then_all(
     return runs[0]
 
 
-def _pending(items: list[Item], index: ShardIndex) -> list[Item]:
-    return [
-        i
-        for i in items
-        if (key := (i.relpath, i.size, i.mtime_ns)) not in index.rows and key not in index.skipped
-    ]
+def _pending(items: list[Item], index: ShardIndex, contents: Contents) -> list[Item]:
+    """Items with no stored row for their current content, and no lasting skip: files skipped
+    for a reason that may pass (permissions, I/O errors) are tried again on every run."""
+    pending = []
+    for item in items:
+        key = (item.relpath, item.size, item.mtime_ns)
+        quick = contents.quick[item.relpath]
+        sha = contents.hashes([item.relpath])[0] if contents.full else None
+        if index.find(key, quick, sha) is None:
+            reason = index.skip_reason(key, quick)
+            if reason is None or transient(reason):
+                pending.append(item)
+    return pending
 
 
 def _as_spec(
@@ -387,9 +512,15 @@ def _as_spec(
     return backbone
 
 
-def _build(spec: BackboneSpec, choice: WeightsChoice, timings: dict[str, float]) -> Backbone:
+def _build(
+    spec: BackboneSpec,
+    choice: WeightsChoice,
+    timings: dict[str, float],
+    say: Callable[[Phase], None],
+) -> Backbone:
     from featpipe.backbones.build import build_backbone
 
+    say(Phase("building", f"building {spec.label}"))
     t0 = time.perf_counter()
     backbone = build_backbone(spec, choice)
     timings["model_s"] = time.perf_counter() - t0
@@ -403,27 +534,86 @@ def _onnx_path(cache_dir: Path, fields: KeyFields) -> Path:
     return cache_dir / ".onnx" / f"{slug}-{network.digest[:16]}.onnx"
 
 
+def _network(request: Request) -> Request:
+    """The request reduced to what the key's network part (weights identity, transform) depends
+    on. Its memo answers an explicit precision without building the model: ``--precision fp32
+    --engine torch`` over an entry made by ``auto`` is a cache hit, not a model build."""
+    return replace(request, precision="", engine="", batch_size=0, device="")
+
+
+def _untimed_precision(request: Request, n_images: int) -> str | None:
+    """The key's precision when no probe decides it: as requested, or exact fp32 for a dataset
+    too small to probe; None when the probe decides."""
+    if request.precision != "auto":
+        return request.precision
+    return "fp32" if n_images <= PROBE_MIN_IMAGES else None
+
+
+def _network_memo(
+    cache_dir: Path, request: Request, n_images: int
+) -> tuple[KeyFields, dict[str, Any]] | None:
+    """Key fields and settings of a request that needs no probe to settle its key."""
+    precision = _untimed_precision(request, n_images)
+    network = recall(cache_dir, _network(request))
+    if precision is None or network is None:
+        return None
+    fields, settings = network
+    return replace(fields, precision=precision), settings | {"precision": precision}
+
+
 def _resolve(
     dataset: Dataset,
     request: Request,
     choice: WeightsChoice,
     memo: tuple[KeyFields, dict[str, Any]] | None,
     cache_dir: Path,
+    say: Callable[[Phase], None],
 ) -> _Run:
     """Key fields and speed settings: from the memo, or by building and probing the model."""
-    from featpipe.data import transforms
-    from featpipe.runtime import devices, tuning
-    from featpipe.runtime.engines import Normalized
+    from featpipe.runtime import devices
 
     device = devices.resolve_device(request.device)
     devices.check_precision(device, request.precision)
     timings: dict[str, float] = {}
     backbone = None
     if memo is None:
+        memo, backbone = _settle(dataset, request, choice, cache_dir, device, timings, say)
+    fields, settings = memo
+    entry = entry_path(cache_dir, dataset.name, request.spec.slug, fields.digest)
+    return _Run(dataset, fields, settings, entry, device, backbone, timings, cache_dir)
+
+
+def _settle(
+    dataset: Dataset,
+    request: Request,
+    choice: WeightsChoice,
+    cache_dir: Path,
+    device: Any,
+    timings: dict[str, float],
+    say: Callable[[Phase], None],
+) -> tuple[tuple[KeyFields, dict[str, Any]], Backbone | None]:
+    """Key fields and settings of a request new to this machine, and the model if it was built.
+
+    The model is built only when something must be measured or the network is not memoised
+    yet. The probe runs for datasets above ``PROBE_MIN_IMAGES`` with a setting left to choose,
+    under its budget; only its answer is memoised per request (a small dataset's untimed fp32
+    must not stop a large one from being probed). An explicit reduced precision is timed
+    against fp32 on one image each, for the warning.
+    """
+    from featpipe.data import transforms
+    from featpipe.runtime import tuning
+    from featpipe.runtime.engines import Normalized
+
+    n = len(dataset)
+    choose = "auto" in (request.precision, request.engine) or request.batch_size is None
+    timed = choose and n > PROBE_MIN_IMAGES
+    check_speed = request.precision not in ("auto", "fp32")
+    network = recall(cache_dir, _network(request))
+    backbone = None
+    if network is None or timed or check_speed:
         spec = request.spec
-        backbone = _build(spec, choice, timings)
-        t0 = time.perf_counter()
-        fields = KeyFields(
+        backbone = _build(spec, choice, timings, say)
+        base = KeyFields(
             model=spec.model,
             weights=backbone.weights_identity,
             transform=transforms.fingerprint(backbone.data_config, spec.draft),
@@ -432,28 +622,50 @@ def _resolve(
             precision="fp32",
             dtype=request.dtype,
         )
-        chosen = tuning.probe(
-            Normalized(backbone.module, backbone.data_config),
-            device,
-            backbone.is_conv,
-            _onnx_path(cache_dir, fields),
-            request.precision,
-            request.batch_size,
-            request.engine,
-        )
-        timings["probe_s"] = time.perf_counter() - t0
-        fields = replace(fields, precision=chosen.precision)
-        settings = chosen.as_dict() | {
+        described = {
             "dim": backbone.num_features,
             "data_config": backbone.data_config,
             "weights": backbone.weights.describe(),
             "jpeg_draft": spec.draft,
+            "is_conv": backbone.is_conv,
         }
-        remember(cache_dir, request, fields, settings)
+        remember(cache_dir, _network(request), base, described)
     else:
-        fields, settings = memo
-    entry = entry_path(cache_dir, dataset.name, request.spec.slug, fields.digest)
-    return _Run(dataset, fields, settings, entry, device, backbone, timings, cache_dir)
+        base, described = network
+    if backbone is not None and (timed or check_speed):
+        budget = tuning.PROBE_BUDGET_S if timed else 0.0
+        say(
+            Phase("probing", f"probing speed (at most {budget:.0f} s)")
+            if timed
+            else Phase("probing", f"timing {request.precision} against fp32 on one image")
+        )
+        t0 = time.perf_counter()
+        chosen = tuning.probe(
+            Normalized(backbone.module, backbone.data_config),
+            device,
+            backbone.is_conv,
+            _onnx_path(cache_dir, base),
+            request.precision,
+            request.batch_size,
+            request.engine,
+            images=n,
+            budget_s=budget,
+        )
+        timings["probe_s"] = time.perf_counter() - t0
+        if chosen.note:
+            say(Phase("warning", chosen.note))
+    else:
+        chosen = tuning.untimed(
+            device, described["is_conv"], request.precision, request.batch_size, request.engine
+        )
+    if not timed:
+        why = f"{n} images <= {PROBE_MIN_IMAGES}" if choose else "every setting given"
+        chosen.probe = chosen.probe | {"skipped": why}
+    fields = replace(base, precision=chosen.precision)
+    settings = chosen.as_dict() | described
+    if timed:
+        remember(cache_dir, request, fields, settings)
+    return (fields, settings), backbone
 
 
 def _extract_rows(
@@ -464,6 +676,7 @@ def _extract_rows(
     workers: int | None,
     shard_rows: int,
     progress: Callable[[Progress], None] | None,
+    contents: Contents,
     rank: int = 0,
     world: int = 1,
 ) -> int:
@@ -496,7 +709,9 @@ def _extract_rows(
         pin_memory=device.type == "cuda",
     )
     dim = int(settings["dim"])
-    writer = ShardWriter(parts, dim, fields.dtype, fields.digest, rank=rank, shard_rows=shard_rows)
+    writer = ShardWriter(
+        parts, dim, fields.dtype, fields.digest, contents, rank=rank, shard_rows=shard_rows
+    )
     done = skipped_total = 0
     t0 = time.perf_counter()
     try:
@@ -548,16 +763,3 @@ def _screen(
             )
             bad.append((item.relpath, item.size, item.mtime_ns, reason))
     return rows, feats[good], bad
-
-
-def _provenance(
-    run: _Run, workers: int | None, n_new: int, rate: float, n_pending: int
-) -> dict[str, Any]:
-    return {
-        "versions": _versions(),
-        "device": _device_name(run.device),
-        "host": platform.node(),
-        "settings": run.settings,
-        "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
-        "last_run": {"rows_extracted": n_new, "pending": n_pending, "images_per_s": round(rate, 2)},
-    }
