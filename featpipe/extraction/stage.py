@@ -281,7 +281,7 @@ def extract(
         distributed.check_same(
             asdict(request) | {"data": str(dataset.root), "dataset": dataset.digest()}
         )
-        distributed.check_shared(cache_dir)
+        distributed.check_shared(ensure_writable(cache_dir))  # ranks prove it by writing there
     say(Phase("cache", f"looking up {len(dataset)} files in {cache_dir}"))
     hit = distributed.on_leader(
         dist, lambda: _cache_hit(cache_dir, request, dataset, verify_content)
