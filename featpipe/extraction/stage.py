@@ -98,10 +98,11 @@ class Phase:
 
 
 # A dataset of at most this many images is not worth a speed probe: exact fp32 on plain torch at
-# the default batch. The probe's floor is about 3 s (model warm-ups, one ONNX export, two timed
-# windows); the most it can save is about 60% of the run (bf16 or ONNX Runtime at 1.5-2.8x).
-# At the slowest rates seen on 2 cores (Lite0 fp32 on a loaded machine, ~10 img/s), 256 images
-# is a ~25 s run where a 3 s probe could just pay; below it, it cannot.
+# the default batch. The probe's floor is the fp32 baseline's two single-image forwards (for
+# Lite0 on 2 cores: 8.7 s at load 13, where the whole run went at 1.6 img/s), and beyond that it
+# may spend 5% of the run; the most it can save is ~60% (bf16 or ONNX Runtime at 1.5-2.8x), and
+# only a run of minutes leaves the 5% share room to compare a second candidate. Below 256 images
+# the floor alone is a sizeable share of the run and the share leaves nothing to compare.
 PROBE_MIN_IMAGES = 256
 
 

@@ -4,6 +4,7 @@ status before the first batch."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -153,3 +154,24 @@ def test_impossible_engine_and_precision_are_refused_before_any_work(
         run(tree, cache_dir, engine="onnxruntime", precision="bf16")
     assert caught.value.param == "engine" and "fp32" in str(caught.value)
     assert not cache_dir.exists()
+
+
+def test_under_torchrun_the_rate_is_over_the_whole_run_too(tree: Path, tmp_path: Path) -> None:
+    from runtime.test_distributed import torchrun
+
+    cache = tmp_path / "fresh"  # not created yet: the ranks must manage that too
+    done = subprocess.run(
+        torchrun(2, "extract", str(tree), *flags(TINY), "--cache-dir", str(cache)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    [entry] = cache.glob("*/*.h5")
+    record = read_meta(entry)["provenance"]
+    wall, rate = record["timings_s"]["wall_s"], record["last_run"]["images_per_s"]
+    assert [r["rows"] for r in record["ranks"]] == [6, 6]
+    assert rate == pytest.approx(12 / wall, rel=0.01)  # not 12 / the slowest rank's loop
+    line = done.stdout.strip().splitlines()[-1]
+    seconds, per_s = re.search(r"12 extracted in ([\d.]+) s, ([\d.]+) images/s", line).groups()
+    assert float(per_s) == pytest.approx(12 / float(seconds), abs=0.01 + 12 / float(seconds) / 50)
