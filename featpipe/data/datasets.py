@@ -280,18 +280,17 @@ def _scan_class_tree(
     return items, class_names
 
 
-def _split_layout(root: Path) -> bool:
+def _split_layout(root: Path, folders: list[Path]) -> bool:
     """True for ``root/{train,val,test}/<class>/`` (every folder a split, some with classes)."""
-    probe = _Walk(root)
-    _, folders = probe.list(root)
     splits = [d for d in folders if d.name.lower() in SPLIT_ALIASES]
+    probe = _Walk(root)  # a throwaway: the real walk records what this one finds again
     return bool(splits) and len(splits) == len(folders) and any(probe.list(d)[1] for d in splits)
 
 
 def _scan_folder(root: Path, name: str) -> Dataset:
     walk = _Walk(root)
     top_files, folders = walk.list(root)
-    if _split_layout(root):
+    if _split_layout(root, folders):
         class_dirs: dict[str, list[Path]] = {}
         split_of: dict[Path, str] = {}
         for split_dir in folders:
