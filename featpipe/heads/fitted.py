@@ -94,6 +94,50 @@ def fit_sklearn(config: HeadConfig, X: np.ndarray, y: np.ndarray, n_classes: int
     return nn.Sequential(_expand_classes(layer, model.classes_, n_classes))
 
 
+def fit_sklearn_path(
+    configs: list[HeadConfig], X: np.ndarray, y: np.ndarray, n_classes: int
+) -> list[nn.Module]:
+    """Ridge configs differing only in ``alpha``, or logreg configs only in ``C``, in one go.
+
+    Ridge solves every ``alpha`` from one eigendecomposition, logistic regression runs L-BFGS
+    warm-started along ``C`` (:mod:`featpipe.heads.paths`); each module is what
+    :func:`fit_sklearn` gives for its config alone (tests hold them to it).
+    """
+    from featpipe.heads.paths import logistic_path, ridge_classifier_path, ridge_path
+
+    balanced = configs[0].class_weight == "balanced"
+    if n_classes == 0:
+        if configs[0].head != "ridge":  # the single fit's message
+            return [fit_sklearn(configs[0], X, y, n_classes)]
+        solutions = ridge_path(X, y[:, None], [c.alpha for c in configs])
+        return [nn.Sequential(_regression_linear(coef, b[0])) for coef, b in solutions]
+    if configs[0].head == "ridge":
+        solutions, classes = ridge_classifier_path(X, y, [c.alpha for c in configs], balanced)
+    else:
+        solutions, classes = logistic_path(X, y, [c.C for c in configs], balanced)
+    return [
+        nn.Sequential(_expand_classes(_linear(coef, b), classes, n_classes))
+        for coef, b in solutions
+    ]
+
+
+def path_groups(configs: list[HeadConfig]) -> list[list[int]]:
+    """Indices of scikit-learn configs that one path fits: ridge along alpha, logreg along C.
+
+    Members agree in every other option (the seed aside: these heads do not use it); every
+    other config is a group of its own.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        along = {"ridge": "alpha", "logreg": "C"}.get(config.head)
+        if along is None:
+            key: tuple = (i,)
+        else:
+            key = tuple((k, v) for k, v in config.params().items() if k not in (along, "seed"))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 def _expand_classes(layer: nn.Linear, present: np.ndarray, n_classes: int) -> nn.Linear:
     """Give classes absent from a (few-shot) training set a logit of −inf-like size."""
     if len(present) == n_classes:
@@ -256,10 +300,14 @@ class FittedHead:
 
 
 def _timed_sklearn(
-    config: HeadConfig, X: np.ndarray, y: np.ndarray, n_out: int
-) -> tuple[nn.Module, float]:
+    configs: list[HeadConfig], X: np.ndarray, y: np.ndarray, n_out: int
+) -> tuple[list[nn.Module], float]:
     start = time.perf_counter()
-    return fit_sklearn(config, X, y, n_out), time.perf_counter() - start
+    if len(configs) == 1:
+        modules = [fit_sklearn(configs[0], X, y, n_out)]
+    else:
+        modules = fit_sklearn_path(configs, X, y, n_out)
+    return modules, time.perf_counter() - start
 
 
 def fit_heads(
@@ -273,6 +321,9 @@ def fit_heads(
     n_jobs: int = -1,
 ) -> list[FittedHead]:
     """Fit many heads: torch heads stacked per group, scikit-learn heads in parallel (joblib).
+
+    Ridge configs that differ only in ``alpha`` (logreg: only in ``C``) are fitted as one
+    regularisation path (:func:`fit_sklearn_path`).
 
     Preprocessing is fitted once per distinct (standardize, l2norm, pca) on ``X`` (train only).
     """
@@ -309,12 +360,21 @@ def fit_heads(
                 t.seconds,
             )
 
-        jobs = n_jobs if len(other_ids) > 1 else 1
+        # Ridge along alpha and logreg along C are one path each; a path's time is shared.
+        groups = [[other_ids[j] for j in g] for g in path_groups([configs[i] for i in other_ids])]
+        jobs = n_jobs if len(groups) > 1 else 1
         results = Parallel(n_jobs=jobs, prefer="threads")(
-            delayed(_timed_sklearn)(configs[i], Z, y, n_out) for i in other_ids
+            delayed(_timed_sklearn)([configs[i] for i in group], Z, y, n_out) for group in groups
         )
-        for i, (module, seconds) in zip(other_ids, results, strict=True):
-            fitted[i] = FittedHead(
-                configs[i], pre, module, class_names, task, X.shape[1], fit_seconds=seconds
-            )
+        for group, (modules, seconds) in zip(groups, results, strict=True):
+            for i, module in zip(group, modules, strict=True):
+                fitted[i] = FittedHead(
+                    configs[i],
+                    pre,
+                    module,
+                    class_names,
+                    task,
+                    X.shape[1],
+                    fit_seconds=seconds / len(group),
+                )
     return [f for f in fitted if f is not None]

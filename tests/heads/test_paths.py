@@ -62,3 +62,70 @@ def test_logistic_path_matches_independent_fits() -> None:
         np.testing.assert_allclose(proba, ref.predict_proba(X), atol=2e-3)
         pred = classes[logits.argmax(1)]
         np.testing.assert_array_equal(pred, ref.predict(X))
+
+
+def _fit(configs, X, y, Xv, task="classification"):
+    from featpipe.heads.fitted import fit_heads
+
+    names = [str(c) for c in range(int(y.max()) + 1)] if task == "classification" else []
+    return fit_heads(configs, X, y, None, None, names, task, n_jobs=1)
+
+
+@pytest.mark.parametrize(
+    ("head", "along", "values", "n", "d"),
+    [
+        ("ridge", "alpha", [1e-2, 1.0, 30.0, 1e3], 300, 40),  # primal
+        ("ridge", "alpha", [1e-2, 1.0, 30.0, 1e3], 60, 150),  # dual
+        ("logreg", "C", [1e-3, 0.1, 10.0], 300, 40),
+    ],
+)
+@pytest.mark.parametrize("class_weight", ["none", "balanced"])
+def test_fit_heads_sweeps_a_path_with_the_predictions_of_single_fits(
+    head, along, values, n, d, class_weight
+) -> None:
+    """A grid along alpha / C goes through one path; every head predicts as its single fit."""
+    from featpipe.heads.config import HeadConfig
+    from featpipe.heads.fitted import path_groups
+
+    X, y = data(n + 200, d, 4)
+    keep = (y != 0) | (np.arange(len(y)) % 3 == 0)  # unbalanced, so the weights matter
+    X, y = X[keep], y[keep]
+    X, Xt, y = X[:n], X[n:], y[:n]
+    configs = [HeadConfig(head=head, class_weight=class_weight, **{along: v}) for v in values]
+    assert path_groups(configs) == [list(range(len(values)))]
+    swept = _fit(configs, X, y, None)
+    for config, head_fit in zip(configs, swept, strict=True):
+        [single] = _fit([config], X, y, None)
+        assert head_fit.config == config
+        np.testing.assert_array_equal(head_fit.predict(Xt), single.predict(Xt))
+        # Ridge: the same solution up to rounding. Logistic regression: both stop L-BFGS at its
+        # tolerance (1e-4) near the same optimum, from different starting points.
+        atol = 1e-4 if head == "ridge" else 0.05
+        np.testing.assert_allclose(head_fit.predict_proba(Xt), single.predict_proba(Xt), atol=atol)
+
+
+def test_fit_heads_ridge_regression_path_equals_single_fits() -> None:
+    from featpipe.heads.config import HeadConfig
+
+    X, _ = data(200, 30, 2)
+    t = X @ np.random.default_rng(1).normal(size=30) + 3.0
+    configs = [HeadConfig(head="ridge", alpha=a) for a in ALPHAS]
+    for config, swept in zip(configs, _fit(configs, X, t, None, "regression"), strict=True):
+        [single] = _fit([config], X, t, None, "regression")
+        np.testing.assert_allclose(swept.predict(X), single.predict(X), rtol=1e-4, atol=1e-4)
+
+
+def test_path_groups_keep_other_options_apart() -> None:
+    from featpipe.heads.config import HeadConfig
+    from featpipe.heads.fitted import path_groups
+
+    configs = [
+        HeadConfig(head="ridge", alpha=1.0),
+        HeadConfig(head="logreg", C=1.0),
+        HeadConfig(head="ridge", alpha=2.0),
+        HeadConfig(head="ridge", alpha=2.0, class_weight="balanced"),
+        HeadConfig(head="logreg", C=3.0),
+        HeadConfig(head="linearsvc", C=1.0),
+        HeadConfig(head="linearsvc", C=2.0),
+    ]
+    assert path_groups(configs) == [[0, 2], [1, 4], [3], [5], [6]]
