@@ -25,7 +25,7 @@ from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.entry import entry_meta, open_entry, parts_dir, size_on_disk
 from featpipe.cache.key import KeyFields, entry_stem
 from featpipe.cache.shards import atomic_write, remove_stale_temporaries
-from featpipe.errors import FeatpipeError
+from featpipe.errors import MissingError, StorageError
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("FEATPIPE_CACHE", "cache"))
 
@@ -38,7 +38,7 @@ def ensure_writable(cache_dir: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise FeatpipeError(
+        raise StorageError(
             f"cache directory {cache_dir} is not writable ({exc.strerror or exc}): "
             "pass --cache-dir DIR or fix its permissions"
         ) from None
@@ -152,7 +152,7 @@ def list_entries(cache_dir: Path) -> list[EntrySummary]:
                         str(a["key"]),
                     )
                 )
-        except FeatpipeError as exc:
+        except StorageError as exc:
             rows.append(
                 EntrySummary(
                     path,
@@ -185,7 +185,7 @@ def find_entries(cache_dir: Path, selector: str) -> list[Path]:
         ):
             found.append(path)
     if not found:
-        raise FeatpipeError(
+        raise MissingError(
             f"no cache entry matches '{selector}' in {cache_dir}: see featpipe cache ls"
         )
     return found
