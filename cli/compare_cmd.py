@@ -12,7 +12,18 @@ from featpipe.reports.compare import Experiment, Row, read_experiment
 from featpipe.reports.compare import compare as run_compare
 
 from . import options as opt
-from .fit_cmd import grid_from, parse_fixed
+from .fit_cmd import (
+    CvOption,
+    DrawsOption,
+    GridOption,
+    HoldoutOption,
+    SeedsOption,
+    SetOption,
+    ShotsOption,
+    SweepOption,
+    grid_from,
+    parse_fixed,
+)
 from .render import console, progress_bar
 
 
@@ -52,48 +63,67 @@ def leaderboard(rows: list[Row]) -> Table:
     return table
 
 
+@opt.with_extract_options
 def compare(
-    data: list[str] = typer.Option([], "--data", "-d", help="Datasets (several allowed)."),
+    data: list[str] = typer.Option(
+        [], "--data", "-d", help="Datasets: folders or CSV manifests (several allowed)."
+    ),
     backbone: list[str] = typer.Option(
         [], "--backbone", "-b", help="MODEL[@WEIGHTS] specs (several); add @none controls."
     ),
     experiment: Path | None = typer.Option(
-        None, "--experiment", "-e", help="TOML/YAML experiment file."
+        None,
+        "--experiment",
+        "-e",
+        help="TOML/YAML experiment file instead of --data/--backbone and the head options; "
+        "extraction options typed here override its [extract] table.",
     ),
-    sweep: list[str] = typer.Option([], "--sweep", help="Grid items option=v1,v2 …"),
-    set_: list[str] = typer.Option([], "--set", help="Fixed head option: name=value."),
-    seeds: int = typer.Option(1, help="Seeds per config."),
+    sweep: list[str] = SweepOption,
+    set_: list[str] = SetOption,
+    grid: Path | None = GridOption,
+    seeds: int = SeedsOption,
+    cv: int = CvOption,
+    holdout: float = HoldoutOption,
+    shots: str | None = ShotsOption,
+    draws: int = DrawsOption,
     runs_dir: Path = opt.RunsDir,
-    cache_dir: Path = opt.CacheDir,
-    precision: str = opt.Precision,
-    engine: str = opt.Engine,
-    image_size: int | None = opt.ImageSize,
-    device: str = opt.Device,
+    *,
+    extraction: opt.ExtractOptions,
 ) -> None:
     """Extract what is missing, sweep heads per pair, print one leaderboard."""
+    from featpipe.fitting.sweep import parse_shots
+
     if experiment:
         exp = read_experiment(experiment)
+        if data or backbone:
+            raise FeatpipeError(
+                "--experiment names the datasets and backbones: drop --data/--backbone, "
+                "or drop --experiment"
+            )
+        # What was typed here wins over the file (the file's [extract] keeps the rest).
+        exp.extract = {**exp.extract, **extraction.given()}
     else:
         if not data or not backbone:
             raise FeatpipeError("compare needs --data and --backbone, or --experiment FILE")
         exp = Experiment(
             data=data,
             backbones=backbone,
-            sweep=grid_from(sweep, None),
+            sweep=grid_from(sweep, grid),
             head=parse_fixed(set_),
             seeds=seeds,
+            cv=cv,
+            holdout=holdout,
+            shots=parse_shots(shots) if shots else None,
+            draws=draws,
             runs_dir=str(runs_dir),
-            extract={
-                "cache_dir": cache_dir,
-                "precision": precision,
-                "engine": engine,
-                "image_size": image_size,
-                "device": device,
-            },
+            extract=extraction.kwargs(),
         )
-    with progress_bar("extract") as bar:
+    with progress_bar("compare: starting") as bar:
         rows = run_compare(
             exp,
-            progress=lambda model: lambda p: bar.update(p.done, p.total, p.images_per_second),
+            progress=lambda model: (
+                lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract {model}")
+            ),
+            status=bar.status,
         )
     console().print(leaderboard(rows))

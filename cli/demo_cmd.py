@@ -9,7 +9,7 @@ import typer
 from . import options as opt
 from .extract_cmd import run_extract
 from .fit_cmd import print_fit
-from .render import plain
+from .render import plain, progress_bar
 
 
 def demo(
@@ -19,34 +19,24 @@ def demo(
     cache_dir: Path = opt.CacheDir,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run is saved."),
 ) -> None:
-    """The quick start: write a bundled real dataset as images, extract with real weights,
-    then fit a sweep of heads and print the leaderboard."""
+    """The quick start: a bundled real dataset, real weights, a sweep of heads, a leaderboard.
+
+    Writes the dataset as images, extracts it and fits linear and logistic heads."""
     from featpipe.data.bundled import prepare_dataset
     from featpipe.fitting.stage import fit
 
     root = prepare_dataset(dataset, data_dir / dataset)
     plain(f"dataset: {root}")
-    options = opt.ExtractOptions(
-        "auto",
-        "avg",
-        None,
-        None,
-        "auto",
-        "auto",
-        "float32",
-        "auto",
-        "auto",
-        "auto",
-        cache_dir,
-        "skip",
-    )
+    options = opt.ExtractOptions(cache_dir=cache_dir)
     result = run_extract(root, backbone, options)
     plain(result.summary())
-    run, sweep = fit(
-        root,
-        backbone,
-        grid={"head": ["linear", "logreg"], "lr": [1e-3, 1e-2]},
-        runs_dir=runs_dir,
-        extract_options={"cache_dir": cache_dir},
-    )
+    with progress_bar("demo: fitting heads") as bar:
+        run, sweep = fit(
+            root,
+            backbone,
+            grid={"head": ["linear", "logreg"], "lr": [1e-3, 1e-2]},
+            runs_dir=runs_dir,
+            extract_options=options.kwargs(),
+            status=bar.status,
+        )
     print_fit(run, sweep, seeds=1)

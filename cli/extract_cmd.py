@@ -17,7 +17,10 @@ from .render import console, plain, progress_bar
 def run_extract(
     data: Path, backbone: str, options: opt.ExtractOptions, name: str | None = None
 ) -> ExtractResult:
-    """Extract with a rich progress bar; shared by every command that needs features."""
+    """Extract with the activity line; shared by every command that needs features.
+
+    Until the first batch, a spinner names the step under way (scanning, building the model,
+    probing speed, reading the cache): those can take minutes, and silence reads as a hang."""
     from featpipe.extraction.stage import extract as extract_features
 
     rank = int(os.environ.get("RANK", "0"))
@@ -28,44 +31,21 @@ def run_extract(
             bar.update(p.done, p.total, p.images_per_second)
 
         # Under torchrun each rank shows its own part; rank 0 reports the total.
-        return extract_features(data, backbone, name=name, progress=update, **options.kwargs())
+        return extract_features(
+            data, backbone, name=name, progress=update, status=bar.status, **options.kwargs()
+        )
 
 
+@opt.with_extract_options
 def extract(
     data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
     backbone: str = opt.Backbone,
-    weights: str = opt.Weights,
-    pool: str = opt.Pool,
-    layer: str | None = opt.Layer,
-    image_size: int | None = opt.ImageSize,
-    precision: str = opt.Precision,
-    engine: str = opt.Engine,
-    dtype: str = opt.Dtype,
-    device: str = opt.Device,
-    batch_size: str = opt.BatchSize,
-    workers: str = opt.Workers,
-    cache_dir: Path = opt.CacheDir,
-    on_error: str = opt.OnError,
     name: str | None = opt.Name,
-    jpeg_draft: bool = opt.JpegDraft,
+    *,
+    extraction: opt.ExtractOptions,
 ) -> None:
     """Run BACKBONE once over DATA and cache the pooled embeddings (only new files are run)."""
-    options = opt.ExtractOptions(
-        weights,
-        pool,
-        layer,
-        image_size,
-        precision,
-        engine,
-        dtype,
-        device,
-        batch_size,
-        workers,
-        cache_dir,
-        on_error,
-        jpeg_draft,
-    )
-    result = run_extract(data, backbone, options, name)
+    result = run_extract(data, backbone, extraction, name)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if len(result.ranks) > 1:

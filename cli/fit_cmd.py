@@ -87,6 +87,24 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
     plain(f"run: {run.path}")
 
 
+# Options fit and compare share (compare runs fit for every dataset × backbone pair).
+SetOption = typer.Option([], "--set", help="Fixed head option NAME=VALUE (several allowed).")
+SweepOption = typer.Option(
+    [], "--sweep", help="Grid items OPTION=V1,V2 … over any head option (several allowed)."
+)
+GridOption = typer.Option(None, "--grid", help="Grid file (TOML, YAML or JSON); --sweep items win.")
+SeedsOption = typer.Option(1, help="Seeds per config: mean ± std.")
+CvOption = typer.Option(5, help="Folds for selection when there is no val split.")
+HoldoutOption = typer.Option(
+    0.0,
+    help="Without a val split: hold out this stratified share of train as val "
+    "(0.15 matches finetune) instead of cross-validating.",
+)
+ShotsOption = typer.Option(None, help="Few-shot curve, examples per class: e.g. 1,5,10,50,all.")
+DrawsOption = typer.Option(5, help="Repeated draws per few-shot point.")
+
+
+@opt.with_extract_options
 def fit(
     data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
     backbone: str = typer.Option(
@@ -96,30 +114,17 @@ def fit(
         help="MODEL[@WEIGHTS], '+' to concatenate backbones (a+tv/b).",
     ),
     head: str | None = typer.Option(None, help="linear | mlp | logreg | linearsvc | ridge | knn"),
-    set_: list[str] = typer.Option([], "--set", help="Fixed head option: name=value."),
-    sweep: list[str] = typer.Option(
-        [], "--sweep", help="Grid items option=v1,v2 … (any head option; several allowed)."
-    ),
-    grid: Path | None = typer.Option(None, "--grid", help="Grid file (TOML, YAML or JSON)."),
-    seeds: int = typer.Option(1, help="Seeds per config: mean ± std."),
-    cv: int = typer.Option(5, help="Folds for selection when there is no val split."),
-    holdout: float = typer.Option(
-        0.0,
-        help="Without a val split: hold out this stratified share of train as val "
-        "(0.15 matches finetune) instead of cross-validating.",
-    ),
-    shots: str | None = typer.Option(None, help="Few-shot curve, e.g. 1,5,10,50,all."),
-    draws: int = typer.Option(5, help="Repeated draws per few-shot point."),
+    set_: list[str] = SetOption,
+    sweep: list[str] = SweepOption,
+    grid: Path | None = GridOption,
+    seeds: int = SeedsOption,
+    cv: int = CvOption,
+    holdout: float = HoldoutOption,
+    shots: str | None = ShotsOption,
+    draws: int = DrawsOption,
     runs_dir: Path = opt.RunsDir,
-    weights: str = opt.Weights,
-    precision: str = opt.Precision,
-    engine: str = opt.Engine,
-    device: str = opt.Device,
-    batch_size: str = opt.BatchSize,
-    workers: str = opt.Workers,
-    cache_dir: Path = opt.CacheDir,
-    image_size: int | None = opt.ImageSize,
-    pool: str = opt.Pool,
+    *,
+    extraction: opt.ExtractOptions,
 ) -> None:
     """Fit heads on cached features (extracting first if needed); save and rank them."""
     from featpipe.fitting.stage import fit as fit_heads
@@ -129,23 +134,9 @@ def fit(
     if head:
         fixed["head"] = parse_value("head", head)
     grid_values = grid_from(sweep, grid)
-    options = opt.ExtractOptions(
-        weights,
-        pool,
-        None,
-        image_size,
-        precision,
-        engine,
-        "float32",
-        device,
-        batch_size,
-        workers,
-        cache_dir,
-        "skip",
-    )
     if seeds < 1:
         raise FeatpipeError(f"--seeds {seeds}: use 1 or more")
-    with progress_bar("extract") as bar:
+    with progress_bar(f"fit: loading features of {data}") as bar:
         run, result = fit_heads(
             data,
             backbone,
@@ -157,7 +148,10 @@ def fit(
             shots=parse_shots(shots) if shots else None,
             draws=draws,
             runs_dir=runs_dir,
-            extract_options=options.kwargs(),
-            progress=lambda model: lambda p: bar.update(p.done, p.total, p.images_per_second),
+            extract_options=extraction.kwargs(),
+            progress=lambda model: (
+                lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract {model}")
+            ),
+            status=bar.status,
         )
     print_fit(run, result, seeds)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,40 +76,101 @@ JpegDraft = typer.Option(
     help="Decode JPEGs at reduced scale (faster; the pixels, so the embeddings, differ from "
     "the model's own preprocessing). Recorded in the cache key.",
 )
+VerifyContent = typer.Option(
+    False,
+    "--verify-content",
+    help="Reuse a cached row only if its file's full SHA-256 matches (reads every file; by "
+    "default size, mtime and the first and last 64 KiB are compared).",
+)
 RunsDir = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="Where runs are written and read.")
 
 
 @dataclass
 class ExtractOptions:
-    """The extract options as one value, so that commands can pass them on unchanged."""
+    """Every option that shapes an extraction, as one value: the cache key's (weights, pool,
+    layer, image size, precision, engine, dtype, JPEG draft) and how it runs. Commands that may
+    extract declare them once, through :func:`with_extract_options`, and pass them on."""
 
-    weights: str
-    pool: str
-    layer: str | None
-    image_size: int | None
-    precision: str
-    engine: str
-    dtype: str
-    device: str
-    batch_size: str
-    workers: str
-    cache_dir: Path
-    on_error: str
-    draft: bool = False
+    weights: str = Weights.default
+    pool: str = Pool.default
+    layer: str | None = Layer.default
+    image_size: int | None = ImageSize.default
+    precision: str = Precision.default
+    engine: str = Engine.default
+    dtype: str = Dtype.default
+    device: str = Device.default
+    batch_size: str = BatchSize.default
+    workers: str = Workers.default
+    cache_dir: Path = CacheDir.default
+    on_error: str = OnError.default
+    draft: bool = JpegDraft.default
+    allow_outside: bool = AllowOutside.default
+    verify_content: bool = VerifyContent.default
 
     def kwargs(self) -> dict[str, Any]:
-        return {
-            "weights": self.weights,
-            "pool": self.pool,
-            "layer": self.layer,
-            "image_size": self.image_size,
-            "precision": self.precision,
-            "engine": self.engine,
-            "dtype": self.dtype,
-            "device": self.device,
-            "batch_size": auto_int(self.batch_size, "--batch-size"),
-            "workers": auto_int(self.workers, "--workers"),
-            "cache_dir": self.cache_dir,
-            "on_error": self.on_error,
-            "draft": self.draft,
-        }
+        """The options as :func:`featpipe.extract` keyword arguments."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["batch_size"] = auto_int(self.batch_size, "--batch-size")
+        values["workers"] = auto_int(self.workers, "--workers")
+        return values
+
+    def given(self) -> dict[str, Any]:
+        """The keyword arguments whose values differ from the defaults (what a user typed)."""
+        default = ExtractOptions().kwargs()
+        return {k: v for k, v in self.kwargs().items() if v != default[k]}
+
+
+# ExtractOptions field → (annotation, the typer option that declares it)
+_EXTRACT_PARAMS: dict[str, tuple[Any, Any]] = {
+    "weights": (str, Weights),
+    "pool": (str, Pool),
+    "layer": (str | None, Layer),
+    "image_size": (int | None, ImageSize),
+    "precision": (str, Precision),
+    "engine": (str, Engine),
+    "dtype": (str, Dtype),
+    "draft": (bool, JpegDraft),
+    "device": (str, Device),
+    "batch_size": (str, BatchSize),
+    "workers": (str, Workers),
+    "on_error": (str, OnError),
+    "cache_dir": (Path, CacheDir),
+    "allow_outside": (bool, AllowOutside),
+    "verify_content": (bool, VerifyContent),
+}
+
+
+def _in_panel(option: Any) -> Any:
+    """The option, listed by ``--help`` under its own heading after the command's own."""
+    option = copy.copy(option)
+    option.rich_help_panel = "Extraction options"
+    return option
+
+
+def with_extract_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` every extract option, received as one :class:`ExtractOptions` in its
+    ``extraction`` parameter: each command that may extract accepts the same flags (all that
+    change the cache key among them), declared here once.
+
+    typer reads a command's parameters from its signature, so the wrapper's signature is the
+    command's own (without ``extraction``) followed by the extract options.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "extraction"]
+    added = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=_in_panel(option), annotation=kind
+        )
+        for name, (kind, option) in _EXTRACT_PARAMS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> Any:
+        extraction = ExtractOptions(**{name: values.pop(name) for name in _EXTRACT_PARAMS})
+        return command(**values, extraction=extraction)
+
+    parameters = own + added
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    del wrapper.__wrapped__  # typer must read the wrapper's signature, not the command's
+    return wrapper

@@ -17,7 +17,7 @@ import numpy as np
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.entry import Features
 from featpipe.errors import FeatpipeError
-from featpipe.extraction.stage import ExtractResult, extract
+from featpipe.extraction.stage import ExtractResult, Phase, extract
 
 # extract() options that belong to each backbone of a feature spec.
 SPEC_OPTIONS = ("weights", "pool", "layer", "image_size", "draft")
@@ -72,19 +72,26 @@ def load_feature_set(
     specs: str | list[BackboneSpec],
     options: dict[str, Any] | None = None,
     progress: Callable[[str], Callable | None] | None = None,
+    status: Callable[[Phase], None] | None = None,
 ) -> tuple[Features, list[ExtractResult]]:
     """Extract what is missing for every backbone of ``specs`` and return the joined features.
 
     ``specs``: a feature spec string, or its parts already parsed by
     :func:`parse_feature_spec`; ``options`` are :func:`featpipe.extract` keyword arguments
     (the per-backbone ones only shape a spec string). ``progress(model)`` may return a
-    per-backbone progress callback.
+    per-backbone progress callback; ``status`` hears the steps before the first batch.
     """
     if isinstance(specs, str):
         specs = parse_feature_spec(specs, options)
     options = {k: v for k, v in (options or {}).items() if k not in SPEC_OPTIONS}
     results = [
-        extract(data, spec, progress=progress(spec.model) if progress else None, **options)
+        extract(
+            data,
+            spec,
+            progress=progress(spec.model) if progress else None,
+            status=status,
+            **options,
+        )
         for spec in specs
     ]
     sets = [r.load() for r in results]

@@ -12,6 +12,7 @@ import numpy as np
 from featpipe.backbones.spec import label
 from featpipe.cache.entry import Features, read_meta
 from featpipe.data.splits import hold_out
+from featpipe.extraction.stage import Phase
 from featpipe.fitting.features import load_feature_set, parse_feature_spec
 from featpipe.fitting.sweep import SweepResult, sweep
 from featpipe.heads.config import HeadConfig, expand, parse_grid
@@ -51,20 +52,24 @@ def fit(
     extract_options: dict[str, Any] | None = None,
     progress: Callable[[str], Callable | None] | None = None,
     n_jobs: int = -1,
+    status: Callable[[Phase], None] | None = None,
 ) -> tuple[Run, SweepResult]:
     """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
 
     ``grid`` maps head options to lists of values (every combination is fitted); ``head``
     gives fixed options. With neither, :data:`DEFAULT_GRID` is used. ``holdout`` turns a
     stratified share of train into the val split when the data has none (else CV selects).
+    ``status`` hears every step before a batch runs (see :class:`Phase`), fitting included.
     """
     grid = parse_grid(grid or ({} if head else DEFAULT_GRID), "grid")
     fixed = HeadConfig.from_dict(head or {}, param="head")
     configs = expand(grid, fixed)
     specs = parse_feature_spec(backbone, extract_options)
-    features, results = load_feature_set(data, specs, extract_options, progress)
+    features, results = load_feature_set(data, specs, extract_options, progress, status)
     if holdout and not (features.split == "val").any():
         features = with_holdout(features, holdout)
+    if status:
+        status(Phase("fitting", f"fitting {len(configs)} head configs × {seeds} seeds"))
     result = sweep(features, configs, seeds=seeds, cv=cv, shots=shots, draws=draws, n_jobs=n_jobs)
     options = dict(extract_options or {})
     metas = [read_meta(r.entry) for r in results]

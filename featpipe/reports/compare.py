@@ -5,11 +5,16 @@ An experiment file (TOML or YAML) describes the same comparison, so it can be re
     data = ["data/elpv", "data/fashion-1k"]
     backbones = ["tf_efficientnet_lite0", "tf_efficientnet_lite0@none", "tv/mobilenet_v2"]
     seeds = 1
+    holdout = 0.15          # optional: val share of train where a dataset has no val split
+    shots = [1, 5, "all"]   # optional: a few-shot curve per pair
     [sweep]
     head = ["linear", "logreg"]
     lr = [1e-3, 1e-2]
-    [extract]
+    [head]                  # optional: fixed head options
+    wd = 1e-4
+    [extract]               # optional: featpipe extract options
     precision = "fp32"
+    weights = "offline"
 """
 
 from __future__ import annotations
@@ -25,7 +30,19 @@ from featpipe.errors import FeatpipeError
 from featpipe.heads.config import parse_value
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
-EXPERIMENT_KEYS = {"data", "backbones", "sweep", "head", "seeds", "cv", "extract", "runs_dir"}
+EXPERIMENT_KEYS = {
+    "data",
+    "backbones",
+    "sweep",
+    "head",
+    "seeds",
+    "cv",
+    "holdout",
+    "shots",
+    "draws",
+    "extract",
+    "runs_dir",
+}
 
 
 @dataclass
@@ -36,6 +53,9 @@ class Experiment:
     head: dict[str, Any] = field(default_factory=dict)
     seeds: int = 1
     cv: int = 5
+    holdout: float = 0.0
+    shots: list[int | str] | None = None
+    draws: int = 5
     extract: dict[str, Any] = field(default_factory=dict)
     runs_dir: str = str(DEFAULT_RUNS_DIR)
 
@@ -76,6 +96,9 @@ def read_experiment(path: Path) -> Experiment:
         head=head,
         seeds=int(raw.get("seeds", 1)),
         cv=int(raw.get("cv", 5)),
+        holdout=float(raw.get("holdout", 0.0)),
+        shots=list(raw["shots"]) if raw.get("shots") else None,
+        draws=int(raw.get("draws", 5)),
         extract=dict(raw.get("extract", {})),
         runs_dir=str(raw.get("runs_dir", DEFAULT_RUNS_DIR)),
     )
@@ -103,8 +126,12 @@ def _random_twin(spec: str) -> str:
 def compare(
     experiment: Experiment,
     progress: Callable[[str], Callable | None] | None = None,
+    status: Callable[[Any], None] | None = None,
 ) -> list[Row]:
-    """Run every dataset × backbone pair; rows in the order given, gaps filled in."""
+    """Run every dataset × backbone pair; rows in the order given, gaps filled in.
+
+    ``progress`` and ``status`` are :func:`featpipe.fit`'s (per-batch progress, and the steps
+    before batches run)."""
     from featpipe.fitting.stage import fit
 
     rows: list[Row] = []
@@ -117,9 +144,13 @@ def compare(
                 head=experiment.head or None,
                 seeds=experiment.seeds,
                 cv=experiment.cv,
+                holdout=experiment.holdout,
+                shots=experiment.shots,
+                draws=experiment.draws,
                 runs_dir=experiment.runs_dir,
                 extract_options=experiment.extract,
                 progress=progress,
+                status=status,
             )
             best, metric = result.best, result.metric
             test = best.test[0] if best.test else {}
