@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,11 +359,12 @@ def _unreadable(path: Path, f: h5py.File, exc: OSError) -> StorageError:
             "command to recompute what is lost"
         )
     name, reason = found
-    quarantine(parts / name)
-    return StorageError(
-        f"cache entry {path}: shard {parts / name} is corrupt ({reason}): rerun the extract "
-        "command to recompute its rows"
+    action = (
+        "rerun the extract command to recompute its rows"
+        if quarantine(parts / name)
+        else "remove it, then rerun the extract command to recompute its rows"
     )
+    return StorageError(f"cache entry {path}: shard {parts / name} is corrupt ({reason}): {action}")
 
 
 def load_features(path: str | Path, split: str | list[str] | None = None) -> Features:
@@ -380,14 +381,38 @@ def load_features(path: str | Path, split: str | list[str] | None = None) -> Fea
     return features if split is None else features.where(split)
 
 
-def iter_chunks(path: str | Path, rows: int | None = None) -> Iterator[Features]:
-    """Stream an entry in row blocks, so memory stays flat however large N is."""
+def load_columns(path: str | Path) -> Features:
+    """An entry's labels, targets, splits and paths without its features (``X`` is N×0).
+
+    What a fit streamed from disk plans with: every row's label and split, in row order.
+    """
+    path = Path(path)
+    with open_entry(path) as f:
+        columns = _columns(f, slice(None))
+        return Features(
+            X=np.zeros((len(columns["labels"]), 0), np.float32),
+            **columns,
+            class_names=list(f["class_names"].asstr()[:]),
+            task=str(f.attrs["task"]),
+            meta=entry_meta(f),
+        )
+
+
+def iter_chunks(
+    path: str | Path, rows: int | None = None, order: Sequence[int] | None = None
+) -> Iterator[Features]:
+    """Stream an entry in row blocks, so memory stays flat however large N is.
+
+    ``order``: the block numbers to read, in that order (block ``i`` holds rows
+    ``i·rows`` up to ``(i+1)·rows``); a streamed fit reads its blocks shuffled. Default: all.
+    """
     path = Path(path)
     with open_entry(path) as f:
         n, dim = f["features"].shape
         rows = rows or max(1, (8 << 20) // max(1, dim * f["features"].dtype.itemsize))
         class_names = list(f["class_names"].asstr()[:])
-        for start in range(0, n, rows):
+        for i in range(-(-n // rows)) if order is None else order:
+            start = i * rows
             block = slice(start, min(n, start + rows))
             yield Features(
                 _features(path, f, block),
@@ -449,10 +474,10 @@ def verify(path: Path) -> list[str]:
         for name in f["source/shard_names"].asstr()[:]:
             found = first_corrupt_shard(parts, [name])
             if found is not None:
-                quarantine(parts / name)
+                moved = "moved aside" if quarantine(parts / name) else "remove it"
                 problems.append(
-                    f"{name}: corrupt ({found[1]}); moved aside: rerun the extract command to "
-                    "recompute its rows"
+                    f"{name}: corrupt ({found[1]}); {moved}, then rerun the extract command "
+                    "to recompute its rows"
                 )
                 continue
             with h5py.File(parts / name, "r") as shard:

@@ -690,11 +690,14 @@ class ShardIndex:
         return None
 
 
-def quarantine(shard: Path) -> None:
-    """Move a shard that failed its checksums aside (best effort: a read-only cache keeps it),
-    so that the next extract recomputes its rows instead of trusting them."""
-    with contextlib.suppress(OSError):
+def quarantine(shard: Path) -> bool:
+    """Move a shard that failed its checksums aside, so that the next extract recomputes its
+    rows instead of trusting them. False where that is not possible (a read-only cache)."""
+    try:
         shard.rename(shard.with_name(shard.name + CORRUPT_SUFFIX))
+    except OSError:
+        return False
+    return True
 
 
 def _read_shard(shard: Path, index: ShardIndex) -> None:
