@@ -105,6 +105,16 @@ def test_same_files_under_another_dataset_name_are_copied_not_extracted(
     assert (moved.n_copied, moved.n_new) == (6, 1)  # content, not path, decides
 
 
+def test_an_unreadable_entry_of_another_dataset_is_passed_over(tree: Path, cache_dir: Path) -> None:
+    made = run(tree, cache_dir)
+    shutil.rmtree(made.entry.with_suffix(".parts"))  # its rows are gone: nothing to copy
+    manifest = tree / "labels.csv"
+    rows = [f"{p.relative_to(tree).as_posix()},x" for p in sorted(tree.rglob("*.png"))]
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    listed = run(manifest, cache_dir)
+    assert (listed.n_copied, listed.n_new, listed.n) == (0, 12, 12)
+
+
 def test_summary_rate_and_seconds_cover_the_same_interval(tree: Path, cache_dir: Path) -> None:
     result = run(tree, cache_dir)
     assert result.images_per_second == pytest.approx(result.n_new / result.seconds)
