@@ -108,7 +108,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def temp_name(path: Path) -> Path:
+def _temp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
@@ -119,7 +119,7 @@ def atomic_write(path: Path, data: bytes, reserve: int = 0) -> None:
     checking that the disk has room for them plus ``reserve``; then fsync, rename, and fsync of
     the folder. Any failure removes the temporary file and raises :class:`DiskError`.
     """
-    tmp = temp_name(path)
+    tmp = _temp_name(path)
     try:
         free = shutil.disk_usage(path.parent).free
         if free < len(data) + reserve:
@@ -196,16 +196,16 @@ def _attr_text(value: Any) -> str:
     return repr(value.item() if hasattr(value, "item") else value)
 
 
-def checksum(f: h5py.Group, skip: Sequence[str] = ("features",)) -> str:
-    """SHA-256 of a file's attributes and every dataset but ``skip`` (the features, which
-    carry fletcher32 checksums per chunk): the cheap check against edited or damaged rows."""
+def checksum(f: h5py.Group) -> str:
+    """SHA-256 of a file's attributes and every dataset but ``features`` (whose chunks carry
+    fletcher32 checksums): the cheap check against edited or damaged rows."""
     h = hashlib.sha256()
     for name in sorted(f.attrs):
         if name != "checksum":
             h.update(f"@{name}={_attr_text(f.attrs[name])}\n".encode())
     names: list[str] = []
     f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-    for name in sorted(set(names) - set(skip)):
+    for name in sorted(set(names) - {"features"}):
         ds = f[name]
         if h5py.check_string_dtype(ds.dtype) is not None:
             data = "\0".join(ds.asstr()[()].tolist() if ds.shape else [ds.asstr()[()]]).encode()
