@@ -97,7 +97,9 @@ def test_probe_stops_at_its_budget_when_a_candidate_is_far_slower(monkeypatch) -
     # bf16 costs 2.4 s a batch of 8: one single image of it is all the budget allows.
     assert elapsed < 1.0 + 2 * 0.3 + 0.5
     assert chosen.precision == "fp32" and "torch-bf16@8" in chosen.probe["over_budget"]
-    assert chosen.probe["budget_s"] == 1.0 and chosen.probe["spent_s"] <= elapsed
+    assert (
+        chosen.probe["budget_s"] == 1.0 and chosen.probe["spent_s"] <= elapsed + 0.01
+    )  # rounded to 10 ms
 
 
 def test_probe_budget_is_a_small_share_of_the_run_it_tunes(monkeypatch) -> None:
