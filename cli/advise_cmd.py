@@ -8,22 +8,34 @@ import typer
 from rich.table import Table
 
 from . import options as opt
-from .render import console, plain
+from .render import console, plain, progress_bar
 
 
+@opt.with_extract_options
 def advise(
     data: Path = typer.Argument(..., help="A labelled dataset."),
     backbone: str = opt.Backbone,
-    weights: str = opt.Weights,
-    cache_dir: Path = opt.CacheDir,
-    image_size: int | None = opt.ImageSize,
-    precision: str = opt.Precision,
+    runs_dir: Path = opt.RunsDir,
+    *,
+    extraction: opt.ExtractOptions,
 ) -> None:
     """Measure size and domain similarity; name the quadrant and the next command."""
     from featpipe.reports.advise import advise as run_advise
 
-    options = {"cache_dir": cache_dir, "image_size": image_size, "precision": precision}
-    advice = run_advise(data, backbone, weights, options)
+    with progress_bar(f"advise: loading features of {data}") as bar:
+
+        def progress(label: str):  # per-batch callback of one extraction, named on the bar
+            return lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract ({label})")
+
+        advice = run_advise(
+            data,
+            backbone,
+            extraction.weights,
+            extraction.kwargs(),
+            status=bar.status,
+            progress=progress,
+            runs_dir=runs_dir,
+        )
     e = advice.evidence
     table = Table(title=f"evidence for {data} with {backbone}")
     table.add_column("measure")

@@ -30,6 +30,8 @@ large part of the error (``SIMILAR_GAIN``); dissimilar otherwise.
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from featpipe.cache.catalog import DEFAULT_CACHE_DIR
 from featpipe.cache.entry import Features
-from featpipe.errors import FeatpipeError
+from featpipe.errors import DataError
+from featpipe.extraction.stage import Phase
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.sweep import few_shot, sweep
 from featpipe.heads.config import HeadConfig, expand
+from featpipe.runs.record import DEFAULT_RUNS_DIR
 
 SMALL_PER_CLASS = 1000
 SIMILAR_CONFIDENCE = 0.35
@@ -112,12 +117,31 @@ def advise(
     backbone: str = "tf_efficientnet_lite0",
     weights: str = "auto",
     extract_options: dict[str, Any] | None = None,
+    status: Callable[[Phase], None] | None = None,
+    progress: Callable[[str], Callable | None] | None = None,
+    runs_dir: str | Path | None = None,
 ) -> Advice:
+    """Measure ``data`` against ``backbone`` and name the quadrant and the next command.
+
+    ``status`` hears every step before a batch runs (extraction's, then the measuring);
+    ``progress(label)`` may return a per-batch callback for the extraction it names
+    (``"pretrained"``, then ``"random-init control"``: on a slow machine the control alone can
+    take many minutes). The next command keeps the extract options and ``runs_dir`` given here,
+    so following it reuses this cache instead of extracting again at the defaults.
+    """
     options = dict(extract_options or {})
-    pretrained, _ = load_feature_set(data, f"{backbone}@{weights}", options)
+
+    def features(label: str, spec: str) -> Features:
+        per_batch = (lambda _model: progress(label)) if progress else None
+        loaded, _ = load_feature_set(data, spec, options, progress=per_batch, status=status)
+        return loaded
+
+    pretrained = features("pretrained", f"{backbone}@{weights}")
     if pretrained.task != "classification":
-        raise FeatpipeError("advise needs a classification dataset (class folders or labels)")
-    random_init, _ = load_feature_set(data, f"{backbone}@none", options)
+        raise DataError("advise needs a classification dataset (class folders or labels)")
+    random_init = features("random-init control", f"{backbone}@none")
+    if status:
+        status(Phase("measuring", "measuring: linear probes, ImageNet confidence, few-shot"))
     train = pretrained.where("train")
     per_class = np.bincount(train.labels, minlength=len(train.class_names))
     acc_pre, probe_pre = _probe(pretrained)
@@ -144,11 +168,21 @@ def advise(
             "similar_confidence": SIMILAR_CONFIDENCE,
         },
     }
+    context = CommandContext(
+        data=str(data),
+        backbone=backbone,
+        weights=weights,
+        image_size=options.get("image_size"),
+        precision=options.get("precision", "auto"),
+        cache_dir=options.get("cache_dir"),
+        runs_dir=runs_dir,
+    )
+    has_val = bool((pretrained.split == "val").any())
     return Advice(
         size,
         similarity,
         STRATEGIES[(size, similarity)],
-        _command(size, similarity, str(data), backbone, bool((pretrained.split == "val").any())),
+        _command(size, similarity, context, has_val),
         evidence,
     )
 
@@ -167,9 +201,52 @@ def _flags(recipe: dict[str, Any]) -> str:
     )
 
 
-def _command(size: str, similarity: str, data: str, backbone: str, has_val: bool) -> str:
+@dataclass(frozen=True)
+class CommandContext:
+    """What the printed commands keep of the advise call: the data, the backbone, and the
+    options that decide the cache entry and where runs go. Dropping them would make a user who
+    follows the advice extract everything again at the default size into the default cache."""
+
+    data: str
+    backbone: str
+    weights: str = "auto"
+    image_size: int | None = None
+    precision: str = "auto"
+    cache_dir: str | Path | None = None
+    runs_dir: str | Path | None = None
+
+    def extract_flags(self) -> str:
+        """``--weights``, ``--image-size``, ``--precision``, ``--cache-dir`` where not defaults."""
+        flags = []
+        if self.weights != "auto":
+            flags += ["--weights", self.weights]
+        if self.image_size is not None:
+            flags += ["--image-size", str(self.image_size)]
+        if self.precision != "auto":
+            flags += ["--precision", self.precision]
+        if self.cache_dir is not None and Path(self.cache_dir) != Path(DEFAULT_CACHE_DIR):
+            flags += ["--cache-dir", str(self.cache_dir)]
+        return shlex.join(flags)
+
+    def runs_flag(self) -> str:
+        if self.runs_dir is None or Path(self.runs_dir) == Path(DEFAULT_RUNS_DIR):
+            return ""
+        return shlex.join(["--runs-dir", str(self.runs_dir)])
+
+
+def _join(*parts: str) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def _command(size: str, similarity: str, context: CommandContext, has_val: bool) -> str:
     """The next command for a quadrant (the recipes ``benchmarks/bench_advise.py`` checks)."""
-    fit = f"featpipe fit {data} --backbone {backbone}"
+    data = shlex.quote(context.data)
+    runs = context.runs_flag()
+    fit = _join(
+        f"featpipe fit {data} --backbone {shlex.quote(context.backbone)}",
+        context.extract_flags(),
+        runs,
+    )
     if (size, similarity) == ("small", "similar"):
         return f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1"
     if (size, similarity) == ("large", "similar"):
@@ -177,8 +254,15 @@ def _command(size: str, similarity: str, data: str, backbone: str, has_val: bool
         return (
             f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1{holdout}"
             "  # then, with the run it prints:\n"
-            f"featpipe finetune {data} --from RUN {_flags(LP_FT)} --epochs 6"
+            + _join(f"featpipe finetune {data} --from RUN {_flags(LP_FT)} --epochs 6", runs)
         )
     if (size, similarity) == ("large", "dissimilar"):
-        return f"featpipe finetune {data} --backbone {backbone} {_flags(SCRATCH)} --epochs 30"
+        # From scratch: the recipe's --weights none replaces the pretrained weights.
+        size_flag = f"--image-size {context.image_size}" if context.image_size else ""
+        return _join(
+            f"featpipe finetune {data} --backbone {shlex.quote(context.backbone)}",
+            size_flag,
+            f"{_flags(SCRATCH)} --epochs 30",
+            runs,
+        )
     return f"{fit} --sweep head=linear,logreg wd=1e-3,1e-2,1e-1 C=0.01,0.1,1 --shots 1,5,25,all"

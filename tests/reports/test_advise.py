@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_tree
 from featpipe.cli.app import main
-from featpipe.reports.advise import STRATEGIES, decide
+from featpipe.reports.advise import STRATEGIES, CommandContext, _command, advise, decide
 
 
 @pytest.mark.parametrize(
@@ -36,18 +36,45 @@ def test_advise_cli_prints_evidence_quadrant_and_next_command(tmp_path: Path, ca
             str(data),
             "-b",
             "tf_efficientnet_lite0",
+            "-w",
+            "offline",
             "--image-size",
             "32",
             "--precision",
             "fp32",
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
         ]
     )
     out = capsys.readouterr().out
     assert code == 0
     assert "transfer gain" in out and "ImageNet head confidence" in out
-    assert "quadrant: small dataset" in out and "next:" in out and "featpipe " in out
+    assert "quadrant: small dataset" in out and "next:" in out
+    # Following the advice reuses this cache: the command keeps what advise was given.
+    command = out.split("next:", 1)[1].strip()
+    for kept in (
+        "--weights offline",
+        "--image-size 32",
+        "--precision fp32",
+        f"--cache-dir {tmp_path / 'cache'}",
+        f"--runs-dir {tmp_path / 'runs'}",
+    ):
+        assert kept in command
+
+
+def test_advise_reports_progress_of_the_random_init_control(tmp_path: Path) -> None:
+    data = make_tree(tmp_path / "parts", classes=("ok", "bad"), per_class=12)
+    seen: dict[str, list[tuple[int, int]]] = {}
+
+    def progress(label: str):
+        return lambda p: seen.setdefault(label, []).append((p.done, p.total))
+
+    options = {"image_size": 32, "precision": "fp32", "cache_dir": tmp_path / "cache"}
+    advise(data, "tf_efficientnet_lite0", "offline", options, progress=progress)
+    assert set(seen) == {"pretrained", "random-init control"}
+    assert seen["random-init control"][-1] == (24, 24)  # every image, batch by batch
 
 
 def test_inspect_and_finetune_cli(tmp_path: Path, capsys) -> None:
@@ -90,11 +117,45 @@ def test_advised_finetune_commands_parse(quadrant, tmp_path: Path) -> None:
     import typer
 
     from featpipe.cli.app import app
-    from featpipe.reports.advise import _command
 
-    line = _command(*quadrant, str(tmp_path), "tf_efficientnet_lite0", has_val=False)
+    context = CommandContext(str(tmp_path), "tf_efficientnet_lite0", runs_dir=tmp_path / "runs")
+    line = _command(*quadrant, context, has_val=False)
     args = shlex.split(line.splitlines()[-1].replace("RUN", str(tmp_path)))
     assert args[:2] == ["featpipe", "finetune"]
     finetune = typer.main.get_command(app).commands["finetune"]
     params = finetune.make_context("finetune", args[2:]).params
     assert params["lr"] > 0 and params["crop_scale"] == 0.35
+    assert params["runs_dir"] == tmp_path / "runs"
+
+
+@pytest.mark.parametrize("quadrant", sorted(STRATEGIES))
+def test_every_advised_command_keeps_the_options_advise_was_given(quadrant, tmp_path) -> None:
+    """Following the advice must reuse advise's cache entry and runs folder, not extract again
+    at the default size into ./cache."""
+    import shlex
+
+    import typer
+
+    from featpipe.cli.app import app
+    from featpipe.cli.argv import expand
+
+    context = CommandContext(
+        str(tmp_path / "my data"),
+        "tf_efficientnet_lite0",
+        weights="offline",
+        image_size=96,
+        precision="fp32",
+        cache_dir=tmp_path / "my cache",
+        runs_dir=tmp_path / "runs",
+    )
+    commands = typer.main.get_command(app).commands
+    for line in _command(*quadrant, context, has_val=False).splitlines():
+        args = expand(shlex.split(line.split("  # ")[0].replace("RUN", str(tmp_path))))
+        name = args[1]
+        params = commands[name].make_context(name, args[2:]).params
+        assert params["runs_dir"] == tmp_path / "runs"
+        if name == "fit":
+            assert params["weights"] == "offline" and params["image_size"] == 96
+            assert params["cache_dir"] == tmp_path / "my cache" and params["precision"] == "fp32"
+        elif "--from" not in args:  # from scratch: the size kept, the weights the recipe's
+            assert params["image_size"] == 96 and params["weights"] == "none"
