@@ -30,6 +30,7 @@ large part of the error (``SIMILAR_GAIN``); dissimilar otherwise.
 
 from __future__ import annotations
 
+import inspect
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,10 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from featpipe.cache.catalog import DEFAULT_CACHE_DIR
 from featpipe.cache.entry import Features
 from featpipe.errors import DataError
-from featpipe.extraction.stage import Phase
+from featpipe.extraction.stage import Phase, extract
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.sweep import few_shot, sweep
 from featpipe.heads.config import HeadConfig, expand
@@ -168,15 +168,7 @@ def advise(
             "similar_confidence": SIMILAR_CONFIDENCE,
         },
     }
-    context = CommandContext(
-        data=str(data),
-        backbone=backbone,
-        weights=weights,
-        image_size=options.get("image_size"),
-        precision=options.get("precision", "auto"),
-        cache_dir=options.get("cache_dir"),
-        runs_dir=runs_dir,
-    )
+    context = CommandContext(str(data), backbone, options | {"weights": weights}, runs_dir)
     has_val = bool((pretrained.split == "val").any())
     return Advice(
         size,
@@ -201,32 +193,53 @@ def _flags(recipe: dict[str, Any]) -> str:
     )
 
 
+# The featpipe.extract options that decide which cache entry (and which images) a command reads,
+# with their flags; a fine-tune reads images itself and takes only the last two.
+KEY_FLAGS = {
+    "weights": "--weights",
+    "pool": "--pool",
+    "layer": "--layer",
+    "precision": "--precision",
+    "engine": "--engine",
+    "dtype": "--dtype",
+    "draft": "--jpeg-draft",
+    "cache_dir": "--cache-dir",
+    "image_size": "--image-size",
+    "allow_outside": "--allow-outside",
+}
+FINETUNE_KEYS = ("image_size", "allow_outside")
+
+
+def _flag_list(options: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """Flags for the options among ``keys`` that differ from :func:`featpipe.extract`'s
+    defaults (switches as bare flags), shell-quoted."""
+    defaults = {k: p.default for k, p in inspect.signature(extract).parameters.items()}
+    flags: list[str] = []
+    for key in keys:
+        value = options.get(key, defaults[key])
+        if value is None or value is False or str(value) == str(defaults[key]):
+            continue
+        flags += [KEY_FLAGS[key]] if value is True else [KEY_FLAGS[key], str(value)]
+    return shlex.join(flags)
+
+
 @dataclass(frozen=True)
 class CommandContext:
-    """What the printed commands keep of the advise call: the data, the backbone, and the
-    options that decide the cache entry and where runs go. Dropping them would make a user who
-    follows the advice extract everything again at the default size into the default cache."""
+    """What the printed commands keep of the advise call: the data, the backbone, the extract
+    options that decide the cache entry (``featpipe.extract`` keyword arguments) and where runs
+    go. Dropping them would make a user who follows the advice extract everything again at the
+    default size into the default cache."""
 
     data: str
     backbone: str
-    weights: str = "auto"
-    image_size: int | None = None
-    precision: str = "auto"
-    cache_dir: str | Path | None = None
+    extract: dict[str, Any] = field(default_factory=dict)
     runs_dir: str | Path | None = None
 
     def extract_flags(self) -> str:
-        """``--weights``, ``--image-size``, ``--precision``, ``--cache-dir`` where not defaults."""
-        flags = []
-        if self.weights != "auto":
-            flags += ["--weights", self.weights]
-        if self.image_size is not None:
-            flags += ["--image-size", str(self.image_size)]
-        if self.precision != "auto":
-            flags += ["--precision", self.precision]
-        if self.cache_dir is not None and Path(self.cache_dir) != Path(DEFAULT_CACHE_DIR):
-            flags += ["--cache-dir", str(self.cache_dir)]
-        return shlex.join(flags)
+        return _flag_list(self.extract, tuple(KEY_FLAGS))
+
+    def finetune_flags(self) -> str:
+        return _flag_list(self.extract, FINETUNE_KEYS)
 
     def runs_flag(self) -> str:
         if self.runs_dir is None or Path(self.runs_dir) == Path(DEFAULT_RUNS_DIR):
@@ -254,14 +267,17 @@ def _command(size: str, similarity: str, context: CommandContext, has_val: bool)
         return (
             f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1{holdout}"
             "  # then, with the run it prints:\n"
-            + _join(f"featpipe finetune {data} --from RUN {_flags(LP_FT)} --epochs 6", runs)
+            + _join(
+                f"featpipe finetune {data} --from RUN {_flags(LP_FT)} --epochs 6",
+                _flag_list(context.extract, ("allow_outside",)),  # the size comes with RUN
+                runs,
+            )
         )
     if (size, similarity) == ("large", "dissimilar"):
         # From scratch: the recipe's --weights none replaces the pretrained weights.
-        size_flag = f"--image-size {context.image_size}" if context.image_size else ""
         return _join(
             f"featpipe finetune {data} --backbone {shlex.quote(context.backbone)}",
-            size_flag,
+            context.finetune_flags(),
             f"{_flags(SCRATCH)} --epochs 30",
             runs,
         )

@@ -139,23 +139,28 @@ def test_every_advised_command_keeps_the_options_advise_was_given(quadrant, tmp_
     from featpipe.cli.app import app
     from featpipe.cli.argv import expand
 
+    given = {
+        "weights": "offline",
+        "image_size": 96,
+        "precision": "fp32",
+        "cache_dir": tmp_path / "my cache",
+        "pool": "max",
+        "draft": True,
+        "allow_outside": True,
+        "batch_size": 8,  # how it runs, not what it reads: not repeated
+    }
     context = CommandContext(
-        str(tmp_path / "my data"),
-        "tf_efficientnet_lite0",
-        weights="offline",
-        image_size=96,
-        precision="fp32",
-        cache_dir=tmp_path / "my cache",
-        runs_dir=tmp_path / "runs",
+        str(tmp_path / "my data"), "tf_efficientnet_lite0", given, runs_dir=tmp_path / "runs"
     )
     commands = typer.main.get_command(app).commands
     for line in _command(*quadrant, context, has_val=False).splitlines():
         args = expand(shlex.split(line.split("  # ")[0].replace("RUN", str(tmp_path))))
         name = args[1]
         params = commands[name].make_context(name, args[2:]).params
-        assert params["runs_dir"] == tmp_path / "runs"
+        assert params["runs_dir"] == tmp_path / "runs" and params["allow_outside"]
         if name == "fit":
-            assert params["weights"] == "offline" and params["image_size"] == 96
-            assert params["cache_dir"] == tmp_path / "my cache" and params["precision"] == "fp32"
+            for key in ("weights", "image_size", "precision", "cache_dir", "pool", "draft"):
+                assert params[key] == given[key], key
+            assert params["batch_size"] == "auto"
         elif "--from" not in args:  # from scratch: the size kept, the weights the recipe's
             assert params["image_size"] == 96 and params["weights"] == "none"
