@@ -144,10 +144,22 @@ def everyone(dist: Dist | None, fn: Callable[[], Any]) -> Any:
     return value
 
 
+def _leaves(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Nested options (a backbone spec inside a request) by their own names, for the message."""
+    flat: dict[str, Any] = {}
+    for key, value in arguments.items():
+        if isinstance(value, dict):
+            for leaf, inner in _leaves(value).items():
+                flat[leaf if leaf not in arguments else f"{key}.{leaf}"] = inner
+        else:
+            flat[key] = value
+    return flat
+
+
 def check_same(arguments: dict[str, Any]) -> None:
     """Every rank must have been started with the same arguments."""
     assert _CURRENT is not None
-    text = json.dumps(arguments, sort_keys=True, default=str)
+    text = json.dumps(_leaves(arguments), sort_keys=True, default=str)
     everyone = gather(text)
     for rank, other in enumerate(everyone):
         if other != everyone[0]:
