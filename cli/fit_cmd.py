@@ -123,6 +123,12 @@ def fit(
     shots: str | None = ShotsOption,
     draws: int = DrawsOption,
     runs_dir: Path = opt.RunsDir,
+    memory_budget: str | None = typer.Option(
+        None,
+        "--memory-budget",
+        help="Train features larger than this (e.g. 512M, 8G) are streamed from the cache in "
+        "chunks (linear, mlp, ridge heads). Default: half the available memory.",
+    ),
     *,
     extraction: opt.ExtractOptions,
 ) -> None:
@@ -153,5 +159,6 @@ def fit(
                 lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract {model}")
             ),
             status=bar.status,
+            memory_budget=memory_budget,
         )
     print_fit(run, result, seeds)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.entry import Features
 from featpipe.errors import FeatpipeError
 from featpipe.extraction.stage import ExtractResult, Phase, extract
+
+if TYPE_CHECKING:
+    from featpipe.fitting.streaming import StreamedFeatures
 
 # extract() options that belong to each backbone of a feature spec.
 SPEC_OPTIONS = ("weights", "pool", "layer", "image_size", "draft")
@@ -73,13 +76,16 @@ def load_feature_set(
     options: dict[str, Any] | None = None,
     progress: Callable[[str], Callable | None] | None = None,
     status: Callable[[Phase], None] | None = None,
-) -> tuple[Features, list[ExtractResult]]:
+    memory_budget: int | None = None,
+) -> tuple[Features | StreamedFeatures, list[ExtractResult]]:
     """Extract what is missing for every backbone of ``specs`` and return the joined features.
 
     ``specs``: a feature spec string, or its parts already parsed by
     :func:`parse_feature_spec`; ``options`` are :func:`featpipe.extract` keyword arguments
     (the per-backbone ones only shape a spec string). ``progress(model)`` may return a
     per-backbone progress callback; ``status`` hears the steps before the first batch.
+    An entry whose train features exceed ``memory_budget`` bytes is not loaded but streamed
+    (:mod:`featpipe.fitting.streaming`); without a budget it is loaded.
     """
     if isinstance(specs, str):
         specs = parse_feature_spec(specs, options)
@@ -94,6 +100,12 @@ def load_feature_set(
         )
         for spec in specs
     ]
+    if memory_budget is not None and len(results) == 1:
+        from featpipe.fitting.streaming import open_streamed  # torch: only once fitting
+
+        streamed = open_streamed(results[0].entry, memory_budget)
+        if streamed is not None:
+            return streamed, results
     sets = [r.load() for r in results]
     if len(sets) == 1:
         return sets[0], results

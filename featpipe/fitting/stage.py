@@ -14,6 +14,7 @@ from featpipe.cache.entry import Features, read_meta
 from featpipe.data.splits import hold_out
 from featpipe.extraction.stage import Phase
 from featpipe.fitting.features import load_feature_set, parse_feature_spec
+from featpipe.fitting.streaming import resolve_budget
 from featpipe.fitting.sweep import SweepResult, sweep
 from featpipe.heads.config import HeadConfig, expand, parse_grid
 from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, save_run
@@ -53,6 +54,7 @@ def fit(
     progress: Callable[[str], Callable | None] | None = None,
     n_jobs: int = -1,
     status: Callable[[Phase], None] | None = None,
+    memory_budget: str | int | None = None,
 ) -> tuple[Run, SweepResult]:
     """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
 
@@ -60,12 +62,17 @@ def fit(
     gives fixed options. With neither, :data:`DEFAULT_GRID` is used. ``holdout`` turns a
     stratified share of train into the val split when the data has none (else CV selects).
     ``status`` hears every step before a batch runs (see :class:`Phase`), fitting included.
+    ``memory_budget`` (bytes, or a size such as ``"512M"``; default: half the memory
+    available): train features larger than this are streamed from the cache in chunks
+    instead of loaded (:mod:`featpipe.fitting.streaming`).
     """
     grid = parse_grid(grid or ({} if head else DEFAULT_GRID), "grid")
     fixed = HeadConfig.from_dict(head or {}, param="head")
     configs = expand(grid, fixed)
     specs = parse_feature_spec(backbone, extract_options)
-    features, results = load_feature_set(data, specs, extract_options, progress, status)
+    features, results = load_feature_set(
+        data, specs, extract_options, progress, status, resolve_budget(memory_budget)
+    )
     if holdout and not (features.split == "val").any():
         features = with_holdout(features, holdout)
     if status:

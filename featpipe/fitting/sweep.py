@@ -15,6 +15,8 @@ import numpy as np
 
 from featpipe.cache.entry import Features
 from featpipe.errors import ArgumentError, DataError
+from featpipe.fitting import streaming
+from featpipe.fitting.streaming import StreamedFeatures
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, fit_heads
@@ -80,26 +82,27 @@ class SweepResult:
         return out
 
 
-def _check(features: Features) -> None:
-    if not np.isfinite(features.X).all():
+def _check(features: Features | StreamedFeatures) -> None:
+    """Splits a sweep can use; finite features (a streamed entry is checked as it is read)."""
+    if isinstance(features, Features) and not np.isfinite(features.X).all():
         bad = features.relpath[~np.isfinite(features.X).all(axis=1)]
         raise DataError(
             f"{len(bad)} feature rows hold NaN or inf (e.g. {bad[0]}): run featpipe cache "
             "verify, then remove the entry and extract again"
         )
-    train = features.where("train")
+    train = features.labels[features.split == "train"]
     if len(train) == 0:
         raise DataError("the train split is empty: add training images or a split column")
     if features.task == "classification":
-        present = np.unique(train.labels)
+        present = np.unique(train)
         if len(present) < 2:
             raise DataError(
                 f"the train split has only one class ({features.class_names[present[0]]}): "
                 "a classifier needs at least two"
             )
     for split in ("val", "test"):
-        part = features.where(split)
-        if features.task == "classification" and len(part) > 0 and len(np.unique(part.labels)) < 2:
+        part = features.labels[features.split == split]
+        if features.task == "classification" and len(part) > 0 and len(np.unique(part)) < 2:
             raise DataError(
                 f"the {split} split has only one class: its accuracy would say nothing; "
                 "rebalance the split"
@@ -199,8 +202,37 @@ def select(
     return candidates, f"cv{len(folds)}"
 
 
+def select_streamed(
+    features: StreamedFeatures, configs: list[HeadConfig], seeds: int = 1
+) -> tuple[list[Candidate], str]:
+    """:func:`select` for an entry larger than the memory budget: trained and scored in chunks.
+
+    Selection needs the val split here (cross-validation would read the entry once per fold).
+    """
+    if not (features.split == "val").any():
+        raise ArgumentError(
+            "holdout",
+            f"is needed: the train features exceed memory_budget "
+            f"({streaming.human(features.budget)}), so they are streamed, and a streamed fit "
+            "selects on a val split; hold out a share "
+            "of train (e.g. 0.15) or give the data a val split",
+        )
+    candidates = [Candidate(c) for c in configs]
+    runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
+    owner = [i for _ in range(seeds) for i in range(len(configs))]
+    heads = streaming.fit_heads(runs, features)
+    y_val = features.y[features.split == "val"]
+    n_classes = len(features.class_names)
+    for i, head, out in zip(owner, heads, streaming.outputs(heads, features, "val"), strict=True):
+        candidates[i].val.append(metrics.from_outputs(features.task, n_classes, y_val, out))
+        candidates[i].fit_seconds.append(head.fit_seconds)
+        candidates[i].histories.append(head.history)
+        candidates[i].heads.append(head)
+    return candidates, "val"
+
+
 def sweep(
-    features: Features,
+    features: Features | StreamedFeatures,
     configs: list[HeadConfig],
     seeds: int = 1,
     cv: int = 5,
@@ -208,33 +240,52 @@ def sweep(
     draws: int = 5,
     n_jobs: int = -1,
 ) -> SweepResult:
-    """Choose the best config on validation data, then score it on test once."""
+    """Choose the best config on validation data, then score it on test once.
+
+    ``features`` may be an entry streamed from disk (:mod:`featpipe.fitting.streaming`).
+    """
     start = time.perf_counter()
     if not configs:
         raise ArgumentError("configs", "is empty: give at least one head config")
+    streamed = isinstance(features, StreamedFeatures)
+    if streamed and shots:
+        raise ArgumentError(
+            "shots",
+            f"need the features in memory: the train features exceed memory_budget "
+            f"({streaming.human(features.budget)}); raise the budget for a few-shot curve",
+        )
     _check(features)
-    candidates, selection = select(features, configs, seeds, cv, n_jobs)
-    train = features.where("train")
+    if streamed:
+        streaming.refuse_unstreamable(features, configs)
+        candidates, selection = select_streamed(features, configs, seeds)
+    else:
+        candidates, selection = select(features, configs, seeds, cv, n_jobs)
     metric = metrics.primary(features.task)
     best = max(candidates, key=lambda c: (c.mean(metric), -configs.index(c.config)))
     for cand in candidates:  # keep curves, free the losing models (MLP grids are large)
         if cand is not best:
             cand.heads = []
-    if not best.heads:  # chosen by CV: refit on the whole training split
+    if not best.heads:  # chosen by CV (in memory): refit on the whole training split
+        train = features.where("train")
         runs = [replace(best.config, seed=best.config.seed + s) for s in range(seeds)]
         best.heads = fit_grid(
             runs, train.X, train.y, None, None, features.class_names, features.task, n_jobs
         )
-    test = features.where("test")
+    is_test = features.split == "test"
     confusion = None
     predictions = None
-    if len(test):
-        best.test = [_score(head, test.X, test.y) for head in best.heads]
-        predicted = best.heads[0].predict(test.X)
-        if features.task == "classification":
-            confusion = metrics.confusion(test.y, predicted, len(features.class_names))
+    if is_test.any():
+        y_test = features.y[is_test]
+        if streamed:
+            outs = streaming.outputs(best.heads, features, "test")
         else:
-            predictions = {"true": test.y.tolist(), "predicted": predicted.tolist()}
+            outs = [head.decision_function(features.X[is_test]) for head in best.heads]
+        n_classes = len(features.class_names)
+        best.test = [metrics.from_outputs(features.task, n_classes, y_test, o) for o in outs]
+        if features.task == "classification":
+            confusion = metrics.confusion(y_test, outs[0].argmax(axis=1), n_classes)
+        else:
+            predictions = {"true": y_test.tolist(), "predicted": outs[0][:, 0].tolist()}
     few = (
         distributed.on_leader(
             distributed.current(), lambda: few_shot(features, best.config, shots, draws)
@@ -242,7 +293,8 @@ def sweep(
         if shots
         else []
     )
-    note = plan_shots(shots, train.labels, features.class_names)[1] if shots else ""
+    train_labels = features.labels[features.split == "train"]
+    note = plan_shots(shots, train_labels, features.class_names)[1] if shots else ""
     return SweepResult(
         features.task,
         features.class_names,

@@ -109,12 +109,23 @@ def fit_sklearn_path(
     if n_classes == 0:
         if configs[0].head != "ridge":  # the single fit's message
             return [fit_sklearn(configs[0], X, y, n_classes)]
-        solutions = ridge_path(X, y[:, None], [c.alpha for c in configs])
-        return [nn.Sequential(_regression_linear(coef, b[0])) for coef, b in solutions]
+        return linear_modules(ridge_path(X, y[:, None], [c.alpha for c in configs]), None, 0)
     if configs[0].head == "ridge":
         solutions, classes = ridge_classifier_path(X, y, [c.alpha for c in configs], balanced)
     else:
         solutions, classes = logistic_path(X, y, [c.C for c in configs], balanced)
+    return linear_modules(solutions, classes, n_classes)
+
+
+def linear_modules(
+    solutions: list[tuple[np.ndarray, np.ndarray]], classes: np.ndarray | None, n_classes: int
+) -> list[nn.Module]:
+    """Linear solutions ``(coef, intercept)`` in scikit-learn's shapes as head modules.
+
+    ``classes``: the classes the solutions score (``n_classes`` 0 means regression).
+    """
+    if n_classes == 0:
+        return [nn.Sequential(_regression_linear(coef, b[0])) for coef, b in solutions]
     return [
         nn.Sequential(_expand_classes(_linear(coef, b), classes, n_classes))
         for coef, b in solutions

@@ -57,8 +57,14 @@ def primary(task: str) -> str:
     return "r2" if task == "regression" else "accuracy"
 
 
+def from_outputs(task: str, n_classes: int, y: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+    """Metrics from a head's raw outputs (its ``decision_function``), however they were
+    computed: at once, or block by block from a cache larger than memory."""
+    if task == "regression":
+        return regression(y, outputs[:, 0])
+    # predict is the argmax of the outputs: one pass gives both
+    return classification(y, outputs.argmax(axis=1), n_classes, outputs)
+
+
 def evaluate(head, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    if head.task == "regression":
-        return regression(y, head.predict(X))
-    scores = head.decision_function(X)  # predict is its argmax: one pass gives both
-    return classification(y, scores.argmax(axis=1), len(head.class_names), scores)
+    return from_outputs(head.task, len(head.class_names), y, head.decision_function(X))

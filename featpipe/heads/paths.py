@@ -24,15 +24,20 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _balanced_weights(y: np.ndarray) -> np.ndarray:
+def balanced_weights(y: np.ndarray) -> np.ndarray:
     """scikit-learn's ``class_weight="balanced"`` as per-sample weights."""
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     return (len(y) / (len(classes) * counts))[inverse]
 
 
-def ridge_targets(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One-vs-rest targets in {-1, 1} (one column for two classes), as ``RidgeClassifier``."""
-    classes = np.unique(y)
+def ridge_targets(
+    y: np.ndarray, classes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest targets in {-1, 1} (one column for two classes), as ``RidgeClassifier``.
+
+    ``classes``: those of the whole training set, when ``y`` is one block of it.
+    """
+    classes = np.unique(y) if classes is None else classes
     Y = np.where(y[:, None] == classes[None, :], 1.0, -1.0)
     return (Y[:, 1:] if len(classes) == 2 else Y), classes
 
@@ -56,19 +61,36 @@ def ridge_path(
     root = np.sqrt(w)[:, None]
     Xc, Yc = (X - x_mean) * root, (Y - y_mean) * root
     n, d = Xc.shape
-    solutions = []
     if n >= d:  # primal: (XᵀX + αI)⁻¹ XᵀY through the eigenvectors of XᵀX (D×D)
-        evals, Q = np.linalg.eigh(Xc.T @ Xc)
-        QtXtY = Q.T @ (Xc.T @ Yc)
-        for alpha in alphas:
-            coef = Q @ (QtXtY / (evals + alpha)[:, None])
-            solutions.append((coef.T, y_mean - x_mean @ coef))
-    else:  # dual: Xᵀ (XXᵀ + αI)⁻¹ Y through the eigenvectors of XXᵀ (N×N)
-        evals, P = np.linalg.eigh(Xc @ Xc.T)
-        PtY = P.T @ Yc
-        for alpha in alphas:
-            coef = Xc.T @ (P @ (PtY / (evals + alpha)[:, None]))
-            solutions.append((coef.T, y_mean - x_mean @ coef))
+        return ridge_path_gram(Xc.T @ Xc, Xc.T @ Yc, x_mean, y_mean, alphas)
+    # dual: Xᵀ (XXᵀ + αI)⁻¹ Y through the eigenvectors of XXᵀ (N×N)
+    evals, P = np.linalg.eigh(Xc @ Xc.T)
+    PtY = P.T @ Yc
+    solutions = []
+    for alpha in alphas:
+        coef = Xc.T @ (P @ (PtY / (evals + alpha)[:, None]))
+        solutions.append((coef.T, y_mean - x_mean @ coef))
+    return solutions
+
+
+def ridge_path_gram(
+    gram: np.ndarray,
+    cross: np.ndarray,
+    x_mean: np.ndarray,
+    y_mean: np.ndarray,
+    alphas: Sequence[float],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Ridge solutions from the centred ``XᵀX`` (D×D) and ``XᵀY`` (D×T) and the means.
+
+    The primal half of :func:`ridge_path`, and all a fit streamed from disk accumulates: one
+    pass over the rows, however many there are, then one eigh for every ``alpha``.
+    """
+    evals, Q = np.linalg.eigh(gram)
+    QtXtY = Q.T @ cross
+    solutions = []
+    for alpha in alphas:
+        coef = Q @ (QtXtY / (evals + alpha)[:, None])
+        solutions.append((coef.T, y_mean - x_mean @ coef))
     return solutions
 
 
@@ -77,7 +99,7 @@ def ridge_classifier_path(
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """``RidgeClassifier`` for every ``alpha``: solutions and the classes they score."""
     Y, classes = ridge_targets(y)
-    return ridge_path(X, Y, alphas, _balanced_weights(y) if balanced else None), classes
+    return ridge_path(X, Y, alphas, balanced_weights(y) if balanced else None), classes
 
 
 def logistic_path(

@@ -22,7 +22,9 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -265,23 +267,56 @@ def _metric(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out.permute(2, 0, 1).argmax(dim=0) == y).float().mean(dim=1)  # class-first: fast
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]  # features [B, D], targets [B]
+
+
+class Batches(Protocol):
+    """Where a trainer's rows come from: arrays in memory, or a cache entry read in chunks."""
+
+    y: torch.Tensor  # every row's target, in row order (class weights and sizes read it)
+    dim: int
+
+    def epoch(self, gen: torch.Generator, batch: int, steps: int) -> Iterator[Batch]:
+        """``steps`` minibatches of ``batch`` rows (the last may be short), shuffled by ``gen``."""
+        ...
+
+    def blocks(self) -> Iterator[Batch]:
+        """Every row once, in order, in blocks (for evaluation)."""
+        ...
+
+
+@dataclass
+class InMemory:
+    """Rows held as tensors: one permutation of all rows per epoch."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.X.shape[1]
+
+    def epoch(self, gen: torch.Generator, batch: int, steps: int) -> Iterator[Batch]:
+        order = torch.randperm(len(self.y), generator=gen)
+        for s in range(steps):
+            idx = order[s * batch : (s + 1) * batch]
+            yield self.X[idx], self.y[idx]
+
+    def blocks(self) -> Iterator[Batch]:
+        for s in range(0, len(self.y), EVAL_CHUNK):
+            yield self.X[s : s + EVAL_CHUNK], self.y[s : s + EVAL_CHUNK]
+
+
 def evaluate(
     heads: StackedHeads,
-    X: torch.Tensor,
-    y: torch.Tensor,
+    rows: Batches,
     config: HeadConfig,
     weights: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head loss and metric on a whole split, in chunks (eval mode)."""
     with torch.no_grad():
-        out = torch.cat(
-            [
-                heads.forward(X[s : s + EVAL_CHUNK], train=False)
-                for s in range(0, len(X), EVAL_CHUNK)
-            ],
-            dim=1,
-        )
-        return _loss(out, y, config, weights), _metric(out, y)
+        out = torch.cat([heads.forward(X, train=False) for X, _ in rows.blocks()], dim=1)
+        return _loss(out, rows.y, config, weights), _metric(out, rows.y)
 
 
 def train_group(
@@ -293,11 +328,20 @@ def train_group(
     n_out: int = 0,
 ) -> list[TrainedHead]:
     """Train heads that share :func:`group_key` in one pass; ``n_out`` 0 means regression."""
+    val = InMemory(X_val, y_val) if X_val is not None and y_val is not None else None
+    return train_batches(configs, InMemory(X, y), val, n_out)
+
+
+def train_batches(
+    configs: list[HeadConfig], train: Batches, val: Batches | None, n_out: int
+) -> list[TrainedHead]:
+    """:func:`train_group` over any row source (memory, or an entry streamed in chunks)."""
     config = configs[0]
     if any(group_key(c) != group_key(config) for c in configs):
         raise ValueError("train_group needs configs that differ only in lr and wd")
     start = time.perf_counter()
-    k, (n, dim) = len(configs), X.shape
+    y = train.y
+    k, n, dim = len(configs), len(y), train.dim
     heads = StackedHeads(config, k, dim, n_out or 1)
     lr = torch.tensor([c.lr for c in configs], dtype=torch.float32)
     wd = torch.tensor([c.wd for c in configs], dtype=torch.float32)
@@ -320,23 +364,21 @@ def train_group(
     saved = heads.snapshot()
     step = 0
     for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=gen)
         sums = torch.zeros(2, k)
-        for s in range(steps):
-            idx = order[s * batch : (s + 1) * batch]
-            out = heads.forward(X[idx], train=True)
-            loss = _loss(out, y[idx], config, weights)
+        for xb, yb in train.epoch(gen, batch, steps):
+            out = heads.forward(xb, train=True)
+            loss = _loss(out, yb, config, weights)
             loss.sum().backward()
             optimizer.step(lr_factor(config.schedule, step, config.epochs * steps))
             optimizer.zero_grad()
             step += 1
-            sums += torch.stack([loss.detach(), _metric(out.detach(), y[idx])]) * len(idx)
+            sums += torch.stack([loss.detach(), _metric(out.detach(), yb)]) * len(yb)
         seen = min(n, steps * batch)
         history["train_loss"].append((sums[0] / seen).tolist())
         history["train_metric"].append((sums[1] / seen).tolist())
-        if X_val is None or y_val is None or len(X_val) == 0:
+        if val is None or len(val.y) == 0:
             continue
-        val_loss, val_metric = evaluate(heads, X_val, y_val, config, weights)
+        val_loss, val_metric = evaluate(heads, val, config, weights)
         history["val_loss"].append(val_loss.tolist())
         history["val_metric"].append(val_metric.tolist())
         improved = val_metric > best
@@ -376,25 +418,44 @@ def train_torch_heads(
     n_out: int,
 ) -> list[TrainedHead]:
     """Group ``configs`` by :func:`group_key` and train each group in one pass."""
+    shift, scale = target_scaling(y, n_out)
+    Xt = torch.from_numpy(np.ascontiguousarray(X))
+    train = InMemory(Xt, training_targets(y, n_out, shift, scale))
+    val = None
+    if X_val is not None and y_val is not None:
+        Xv = torch.from_numpy(np.ascontiguousarray(X_val))
+        val = InMemory(Xv, training_targets(y_val, n_out, shift, scale))
+    return train_sources(configs, train, val, n_out, shift, scale)
+
+
+def target_scaling(y: np.ndarray, n_out: int) -> tuple[float, float]:
+    """Regression targets are standardised for training (lr and init are scale-free then) and
+    the scale is folded back into each head's last layer afterwards: ``(shift, scale)``."""
+    return (0.0, 1.0) if n_out else (float(np.mean(y)), float(np.std(y)) or 1.0)
+
+
+def training_targets(y: np.ndarray, n_out: int, shift: float, scale: float) -> torch.Tensor:
+    return torch.as_tensor(
+        (np.asarray(y) - shift) / scale, dtype=torch.long if n_out else torch.float32
+    )
+
+
+def train_sources(
+    configs: list[HeadConfig],
+    train: Batches,
+    val: Batches | None,
+    n_out: int,
+    shift: float = 0.0,
+    scale: float = 1.0,
+) -> list[TrainedHead]:
+    """:func:`train_torch_heads` over row sources whose targets :func:`training_targets` made."""
     keep_freed_memory()
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(group_key(c), []).append(i)
-    y_dtype = torch.long if n_out else torch.float32
-    # Regression targets are standardised for training (lr and init are scale-free then) and
-    # the scale is folded back into each head's last layer afterwards.
-    shift, scale = (0.0, 1.0) if n_out else (float(np.mean(y)), float(np.std(y)) or 1.0)
-    Xt = torch.from_numpy(np.ascontiguousarray(X))
-    yt = torch.as_tensor((np.asarray(y) - shift) / scale, dtype=y_dtype)
-    Xv = torch.from_numpy(np.ascontiguousarray(X_val)) if X_val is not None else None
-    yv = (
-        torch.as_tensor((np.asarray(y_val) - shift) / scale, dtype=y_dtype)
-        if y_val is not None
-        else None
-    )
     trained: list[TrainedHead | None] = [None] * len(configs)
     for members in groups.values():
-        group = train_group([configs[i] for i in members], Xt, yt, Xv, yv, n_out)
+        group = train_batches([configs[i] for i in members], train, val, n_out)
         for i, head in zip(members, group, strict=True):
             if not n_out:
                 last = head.module[-1]

@@ -1,0 +1,343 @@
+"""Fitting on a cache entry larger than memory: statistics, training and scoring in chunks.
+
+``fit`` loads the whole N×D matrix when the train features fit the memory budget (by default
+half of the memory available when it starts). Above it, the entry stays on disk and is read in
+blocks (:func:`featpipe.cache.entry.iter_chunks`), only the labels, splits and paths (N values
+each) in memory:
+
+* preprocessing statistics in one streaming pass over the train rows (standardise: mean and
+  standard deviation merged block by block in float64; L2 normalisation is per row; PCA from the
+  streamed covariance, one more pass);
+* torch heads train from shuffled chunks: every epoch reads the blocks in an order drawn from
+  the seed and shuffles the rows within each block with it, then cuts minibatches of the usual
+  size (the stacked trainer is the in-memory one, fed by :class:`ChunkBatches`);
+* ridge from the streamed ``XᵀX`` and ``XᵀY`` (one pass, then one eigendecomposition for every
+  ``alpha``: :func:`featpipe.heads.paths.ridge_path_gram`);
+* validation and test are scored block by block (every head in one pass per split).
+
+scikit-learn heads that need every row at once (logreg, linearsvc, knn) are refused before any
+work, with the budget named. Selection uses the val split (cross-validation would read the entry
+``k`` times per config), and few-shot curves need the features in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featpipe.cache.entry import entry_header, iter_chunks, load_columns
+from featpipe.errors import ArgumentError, DataError
+from featpipe.heads.config import HeadConfig
+from featpipe.heads.fitted import FittedHead, linear_modules, path_groups
+from featpipe.heads.paths import balanced_weights, ridge_path_gram, ridge_targets
+from featpipe.heads.preprocess import Preprocessor
+from featpipe.heads.stacked import Batch, target_scaling, train_sources, training_targets
+
+# Without a budget: this share of the memory available when fit starts.
+DEFAULT_SHARE = 0.5
+# A streamed block is at most this share of the budget: the block, its selected rows, their
+# preprocessed copy and the minibatch buffer all live at once.
+BLOCK_SHARE = 0.25
+STREAMABLE = ("linear", "mlp", "ridge")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """``512M``, ``2G``, ``1.5GiB``, ``300000000`` → bytes (binary units)."""
+    if isinstance(text, int):
+        size = text
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+        if not match:
+            raise ArgumentError("memory_budget", f"{text}: write a size, e.g. 512M or 8G")
+        size = int(float(match[1]) * _UNITS[match[2]])
+    if size <= 0:
+        raise ArgumentError("memory_budget", f"{text}: must be a positive size, e.g. 512M")
+    return size
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (physical memory where the system cannot say)."""
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError):
+        pages = os.sysconf("SC_PHYS_PAGES")
+    return int(pages * os.sysconf("SC_PAGE_SIZE"))
+
+
+def resolve_budget(memory_budget: str | int | None) -> int:
+    return (
+        int(DEFAULT_SHARE * available_memory())
+        if memory_budget is None
+        else parse_size(memory_budget)
+    )
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+@dataclass
+class StreamedFeatures:
+    """An entry whose train features exceed the budget: columns in memory, features on disk.
+
+    Has what :class:`~featpipe.cache.entry.Features` has but ``X``; the sweep and the fit stage
+    (hold-out, run records) read only these columns.
+    """
+
+    entry: Path
+    labels: np.ndarray
+    targets: np.ndarray
+    split: np.ndarray
+    relpath: np.ndarray
+    class_names: list[str]
+    task: str
+    dim: int
+    budget: int
+    block_rows: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.targets if self.task == "regression" else self.labels
+
+    def blocks(
+        self, mask: np.ndarray, order: list[int] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(features, row numbers)`` of the rows in ``mask``, block by block (in ``order``)."""
+        rows = self.block_rows
+        n_blocks = -(-len(self.split) // rows)
+        every = range(n_blocks) if order is None else order
+        wanted = [i for i in every if mask[i * rows : (i + 1) * rows].any()]
+        for i, chunk in zip(wanted, iter_chunks(self.entry, rows, wanted), strict=True):
+            keep = mask[i * rows : i * rows + len(chunk)]
+            X = chunk.X[keep]
+            if not np.isfinite(X).all():
+                bad = chunk.relpath[keep][~np.isfinite(X).all(axis=1)]
+                raise DataError(
+                    f"{len(bad)} feature rows hold NaN or inf (e.g. {bad[0]}): run featpipe "
+                    "cache verify, then remove the entry and extract again"
+                )
+            yield X, np.flatnonzero(keep) + i * rows
+
+
+def open_streamed(entry: Path, budget: int) -> StreamedFeatures | None:
+    """The entry as :class:`StreamedFeatures` when its train features exceed ``budget`` bytes,
+    else None (load it). Train means every row marked train (a hold-out takes val from them)."""
+    columns = load_columns(entry)
+    dim = entry_header(entry)[1]
+    if int((columns.split == "train").sum()) * dim * 4 <= budget:
+        return None
+    return StreamedFeatures(
+        entry,
+        columns.labels,
+        columns.targets,
+        columns.split,
+        columns.relpath,
+        columns.class_names,
+        columns.task,
+        dim,
+        budget,
+        max(1, int(budget * BLOCK_SHARE) // (4 * dim)),
+        columns.meta,
+    )
+
+
+def train_bytes(features: StreamedFeatures) -> int:
+    return int((features.split == "train").sum()) * features.dim * 4
+
+
+def refuse_unstreamable(features: StreamedFeatures, configs: list[HeadConfig]) -> None:
+    """One line naming the budget, before any work, for heads that need every row at once."""
+    bad = sorted({c.head for c in configs if c.head not in STREAMABLE})
+    if bad:
+        raise ArgumentError(
+            "memory_budget",
+            f"{human(features.budget)}: the train features ({human(train_bytes(features))}) "
+            f"exceed it, and {', '.join(bad)} cannot learn from chunks; raise the budget or fit "
+            f"{', '.join(STREAMABLE)}",
+        )
+
+
+def fit_preprocessor(
+    features: StreamedFeatures, mask: np.ndarray, standardize: bool, l2norm: bool, pca: int
+) -> Preprocessor:
+    """:meth:`Preprocessor.fit` on the rows in ``mask``, streamed (a second pass for PCA)."""
+    dim = features.dim
+    mean, scale = np.zeros(dim), np.ones(dim)
+    if standardize:  # Chan et al.'s pairwise merge of block means and squared deviations
+        count, m2 = 0, np.zeros(dim)
+        for X, _ in features.blocks(mask):
+            block = X.astype(np.float64)
+            block_mean = block.mean(axis=0)
+            delta, total = block_mean - mean, count + len(block)
+            mean = mean + delta * len(block) / total
+            m2 += ((block - block_mean) ** 2).sum(axis=0) + delta**2 * count * len(block) / total
+            count = total
+        scale = np.sqrt(m2 / count)
+    scale[scale < 1e-8] = 1.0
+    arrays = {"mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
+    pre = Preprocessor(standardize, l2norm, pca, arrays=arrays)
+    if pca:
+        base = Preprocessor(standardize, l2norm, 0, arrays=dict(arrays))
+        total, gram, n = np.zeros(dim), np.zeros((dim, dim)), 0
+        for X, _ in features.blocks(mask):
+            Z = base.transform(X).astype(np.float64)
+            total += Z.sum(axis=0)
+            gram += Z.T @ Z
+            n += len(Z)
+        center = total / n
+        _, vectors = np.linalg.eigh(gram - n * np.outer(center, center))
+        pre.arrays["pca_center"] = center.astype(np.float32)
+        pre.arrays["pca_components"] = np.ascontiguousarray(vectors[:, ::-1][:, :pca], np.float32)
+    return pre
+
+
+@dataclass
+class ChunkBatches:
+    """A split streamed for the stacked trainer (:class:`featpipe.heads.stacked.Batches`)."""
+
+    features: StreamedFeatures
+    mask: np.ndarray
+    pre: Preprocessor
+    y: torch.Tensor  # the training targets of the rows in mask, in row order
+
+    def __post_init__(self) -> None:
+        self.position = np.cumsum(self.mask) - 1  # row number → index into y
+
+    @property
+    def dim(self) -> int:
+        return self.pre.pca or self.features.dim
+
+    def _block(self, X: np.ndarray, rows: np.ndarray) -> Batch:
+        return torch.from_numpy(self.pre.transform(X)), self.y[self.position[rows]]
+
+    def epoch(self, gen: torch.Generator, batch: int, steps: int) -> Iterator[Batch]:
+        """Blocks in an order drawn from ``gen``, rows shuffled within each block by ``gen``."""
+        n_blocks = -(-len(self.mask) // self.features.block_rows)
+        order = torch.randperm(n_blocks, generator=gen).tolist()
+        X_buf, y_buf = torch.empty(0, self.dim), self.y[:0]
+        made = 0
+        for X, rows in self.features.blocks(self.mask, order):
+            within = torch.randperm(len(rows), generator=gen)
+            Xb, yb = self._block(X, rows)
+            X_buf, y_buf = torch.cat([X_buf, Xb[within]]), torch.cat([y_buf, yb[within]])
+            while len(y_buf) >= batch and made < steps:
+                yield X_buf[:batch], y_buf[:batch]
+                X_buf, y_buf = X_buf[batch:], y_buf[batch:]
+                made += 1
+        if made < steps and len(y_buf):
+            yield X_buf, y_buf
+
+    def blocks(self) -> Iterator[Batch]:
+        for X, rows in self.features.blocks(self.mask):
+            yield self._block(X, rows)
+
+
+def _ridge(
+    configs: list[HeadConfig],
+    features: StreamedFeatures,
+    mask: np.ndarray,
+    pre: Preprocessor,
+    n_classes: int,
+) -> list[nn.Module]:
+    """Ridge along ``alpha`` from the streamed, weighted ``XᵀX`` and ``XᵀY``."""
+    y = features.y
+    weights = np.ones(len(y))
+    classes = None
+    if n_classes:
+        classes = np.unique(y[mask])
+        if configs[0].class_weight == "balanced":
+            weights[mask] = balanced_weights(y[mask])
+    dim = pre.pca or features.dim
+    width = 1 if not n_classes or len(classes) == 2 else len(classes)
+    sw, sx, sy = 0.0, np.zeros(dim), np.zeros(width)
+    gram, cross = np.zeros((dim, dim)), np.zeros((dim, width))
+    for X, rows in features.blocks(mask):
+        Z = pre.transform(X).astype(np.float64)
+        Y = ridge_targets(y[rows], classes)[0] if n_classes else y[rows][:, None]
+        w = weights[rows]
+        sw += w.sum()
+        sx += w @ Z
+        sy += w @ Y
+        Zw = Z * w[:, None]
+        gram += Zw.T @ Z
+        cross += Zw.T @ Y
+    x_mean, y_mean = sx / sw, sy / sw
+    solutions = ridge_path_gram(
+        gram - sw * np.outer(x_mean, x_mean),
+        cross - sw * np.outer(x_mean, y_mean),
+        x_mean,
+        y_mean,
+        [c.alpha for c in configs],
+    )
+    return linear_modules(solutions, classes, n_classes)
+
+
+def fit_heads(configs: list[HeadConfig], features: StreamedFeatures) -> list[FittedHead]:
+    """:func:`featpipe.heads.fitted.fit_heads` on the train split, streamed (val for curves)."""
+    refuse_unstreamable(features, configs)
+    task, names = features.task, features.class_names
+    n_out = len(names) if task == "classification" else 0
+    train, val = features.split == "train", features.split == "val"
+    y_train = features.y[train]
+    fitted: list[FittedHead | None] = [None] * len(configs)
+    by_pre: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        by_pre.setdefault((c.standardize, c.l2norm, c.pca), []).append(i)
+    for (standardize, l2norm, pca), members in by_pre.items():
+        pre = fit_preprocessor(features, train, standardize, l2norm, pca)
+        torch_ids = [i for i in members if configs[i].is_torch]
+        if torch_ids:
+            shift, scale = target_scaling(y_train, n_out)
+            rows = ChunkBatches(
+                features, train, pre, training_targets(y_train, n_out, shift, scale)
+            )
+            held = None
+            if val.any():
+                targets = training_targets(features.y[val], n_out, shift, scale)
+                held = ChunkBatches(features, val, pre, targets)
+            trained = train_sources(
+                [configs[i] for i in torch_ids], rows, held, n_out, shift, scale
+            )
+            for i, t in zip(torch_ids, trained, strict=True):
+                fitted[i] = FittedHead(
+                    configs[i], pre, t.module, names, task, features.dim, t.history,
+                    t.best_epoch, t.seconds,
+                )  # fmt: skip
+        others = [i for i in members if not configs[i].is_torch]
+        for group in path_groups([configs[i] for i in others]):
+            ids = [others[j] for j in group]
+            start = time.perf_counter()
+            modules = _ridge([configs[i] for i in ids], features, train, pre, n_out)
+            seconds = (time.perf_counter() - start) / len(ids)
+            for i, module in zip(ids, modules, strict=True):
+                fitted[i] = FittedHead(
+                    configs[i], pre, module, names, task, features.dim, fit_seconds=seconds
+                )
+    return [f for f in fitted if f is not None]
+
+
+def outputs(heads: list[FittedHead], features: StreamedFeatures, split: str) -> list[np.ndarray]:
+    """Every head's raw outputs on ``split``, in row order: one pass over its blocks."""
+    parts: list[list[np.ndarray]] = [[] for _ in heads]
+    for X, _ in features.blocks(features.split == split):
+        for part, head in zip(parts, heads, strict=True):
+            part.append(head.decision_function(X))
+    return [np.concatenate(p) for p in parts]

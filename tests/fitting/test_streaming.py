@@ -1,0 +1,134 @@
+"""Fitting an entry larger than the memory budget: streamed in chunks, as good as in memory.
+
+Real features: offline EfficientNet-Lite0 on real Fashion-MNIST images (30 per class and split,
+64 px to keep it quick), a budget forced below the train features' size.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from featpipe.cache import entry as cache_entry
+from featpipe.data.bundled import prepare_dataset
+from featpipe.errors import ArgumentError
+from featpipe.extraction import stage as extraction_stage
+from featpipe.fitting.stage import fit
+from featpipe.fitting.streaming import ChunkBatches, fit_preprocessor, open_streamed
+from featpipe.heads.preprocess import Preprocessor
+
+LITE0 = {
+    "weights": "offline",
+    "precision": "fp32",
+    "engine": "torch",
+    "batch_size": 16,
+    "workers": 0,
+    "image_size": 64,
+}
+BUDGET = "1M"  # the train features are 300 × 1280 floats (1.5 MiB)
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Path]:
+    tmp = tmp_path_factory.mktemp("streaming")
+    data = prepare_dataset("fashion-mnist", tmp / "fm", per_class=30)
+    options = LITE0 | {"cache_dir": tmp / "cache"}
+    fit(data, head={"head": "ridge"}, holdout=0.2, runs_dir=tmp / "runs", extract_options=options)
+    [entry] = [p for p in (tmp / "cache").rglob("*.h5") if ".parts" not in p.parent.name]
+    return data, options, entry
+
+
+def _no_full_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a streamed fit loaded the whole feature matrix")
+
+    monkeypatch.setattr(cache_entry, "load_features", refuse)
+    monkeypatch.setattr(extraction_stage, "load_features", refuse)
+
+
+@pytest.mark.parametrize(
+    ("head", "grid"),
+    [
+        ({"head": "ridge"}, {"alpha": [1.0, 100.0, 1e4]}),
+        ({"head": "linear", "batch_size": 32}, None),
+    ],
+)
+def test_streamed_fit_scores_as_the_in_memory_fit_without_loading_the_matrix(
+    fashion, head, grid, tmp_path, monkeypatch
+) -> None:
+    data, options, _ = fashion
+    kwargs = {"head": head, "grid": grid, "holdout": 0.2, "extract_options": options}
+    _, loaded = fit(data, runs_dir=tmp_path / "a", **kwargs)
+    _no_full_load(monkeypatch)
+    _, streamed = fit(data, runs_dir=tmp_path / "b", memory_budget=BUDGET, **kwargs)
+    assert streamed.best.config == loaded.best.config
+    memory, chunked = loaded.best.mean("accuracy", "test"), streamed.best.mean("accuracy", "test")
+    assert abs(memory - chunked) <= 0.005, (memory, chunked)
+    if head["head"] == "ridge":  # the same solution from streamed XᵀX: the same predictions
+        assert streamed.confusion == loaded.confusion
+
+
+def test_streamed_preprocessing_statistics_equal_the_in_memory_fit(fashion) -> None:
+    _, _, entry = fashion
+    streamed = open_streamed(entry, 1 << 20)
+    assert streamed is not None and streamed.block_rows < len(streamed)
+    X = cache_entry.load_features(entry).X
+    train = streamed.split == "train"
+    for standardize, l2norm, pca in [(True, False, 0), (True, True, 32), (False, True, 8)]:
+        ours = fit_preprocessor(streamed, train, standardize, l2norm, pca)
+        ref = Preprocessor(standardize, l2norm, pca).fit(X[train])
+        for name, value in ref.arrays.items():
+            got = ours.arrays[name]
+            if name == "pca_components":  # eigenvectors are defined up to sign
+                got = got * np.sign((got * value).sum(axis=0))
+            np.testing.assert_allclose(got, value, atol=1e-5)
+
+
+def test_chunk_batches_shuffle_blocks_and_rows_with_the_seed(fashion) -> None:
+    _, _, entry = fashion
+    streamed = open_streamed(entry, 1 << 20)
+    train = streamed.split == "train"
+    pre = Preprocessor(False, False, 0).fit(np.zeros((2, streamed.dim)))
+    rows = ChunkBatches(streamed, train, pre, torch.as_tensor(np.flatnonzero(train)))
+    n, batch = int(train.sum()), 32
+    steps = -(-n // batch)
+
+    def epoch(gen: torch.Generator) -> np.ndarray:
+        return np.concatenate([y.numpy() for _, y in rows.epoch(gen, batch, steps)])
+
+    gen = torch.Generator().manual_seed(0)
+    first, second = epoch(gen), epoch(gen)
+    assert sorted(first) == sorted(second) == list(np.flatnonzero(train))  # each row once
+    assert not np.array_equal(first, second)  # a new order every epoch
+    assert not np.array_equal(first, np.sort(first))
+    np.testing.assert_array_equal(first, epoch(torch.Generator().manual_seed(0)))
+
+
+def test_heads_that_cannot_stream_are_refused_naming_the_budget(fashion, tmp_path) -> None:
+    data, options, _ = fashion
+    with pytest.raises(ArgumentError, match="logreg cannot learn from chunks") as caught:
+        fit(
+            data,
+            head={"head": "logreg"},
+            holdout=0.2,
+            runs_dir=tmp_path,
+            extract_options=options,
+            memory_budget=BUDGET,
+        )
+    assert caught.value.param == "memory_budget"
+    cli = Path(sys.executable).parent / "featpipe"
+    done = subprocess.run(
+        [str(cli), "fit", str(data), "--head", "knn", "--holdout", "0.2", "--memory-budget",
+         BUDGET, "--runs-dir", str(tmp_path), "--cache-dir", str(options["cache_dir"]),
+         "--weights", "offline", "--precision", "fp32", "--engine", "torch",
+         "--image-size", "64"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "--memory-budget 1 MiB: the train features" in done.stderr
+    assert "knn cannot learn from chunks" in done.stderr
