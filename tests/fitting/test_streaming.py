@@ -132,3 +132,15 @@ def test_heads_that_cannot_stream_are_refused_naming_the_budget(fashion, tmp_pat
     assert done.returncode == 2, done.stderr
     assert "--memory-budget 1 MiB: the train features" in done.stderr
     assert "knn cannot learn from chunks" in done.stderr
+
+
+def test_budget_sizes_parse_in_binary_units_and_bad_ones_name_the_option() -> None:
+    from featpipe.fitting.streaming import parse_size
+
+    assert parse_size("512M") == 512 << 20
+    assert parse_size("1.5GiB") == 3 << 29
+    assert parse_size("4096") == 4096
+    for bad in ("lots", "0", "-1M"):
+        with pytest.raises(ArgumentError) as caught:
+            parse_size(bad)
+        assert caught.value.param == "memory_budget"
