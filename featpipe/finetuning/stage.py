@@ -9,6 +9,7 @@ fit run.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -27,6 +28,9 @@ from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
 from featpipe.finetuning.trainer import EpochProgress, Evaluation, Trainer
 from featpipe.heads import metrics
+from featpipe.heads.config import HeadConfig
+from featpipe.heads.fitted import FittedHead
+from featpipe.heads.preprocess import Preprocessor
 from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, backbone_entry, load_run, write_run
 
 BACKBONE_STATE = "backbone.safetensors"
@@ -158,12 +162,8 @@ def _optional_cam(trainer: Trainer, val: Evaluation) -> tuple[CamFigure | None, 
         return None, note
 
 
-def _head(trainer: Trainer):  # -> FittedHead
+def _head(trainer: Trainer) -> FittedHead:
     """The trained head as a fit run saves one (predict and export load it the same way)."""
-    from featpipe.heads.config import HeadConfig
-    from featpipe.heads.fitted import FittedHead
-    from featpipe.heads.preprocess import Preprocessor
-
     plan = trainer.plan
     dim = trainer.backbone.num_features
     if plan.start is not None:  # model.head = Sequential(the run's preprocessing, its head)
@@ -176,7 +176,7 @@ def _head(trainer: Trainer):  # -> FittedHead
     return FittedHead(
         config=config,
         preprocessor=preprocessor,
-        module=module.cpu().eval(),
+        module=copy.deepcopy(module).cpu().eval(),
         class_names=plan.dataset.class_names,
         task=plan.dataset.task,
         n_features=dim,

@@ -125,3 +125,7 @@ def test_every_command_that_reads_data_refuses_outside_paths(tmp_path: Path, com
     assert done.stderr.splitlines()[-1].startswith(
         f"error: --allow-outside is off, and {manifest} names files outside {root} on line 6"
     )
+    if command == "extract":  # the same flag lets them in
+        allowed = featpipe(command, manifest, *flags(TINY), *out, "--allow-outside")
+        assert allowed.returncode == 0, allowed.stderr
+        assert "N=5 D=256" in allowed.stdout
