@@ -1,6 +1,7 @@
 # featpipe: two commands do everything on a fresh machine.
 #   make demo   set up, write a bundled real dataset as images, extract with real weights
 #   make test   set up, lint, format check, tests
+#   make mutants   plant known bugs in a copy of the tree, show the suite catches each
 #   make report-check   render the HTML report in headless Chromium; check every plot and link
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.featpipe-installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test bench report-check fashion-mnist clean
+.PHONY: setup demo test bench mutants report-check fashion-mnist clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,10 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# Plant each known bug of benchmarks/mutants.py in a copy of the tree; every one must fail tests.
+mutants: setup
+	$(BIN)/python benchmarks/mutants.py --json benchmarks/results/mutants.json
 
 # The report of ./runs (the demo's run if there is none yet), in a real browser: every <img>
 # and <a href> must resolve; the screenshot is report/screenshot.png.

@@ -56,7 +56,7 @@ MUTANTS = (
         "featpipe/backbones/pooling.py",
         "pooled.append(x.amax(dim=(2, 3), keepdim=True))",
         "pooled.append(x.mean(dim=(2, 3), keepdim=True))",
-        ("tests/backbones", "tests/cache"),
+        ("tests/backbones/test_backbones.py",),
     ),
     Mutant(
         "key-drops-pool",
@@ -65,6 +65,49 @@ MUTANTS = (
         "return json.dumps(asdict(self), sort_keys=True",
         'return json.dumps({k: v for k, v in asdict(self).items() if k != "pool"}, sort_keys=True',
         ("tests/cache",),
+    ),
+    Mutant(
+        "export-raw-head",
+        "predict's and export's pipeline uses the raw head module, without its preprocessing",
+        "featpipe/use/predict.py",
+        "self.head = pipeline.head.to_module()",
+        "self.head = pipeline.head.module",
+        ("tests/use/test_predict_export.py",),
+    ),
+    Mutant(
+        "optimizer-state-dropped",
+        "a stage change of gradual unfreezing restarts the moments of parameters already training",
+        "featpipe/finetuning/model.py",
+        "optimizer.state[param] = previous.state[param]",
+        "pass",
+        ("tests/finetuning/test_stage.py",),
+    ),
+    Mutant(
+        "lp-ft-start-ignored",
+        "LP-FT starts from a fresh head instead of the fitted run's head",
+        "featpipe/finetuning/model.py",
+        "head = start.head.to_module().train()",
+        "head = fresh_head(backbone.num_features, plan.n_outputs, config.head, "
+        "config.head_init, config.head_scale)",
+        ("tests/finetuning/test_finetune.py",),
+    ),
+    Mutant(
+        "bn-beta-trains",
+        "--bn freeze-affine/freeze-stats freeze γ but let β train",
+        "featpipe/finetuning/model.py",
+        "                for param in module.parameters(recurse=False):\n"
+        "                    param.requires_grad_(False)",
+        "                module.weight.requires_grad_(False)",
+        ("tests/finetuning/test_finetune.py",),
+    ),
+    Mutant(
+        "exif-turns-the-wrong-way",
+        "EXIF orientation 6 is turned counter-clockwise",
+        "featpipe/data/images.py",
+        "img = ImageOps.exif_transpose(img)",
+        "img = img.transpose(Image.Transpose.ROTATE_90) "
+        "if img.getexif().get(0x0112) == 6 else ImageOps.exif_transpose(img)",
+        ("tests/data/test_images.py",),
     ),
 )
 

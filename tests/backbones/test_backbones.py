@@ -320,3 +320,20 @@ def test_unknown_weights_option_is_a_clear_error() -> None:
         build_backbone(BackboneSpec("resnet18", weights="nope.pth"))
     with pytest.raises(FeatpipeError, match=r"no offline package carries weights for resnet18"):
         build_backbone(BackboneSpec("resnet18", weights="offline"))
+
+
+@pytest.mark.parametrize("model", ["test_efficientnet", "tv/resnet18"])
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax"])
+def test_pooled_embedding_equals_the_feature_map_pooled_by_hand(model: str, pool: str) -> None:
+    """The oracle is the unpooled map from the library's own layers, reduced with plain torch."""
+    backbone = build_backbone(BackboneSpec(model, weights="none", pool=pool, image_size=64))
+    net = backbone.module
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        if model.startswith("tv/"):
+            fmap = torch.nn.Sequential(*list(net.model.children())[:-2])(x)
+        else:
+            fmap = net.forward_features(x)
+        by_hand = {"avg": fmap.mean(dim=(2, 3)), "max": fmap.amax(dim=(2, 3))}
+        expected = torch.cat([by_hand[p] for p in ("avg", "max") if p in pool], dim=1)
+        torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)

@@ -39,12 +39,18 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
 
 
 def test_exif_orientation_is_honoured(tmp_path: Path) -> None:
-    img = Image.new("RGB", (40, 20), "red")
+    """Orientation 6 (the camera held upright): stored left half red, right half blue; shown
+    rotated 90° clockwise, so red on top and blue at the bottom. A counter-clockwise turn or
+    a mirror puts the colours elsewhere."""
+    img = Image.new("RGB", (40, 20), "blue")
+    img.paste((255, 0, 0), (0, 0, 20, 20))
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise to display
-    path = tmp_path / "rot.jpg"
+    exif[0x0112] = 6
+    path = tmp_path / "rot.png"  # lossless, so the colours are exact
     img.save(path, exif=exif)
-    assert load_rgb(path).size == (20, 40)
+    out = np.asarray(load_rgb(path))
+    assert out.shape == (40, 20, 3)
+    assert (out[:20] == (255, 0, 0)).all() and (out[20:] == (0, 0, 255)).all()
 
 
 def test_draft_decodes_large_jpegs_smaller_but_not_below_target(tmp_path: Path) -> None:

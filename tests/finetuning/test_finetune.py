@@ -99,8 +99,8 @@ def test_bn_modes(data, tmp_path):
         before = snapshot(trainer.model)
         trainer.run()
         after = snapshot(trainer.model)
-        stats = [f"{n}.running_mean" for n in names]
-        affine = [f"{n}.weight" for n in names]
+        stats = [f"{n}.{s}" for n in names for s in ("running_mean", "running_var")]
+        affine = [f"{n}.{p}" for n in names for p in ("weight", "bias")]  # γ and β
         if mode == "freeze-stats":
             assert changed(before, after, stats + affine) == set()
         elif mode == "freeze-affine":
@@ -327,7 +327,7 @@ def test_auto_bn_keeps_pretrained_statistics_and_trains_fresh_ones(data, tmp_pat
         before = snapshot(trainer.model)
         trainer.run()
         after = snapshot(trainer.model)
-        stats = [f"{n}.running_mean" for n in names]
-        affine = [f"{n}.weight" for n in names]
+        stats = [f"{n}.{s}" for n in names for s in ("running_mean", "running_var")]
+        affine = [f"{n}.{p}" for n in names for p in ("weight", "bias")]  # γ and β
         assert changed(before, after, stats) == (set(stats) if stats_move else set())
         assert changed(before, after, affine) == set(affine)  # γ trains either way

@@ -7,12 +7,15 @@ import sys
 
 import pytest
 
+# torchvision's ResNet-18 at 112 px, batch 8: activations of up to 6.4 MB, enough to miss
+# glibc's default heap reuse (about 20,000 page faults per 4 batches here against 840 with
+# buffers kept), at a quarter of the cost of 224 px.
 SCRIPT = """
-import resource, sys, timm, torch
+import resource, sys, torch, torchvision
 from featpipe.runtime.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
-model = timm.create_model("resnet18").eval()
-x = torch.randn(8, 3, 224, 224)
+model = torchvision.models.resnet18().eval()
+x = torch.randn(8, 3, 112, 112)
 with torch.inference_mode():
     model(x)  # warm-up
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -36,5 +39,5 @@ def test_freed_activation_buffers_are_reused_not_faulted_in_again() -> None:
     _, default = faults("default")
     assert applied == "True"
     # By default every large activation buffer is a fresh mmap, faulted in page by page.
-    assert default > 4 * 10_000
+    assert default > 4 * 2_500
     assert kept < default / 10

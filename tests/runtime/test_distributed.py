@@ -47,7 +47,7 @@ def photos(tmp_path: Path) -> Path:
 def test_two_ranks_write_one_entry_equal_to_a_single_process(photos, tmp_path) -> None:
     cache = tmp_path / "two"
     done = subprocess.run(
-        torchrun(2, "extract", str(photos), *flags(SLOW), "--cache-dir", str(cache)),
+        torchrun(2, "extract", str(photos), *flags(TINY), "--cache-dir", str(cache)),
         capture_output=True,
         text=True,
         timeout=300,
@@ -56,8 +56,8 @@ def test_two_ranks_write_one_entry_equal_to_a_single_process(photos, tmp_path) -
     [entry] = cache.glob("data/*.h5")
     shards = sorted(p.name[:4] for p in entry.with_suffix(".parts").glob("*.h5"))
     assert shards == ["w000", "w001"]  # each rank wrote its own shard, no file shared
-    single = extract(photos, cache_dir=tmp_path / "one", **SLOW).load()
-    both = extract(photos, cache_dir=cache, **SLOW)
+    single = extract(photos, cache_dir=tmp_path / "one", **TINY).load()
+    both = extract(photos, cache_dir=cache, **TINY)
     assert both.hit
     joined = both.load()
     assert list(joined.relpath) == list(single.relpath)
@@ -113,7 +113,7 @@ def test_mismatched_arguments_are_an_error_on_every_rank(photos, tmp_path) -> No
                     "featpipe",
                     "extract",
                     str(photos),
-                    *flags(SLOW),
+                    *flags(TINY),
                     "--pool",
                     pool,
                     "--cache-dir",
