@@ -39,7 +39,8 @@ ViewSeed = typer.Option(
 ViewMode = typer.Option(
     "random",
     "--view-mode",
-    help="fit --views: random (one view per image per epoch) | all (all K every epoch).",
+    help="fit --views: random (one view per image per epoch) | all (all K every epoch) | "
+    "epoch (view e mod K in epoch e: fresh views each epoch, as live augmentation).",
     rich_help_panel=PANEL,
 )
 

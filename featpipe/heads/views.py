@@ -1,8 +1,11 @@
 """Training rows drawn from cached augmented views (``fit --views``).
 
 A torch head trained on views sees, in every epoch, one randomly drawn view of each training
-image (``random``: the epoch has N rows, as without views), or all K of them (``all``: K·N rows,
-K times the steps). Selection and test stay on the eval features. scikit-learn heads have no
+image (``random``: the epoch has N rows, as without views), all K of them (``all``: K·N rows,
+K times the steps), or view ``e mod K`` in epoch ``e`` (``epoch``: with K ≥ epochs every epoch
+sees fresh augmentations, which is what live augmentation computes, since the backbone is frozen
+and in eval mode: a replay of the dinov2-style probe). Selection and test stay on the eval
+features. scikit-learn heads have no
 epochs: they take every view as an extra row (:func:`with_view_rows`).
 
 In ``random`` mode the minibatch order is drawn exactly as without views (the same permutation
@@ -23,7 +26,7 @@ import torch
 
 from featpipe.errors import ArgumentError
 
-VIEW_MODES = ("random", "all")
+VIEW_MODES = ("random", "all", "epoch")
 EVAL_CHUNK = 8192
 
 
@@ -58,13 +61,17 @@ class ViewRows:
 
     V: torch.Tensor
     targets: torch.Tensor  # one per image
-    all_views: bool
+    mode: str
+    # ``epoch`` mode: the trainer's generator of the current group and the epochs it has run
+    # (each group of heads trains with a generator of its own, so a new one restarts at view 0)
+    _group: torch.Generator | None = None
+    _epochs: int = 0
 
     @property
     def y(self) -> torch.Tensor:
         """Every row's target: one row per image (``random``), K per image (``all``)."""
         k = self.V.shape[1]
-        return self.targets.repeat_interleave(k) if self.all_views else self.targets
+        return self.targets.repeat_interleave(k) if self.mode == "all" else self.targets
 
     @property
     def dim(self) -> int:
@@ -72,15 +79,21 @@ class ViewRows:
 
     def epoch(self, gen: torch.Generator, batch: int, steps: int) -> Iterator[tuple]:
         n, k = self.V.shape[:2]
-        if self.all_views:
+        if self.mode == "all":
             flat, y = self.V.reshape(n * k, -1), self.y
             order = torch.randperm(n * k, generator=gen)
             for s in range(steps):
                 idx = order[s * batch : (s + 1) * batch]
                 yield flat[idx], y[idx]
             return
-        draws = torch.Generator().manual_seed(_seed_of(gen))
-        view = torch.randint(k, (n,), generator=draws)
+        if self.mode == "epoch":
+            if gen is not self._group:
+                self._group, self._epochs = gen, 0
+            view = torch.full((n,), self._epochs % k, dtype=torch.long)
+            self._epochs += 1
+        else:
+            draws = torch.Generator().manual_seed(_seed_of(gen))
+            view = torch.randint(k, (n,), generator=draws)
         order = torch.randperm(n, generator=gen)
         for s in range(steps):
             idx = order[s * batch : (s + 1) * batch]
@@ -100,7 +113,7 @@ def _seed_of(gen: torch.Generator) -> int:
 
 def view_rows(V: np.ndarray, targets: torch.Tensor, mode: str) -> ViewRows:
     """The row source of preprocessed views ``V`` [N, K, D] and their images' targets."""
-    return ViewRows(torch.from_numpy(np.ascontiguousarray(V)), targets, mode == "all")
+    return ViewRows(torch.from_numpy(np.ascontiguousarray(V)), targets, mode)
 
 
 def with_view_rows(Z: np.ndarray, y: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

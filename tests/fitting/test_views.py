@@ -62,6 +62,13 @@ def test_random_mode_shows_every_image_once_per_epoch_in_a_new_view() -> None:
     assert len(every.y) == n * k
     drawn = torch.cat([xb[:, 0] for xb, _ in every.epoch(gen, 16, 10)]).long()
     assert sorted(drawn.tolist()) == list(range(n * k))  # all K views of every image
+    replay = view_rows(V.numpy(), torch.arange(n), "epoch")
+    for group in range(2):  # each group of heads (its own generator) starts at view 0
+        gen = torch.Generator().manual_seed(group)
+        for epoch in range(6):
+            values = torch.cat([xb[:, 0] for xb, _ in replay.epoch(gen, 16, 3)]).long()
+            assert sorted((values // k).tolist()) == list(range(n))
+            assert set((values % k).tolist()) == {epoch % k}  # epoch e shows view e mod K
 
 
 def test_scikit_learn_heads_take_every_view_as_a_row() -> None:
@@ -107,7 +114,7 @@ def test_fit_with_views_through_the_console_script_records_them(tree: Path, tmp_
     assert Path(views["entry"]).is_file() and "-views-" in Path(views["entry"]).name
     bad = featpipe("fit", tree, *common, "--views", 2, "--view-mode", "every")
     assert bad.returncode == 2 and bad.stderr.strip() == (
-        "error: --view-mode every: choose one of random, all"
+        "error: --view-mode every: choose one of random, all, epoch"
     )
     bad = featpipe("extract", tree, *common[:-2], "--views", 2, "--crop-scale", 0)
     assert (
