@@ -38,9 +38,10 @@ def split_view_name(name: str) -> tuple[str, int]:
     return relpath, int(view)
 
 
-def is_views_entry(meta: dict) -> bool:
-    """Whether an entry's metadata (:func:`~featpipe.cache.entry.read_meta`) is of views."""
-    return "views" in meta["key_fields"].get("transform", {})
+def is_views_path(path: Path) -> bool:
+    """Whether an entry file is a views entry, by its name ``<backbone>-views-<key8>.h5``."""
+    parts = path.stem.rsplit("-", 2)
+    return len(parts) == 3 and parts[1] == "views"
 
 
 @dataclass

@@ -162,7 +162,10 @@ def extract_views(
             timings,
         )
 
-    if distributed.on_leader(dist, lambda: matches(entry, vdataset, verify_content, contents)):
+    def hit() -> bool:  # a plain bool crosses to the other ranks
+        return matches(entry, vdataset, verify_content, contents) is not None
+
+    if distributed.on_leader(dist, hit):
         return done(0, True, {})
     from featpipe.runtime import devices, tuning
 

@@ -102,7 +102,14 @@ def fit(
     if holdout and not (features.split == "val").any():
         features = with_holdout(features, holdout)
     used, view_record = None, None
-    if views and results[0].views is not None and isinstance(features, Features):
+    if views:
+        if not isinstance(features, Features):
+            raise ArgumentError(
+                "views",
+                "need the features in memory: the train features exceed memory_budget; "
+                "raise it to train on views",
+            )
+        assert results[0].views is not None  # extract(views=K) made them
         used, view_record = train_views(features, results[0].views, view_mode)
     if status:
         status(Phase("fitting", f"fitting {len(configs)} head configs × {seeds} seeds"))

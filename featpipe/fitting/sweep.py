@@ -261,9 +261,9 @@ def sweep(
     """Choose the best config on validation data, then score it on test once.
 
     ``features`` may be an entry streamed from disk (:mod:`featpipe.fitting.streaming`).
-    ``views``: augmented views of the train rows (N_train × K × D, in train-row order) that
-    the heads train on; selection and test use the eval features. The few-shot curve does not
-    use them.
+    ``views``: augmented views of the train rows (N_train × K × D, in train-row order, features
+    in memory) that the heads train on; selection and test use the eval features. The few-shot
+    curve does not use them.
     """
     start = time.perf_counter()
     if not configs:
@@ -276,12 +276,6 @@ def sweep(
             f"({streaming.human(features.budget)}); raise the budget for a few-shot curve",
         )
     _check(features)
-    if streamed and views is not None:
-        raise ArgumentError(
-            "views",
-            f"need the features in memory: the train features exceed memory_budget "
-            f"({streaming.human(features.budget)}); raise the budget to train on views",
-        )
     if streamed:
         streaming.refuse_unstreamable(features, configs)
         candidates, selection = select_streamed(features, configs, seeds)

@@ -4,6 +4,7 @@ eval features), scikit-learn heads take them as rows, and the run records the vi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,9 +99,9 @@ def test_scikit_learn_heads_take_every_view_as_a_row() -> None:
 
 
 def featpipe(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [FEATPIPE, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
-    )
+    env = {**os.environ, "COLUMNS": "200"}  # table cells on one line
+    command = [FEATPIPE, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_fit_with_views_through_the_console_script_records_them(tree: Path, tmp_path: Path):
@@ -112,6 +113,8 @@ def test_fit_with_views_through_the_console_script_records_them(tree: Path, tmp_
     assert views["count"] == 2 and views["mode"] == "random"
     assert views["augment"]["scale"] == [0.08, 1.0] and views["rows_without_views"] == 0
     assert Path(views["entry"]).is_file() and "-views-" in Path(views["entry"]).name
+    listed = featpipe("cache", "ls", "--cache-dir", tmp_path / "cache")
+    assert "test_efficientnet (views)" in listed.stdout
     bad = featpipe("fit", tree, *common, "--views", 2, "--view-mode", "every")
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: --view-mode every: choose one of random, all, epoch"
