@@ -63,7 +63,10 @@ ENTRY_FORMAT = 2
 
 @dataclass
 class Features:
-    """Cached embeddings with everything needed to use them."""
+    """Cached embeddings with everything needed to use them.
+
+    ``X`` is N × D; for augmented views (:mod:`featpipe.cache.views`) it is N × K × D.
+    """
 
     X: np.ndarray
     labels: np.ndarray
