@@ -23,6 +23,7 @@ import bench_distributed
 import bench_extract
 import bench_finetune
 import bench_fit
+import bench_views
 import torch
 
 from featpipe.cache.catalog import machine_signature
@@ -36,9 +37,10 @@ SECTIONS = {
     "distributed": bench_distributed,
     "cuda": bench_cuda,
     "advise": bench_advise,
+    "views": bench_views,
 }
-# `make bench`: everything but the advise check (it trains networks for tens of minutes), and
-# the CUDA section only where there is a GPU.
+# `make bench`: everything but the advise and views checks (they run networks for tens of
+# minutes), and the CUDA section only where there is a GPU.
 DEFAULT = ["extract", "allocator", "fit", "finetune", "distributed"] + (
     ["cuda"] if torch.cuda.is_available() else []
 )
@@ -62,6 +64,12 @@ def main() -> None:
         help="Datasets for the advise section (default: all; a CPU manages elpv, fashion-100).",
     )
     parser.add_argument(
+        "--views-data",
+        nargs="*",
+        choices=list(bench_views.DATASETS),
+        help="Datasets for the views section (default: all).",
+    )
+    parser.add_argument(
         "--tag", default="", help="Suffix of the results file, e.g. the machine: advise-gpu.json"
     )
     args = parser.parse_args()
@@ -70,7 +78,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     for name in args.only:
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        extra = {"datasets": args.advise_data} if name == "advise" else {}
+        extra = {"advise": {"datasets": args.advise_data}, "views": {"datasets": args.views_data}}
+        extra = extra.get(name, {})
         results = SECTIONS[name].run(args.work, quick=args.quick, **extra)
         record = {
             "section": name,

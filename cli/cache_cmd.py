@@ -13,6 +13,7 @@ from rich.table import Table
 from featpipe.cache.catalog import entry_info, find_entries, list_entries, remove_entry
 from featpipe.cache.entry import read_meta
 from featpipe.cache.entry import verify as verify_entry
+from featpipe.cache.views import is_views_path
 from featpipe.data.datasets import SPLITS
 from featpipe.errors import ArgumentError, FeatpipeError
 
@@ -46,7 +47,7 @@ def ls(cache_dir: Path = opt.CacheDir) -> None:
             continue
         table.add_row(
             r.dataset,
-            r.backbone,
+            f"{r.backbone} (views)" if is_views_path(r.path) else r.backbone,
             r.key[:8],
             str(r.n),
             str(r.dim),

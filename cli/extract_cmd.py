@@ -8,14 +8,21 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from featpipe.data.augment import Augment
 from featpipe.extraction.stage import ExtractResult, Progress
 
 from . import options as opt
+from . import views_options as vopt
 from .render import console, plain, progress_bar
 
 
 def run_extract(
-    data: Path, backbone: str, options: opt.ExtractOptions, name: str | None = None
+    data: Path,
+    backbone: str,
+    options: opt.ExtractOptions,
+    name: str | None = None,
+    views: int = 0,
+    augment: Augment | None = None,
 ) -> ExtractResult:
     """Extract with the activity line; shared by every command that needs features.
 
@@ -32,7 +39,14 @@ def run_extract(
 
         # Under torchrun each rank shows its own part; rank 0 reports the total.
         return extract_features(
-            data, backbone, name=name, progress=update, status=bar.status, **options.kwargs()
+            data,
+            backbone,
+            name=name,
+            progress=update,
+            status=bar.status,
+            views=views,
+            augment=augment,
+            **options.kwargs(),
         )
 
 
@@ -41,11 +55,17 @@ def extract(
     data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
     backbone: str = opt.Backbone,
     name: str | None = opt.Name,
+    views: int = vopt.Views,
+    crop_scale: float = vopt.CropScale,
+    hflip: float = vopt.Hflip,
+    color_jitter: float = vopt.ColorJitter,
+    view_seed: int = vopt.ViewSeed,
     *,
     extraction: opt.ExtractOptions,
 ) -> None:
     """Run BACKBONE once over DATA and cache the pooled embeddings (only new files are run)."""
-    result = run_extract(data, backbone, extraction, name)
+    recipe = vopt.augment(crop_scale, hflip, color_jitter, view_seed)
+    result = run_extract(data, backbone, extraction, name, views, recipe)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if len(result.ranks) > 1:
@@ -62,3 +82,5 @@ def extract(
             )
         console().print(table)
     plain(result.summary())
+    if result.views is not None:
+        plain(result.views.summary())

@@ -18,6 +18,7 @@ from featpipe.heads.config import (
 )
 
 from . import options as opt
+from . import views_options as vopt
 from .render import console, plain, progress_bar
 
 if TYPE_CHECKING:
@@ -129,6 +130,12 @@ def fit(
         help="Train features larger than this (e.g. 512M, 8G) are streamed from the cache in "
         "chunks (linear, mlp, ridge heads). Default: half the available memory.",
     ),
+    views: int = vopt.Views,
+    view_mode: str = vopt.ViewMode,
+    crop_scale: float = vopt.CropScale,
+    hflip: float = vopt.Hflip,
+    color_jitter: float = vopt.ColorJitter,
+    view_seed: int = vopt.ViewSeed,
     *,
     extraction: opt.ExtractOptions,
 ) -> None:
@@ -160,5 +167,8 @@ def fit(
             ),
             status=bar.status,
             memory_budget=memory_budget,
+            views=views,
+            view_mode=view_mode,
+            augment=vopt.augment(crop_scale, hflip, color_jitter, view_seed),
         )
     print_fit(run, result, seeds)

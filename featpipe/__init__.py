@@ -5,7 +5,8 @@ The main entry point of every stage, in the order of the flow::
     data       scan, prepare_dataset
     backbones  BackboneSpec, build_backbone, list_backbones, load_classifier
     extract    extract → ExtractResult
-    cache      load_features, iter_chunks → Features
+    cache      load_features, iter_chunks → Features; load_views, iter_views (N × K × D)
+    augment    Augment (the recipe of extract(views=K))
     heads      Head (a scikit-learn estimator)
     fit        fit (a sweep of heads, saved as a run)
     finetune   finetune
@@ -40,6 +41,9 @@ _API = {
     "ExtractResult": "featpipe.extraction.stage",
     "load_features": "featpipe.cache.entry",
     "iter_chunks": "featpipe.cache.entry",
+    "load_views": "featpipe.cache.views",
+    "iter_views": "featpipe.cache.views",
+    "Augment": "featpipe.data.augment",
     "Features": "featpipe.cache.entry",
     "Head": "featpipe.heads.estimator",
     "fit": "featpipe.fitting.stage",

@@ -63,7 +63,10 @@ ENTRY_FORMAT = 2
 
 @dataclass
 class Features:
-    """Cached embeddings with everything needed to use them."""
+    """Cached embeddings with everything needed to use them.
+
+    ``X`` is N × D; for augmented views (:mod:`featpipe.cache.views`) it is N × K × D.
+    """
 
     X: np.ndarray
     labels: np.ndarray
@@ -83,7 +86,11 @@ class Features:
         splits = " ".join(f"{s}={c}" for s, c in zip(names, counts, strict=True))
         classes = self.class_names[:6] + (["…"] if len(self.class_names) > 6 else [])
         what = f"classes={classes}" if self.task == "classification" else "regression"
-        return f"Features(N={len(self)}, D={self.X.shape[1]}, {self.X.dtype}, {splits}, {what})"
+        views = f"K={self.X.shape[1]} views, " if self.X.ndim == 3 else ""
+        return (
+            f"Features(N={len(self)}, {views}D={self.X.shape[-1]}, {self.X.dtype}, {splits}, "
+            f"{what})"
+        )
 
     def where(self, split: str | list[str]) -> Features:
         """The rows of one split (or several)."""
@@ -422,9 +429,12 @@ def iter_chunks(
             )
 
 
-def matches(path: Path, dataset: Dataset, full: bool = False) -> Contents | None:
+def matches(
+    path: Path, dataset: Dataset, full: bool = False, contents: Contents | None = None
+) -> Contents | None:
     """The files' fingerprints when the entry holds exactly this scan of the dataset (a cache
-    hit), else None.
+    hit), else None. ``contents``: the fingerprints to compare, when the rows are not files of
+    their own (views: :mod:`featpipe.cache.views`); default: read from the dataset's files.
 
     The rule: the scan (paths, sizes, mtimes, labels, splits) must be the one committed, no file
     may have been skipped for a reason that may pass (permissions, I/O), and every file's
@@ -444,7 +454,8 @@ def matches(path: Path, dataset: Dataset, full: bool = False) -> Contents | None
         ):
             return None
         kept = list(f["relpath"].asstr()[:])
-        contents = Contents(dataset.root, [i.relpath for i in dataset.items], full=full)
+        if contents is None:
+            contents = Contents(dataset.root, [i.relpath for i in dataset.items], full=full)
         if contents.digest([i.relpath for i in dataset.items], full=False) != attrs["content"]:
             return None
         if full and contents.digest(kept, full=True) != attrs["content_full"]:

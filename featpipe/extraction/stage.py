@@ -55,12 +55,15 @@ from featpipe.choices import DTYPES, ENGINES, ON_ERROR, PRECISIONS
 from featpipe.data.datasets import Dataset, Item, Task, scan
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.extraction import provenance, reuse
+from featpipe.extraction.views import check_views
 from featpipe.runtime import distributed
 from featpipe.runtime.allocator import keep_freed_memory
 from featpipe.runtime.workers import default_workers
 
 if TYPE_CHECKING:
     from featpipe.backbones.build import Backbone
+    from featpipe.data.augment import Augment
+    from featpipe.extraction.views import ViewsResult
 
 FLOAT16_MAX = 65504.0
 
@@ -129,6 +132,7 @@ class ExtractResult:
     ranks: list[dict[str, Any]] = field(default_factory=list)
     n_copied: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    views: ViewsResult | None = None  # with ``views=K``: the augmented views of train images
 
     def __repr__(self) -> str:
         done = "cache hit" if self.hit else f"{self.n_new} new, {self.n_skipped} skipped"
@@ -214,6 +218,8 @@ class _Run:
     backbone: Backbone | None
     timings: dict[str, float]
     cache_dir: Path
+    # pending items → (loader sources, picklable source → uint8 image); None: the eval view
+    images: Callable[[list[Item]], tuple[list[str], Callable[[str], Any]]] | None = None
 
 
 def extract(
@@ -240,6 +246,8 @@ def extract(
     verify_content: bool = False,
     progress: Callable[[Progress], None] | None = None,
     status: Callable[[Phase], None] | None = None,
+    views: int = 0,
+    augment: Augment | None = None,
 ) -> ExtractResult:
     """Extract (or find in the cache) pooled embeddings of ``data`` under ``backbone``.
 
@@ -254,10 +262,15 @@ def extract(
     (see :mod:`featpipe.extraction.reuse`). ``progress`` is called after every batch, ``status``
     at every step before the first (see :class:`Phase`). ``allow_outside`` lets a CSV manifest
     name files outside its own folder (refused by default).
+
+    ``views``: also cache K augmented views of every training image, made with the model's
+    training transform under ``augment`` (default :class:`~featpipe.data.augment.Augment`);
+    the result's ``views`` holds them (see :mod:`featpipe.extraction.views`).
     """
     start = time.perf_counter()
     say = status or _quiet
     _check_options(dtype, on_error, batch_size, workers, engine, precision)
+    check_views(views)
     if not isinstance(data, Dataset):
         say(Phase("scanning", f"scanning {data}"))
     dataset = (
@@ -287,9 +300,35 @@ def extract(
     hit = distributed.on_leader(
         dist, lambda: _cache_hit(cache_dir, request, dataset, verify_content)
     )
+
+    def with_views(result: ExtractResult) -> ExtractResult:
+        if views:
+            from featpipe.data.augment import Augment
+            from featpipe.extraction.views import extract_views
+
+            result.views = extract_views(
+                result,
+                dataset,
+                spec,
+                choice,
+                views,
+                augment or Augment(),
+                device=device,
+                engine=engine,
+                batch_size=batch_size,
+                workers=workers,
+                cache_dir=cache_dir,
+                on_error=on_error,
+                shard_rows=shard_rows,
+                verify_content=verify_content,
+                progress=progress,
+                say=say,
+            )
+        return result
+
     if hit is not None:
         hit.seconds = time.perf_counter() - start
-        return hit
+        return with_views(hit)
     ensure_writable(cache_dir)  # after the hit: a complete entry needs no write access
     keep_freed_memory()  # before the probe, so that it times what the run will see
     import_s = 0.0
@@ -306,13 +345,64 @@ def extract(
     )
     if import_s:
         run.timings["import_s"] = import_s
+    say(Phase("cache", f"reading the cache and fingerprinting {len(dataset)} files"))
+    contents = Contents(dataset.root, [i.relpath for i in dataset.items], full=verify_content)
+    n_new, copied, ranks = fill(
+        run, contents, spec, choice, dist, start, say, on_error, workers, shard_rows, progress
+    )
+    n, dim, n_skipped = entry_header(run.entry)
+    seconds = time.perf_counter() - start  # the whole call: the rate is over the same interval
+    result = ExtractResult(
+        run.entry,
+        dataset.name,
+        backbone,
+        n,
+        dim,
+        n_new,
+        n_skipped,
+        seconds,
+        hit=False,
+        images_per_second=n_new / seconds if seconds > 0 else 0.0,
+        settings=run.settings,
+        ranks=ranks,
+        n_copied=copied.rows,
+        timings=run.timings,
+    )
+    return with_views(result)
+
+
+def fill(
+    run: _Run,
+    contents: Contents,
+    spec: BackboneSpec,
+    choice: WeightsChoice,
+    dist: distributed.Dist | None,
+    start: float,
+    say: Callable[[Phase], None],
+    on_error: str,
+    workers: int | None,
+    shard_rows: int,
+    progress: Callable[[Progress], None] | None,
+    copy: bool = True,
+) -> tuple[int, reuse.Reused, list[dict[str, Any]]]:
+    """Compute the rows of ``run.dataset`` that no shard holds and commit its entry.
+
+    Recovers killed runs' journals, copies rows from other datasets' entries (``copy``), splits
+    the rest among torchrun ranks, claims them against concurrent extracts, extracts them into
+    journals and shards, and (rank 0) commits the entry. Returns the rows extracted, the rows
+    copied and every rank's record. The view cache (:mod:`featpipe.extraction.views`) runs
+    its view rows through here too, with the same guarantees.
+    """
+    dataset = run.dataset
     parts = parts_dir(run.entry)
     parts.mkdir(parents=True, exist_ok=True)
     distributed.on_leader(dist, lambda: recover_orphans(parts))
-    say(Phase("cache", f"reading the cache and fingerprinting {len(dataset)} files"))
-    contents = Contents(dataset.root, [i.relpath for i in dataset.items], full=verify_content)
     pending = _pending(dataset.items, read_index(parts), contents)
-    copied = distributed.on_leader(dist, lambda: _reuse(run, pending, parts, contents, say))
+    copied = (
+        distributed.on_leader(dist, lambda: _reuse(run, pending, parts, contents, say))
+        if copy
+        else reuse.Reused()
+    )
     if copied.rows:
         pending = _pending(dataset.items, read_index(parts), contents)
     mine = pending[distributed.part(len(pending), dist.rank, dist.world)] if dist else pending
@@ -384,24 +474,7 @@ def extract(
         commit(run.entry, dataset, run.fields, read_index(parts), contents, merged)
 
     distributed.on_leader(dist, finish)
-    n, dim, n_skipped = entry_header(run.entry)
-    seconds = time.perf_counter() - start  # the whole call: the rate is over the same interval
-    return ExtractResult(
-        run.entry,
-        dataset.name,
-        backbone,
-        n,
-        dim,
-        n_new,
-        n_skipped,
-        seconds,
-        hit=False,
-        images_per_second=n_new / seconds if seconds > 0 else 0.0,
-        settings=run.settings,
-        ranks=ranks,
-        n_copied=copied.rows,
-        timings=run.timings,
-    )
+    return n_new, copied, ranks
 
 
 def _quiet(phase: Phase) -> None:
@@ -702,9 +775,17 @@ def _extract_rows(
         device,
         _onnx_path(run.cache_dir, fields),
     )
+    sources, transform = (
+        run.images(pending)
+        if run.images is not None
+        else (
+            [str(run.dataset.root / i.relpath) for i in pending],
+            ImageToUint8(config, fields.transform["jpeg_draft"]),
+        )
+    )
     loader = make_loader(
-        [str(run.dataset.root / i.relpath) for i in pending],
-        ImageToUint8(config, fields.transform["jpeg_draft"]),
+        sources,
+        transform,
         batch_size,
         n_workers,
         pin_memory=device.type == "cuda",

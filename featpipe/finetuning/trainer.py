@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data import create_transform
 
 from featpipe.data.datasets import Item
 from featpipe.data.loader import make_loader
+from featpipe.data.train_transform import TrainImages
 from featpipe.data.transforms import ImageToUint8, Normalize
 from featpipe.errors import StorageError
 from featpipe.finetuning.blocks import all_blocks, apply_trainable, stage_sets
@@ -46,20 +46,6 @@ from featpipe.runtime.devices import autocast, host_threads
 
 # Called after every training batch: (epoch, images done this epoch, epoch size, seconds).
 EpochProgress = Callable[[int, int, int, float], None]
-
-
-class TrainImages(ImageToUint8):
-    """Training transform (timm ``create_transform(is_training=True)``), ``uint8`` out."""
-
-    def __init__(self, data_config: dict[str, Any], color_jitter: float, crop_scale: float) -> None:
-        self.pil_transform = create_transform(
-            **data_config,
-            is_training=True,
-            use_prefetcher=True,
-            scale=(crop_scale, 1.0),
-            color_jitter=color_jitter or None,
-        )
-        self.draft_size = None
 
 
 @dataclass

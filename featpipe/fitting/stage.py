@@ -5,20 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featpipe.backbones.spec import label
 from featpipe.cache.entry import Features, read_meta
 from featpipe.data.splits import hold_out
+from featpipe.errors import ArgumentError
 from featpipe.extraction.stage import Phase
 from featpipe.fitting.features import load_feature_set, parse_feature_spec
 from featpipe.fitting.streaming import resolve_budget
 from featpipe.fitting.sweep import SweepResult, sweep
+from featpipe.fitting.views import train_views
 from featpipe.heads.config import HeadConfig, expand, parse_grid
+from featpipe.heads.views import check_view_mode
 from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, save_run
 from featpipe.runtime import distributed
+
+if TYPE_CHECKING:
+    from featpipe.data.augment import Augment
 
 # Without --head or --sweep: six linear heads, trained together in one stacked pass.
 DEFAULT_GRID: dict[str, list[Any]] = {
@@ -55,6 +61,9 @@ def fit(
     n_jobs: int = -1,
     status: Callable[[Phase], None] | None = None,
     memory_budget: str | int | None = None,
+    views: int = 0,
+    view_mode: str = "random",
+    augment: Augment | None = None,
 ) -> tuple[Run, SweepResult]:
     """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
 
@@ -65,19 +74,48 @@ def fit(
     ``memory_budget`` (bytes, or a size such as ``"512M"``; default: half the memory
     available): train features larger than this are streamed from the cache in chunks
     instead of loaded (:mod:`featpipe.fitting.streaming`).
+
+    ``views``: train on K cached augmented views of every training image (extracted first if
+    missing, under ``augment``); ``view_mode`` ``random`` draws one view per image per epoch,
+    ``all`` trains on all K every epoch (scikit-learn heads take every view as a row).
+    Selection and test stay on the eval features; the run records the views it used.
     """
     grid = parse_grid(grid or ({} if head else DEFAULT_GRID), "grid")
     fixed = HeadConfig.from_dict(head or {}, param="head")
     configs = expand(grid, fixed)
     specs = parse_feature_spec(backbone, extract_options)
+    if views:
+        check_view_mode(view_mode)
+        if len(specs) > 1:
+            raise ArgumentError(
+                "views", f"train on one backbone's views, not a concatenation ({backbone})"
+            )
+    with_views = {"views": views, "augment": augment} if views else {}
     features, results = load_feature_set(
-        data, specs, extract_options, progress, status, resolve_budget(memory_budget)
+        data,
+        specs,
+        (extract_options or {}) | with_views,
+        progress,
+        status,
+        resolve_budget(memory_budget),
     )
     if holdout and not (features.split == "val").any():
         features = with_holdout(features, holdout)
+    used, view_record = None, None
+    if views:
+        if not isinstance(features, Features):
+            raise ArgumentError(
+                "views",
+                "need the features in memory: the train features exceed memory_budget; "
+                "raise it to train on views",
+            )
+        assert results[0].views is not None  # extract(views=K) made them
+        used, view_record = train_views(features, results[0].views, view_mode)
     if status:
         status(Phase("fitting", f"fitting {len(configs)} head configs × {seeds} seeds"))
-    result = sweep(features, configs, seeds=seeds, cv=cv, shots=shots, draws=draws, n_jobs=n_jobs)
+    result = sweep(
+        features, configs, seeds=seeds, cv=cv, shots=shots, draws=draws, n_jobs=n_jobs, views=used
+    )
     options = dict(extract_options or {})
     metas = [read_meta(r.entry) for r in results]
     entries = [
@@ -113,6 +151,7 @@ def fit(
                 "draws": draws,
                 "extract": {k: str(v) for k, v in options.items()},
                 "configs": [c.to_dict() for c in configs],
+                "views": view_record,
             },
             extract_seconds=extract_seconds,
         )

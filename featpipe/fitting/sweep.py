@@ -21,6 +21,7 @@ from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, fit_heads
 from featpipe.heads.stacked import group_key
+from featpipe.heads.views import TrainViews
 from featpipe.runtime import distributed
 
 
@@ -129,6 +130,7 @@ def fit_grid(
     class_names: list[str],
     task: str,
     n_jobs: int,
+    views: TrainViews | None = None,
 ) -> list[FittedHead]:
     """:func:`fit_heads`, with the grid dealt out to torchrun ranks when there are several.
 
@@ -139,7 +141,7 @@ def fit_grid(
     """
     dist = distributed.current()
     if dist is None:
-        return fit_heads(runs, X, y, Xv, yv, class_names, task, n_jobs)
+        return fit_heads(runs, X, y, Xv, yv, class_names, task, n_jobs, views)
     keys: dict[tuple, int] = {}
     owner = []
     for config in runs:
@@ -149,7 +151,7 @@ def fit_grid(
     fitted = distributed.everyone(
         dist,
         lambda: (
-            fit_heads([runs[i] for i in mine], X, y, Xv, yv, class_names, task, n_jobs)
+            fit_heads([runs[i] for i in mine], X, y, Xv, yv, class_names, task, n_jobs, views)
             if mine
             else []
         ),
@@ -170,15 +172,27 @@ def select(
     seeds: int = 1,
     cv: int = 5,
     n_jobs: int = -1,
+    views: TrainViews | None = None,
 ) -> tuple[list[Candidate], str]:
-    """Fit every config × seed on train; score on val (or by CV). Returns the candidates."""
+    """Fit every config × seed on train; score on val (or by CV). Returns the candidates.
+
+    ``views``: augmented views of the train rows, in their order (each fold takes its own).
+    """
     train, val = features.where("train"), features.where("val")
     candidates = [Candidate(c) for c in configs]
     runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
     owner = [i for _ in range(seeds) for i in range(len(configs))]
     if len(val):
         heads = fit_grid(
-            runs, train.X, train.y, val.X, val.y, features.class_names, features.task, n_jobs
+            runs,
+            train.X,
+            train.y,
+            val.X,
+            val.y,
+            features.class_names,
+            features.task,
+            n_jobs,
+            views,
         )
         for i, head in zip(owner, heads, strict=True):
             candidates[i].val.append(_score(head, val.X, val.y))
@@ -191,7 +205,10 @@ def select(
     fold_seconds = np.zeros(len(runs))
     for fit_idx, val_idx in folds:
         Xf, yf, Xv, yv = train.X[fit_idx], train.y[fit_idx], train.X[val_idx], train.y[val_idx]
-        heads = fit_grid(runs, Xf, yf, Xv, yv, features.class_names, features.task, n_jobs)
+        fold_views = views.take(fit_idx) if views is not None else None
+        heads = fit_grid(
+            runs, Xf, yf, Xv, yv, features.class_names, features.task, n_jobs, fold_views
+        )
         for r, head in enumerate(heads):
             fold_scores[r].append(_score(head, Xv, yv))
             fold_seconds[r] += head.fit_seconds
@@ -239,10 +256,14 @@ def sweep(
     shots: list[int | str] | None = None,
     draws: int = 5,
     n_jobs: int = -1,
+    views: TrainViews | None = None,
 ) -> SweepResult:
     """Choose the best config on validation data, then score it on test once.
 
     ``features`` may be an entry streamed from disk (:mod:`featpipe.fitting.streaming`).
+    ``views``: augmented views of the train rows (N_train × K × D, in train-row order, features
+    in memory) that the heads train on; selection and test use the eval features. The few-shot
+    curve does not use them.
     """
     start = time.perf_counter()
     if not configs:
@@ -259,7 +280,7 @@ def sweep(
         streaming.refuse_unstreamable(features, configs)
         candidates, selection = select_streamed(features, configs, seeds)
     else:
-        candidates, selection = select(features, configs, seeds, cv, n_jobs)
+        candidates, selection = select(features, configs, seeds, cv, n_jobs, views)
     metric = metrics.primary(features.task)
     best = max(candidates, key=lambda c: (c.mean(metric), -configs.index(c.config)))
     for cand in candidates:  # keep curves, free the losing models (MLP grids are large)
@@ -269,7 +290,15 @@ def sweep(
         train = features.where("train")
         runs = [replace(best.config, seed=best.config.seed + s) for s in range(seeds)]
         best.heads = fit_grid(
-            runs, train.X, train.y, None, None, features.class_names, features.task, n_jobs
+            runs,
+            train.X,
+            train.y,
+            None,
+            None,
+            features.class_names,
+            features.task,
+            n_jobs,
+            views,
         )
     is_test = features.split == "test"
     confusion = None

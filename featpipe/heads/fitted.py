@@ -23,6 +23,7 @@ from torch import nn
 from featpipe.errors import ArgumentError, DataError, StorageError
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.preprocess import Preprocessor
+from featpipe.heads.views import TrainViews, with_view_rows
 
 HEAD_FORMAT = 1
 
@@ -330,8 +331,13 @@ def fit_heads(
     class_names: list[str],
     task: str,
     n_jobs: int = -1,
+    views: TrainViews | None = None,
 ) -> list[FittedHead]:
     """Fit many heads: torch heads stacked per group, scikit-learn heads in parallel (joblib).
+
+    ``views``: augmented views of the rows of ``X`` (N × K × D). Torch heads draw their
+    training rows from them (:mod:`featpipe.heads.views`); scikit-learn heads add every view
+    as an extra row. Preprocessing is still fitted on ``X`` alone.
 
     Ridge configs that differ only in ``alpha`` (logreg: only in ``C``) are fitted as one
     regularisation path (:func:`fit_sklearn_path`).
@@ -350,13 +356,14 @@ def fit_heads(
     for (standardize, l2norm, pca), members in by_pre.items():
         pre = Preprocessor(standardize, l2norm, pca).fit(X)
         Z = pre.transform(X)
+        Zviews = None if views is None else views.transformed(pre.transform)
         Zv = pre.transform(X_val) if X_val is not None and len(X_val) else None
         yv = y_val if Zv is not None else None
         torch_ids = [i for i in members if configs[i].is_torch]
         other_ids = [i for i in members if not configs[i].is_torch]
         for i, t in zip(
             torch_ids,
-            train_torch_heads([configs[i] for i in torch_ids], Z, y, Zv, yv, n_out),
+            train_torch_heads([configs[i] for i in torch_ids], Z, y, Zv, yv, n_out, Zviews),
             strict=True,
         ):
             fitted[i] = FittedHead(
@@ -373,9 +380,10 @@ def fit_heads(
 
         # Ridge along alpha and logreg along C are one path each; a path's time is shared.
         groups = [[other_ids[j] for j in g] for g in path_groups([configs[i] for i in other_ids])]
+        Zs, ys = (Z, y) if Zviews is None or not other_ids else with_view_rows(Z, y, Zviews.X)
         jobs = n_jobs if len(groups) > 1 else 1
         results = Parallel(n_jobs=jobs, prefer="threads")(
-            delayed(_timed_sklearn)([configs[i] for i in group], Z, y, n_out) for group in groups
+            delayed(_timed_sklearn)([configs[i] for i in group], Zs, ys, n_out) for group in groups
         )
         for group, (modules, seconds) in zip(groups, results, strict=True):
             for i, module in zip(group, modules, strict=True):

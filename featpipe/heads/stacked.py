@@ -34,6 +34,7 @@ from torch import nn
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.mlp import BN_EPS, BN_MOMENTUM, build_head, layer_sizes, uses_bn
 from featpipe.heads.schedules import lr_factor
+from featpipe.heads.views import TrainViews, view_rows
 from featpipe.runtime.allocator import keep_freed_memory
 
 EVAL_CHUNK = 8192
@@ -416,11 +417,20 @@ def train_torch_heads(
     X_val: np.ndarray | None,
     y_val: np.ndarray | None,
     n_out: int,
+    views: TrainViews | None = None,
 ) -> list[TrainedHead]:
-    """Group ``configs`` by :func:`group_key` and train each group in one pass."""
+    """Group ``configs`` by :func:`group_key` and train each group in one pass.
+
+    With ``views`` (preprocessed, N × K × D), training rows are drawn from the augmented views
+    of the rows of ``X`` (:mod:`featpipe.heads.views`); validation stays on ``X_val``.
+    """
     shift, scale = target_scaling(y, n_out)
-    Xt = torch.from_numpy(np.ascontiguousarray(X))
-    train = InMemory(Xt, training_targets(y, n_out, shift, scale))
+    targets = training_targets(y, n_out, shift, scale)
+    train: Batches = (
+        InMemory(torch.from_numpy(np.ascontiguousarray(X)), targets)
+        if views is None
+        else view_rows(views.X, targets, views.mode)
+    )
     val = None
     if X_val is not None and y_val is not None:
         Xv = torch.from_numpy(np.ascontiguousarray(X_val))
