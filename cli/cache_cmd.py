@@ -23,6 +23,11 @@ from .render import console, human_bytes, human_time, plain
 cache_app = typer.Typer(help="Inspect and manage the feature cache.", no_args_is_help=True)
 
 
+ENTRY_HELP = (
+    "Entry path, dataset/stem, dataset/backbone (e.g. elpv/tv_mobilenet_v2), stem or key prefix."
+)
+
+
 @cache_app.command("ls")
 def ls(cache_dir: Path = opt.CacheDir) -> None:
     """Table of entries: dataset, backbone, N, D, dtype, size on disk, created."""
@@ -126,7 +131,7 @@ def summary_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
 
 @cache_app.command()
 def info(
-    entry: str = typer.Argument(..., help="Entry path, dataset/stem, stem or key prefix."),
+    entry: str = typer.Argument(..., help=ENTRY_HELP),
     cache_dir: Path = opt.CacheDir,
     as_json: bool = typer.Option(
         False, "--json", help="Print everything the entries record (key fields, provenance)."
@@ -145,7 +150,7 @@ def info(
 
 @cache_app.command()
 def export(
-    entry: str = typer.Argument(..., help="Entry path, dataset/stem, stem or key prefix."),
+    entry: str = typer.Argument(..., help=ENTRY_HELP),
     fmt: str = typer.Option(
         ..., "--format", "-f", help="parquet (one file) | npy (a folder: features.npy, rows.csv)."
     ),

@@ -173,14 +173,16 @@ def list_entries(cache_dir: Path) -> list[EntrySummary]:
 
 
 def find_entries(cache_dir: Path, selector: str) -> list[Path]:
-    """Entries matching a path, ``dataset/stem``, a stem, a key prefix, or a dataset name."""
+    """Entries matching a path, ``dataset/stem``, ``dataset/backbone`` (the stem without its
+    key, e.g. ``elpv/tv_mobilenet_v2``), a stem, a key prefix, or a dataset name."""
     direct = Path(selector)
     if direct.suffix == ".h5" and direct.is_file():
         return [direct]
     found = []
     for path in sorted(cache_dir.glob("*/*.h5")):
-        stem_key = path.stem.rsplit("-", 1)[-1]
-        if selector in (f"{path.parent.name}/{path.stem}", path.stem, path.parent.name) or (
+        backbone, _, stem_key = path.stem.rpartition("-")
+        names = (f"{path.parent.name}/{path.stem}", f"{path.parent.name}/{backbone}", path.stem)
+        if selector in (*names, path.parent.name) or (
             len(selector) >= 4 and stem_key.startswith(selector[:8])
         ):
             found.append(path)

@@ -242,6 +242,8 @@ def test_catalog_lists_finds_and_removes(tree: Path, cache_dir: Path) -> None:
     assert (row.dataset, row.backbone, row.n, row.dim) == ("tiny", "test_efficientnet", 12, 256)
     assert find_entries(cache_dir, result.entry.stem) == [result.entry]
     assert find_entries(cache_dir, "tiny") == [result.entry]
+    # dataset/backbone: the stem without its key
+    assert find_entries(cache_dir, "tiny/test_efficientnet") == [result.entry]
     assert remove_entry(result.entry) > 0
     assert not result.entry.exists() and not parts_dir(result.entry).exists()
 
