@@ -1,6 +1,7 @@
 # featpipe: two commands do everything on a fresh machine.
 #   make demo   set up, write a bundled real dataset as images, extract with real weights
 #   make test   set up, lint, format check, tests
+#   make soak   the kill loops (SIGKILL at random moments, resume, compare)
 #   make mutants   plant known bugs in a copy of the tree, show the suite catches each
 #   make report-check   render the HTML report in headless Chromium; check every plot and link
 PYTHON ?= python3
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.featpipe-installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test bench mutants report-check fashion-mnist clean
+.PHONY: setup demo test bench soak mutants report-check fashion-mnist clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,11 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# The kill loops left out of make test: SIGKILL extract at random moments, resume, compare
+# (FEATPIPE_SOAK_KILLS=N sets how many); prints k of N identical.
+soak: setup
+	$(BIN)/pytest -q -m slow -s
 
 # Plant each known bug of benchmarks/mutants.py in a copy of the tree; every one must fail tests.
 mutants: setup
