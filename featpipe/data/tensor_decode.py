@@ -1,0 +1,221 @@
+"""The tensor decode path: JPEG bytes decoded in batches on the extraction device.
+
+PIL decoding in DataLoader workers is what kept whole extraction at 0.23-0.45 of the forward-only
+ceiling on an H100 (issue 14). With ``decode="tensor"`` the workers only read each file's bytes
+and parse its header; the main process decodes the batch with torchvision's batched
+``decode_jpeg`` on the device the model runs on (nvJPEG on CUDA, libjpeg-turbo on the CPU),
+turns each image upright, and resizes and centre-crops it with the same geometry as the PIL
+transform (read from timm's own eval transform, so the sizes and crop offsets are the same
+numbers) and the model's interpolation, antialiased. Normalisation stays the engine's.
+
+Files the tensor decoder should not take go through the exact PIL path in the workers, in the
+same run and the same batch: anything that is not a baseline 8-bit RGB or grayscale JPEG
+(PNG, CMYK, progressive, 16-bit), files without an end-of-image marker (truncated: PIL refuses
+them, and nvJPEG may not), and any file whose device decode fails. Their skip reasons are the
+PIL path's own, so ``on_error`` works unchanged.
+
+The pixels differ from PIL's resize at interpolation level, so the decoder is part of the
+transform fingerprint (:func:`fingerprint`) and so of the cache key; ``pil`` adds nothing, which
+keeps every existing key as it was.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision import transforms as tv_transforms
+from torchvision.transforms.v2 import functional as F
+
+from featpipe.data import images
+from featpipe.data.loader import Batch, ImageFiles
+from featpipe.data.transforms import ImageToUint8
+from featpipe.errors import ArgumentError
+
+EXIF_ORIENTATION = 0x0112
+END_OF_IMAGE = b"\xff\xd9"
+
+
+def fingerprint(decode: str) -> dict[str, Any]:
+    """The decoder's entry in the transform fingerprint: nothing for the exact PIL path (so
+    existing cache keys stay valid), the decoder and resizer for the tensor path."""
+    return {} if decode == "pil" else {"decode": "tensor:torchvision.decode_jpeg+resize_aa"}
+
+
+@dataclass
+class JpegBytes:
+    """A JPEG the tensor decoder takes: its bytes and its EXIF orientation (1-8)."""
+
+    data: torch.Tensor  # uint8, 1-D, on the CPU (decode_jpeg's requirement)
+    orientation: int
+
+
+def read_jpeg(path: str) -> JpegBytes | None:
+    """The file's bytes if it is a JPEG the tensor path decodes exactly like PIL, else None.
+
+    Only the header is parsed (PIL's ``open`` is lazy), so this costs a read, not a decode.
+    Anything unusual returns None and goes the PIL way, which knows every reason to refuse it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        with Image.open(io.BytesIO(data)) as img:
+            usable = (
+                img.format == "JPEG"
+                and img.mode in ("RGB", "L")
+                and not img.info.get("progressive")
+                and img.width * img.height <= images.MAX_PIXELS
+                and data.rstrip(b"\0").endswith(END_OF_IMAGE)
+            )
+            orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # unreadable or not an image: PIL's path gives the reason
+        return None
+    if not usable or orientation not in range(1, 9):
+        return None
+    return JpegBytes(torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation)
+
+
+class BytesOrPil:
+    """The worker's half of the tensor path: a JPEG's bytes, or the PIL path's ``uint8``
+    tensor for a file the tensor decoder does not take. Picklable for workers."""
+
+    def __init__(self, pil: ImageToUint8) -> None:
+        self.pil = pil
+
+    def __call__(self, path: str) -> JpegBytes | torch.Tensor:
+        raw = read_jpeg(path)
+        return raw if raw is not None else self.pil(path)
+
+
+@dataclass
+class BytesBatch(Batch):
+    """A loader batch on the tensor path: PIL-decoded fallbacks in ``images``/``index``, and
+    the JPEGs still to decode in ``raw`` (position in the dataset, bytes)."""
+
+    raw: list[tuple[int, JpegBytes]] = field(default_factory=list)
+
+
+def collate(samples: list[tuple[int, JpegBytes | torch.Tensor | None, str]]) -> BytesBatch:
+    raw = [(i, item) for i, item, _ in samples if isinstance(item, JpegBytes)]
+    decoded = [(i, t) for i, t, _ in samples if isinstance(t, torch.Tensor)]
+    failed = [(i, reason) for i, t, reason in samples if t is None]
+    stacked = (
+        torch.stack([t for _, t in decoded])
+        if decoded
+        else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+    )
+    return BytesBatch(stacked, [i for i, _ in decoded], failed, raw)
+
+
+def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """``image`` [C, H, W] turned the way ``PIL.ImageOps.exif_transpose`` turns it."""
+    if orientation in (2, 4):
+        return image.flip(-1 if orientation == 2 else -2)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation in (5, 7):  # transpose; transverse is transpose then a half turn
+        turned = image.transpose(-2, -1)
+        return turned.flip(-2, -1) if orientation == 7 else turned
+    if orientation in (6, 8):  # PIL's ROTATE_270 / ROTATE_90, counter-clockwise
+        return torch.rot90(image, k=-1 if orientation == 6 else 1, dims=(-2, -1))
+    return image
+
+
+def geometry(pil_transform: Callable) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The tensor twin of timm's eval transform: each resize and centre crop with the same
+    arguments (torchvision computes the output size and the crop offsets by one rule for PIL
+    images and tensors), the resize antialiased like PIL's. A step without a twin (timm's
+    ``squash`` or ``border`` crop modes) refuses the tensor path rather than guess."""
+    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    for step in getattr(pil_transform, "transforms", [pil_transform]):
+        if isinstance(step, tv_transforms.Resize):
+            steps.append(
+                lambda x, s=step: F.resize(
+                    x, s.size, s.interpolation, max_size=s.max_size, antialias=True
+                )
+            )
+        elif isinstance(step, tv_transforms.CenterCrop):
+            steps.append(lambda x, s=step: F.center_crop(x, list(s.size)))
+        elif type(step).__name__ not in ("MaybePILToTensor", "PILToTensor", "ToNumpy"):
+            raise ArgumentError(
+                "decode",
+                f"tensor: the model's eval transform has a step without a tensor twin "
+                f"({type(step).__name__}); use pil",
+            )
+    return steps
+
+
+class TensorDecoder:
+    """The main process's half: decode a batch's JPEGs on ``device``, resize and crop them
+    there, and merge them with the batch's PIL-decoded files in dataset order."""
+
+    def __init__(self, paths: Sequence[str], pil: ImageToUint8, device: torch.device) -> None:
+        self.files, self.device = ImageFiles(paths, pil), device
+        self.steps = geometry(pil.pil_transform)
+
+    def _decode(self, data: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Batched decode; when the batch fails (the call returns nothing then), one by one,
+        so that one bad file costs its own row only (None marks it)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 → torchcodec
+            try:
+                return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+            except RuntimeError:
+                out: list[torch.Tensor | None] = []
+                for one in data:
+                    try:
+                        out.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=self.device))
+                    except RuntimeError:
+                        out.append(None)
+                return out
+
+    def _shape(self, image: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            image = step(image)
+        return image
+
+    def __call__(self, batch: BytesBatch) -> Batch:
+        """One batch of ``uint8`` images on the device, rows in dataset order."""
+        index, failed = list(batch.index), list(batch.failed)
+        parts = [batch.images.to(self.device, non_blocking=True)] if batch.index else []
+        decoded = self._decode([raw.data for _, raw in batch.raw]) if batch.raw else []
+        by_size: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+        for (i, raw), image in zip(batch.raw, decoded, strict=True):
+            if image is None:  # the device refused it after all: the PIL path decides
+                _, fallback, reason = self.files[i]
+                if fallback is None:
+                    failed.append((i, reason))
+                else:
+                    parts.append(fallback.unsqueeze(0).to(self.device))
+                    index.append(i)
+                continue
+            image = upright(image, raw.orientation)
+            by_size.setdefault(tuple(image.shape), []).append((i, image))
+        for group in by_size.values():  # same-sized images resize as one tensor
+            parts.append(self._shape(torch.stack([image for _, image in group])))
+            index += [i for i, _ in group]
+        if not parts:
+            return Batch(batch.images, [], failed)
+        order = sorted(range(len(index)), key=index.__getitem__)
+        merged = torch.cat(parts)[torch.tensor(order, device=self.device)]
+        return Batch(merged, [index[k] for k in order], sorted(failed))
+
+
+def pipeline(
+    decode: str, paths: Sequence[str], pil: ImageToUint8, device: torch.device
+) -> tuple[Callable[[str], Any], Callable[[list], Batch], Callable[[Batch], Batch]]:
+    """The worker transform, the collate function and the main-process step of a decoder:
+    for ``pil`` the exact path and nothing left to do; for ``tensor`` bytes, then the device."""
+    if decode == "pil":
+        from featpipe.data.loader import collate as pil_collate
+
+        return pil, pil_collate, lambda batch: batch
+    decoder = TensorDecoder(paths, pil, device)
+    return BytesOrPil(pil), collate, decoder
