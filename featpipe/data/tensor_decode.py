@@ -130,7 +130,7 @@ def geometry(pil_transform: Callable) -> list[Callable[[torch.Tensor], torch.Ten
     """The tensor twin of timm's eval transform: each resize and centre crop with the same
     arguments (torchvision computes the output size and the crop offsets by one rule for PIL
     images and tensors), the resize antialiased like PIL's. A step without a twin (timm's
-    ``squash`` or ``border`` crop modes) refuses the tensor path rather than guess."""
+    ``border`` crop mode) refuses the tensor path rather than guess."""
     steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
     for step in getattr(pil_transform, "transforms", [pil_transform]):
         if isinstance(step, tv_transforms.Resize):
