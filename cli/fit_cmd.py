@@ -160,5 +160,6 @@ def fit(
             ),
             status=bar.status,
             memory_budget=memory_budget,
+            device=extraction.device,
         )
     print_fit(run, result, seeds)

@@ -59,7 +59,9 @@ ImageSize = typer.Option(None, "--image-size", help="Override the model's input 
 Precision = typer.Option("auto", help="auto (probe) | fp32 | bf16 | fp16 (CUDA).")
 Engine = typer.Option("auto", help="auto (probe) | torch | onnxruntime (CPU, fp32).")
 Dtype = typer.Option("float32", help="Stored dtype: float32 | float16.")
-Device = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")
+Device = typer.Option(
+    "auto", help="auto | cpu | cuda | cuda:N (fit: also where the torch heads train)."
+)
 BatchSize = typer.Option("auto", "--batch-size", help="Images per batch, or auto (probe).")
 Workers = typer.Option("auto", help="DataLoader worker processes, or auto.")
 AllowOutside = typer.Option(

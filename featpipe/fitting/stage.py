@@ -55,6 +55,7 @@ def fit(
     n_jobs: int = -1,
     status: Callable[[Phase], None] | None = None,
     memory_budget: str | int | None = None,
+    device: str = "auto",
 ) -> tuple[Run, SweepResult]:
     """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
 
@@ -64,8 +65,16 @@ def fit(
     ``status`` hears every step before a batch runs (see :class:`Phase`), fitting included.
     ``memory_budget`` (bytes, or a size such as ``"512M"``; default: half the memory
     available): train features larger than this are streamed from the cache in chunks
-    instead of loaded (:mod:`featpipe.fitting.streaming`).
+    instead of loaded (:mod:`featpipe.fitting.streaming`). ``device`` (``auto``, ``cpu``,
+    ``cuda``, ``cuda:N``) is where the torch heads train (:mod:`featpipe.heads.placement`;
+    scikit-learn heads stay on the CPU), and where extraction runs unless ``extract_options``
+    names another; the run records it.
     """
+    from featpipe.heads.placement import training_on
+    from featpipe.runtime.devices import resolve_device
+
+    heads_device = resolve_device(device)  # a bad --device fails before any work
+    extract_options = {"device": device} | (extract_options or {})
     grid = parse_grid(grid or ({} if head else DEFAULT_GRID), "grid")
     fixed = HeadConfig.from_dict(head or {}, param="head")
     configs = expand(grid, fixed)
@@ -77,7 +86,10 @@ def fit(
         features = with_holdout(features, holdout)
     if status:
         status(Phase("fitting", f"fitting {len(configs)} head configs × {seeds} seeds"))
-    result = sweep(features, configs, seeds=seeds, cv=cv, shots=shots, draws=draws, n_jobs=n_jobs)
+    with training_on(heads_device):
+        result = sweep(
+            features, configs, seeds=seeds, cv=cv, shots=shots, draws=draws, n_jobs=n_jobs
+        )
     options = dict(extract_options or {})
     metas = [read_meta(r.entry) for r in results]
     entries = [
@@ -113,6 +125,7 @@ def fit(
                 "draws": draws,
                 "extract": {k: str(v) for k, v in options.items()},
                 "configs": [c.to_dict() for c in configs],
+                "heads_device": str(heads_device),
             },
             extract_seconds=extract_seconds,
         )
