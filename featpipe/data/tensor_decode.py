@@ -37,6 +37,7 @@ from featpipe.data.loader import Batch, ImageFiles
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError
 
+Step = Callable[[torch.Tensor], torch.Tensor]  # one resize or crop of the tensor geometry
 EXIF_ORIENTATION = 0x0112
 END_OF_IMAGE = b"\xff\xd9"
 
@@ -126,12 +127,12 @@ def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image
 
 
-def geometry(pil_transform: Callable) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+def geometry(pil_transform: Callable) -> list[Step]:
     """The tensor twin of timm's eval transform: each resize and centre crop with the same
     arguments (torchvision computes the output size and the crop offsets by one rule for PIL
     images and tensors), the resize antialiased like PIL's. A step without a twin (timm's
     ``border`` crop mode) refuses the tensor path rather than guess."""
-    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    steps: list[Step] = []
     for step in getattr(pil_transform, "transforms", [pil_transform]):
         if isinstance(step, tv_transforms.Resize):
             steps.append(
@@ -150,6 +151,59 @@ def geometry(pil_transform: Callable) -> list[Callable[[torch.Tensor], torch.Ten
     return steps
 
 
+def decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """RGB ``uint8`` [3, H, W] images on ``device``, decoded as one batch; when the batch fails
+    (the call returns nothing then), one by one, so that one bad file costs its own row only
+    (None marks it)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 → torchcodec
+        try:
+            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out: list[torch.Tensor | None] = []
+            for one in data:
+                try:
+                    out.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+
+def shape(images: torch.Tensor, steps: list[Step]) -> torch.Tensor:
+    """Same-sized upright images [N, 3, H, W] through the :func:`geometry` steps."""
+    for step in steps:
+        images = step(images)
+    return images
+
+
+def decode_on_device(device: torch.device) -> bool:
+    """Where the tensor path decodes: on a GPU in the main process (batched, on the device);
+    on the CPU in the loader's workers, one file each. On the CPU the workers are the cores, and
+    decoding in the main process serialises the work: on 2 cores it ran 75 img/s against PIL
+    workers' 188 (``benchmarks/bench_decode.py``), though libjpeg-turbo + torch's resize took
+    8.3 ms an image against PIL's 10.5 ms on one core."""
+    return device.type == "cuda"
+
+
+class TensorInWorker:
+    """The tensor path done where the loader runs (CPU workers): a JPEG the tensor decoder takes
+    is decoded by torchvision on the CPU and resized by torch, anything else by the PIL path.
+    Picklable for workers."""
+
+    def __init__(self, pil: ImageToUint8) -> None:
+        self.pil = pil
+        self.steps = geometry(pil.pil_transform)  # refused here, in the main process
+
+    def __call__(self, path: str) -> torch.Tensor:
+        raw = read_jpeg(path)
+        image = decode([raw.data], torch.device("cpu"))[0] if raw is not None else None
+        if raw is None or image is None:
+            return self.pil(path)
+        return shape(upright(image, raw.orientation).unsqueeze(0), self.steps)[0]
+
+
 class TensorDecoder:
     """The main process's half: decode a batch's JPEGs on ``device``, resize and crop them
     there, and merge them with the batch's PIL-decoded files in dataset order."""
@@ -158,34 +212,11 @@ class TensorDecoder:
         self.files, self.device = ImageFiles(paths, pil), device
         self.steps = geometry(pil.pil_transform)
 
-    def _decode(self, data: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """Batched decode; when the batch fails (the call returns nothing then), one by one,
-        so that one bad file costs its own row only (None marks it)."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 → torchcodec
-            try:
-                return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
-            except RuntimeError:
-                out: list[torch.Tensor | None] = []
-                for one in data:
-                    try:
-                        out.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=self.device))
-                    except RuntimeError:
-                        out.append(None)
-                return out
-
-    def _shape(self, image: torch.Tensor) -> torch.Tensor:
-        for step in self.steps:
-            image = step(image)
-        return image
-
     def __call__(self, batch: BytesBatch) -> Batch:
         """One batch of ``uint8`` images on the device, rows in dataset order."""
         index, failed = list(batch.index), list(batch.failed)
         parts = [batch.images.to(self.device, non_blocking=True)] if batch.index else []
-        decoded = self._decode([raw.data for _, raw in batch.raw]) if batch.raw else []
+        decoded = decode([raw.data for _, raw in batch.raw], self.device) if batch.raw else []
         by_size: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
         for (i, raw), image in zip(batch.raw, decoded, strict=True):
             if image is None:  # the device refused it after all: the PIL path decides
@@ -199,7 +230,7 @@ class TensorDecoder:
             image = upright(image, raw.orientation)
             by_size.setdefault(tuple(image.shape), []).append((i, image))
         for group in by_size.values():  # same-sized images resize as one tensor
-            parts.append(self._shape(torch.stack([image for _, image in group])))
+            parts.append(shape(torch.stack([image for _, image in group]), self.steps))
             index += [i for i, _ in group]
         if not parts:
             return Batch(batch.images, [], failed)
@@ -212,10 +243,12 @@ def pipeline(
     decode: str, paths: Sequence[str], pil: ImageToUint8, device: torch.device
 ) -> tuple[Callable[[str], Any], Callable[[list], Batch], Callable[[Batch], Batch]]:
     """The worker transform, the collate function and the main-process step of a decoder:
-    for ``pil`` the exact path and nothing left to do; for ``tensor`` bytes, then the device."""
-    if decode == "pil":
-        from featpipe.data.loader import collate as pil_collate
+    for ``pil`` the exact path and nothing left to do; for ``tensor`` bytes in the workers, then
+    the device, or, on the CPU, all of it in the workers (:func:`decode_on_device`)."""
+    from featpipe.data.loader import collate as pil_collate
 
+    if decode == "pil":
         return pil, pil_collate, lambda batch: batch
-    decoder = TensorDecoder(paths, pil, device)
-    return BytesOrPil(pil), collate, decoder
+    if not decode_on_device(device):
+        return TensorInWorker(pil), pil_collate, lambda batch: batch
+    return BytesOrPil(pil), collate, TensorDecoder(paths, pil, device)

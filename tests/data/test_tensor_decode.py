@@ -23,7 +23,9 @@ from featpipe.data.tensor_decode import (
     BytesBatch,
     BytesOrPil,
     TensorDecoder,
+    TensorInWorker,
     collate,
+    decode,
     geometry,
     read_jpeg,
     upright,
@@ -58,7 +60,7 @@ def test_exif_orientation_matches_pil_exactly(tmp_path: Path, orientation: int) 
     path = _with_orientation(tmp_path / f"o{orientation}.jpg", orientation)
     raw = read_jpeg(str(path))
     assert raw is not None and raw.orientation == orientation
-    decoded = TensorDecoder([str(path)], ImageToUint8(CONFIG, False), CPU)._decode([raw.data])[0]
+    decoded = decode([raw.data], CPU)[0]
     assert decoded is not None
     ours = upright(decoded, orientation).permute(1, 2, 0).numpy()
     theirs = np.asarray(load_image(path))  # ImageOps.exif_transpose inside
@@ -137,6 +139,20 @@ def test_a_batch_mixes_bytes_pil_and_failures_in_dataset_order(tmp_path: Path) -
     assert {kinds[i] for i, _ in out.failed} == {"truncated", "empty"}
     for i in out.index[1:5]:  # the PIL path's own pixels for what it decoded
         assert torch.equal(out.images[out.index.index(i)], pil(paths[i]))
+
+
+def test_decoding_in_workers_gives_the_device_path_pixels(tmp_path: Path) -> None:
+    """On the CPU the workers run the tensor path themselves: the same pixels, file by file,
+    as the batched main-process path a GPU takes, fallbacks included."""
+    files = _odd_files(tmp_path / "odd")
+    paths = [str(p) for kind, p in files.items() if kind not in ("truncated", "empty")]
+    pil = ImageToUint8(CONFIG, False)
+    batch = collate([(i, BytesOrPil(pil)(p), "") for i, p in enumerate(paths)])
+    batched = TensorDecoder(paths, pil, CPU)(batch)
+    in_worker = TensorInWorker(pil)
+    assert batched.index == list(range(len(paths)))
+    for image, path in zip(batched.images, paths, strict=True):
+        assert torch.equal(image, in_worker(path)), path
 
 
 def test_a_batch_the_decoder_refuses_is_retried_one_by_one(tmp_path: Path) -> None:

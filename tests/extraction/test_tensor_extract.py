@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import TINY, flags
 from featpipe.cache.entry import load_features, read_meta
+from featpipe.data import tensor_decode
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.extraction.stage import extract
 
@@ -82,7 +83,13 @@ def _odd_tree(root: Path) -> Path:
     return root
 
 
-def test_files_the_decoder_cannot_take_fall_back_in_the_same_run_in_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_device", [False, True])
+def test_files_the_decoder_cannot_take_fall_back_in_the_same_run_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_device: bool
+) -> None:
+    """Both places the tensor path decodes: the CPU's workers, and the main process's batched
+    decode that a GPU takes (here on the CPU: the same code, torchvision's CPU decoder)."""
+    monkeypatch.setattr(tensor_decode, "decode_on_device", lambda device: on_device)
     data = _odd_tree(tmp_path / "odd")
     cache = tmp_path / "cache"
     pil = extract(data, cache_dir=cache, **TINY)
