@@ -5,8 +5,10 @@
 crops and flips at random JPEG qualities, so that no two files are alike. It then measures,
 alternating the variants and keeping the best of several repeats (the machine is shared):
 
-* decode only: the DataLoader alone (PIL path: workers decode, resize, crop; tensor path:
-  workers read bytes, the main process decodes the batch and resizes), images/s;
+* decode only: the DataLoader alone, images/s, for three variants: ``pil`` (workers decode,
+  resize, crop with PIL), ``tensor`` (on the CPU: workers decode with torchvision and resize
+  with torch), ``tensor-main`` (workers read bytes, the main process decodes the batch and
+  resizes: what a GPU run does, here on the CPU);
 * whole extraction with a small real model (Lite0, offline weights, fp32, torch engine), a fresh
   cache each time, images/s of the extraction loop.
 
@@ -16,12 +18,14 @@ Writes ``benchmarks/results/decode-cpu.json`` with the load average at each meas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ import numpy as np
 HERE = Path(__file__).parent
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "hubble_deep_field")
 SIZES = ((500, 375), (375, 500))
+VARIANTS = ("pil", "tensor", "tensor-main")
 
 
 def _photo_pool() -> list[np.ndarray]:
@@ -87,8 +92,23 @@ def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+@contextlib.contextmanager
+def variant(name: str) -> Iterator[str]:
+    """The decoder of a variant; ``tensor-main`` also makes the tensor path decode in the main
+    process whatever the device (the path a GPU run takes)."""
+    from featpipe.data import tensor_decode
+
+    real = tensor_decode.decode_on_device
+    if name == "tensor-main":
+        tensor_decode.decode_on_device = lambda device: True
+    try:
+        yield "pil" if name == "pil" else "tensor"
+    finally:
+        tensor_decode.decode_on_device = real
+
+
 def decode_rate(
-    paths: list[str], decode: str, device: Any, batch: int, workers: int
+    paths: list[str], name: str, device: Any, batch: int, workers: int
 ) -> dict[str, Any]:
     """Images/s of the loader and its main-process step alone: no model."""
     from featpipe.data.loader import make_loader
@@ -102,7 +122,8 @@ def decode_rate(
         "mean": (0.5,) * 3,
         "std": (0.5,) * 3,
     }
-    transform, collate, finish = pipeline(decode, paths, ImageToUint8(config, False), device)
+    with variant(name) as decode:
+        transform, collate, finish = pipeline(decode, paths, ImageToUint8(config, False), device)
     loader = make_loader(
         paths, transform, batch, workers, device.type == "cuda", collate_fn=collate
     )
@@ -116,7 +137,7 @@ def decode_rate(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {
-        "decode": decode,
+        "decode": name,
         "images": count,
         "workers": workers,
         "batch": batch,
@@ -125,15 +146,15 @@ def decode_rate(
     }
 
 
-def extract_rate(data: Path, decode: str, **options: Any) -> dict[str, Any]:
+def extract_rate(data: Path, name: str, **options: Any) -> dict[str, Any]:
     """Images/s of one whole extraction into a fresh cache (the loop, not the model build)."""
     from featpipe.extraction.stage import extract
 
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as cache, variant(name) as decode:
         result = extract(data, "tf_efficientnet_lite0", decode=decode, cache_dir=cache, **options)
     loop = result.timings["extract_s"]
     return {
-        "decode": decode,
+        "decode": name,
         "images": result.n_new,
         "workers": result.settings.get("workers"),
         "batch": result.settings["batch_size"],
@@ -155,11 +176,16 @@ def best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _ratio(rows: dict[str, Any], name: str) -> float:
+    return round(rows[name]["best"]["images_per_s"] / rows["pil"]["best"]["images_per_s"], 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=3000)
     parser.add_argument("--extract-files", type=int, default=480)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--extract-repeats", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "decode-cpu.json")
     args = parser.parse_args()
@@ -171,17 +197,15 @@ def main() -> None:
     paths = sorted(str(p) for p in data.rglob("*.jpg"))
     decode_rows, extract_rows = [], []
     for repeat in range(args.repeats):
-        order = ("pil", "tensor") if repeat % 2 == 0 else ("tensor", "pil")
-        for decode in order:
-            decode_rows.append(decode_rate(paths, decode, cpu, 32, args.workers))
+        for name in VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]:  # alternated
+            decode_rows.append(decode_rate(paths, name, cpu, 32, args.workers))
             print(decode_rows[-1], flush=True)
-    for repeat in range(max(2, args.repeats - 1)):
-        order = ("pil", "tensor") if repeat % 2 == 0 else ("tensor", "pil")
-        for decode in order:
+    for repeat in range(args.extract_repeats):
+        for name in VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]:
             extract_rows.append(
                 extract_rate(
                     small,
-                    decode,
+                    name,
                     weights="offline",
                     precision="fp32",
                     engine="torch",
@@ -199,19 +223,14 @@ def main() -> None:
         "375×500, random crops/flips of scikit-image photos, quality 75-95",
         "decode_only": decode,
         "whole_extraction": whole,
-        "ratios_tensor_to_pil": {
-            "decode_only": round(
-                decode["tensor"]["best"]["images_per_s"] / decode["pil"]["best"]["images_per_s"],
-                3,
-            ),
-            "whole_extraction": round(
-                whole["tensor"]["best"]["images_per_s"] / whole["pil"]["best"]["images_per_s"], 3
-            ),
+        "ratios_to_pil": {
+            section: {name: _ratio(rows, name) for name in VARIANTS[1:]}
+            for section, rows in (("decode_only", decode), ("whole_extraction", whole))
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results["ratios_tensor_to_pil"]))
+    print(json.dumps(results["ratios_to_pil"]))
 
 
 if __name__ == "__main__":

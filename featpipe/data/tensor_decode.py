@@ -50,10 +50,19 @@ def fingerprint(decode: str) -> dict[str, Any]:
 
 @dataclass
 class JpegBytes:
-    """A JPEG the tensor decoder takes: its bytes and its EXIF orientation (1-8)."""
+    """A JPEG the tensor decoder takes: its bytes and its EXIF orientation (1-8).
 
-    data: torch.Tensor  # uint8, 1-D, on the CPU (decode_jpeg's requirement)
+    The bytes stay a ``bytearray`` on their way from a worker: pickled inline with the batch,
+    where tensors would each get a shared-memory segment of their own.
+    """
+
+    data: bytearray
     orientation: int
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The bytes as the 1-D ``uint8`` CPU tensor ``decode_jpeg`` takes (no copy)."""
+        return torch.frombuffer(self.data, dtype=torch.uint8)
 
 
 def read_jpeg(path: str) -> JpegBytes | None:
@@ -78,7 +87,7 @@ def read_jpeg(path: str) -> JpegBytes | None:
         return None
     if not usable or orientation not in range(1, 9):
         return None
-    return JpegBytes(torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation)
+    return JpegBytes(bytearray(data), orientation)
 
 
 class BytesOrPil:
@@ -198,7 +207,7 @@ class TensorInWorker:
 
     def __call__(self, path: str) -> torch.Tensor:
         raw = read_jpeg(path)
-        image = decode([raw.data], torch.device("cpu"))[0] if raw is not None else None
+        image = decode([raw.tensor], torch.device("cpu"))[0] if raw is not None else None
         if raw is None or image is None:
             return self.pil(path)
         return shape(upright(image, raw.orientation).unsqueeze(0), self.steps)[0]
@@ -212,11 +221,21 @@ class TensorDecoder:
         self.files, self.device = ImageFiles(paths, pil), device
         self.steps = geometry(pil.pil_transform)
 
+    def _group(self, i: int, image: torch.Tensor) -> tuple[int, ...]:
+        """Images resized as one tensor: on CUDA all of one size (fewer kernel launches); on
+        the CPU each alone, because torch's ``uint8`` antialiased resize ran a stacked batch at
+        0.86 ms an image on one thread and 8.6 ms on two, against 0.44 and 0.31 one by one
+        (500×375 JPEGs)."""
+        return tuple(image.shape) if self.device.type == "cuda" else (i,)
+
     def __call__(self, batch: BytesBatch) -> Batch:
-        """One batch of ``uint8`` images on the device, rows in dataset order."""
-        index, failed = list(batch.index), list(batch.failed)
-        parts = [batch.images.to(self.device, non_blocking=True)] if batch.index else []
-        decoded = decode([raw.data for _, raw in batch.raw], self.device) if batch.raw else []
+        """One batch of ``uint8`` images on the device, rows in dataset order.
+
+        Each image is copied once into a preallocated batch (concatenating, then reordering,
+        copied every image twice)."""
+        failed = list(batch.failed)
+        rows = list(zip(batch.index, batch.images, strict=True))  # the PIL path's, on the host
+        decoded = decode([raw.tensor for _, raw in batch.raw], self.device) if batch.raw else []
         by_size: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
         for (i, raw), image in zip(batch.raw, decoded, strict=True):
             if image is None:  # the device refused it after all: the PIL path decides
@@ -224,19 +243,21 @@ class TensorDecoder:
                 if fallback is None:
                     failed.append((i, reason))
                 else:
-                    parts.append(fallback.unsqueeze(0).to(self.device))
-                    index.append(i)
+                    rows.append((i, fallback))
                 continue
             image = upright(image, raw.orientation)
-            by_size.setdefault(tuple(image.shape), []).append((i, image))
-        for group in by_size.values():  # same-sized images resize as one tensor
-            parts.append(shape(torch.stack([image for _, image in group]), self.steps))
-            index += [i for i, _ in group]
-        if not parts:
-            return Batch(batch.images, [], failed)
-        order = sorted(range(len(index)), key=index.__getitem__)
-        merged = torch.cat(parts)[torch.tensor(order, device=self.device)]
-        return Batch(merged, [index[k] for k in order], sorted(failed))
+            by_size.setdefault(self._group(i, image), []).append((i, image))
+        for group in by_size.values():
+            images = [image for _, image in group]
+            stacked = images[0].unsqueeze(0) if len(images) == 1 else torch.stack(images)
+            rows += zip([i for i, _ in group], shape(stacked, self.steps), strict=True)
+        if not rows:
+            return Batch(batch.images, [], sorted(failed))
+        rows.sort(key=lambda row: row[0])
+        out = torch.empty((len(rows), *rows[0][1].shape), dtype=torch.uint8, device=self.device)
+        for k, (_, image) in enumerate(rows):
+            out[k].copy_(image, non_blocking=True)
+        return Batch(out, [i for i, _ in rows], sorted(failed))
 
 
 def pipeline(

@@ -60,7 +60,7 @@ def test_exif_orientation_matches_pil_exactly(tmp_path: Path, orientation: int) 
     path = _with_orientation(tmp_path / f"o{orientation}.jpg", orientation)
     raw = read_jpeg(str(path))
     assert raw is not None and raw.orientation == orientation
-    decoded = decode([raw.data], CPU)[0]
+    decoded = decode([raw.tensor], CPU)[0]
     assert decoded is not None
     ours = upright(decoded, orientation).permute(1, 2, 0).numpy()
     theirs = np.asarray(load_image(path))  # ImageOps.exif_transpose inside
@@ -168,7 +168,7 @@ def test_a_batch_the_decoder_refuses_is_retried_one_by_one(tmp_path: Path) -> No
         [],
         [(0, read_jpeg(str(good))), (1, read_jpeg(str(good)))],
     )
-    sneaked.raw[1][1].data = torch.frombuffer(bytearray(bad.read_bytes()), dtype=torch.uint8)
+    sneaked.raw[1][1].data = bytearray(bad.read_bytes())
     decoder = TensorDecoder([str(good), str(bad)], pil, CPU)
     out = decoder(sneaked)
     assert out.index == [0] and out.images.shape == (1, 3, 224, 224)
@@ -191,12 +191,12 @@ def test_worker_output_pickles_for_dataloader_workers(tmp_path: Path) -> None:
 
     path = _chelsea(tmp_path / "a.jpg", quality=90)
     raw = pickle.loads(pickle.dumps(BytesOrPil(ImageToUint8(CONFIG, False))(str(path))))
-    assert bytes(raw.data.numpy()) == path.read_bytes()
+    assert raw.data == path.read_bytes()
 
 
 def test_bytes_are_read_not_decoded(tmp_path: Path) -> None:
     """The worker's share is a read and a header parse: the bytes are the file's own."""
     path = _chelsea(tmp_path / "a.jpg", quality=90)
     raw = read_jpeg(str(path))
-    assert raw is not None and raw.data.dtype == torch.uint8 and raw.data.ndim == 1
-    assert Image.open(io.BytesIO(bytes(raw.data.numpy()))).size == (451, 300)
+    assert raw is not None and raw.tensor.dtype == torch.uint8 and raw.tensor.ndim == 1
+    assert Image.open(io.BytesIO(bytes(raw.tensor.numpy()))).size == (451, 300)

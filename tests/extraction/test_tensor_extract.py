@@ -128,6 +128,9 @@ def test_the_decode_flag_through_the_console_script(photos: Path, tmp_path: Path
     assert "tensor decoding" in done.stdout
     hit = _featpipe(*common, "--decode", "tensor")
     assert hit.returncode == 0 and "cache hit" in hit.stdout and "tensor decoding" in hit.stdout
+    entry = next(tmp_path.glob("c/*/*.h5"))
+    info = _featpipe("cache", "info", entry)
+    assert info.returncode == 0 and "tensor decoding" in info.stdout, info.stderr
     bad = _featpipe(*common, "--decode", "gpu")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == ["error: --decode gpu: choose one of pil, tensor"], (
