@@ -89,7 +89,9 @@ def summary_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "input",
             f"{size} px, crop {transform['crop_pct']} {transform['crop_mode']}, "
-            f"{transform['interpolation']}" + (", JPEG draft" if transform["jpeg_draft"] else ""),
+            f"{transform['interpolation']}"
+            + (", JPEG draft" if transform["jpeg_draft"] else "")
+            + (", tensor decoding" if "decode" in transform else ""),
         ),
         (
             "features",

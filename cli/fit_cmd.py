@@ -170,5 +170,6 @@ def fit(
             views=views,
             view_mode=view_mode,
             augment=vopt.augment(crop_scale, hflip, color_jitter, view_seed),
+            device=extraction.device,
         )
     print_fit(run, result, seeds)

@@ -59,7 +59,9 @@ ImageSize = typer.Option(None, "--image-size", help="Override the model's input 
 Precision = typer.Option("auto", help="auto (probe) | fp32 | bf16 | fp16 (CUDA).")
 Engine = typer.Option("auto", help="auto (probe) | torch | onnxruntime (CPU, fp32).")
 Dtype = typer.Option("float32", help="Stored dtype: float32 | float16.")
-Device = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")
+Device = typer.Option(
+    "auto", help="auto | cpu | cuda | cuda:N (fit: also where the torch heads train)."
+)
 BatchSize = typer.Option("auto", "--batch-size", help="Images per batch, or auto (probe).")
 Workers = typer.Option("auto", help="DataLoader worker processes, or auto.")
 AllowOutside = typer.Option(
@@ -76,6 +78,13 @@ JpegDraft = typer.Option(
     help="Decode JPEGs at reduced scale (faster; the pixels, so the embeddings, differ from "
     "the model's own preprocessing). Recorded in the cache key.",
 )
+Decode = typer.Option(
+    "pil",
+    "--decode",
+    help="pil: the model's exact PIL preprocessing in workers | tensor: JPEGs decoded in "
+    "batches on the device (CUDA or CPU) and resized there, antialiased (faster on a GPU; "
+    "the embeddings differ slightly). Recorded in the cache key.",
+)
 VerifyContent = typer.Option(
     False,
     "--verify-content",
@@ -88,8 +97,8 @@ RunsDir = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="Where runs are writ
 @dataclass
 class ExtractOptions:
     """Every option that shapes an extraction, as one value: the cache key's (weights, pool,
-    layer, image size, precision, engine, dtype, JPEG draft) and how it runs. Commands that may
-    extract declare them once, through :func:`with_extract_options`, and pass them on."""
+    layer, image size, precision, engine, dtype, JPEG draft, decoder) and how it runs. Commands
+    that may extract declare them once, through :func:`with_extract_options`, and pass them on."""
 
     weights: str = Weights.default
     pool: str = Pool.default
@@ -104,6 +113,7 @@ class ExtractOptions:
     cache_dir: Path = CacheDir.default
     on_error: str = OnError.default
     draft: bool = JpegDraft.default
+    decode: str = Decode.default
     allow_outside: bool = AllowOutside.default
     verify_content: bool = VerifyContent.default
 
@@ -130,6 +140,7 @@ _EXTRACT_PARAMS: dict[str, tuple[Any, Any]] = {
     "engine": (str, Engine),
     "dtype": (str, Dtype),
     "draft": (bool, JpegDraft),
+    "decode": (str, Decode),
     "device": (str, Device),
     "batch_size": (str, BatchSize),
     "workers": (str, Workers),

@@ -9,3 +9,5 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "torch", "onnxruntime")
 DTYPES = ("float32", "float16")
 ON_ERROR = ("skip", "fail")
+# pil: the exact PIL pipeline in workers; tensor: JPEGs decoded in batches on the device.
+DECODERS = ("pil", "tensor")

@@ -40,7 +40,8 @@ class BackboneSpec:
     ``weights`` is the ``--weights`` value as typed; :func:`featpipe.backbones.weights.resolve`
     turns it into one concrete source, once per run. ``draft`` opts into JPEG draft decoding
     (faster, but the pixels are not the model's own preprocessing; see
-    :func:`featpipe.data.images.load_image`).
+    :func:`featpipe.data.images.load_image`). ``decode`` chooses the decoder: ``pil`` (exact)
+    or ``tensor`` (JPEGs decoded on the device; see :mod:`featpipe.data.tensor_decode`).
     """
 
     model: str
@@ -49,12 +50,13 @@ class BackboneSpec:
     layer: str | None = None
     image_size: int | None = None
     draft: bool = False
+    decode: str = "pil"
 
     @classmethod
     def parse(cls, text: str, weights: str = "auto", **options: Any) -> list[BackboneSpec]:
         """``"a@none+tv/b"`` → two specs; weights named in the text win over ``weights``.
 
-        ``options`` (pool, layer, image_size, draft) apply to every part.
+        ``options`` (pool, layer, image_size, draft, decode) apply to every part.
         """
         specs = []
         for part in text.split("+"):
@@ -81,6 +83,7 @@ class BackboneSpec:
             layer=key_fields["layer"],
             image_size=int(transform["input_size"][-1]),
             draft=bool(transform.get("jpeg_draft", False)),
+            decode="tensor" if "decode" in transform else "pil",
         )
 
     @property

@@ -7,8 +7,9 @@ order (the cache writes rows in the order they come).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -31,14 +32,14 @@ class Batch:
 
 
 class ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[str], transform: ImageToUint8) -> None:
+    def __init__(self, paths: Sequence[str], transform: Callable[[str], Any]) -> None:
         self.paths = list(paths)
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+    def __getitem__(self, i: int) -> tuple[int, Any, str]:
         try:
             return i, self.transform(self.paths[i]), ""
         except ImageDecodeError as exc:
@@ -56,22 +57,24 @@ def collate(samples: list[tuple[int, torch.Tensor | None, str]]) -> Batch:
 
 def make_loader(
     paths: Sequence[str],
-    transform: ImageToUint8,
+    transform: ImageToUint8 | Callable[[str], Any],
     batch_size: int,
     workers: int,
     pin_memory: bool,
     shuffle: bool = False,
     generator: torch.Generator | None = None,
+    collate_fn: Callable[[list], Batch] = collate,
 ) -> DataLoader:
     """Ordered batches for extraction; ``shuffle`` with a seeded ``generator`` for training
-    (the generator also seeds the workers, so augmentation is reproducible)."""
+    (the generator also seeds the workers, so augmentation is reproducible). The tensor decode
+    path passes its own ``transform`` and ``collate_fn`` (:mod:`featpipe.data.tensor_decode`)."""
     return DataLoader(
         ImageFiles(paths, transform),
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,

@@ -51,7 +51,7 @@ from featpipe.cache.shards import (
     recover_orphans,
     transient,
 )
-from featpipe.choices import DTYPES, ENGINES, ON_ERROR, PRECISIONS
+from featpipe.choices import DECODERS, DTYPES, ENGINES, ON_ERROR, PRECISIONS
 from featpipe.data.datasets import Dataset, Item, Task, scan
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.extraction import provenance, reuse
@@ -147,6 +147,7 @@ class ExtractResult:
     def summary(self) -> str:
         s = self.settings
         draft = ", JPEG draft decoding" if s.get("jpeg_draft") else ""  # opt-in, changes pixels
+        draft += ", tensor decoding" if s.get("decode") == "tensor" else ""  # likewise
         if self.hit:
             return (
                 f"cache hit: {self.entry}  N={self.n} D={self.dim}  "
@@ -187,6 +188,7 @@ def _check_options(
     workers: int | None,
     engine: str,
     precision: str,
+    decode: str = "pil",
 ) -> None:
     """Every check that needs no torch, before anything else: an explicit request can be a
     cache hit that never reaches the probe's own checks."""
@@ -204,6 +206,8 @@ def _check_options(
         raise ArgumentError("batch_size", f"{batch_size}: use a positive number or auto")
     if workers is not None and workers < 0:
         raise ArgumentError("workers", f"{workers}: use 0 or more")
+    if decode not in DECODERS:
+        raise ArgumentError("decode", f"{decode}: choose one of {', '.join(DECODERS)}")
 
 
 @dataclass
@@ -241,6 +245,7 @@ def extract(
     name: str | None = None,
     task: Task | None = None,
     draft: bool = False,
+    decode: str = "pil",
     allow_outside: bool = False,
     shard_rows: int = 8192,
     verify_content: bool = False,
@@ -254,7 +259,9 @@ def extract(
     ``data`` is an ImageFolder tree, a CSV manifest, an unlabelled folder or a scanned
     :class:`~featpipe.data.datasets.Dataset`. ``backbone`` is a model name (with ``weights``,
     ``pool``, ``layer``, ``image_size`` and ``draft``, JPEG draft decoding: faster, not the
-    model's own pixels) or a :class:`~featpipe.backbones.spec.BackboneSpec` that carries them.
+    model's own pixels; ``decode``, ``pil`` or ``tensor``: JPEGs decoded in batches on the
+    device, see :mod:`featpipe.data.tensor_decode`) or a
+    :class:`~featpipe.backbones.spec.BackboneSpec` that carries them.
     Only rows that no shard holds yet are computed; the result's :meth:`ExtractResult.load`
     reads them back. A stored row is reused when its file's path, size, mtime and content
     fingerprint (first and last 64 KiB) match; ``verify_content`` compares every file's full
@@ -269,7 +276,8 @@ def extract(
     """
     start = time.perf_counter()
     say = status or _quiet
-    _check_options(dtype, on_error, batch_size, workers, engine, precision)
+    own_decode = backbone.decode if isinstance(backbone, BackboneSpec) else decode
+    _check_options(dtype, on_error, batch_size, workers, engine, precision, own_decode)
     check_views(views)
     if not isinstance(data, Dataset):
         say(Phase("scanning", f"scanning {data}"))
@@ -279,7 +287,7 @@ def extract(
         else scan(data, name=name, task=task, allow_outside=allow_outside)
     )
     cache_dir = Path(cache_dir)
-    spec = _as_spec(backbone, weights, pool, layer, image_size, draft)
+    spec = _as_spec(backbone, weights, pool, layer, image_size, draft, decode)
     choice = resolve_weights(spec.model, spec.weights)  # once per run, passed down
     request = Request(
         spec=spec,
@@ -573,15 +581,17 @@ def _as_spec(
     layer: str | None,
     image_size: int | None,
     draft: bool,
+    decode: str,
 ) -> BackboneSpec:
     """The one spec of this call: given, or made from the model name and its options."""
     if not isinstance(backbone, BackboneSpec):
-        return BackboneSpec(backbone, weights, pool, layer, image_size, draft)
-    if (weights, pool, layer, image_size, draft) != ("auto", "avg", None, None, False):
+        return BackboneSpec(backbone, weights, pool, layer, image_size, draft, decode)
+    given = (weights, pool, layer, image_size, draft, decode)
+    if given != ("auto", "avg", None, None, False, "pil"):
         raise ArgumentError(
             "backbone",
-            f"{backbone.label}: a BackboneSpec carries its weights, pool, layer, image size "
-            "and draft; set them on the spec, not as arguments",
+            f"{backbone.label}: a BackboneSpec carries its weights, pool, layer, image size, "
+            "draft and decode; set them on the spec, not as arguments",
         )
     return backbone
 
@@ -674,7 +684,7 @@ def _settle(
     must not stop a large one from being probed). An explicit reduced precision is timed
     against fp32 on one image each, for the warning.
     """
-    from featpipe.data import transforms
+    from featpipe.data import tensor_decode, transforms
     from featpipe.runtime import tuning
     from featpipe.runtime.engines import Normalized
 
@@ -690,7 +700,8 @@ def _settle(
         base = KeyFields(
             model=spec.model,
             weights=backbone.weights_identity,
-            transform=transforms.fingerprint(backbone.data_config, spec.draft),
+            transform=transforms.fingerprint(backbone.data_config, spec.draft)
+            | tensor_decode.fingerprint(spec.decode),
             pool=spec.pool,
             layer=spec.layer,
             precision="fp32",
@@ -701,6 +712,7 @@ def _settle(
             "data_config": backbone.data_config,
             "weights": backbone.weights.describe(),
             "jpeg_draft": spec.draft,
+            "decode": spec.decode,
             "is_conv": backbone.is_conv,
         }
         remember(cache_dir, _network(request), base, described)
@@ -754,8 +766,10 @@ def _extract_rows(
     rank: int = 0,
     world: int = 1,
 ) -> int:
-    """The hot loop: decode in workers, forward ``uint8`` batches, journal. Returns rows."""
+    """The hot loop: decode in workers (or, with the tensor decoder, read bytes there and decode
+    on the device), forward ``uint8`` batches, journal. Returns rows."""
     from featpipe.data.loader import make_loader
+    from featpipe.data.tensor_decode import pipeline
     from featpipe.data.transforms import ImageToUint8
     from featpipe.runtime.engines import Normalized
     from featpipe.runtime.tuning import build_engine
@@ -775,20 +789,16 @@ def _extract_rows(
         device,
         _onnx_path(run.cache_dir, fields),
     )
-    sources, transform = (
-        run.images(pending)
-        if run.images is not None
-        else (
-            [str(run.dataset.root / i.relpath) for i in pending],
-            ImageToUint8(config, fields.transform["jpeg_draft"]),
-        )
-    )
+    if run.images is not None:  # augmented views: their PIL training transform, in the workers
+        paths, own = run.images(pending)
+        decode = "pil"
+    else:
+        paths = [str(run.dataset.root / i.relpath) for i in pending]
+        own = ImageToUint8(config, fields.transform["jpeg_draft"])
+        decode = "tensor" if "decode" in fields.transform else "pil"
+    transform, collate, finish = pipeline(decode, paths, own, device)
     loader = make_loader(
-        sources,
-        transform,
-        batch_size,
-        n_workers,
-        pin_memory=device.type == "cuda",
+        paths, transform, batch_size, n_workers, device.type == "cuda", collate_fn=collate
     )
     dim = int(settings["dim"])
     writer = ShardWriter(
@@ -797,7 +807,7 @@ def _extract_rows(
     done = skipped_total = 0
     t0 = time.perf_counter()
     try:
-        for batch in loader:
+        for batch in map(finish, loader):
             skipped = [
                 (pending[i].relpath, pending[i].size, pending[i].mtime_ns, reason)
                 for i, reason in batch.failed

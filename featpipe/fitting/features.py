@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from featpipe.fitting.streaming import StreamedFeatures
 
 # extract() options that belong to each backbone of a feature spec.
-SPEC_OPTIONS = ("weights", "pool", "layer", "image_size", "draft")
+SPEC_OPTIONS = ("weights", "pool", "layer", "image_size", "draft", "decode")
 
 
 def parse_feature_spec(spec: str, options: dict[str, Any] | None = None) -> list[BackboneSpec]:

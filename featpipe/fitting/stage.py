@@ -64,6 +64,7 @@ def fit(
     views: int = 0,
     view_mode: str = "random",
     augment: Augment | None = None,
+    device: str = "auto",
 ) -> tuple[Run, SweepResult]:
     """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
 
@@ -73,13 +74,21 @@ def fit(
     ``status`` hears every step before a batch runs (see :class:`Phase`), fitting included.
     ``memory_budget`` (bytes, or a size such as ``"512M"``; default: half the memory
     available): train features larger than this are streamed from the cache in chunks
-    instead of loaded (:mod:`featpipe.fitting.streaming`).
+    instead of loaded (:mod:`featpipe.fitting.streaming`). ``device`` (``auto``, ``cpu``,
+    ``cuda``, ``cuda:N``) is where the torch heads train (:mod:`featpipe.heads.placement`;
+    scikit-learn heads stay on the CPU), and where extraction runs unless ``extract_options``
+    names another; the run records it.
 
     ``views``: train on K cached augmented views of every training image (extracted first if
     missing, under ``augment``); ``view_mode`` ``random`` draws one view per image per epoch,
     ``all`` trains on all K every epoch (scikit-learn heads take every view as a row).
     Selection and test stay on the eval features; the run records the views it used.
     """
+    from featpipe.heads.placement import training_on
+    from featpipe.runtime.devices import resolve_device
+
+    heads_device = resolve_device(device)  # a bad --device fails before any work
+    extract_options = {"device": device} | (extract_options or {})
     grid = parse_grid(grid or ({} if head else DEFAULT_GRID), "grid")
     fixed = HeadConfig.from_dict(head or {}, param="head")
     configs = expand(grid, fixed)
@@ -113,9 +122,17 @@ def fit(
         used, view_record = train_views(features, results[0].views, view_mode)
     if status:
         status(Phase("fitting", f"fitting {len(configs)} head configs × {seeds} seeds"))
-    result = sweep(
-        features, configs, seeds=seeds, cv=cv, shots=shots, draws=draws, n_jobs=n_jobs, views=used
-    )
+    with training_on(heads_device):
+        result = sweep(
+            features,
+            configs,
+            seeds=seeds,
+            cv=cv,
+            shots=shots,
+            draws=draws,
+            n_jobs=n_jobs,
+            views=used,
+        )
     options = dict(extract_options or {})
     metas = [read_meta(r.entry) for r in results]
     entries = [
@@ -152,6 +169,7 @@ def fit(
                 "extract": {k: str(v) for k, v in options.items()},
                 "configs": [c.to_dict() for c in configs],
                 "views": view_record,
+                "heads_device": str(heads_device),
             },
             extract_seconds=extract_seconds,
         )

@@ -121,8 +121,11 @@ class StackedOptimizer:
 class StackedHeads:
     """The parameters and forward pass of K heads of one architecture."""
 
-    def __init__(self, config: HeadConfig, k: int, dim: int, out: int) -> None:
-        gen = torch.Generator().manual_seed(config.seed)
+    def __init__(
+        self, config: HeadConfig, k: int, dim: int, out: int, device: torch.device | None = None
+    ) -> None:
+        gen = torch.Generator().manual_seed(config.seed)  # on the CPU: the same draw anywhere
+        device = device or torch.device("cpu")
         self.config, self.k, self.dim, self.out = config, k, dim, out
         sizes = layer_sizes(config, dim, out)
         self.weights, self.biases = [], []
@@ -130,20 +133,20 @@ class StackedHeads:
             bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation
             w = (torch.rand(fan_out, fan_in, generator=gen) * 2 - 1) * bound
             b = (torch.rand(fan_out, generator=gen) * 2 - 1) * bound
-            self.weights.append(w.t().unsqueeze(0).repeat(k, 1, 1).requires_grad_())
-            self.biases.append(b.unsqueeze(0).repeat(k, 1).requires_grad_())
+            self.weights.append(w.t().unsqueeze(0).repeat(k, 1, 1).to(device).requires_grad_())
+            self.biases.append(b.unsqueeze(0).repeat(k, 1).to(device).requires_grad_())
         self.norms: list[dict[str, torch.Tensor]] = []
         if uses_bn(config):
             for size in sizes[:-1]:
                 self.norms.append(
                     {
-                        "weight": torch.ones(k, size, requires_grad=True),
-                        "bias": torch.zeros(k, size, requires_grad=True),
-                        "running_mean": torch.zeros(k, size),
-                        "running_var": torch.ones(k, size),
+                        "weight": torch.ones(k, size, device=device, requires_grad=True),
+                        "bias": torch.zeros(k, size, device=device, requires_grad=True),
+                        "running_mean": torch.zeros(k, size, device=device),
+                        "running_var": torch.ones(k, size, device=device),
                     }
                 )
-        self.dropout_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.dropout_gen = torch.Generator(device).manual_seed(config.seed + 1)
 
     def parameters(self) -> list[torch.Tensor]:
         norms = [n[p] for n in self.norms for p in ("weight", "bias")]
@@ -203,7 +206,7 @@ class StackedHeads:
                 h = self._norm(i, h, train)
             if train and self.config.dropout > 0:
                 keep = 1 - self.config.dropout
-                mask = torch.rand(h.shape, generator=self.dropout_gen) < keep
+                mask = torch.rand(h.shape, generator=self.dropout_gen, device=h.device) < keep
                 h = h * mask / keep
             h = torch.baddbmm(self.biases[i].unsqueeze(1), h, self.weights[i])
         return h
@@ -298,7 +301,7 @@ class InMemory:
         return self.X.shape[1]
 
     def epoch(self, gen: torch.Generator, batch: int, steps: int) -> Iterator[Batch]:
-        order = torch.randperm(len(self.y), generator=gen)
+        order = torch.randperm(len(self.y), generator=gen).to(self.X.device)
         for s in range(steps):
             idx = order[s * batch : (s + 1) * batch]
             yield self.X[idx], self.y[idx]
@@ -336,16 +339,22 @@ def train_group(
 def train_batches(
     configs: list[HeadConfig], train: Batches, val: Batches | None, n_out: int
 ) -> list[TrainedHead]:
-    """:func:`train_group` over any row source (memory, or an entry streamed in chunks)."""
+    """:func:`train_group` over any row source (memory, or an entry streamed in chunks), on the
+    device :mod:`featpipe.heads.placement` holds (the CPU unless a fit chose another)."""
+    from featpipe.heads import placement
+
+    device = placement.current()
+    train = placement.place(train, device)
+    val = placement.place(val, device) if val is not None else None
     config = configs[0]
     if any(group_key(c) != group_key(config) for c in configs):
         raise ValueError("train_group needs configs that differ only in lr and wd")
     start = time.perf_counter()
     y = train.y
     k, n, dim = len(configs), len(y), train.dim
-    heads = StackedHeads(config, k, dim, n_out or 1)
-    lr = torch.tensor([c.lr for c in configs], dtype=torch.float32)
-    wd = torch.tensor([c.wd for c in configs], dtype=torch.float32)
+    heads = StackedHeads(config, k, dim, n_out or 1, device)
+    lr = torch.tensor([c.lr for c in configs], dtype=torch.float32, device=device)
+    wd = torch.tensor([c.wd for c in configs], dtype=torch.float32, device=device)
     optimizer = StackedOptimizer(heads.parameters(), config.optimizer, lr, wd)
     weights = None
     if n_out and config.class_weight == "balanced":
@@ -360,12 +369,12 @@ def train_batches(
         "val_loss": [],
         "val_metric": [],
     }
-    best = torch.full((k,), -math.inf)
-    best_epoch = torch.zeros(k, dtype=torch.long)
+    best = torch.full((k,), -math.inf, device=device)
+    best_epoch = torch.zeros(k, dtype=torch.long, device=device)
     saved = heads.snapshot()
     step = 0
     for epoch in range(config.epochs):
-        sums = torch.zeros(2, k)
+        sums = torch.zeros(2, k, device=device)
         for xb, yb in train.epoch(gen, batch, steps):
             out = heads.forward(xb, train=True)
             loss = _loss(out, yb, config, weights)
@@ -384,14 +393,15 @@ def train_batches(
         history["val_metric"].append(val_metric.tolist())
         improved = val_metric > best
         best = torch.where(improved, val_metric, best)
-        best_epoch = torch.where(improved, torch.tensor(epoch), best_epoch)
+        best_epoch = torch.where(improved, torch.tensor(epoch, device=device), best_epoch)
         new = heads.snapshot()
         for old_t, new_t in zip(saved, new, strict=True):
             old_t[improved] = new_t[improved]
         if config.patience and bool(((epoch - best_epoch) >= config.patience).all()):
             break
     if history["val_metric"]:
-        heads.restore(saved, torch.ones(k, dtype=torch.bool))  # every head at its best epoch
+        every = torch.ones(k, dtype=torch.bool, device=device)
+        heads.restore(saved, every)  # every head at its best epoch
     else:
         best_epoch[:] = len(history["train_loss"]) - 1
     seconds = (time.perf_counter() - start) / k
@@ -458,8 +468,14 @@ def train_sources(
     shift: float = 0.0,
     scale: float = 1.0,
 ) -> list[TrainedHead]:
-    """:func:`train_torch_heads` over row sources whose targets :func:`training_targets` made."""
+    """:func:`train_torch_heads` over row sources whose targets :func:`training_targets` made.
+    The rows go to the training device once here, for every group."""
+    from featpipe.heads import placement
+
     keep_freed_memory()
+    device = placement.current()
+    train = placement.place(train, device)
+    val = placement.place(val, device) if val is not None else None
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(group_key(c), []).append(i)

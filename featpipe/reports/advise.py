@@ -203,6 +203,7 @@ KEY_FLAGS = {
     "engine": "--engine",
     "dtype": "--dtype",
     "draft": "--jpeg-draft",
+    "decode": "--decode",
     "cache_dir": "--cache-dir",
     "image_size": "--image-size",
     "allow_outside": "--allow-outside",

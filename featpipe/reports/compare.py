@@ -149,6 +149,7 @@ def compare(
                 draws=experiment.draws,
                 runs_dir=experiment.runs_dir,
                 extract_options=experiment.extract,
+                device=str(experiment.extract.get("device", "auto")),
                 progress=progress,
                 status=status,
             )

@@ -106,7 +106,12 @@ def embed(
     batch_size: int = 16,
     workers: int = 0,
 ) -> tuple[np.ndarray, list[str]]:
-    """Features of ``files`` under the run's backbones (concatenated); failures get reasons."""
+    """Features of ``files`` under the run's backbones (concatenated); failures get reasons.
+
+    Each backbone decodes with the decoder its features were extracted with (``pil``, or
+    ``tensor``: see :mod:`featpipe.data.tensor_decode`), so the head sees the same pixels."""
+    from featpipe.data.tensor_decode import pipeline as decoding
+
     keep_freed_memory()
     dev = resolve_device(device)
     blocks, reasons = [], [""] * len(files)
@@ -116,15 +121,15 @@ def embed(
         engine = TorchEngine(
             Normalized(backbone.module, backbone.data_config), dev, precision, backbone.is_conv
         )
+        paths = [str(f) for f in files]
+        transform, collate, finish = decoding(
+            backbone.spec.decode, paths, ImageToUint8(backbone.data_config, draft), dev
+        )
         loader = make_loader(
-            [str(f) for f in files],
-            ImageToUint8(backbone.data_config, draft),
-            batch_size,
-            workers,
-            pin_memory=dev.type == "cuda",
+            paths, transform, batch_size, workers, dev.type == "cuda", collate_fn=collate
         )
         out = np.full((len(files), backbone.num_features), np.nan, dtype=np.float32)
-        for batch in loader:
+        for batch in map(finish, loader):
             if batch.index:
                 out[batch.index] = engine(batch.images)
             for i, reason in batch.failed:

@@ -236,3 +236,32 @@ def test_cli_export_and_predict_errors_are_one_line(tmp_path) -> None:
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("error: ") and says in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_predict_decodes_like_the_features_of_its_run(tmp_path: Path) -> None:
+    """A run fitted on tensor-decoded features embeds new images with the tensor decoder: its
+    rows for the training images are the cached ones, not the PIL path's."""
+    import skimage.data
+
+    from featpipe.extraction.stage import extract
+    from featpipe.use.predict import embed, load_pipeline
+
+    data = tmp_path / "photos"
+    for c, names in enumerate((("chelsea", "coffee"), ("astronaut", "rocket"))):
+        for name in names:
+            for flip in range(3):
+                path = data / f"class_{c}" / f"{name}_{flip}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                photo = getattr(skimage.data, name)()[:, :: -1 if flip else 1][flip * 9 :]
+                Image.fromarray(photo).convert("RGB").save(path, quality=90)
+    options = TINY_EXTRACT | {"cache_dir": tmp_path / "cache", "decode": "tensor"}
+    run, _ = fit(data, "test_efficientnet", head={"head": "logreg"},
+                 runs_dir=tmp_path / "runs", extract_options=options)  # fmt: skip
+    cached = extract(data, cache_dir=tmp_path / "cache", decode="tensor", **TINY).load()
+    pipeline = load_pipeline(run)
+    assert pipeline.backbones[0].spec.decode == "tensor"
+    files = [data / p for p in cached.relpath]
+    X, reasons = embed(pipeline, files, device="cpu")
+    assert not any(reasons)
+    # PIL's pixels move these rows by ~1e-5 (features ~2e-2): the bar is far below that.
+    np.testing.assert_allclose(X, cached.X, rtol=0, atol=1e-6)
