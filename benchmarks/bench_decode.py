@@ -38,6 +38,16 @@ SIZES = ((500, 375), (375, 500))
 VARIANTS = ("pil", "tensor", "tensor-main")
 
 
+# EfficientNet-Lite0's data config (timm's, for 224 px): the decode-only figures use it.
+LITE0_CONFIG = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bicubic",
+    "crop_pct": 0.875,
+    "mean": (0.5,) * 3,
+    "std": (0.5,) * 3,
+}
+
+
 def _photo_pool() -> list[np.ndarray]:
     import skimage.data
 
@@ -115,15 +125,9 @@ def decode_rate(
     from featpipe.data.tensor_decode import pipeline
     from featpipe.data.transforms import ImageToUint8
 
-    config = {
-        "input_size": (3, 224, 224),
-        "interpolation": "bicubic",
-        "crop_pct": 0.875,
-        "mean": (0.5,) * 3,
-        "std": (0.5,) * 3,
-    }
+    pil = ImageToUint8(LITE0_CONFIG, False)
     with variant(name) as decode:
-        transform, collate, finish = pipeline(decode, paths, ImageToUint8(config, False), device)
+        transform, collate, finish = pipeline(decode, paths, pil, device)
     loader = make_loader(
         paths, transform, batch, workers, device.type == "cuda", collate_fn=collate
     )

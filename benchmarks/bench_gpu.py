@@ -72,14 +72,7 @@ def fidelity(device: torch.device, work: Path) -> dict[str, Any]:
         return [round(float(c), 6) for c in cos]
 
     paths = sorted(str(p) for p in folder.glob("*.jpg"))
-    config = {
-        "input_size": (3, 224, 224),
-        "interpolation": "bicubic",
-        "crop_pct": 0.875,
-        "mean": (0.5,) * 3,
-        "std": (0.5,) * 3,
-    }
-    pil = ImageToUint8(config, False)
+    pil = ImageToUint8(bench_decode.LITE0_CONFIG, False)
     batch = collate([(i, BytesOrPil(pil)(p), "") for i, p in enumerate(paths)])
     here = TensorDecoder(paths, pil, device)(batch).images.cpu().int()
     there = TensorDecoder(paths, pil, torch.device("cpu"))(batch).images.int()

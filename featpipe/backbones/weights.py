@@ -199,7 +199,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        # torch's own text would advise weights_only=False, which runs the file's code.
+        # torch's own text would advise turning weights_only off, which runs the file's code.
         raise DataError(
             f"{path}: refused, the file holds Python objects besides tensors and featpipe "
             "never runs code from a weights file; save a plain state_dict of tensors "
