@@ -110,7 +110,7 @@ def fit(
     features, results = load_feature_set(
         data,
         specs,
-        (extract_options or {}) | with_views,
+        extract_options | with_views,
         progress,
         status,
         resolve_budget(memory_budget),
@@ -140,7 +140,7 @@ def fit(
             n_jobs=n_jobs,
             views=used,
         )
-    options = dict(extract_options or {})
+    options = dict(extract_options)
     metas = [read_meta(r.entry) for r in results]
     entries = [
         {
