@@ -405,21 +405,14 @@ def load_columns(path: str | Path) -> Features:
         )
 
 
-def iter_chunks(
-    path: str | Path, rows: int | None = None, order: Sequence[int] | None = None
-) -> Iterator[Features]:
-    """Stream an entry in row blocks, so memory stays flat however large N is.
-
-    ``order``: the block numbers to read, in that order (block ``i`` holds rows
-    ``i·rows`` up to ``(i+1)·rows``); a streamed fit reads its blocks shuffled. Default: all.
-    """
+def iter_chunks(path: str | Path, rows: int | None = None) -> Iterator[Features]:
+    """Stream an entry in row blocks, so memory stays flat however large N is."""
     path = Path(path)
     with open_entry(path) as f:
         n, dim = f["features"].shape
         rows = rows or max(1, (8 << 20) // max(1, dim * f["features"].dtype.itemsize))
         class_names = list(f["class_names"].asstr()[:])
-        for i in range(-(-n // rows)) if order is None else order:
-            start = i * rows
+        for start in range(0, n, rows):
             block = slice(start, min(n, start + rows))
             yield Features(
                 _features(path, f, block),
@@ -427,6 +420,18 @@ def iter_chunks(
                 class_names=class_names,
                 task=str(f.attrs["task"]),
             )
+
+
+def read_spans(path: str | Path, spans: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
+    """The feature rows ``start:stop`` of every span, in the order given, from one open file.
+
+    What a streamed fit reads: its columns are already in memory, and it draws the spans at
+    random across the entry (:mod:`featpipe.fitting.streaming`).
+    """
+    path = Path(path)
+    with open_entry(path) as f:
+        for start, stop in spans:
+            yield _features(path, f, slice(start, stop))
 
 
 def matches(

@@ -2,15 +2,16 @@
 
 ``fit`` loads the whole N×D matrix when the train features fit the memory budget (by default
 half of the memory available when it starts). Above it, the entry stays on disk and is read in
-blocks (:func:`featpipe.cache.entry.iter_chunks`), only the labels, splits and paths (N values
+blocks (:func:`featpipe.cache.entry.read_spans`), only the labels, splits and paths (N values
 each) in memory:
 
 * preprocessing statistics in one streaming pass over the train rows (standardise: mean and
   standard deviation merged block by block in float64; L2 normalisation is per row; PCA from the
   streamed covariance, one more pass);
-* torch heads train from shuffled chunks: every epoch reads the blocks in an order drawn from
-  the seed and shuffles the rows within each block with it, then cuts minibatches of the usual
-  size (the stacked trainer is the in-memory one, fed by :class:`ChunkBatches`);
+* torch heads train from shuffled chunks: every epoch fills each block with runs of rows drawn
+  at random (from the seed) across the entry, shuffles the rows within the block, then cuts
+  minibatches of the usual size (the stacked trainer is the in-memory one, fed by
+  :class:`ChunkBatches`);
 * ridge from the streamed ``XᵀX`` and ``XᵀY`` (one pass, then one eigendecomposition for every
   ``alpha``: :func:`featpipe.heads.paths.ridge_path_gram`);
 * validation and test are scored block by block (every head in one pass per split).
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featpipe.cache.entry import entry_header, iter_chunks, load_columns
+from featpipe.cache.entry import entry_header, load_columns, read_spans
 from featpipe.errors import ArgumentError, DataError
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, linear_modules, path_groups
@@ -47,6 +48,13 @@ DEFAULT_SHARE = 0.5
 # A streamed block is at most this share of the budget: the block, its selected rows, their
 # preprocessed copy and the minibatch buffer all live at once.
 BLOCK_SHARE = 0.25
+# A shuffled epoch builds each block from this many runs of consecutive rows drawn at random
+# from across the entry. Rows are stored in dataset order (an ImageFolder tree: class by
+# class), so a block read in one piece holds one or two classes, and its minibatches are no
+# sample of the data: at a 4 MiB budget on Fashion-MNIST that cost 1.2 points of accuracy
+# (benchmarks/bench_streaming.py). A run shorter than a storage chunk (1 MiB) re-reads its
+# chunk, which only happens under budgets of a few hundred MiB.
+RUNS_PER_BLOCK = 64
 STREAMABLE = ("linear", "mlp", "ridge")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -117,24 +125,41 @@ class StreamedFeatures:
     def y(self) -> np.ndarray:
         return self.targets if self.task == "regression" else self.labels
 
-    def blocks(
-        self, mask: np.ndarray, order: list[int] | None = None
+    def blocks(self, mask: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(features, row numbers)`` of the rows in ``mask``, block by block in row order."""
+        n, rows = len(self.split), self.block_rows
+        spans = [(s, min(n, s + rows)) for s in range(0, n, rows) if mask[s : s + rows].any()]
+        yield from self._read(spans, mask)
+
+    def shuffled(
+        self, mask: np.ndarray, gen: torch.Generator
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(features, row numbers)`` of the rows in ``mask``, block by block (in ``order``)."""
-        rows = self.block_rows
-        n_blocks = -(-len(self.split) // rows)
-        every = range(n_blocks) if order is None else order
-        wanted = [i for i in every if mask[i * rows : (i + 1) * rows].any()]
-        for i, chunk in zip(wanted, iter_chunks(self.entry, rows, wanted), strict=True):
-            keep = mask[i * rows : i * rows + len(chunk)]
-            X = chunk.X[keep]
+        """The rows in ``mask`` in blocks of at most ``block_rows``, each block made of
+        :data:`RUNS_PER_BLOCK` runs of consecutive rows (fewer, of one row, for blocks smaller than
+        that) drawn by ``gen`` from across the entry; a block's runs are read in file order."""
+        n = len(self.split)
+        runs = min(RUNS_PER_BLOCK, self.block_rows)
+        run = self.block_rows // runs
+        starts = [s for s in range(0, n, run) if mask[s : s + run].any()]
+        order = torch.randperm(len(starts), generator=gen).tolist()
+        for first in range(0, len(order), runs):
+            picked = sorted(starts[i] for i in order[first : first + runs])
+            parts = list(self._read([(s, min(n, s + run)) for s in picked], mask))
+            yield np.concatenate([X for X, _ in parts]), np.concatenate([r for _, r in parts])
+
+    def _read(
+        self, spans: list[tuple[int, int]], mask: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for (start, stop), X in zip(spans, read_spans(self.entry, spans), strict=True):
+            keep = mask[start:stop]
+            X = X[keep]
             if not np.isfinite(X).all():
-                bad = chunk.relpath[keep][~np.isfinite(X).all(axis=1)]
+                bad = self.relpath[start:stop][keep][~np.isfinite(X).all(axis=1)]
                 raise DataError(
                     f"{len(bad)} feature rows hold NaN or inf (e.g. {bad[0]}): run featpipe "
                     "cache verify, then remove the entry and extract again"
                 )
-            yield X, np.flatnonzero(keep) + i * rows
+            yield X, np.flatnonzero(keep) + start
 
 
 def open_streamed(entry: Path, budget: int) -> StreamedFeatures | None:
@@ -229,12 +254,11 @@ class ChunkBatches:
         return torch.from_numpy(self.pre.transform(X)), self.y[self.position[rows]]
 
     def epoch(self, gen: torch.Generator, batch: int, steps: int) -> Iterator[Batch]:
-        """Blocks in an order drawn from ``gen``, rows shuffled within each block by ``gen``."""
-        n_blocks = -(-len(self.mask) // self.features.block_rows)
-        order = torch.randperm(n_blocks, generator=gen).tolist()
+        """Blocks of runs drawn by ``gen`` (:meth:`StreamedFeatures.shuffled`), rows shuffled
+        within each block by ``gen``."""
         X_buf, y_buf = torch.empty(0, self.dim), self.y[:0]
         made = 0
-        for X, rows in self.features.blocks(self.mask, order):
+        for X, rows in self.features.shuffled(self.mask, gen):
             within = torch.randperm(len(rows), generator=gen)
             Xb, yb = self._block(X, rows)
             X_buf, y_buf = torch.cat([X_buf, Xb[within]]), torch.cat([y_buf, yb[within]])

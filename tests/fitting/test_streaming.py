@@ -62,13 +62,18 @@ def test_streamed_fit_scores_as_the_in_memory_fit_without_loading_the_matrix(
     fashion, head, grid, tmp_path, monkeypatch
 ) -> None:
     data, options, _ = fashion
-    kwargs = {"head": head, "grid": grid, "holdout": 0.2, "extract_options": options}
+    kwargs = {"head": head, "grid": grid, "holdout": 0.2, "seeds": 3, "extract_options": options}
     _, loaded = fit(data, runs_dir=tmp_path / "a", **kwargs)
     _no_full_load(monkeypatch)
     _, streamed = fit(data, runs_dir=tmp_path / "b", memory_budget=BUDGET, **kwargs)
     assert streamed.best.config == loaded.best.config
     memory, chunked = loaded.best.mean("accuracy", "test"), streamed.best.mean("accuracy", "test")
-    assert abs(memory - chunked) <= 0.005, (memory, chunked)
+    # SGD over another row order. On these 300 test images one in-memory seed to the next moves
+    # the linear head's accuracy by up to 5 points (0.73 to 0.78 over seeds 0-3), so the means of
+    # three seeds are compared at 2 points; a streamed fit that pairs rows with the wrong labels
+    # scores near 0.1. The 0.5-point bar needs more test images: benchmarks/bench_streaming.py
+    # measures it on Fashion-MNIST.
+    assert abs(memory - chunked) <= 0.02, (memory, chunked)
     if head["head"] == "ridge":  # the same solution from streamed XᵀX: the same predictions
         assert streamed.confusion == loaded.confusion
 
@@ -107,6 +112,21 @@ def test_chunk_batches_shuffle_blocks_and_rows_with_the_seed(fashion) -> None:
     assert not np.array_equal(first, second)  # a new order every epoch
     assert not np.array_equal(first, np.sort(first))
     np.testing.assert_array_equal(first, epoch(torch.Generator().manual_seed(0)))
+
+
+def test_shuffled_minibatches_mix_the_classes_of_an_entry_stored_class_by_class(fashion) -> None:
+    _, _, entry = fashion
+    streamed = open_streamed(entry, 1 << 20)
+    train = streamed.split == "train"
+    labels = streamed.labels[train]
+    # Stored class by class (an ImageFolder tree), and a block holds ~50 of the 240 train rows:
+    # a block read in one piece would give minibatches of two or three classes.
+    assert (np.diff(labels) >= 0).all() and streamed.block_rows < 60
+    pre = Preprocessor(False, False, 0).fit(np.zeros((2, streamed.dim)))
+    rows = ChunkBatches(streamed, train, pre, torch.as_tensor(labels))
+    batches = list(rows.epoch(torch.Generator().manual_seed(0), 32, len(labels) // 32))
+    classes = [len(np.unique(y.numpy())) for _, y in batches]
+    assert np.mean(classes) >= 8, classes  # 32 rows drawn from 10 classes: ~9.7 expected
 
 
 def test_heads_that_cannot_stream_are_refused_naming_the_budget(fashion, tmp_path) -> None:
