@@ -142,10 +142,14 @@ class StreamedFeatures:
         run = self.block_rows // runs
         starts = [s for s in range(0, n, run) if mask[s : s + run].any()]
         order = torch.randperm(len(starts), generator=gen).tolist()
-        for first in range(0, len(order), runs):
-            picked = sorted(starts[i] for i in order[first : first + runs])
-            parts = list(self._read([(s, min(n, s + run)) for s in picked], mask))
-            yield np.concatenate([X for X, _ in parts]), np.concatenate([r for _, r in parts])
+        blocks = [
+            sorted(starts[i] for i in order[f : f + runs]) for f in range(0, len(order), runs)
+        ]
+        # one open file for the epoch: opening an entry checks its shards
+        parts = self._read([(s, min(n, s + run)) for block in blocks for s in block], mask)
+        for block in blocks:
+            got = [next(parts) for _ in block]
+            yield np.concatenate([X for X, _ in got]), np.concatenate([r for _, r in got])
 
     def _read(
         self, spans: list[tuple[int, int]], mask: np.ndarray
