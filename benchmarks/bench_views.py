@@ -76,6 +76,7 @@ def _fit(data: Path, cache: Path, runs: Path, epochs: int, **views: Any) -> dict
         runs_dir=runs,
         extract_options=OPTIONS | {"cache_dir": cache},
         augment=Augment(crop_scale=CROP_SCALE),
+        refit=False,  # views cover train only, so no row may gain val's images over another
         **views,
     )
     best = result.best

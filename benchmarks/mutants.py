@@ -101,6 +101,14 @@ MUTANTS = (
         ("tests/finetuning/test_finetune.py",),
     ),
     Mutant(
+        "lp-ft-starts-from-the-refit",
+        "LP-FT starts from the head refitted on train + val, which has seen its val images",
+        "featpipe/finetuning/plan.py",
+        "run.selection_head(),",
+        "run.head(),",
+        ("tests/finetuning/test_finetune.py",),
+    ),
+    Mutant(
         "exif-turns-the-wrong-way",
         "EXIF orientation 6 is turned counter-clockwise",
         "featpipe/data/images.py",

@@ -84,7 +84,10 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
     test = best.test[0] if best.test else {}
     extra = "  ".join(f"test {k}={v:.4f}" for k, v in test.items())
     keys = varying([c.config for c in result.candidates])
-    plain(f"chosen: {best.config.label(keys)}  {extra}")
+    refitted = " (refitted on train + val)" if result.trained_on == "train+val" else ""
+    plain(f"chosen: {best.config.label(keys)}{refitted}  {extra}")
+    if result.refit_note:
+        plain(result.refit_note)
     plain(f"run: {run.path}")
 
 
@@ -136,6 +139,12 @@ def fit(
     hflip: float = vopt.Hflip,
     color_jitter: float = vopt.ColorJitter,
     view_seed: int = vopt.ViewSeed,
+    refit: bool = typer.Option(
+        True,
+        "--refit/--no-refit",
+        help="After selection on val, fit the chosen config again on train + val, and test "
+        "and save that head (the train-only head is kept for fine-tuning).",
+    ),
     *,
     extraction: opt.ExtractOptions,
 ) -> None:
@@ -171,5 +180,6 @@ def fit(
             view_mode=view_mode,
             augment=vopt.augment(crop_scale, hflip, color_jitter, view_seed),
             device=extraction.device,
+            refit=refit,
         )
     print_fit(run, result, seeds)

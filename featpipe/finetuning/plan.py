@@ -61,7 +61,7 @@ def read_start(path: str | Path) -> StartRun:
     holdout = float(run.config.get("request", {}).get("holdout") or 0.0)
     return StartRun(
         run.path,
-        run.head(),
+        run.selection_head(),  # never trained on val, where fine-tuning chooses its epochs
         spec,
         fields["weights"],
         fields["precision"],

@@ -72,6 +72,7 @@ def fit(
     view_mode: str = "random",
     augment: Augment | None = None,
     device: str = "auto",
+    refit: bool = True,
 ) -> tuple[Run, SweepResult]:
     """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
 
@@ -90,6 +91,10 @@ def fit(
     missing, under ``augment``); ``view_mode`` ``random`` draws one view per image per epoch,
     ``all`` trains on all K every epoch (scikit-learn heads take every view as a row).
     Selection and test stay on the eval features; the run records the views it used.
+
+    ``refit``: after selection on a val split, the chosen config is fitted again on train + val,
+    and that head is scored on test and saved (:func:`~featpipe.fitting.sweep.sweep`); the run
+    records what its head was trained on, and keeps the train-only head for fine-tuning.
     """
     from featpipe.heads.placement import training_on
     from featpipe.runtime.devices import resolve_device
@@ -139,6 +144,7 @@ def fit(
             draws=draws,
             n_jobs=n_jobs,
             views=used,
+            refit=refit,
         )
     options = dict(extract_options)
     metas = [read_meta(r.entry) for r in results]
@@ -177,6 +183,7 @@ def fit(
                 "configs": [c.to_dict() for c in configs],
                 "views": view_record,
                 "heads_device": str(heads_device),
+                "refit": refit,
             },
             extract_seconds=extract_seconds,
         )

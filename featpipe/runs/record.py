@@ -10,6 +10,8 @@
     ``rows.csv``      the tidy rows (one per dataset × backbone × head × hyperparameters × seed);
     ``curves.json``   per-epoch train/validation curves of every torch head;
     ``head/``         the chosen head: ``head.safetensors`` + ``head.json`` (no pickle);
+    ``selection-head/`` a fit run refitted on train + val: the chosen config as selection
+                      fitted it, on train alone (fine-tuning starts from it);
     and any files of the run's kind (a fine-tune run's backbone weights, its ``cam.png``).
 
 There is one writer, :func:`write_run`, for every kind. It builds the whole directory under a
@@ -104,6 +106,14 @@ class Run:
                 "featpipe): run it again to predict or export with it"
             )
         return FittedHead.load(self.path / "head")
+
+    def selection_head(self) -> FittedHead:
+        """The chosen head as selection fitted it, on train alone: the run's head unless it was
+        refitted on train + val (then ``selection-head/``). What may be validated on val."""
+        from featpipe.heads.fitted import FittedHead
+
+        folder = self.path / "selection-head"
+        return FittedHead.load(folder) if folder.is_dir() else self.head()
 
     def curves(self) -> list[dict[str, Any]]:
         path = self.path / "curves.json"
@@ -352,6 +362,17 @@ def save_run(
         "confusion": result.confusion,
         "few_shot": result.few_shot,
         "split_sizes": result.split_sizes,
+        "trained_on": result.trained_on,
+        "refit_note": result.refit_note,
+        "test_before_refit": (
+            {
+                "mean": sum(t[metric] for t in result.test_before_refit)
+                / len(result.test_before_refit),
+                "all": result.test_before_refit,
+            }
+            if result.test_before_refit
+            else None
+        ),
         "test_predictions": result.test_predictions,
         "extract_seconds": extract_seconds,
         "fit_seconds": result.seconds,
@@ -380,6 +401,9 @@ def save_run(
         curves=curves,
         entries=entries,
         head=result.best_head,
+        files=(
+            {"selection-head": result.selection_heads[0].save} if result.selection_heads else None
+        ),
     )
 
 

@@ -157,7 +157,10 @@ def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
     trainer.model.eval()
     with torch.no_grad():
         out = trainer.forward(images).numpy()
-    expected = result.best_head.decision_function(cached.X[:6])
+    # the data's own val split chose it, so fit refitted it on train + val: LP-FT starts from
+    # the head selection fitted on train alone (it validates on those val images)
+    assert result.trained_on == "train+val"
+    expected = result.selection_heads[0].decision_function(cached.X[:6])
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
     # The run names the backbone: left out, it is taken from the run; a different one is refused.
     implied = {k: v for k, v in BASE.items() if k not in ("backbone", "image_size")}
@@ -310,6 +313,13 @@ def test_lp_ft_never_validates_on_images_the_head_was_trained_on(tmp_path):
 
     marked = with_holdout(features, 0.15)
     assert set(marked.relpath[marked.split == "val"]) == {i.relpath for i in plan.val}
+    # fit refitted its head on train + val: LP-FT starts from the head selection fitted on
+    # train alone, kept beside it, since it chooses its epochs on those val images
+    assert result.trained_on == "train+val"
+    X = features.X
+    started = plan.start.head.decision_function(X)
+    np.testing.assert_allclose(started, result.selection_heads[0].decision_function(X), atol=1e-6)
+    assert not np.allclose(started, result.best_head.decision_function(X), atol=1e-3)
 
 
 def test_auto_bn_keeps_pretrained_statistics_and_trains_fresh_ones(data, tmp_path):

@@ -157,8 +157,9 @@ def test_best_epoch_breaks_accuracy_ties_on_val_loss(tmp_path):
 def test_start_line_is_printed_for_a_start_score_of_zero(tmp_path):
     data = colour_tree(tmp_path / "colours")
     run = fit_head(data, tmp_path)
-    # Negate the fitted head: every prediction becomes the least likely class (accuracy 0.0).
-    weights = run / "head" / "head.safetensors"
+    # Negate the head LP-FT starts from (selection's, trained on train alone: fit refitted the
+    # run's head on train + val): every prediction becomes the least likely class (accuracy 0).
+    weights = run / "selection-head" / "head.safetensors"
     state = load_file(str(weights))
     save_file({k: -v if k.startswith("head.") else v for k, v in state.items()}, str(weights))
     proc = cli(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,6 +55,34 @@ def test_fit_cli_prints_leaderboard_and_results_export_csv(dataset, tmp_path, ca
     assert len(rows) == 3 and {r["head"] for r in rows} == {"linear", "logreg"}
     assert sum(r["chosen"] == "True" for r in rows) == 1
     assert all(r["dataset"] == "shapes" and r["backbone"] == "test_efficientnet@none" for r in rows)
+
+
+def test_fit_refits_on_train_and_val_unless_told_not_to(dataset, tmp_path) -> None:
+    """Through the console script: the run says what its head was trained on, keeps the
+    train-only head beside it, and --no-refit keeps selection's head as the run's head."""
+    cli = Path(sys.executable).parent / "featpipe"
+    common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--holdout", "0.3"]
+    common += ["--set", "epochs=3", "--sweep", "wd=0,0.1"]
+    runs = {}
+    for name, extra in (("refit", []), ("plain", ["--no-refit"])):
+        args = [cli, "fit", dataset, *common, *extra, "--runs-dir", tmp_path / name]
+        done = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        [run_json] = (tmp_path / name).rglob("run.json")
+        runs[name] = load_run(run_json.parent)
+        assert ("refitted on train + val" in done.stdout) == (name == "refit")
+    refit, plain = runs["refit"], runs["plain"]
+    assert refit.metrics["trained_on"] == "train+val" and plain.metrics["trained_on"] == "train"
+    assert refit.config["request"]["refit"] and not plain.config["request"]["refit"]
+    assert (refit.path / "selection-head").is_dir() and not (plain.path / "selection-head").exists()
+    # the same selection; the refit's train-only head is --no-refit's head, tested the same
+    assert refit.metrics["val"] == plain.metrics["val"]
+    assert refit.metrics["test_before_refit"]["all"] == plain.metrics["test"]["all"]
+    kept, alone = refit.selection_head(), plain.head()
+    states = kept.module.state_dict(), alone.module.state_dict()
+    for p, q in zip(*(state.values() for state in states), strict=True):
+        assert (p == q).all()
+    assert plain.selection_head().config == alone.config  # no refit: the run's own head
 
 
 def test_a_run_records_head_configs_one_way(dataset, tmp_path) -> None:

@@ -106,9 +106,14 @@ def featpipe(*args: object) -> subprocess.CompletedProcess[str]:
 
 def test_fit_with_views_through_the_console_script_records_them(tree: Path, tmp_path: Path):
     common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs"]
-    done = featpipe("fit", tree, *common, "--views", 2, "--sweep", "head=linear,logreg")
+    sweep = ["--sweep", "head=linear,logreg", "--holdout", "0.3"]
+    done = featpipe("fit", tree, *common, "--views", 2, *sweep)
     assert done.returncode == 0, done.stderr[-2000:]
     [run_json] = (tmp_path / "runs").rglob("run.json")
+    # views exist for the train images only: no refit on train + val, and the run says so
+    metrics = json.loads((run_json.parent / "metrics.json").read_text())
+    assert metrics["trained_on"] == "train" and "views cover the train images" in done.stdout
+    assert not (run_json.parent / "selection-head").exists()
     views = json.loads(run_json.read_text())["request"]["views"]
     assert views["count"] == 2 and views["mode"] == "random"
     assert views["augment"]["scale"] == [0.08, 1.0] and views["rows_without_views"] == 0

@@ -67,6 +67,7 @@ def test_streamed_fit_scores_as_the_in_memory_fit_without_loading_the_matrix(
     _no_full_load(monkeypatch)
     _, streamed = fit(data, runs_dir=tmp_path / "b", memory_budget=BUDGET, **kwargs)
     assert streamed.best.config == loaded.best.config
+    assert streamed.trained_on == loaded.trained_on == "train+val"  # the refit streams too
     memory, chunked = loaded.best.mean("accuracy", "test"), streamed.best.mean("accuracy", "test")
     # SGD over another row order. On these 300 test images one in-memory seed to the next moves
     # the linear head's accuracy by up to 5 points (0.73 to 0.78 over seeds 0-3), so the means of

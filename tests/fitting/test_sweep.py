@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.fitting.features import concatenate
 from featpipe.fitting.sweep import few_shot, parse_shots, plan_shots, stratified_sample, sweep
 from featpipe.heads.config import HeadConfig, expand
+from featpipe.heads.fitted import fit_heads
 
 GRID = expand({"lr": [1e-4, 1e-2, 1.0], "head": ["linear"]}, HeadConfig(epochs=5))
 
@@ -56,6 +58,45 @@ def test_cross_validation_when_there_is_no_val_split() -> None:
     result = sweep(features(splits=("train", "train", "test")), GRID, cv=3)
     assert result.selection == "cv3"
     assert result.best.heads and result.best.test  # refitted on all of train, then tested
+
+
+def test_the_chosen_config_is_refitted_on_train_and_val_and_that_head_is_tested() -> None:
+    data = features()
+    result = sweep(data, GRID, seeds=2)
+    assert result.trained_on == "train+val" and result.refit_note == ""
+    both = data.split != "test"
+    test = data.split == "test"
+    # the refit is the chosen config fitted on train + val, seed for seed, with no val to watch
+    refits = fit_heads(
+        [replace(result.best.config, seed=s) for s in (0, 1)],
+        data.X[both],
+        data.y[both],
+        None,
+        None,
+        data.class_names,
+        data.task,
+        1,
+    )
+    for head, again, scores in zip(result.best.heads, refits, result.best.test, strict=True):
+        out = head.decision_function(data.X[test])
+        np.testing.assert_allclose(out, again.decision_function(data.X[test]), atol=1e-5)
+        assert scores["accuracy"] == pytest.approx((out.argmax(1) == data.y[test]).mean())
+    assert result.best_head is result.best.heads[0]
+    # selection's own heads (train only) are kept, tested too, and are other heads
+    assert len(result.selection_heads) == len(result.test_before_refit) == 2
+    kept = result.selection_heads[0].decision_function(data.X[test])
+    assert not np.allclose(kept, result.best_head.decision_function(data.X[test]), atol=1e-3)
+    # selection itself is unchanged by the refit
+    alone = sweep(data, GRID, seeds=2, refit=False)
+    assert [c.val for c in alone.candidates] == [c.val for c in result.candidates]
+    assert alone.trained_on == "train" and not alone.selection_heads
+    assert alone.best.test == result.test_before_refit
+
+
+def test_a_head_that_stops_early_on_val_is_not_refitted_and_says_why() -> None:
+    result = sweep(features(), [HeadConfig(head="linear", epochs=5, patience=2)])
+    assert result.trained_on == "train" and not result.selection_heads
+    assert "early stopping" in result.refit_note
 
 
 def test_seeds_give_mean_and_std() -> None:
