@@ -10,8 +10,12 @@ Side by side, in one process, on real features (EfficientNet-Lite0, offline Imag
   spans 8, 4, 2, 1 around the peak), then refitted on train + val and scored once on test;
 * scikit-learn ``LogisticRegression`` (C = 1), ``LogisticRegressionCV`` (Cs = 13 values, 5-fold)
   and ``RidgeClassifierCV`` (45 alphas, efficient leave-one-out) on standardised features;
-* featpipe's default ``fit`` (whatever :data:`featpipe.fitting.stage.DEFAULT_GRID` searches),
-  through the library, as a user calls it, on the cached entry;
+* featpipe's default ``fit`` (whatever :data:`featpipe.fitting.stage.DEFAULT_GRID` searches,
+  then the refit on train + val), through the library, as a user calls it, on the cached entry;
+  its test accuracy before the refit is recorded too, and the same at 40 epochs (the default
+  trains 20);
+* both probes ``--seeds`` times, independently (seed 0, 1, …: initialisation and batch order),
+  reported as mean ± std: one seed moves either by a few test images;
 * the regularisation paths against single fits: a 45-value ridge ``alpha`` sweep and a 13-value
   logistic ``C`` sweep, against one fit and against K independent fits.
 
@@ -20,10 +24,14 @@ featpipe's default, which is timed as the library call a user makes: reading the
 included). Last, whole processes: ``featpipe fit --head ridge`` against a 45-value ``alpha``
 sweep on 2,560-d features, as the console script runs them.
 
-    .venv/bin/python benchmarks/bench_probe.py ELPV.csv FASHION.csv MNIST.csv \\
-        --cache-dir CACHE --json benchmarks/results/probe.json
+    .venv/bin/python benchmarks/bench_probe.py --prepare WORK   # writes the three manifests
+    .venv/bin/python benchmarks/bench_probe.py WORK/elpv/probe.csv WORK/fashion-mnist/probe.csv \\
+        WORK/mnist-5k/probe.csv --cache-dir CACHE --json benchmarks/results/probe.json
 
 Each dataset must have train, val and test splits (a CSV manifest with a split column).
+``--prepare`` writes the bundled real datasets (ELPV, Fashion-MNIST at 300 per class and split,
+MNIST-5k) and, for each, ``probe.csv``: at most 3,000 images drawn with seed 0, split 4:1:1
+within each class.
 """
 
 from __future__ import annotations
@@ -47,6 +55,39 @@ PEER_WDS = np.logspace(-6, 2, 97)
 ALPHAS = np.logspace(-3, 5, 45)
 CS = np.logspace(-4, 2, 13)
 EXTRACT = {"weights": "offline", "precision": "fp32", "engine": "torch"}
+PREPARE = {"elpv": None, "fashion-mnist": 300, "mnist-5k": None}
+MAX_IMAGES = 3000
+
+
+def prepare(work: Path) -> list[Path]:
+    """The three benchmark datasets as images, each with a ``probe.csv`` of fixed splits."""
+    import csv
+
+    from featpipe.data.bundled import prepare_dataset
+
+    manifests = []
+    rng = np.random.default_rng(0)
+    for name, per_class in PREPARE.items():
+        root = prepare_dataset(name, work / name, per_class=per_class)
+        images = sorted(p for p in root.rglob("*.png"))
+        images = [images[i] for i in sorted(rng.permutation(len(images))[:MAX_IMAGES])]
+        rows = []
+        for label in sorted({p.parent.name for p in images}):
+            mine = [p for p in images if p.parent.name == label]
+            mine = [mine[i] for i in rng.permutation(len(mine))]
+            n_val = n_test = len(mine) // 6
+            for i, path in enumerate(mine):
+                split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+                rows.append(
+                    {"path": path.relative_to(root).as_posix(), "label": label, "split": split}
+                )
+        manifest = root / "probe.csv"
+        with manifest.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["path", "label", "split"])
+            writer.writeheader()
+            writer.writerows(rows)
+        manifests.append(manifest)
+    return manifests
 
 
 def _peer_train(X: np.ndarray, y: np.ndarray, wd: float, n_classes: int, seed: int = 0):
@@ -76,8 +117,11 @@ def _acc(probe: torch.nn.Module, X: np.ndarray, y: np.ndarray) -> float:
         return float((probe(torch.from_numpy(X)).argmax(1).numpy() == y).mean())
 
 
-def peer_probe(splits: dict[str, tuple[np.ndarray, np.ndarray]], n_classes: int) -> dict[str, Any]:
-    """CLIP_benchmark's probe: find_peak over weight decay, refit on train + val, test once."""
+def peer_probe(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], n_classes: int, seed: int = 0
+) -> dict[str, Any]:
+    """CLIP_benchmark's probe: find_peak over weight decay, refit on train + val, test once
+    (``seed``: torch's seed for every training, as the peer's ``seed`` argument)."""
     norm = {k: (X / np.linalg.norm(X, axis=1, keepdims=True), y) for k, (X, y) in splits.items()}
     (Xtr, ytr), (Xva, yva), (Xte, yte) = norm["train"], norm["val"], norm["test"]
     start = time.perf_counter()
@@ -86,7 +130,8 @@ def peer_probe(splits: dict[str, tuple[np.ndarray, np.ndarray]], n_classes: int)
     def find_peak(idxs: list[int]) -> int:
         for i in idxs:
             if i not in scores:
-                scores[i] = _acc(_peer_train(Xtr, ytr, PEER_WDS[i], n_classes), Xva, yva)
+                probe = _peer_train(Xtr, ytr, PEER_WDS[i], n_classes, seed)
+                scores[i] = _acc(probe, Xva, yva)
         return max(idxs, key=lambda i: (scores[i], -i))
 
     peak = find_peak([int(i) for i in np.linspace(0, 96, 7)])
@@ -95,7 +140,7 @@ def peer_probe(splits: dict[str, tuple[np.ndarray, np.ndarray]], n_classes: int)
         peak = find_peak([max(peak - span, 0), peak, min(peak + span, 96)])
         span //= 2
     Xall, yall = np.vstack([Xtr, Xva]), np.concatenate([ytr, yva])
-    final = _peer_train(Xall, yall, PEER_WDS[peak], n_classes)
+    final = _peer_train(Xall, yall, PEER_WDS[peak], n_classes, seed)
     return {
         "test_acc": _acc(final, Xte, yte),
         "seconds": time.perf_counter() - start,
@@ -152,23 +197,44 @@ def path_sweeps(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, A
     }
 
 
-def featpipe_default(data: Path, cache_dir: Path, runs_dir: Path) -> dict[str, Any]:
+def featpipe_default(
+    data: Path, cache_dir: Path, runs_dir: Path, seed: int = 0, **change: list[Any]
+) -> dict[str, Any]:
+    """``featpipe.fit`` with its default grid (head seed ``seed``; ``change``: grid values
+    replaced, e.g. ``epochs=[40]``), timed as the library call."""
     import featpipe
+    from featpipe.fitting.stage import DEFAULT_GRID
 
     start = time.perf_counter()
     run, _ = featpipe.fit(
         data,
         "tf_efficientnet_lite0",
+        grid=DEFAULT_GRID | change,
+        head={"seed": seed},
         runs_dir=runs_dir,
         extract_options=EXTRACT | {"cache_dir": cache_dir},
     )
+    before = run.metrics["test_before_refit"]
     return {
         "test_acc": run.metrics["test"]["mean"],
+        "test_acc_before_refit": before["mean"] if before else None,
         "seconds": time.perf_counter() - start,
         "fit_seconds": run.metrics["fit_seconds"],
         "configs": run.metrics["n_configs"],
         "chosen": run.metrics["chosen_label"],
+        "trained_on": run.metrics["trained_on"],
     }
+
+
+def over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Independent runs of one probe (seeds 0, 1, …): mean and std of accuracy, mean times."""
+    out: dict[str, Any] = {"seeds": len(runs), "runs": runs}
+    for name in ("test_acc", "test_acc_before_refit", "seconds", "fit_seconds"):
+        values = [r[name] for r in runs if r.get(name) is not None]
+        if values:
+            out[name] = float(np.mean(values))
+            out[name + "_std"] = float(np.std(values))
+    return out
 
 
 def whole_process_ridge(data: Path, cache_dir: Path, repeats: int) -> dict[str, Any]:
@@ -198,11 +264,16 @@ def whole_process_ridge(data: Path, cache_dir: Path, repeats: int) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", nargs="+", type=Path, help="datasets with train/val/test splits")
+    parser.add_argument("data", nargs="*", type=Path, help="datasets with train/val/test splits")
+    parser.add_argument("--prepare", type=Path, help="write the three datasets here, then stop")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="independent runs of both probes")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.prepare:
+        print("\n".join(map(str, prepare(args.prepare))))
+        return
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/bench_probe.py " + " ".join(sys.argv[1:]),
@@ -212,6 +283,7 @@ def main() -> None:
     }
     from featpipe.extraction.stage import extract
 
+    seeds = range(args.seeds)
     with tempfile.TemporaryDirectory() as runs:
         for data in args.data:
             features = extract(data, cache_dir=args.cache_dir, **EXTRACT).load()
@@ -221,8 +293,18 @@ def main() -> None:
             }
             row = {
                 "sizes": {s: len(y) for s, (_, y) in splits.items()},
-                "featpipe default": featpipe_default(data, args.cache_dir, Path(runs)),
-                "peer (CLIP_benchmark)": peer_probe(splits, len(features.class_names)),
+                "featpipe default": over_seeds(
+                    [featpipe_default(data, args.cache_dir, Path(runs), s) for s in seeds]
+                ),
+                "featpipe default at 40 epochs": over_seeds(
+                    [
+                        featpipe_default(data, args.cache_dir, Path(runs), s, epochs=[40])
+                        for s in seeds
+                    ]
+                ),
+                "peer (CLIP_benchmark)": over_seeds(
+                    [peer_probe(splits, len(features.class_names), s) for s in seeds]
+                ),
                 **sklearn_probes(splits),
                 "paths": path_sweeps(splits),
             }
