@@ -37,6 +37,7 @@ within each class.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -61,8 +62,6 @@ MAX_IMAGES = 3000
 
 def prepare(work: Path) -> list[Path]:
     """The three benchmark datasets as images, each with a ``probe.csv`` of fixed splits."""
-    import csv
-
     from featpipe.data.bundled import prepare_dataset
 
     manifests = []
