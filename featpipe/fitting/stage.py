@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # epochs, one per weight decay, trained together in one stacked pass; the chosen one is then
 # refitted on train + val (sweep's refit). The weight decay is the regulariser that matters here
 # (CLIP_benchmark's probe searches it too); at the old default's lr 1e-3..1e-2 with AdamW, wd
-# 1e-4 and 1e-2 gave identical heads. 20 epochs, not HeadConfig's 40: 1.2-2x less time, and on
+# 1e-4 and 1e-2 gave identical heads. 20 epochs, not HeadConfig's 40: 1.15-2x less time, and on
 # Lite0 features (benchmarks/bench_probe.py, 3 seeds) test accuracy ELPV 0.857 (40 epochs:
 # 0.859), Fashion-MNIST 0.859 (0.861), MNIST 0.960 (0.954): within a few test images.
 DEFAULT_GRID: dict[str, list[Any]] = {
