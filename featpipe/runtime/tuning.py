@@ -258,7 +258,7 @@ def probe(
     measured = {f"{e}-{p}@{b}": round(r, 1) for (e, p, b), r in rates.items()}
     record = {
         "budget_s": round(clock.limit_s, 2),
-        "spent_s": round(clock.spent(), 2),
+        "spent_s": round(clock.spent(), 6),
         "over_budget": sorted(over_budget),
         "fell_back_to_fp32": fell_back,
     }

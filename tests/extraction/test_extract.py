@@ -124,7 +124,7 @@ def test_summary_rate_and_seconds_cover_the_same_interval(tree: Path, cache_dir:
     assert f"model build {result.timings['model_s']:.1f} s" in line
     record = read_meta(result.entry)["provenance"]
     wall = record["timings_s"]["wall_s"]
-    assert record["last_run"]["images_per_s"] == pytest.approx(12 / wall, rel=0.01)
+    assert record["last_run"]["images_per_s"] == round(12 / wall, 2)  # the recorded interval
 
 
 def test_small_dataset_skips_the_probe_and_a_large_one_is_probed_within_budget(
@@ -141,7 +141,7 @@ def test_small_dataset_skips_the_probe_and_a_large_one_is_probed_within_budget(
     assert probed.settings["probe"]["budget_s"] <= 5.0
     assert any(p.name == "probing" and "at most 5 s" in p.message for p in phases)
     kept = read_meta(probed.entry)["provenance"]["settings"]["probe"]
-    assert kept["spent_s"] == pytest.approx(probed.timings["probe_s"], abs=0.05)
+    assert 0 < kept["spent_s"] <= probed.timings["probe_s"]  # the probe's clock runs inside it
 
 
 def test_status_reports_every_phase_before_the_first_batch(tree: Path, cache_dir: Path) -> None:
@@ -181,7 +181,9 @@ def test_under_torchrun_the_rate_is_over_the_whole_run_too(tree: Path, tmp_path:
     record = read_meta(entry)["provenance"]
     wall, rate = record["timings_s"]["wall_s"], record["last_run"]["images_per_s"]
     assert [r["rows"] for r in record["ranks"]] == [6, 6]
-    assert rate == pytest.approx(12 / wall, rel=0.01)  # not 12 / the slowest rank's loop
+    assert rate == round(12 / wall, 2)  # not 12 / the slowest rank's loop
     line = done.stdout.strip().splitlines()[-1]
-    seconds, per_s = re.search(r"12 extracted in ([\d.]+) s, ([\d.]+) images/s", line).groups()
-    assert float(per_s) == pytest.approx(12 / float(seconds), abs=0.01 + 12 / float(seconds) / 50)
+    found = re.search(r"12 extracted in ([\d.]+) s, ([\d.]+) images/s", line)
+    seconds, per_s = map(float, found.groups())
+    # The line prints seconds to 0.1 and the rate to 0.1: the rate must lie in what those allow.
+    assert 12 / (seconds + 0.05) - 0.05 <= per_s <= 12 / max(seconds - 0.05, 1e-9) + 0.05
