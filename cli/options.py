@@ -12,8 +12,9 @@ from typing import Any
 
 import typer
 
+from featpipe.backbones.weights import WEIGHTS_HELP
 from featpipe.cache.catalog import DEFAULT_CACHE_DIR
-from featpipe.errors import FeatpipeError
+from featpipe.options import Declared, auto_int, declared
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
 # Python parameters whose flag is not ``--`` + the name with dashes.
@@ -31,16 +32,6 @@ def flag(param: str) -> str:
     return _FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
-def auto_int(value: str, option: str) -> int | None:
-    """Parse ``auto`` or a whole number, naming the option on failure."""
-    if value == "auto":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise FeatpipeError(f"{option} {value}: use a whole number or auto") from None
-
-
 Backbone = typer.Option(
     "tf_efficientnet_lite0",
     "--backbone",
@@ -51,7 +42,7 @@ Weights = typer.Option(
     "auto",
     "--weights",
     "-w",
-    help="auto | hub | hub:TAG | offline | none | PATH to a checkpoint.",
+    help=WEIGHTS_HELP,
 )
 Pool = typer.Option("avg", help="avg | max | avgmax (concatenated) | cls (ViT).")
 Layer = typer.Option(None, help="Intermediate feature layer: index or module name (timm).")
@@ -120,8 +111,8 @@ class ExtractOptions:
     def kwargs(self) -> dict[str, Any]:
         """The options as :func:`featpipe.extract` keyword arguments."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["batch_size"] = auto_int(self.batch_size, "--batch-size")
-        values["workers"] = auto_int(self.workers, "--workers")
+        values["batch_size"] = auto_int(self.batch_size, "batch_size")
+        values["workers"] = auto_int(self.workers, "workers")
         return values
 
     def given(self) -> dict[str, Any]:
@@ -151,37 +142,87 @@ _EXTRACT_PARAMS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def _in_panel(option: Any) -> Any:
+def _in_panel(option: Any, panel: str | None) -> Any:
     """The option, listed by ``--help`` under its own heading after the command's own."""
     option = copy.copy(option)
-    option.rich_help_panel = "Extraction options"
+    option.rich_help_panel = panel
     return option
 
 
-def with_extract_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give ``command`` every extract option, received as one :class:`ExtractOptions` in its
-    ``extraction`` parameter: each command that may extract accepts the same flags (all that
-    change the cache key among them), declared here once.
+def _typer_option(option: Declared, panel: str | None) -> Any:
+    """The typer option of a declared library option: its flag (typer's own ``--x/--no-x``
+    for a boolean with no explicit flag), help and command-line default."""
+    short = [option.spec.short] if option.spec.short else []
+    names = [option.flag, *short] if option.spec.flag or short else []
+    return typer.Option(option.cli_default, *names, help=option.spec.help, rich_help_panel=panel)
+
+
+def _with_parameters(
+    command: Callable[..., Any],
+    param: str,
+    added: list[inspect.Parameter],
+    build: Callable[[dict[str, Any]], Any],
+) -> Callable[..., Any]:
+    """``command`` with ``added`` keyword-only parameters in its signature, whose values
+    ``build`` turns into the one object the command receives as ``param``.
 
     typer reads a command's parameters from its signature, so the wrapper's signature is the
-    command's own (without ``extraction``) followed by the extract options.
+    command's own (without ``param``) followed by the added ones.
     """
     signature = inspect.signature(command, eval_str=True)
-    own = [p for name, p in signature.parameters.items() if name != "extraction"]
-    added = [
-        inspect.Parameter(
-            name, inspect.Parameter.KEYWORD_ONLY, default=_in_panel(option), annotation=kind
-        )
-        for name, (kind, option) in _EXTRACT_PARAMS.items()
-    ]
+    own = [p for name, p in signature.parameters.items() if name != param]
+    names = [p.name for p in added]
 
     @functools.wraps(command)
     def wrapper(**values: Any) -> Any:
-        extraction = ExtractOptions(**{name: values.pop(name) for name in _EXTRACT_PARAMS})
-        return command(**values, extraction=extraction)
+        given = {name: values.pop(name) for name in names}
+        return command(**values, **{param: build(given)})
 
     parameters = own + added
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     del wrapper.__wrapped__  # typer must read the wrapper's signature, not the command's
     return wrapper
+
+
+def with_options(
+    cls: type, param: str, panel: str | None = None, exclude: tuple[str, ...] = ()
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command every option that ``cls`` declares (:mod:`featpipe.options`), received as
+    one ``cls`` value in its ``param`` parameter: the flags, help and defaults are the library's
+    own declaration, written once. Options in ``exclude`` (and those declared ``cli=False``)
+    stay out of the command line and keep their defaults."""
+    options = [o for o in declared(cls) if o.spec.cli and o.name not in exclude]
+
+    def build(given: dict[str, Any]) -> Any:
+        return cls(**{o.name: o.from_cli(given[o.name]) for o in options})
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        added = [
+            inspect.Parameter(
+                o.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=_typer_option(o, panel),
+                annotation=o.cli_annotation,
+            )
+            for o in options
+        ]
+        return _with_parameters(command, param, added, build)
+
+    return decorate
+
+
+def with_extract_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` every extract option, received as one :class:`ExtractOptions` in its
+    ``extraction`` parameter: each command that may extract accepts the same flags (all that
+    change the cache key among them), declared here once."""
+    added = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=_in_panel(option, "Extraction options"),
+            annotation=kind,
+        )
+        for name, (kind, option) in _EXTRACT_PARAMS.items()
+    ]
+    return _with_parameters(command, "extraction", added, lambda given: ExtractOptions(**given))

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 RANDOM_SEED = 0
 SPECIAL = ("auto", "hub", "offline", "none")
+# What a weights option accepts, as extract's and finetune's --help say it.
+WEIGHTS_HELP = "auto | hub | hub:TAG | offline | none | PATH to a checkpoint."
 
 
 @dataclass(frozen=True)

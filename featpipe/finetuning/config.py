@@ -1,4 +1,4 @@
-"""The options of a fine-tune run, validated once when the config is made.
+"""The options of a fine-tune run, declared once and validated when the config is made.
 
 Everything here is checked without a model, so a typo fails in a fraction of a second instead of
 after the backbone loaded; what needs the model (block names in ``unfreeze``) is checked when the
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
+from featpipe.backbones.weights import WEIGHTS_HELP
 from featpipe.choices import PRECISIONS
 from featpipe.errors import ArgumentError
 from featpipe.heads.config import OPTIMIZERS
 from featpipe.heads.config import TORCH_HEADS as HEADS
 from featpipe.heads.schedules import SCHEDULES  # one rule per name, shared with fit's heads
+from featpipe.options import Interval, OneOf, auto_int, check, floats, option
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 BN_MODES = ("auto", "train", "freeze-affine", "freeze-stats")
@@ -49,85 +52,122 @@ def parse_schedule(text: str) -> list[Stage]:
     return [Stage(epoch, spec) for epoch, spec in steps]
 
 
-def _choice(param: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ArgumentError(param, f"{value}: choose one of {', '.join(choices)}")
-
-
-def _at_least(param: str, value: float, low: float, what: str) -> None:
-    if not value >= low:
-        raise ArgumentError(param, f"{value}: use {what}")
+def _run_path(value: Path | None, param: str) -> str | None:
+    """``--from`` arrives as a path; the config records it as text (JSON, checkpoints)."""
+    return str(value) if value else None
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Every option of a fine-tune run (recorded in the run, restored on resume)."""
+    """Every option of a fine-tune run (recorded in the run, restored on resume), declared once:
+    ``featpipe finetune``'s flags are generated from these fields (:mod:`featpipe.options`)."""
 
-    backbone: str | None = None  # None: the from_run's backbone, else DEFAULT_BACKBONE
-    weights: str = "auto"
-    image_size: int | None = None
-    unfreeze: str = "head"
-    gradual: str | None = None
-    bn: str = "auto"
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    wd: float = 1e-4
-    lr_mult: tuple[float, ...] | None = None
-    layer_decay: float | None = None
-    schedule: str = "cosine"
-    warmup: int = 0  # epochs of linear warm-up
-    epochs: int = 5
-    batch_size: int = 32
-    patience: int = 0
-    augment: bool = True
-    crop_scale: float = 0.08  # RandomResizedCrop keeps 8–100% of the image (timm's default)
-    color_jitter: float = 0.0
-    head: str = "linear"
-    head_init: str = "kaiming"
-    head_scale: float = 1.0
-    from_run: str | None = None
-    reinit: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None  # None: one decoding process per spare core
+    backbone: str | None = option(
+        None,
+        flag="--backbone",
+        short="-b",
+        help=f"timm name or tv/<name>; default: the --from run's, else {DEFAULT_BACKBONE}.",
+    )
+    weights: str = option("auto", short="-w", help=WEIGHTS_HELP)
+    image_size: int | None = option(None, help="Override the model's input size (px).")
+    unfreeze: str = option(
+        "head", help="head | all | last:N | NAME | type:norm | param:GLOB, comma-joined."
+    )
+    gradual: str | None = option(None, help="Schedule EPOCH:SPEC,… e.g. 0:head,2:last:2,4:all")
+    bn: str = option("auto", constraint=OneOf(BN_MODES), help=" | ".join(BN_MODES))
+    optimizer: str = option(
+        "adamw", constraint=OneOf(OPTIMIZERS), help="sgd (momentum 0.9) | adam | adamw"
+    )
+    lr: float = option(
+        1e-3,
+        constraint=Interval(0, None, "neither", "a positive learning rate"),
+        help="Base learning rate.",
+    )
+    wd: float = option(1e-4, constraint=Interval(0, None, what="0 or more"), help="Weight decay.")
+    lr_mult: tuple[float, ...] | None = option(
+        None,
+        help="Per-chunk multipliers, input side first, e.g. 0.1,0.33,1",
+        cli_type=str | None,
+        parse=floats,
+    )
+    layer_decay: float | None = option(
+        None,
+        constraint=Interval(0, 1, "right", "a factor in (0, 1]"),
+        help="timm layer-decay factor, e.g. 0.75",
+    )
+    schedule: str = option("cosine", constraint=OneOf(SCHEDULES), help=" | ".join(SCHEDULES))
+    warmup: int = option(
+        0, constraint=Interval(0, what="0 or more epochs"), help="Warm-up epochs (linear)."
+    )
+    epochs: int = option(
+        5, constraint=Interval(1, what="1 or more"), help="Passes over the training split."
+    )
+    batch_size: int = option(
+        32,
+        constraint=Interval(2, what="2 or more (BatchNorm trains on batches)"),
+        help="Images per training step.",
+    )
+    patience: int = option(
+        0,
+        constraint=Interval(0, what="0 (off) or more epochs"),
+        help="Early stopping patience (epochs); 0 = off.",
+    )
+    augment: bool = option(True, help="RandomResizedCrop + flip (timm).")
+    crop_scale: float = option(
+        0.08,  # RandomResizedCrop keeps 8–100% of the image (timm's default)
+        constraint=Interval(0, 1, "right", "a share in (0, 1]"),
+        help="Smallest share of the image a random crop keeps.",
+    )
+    color_jitter: float = option(
+        0.0,
+        constraint=Interval(0, what="0 (off) or more"),
+        help="Brightness/contrast/saturation jitter strength; 0 = off.",
+    )
+    head: str = option("linear", constraint=OneOf(HEADS), help="Fresh head: linear | mlp")
+    head_init: str = option("kaiming", constraint=OneOf(HEAD_INITS), help=" | ".join(HEAD_INITS))
+    head_scale: float = option(
+        1.0,
+        constraint=Interval(0, None, "neither", "a positive scale"),
+        help="Scale the fresh head's init.",
+    )
+    from_run: str | None = option(
+        None,
+        flag="--from",
+        help="LP-FT: start from this run's head.",
+        cli_type=Path | None,
+        parse=_run_path,
+    )
+    reinit: str | None = option(None, help="Re-initialise blocks, e.g. last:2 (hybrid).")
+    seed: int = option(0, help="Seed for the head init, data order and augmentation.")
+    device: str = option("auto", help="auto | cpu | cuda | cuda:N")
+    workers: int | None = option(
+        None,  # None: one decoding process per spare core
+        constraint=Interval(0, what="0 or more worker processes"),
+        help="DataLoader worker processes, or auto.",
+        cli_type=str,
+        cli_default="auto",
+        parse=auto_int,
+    )
     # auto: AMP on CUDA (bf16 where supported, else fp16 with loss scaling); on CPU the
     # precision the from_run's features were cached at (so LP-FT starts exactly where fit
     # ended), else fp32.
-    precision: str = "auto"
+    precision: str = option(
+        "auto",
+        constraint=OneOf(PRECISIONS),
+        help="auto (AMP on CUDA; on CPU the --from run's, else fp32) | fp32 | bf16 | fp16",
+    )
 
     def __post_init__(self) -> None:
         if self.lr_mult is not None:
             # Lists arrive from Python callers and JSON; one hashable, comparable shape.
             object.__setattr__(self, "lr_mult", tuple(float(m) for m in self.lr_mult))
-        _choice("bn", self.bn, BN_MODES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("head", self.head, HEADS)
-        _choice("head_init", self.head_init, HEAD_INITS)
-        _choice("precision", self.precision, PRECISIONS)
-        if not 0 < self.crop_scale <= 1:
-            raise ArgumentError("crop_scale", f"{self.crop_scale}: use a share in (0, 1]")
-        if not self.lr > 0:
-            raise ArgumentError("lr", f"{self.lr}: use a positive learning rate")
-        _at_least("wd", self.wd, 0, "0 or more")
-        _at_least("epochs", self.epochs, 1, "1 or more")
-        _at_least("batch_size", self.batch_size, 2, "2 or more (BatchNorm trains on batches)")
-        _at_least("patience", self.patience, 0, "0 (off) or more epochs")
-        _at_least("warmup", self.warmup, 0, "0 or more epochs")
-        _at_least("color_jitter", self.color_jitter, 0, "0 (off) or more")
-        if not self.head_scale > 0:
-            raise ArgumentError("head_scale", f"{self.head_scale}: use a positive scale")
-        if self.workers is not None:
-            _at_least("workers", self.workers, 0, "0 or more worker processes")
+        check(self)
         if self.lr_mult is not None and (not self.lr_mult or min(self.lr_mult) <= 0):
             raise ArgumentError("lr_mult", f"{self.lr_mult}: use positive multipliers")
-        if self.layer_decay is not None:
-            if not 0 < self.layer_decay <= 1:
-                raise ArgumentError("layer_decay", f"{self.layer_decay}: use a factor in (0, 1]")
-            if self.lr_mult is not None:
-                raise ArgumentError(
-                    "layer_decay", f"{self.layer_decay}: give multipliers or layer decay, not both"
-                )
+        if self.layer_decay is not None and self.lr_mult is not None:
+            raise ArgumentError(
+                "layer_decay", f"{self.layer_decay}: give multipliers or layer decay, not both"
+            )
         if self.gradual:
             parse_schedule(self.gradual)  # a bad schedule fails here, before the model loads
 
