@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from featpipe.data.augment import Augment
-from featpipe.extraction.stage import ExtractResult, Progress
+from featpipe.extraction.stage import ExtractResult
+from featpipe.progress import Progress
 
 from . import options as opt
 from . import views_options as vopt

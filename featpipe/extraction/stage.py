@@ -56,6 +56,7 @@ from featpipe.data.datasets import Dataset, Item, Task, scan
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.extraction import provenance, reuse
 from featpipe.extraction.views import check_views
+from featpipe.progress import Phase, Progress, quiet
 from featpipe.runtime import distributed
 from featpipe.runtime.allocator import keep_freed_memory
 from featpipe.runtime.workers import default_workers
@@ -66,38 +67,6 @@ if TYPE_CHECKING:
     from featpipe.extraction.views import ViewsResult
 
 FLOAT16_MAX = 65504.0
-
-
-@dataclass
-class Progress:
-    """What a progress display needs after each batch."""
-
-    done: int
-    total: int
-    skipped: int
-    seconds: float
-
-    @property
-    def images_per_second(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A step before the first batch, for a status display: building a model or probing its
-    speed can take minutes on a loaded machine, and silence reads as a hang.
-
-    ``name`` is one of ``scanning``, ``cache`` (looking up and reading the cache), ``building``,
-    ``probing``, ``copying`` (rows of the same files from another dataset's entry),
-    ``waiting`` (for a concurrent extract computing some of the rows) and ``warning`` (a
-    one-line warning worth showing before the run goes on).
-    """
-
-    name: str
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
 
 
 # A dataset of at most this many images is not worth a speed probe: exact fp32 on plain torch at
@@ -275,7 +244,7 @@ def extract(
     the result's ``views`` holds them (see :mod:`featpipe.extraction.views`).
     """
     start = time.perf_counter()
-    say = status or _quiet
+    say = status or quiet
     own_decode = backbone.decode if isinstance(backbone, BackboneSpec) else decode
     _check_options(dtype, on_error, batch_size, workers, engine, precision, own_decode)
     check_views(views)
@@ -483,10 +452,6 @@ def fill(
 
     distributed.on_leader(dist, finish)
     return n_new, copied, ranks
-
-
-def _quiet(phase: Phase) -> None:
-    """The status callback of a caller that shows none."""
 
 
 def _reuse(

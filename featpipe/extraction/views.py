@@ -31,12 +31,13 @@ from featpipe.cache.shards import Contents
 from featpipe.cache.views import complete_images, load_views, split_view_name, view_name
 from featpipe.data.datasets import Dataset, Item
 from featpipe.errors import ArgumentError, DataError
+from featpipe.progress import Phase, Progress
 from featpipe.runtime import distributed
 
 if TYPE_CHECKING:
     from featpipe.backbones.weights import WeightsChoice
     from featpipe.data.augment import Augment
-    from featpipe.extraction.stage import ExtractResult, Phase, Progress
+    from featpipe.extraction.stage import ExtractResult
 
 MAX_VIEWS = 1024
 
@@ -132,7 +133,7 @@ def extract_views(
     ``result`` is the eval extract of the same call: the views share its key (plus the
     recipe), its speed settings and its model.
     """
-    from featpipe.extraction.stage import Phase, _Run, fill
+    from featpipe.extraction.stage import _Run, fill
 
     start = time.perf_counter()
     dist = distributed.current()

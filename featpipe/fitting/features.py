@@ -17,7 +17,8 @@ import numpy as np
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.entry import Features
 from featpipe.errors import FeatpipeError
-from featpipe.extraction.stage import ExtractResult, Phase, extract
+from featpipe.extraction.stage import ExtractResult, extract
+from featpipe.progress import Phase
 
 if TYPE_CHECKING:
     from featpipe.fitting.streaming import StreamedFeatures

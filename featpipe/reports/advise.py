@@ -42,10 +42,11 @@ import torch
 
 from featpipe.cache.entry import Features
 from featpipe.errors import DataError
-from featpipe.extraction.stage import Phase, extract
+from featpipe.extraction.stage import extract
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.sweep import few_shot, sweep
 from featpipe.heads.config import HeadConfig, expand
+from featpipe.progress import Phase
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
 SMALL_PER_CLASS = 1000

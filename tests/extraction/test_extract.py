@@ -17,7 +17,8 @@ from conftest import TINY, flags, write_image
 from featpipe.cache.entry import read_meta
 from featpipe.errors import ArgumentError
 from featpipe.extraction import provenance, stage
-from featpipe.extraction.stage import Phase, extract
+from featpipe.extraction.stage import extract
+from featpipe.progress import Phase
 
 AUTO = TINY | {"precision": "auto", "engine": "auto", "batch_size": None}
 
