@@ -153,11 +153,10 @@ def commit(
     scanned: list[tuple[str, str]] = []  # (relpath, fingerprint) of every item, for ``content``
     n_transient = 0
     for item in dataset.items:
-        row_id = (item.relpath, item.size, item.mtime_ns)
         quick = contents.quick.get(item.relpath, "")
         sha = contents.hashes([item.relpath])[0] if contents.full else None
-        stored = index.find(row_id, quick, sha)
-        reason = index.skip_reason(row_id, quick) if stored is None else None
+        stored = index.find(item.row_id, quick, sha)
+        reason = index.skip_reason(item.row_id, quick) if stored is None else None
         if stored is not None:
             kept.append(item)
             sources.append((shard_id[stored.shard], stored.row))

@@ -51,9 +51,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from featpipe.data.datasets import RowId
 from featpipe.errors import StorageError
 
-RowId = tuple[str, int, int]  # relative path, size, mtime_ns: what the quick check compares
 # A stored row: RowId + quick fingerprint + sha256; a stored skip: RowId + fingerprint + reason.
 Row = tuple[str, int, int, str, str]
 Skip = tuple[str, int, int, str, str]

@@ -529,11 +529,10 @@ def _pending(items: list[Item], index: ShardIndex, contents: Contents) -> list[I
     for a reason that may pass (permissions, I/O errors) are tried again on every run."""
     pending = []
     for item in items:
-        key = (item.relpath, item.size, item.mtime_ns)
         quick = contents.quick[item.relpath]
         sha = contents.hashes([item.relpath])[0] if contents.full else None
-        if index.find(key, quick, sha) is None:
-            reason = index.skip_reason(key, quick)
+        if index.find(item.row_id, quick, sha) is None:
+            reason = index.skip_reason(item.row_id, quick)
             if reason is None or transient(reason):
                 pending.append(item)
     return pending
@@ -773,10 +772,7 @@ def _extract_rows(
     t0 = time.perf_counter()
     try:
         for batch in map(finish, loader):
-            skipped = [
-                (pending[i].relpath, pending[i].size, pending[i].mtime_ns, reason)
-                for i, reason in batch.failed
-            ]
+            skipped = [(*pending[i].row_id, reason) for i, reason in batch.failed]
             feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
             rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
             skipped += bad
@@ -811,12 +807,12 @@ def _screen(
     for i, ok in zip(index, good, strict=True):
         item = pending[i]
         if ok:
-            rows.append((item.relpath, item.size, item.mtime_ns))
+            rows.append(item.row_id)
         else:
             reason = (
                 "backbone output is not finite"
                 if dtype == "float32"
                 else ("features exceed the float16 range: use --dtype float32")
             )
-            bad.append((item.relpath, item.size, item.mtime_ns, reason))
+            bad.append((*item.row_id, reason))
     return rows, feats[good], bad
