@@ -13,7 +13,7 @@ attributes        the key fields, and the provenance: versions, device, precisio
                   ``content`` (a digest of every file's fingerprint: what a cache hit compares)
                   and ``checksum`` (SHA-256 of every attribute and dataset but the features).
 
-The file is built in memory and written with :func:`~featpipe.cache.shards.atomic_write`, so a
+The file is built in memory and written with :func:`~featpipe.cache.durable.atomic_write`, so a
 reader sees the previous complete entry or the new one, never a half-written one. It is
 rewritten at the end of every extract run, so it always describes the dataset as last scanned:
 a removed file drops out of it.
@@ -36,23 +36,23 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featpipe.cache.key import KeyFields
-from featpipe.cache.shards import (
-    CORRUPT_SUFFIX,
-    STR,
-    Contents,
-    ShardIndex,
-    atomic_write,
+from featpipe.cache.durable import atomic_write, stale_temporaries
+from featpipe.cache.fingerprints import Contents, content_digest
+from featpipe.cache.hdf5 import (
     checksum_ok,
-    content_digest,
     file_image,
-    first_corrupt_shard,
     in_memory_file,
-    quarantine,
     seal_checksum,
-    stale_temporaries,
+    write_strings,
+)
+from featpipe.cache.index import (
+    CORRUPT_SUFFIX,
+    ShardIndex,
+    first_corrupt_shard,
+    quarantine,
     transient,
 )
+from featpipe.cache.key import KeyFields
 from featpipe.data.datasets import Dataset
 from featpipe.errors import StorageError
 
@@ -115,10 +115,6 @@ class Features:
 
 def parts_dir(entry: Path) -> Path:
     return entry.with_suffix(".parts")
-
-
-def _strings(f: h5py.File, name: str, values: list[str]) -> None:
-    f.create_dataset(name, data=np.array(values, dtype=object), dtype=STR)
 
 
 def _runs(sources: list[tuple[int, int]]) -> Iterator[tuple[int, int, int, int]]:
@@ -197,23 +193,23 @@ def commit(
             f.create_virtual_dataset("features", layout, fillvalue=np.nan)
         else:
             f.create_dataset("features", shape=(0, dim), dtype=fields.dtype)
-        _strings(f, "relpath", [i.relpath for i in kept])
+        write_strings(f, "relpath", [i.relpath for i in kept])
         f["size"] = np.array([i.size for i in kept], dtype=np.int64)
         f["mtime_ns"] = np.array([i.mtime_ns for i in kept], dtype=np.int64)
-        _strings(f, "fingerprint", fingerprints)
-        _strings(f, "sha256", hashes)
+        write_strings(f, "fingerprint", fingerprints)
+        write_strings(f, "sha256", hashes)
         f["label"] = np.array([i.label for i in kept], dtype=np.int64)
         f["target"] = np.array([i.target for i in kept], dtype=np.float64)
-        _strings(f, "split", [i.split for i in kept])
-        _strings(f, "class_names", list(dataset.class_names))
-        _strings(f, "source/shard_names", shard_names)
+        write_strings(f, "split", [i.split for i in kept])
+        write_strings(f, "class_names", list(dataset.class_names))
+        write_strings(f, "source/shard_names", shard_names)
         f["source/shard_bytes"] = np.array(
             [(parts / name).stat().st_size for name in shard_names], dtype=np.int64
         )
         f["source/shard"] = np.array([s for s, _ in sources], dtype=np.int32)
         f["source/row"] = np.array([r for _, r in sources], dtype=np.int64)
-        _strings(f, "skipped/relpath", [s[0] for s in skipped])
-        _strings(f, "skipped/reason", [s[1] for s in skipped])
+        write_strings(f, "skipped/relpath", [s[0] for s in skipped])
+        write_strings(f, "skipped/reason", [s[1] for s in skipped])
         now = time.time()
         f.attrs.update(
             {

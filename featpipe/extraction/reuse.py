@@ -27,7 +27,8 @@ import h5py
 import numpy as np
 
 from featpipe.cache.entry import open_entry
-from featpipe.cache.shards import Contents, ShardWriter
+from featpipe.cache.fingerprints import Contents
+from featpipe.cache.journals import ShardWriter
 from featpipe.data.datasets import Item
 from featpipe.errors import FeatpipeError
 

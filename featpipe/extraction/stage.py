@@ -32,6 +32,8 @@ from featpipe.cache.catalog import (
     recall,
     remember,
 )
+from featpipe.cache.claims import claim_rows
+from featpipe.cache.durable import DiskError
 from featpipe.cache.entry import (
     Features,
     commit,
@@ -40,17 +42,10 @@ from featpipe.cache.entry import (
     matches,
     parts_dir,
 )
+from featpipe.cache.fingerprints import Contents
+from featpipe.cache.index import ShardIndex, read_index, transient
+from featpipe.cache.journals import ShardWriter, recover_orphans
 from featpipe.cache.key import KeyFields
-from featpipe.cache.shards import (
-    Contents,
-    DiskError,
-    ShardIndex,
-    ShardWriter,
-    claim_rows,
-    read_index,
-    recover_orphans,
-    transient,
-)
 from featpipe.choices import DECODERS, DTYPES, ENGINES, ON_ERROR, PRECISIONS
 from featpipe.data.datasets import Dataset, Item, Task, scan
 from featpipe.errors import ArgumentError, FeatpipeError

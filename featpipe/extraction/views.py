@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.catalog import entry_path
 from featpipe.cache.entry import Features, matches, read_meta
+from featpipe.cache.fingerprints import Contents
 from featpipe.cache.key import KeyFields
-from featpipe.cache.shards import Contents
 from featpipe.cache.views import complete_images, load_views, split_view_name, view_name
 from featpipe.data.datasets import Dataset, Item
 from featpipe.errors import ArgumentError, DataError

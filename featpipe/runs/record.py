@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featpipe.backbones.spec import slugify
+from featpipe.cache.durable import fsync_dir, fsync_tree, replace_file
 from featpipe.data.datasets import DataWarning
 from featpipe.errors import ArgumentError, DataError, StorageError
 
@@ -248,9 +249,9 @@ def write_run(
         (tmp / "curves.json").write_text(json.dumps(curves or []))
         _write_rows(tmp / "rows.csv", table)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         # run.json last and atomically: it is what makes a directory completed in place a run.
-        _replace_text(tmp / "run.json", json.dumps(config, indent=1, default=str))
+        replace_file(tmp / "run.json", json.dumps(config, indent=1, default=str).encode())
     return Run(path, config, dict(metrics))
 
 
@@ -280,7 +281,7 @@ def _writing(final: Path, staging: Path | None) -> Iterator[Path]:
         yield folder
         (folder / LOCK).unlink(missing_ok=True)
         folder.rename(final)  # a no-op when a fine-tune's directory is completed in place
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except OSError as exc:
         if staging is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -295,41 +296,6 @@ def _writing(final: Path, staging: Path | None) -> Iterator[Path]:
     finally:
         if lock_fd is not None:
             os.close(lock_fd)
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write ``path`` under a temporary name, flush it, and rename it over the old one."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush the run's files before the rename makes them visible (a crash never leaves a
-    renamed run with empty files)."""
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(folder)
 
 
 def save_run(
