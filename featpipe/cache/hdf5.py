@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-STR = h5py.string_dtype("utf-8")
+_STR = h5py.string_dtype("utf-8")
 
 
 def in_memory_file() -> h5py.File:
@@ -33,7 +33,7 @@ def file_image(f: h5py.File) -> bytes:
 
 
 def write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
-    group.create_dataset(name, data=np.array(values, dtype=object), dtype=STR)
+    group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
 
 
 def _attr_text(value: Any) -> str:

@@ -14,8 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featpipe.cache.fingerprints import Contents
 from featpipe.cache.hdf5 import checksum_ok
-from featpipe.data.datasets import RowId
+from featpipe.data.datasets import Item, RowId
 
 CORRUPT_SUFFIX = ".corrupt"
 
@@ -63,6 +64,14 @@ class ShardIndex:
             if stored.fingerprint == fingerprint and sha256 in (None, stored.sha256):
                 return stored
         return None
+
+    def lookup(self, item: Item, contents: Contents) -> tuple[Stored | None, str | None]:
+        """The stored row of ``item`` for the content it has now (its full hash too, under
+        ``contents.full``); if there is none, why the file was skipped, if it was."""
+        quick = contents.quick.get(item.relpath, "")
+        sha = contents.hashes([item.relpath])[0] if contents.full else None
+        stored = self.find(item.row_id, quick, sha)
+        return stored, self.skip_reason(item.row_id, quick) if stored is None else None
 
     def skip_reason(self, row_id: RowId, fingerprint: str) -> str | None:
         """Why this file was skipped, if it was (transient reasons included)."""

@@ -40,6 +40,7 @@ import numpy as np
 
 from featpipe.cache.durable import (
     FREE_SPACE_MARGIN,
+    DiskError,
     atomic_write,
     disk_error,
     remove_stale_temporaries,
@@ -240,8 +241,11 @@ def recover_orphans(parts: Path) -> int:
 class ShardWriter:
     """Append batches for one writer, rolling to a new sealed shard every ``shard_rows`` rows.
 
-    Rows come in as :data:`RowId`; the writer adds each file's fingerprint and full hash from
-    ``contents``.
+    Rows come in as :data:`~featpipe.data.datasets.RowId`; the writer adds each file's
+    fingerprint and full hash from ``contents``. Used as a context manager, it seals every
+    finished batch however the block ends, except when the disk is the problem (a
+    :class:`~featpipe.cache.durable.DiskError`): then the journal stays for the next run's
+    recovery.
     """
 
     def __init__(
@@ -261,6 +265,15 @@ class ShardWriter:
         self.seq = 0
         self.journal: Journal | None = None
         self.shards: list[Path] = []
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if isinstance(exc, DiskError):
+            self.abandon()
+        else:
+            self.flush()  # keep every finished batch, whatever stopped us
 
     def _open(self) -> Journal:
         if self.journal is None:

@@ -32,22 +32,13 @@ from featpipe.cache.catalog import (
     recall,
     remember,
 )
-from featpipe.cache.claims import claim_rows
-from featpipe.cache.durable import DiskError
-from featpipe.cache.entry import (
-    Features,
-    commit,
-    entry_header,
-    load_features,
-    matches,
-    parts_dir,
-)
+from featpipe.cache.entry import Features, entry_header, load_features, matches
 from featpipe.cache.fingerprints import Contents
-from featpipe.cache.index import ShardIndex, read_index, transient
-from featpipe.cache.journals import ShardWriter, recover_orphans
+from featpipe.cache.journals import ShardWriter
 from featpipe.cache.key import KeyFields
+from featpipe.cache.transaction import Transaction
 from featpipe.choices import DECODERS, DTYPES, ENGINES, ON_ERROR, PRECISIONS
-from featpipe.data.datasets import Dataset, Item, Task, scan
+from featpipe.data.datasets import Dataset, Item, RowId, Task, scan
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.extraction import provenance, reuse
 from featpipe.extraction.views import check_views
@@ -365,57 +356,43 @@ def fill(
     copied and every rank's record. The view cache (:mod:`featpipe.extraction.views`) runs
     its view rows through here too, with the same guarantees.
     """
-    dataset = run.dataset
-    parts = parts_dir(run.entry)
-    parts.mkdir(parents=True, exist_ok=True)
-    distributed.on_leader(dist, lambda: recover_orphans(parts))
-    pending = _pending(dataset.items, read_index(parts), contents)
+    write = Transaction(run.entry, run.dataset, run.fields, int(run.settings["dim"]), contents)
+    distributed.on_leader(dist, write.recover)
+    pending = write.pending()
     copied = (
-        distributed.on_leader(dist, lambda: _reuse(run, pending, parts, contents, say))
+        distributed.on_leader(dist, lambda: _reuse(run, write, pending, say))
         if copy
         else reuse.Reused()
     )
     if copied.rows:
-        pending = _pending(dataset.items, read_index(parts), contents)
+        pending = write.pending()
     mine = pending[distributed.part(len(pending), dist.rank, dist.world)] if dist else pending
     # Rows a concurrent extract is computing are left to it (torchrun ranks split theirs above).
-    claim = claim_rows(parts, [i.relpath for i in mine], skip_claimed=dist is None)
-    mine = [i for i in mine if i.relpath in claim.mine]
+    mine, claim = write.claim(mine, skip_claimed=dist is None)
 
-    def work() -> tuple[int, float]:
-        if not mine:
+    def work(items: list[Item]) -> tuple[int, float]:
+        if not items:
             return 0, 0.0
         if run.backbone is None:
             run.backbone = _build(spec, choice, run.timings, say)
         from featpipe.runtime.devices import host_threads
 
         t0 = time.perf_counter()
-        with host_threads(run.device):
-            rows = _extract_rows(
-                run,
-                mine,
-                parts,
-                on_error,
-                workers,
-                shard_rows,
-                progress,
-                contents,
-                rank=dist.rank if dist else 0,
-                world=dist.world if dist else 1,
-            )
+        rank, world = (dist.rank, dist.world) if dist else (0, 1)
+        with host_threads(run.device), write.writer(rank, shard_rows) as writer:
+            rows = _extract_rows(run, items, writer, on_error, workers, progress, world)
         run.timings["extract_s"] = time.perf_counter() - t0
-        return rows, len(mine) / run.timings["extract_s"]
+        return rows, len(items) / run.timings["extract_s"]
 
     try:
-        n_new, rate = distributed.everyone(dist, work)
+        n_new, rate = distributed.everyone(dist, lambda: work(mine))
     finally:
         claim.release()
     if claim.elsewhere:  # then finish what the other writer left (it may have been killed)
         say(Phase("waiting", f"waiting for another extract computing {claim.elsewhere} rows"))
         claim.wait()
-        recover_orphans(parts)
-        mine = _pending(dataset.items, read_index(parts), contents)
-        n_new += work()[0]
+        write.recover()
+        n_new += work(write.pending())[0]
     ranks = [{"rank": 0, "rows": n_new, "images_per_s": round(rate, 2), "host": platform.node()}]
     if dist is not None:
         ranks = distributed.gather(
@@ -442,15 +419,14 @@ def fill(
             wall_s=time.perf_counter() - start,
             ranks=ranks,
         )
-        merged = provenance.merge(provenance.previous(run.entry), record)
-        commit(run.entry, dataset, run.fields, read_index(parts), contents, merged)
+        write.commit(provenance.merge(provenance.previous(run.entry), record))
 
     distributed.on_leader(dist, finish)
     return n_new, copied, ranks
 
 
 def _reuse(
-    run: _Run, pending: list[Item], parts: Path, contents: Contents, say: Callable[[Phase], None]
+    run: _Run, write: Transaction, pending: list[Item], say: Callable[[Phase], None]
 ) -> reuse.Reused:
     """Copy the rows of pending files that another dataset's entry holds (same key, same
     content), through a journal like extracted rows."""
@@ -459,17 +435,8 @@ def _reuse(
         return reuse.Reused()
     say(Phase("copying", f"looking for {len(pending)} files in {len(others)} other entries"))
     t0 = time.perf_counter()
-    dim, dtype, key = int(run.settings["dim"]), run.fields.dtype, run.fields.digest
-    writer = ShardWriter(parts, dim, dtype, key, contents)
-    try:
-        copied = reuse.copy_rows(others, pending, contents, writer)
-    except DiskError:
-        writer.abandon()  # the disk is the problem: leave the journal for recovery
-        raise
-    except BaseException:
-        writer.flush()  # keep every copied batch, whatever stopped us
-        raise
-    writer.flush()
+    with write.writer() as writer:
+        copied = reuse.copy_rows(others, pending, write.contents, writer)
     run.timings["copy_s"] = time.perf_counter() - t0
     return copied
 
@@ -517,20 +484,6 @@ def _leader_then_all(
         distributed.settle(error)
     assert runs[0] is not None
     return runs[0]
-
-
-def _pending(items: list[Item], index: ShardIndex, contents: Contents) -> list[Item]:
-    """Items with no stored row for their current content, and no lasting skip: files skipped
-    for a reason that may pass (permissions, I/O errors) are tried again on every run."""
-    pending = []
-    for item in items:
-        quick = contents.quick[item.relpath]
-        sha = contents.hashes([item.relpath])[0] if contents.full else None
-        if index.find(item.row_id, quick, sha) is None:
-            reason = index.skip_reason(item.row_id, quick)
-            if reason is None or transient(reason):
-                pending.append(item)
-    return pending
 
 
 def _as_spec(
@@ -716,17 +669,14 @@ def _settle(
 def _extract_rows(
     run: _Run,
     pending: list[Item],
-    parts: Path,
+    writer: ShardWriter,
     on_error: str,
     workers: int | None,
-    shard_rows: int,
     progress: Callable[[Progress], None] | None,
-    contents: Contents,
-    rank: int = 0,
     world: int = 1,
 ) -> int:
     """The hot loop: decode in workers (or, with the tensor decoder, read bytes there and decode
-    on the device), forward ``uint8`` batches, journal. Returns rows."""
+    on the device), forward ``uint8`` batches, journal into ``writer``. Returns rows."""
     from featpipe.data.loader import make_loader
     from featpipe.data.tensor_decode import pipeline
     from featpipe.data.transforms import ImageToUint8
@@ -760,41 +710,30 @@ def _extract_rows(
         paths, transform, batch_size, n_workers, device.type == "cuda", collate_fn=collate
     )
     dim = int(settings["dim"])
-    writer = ShardWriter(
-        parts, dim, fields.dtype, fields.digest, contents, rank=rank, shard_rows=shard_rows
-    )
     done = skipped_total = 0
     t0 = time.perf_counter()
-    try:
-        for batch in map(finish, loader):
-            skipped = [(*pending[i].row_id, reason) for i, reason in batch.failed]
-            feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
-            rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
-            skipped += bad
-            writer.append(rows, feats, skipped)
-            done += len(batch.index) + len(batch.failed)
-            skipped_total += len(skipped)
-            if skipped and on_error == "fail":
-                path = run.dataset.root / skipped[0][0]
-                raise FeatpipeError(
-                    f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
-                    "--on-error skip to record it and go on"
-                )
-            if progress is not None:
-                progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
-    except DiskError:
-        writer.abandon()  # the disk is the problem: leave the journal for recovery
-        raise
-    except BaseException:
-        writer.flush()  # keep every finished batch, whatever stopped us
-        raise
-    writer.flush()
+    for batch in map(finish, loader):
+        skipped = [(*pending[i].row_id, reason) for i, reason in batch.failed]
+        feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
+        rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
+        skipped += bad
+        writer.append(rows, feats, skipped)
+        done += len(batch.index) + len(batch.failed)
+        skipped_total += len(skipped)
+        if skipped and on_error == "fail":
+            path = run.dataset.root / skipped[0][0]
+            raise FeatpipeError(
+                f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
+                "--on-error skip to record it and go on"
+            )
+        if progress is not None:
+            progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
     return done - skipped_total
 
 
 def _screen(
     pending: list[Item], index: list[int], feats: np.ndarray, dtype: str
-) -> tuple[list[tuple[str, int, int]], np.ndarray, list[tuple[str, int, int, str]]]:
+) -> tuple[list[RowId], np.ndarray, list[tuple[str, int, int, str]]]:
     """Keep finite rows (that also fit float16 when stored so); the rest become skipped."""
     limit = FLOAT16_MAX if dtype == "float16" else np.inf
     good = np.isfinite(feats).all(axis=1) & (np.abs(feats).max(axis=1, initial=0) <= limit)
