@@ -7,12 +7,12 @@ training transform (:mod:`featpipe.data.augment`), and let the head draw among t
 
 The views are rows of their own cache entry (see :mod:`featpipe.cache.views`): items
 ``relpath#viewV`` for every training image and view index, keyed by the eval features' key plus
-the augmentation recipe. They run through the extract stage's own :func:`~featpipe.extraction.
-stage.fill` (journals, shards, claims, torchrun parts, atomic commit), so a killed run resumes,
-ranks split the view rows, and only views no shard holds are computed: adding views to an entry
-extracts only the views, growing K from 4 to 8 only views 4–7. Each view is seeded from (seed,
-image path, view index), so every process computes the same pixels for it. Val and test images
-keep their eval view only.
+the augmentation recipe. They run through the extract stage's own
+:func:`~featpipe.extraction.fill.fill` (journals, shards, claims, torchrun parts, atomic commit),
+so a killed run resumes, ranks split the view rows, and only views no shard holds are computed:
+adding views to an entry extracts only the views, growing K from 4 to 8 only views 4–7. Each
+view is seeded from (seed, image path, view index), so every process computes the same pixels
+for it. Val and test images keep their eval view only.
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ from featpipe.cache.entry import Features, matches, read_meta
 from featpipe.cache.fingerprints import Contents
 from featpipe.cache.key import KeyFields
 from featpipe.cache.views import complete_images, load_views, split_view_name, view_name
+from featpipe.data.augment import Augment, view_source
 from featpipe.data.datasets import Dataset, Item
 from featpipe.errors import ArgumentError, DataError
+from featpipe.extraction.fill import fill
+from featpipe.extraction.settle import ExtractRun
 from featpipe.progress import Phase, Progress
 from featpipe.runtime import distributed
 
 if TYPE_CHECKING:
     from featpipe.backbones.weights import WeightsChoice
-    from featpipe.data.augment import Augment
-    from featpipe.extraction.stage import ExtractResult
 
 MAX_VIEWS = 1024
 
@@ -110,7 +111,8 @@ def views_key(fields: KeyFields, augment: Augment) -> KeyFields:
 
 
 def extract_views(
-    result: ExtractResult,
+    eval_entry: Path,
+    eval_settings: dict[str, Any],
     dataset: Dataset,
     spec: BackboneSpec,
     choice: WeightsChoice,
@@ -130,16 +132,14 @@ def extract_views(
 ) -> ViewsResult:
     """Make sure ``views`` views of every training image of ``dataset`` are cached.
 
-    ``result`` is the eval extract of the same call: the views share its key (plus the
-    recipe), its speed settings and its model.
+    ``eval_entry`` and ``eval_settings`` are those of the eval extract of the same call: the
+    views share its key (plus the recipe) and its speed settings.
     """
-    from featpipe.extraction.stage import _Run, fill
-
     start = time.perf_counter()
     dist = distributed.current()
     if dist is not None:
         distributed.check_same({"views": views, "augment": asdict(augment)})
-    fields = views_key(KeyFields(**read_meta(result.entry)["key_fields"]), augment)
+    fields = views_key(KeyFields(**read_meta(eval_entry)["key_fields"]), augment)
     vdataset = view_dataset(dataset, views)
     if not vdataset.items:
         raise DataError(
@@ -168,16 +168,16 @@ def extract_views(
 
     if distributed.on_leader(dist, hit):
         return done(0, True, {})
-    from featpipe.runtime import devices, tuning
+    from featpipe.runtime import devices, tuning  # torch: a cache hit never gets here
 
     run_device = devices.resolve_device(device)
-    settings = dict(result.settings)
+    settings = dict(eval_settings)
     if "engine" not in settings or batch_size is not None:  # untimed: as asked, or plain torch
         chosen = tuning.untimed(
             run_device, settings["is_conv"], fields.precision, batch_size, engine
         )
         settings |= chosen.as_dict()
-    run = _Run(
+    run = ExtractRun(
         vdataset,
         fields,
         settings,
@@ -209,8 +209,7 @@ def _sources(
     dataset: Dataset, data_config: dict[str, Any], augment: Augment, pending: list[Item]
 ) -> tuple[list[str], Callable[[str], Any]]:
     """The loader's sources for pending view rows, and the seeded view transform."""
-    from featpipe.data.augment import view_source
-    from featpipe.data.train_transform import ViewImages
+    from featpipe.data.train_transform import ViewImages  # torch: a cache hit never gets here
 
     sources = []
     for item in pending:
