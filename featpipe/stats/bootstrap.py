@@ -131,7 +131,7 @@ def resample(
     atoms = Atoms.of(group, metric)
     kernels = [kernel(metric, atoms, i, group[0].n_classes) for i in range(len(group))]
     values: list[list[np.ndarray]] = [[] for _ in group]
-    for counts in _counts(atoms, n_resamples, np.random.default_rng(seed)):
+    for counts in draw_counts(atoms, n_resamples, np.random.default_rng(seed)):
         for out, k in zip(values, kernels, strict=True):
             out.append(k.values(counts))
     # The estimate comes from the same kernel as the resamples (the tests hold both to
@@ -145,7 +145,7 @@ def resample(
     ]
 
 
-def _counts(atoms: Atoms, n_resamples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+def draw_counts(atoms: Atoms, n_resamples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Resamples as counts per atom (float64, so that the kernels' products run in BLAS), a
     chunk of rows at a time.
 

@@ -2,23 +2,24 @@
 set together.
 
 At k shots per class, D training subsets are drawn, a head is fitted on each and scored on the
-same test images; the point is the mean of the D scores. Its variance has two parts (the law
-of total variance, conditioning on the test set):
+same test images; the point is the mean of the D scores. Its error has two independent parts:
 
-* the draws: given the test set, the D scores are independent, and s²/D (s: their standard
+* the draws': given the test set, the D scores are independent, so s²/D (s: their standard
   deviation) estimates the variance that comes from which k images per class were drawn;
-* the test set: the bootstrap over test images, resampling the same images for every draw (so
-  the draws stay paired), gives the variance of the draw-averaged score over test sets.
+* the test set's: the bootstrap resamples the test images, the same resample for every draw.
+  What the test set's luck does to every draw alike is the covariance between two draws'
+  resampled scores, averaged over the pairs of draws. (The variance of one draw's resampled
+  score would also hold that draw's own luck on particular images, which s² already counts.)
 
-The interval is mean ± t(ν) · √(V_draws + V_test), with the Welch–Satterthwaite degrees of
-freedom ν = (V_draws + V_test)² / (V_draws² / (D − 1)) (the bootstrap's V_test, from thousands
-of resamples, counts as known). With few draws and a variance the draws dominate, this is the
-t interval over the draws (ν → D − 1); with a variance the test set dominates, the normal
-interval of the bootstrap (ν → ∞). Neither source alone would do: the draws' spread on one test
-set knows nothing of the test set's luck, and the bootstrap of one draw nothing of the next.
-A draw's luck on individual images enters both parts, so the interval errs wide by at most that
-noise over D·n, never narrow. One draw (a curve's "all" point, which trains on every image and
-has nothing to draw) gets the test-set part alone.
+Each part gets the half-width its own uncertainty allows: the draws' t(D − 1) quantile, since
+their spread is estimated from D scores; the test set's normal quantile, its variance coming
+from thousands of resamples. The half-widths add in quadrature, as independent errors do.
+Neither part alone would do: the draws' spread on one test set knows nothing of the test set's
+luck, and the bootstrap nothing of the next draw. In simulations (a probit model of draw and
+image effects, 600-1,000 simulated curves per setting, D = 3, 5 and 10, draw- or test-dominated)
+this covered the truth 94-96% of the time; a Welch–Satterthwaite t on the summed variance
+covered 92-95%, too rarely with three draws. One draw (a curve's "all" point, which trains on
+every image and has nothing to draw) gets the test-set part alone, from its own resamples.
 """
 
 from __future__ import annotations
@@ -54,21 +55,21 @@ def few_shot_interval(
     scores = np.array([r.estimate for r in replicates])
     if not np.all(np.isfinite(scores)):
         raise ArgumentError("metric", f"{metric} is undefined on this test set (one class?)")
-    averaged = np.column_stack([r.resamples for r in replicates]).mean(axis=1)
-    v_test = float(np.var(averaged[np.isfinite(averaged)], ddof=1))
+    resampled = np.column_stack([r.resamples for r in replicates])
+    resampled = resampled[np.all(np.isfinite(resampled), axis=1)]  # AUROC: one-class rows
     d = len(draws)
-    v_draws = float(np.var(scores, ddof=1)) / d if d > 1 else 0.0
-    total = v_draws + v_test
     q = 0.5 + confidence / 2
-    if v_draws > 0:
-        dof = (d - 1) * (total / v_draws) ** 2
-        quantile, named = float(stdtrit(dof, q)), f"t({dof:.1f})"
+    if d == 1:
+        draws_half, test_var = 0.0, float(np.var(resampled, ddof=1))
     else:
-        quantile, named = float(ndtri(q)), "normal"
-    half = quantile * math.sqrt(total)
+        cov = np.cov(resampled, rowvar=False)
+        shared = (cov.sum() - np.trace(cov)) / (d * (d - 1))  # mean over pairs of draws
+        test_var = max(0.0, float(shared))  # an estimate; below 0 only by noise
+        draws_half = float(stdtrit(d - 1, q)) * float(np.std(scores, ddof=1)) / math.sqrt(d)
+    half = math.hypot(draws_half, float(ndtri(q)) * math.sqrt(test_var))
     mean = float(scores.mean())
     method = (
-        f"{d} draws and the test-set bootstrap ({n_resamples} resamples, seed {seed}), "
-        f"{named} on the summed variances"
+        f"{d} draws (t) and the test-set bootstrap (normal; {n_resamples} resamples, "
+        f"seed {seed}), half-widths in quadrature"
     )
     return Interval(mean, mean - half, mean + half, len(draws[0]), method, confidence)

@@ -40,8 +40,9 @@ class Interval:
         """``n=44`` for test images, ``5 splits`` for anything else."""
         return f"n={self.n}" if self.unit == "images" else f"{self.n} {self.unit}"
 
-    def format(self, scale: float = 1.0, extra_digit: bool = True) -> str:
-        """``estimate [low, high]``, the values times ``scale`` (100 for points).
+    def format(self, scale: float = 1.0, extra_digit: bool = True, unit: str = "") -> str:
+        """``estimate [low, high]``, the values times ``scale`` (100 for points), ``unit``
+        after the estimate (``4.1 points [1.2, 7.0]``).
 
         The bounds get the decimals that show the interval's width to two significant digits
         (more would be noise the interval itself disowns); the estimate one more when
@@ -50,7 +51,7 @@ class Interval:
         low, high, estimate = self.low * scale, self.high * scale, self.estimate * scale
         digits = decimals(high - low)
         e = digits + 1 if extra_digit else digits
-        return f"{estimate:.{e}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return f"{estimate:.{e}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
 
     def contains(self, value: float) -> bool:
         return self.low <= value <= self.high

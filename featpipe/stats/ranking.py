@@ -4,12 +4,12 @@ much the others are worse.
 A leaderboard sorted by score ranks noise as readily as skill. :func:`compare_to_best` compares
 every row with the best one on the same images (McNemar's exact test for accuracy, the paired
 BCa bootstrap for every other metric), adjusts the p values of the table together with Holm's
-step-down method, and calls a row tied with the best unless its adjusted p is below ``alpha``:
+step-down method, and calls a row tied with the best unless its adjusted p is at most ``alpha``:
 "A and B are tied; C is worse by 4.1 points [1.2, 7.0], p = 0.006".
 
 Holm controls the chance of calling any tied row worse (the family-wise error) at ``alpha``
-over the whole table, without the independence a step-up method would need (the comparisons
-share the best row, so they are correlated). The reported interval of each difference is its
+over the whole table, whatever the dependence between its comparisons (they share the best
+row). The reported interval of each difference is its
 own 95% interval; the tie decision is the adjusted p's, so at the margin a row can be called
 tied while its unadjusted interval just excludes 0.
 """
@@ -30,7 +30,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p values, in the order given.
 
     The i-th smallest of m p values is multiplied by m − i + 1 (i from 1), the results are
-    made non-decreasing in that order and capped at 1; rejecting where the adjusted p < alpha
+    made non-decreasing in that order and capped at 1; rejecting where the adjusted p ≤ alpha
     is Holm's procedure at level alpha.
     """
     ps = [float(p) for p in p_values]
@@ -51,7 +51,8 @@ class Comparison:
 
     ``worse_by``: how much worse the row is than the best (best − row for a score, row − best
     for an error; never negative at the estimate), in the metric's units; ``p`` the test's own
-    two-sided p, ``p_holm`` adjusted over the table; ``tied``: ``p_holm ≥ alpha``.
+    two-sided p, ``p_holm`` adjusted over the table; ``tied``: ``p_holm > alpha`` (Holm rejects
+    at ≤).
     """
 
     name: str
@@ -67,7 +68,7 @@ class Comparison:
     def amount(self) -> str:
         """``4.1 points [1.2, 7.0]`` for a proportion, ``0.041 [0.012, 0.070]`` otherwise."""
         if self.metric.proportion:
-            return f"{self.worse_by.format(100, extra_digit=False)} points"
+            return self.worse_by.format(100, extra_digit=False, unit=" points")
         return self.worse_by.format(extra_digit=False)
 
     def __str__(self) -> str:
@@ -153,7 +154,7 @@ def compare_to_best(
             tests.append((difference.interval, difference.p, difference.test))
     adjusted = holm([p for _, p, _ in tests])
     comparisons = tuple(
-        Comparison(name, best, m, scores[name], worse_by, p, p_holm, test, p_holm >= alpha)
+        Comparison(name, best, m, scores[name], worse_by, p, p_holm, test, p_holm > alpha)
         for name, (worse_by, p, test), p_holm in zip(others, tests, adjusted, strict=True)
     )
     return Ranking(m, best, scores[best], comparisons, alpha)

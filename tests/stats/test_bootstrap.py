@@ -4,8 +4,6 @@ they cover the truth 95% of the time."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -13,14 +11,9 @@ from scipy import stats as scipy_stats
 from featpipe.errors import ArgumentError
 from featpipe.heads import metrics
 from featpipe.stats import METRICS, Predictions, bootstrap, score, wilson
+from featpipe.stats.bootstrap import draw_counts
 from featpipe.stats.kernels import Atoms, kernel
-
-
-def classifier(rng: np.random.Generator, n: int, shares: list[float], right: float) -> np.ndarray:
-    """True labels drawn with ``shares``, and predictions right with probability ``right``
-    (otherwise a uniformly random class, which may be right too)."""
-    y = rng.choice(len(shares), size=n, p=shares)
-    return np.stack([y, np.where(rng.random(n) < right, y, rng.integers(0, len(shares), n))])
+from oracles import classifier, macro_f1, mc_tolerance
 
 
 def reported(p: Predictions, name: str, idx: np.ndarray) -> float:
@@ -74,27 +67,6 @@ def test_atoms_of_two_models_keep_each_models_predictions() -> None:
     for model, p in enumerate((a, b)):
         value = kernel(METRICS["macro_f1"], atoms, model, 3).values(full)[0]
         assert value == pytest.approx(reported(p, "macro_f1", np.arange(60)), abs=1e-12)
-
-
-def macro_f1(y: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Macro-F1 over three classes, vectorised for scipy.stats.bootstrap (an oracle written
-    from the definition, independent of featpipe's kernels)."""
-    total = 0.0
-    for k in range(3):
-        tp = ((y == k) & (pred == k)).sum(axis)
-        both = (y == k).sum(axis) + (pred == k).sum(axis)
-        total = total + np.where(both > 0, 2 * tp / np.maximum(both, 1), 0.0)
-    return total / 3
-
-
-def mc_tolerance(se: float, n_resamples: int, step: float = 0.0) -> float:
-    """How far two BCa endpoints from independent resamples may differ: four standard
-    deviations of the difference of two tail quantiles (each √(q(1−q)/B) / φ(z_q) standard
-    errors, at q = 0.02 to allow for BCa's shifted levels), plus one lattice step of a
-    discrete statistic."""
-    q = 0.02
-    sd = math.sqrt(q * (1 - q) / n_resamples) / scipy_stats.norm.pdf(scipy_stats.norm.ppf(q))
-    return 4 * math.sqrt(2) * sd * se + step
 
 
 def agreement_cases(rng: np.random.Generator):
@@ -186,3 +158,16 @@ def test_bad_requests_are_refused_with_the_parameter_named() -> None:
         Predictions.classification(y, pred, n_classes=1)
     with pytest.raises(ArgumentError, match="scores"):
         Predictions.classification(y, pred, 3, scores=np.zeros((20, 3)))
+
+
+@pytest.mark.parametrize("n_atoms", [3, 400])  # few atoms: multinomial rows; many: index rows
+def test_resamples_draw_every_image_once_on_average_and_n_in_all(n_atoms: int) -> None:
+    rng = np.random.default_rng(9)
+    y = rng.normal(size=400) if n_atoms == 400 else rng.integers(0, 3, 400).astype(float)
+    atoms = Atoms.of([Predictions.regression(y, y)], METRICS["mae"])
+    assert len(atoms) == n_atoms
+    counts = np.concatenate(list(draw_counts(atoms, 4000, rng)))
+    assert counts.shape == (4000, n_atoms) and np.all(counts.sum(axis=1) == 400)
+    # each atom is drawn its share of n on average: Poisson-like spread √(c/4000) per atom
+    mean = counts.mean(axis=0)
+    assert np.all(np.abs(mean - atoms.counts) < 5 * np.sqrt(atoms.counts / 4000) + 1e-9)
