@@ -62,3 +62,19 @@ def test_draws_must_share_the_test_images() -> None:
         few_shot_interval([first, other], "accuracy")
     with pytest.raises(ArgumentError, match="at least one draw"):
         few_shot_interval([], "accuracy")
+
+
+def test_the_test_set_part_is_what_the_draws_share() -> None:
+    """Draws right or wrong independently on every image (no image harder than another):
+    the test set's luck is nobody's in common, so the interval is the draws' t interval.
+    Counting each draw's own luck on the images again (the variance of the draws' mean over
+    resamples) would widen it by about a fifth here."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    draws = [
+        Predictions.classification(y, np.where(rng.random(300) < 0.7, y, 1 - y)) for _ in range(5)
+    ]
+    scores = [np.mean(p.y == p.pred) for p in draws]
+    low, high = scipy_stats.t.interval(0.95, 4, loc=np.mean(scores), scale=scipy_stats.sem(scores))
+    point = few_shot_interval(draws, "accuracy")
+    assert (point.high - point.low) == pytest.approx(high - low, rel=0.05)

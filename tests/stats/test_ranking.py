@@ -104,3 +104,27 @@ def test_a_table_needs_two_rows_on_the_same_images() -> None:
     shifted = Predictions.classification(np.roll(rows["A"].y, 1), rows["A"].pred)
     with pytest.raises(ArgumentError, match="same test images"):
         compare_to_best({"A": rows["A"], "shifted": shifted}, "accuracy")
+
+
+def test_a_difference_that_holm_does_not_carry_across_the_table_is_a_tie() -> None:
+    """B loses 10 images A gets right and wins 2: McNemar's p = 0.039 alone, so B is worse
+    than A in a table of two; beside two rows that differ from A by noise (5 images each
+    way), Holm's adjusted p is 3 × 0.039 = 0.12 and B is tied."""
+    y = np.zeros(200, dtype=int)
+    a = np.zeros(200, dtype=int)
+    a[:20] = 1  # A gets 180 right
+    b = a.copy()
+    b[20:30], b[:2] = 1, 0  # 10 more wrong, 2 more right
+    noise_c, noise_d = a.copy(), a.copy()
+    noise_c[20:25], noise_c[:5] = 1, 0
+    noise_d[30:35], noise_d[5:10] = 1, 0
+    preds = (a, b, noise_c, noise_d)
+    rows = {k: Predictions.classification(y, p, 2) for k, p in zip("ABCD", preds, strict=True)}
+    pair = compare_to_best({"A": rows["A"], "B": rows["B"]}, "accuracy")
+    [b_alone] = pair.comparisons
+    assert b_alone.p == pytest.approx(0.0386, abs=1e-4) and not b_alone.tied
+    ranking = compare_to_best(rows, "accuracy")
+    assert ranking.best == "A"
+    b_in_table = {c.name: c for c in ranking.comparisons}["B"]
+    assert b_in_table.p == b_alone.p and b_in_table.p_holm == pytest.approx(3 * b_alone.p)
+    assert b_in_table.tied and str(ranking) == "A, B, C and D are tied"
