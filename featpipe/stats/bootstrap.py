@@ -6,8 +6,9 @@ not plain percentile. The metrics featpipe reports are bounded and often near th
 macro-F1 with a 3:1 class split as on ELPV); their bootstrap distributions are skewed and their
 estimates biased on small test sets. BCa corrects both: the bias by where the test-set estimate
 falls among the resamples (z0), the skew by the jackknife's acceleration (a). In simulations of
-a 3:1 two-class test set of 44 images, percentile intervals of balanced accuracy covered the
-truth 92.8% of the time, BCa 94.8% (1,000 simulated test sets each); at 500 images both ≈95%.
+a 3:1 two-class test set (recall 0.9 and 0.7; 4,000 simulated test sets, 2,000 resamples each),
+95% intervals of balanced accuracy covered the truth 92.0% (percentile) and 94.8% (BCa) of the
+time at 44 images, 94.6% and 94.9% at 500.
 BCa is also what ``scipy.stats.bootstrap`` computes by default, which the tests hold it to.
 
 Resampling is vectorised: images are grouped into atoms (see :mod:`featpipe.stats.kernels`),
@@ -61,7 +62,7 @@ class Replicates:
     def _defined(self) -> np.ndarray:
         values = self.resamples[np.isfinite(self.resamples)]
         if len(values) == 0:
-            raise ArgumentError("predictions", "give a metric no resample defines (one class?)")
+            raise ArgumentError("metric", "is undefined on every resample (a single class?)")
         return values
 
     def _share_below(self, value: float, values: np.ndarray) -> float:
@@ -126,8 +127,9 @@ def resample(
     """Each model's replicates of ``metric`` on the same resamples of the same test images
     (the pairing of a paired bootstrap). ``seed`` alone fixes the resamples."""
     check_resampling(n_resamples, seed)
-    for other in group[1:]:
-        group[0].same_images(other)
+    for p in group:
+        group[0].same_images(p)
+        p.metric(metric.name)  # every model must have what the metric reads (AUROC's scores)
     atoms = Atoms.of(group, metric)
     kernels = [kernel(metric, atoms, i, group[0].n_classes) for i in range(len(group))]
     values: list[list[np.ndarray]] = [[] for _ in group]

@@ -148,13 +148,18 @@ class Predictions:
         if (
             other.task != self.task
             or len(other) != len(self)
-            or other.n_classes != self.n_classes
             or not np.array_equal(other.y, self.y)
         ):
             raise ArgumentError(
                 "predictions",
                 "are not on the same test images (task, count or true labels differ): a paired "
                 "comparison needs every model scored on the same images, in the same order",
+            )
+        if other.n_classes != self.n_classes:
+            raise ArgumentError(
+                "n_classes",
+                f"differs ({self.n_classes} and {other.n_classes}): give every model's "
+                "Predictions the dataset's number of classes",
             )
 
 

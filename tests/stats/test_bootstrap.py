@@ -4,6 +4,9 @@ they cover the truth 95% of the time."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -11,7 +14,7 @@ from scipy import stats as scipy_stats
 from featpipe.errors import ArgumentError
 from featpipe.heads import metrics
 from featpipe.stats import METRICS, Predictions, bootstrap, score, wilson
-from featpipe.stats.bootstrap import draw_counts
+from featpipe.stats.bootstrap import draw_counts, resample
 from featpipe.stats.kernels import Atoms, kernel
 from oracles import classifier, macro_f1, mc_tolerance
 
@@ -171,3 +174,39 @@ def test_resamples_draw_every_image_once_on_average_and_n_in_all(n_atoms: int) -
     # each atom is drawn its share of n on average: Poisson-like spread √(c/4000) per atom
     mean = counts.mean(axis=0)
     assert np.all(np.abs(mean - atoms.counts) < 5 * np.sqrt(atoms.counts / 4000) + 1e-9)
+
+
+def test_predictions_from_a_heads_outputs_score_as_heads_metrics_does() -> None:
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 60)
+    outputs = rng.normal(size=(60, 2)) + np.eye(2)[y]
+    p = Predictions.from_outputs("classification", 2, y, outputs)
+    for name, value in metrics.from_outputs("classification", 2, y, outputs).items():
+        assert bootstrap(p, name).estimate == pytest.approx(value, abs=1e-12)
+    target = rng.normal(size=60)
+    outputs = (target + rng.normal(size=60))[:, None]
+    r = Predictions.from_outputs("regression", 0, target, outputs)
+    for name, value in metrics.from_outputs("regression", 0, target, outputs).items():
+        assert bootstrap(r, name).estimate == pytest.approx(value, abs=1e-12)
+
+
+def test_every_compared_model_needs_what_the_metric_reads() -> None:
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 40)
+    scored = Predictions.classification(y, y, 2, scores=rng.normal(size=40))
+    unscored = Predictions.classification(y, 1 - y, 2)
+    with pytest.raises(ArgumentError, match="auroc needs the head's scores"):
+        resample([scored, unscored], METRICS["auroc"], 1000, 0)
+    with pytest.raises(ArgumentError, match="n_classes differs"):
+        resample([scored, Predictions.classification(y, y, 3)], METRICS["accuracy"], 1000, 0)
+
+
+def test_featpipe_stats_runs_without_importing_torch() -> None:
+    script = (
+        "import sys, numpy as np; from featpipe import stats; "
+        "p = stats.Predictions.classification(np.arange(40) % 2, np.arange(40) % 3 % 2); "
+        "stats.compare_to_best({'a': p, 'b': p}, 'macro_f1'); "
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "NO-TORCH", done.stderr
