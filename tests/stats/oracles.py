@@ -1,12 +1,16 @@
-"""Helpers the stats tests share: simulated classifiers, an independent macro-F1, and how far
-two bootstrap intervals may differ by Monte-Carlo error alone."""
+"""Helpers the stats tests share: simulated classifiers, an independent macro-F1, and the
+comparison with scipy's BCa bootstrap within Monte-Carlo error."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pytest
 from scipy import stats as scipy_stats
+
+# resamples on each side of a comparison with scipy: tails close enough to tell BCa from percentile
+N_RESAMPLES = 40_000
 
 
 def classifier(rng: np.random.Generator, n: int, shares: list[float], right: float) -> np.ndarray:
@@ -27,11 +31,24 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
     return total / 3
 
 
-def mc_tolerance(se: float, n_resamples: int, step: float = 0.0) -> float:
-    """How far two BCa endpoints from independent resamples may differ: four standard
-    deviations of the difference of two tail quantiles (each √(q(1−q)/B) / φ(z_q) standard
-    errors, at q = 0.02 to allow for BCa's shifted levels), plus one lattice step of a
-    discrete statistic."""
+def assert_agrees_with_scipy_bca(ours, data: tuple, statistic, step: float = 0.0) -> None:
+    """``ours`` (an Interval from ``N_RESAMPLES`` resamples) is scipy.stats.bootstrap's paired
+    BCa interval of ``statistic(*data, axis)`` within Monte-Carlo error: the endpoints may
+    differ by four standard deviations of the difference of two tail quantiles from
+    independent resamples (each √(q(1−q)/B) / φ(z_q) standard errors, at q = 0.02 to allow for
+    BCa's shifted levels), plus one lattice ``step`` of a discrete statistic."""
+    theirs = scipy_stats.bootstrap(
+        data,
+        statistic,
+        paired=True,
+        vectorized=True,
+        method="BCa",
+        n_resamples=N_RESAMPLES,
+        rng=np.random.default_rng(2),
+    )
     q = 0.02
-    sd = math.sqrt(q * (1 - q) / n_resamples) / scipy_stats.norm.pdf(scipy_stats.norm.ppf(q))
-    return 4 * math.sqrt(2) * sd * se + step
+    sd = math.sqrt(q * (1 - q) / N_RESAMPLES) / scipy_stats.norm.pdf(scipy_stats.norm.ppf(q))
+    tol = 4 * math.sqrt(2) * sd * theirs.standard_error + step
+    assert ours.estimate == pytest.approx(float(statistic(*data, axis=-1)), abs=1e-12)
+    assert abs(ours.low - theirs.confidence_interval.low) < tol
+    assert abs(ours.high - theirs.confidence_interval.high) < tol

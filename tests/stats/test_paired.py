@@ -9,7 +9,7 @@ from scipy import stats as scipy_stats
 
 from featpipe.errors import ArgumentError
 from featpipe.stats import Predictions, mcnemar, paired_bootstrap
-from oracles import classifier, mc_tolerance
+from oracles import N_RESAMPLES, assert_agrees_with_scipy_bca, classifier
 
 
 def pair(rng: np.random.Generator, n: int, right_b: float, copy: float) -> list[Predictions]:
@@ -82,21 +82,10 @@ def test_paired_bootstrap_agrees_with_scipy_paired_bca_within_monte_carlo_error(
     index: int,
 ) -> None:
     name, a, b, data, step = list(paired_cases(np.random.default_rng(12)))[index]
-    n_resamples = 40_000
-    ours = paired_bootstrap(a, b, name, n_resamples=n_resamples, seed=1).interval
-    theirs = scipy_stats.bootstrap(
-        data,
-        lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
-        paired=True,
-        vectorized=True,
-        method="BCa",
-        n_resamples=n_resamples,
-        rng=np.random.default_rng(2),
+    ours = paired_bootstrap(a, b, name, n_resamples=N_RESAMPLES, seed=1).interval
+    assert_agrees_with_scipy_bca(
+        ours, data, lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis), step
     )
-    tol = mc_tolerance(theirs.standard_error, n_resamples, step)
-    assert ours.estimate == pytest.approx(np.mean(data[0]) - np.mean(data[1]), abs=1e-12)
-    assert abs(ours.low - theirs.confidence_interval.low) < tol
-    assert abs(ours.high - theirs.confidence_interval.high) < tol
 
 
 def test_the_p_value_is_where_the_interval_reaches_zero() -> None:
