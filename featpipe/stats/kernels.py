@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from scipy import sparse
 
 from featpipe.heads.metrics import two_class_margin
 from featpipe.stats.predictions import Metric, Predictions
@@ -75,10 +76,12 @@ def kernel(metric: Metric, atoms: Atoms, model: int, n_classes: int) -> Kernel:
 class Sums:
     """A metric that is a function of per-image sums: ``finish(counts @ per_atom)``.
 
-    Linear sums make the jackknife free: leaving one image of atom a out subtracts its row.
+    Linear sums make the jackknife cheap: leaving one image of atom a out subtracts its row.
+    ``per_atom`` may be a scipy sparse array (a confusion kernel's one-hot columns, three per
+    class: dense, a 1,000-class test set would need atoms × 3,000 floats).
     """
 
-    per_atom: np.ndarray  # atoms × sums
+    per_atom: np.ndarray | sparse.csr_array  # atoms × sums
     finish: Callable[[np.ndarray], np.ndarray]  # rows × sums → one value per row
     counts: np.ndarray
 
@@ -86,7 +89,16 @@ class Sums:
         return self.finish(counts @ self.per_atom)
 
     def jackknife(self) -> np.ndarray:
-        return self.finish(self.counts @ self.per_atom - self.per_atom)
+        full = self.counts.astype(np.float64) @ self.per_atom
+        rows = max(1, JACKKNIFE_CHUNK // self.per_atom.shape[1])  # bounded memory
+        out = []
+        for start in range(0, self.per_atom.shape[0], rows):
+            block = self.per_atom[start : start + rows]
+            out.append(self.finish(full - (block.toarray() if sparse.issparse(block) else block)))
+        return np.concatenate(out)
+
+
+JACKKNIFE_CHUNK = 1 << 20  # entries of left-one-out sums evaluated at a time
 
 
 def _confusion(name: str, y: np.ndarray, pred: np.ndarray, k: int, counts: np.ndarray) -> Sums:
@@ -94,9 +106,12 @@ def _confusion(name: str, y: np.ndarray, pred: np.ndarray, k: int, counts: np.nd
     and predicted counts, as ``metrics.classification`` defines them: balanced accuracy is the
     mean recall over the classes present (in the resample), macro-F1 the mean F1 over all
     ``k`` classes with 0 for a class neither present nor predicted."""
-    true = np.eye(k)[y]
-    predicted = np.eye(k)[pred]
-    hit = true * (y == pred)[:, None]
+    atom = np.arange(len(y))
+    hit = y == pred
+    # columns [0, k): true positives; [k, 2k): true counts; [2k, 3k): predicted counts
+    rows = np.concatenate([atom[hit], atom, atom])
+    cols = np.concatenate([y[hit], k + y, 2 * k + pred])
+    per_atom = sparse.csr_array((np.ones(len(rows)), (rows, cols)), shape=(len(y), 3 * k))
 
     def finish(sums: np.ndarray) -> np.ndarray:
         tp, t, p = sums[:, :k], sums[:, k : 2 * k], sums[:, 2 * k :]
@@ -109,7 +124,7 @@ def _confusion(name: str, y: np.ndarray, pred: np.ndarray, k: int, counts: np.nd
         both = t + p
         return np.divide(2 * tp, both, out=np.zeros_like(tp), where=both > 0).mean(axis=1)
 
-    return Sums(np.hstack([hit, true, predicted]), finish, counts)
+    return Sums(per_atom, finish, counts)
 
 
 def _regression(name: str, y: np.ndarray, pred: np.ndarray, counts: np.ndarray) -> Sums:
