@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from featpipe.extraction.options import ExtractOptions
+
 from . import options as opt
 from .extract_cmd import run_extract
 from .fit_cmd import print_fit
@@ -27,7 +29,7 @@ def demo(
 
     root = prepare_dataset(dataset, data_dir / dataset)
     plain(f"dataset: {root}")
-    options = opt.ExtractOptions(cache_dir=cache_dir)
+    options = ExtractOptions(cache_dir=cache_dir)
     result = run_extract(root, backbone, options)
     plain(result.summary())
     with progress_bar("demo: fitting heads") as bar:
@@ -36,7 +38,7 @@ def demo(
             backbone,
             grid={"head": ["linear", "logreg"], "lr": [1e-3, 1e-2]},
             runs_dir=runs_dir,
-            extract_options=options.kwargs(),
+            extract_options=options.given(),
             status=bar.status,
         )
     print_fit(run, sweep, seeds=1)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
+from featpipe.extraction.options import ExtractOptions
 from featpipe.heads.config import (
     parse_assignments,
     parse_grid_args,
@@ -146,7 +147,7 @@ def fit(
         "and save that head (the train-only head is kept for fine-tuning).",
     ),
     *,
-    extraction: opt.ExtractOptions,
+    extraction: ExtractOptions,
 ) -> None:
     """Fit heads on cached features (extracting first if needed); save and rank them."""
     from featpipe.fitting.stage import fit as fit_heads
@@ -170,7 +171,7 @@ def fit(
             shots=parse_shots(shots) if shots else None,
             draws=draws,
             runs_dir=runs_dir,
-            extract_options=extraction.kwargs(),
+            extract_options=extraction.given(),
             progress=lambda model: (
                 lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract {model}")
             ),

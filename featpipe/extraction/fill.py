@@ -33,9 +33,6 @@ def fill(
     dist: distributed.Dist | None,
     start: float,
     say: Callable[[Phase], None],
-    on_error: str,
-    workers: int | None,
-    shard_rows: int,
     progress: Callable[[Progress], None] | None,
     copy: bool = True,
 ) -> tuple[int, reuse.Reused, list[dict[str, Any]]]:
@@ -70,8 +67,8 @@ def fill(
         from featpipe.extraction.rows import extract_rows  # torch: a cache hit never gets here
 
         rank, world = (dist.rank, dist.world) if dist else (0, 1)
-        with write.writer(rank, shard_rows) as writer:
-            rows = extract_rows(run, items, writer, on_error, workers, progress, world)
+        with write.writer(rank, run.options.shard_rows) as writer:
+            rows = extract_rows(run, items, writer, progress, world)
         run.timings["extract_s"] = time.perf_counter() - t0
         return rows, len(items) / run.timings["extract_s"]
 

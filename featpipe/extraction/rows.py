@@ -35,8 +35,6 @@ def extract_rows(
     run: ExtractRun,
     pending: list[Item],
     writer: ShardWriter,
-    on_error: str,
-    workers: int | None,
     progress: Callable[[Progress], None] | None,
     world: int = 1,
 ) -> int:
@@ -50,6 +48,7 @@ def extract_rows(
         settings, fields, device = run.settings, run.fields, run.device
         batch_size = int(settings["batch_size"])
         gpu = device.type == "cuda"
+        workers = run.options.workers
         n_workers = (
             default_workers(len(pending), batch_size, world, gpu) if workers is None else workers
         )
@@ -59,7 +58,7 @@ def extract_rows(
             settings,
             Normalized(run.backbone.module, config),
             device,
-            onnx_path(run.cache_dir, fields),
+            onnx_path(run.options.cache_dir, fields),
         )
         if run.images is not None:  # augmented views: their PIL training transform, in the workers
             paths, own = run.images(pending)
@@ -83,7 +82,7 @@ def extract_rows(
             writer.append(rows, feats, skipped)
             done += len(batch.index) + len(batch.failed)
             skipped_total += len(skipped)
-            if skipped and on_error == "fail":
+            if skipped and run.options.on_error == "fail":
                 path = run.dataset.root / skipped[0][0]
                 raise FeatpipeError(
                     f"{path}: {skipped[0][3]}; fix or remove the file, or pass "

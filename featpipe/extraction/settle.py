@@ -2,8 +2,8 @@
 
 Settling goes from cheap to dear, so that a cache hit stops early:
 
-1. :func:`check_options` checks the arguments, before anything else and without torch: an
-   explicit request can be a cache hit that never reaches the probe's own checks;
+1. the arguments are checked before anything else and without torch, when the
+   :class:`~featpipe.extraction.options.ExtractOptions` are made;
 2. :func:`cached` looks the request up in the memos of the cache directory
    (:func:`~featpipe.cache.catalog.recall`): a request settled before, or one whose network is
    known and whose precision needs no probe, finds its entry without building the model;
@@ -27,9 +27,8 @@ from featpipe.backbones.weights import WeightsChoice
 from featpipe.cache.catalog import Request, entry_path, recall, remember
 from featpipe.cache.entry import matches
 from featpipe.cache.key import KeyFields
-from featpipe.choices import DECODERS, DTYPES, ENGINES, ON_ERROR, PRECISIONS
 from featpipe.data.datasets import Dataset, Item
-from featpipe.errors import ArgumentError
+from featpipe.extraction.options import ExtractOptions
 from featpipe.progress import Phase
 from featpipe.runtime import distributed
 
@@ -45,57 +44,6 @@ if TYPE_CHECKING:
 PROBE_MIN_IMAGES = 256
 
 
-def check_options(
-    dtype: str,
-    on_error: str,
-    batch_size: int | None,
-    workers: int | None,
-    engine: str,
-    precision: str,
-    decode: str = "pil",
-) -> None:
-    """Every check that needs no torch, before anything else: an explicit request can be a
-    cache hit that never reaches the probe's own checks."""
-    if engine not in ENGINES:
-        raise ArgumentError("engine", f"{engine}: choose one of {', '.join(ENGINES)}")
-    if precision not in PRECISIONS:
-        raise ArgumentError("precision", f"{precision}: choose one of {', '.join(PRECISIONS)}")
-    if engine == "onnxruntime" and precision not in ("auto", "fp32"):
-        raise ArgumentError("engine", f"onnxruntime runs fp32, not {precision}: use fp32")
-    if dtype not in DTYPES:
-        raise ArgumentError("dtype", f"{dtype}: choose one of {', '.join(DTYPES)}")
-    if on_error not in ON_ERROR:
-        raise ArgumentError("on_error", f"{on_error}: choose one of {', '.join(ON_ERROR)}")
-    if batch_size is not None and batch_size < 1:
-        raise ArgumentError("batch_size", f"{batch_size}: use a positive number or auto")
-    if workers is not None and workers < 0:
-        raise ArgumentError("workers", f"{workers}: use 0 or more")
-    if decode not in DECODERS:
-        raise ArgumentError("decode", f"{decode}: choose one of {', '.join(DECODERS)}")
-
-
-def as_spec(
-    backbone: str | BackboneSpec,
-    weights: str,
-    pool: str,
-    layer: str | None,
-    image_size: int | None,
-    draft: bool,
-    decode: str,
-) -> BackboneSpec:
-    """The one spec of this call: given, or made from the model name and its options."""
-    if not isinstance(backbone, BackboneSpec):
-        return BackboneSpec(backbone, weights, pool, layer, image_size, draft, decode)
-    given = (weights, pool, layer, image_size, draft, decode)
-    if given != ("auto", "avg", None, None, False, "pil"):
-        raise ArgumentError(
-            "backbone",
-            f"{backbone.label}: a BackboneSpec carries its weights, pool, layer, image size, "
-            "draft and decode; set them on the spec, not as arguments",
-        )
-    return backbone
-
-
 @dataclass
 class ExtractRun:
     """The settled state of one extract call (or of its views): what
@@ -108,7 +56,7 @@ class ExtractRun:
     device: Any
     backbone: Backbone | None
     timings: dict[str, float]
-    cache_dir: Path
+    options: ExtractOptions
     # pending items → (loader sources, picklable source → uint8 image); None: the eval view
     images: Callable[[list[Item]], tuple[list[str], Callable[[str], Any]]] | None = None
 
@@ -179,7 +127,7 @@ def resolve(
     request: Request,
     choice: WeightsChoice,
     memo: tuple[KeyFields, dict[str, Any]] | None,
-    cache_dir: Path,
+    options: ExtractOptions,
     say: Callable[[Phase], None],
 ) -> ExtractRun:
     """Key fields and speed settings: from the memo, or by building and probing the model."""
@@ -189,11 +137,12 @@ def resolve(
     devices.check_precision(device, request.precision)
     timings: dict[str, float] = {}
     backbone = None
+    cache_dir = options.cache_dir
     if memo is None:
         memo, backbone = _settle(dataset, request, choice, cache_dir, device, timings, say)
     fields, settings = memo
     entry = entry_path(cache_dir, dataset.name, request.spec.slug, fields.digest)
-    return ExtractRun(dataset, fields, settings, entry, device, backbone, timings, cache_dir)
+    return ExtractRun(dataset, fields, settings, entry, device, backbone, timings, options)
 
 
 def _settle(

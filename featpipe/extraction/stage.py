@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.backbones.weights import resolve_weights
-from featpipe.cache.catalog import DEFAULT_CACHE_DIR, Request, ensure_writable, recall
+from featpipe.cache.catalog import Request, ensure_writable, recall
 from featpipe.cache.entry import Features, entry_header, load_features
 from featpipe.cache.fingerprints import Contents
 from featpipe.data.augment import Augment
 from featpipe.data.datasets import Dataset, Task, scan
 from featpipe.extraction.fill import fill
-from featpipe.extraction.settle import as_spec, cached, check_options, leader_then_all, resolve
+from featpipe.extraction.options import ExtractOptions
+from featpipe.extraction.settle import cached, leader_then_all, resolve
 from featpipe.extraction.views import check_views, extract_views
 from featpipe.progress import Phase, Progress, quiet
 from featpipe.runtime import distributed
@@ -115,46 +116,31 @@ class ExtractResult:
 def extract(
     data: str | Path | Dataset,
     backbone: str | BackboneSpec = "tf_efficientnet_lite0",
+    options: ExtractOptions | None = None,
     *,
-    weights: str = "auto",
-    pool: str = "avg",
-    layer: str | None = None,
-    image_size: int | None = None,
-    precision: str = "auto",
-    engine: str = "auto",
-    dtype: str = "float32",
-    device: str = "auto",
-    batch_size: int | None = None,
-    workers: int | None = None,
-    cache_dir: str | Path = DEFAULT_CACHE_DIR,
-    on_error: str = "skip",
     name: str | None = None,
     task: Task | None = None,
-    draft: bool = False,
-    decode: str = "pil",
-    allow_outside: bool = False,
-    shard_rows: int = 8192,
-    verify_content: bool = False,
     progress: Callable[[Progress], None] | None = None,
     status: Callable[[Phase], None] | None = None,
     views: int = 0,
     augment: Augment | None = None,
+    **overrides: Any,
 ) -> ExtractResult:
     """Extract (or find in the cache) pooled embeddings of ``data`` under ``backbone``.
 
     ``data`` is an ImageFolder tree, a CSV manifest, an unlabelled folder or a scanned
-    :class:`~featpipe.data.datasets.Dataset`. ``backbone`` is a model name (with ``weights``,
-    ``pool``, ``layer``, ``image_size`` and ``draft``, JPEG draft decoding: faster, not the
-    model's own pixels; ``decode``, ``pil`` or ``tensor``: JPEGs decoded in batches on the
-    device, see :mod:`featpipe.data.tensor_decode`) or a
-    :class:`~featpipe.backbones.spec.BackboneSpec` that carries them.
+    :class:`~featpipe.data.datasets.Dataset` (``name`` and ``task`` shape the scan).
+    ``backbone`` is a model name or a :class:`~featpipe.backbones.spec.BackboneSpec`.
+    ``options`` are the :class:`~featpipe.extraction.options.ExtractOptions` (weights, pool,
+    layer, image size, precision, engine, dtype, device, batch size, workers, cache directory,
+    on_error, JPEG draft, decoder, allow_outside, verify_content); any of them may also be given
+    as a keyword (``extract(data, "resnet50", weights="offline")``), on top of ``options``.
     Only rows that no shard holds yet are computed; the result's :meth:`ExtractResult.load`
     reads them back. A stored row is reused when its file's path, size, mtime and content
     fingerprint (first and last 64 KiB) match; ``verify_content`` compares every file's full
     SHA-256 too. The same files under another dataset name are copied from that dataset's entry
     (see :mod:`featpipe.extraction.reuse`). ``progress`` is called after every batch, ``status``
-    at every step before the first (see :class:`~featpipe.progress.Phase`). ``allow_outside``
-    lets a CSV manifest name files outside its own folder (refused by default).
+    at every step before the first (see :class:`~featpipe.progress.Phase`).
 
     ``views``: also cache K augmented views of every training image, made with the model's
     training transform under ``augment`` (default :class:`~featpipe.data.augment.Augment`);
@@ -162,27 +148,26 @@ def extract(
     """
     start = time.perf_counter()
     say = status or quiet
-    own_decode = backbone.decode if isinstance(backbone, BackboneSpec) else decode
-    check_options(dtype, on_error, batch_size, workers, engine, precision, own_decode)
+    options = (options or ExtractOptions()).merged(overrides)  # every check, before any work
     check_views(views)
     if not isinstance(data, Dataset):
         say(Phase("scanning", f"scanning {data}"))
     dataset = (
         data
         if isinstance(data, Dataset)
-        else scan(data, name=name, task=task, allow_outside=allow_outside)
+        else scan(data, name=name, task=task, allow_outside=options.allow_outside)
     )
-    cache_dir = Path(cache_dir)
-    spec = as_spec(backbone, weights, pool, layer, image_size, draft, decode)
+    cache_dir = options.cache_dir
+    spec = options.spec(backbone)
     choice = resolve_weights(spec.model, spec.weights)  # once per run, passed down
     request = Request(
         spec=spec,
         weights_detail=choice.detail,
-        precision=precision,
-        engine=engine,
-        batch_size=batch_size,
-        dtype=dtype,
-        device=device,
+        precision=options.precision,
+        engine=options.engine,
+        batch_size=options.batch_size,
+        dtype=options.dtype,
+        device=options.device,
     )
     dist = distributed.current()
     if dist is not None:
@@ -192,7 +177,7 @@ def extract(
         distributed.check_shared(ensure_writable(cache_dir))  # ranks prove it by writing there
     say(Phase("cache", f"looking up {len(dataset)} files in {cache_dir}"))
     hit = distributed.on_leader(
-        dist, lambda: _cache_hit(cache_dir, request, dataset, verify_content)
+        dist, lambda: _cache_hit(cache_dir, request, dataset, options.verify_content)
     )
 
     def with_views(result: ExtractResult) -> ExtractResult:
@@ -205,14 +190,7 @@ def extract(
                 choice,
                 views,
                 augment or Augment(),
-                device=device,
-                engine=engine,
-                batch_size=batch_size,
-                workers=workers,
-                cache_dir=cache_dir,
-                on_error=on_error,
-                shard_rows=shard_rows,
-                verify_content=verify_content,
+                options,
                 progress=progress,
                 say=say,
             )
@@ -232,16 +210,16 @@ def extract(
         import_s = time.perf_counter() - t0
     run = leader_then_all(
         dist,
-        lambda memo: resolve(dataset, request, choice, memo, cache_dir, say),
+        lambda memo: resolve(dataset, request, choice, memo, options, say),
         lambda: recall(cache_dir, request),
     )
     if import_s:
         run.timings["import_s"] = import_s
     say(Phase("cache", f"reading the cache and fingerprinting {len(dataset)} files"))
-    contents = Contents(dataset.root, [i.relpath for i in dataset.items], full=verify_content)
-    n_new, copied, ranks = fill(
-        run, contents, spec, choice, dist, start, say, on_error, workers, shard_rows, progress
+    contents = Contents(
+        dataset.root, [i.relpath for i in dataset.items], full=options.verify_content
     )
+    n_new, copied, ranks = fill(run, contents, spec, choice, dist, start, say, progress)
     n, dim, n_skipped = entry_header(run.entry)
     seconds = time.perf_counter() - start  # the whole call: the rate is over the same interval
     result = ExtractResult(

@@ -33,6 +33,7 @@ from featpipe.data.augment import Augment, view_source
 from featpipe.data.datasets import Dataset, Item
 from featpipe.errors import ArgumentError, DataError
 from featpipe.extraction.fill import fill
+from featpipe.extraction.options import ExtractOptions
 from featpipe.extraction.settle import ExtractRun
 from featpipe.progress import Phase, Progress
 from featpipe.runtime import distributed
@@ -118,15 +119,8 @@ def extract_views(
     choice: WeightsChoice,
     views: int,
     augment: Augment,
+    options: ExtractOptions,
     *,
-    device: str,
-    engine: str,
-    batch_size: int | None,
-    workers: int | None,
-    cache_dir: Path,
-    on_error: str,
-    shard_rows: int,
-    verify_content: bool,
     progress: Callable[[Progress], None] | None,
     say: Callable[[Phase], None],
 ) -> ViewsResult:
@@ -136,6 +130,11 @@ def extract_views(
     views share its key (plus the recipe) and its speed settings.
     """
     start = time.perf_counter()
+    cache_dir, verify_content, batch_size = (
+        options.cache_dir,
+        options.verify_content,
+        options.batch_size,
+    )
     dist = distributed.current()
     if dist is not None:
         distributed.check_same({"views": views, "augment": asdict(augment)})
@@ -170,11 +169,11 @@ def extract_views(
         return done(0, True, {})
     from featpipe.runtime import devices, tuning  # torch: a cache hit never gets here
 
-    run_device = devices.resolve_device(device)
+    run_device = devices.resolve_device(options.device)
     settings = dict(eval_settings)
     if "engine" not in settings or batch_size is not None:  # untimed: as asked, or plain torch
         chosen = tuning.untimed(
-            run_device, settings["is_conv"], fields.precision, batch_size, engine
+            run_device, settings["is_conv"], fields.precision, batch_size, options.engine
         )
         settings |= chosen.as_dict()
     run = ExtractRun(
@@ -185,7 +184,7 @@ def extract_views(
         run_device,
         None,
         {},
-        cache_dir,
+        options,
         images=lambda pending: _sources(dataset, settings["data_config"], augment, pending),
     )
     n_new, _, _ = fill(
@@ -196,9 +195,6 @@ def extract_views(
         dist,
         start,
         say,
-        on_error,
-        workers,
-        shard_rows,
         progress,
         copy=False,  # a view's pixels depend on its image's path (the seed): never copied
     )
