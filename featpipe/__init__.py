@@ -4,7 +4,7 @@ The main entry point of every stage, in the order of the flow::
 
     data       scan, prepare_dataset
     backbones  BackboneSpec, build_backbone, list_backbones, load_classifier
-    extract    extract → ExtractResult
+    extract    extract(data, backbone, ExtractOptions) → ExtractResult
     cache      load_features, iter_chunks → Features; load_views, iter_views (N × K × D)
     augment    Augment (the recipe of extract(views=K))
     heads      Head (a scikit-learn estimator)
@@ -38,6 +38,7 @@ _API = {
     "list_backbones": "featpipe.backbones.build",
     "load_classifier": "featpipe.backbones.build",
     "extract": "featpipe.extraction.stage",
+    "ExtractOptions": "featpipe.extraction.options",
     "ExtractResult": "featpipe.extraction.stage",
     "load_features": "featpipe.cache.entry",
     "iter_chunks": "featpipe.cache.entry",
