@@ -41,7 +41,8 @@ from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, linear_modules, path_groups
 from featpipe.heads.paths import balanced_weights, ridge_path_gram, ridge_targets
 from featpipe.heads.preprocess import Preprocessor
-from featpipe.heads.stacked import Batch, target_scaling, train_sources, training_targets
+from featpipe.heads.rows import Batch
+from featpipe.heads.stacked import target_scaling, train_sources, training_targets
 
 # Without a budget: this share of the memory available when fit starts.
 DEFAULT_SHARE = 0.5
@@ -241,7 +242,7 @@ def fit_preprocessor(
 
 @dataclass
 class ChunkBatches:
-    """A split streamed for the stacked trainer (:class:`featpipe.heads.stacked.Batches`)."""
+    """A split streamed for the stacked trainer (:class:`featpipe.heads.rows.Batches`)."""
 
     features: StreamedFeatures
     mask: np.ndarray

@@ -22,7 +22,10 @@ from torch import nn
 
 from featpipe.errors import ArgumentError, DataError, StorageError
 from featpipe.heads.config import HeadConfig
+from featpipe.heads.metrics import r2
+from featpipe.heads.paths import logistic_path, ridge_classifier_path, ridge_path
 from featpipe.heads.preprocess import Preprocessor
+from featpipe.heads.stacked import train_torch_heads
 from featpipe.heads.views import TrainViews, with_view_rows
 
 HEAD_FORMAT = 1
@@ -104,8 +107,6 @@ def fit_sklearn_path(
     warm-started along ``C`` (:mod:`featpipe.heads.paths`); each module is what
     :func:`fit_sklearn` gives for its config alone (tests hold them to it).
     """
-    from featpipe.heads.paths import logistic_path, ridge_classifier_path, ridge_path
-
     balanced = configs[0].class_weight == "balanced"
     if n_classes == 0:
         if configs[0].head != "ridge":  # the single fit's message
@@ -248,8 +249,6 @@ class FittedHead:
 
     def score(self, X: np.ndarray, y: np.ndarray) -> float:
         """Accuracy for classification, R² for regression (as scikit-learn's ``score``)."""
-        from featpipe.heads.metrics import r2
-
         pred = self.predict(X)
         return r2(y, pred) if self.task == "regression" else float(np.mean(pred == y))
 
@@ -345,8 +344,6 @@ def fit_heads(
     Preprocessing is fitted once per distinct (standardize, l2norm, pca) on ``X`` (train only).
     """
     from joblib import Parallel, delayed
-
-    from featpipe.heads.stacked import train_torch_heads
 
     n_out = len(class_names) if task == "classification" else 0
     fitted: list[FittedHead | None] = [None] * len(configs)

@@ -23,7 +23,8 @@ from featpipe.errors import ArgumentError
 from featpipe.fitting.stage import fit
 from featpipe.heads import placement
 from featpipe.heads.config import HeadConfig
-from featpipe.heads.stacked import InMemory, train_torch_heads
+from featpipe.heads.rows import InMemory
+from featpipe.heads.stacked import train_torch_heads
 
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 FEATPIPE = Path(sys.executable).with_name("featpipe")
