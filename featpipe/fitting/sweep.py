@@ -27,6 +27,7 @@ from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, fit_heads
 from featpipe.heads.stacked import group_key
+from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
 from featpipe.runtime import distributed
 
@@ -135,17 +136,7 @@ def _folds(y: np.ndarray, task: str, k: int, seed: int = 0) -> list[tuple[np.nda
     return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y))))
 
 
-def fit_grid(
-    runs: list[HeadConfig],
-    X: np.ndarray,
-    y: np.ndarray,
-    Xv: np.ndarray | None,
-    yv: np.ndarray | None,
-    class_names: list[str],
-    task: str,
-    n_jobs: int,
-    views: TrainViews | None = None,
-) -> list[FittedHead]:
+def fit_grid(runs: list[HeadConfig], data: TrainData, n_jobs: int) -> list[FittedHead]:
     """:func:`fit_heads`, with the grid dealt out to torchrun ranks when there are several.
 
     Every selection mode fits through here (validation split, each CV fold, the refit of the
@@ -155,7 +146,7 @@ def fit_grid(
     """
     dist = distributed.current()
     if dist is None:
-        return fit_heads(runs, X, y, Xv, yv, class_names, task, n_jobs, views)
+        return fit_heads(runs, data, n_jobs)
     keys: dict[tuple, int] = {}
     owner = []
     for config in runs:
@@ -163,12 +154,7 @@ def fit_grid(
         owner.append(keys.setdefault(key, len(keys)) % dist.world)
     mine = [i for i, rank in enumerate(owner) if rank == dist.rank]
     fitted = distributed.everyone(
-        dist,
-        lambda: (
-            fit_heads([runs[i] for i in mine], X, y, Xv, yv, class_names, task, n_jobs, views)
-            if mine
-            else []
-        ),
+        dist, lambda: fit_heads([runs[i] for i in mine], data, n_jobs) if mine else []
     )
     heads: dict[int, FittedHead] = {}
     for indices, part in distributed.gather((mine, fitted)):
@@ -197,17 +183,8 @@ def select(
     runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
     owner = [i for _ in range(seeds) for i in range(len(configs))]
     if len(val):
-        heads = fit_grid(
-            runs,
-            train.X,
-            train.y,
-            val.X,
-            val.y,
-            features.class_names,
-            features.task,
-            n_jobs,
-            views,
-        )
+        data = TrainData(train.X, train.y, val.X, val.y, features.class_names, features.task, views)
+        heads = fit_grid(runs, data, n_jobs)
         for i, head in zip(owner, heads, strict=True):
             candidates[i].val.append(_score(head, val.X, val.y))
             candidates[i].fit_seconds.append(head.fit_seconds)
@@ -220,9 +197,8 @@ def select(
     for fit_idx, val_idx in folds:
         Xf, yf, Xv, yv = train.X[fit_idx], train.y[fit_idx], train.X[val_idx], train.y[val_idx]
         fold_views = views.take(fit_idx) if views is not None else None
-        heads = fit_grid(
-            runs, Xf, yf, Xv, yv, features.class_names, features.task, n_jobs, fold_views
-        )
+        data = TrainData(Xf, yf, Xv, yv, features.class_names, features.task, fold_views)
+        heads = fit_grid(runs, data, n_jobs)
         for r, head in enumerate(heads):
             fold_scores[r].append(_score(head, Xv, yv))
             fold_seconds[r] += head.fit_seconds
@@ -384,9 +360,8 @@ def _fit_chosen(
     if isinstance(features, StreamedFeatures):
         return streaming.fit_heads(runs, features)
     train = features.where("train")
-    return fit_grid(
-        runs, train.X, train.y, None, None, features.class_names, features.task, n_jobs, views
-    )
+    data = TrainData(train.X, train.y, None, None, features.class_names, features.task, views)
+    return fit_grid(runs, data, n_jobs)
 
 
 def _test_scores(
@@ -481,16 +456,15 @@ def few_shot(
                 if shot == "all"
                 else stratified_sample(train.labels, int(shot), seed=draw)
             )
-            [head] = fit_heads(
-                [replace(config, seed=config.seed + draw)],
+            data = TrainData(
                 train.X[idx],
                 train.y[idx],
                 val.X if len(val) else None,
                 val.y if len(val) else None,
                 features.class_names,
                 features.task,
-                n_jobs=1,
             )
+            [head] = fit_heads([replace(config, seed=config.seed + draw)], data, n_jobs=1)
             scores.append(_score(head, evaluation.X, evaluation.y)["accuracy"])
         per_class = int(np.bincount(train.labels).max()) if shot == "all" else int(shot)
         curve.append(

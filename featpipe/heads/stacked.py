@@ -34,7 +34,8 @@ from featpipe.heads.config import HeadConfig
 from featpipe.heads.mlp import BN_EPS, BN_MOMENTUM, build_head, layer_sizes, uses_bn
 from featpipe.heads.rows import Batches, InMemory
 from featpipe.heads.schedules import lr_factor
-from featpipe.heads.views import TrainViews, view_rows
+from featpipe.heads.train_data import TrainData
+from featpipe.heads.views import view_rows
 from featpipe.runtime.allocator import keep_freed_memory
 
 ONE_GEMM_MAX = 1 << 22  # stacked first-layer weights (floats) still laid out for one GEMM
@@ -377,31 +378,25 @@ def train_batches(
     ]
 
 
-def train_torch_heads(
-    configs: list[HeadConfig],
-    X: np.ndarray,
-    y: np.ndarray,
-    X_val: np.ndarray | None,
-    y_val: np.ndarray | None,
-    n_out: int,
-    views: TrainViews | None = None,
-) -> list[TrainedHead]:
-    """Group ``configs`` by :func:`group_key` and train each group in one pass.
+def train_torch_heads(configs: list[HeadConfig], data: TrainData) -> list[TrainedHead]:
+    """Group ``configs`` by :func:`group_key` and train each group in one pass on ``data``, as
+    the heads see it (preprocessed).
 
-    With ``views`` (preprocessed, N × K × D), training rows are drawn from the augmented views
-    of the rows of ``X`` (:mod:`featpipe.heads.views`); validation stays on ``X_val``.
+    With ``data.views`` (N × K × D), training rows are drawn from the augmented views of the
+    rows of ``data.X`` (:mod:`featpipe.heads.views`); validation stays on ``data.X_val``.
     """
-    shift, scale = target_scaling(y, n_out)
-    targets = training_targets(y, n_out, shift, scale)
+    n_out = data.n_out
+    shift, scale = target_scaling(data.y, n_out)
+    targets = training_targets(data.y, n_out, shift, scale)
     train: Batches = (
-        InMemory(torch.from_numpy(np.ascontiguousarray(X)), targets)
-        if views is None
-        else view_rows(views.X, targets, views.mode)
+        InMemory(torch.from_numpy(np.ascontiguousarray(data.X)), targets)
+        if data.views is None
+        else view_rows(data.views.X, targets, data.views.mode)
     )
     val = None
-    if X_val is not None and y_val is not None:
-        Xv = torch.from_numpy(np.ascontiguousarray(X_val))
-        val = InMemory(Xv, training_targets(y_val, n_out, shift, scale))
+    if data.watched:
+        Xv = torch.from_numpy(np.ascontiguousarray(data.X_val))
+        val = InMemory(Xv, training_targets(data.y_val, n_out, shift, scale))
     return train_sources(configs, train, val, n_out, shift, scale)
 
 

@@ -19,6 +19,7 @@ from featpipe.fitting.features import concatenate
 from featpipe.fitting.sweep import few_shot, parse_shots, plan_shots, stratified_sample, sweep
 from featpipe.heads.config import HeadConfig, expand
 from featpipe.heads.fitted import fit_heads
+from featpipe.heads.train_data import TrainData
 
 GRID = expand({"lr": [1e-4, 1e-2, 1.0], "head": ["linear"]}, HeadConfig(epochs=5))
 
@@ -69,12 +70,7 @@ def test_the_chosen_config_is_refitted_on_train_and_val_and_that_head_is_tested(
     # the refit is the chosen config fitted on train + val, seed for seed, with no val to watch
     refits = fit_heads(
         [replace(result.best.config, seed=s) for s in (0, 1)],
-        data.X[both],
-        data.y[both],
-        None,
-        None,
-        data.class_names,
-        data.task,
+        TrainData(data.X[both], data.y[both], None, None, data.class_names, data.task),
         1,
     )
     for head, again, scores in zip(result.best.heads, refits, result.best.test, strict=True):
