@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featpipe.backbones.spec import label
-from featpipe.cache.entry import Features, read_meta
+from featpipe.cache.entry import FeatureSet, read_meta
 from featpipe.data.splits import hold_out
 from featpipe.errors import ArgumentError
 from featpipe.fitting.features import load_feature_set, parse_feature_spec
@@ -43,7 +43,7 @@ DEFAULT_GRID: dict[str, list[Any]] = {
 }
 
 
-def with_holdout(features: Features, fraction: float) -> Features:
+def with_holdout(features: FeatureSet, fraction: float) -> FeatureSet:
     """Mark a stratified ``fraction`` of the train rows as val (the fine-tune stage's rule)."""
     train = np.flatnonzero(features.split == "train")
     strata = features.labels[train] if features.task == "classification" else [0] * len(train)
@@ -126,7 +126,7 @@ def fit(
         features = with_holdout(features, holdout)
     used, view_record = None, None
     if views:
-        if not isinstance(features, Features):
+        if not features.in_memory:
             raise ArgumentError(
                 "views",
                 "need the features in memory: the train features exceed memory_budget; "

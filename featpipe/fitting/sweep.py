@@ -13,16 +13,17 @@ its epochs are still chosen on images it has not seen).
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from featpipe.cache.entry import Features
+from featpipe.cache.entry import Features, FeatureSet
 from featpipe.errors import ArgumentError, DataError
 from featpipe.fitting import streaming
-from featpipe.fitting.streaming import StreamedFeatures
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, fit_heads
@@ -98,14 +99,9 @@ class SweepResult:
         return out
 
 
-def _check(features: Features | StreamedFeatures) -> None:
+def _check(features: FeatureSet) -> None:
     """Splits a sweep can use; finite features (a streamed entry is checked as it is read)."""
-    if isinstance(features, Features) and not np.isfinite(features.X).all():
-        bad = features.relpath[~np.isfinite(features.X).all(axis=1)]
-        raise DataError(
-            f"{len(bad)} feature rows hold NaN or inf (e.g. {bad[0]}): run featpipe cache "
-            "verify, then remove the entry and extract again"
-        )
+    features.check_finite()
     train = features.labels[features.split == "train"]
     if len(train) == 0:
         raise DataError("the train split is empty: add training images or a split column")
@@ -167,7 +163,7 @@ def _score(head: FittedHead, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def select(
-    features: Features,
+    features: FeatureSet,
     configs: list[HeadConfig],
     seeds: int = 1,
     cv: int = 5,
@@ -177,20 +173,30 @@ def select(
     """Fit every config × seed on train; score on val (or by CV). Returns the candidates.
 
     ``views``: augmented views of the train rows, in their order (each fold takes its own).
+    A set larger than memory is trained and scored in chunks, and selects on the val split
+    (cross-validation would read the entry once per fold).
     """
-    train, val = features.where("train"), features.where("val")
+    is_val = features.split == "val"
+    if not is_val.any() and not features.in_memory:
+        raise ArgumentError(
+            "holdout",
+            f"is needed: the train features exceed memory_budget "
+            f"({streaming.human(features.budget)}), so they are streamed, and a streamed fit "
+            "selects on a val split; hold out a share "
+            "of train (e.g. 0.15) or give the data a val split",
+        )
     candidates = [Candidate(c) for c in configs]
     runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
     owner = [i for _ in range(seeds) for i in range(len(configs))]
-    if len(val):
-        data = TrainData(train.X, train.y, val.X, val.y, features.class_names, features.task, views)
-        heads = fit_grid(runs, data, n_jobs)
-        for i, head in zip(owner, heads, strict=True):
-            candidates[i].val.append(_score(head, val.X, val.y))
+    if is_val.any():
+        heads = _fit(features, runs, n_jobs, views)
+        for i, head, scores in zip(owner, heads, _scored(heads, features, is_val), strict=True):
+            candidates[i].val.append(scores)
             candidates[i].fit_seconds.append(head.fit_seconds)
             candidates[i].histories.append(head.history)
             candidates[i].heads.append(head)
         return candidates, "val"
+    train = features.where("train")
     folds = _folds(train.y, features.task, cv)
     fold_scores: list[list[dict[str, float]]] = [[] for _ in runs]
     fold_seconds = np.zeros(len(runs))
@@ -209,37 +215,50 @@ def select(
     return candidates, f"cv{len(folds)}"
 
 
-def select_streamed(
-    features: StreamedFeatures, configs: list[HeadConfig], seeds: int = 1
-) -> tuple[list[Candidate], str]:
-    """:func:`select` for an entry larger than the memory budget: trained and scored in chunks.
+def _fit(
+    features: FeatureSet, runs: list[HeadConfig], n_jobs: int, views: TrainViews | None
+) -> list[FittedHead]:
+    """Every run fitted on the train split, watching the val split where there is one; a set
+    larger than memory is fitted in chunks (:func:`featpipe.fitting.streaming.fit_heads`)."""
+    if not features.in_memory:
+        return streaming.fit_heads(runs, features)
+    train, val = features.where("train"), features.where("val")
+    watched = (val.X, val.y) if len(val) else (None, None)
+    data = TrainData(train.X, train.y, *watched, features.class_names, features.task, views)
+    return fit_grid(runs, data, n_jobs)
 
-    Selection needs the val split here (cross-validation would read the entry once per fold).
-    """
-    if not (features.split == "val").any():
-        raise ArgumentError(
-            "holdout",
-            f"is needed: the train features exceed memory_budget "
-            f"({streaming.human(features.budget)}), so they are streamed, and a streamed fit "
-            "selects on a val split; hold out a share "
-            "of train (e.g. 0.15) or give the data a val split",
-        )
-    candidates = [Candidate(c) for c in configs]
-    runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
-    owner = [i for _ in range(seeds) for i in range(len(configs))]
-    heads = streaming.fit_heads(runs, features)
-    y_val = features.y[features.split == "val"]
-    n_classes = len(features.class_names)
-    for i, head, out in zip(owner, heads, streaming.outputs(heads, features, "val"), strict=True):
-        candidates[i].val.append(metrics.from_outputs(features.task, n_classes, y_val, out))
-        candidates[i].fit_seconds.append(head.fit_seconds)
-        candidates[i].histories.append(head.history)
-        candidates[i].heads.append(head)
-    return candidates, "val"
+
+def outputs(
+    heads: list[FittedHead], features: FeatureSet, mask: np.ndarray
+) -> Iterator[np.ndarray]:
+    """Every head's raw outputs on the rows in ``mask`` (at least one), in row order, head by
+    head. A set read in several blocks (an entry larger than memory) is read once for all the
+    heads; a set that is one block (in memory) is scored one head at a time, so only one head's
+    outputs are held at once."""
+    blocks = iter(features.blocks(mask))
+    X, _ = next(blocks)
+    more = next(blocks, None)
+    if more is None:
+        yield from (head.decision_function(X) for head in heads)
+        return
+    parts = [[head.decision_function(X)] for head in heads]
+    for X, _ in itertools.chain([more], blocks):
+        for part, head in zip(parts, heads, strict=True):
+            part.append(head.decision_function(X))
+    yield from (np.concatenate(part) for part in parts)
+
+
+def _scored(
+    heads: list[FittedHead], features: FeatureSet, mask: np.ndarray
+) -> Iterator[dict[str, float]]:
+    """Every head's scores on the rows in ``mask``, head by head (see :func:`outputs`)."""
+    y, n_classes = features.y[mask], len(features.class_names)
+    for out in outputs(heads, features, mask):
+        yield metrics.from_outputs(features.task, n_classes, y, out)
 
 
 def sweep(
-    features: Features | StreamedFeatures,
+    features: FeatureSet,
     configs: list[HeadConfig],
     seeds: int = 1,
     cv: int = 5,
@@ -262,19 +281,16 @@ def sweep(
     start = time.perf_counter()
     if not configs:
         raise ArgumentError("configs", "is empty: give at least one head config")
-    streamed = isinstance(features, StreamedFeatures)
-    if streamed and shots:
+    if shots and not features.in_memory:
         raise ArgumentError(
             "shots",
             f"need the features in memory: the train features exceed memory_budget "
             f"({streaming.human(features.budget)}); raise the budget for a few-shot curve",
         )
     _check(features)
-    if streamed:
+    if not features.in_memory:
         streaming.refuse_unstreamable(features, configs)
-        candidates, selection = select_streamed(features, configs, seeds)
-    else:
-        candidates, selection = select(features, configs, seeds, cv, n_jobs, views)
+    candidates, selection = select(features, configs, seeds, cv, n_jobs, views)
     metric = metrics.primary(features.task)
     best = max(candidates, key=lambda c: (c.mean(metric), -configs.index(c.config)))
     for cand in candidates:  # keep curves, free the losing models (MLP grids are large)
@@ -298,10 +314,11 @@ def sweep(
     before: list[dict[str, float]] = []
     if is_test.any():
         # one pass over test for both (a streamed entry is read once)
-        scores, outs = _test_scores(features, best.heads + selection_heads)
+        tested = best.heads + selection_heads
+        outs = list(outputs(tested, features, is_test))
+        n_classes, y_test = len(features.class_names), features.y[is_test]
+        scores = [metrics.from_outputs(features.task, n_classes, y_test, o) for o in outs]
         best.test, before = scores[: len(best.heads)], scores[len(best.heads) :]
-        n_classes = len(features.class_names)
-        y_test = features.y[is_test]
         if features.task == "classification":
             confusion = metrics.confusion(y_test, outs[0].argmax(axis=1), n_classes)
         else:
@@ -348,33 +365,12 @@ def refit_reason(config: HeadConfig, views: TrainViews | None) -> str:
 
 
 def _fit_chosen(
-    features: Features | StreamedFeatures,
-    config: HeadConfig,
-    seeds: int,
-    n_jobs: int,
-    views: TrainViews | None,
+    features: FeatureSet, config: HeadConfig, seeds: int, n_jobs: int, views: TrainViews | None
 ) -> list[FittedHead]:
     """The chosen config, one head per seed, fitted on the train split with no val to watch
     (every epoch of its schedule runs; the last is kept)."""
     runs = [replace(config, seed=config.seed + s) for s in range(seeds)]
-    if isinstance(features, StreamedFeatures):
-        return streaming.fit_heads(runs, features)
-    train = features.where("train")
-    data = TrainData(train.X, train.y, None, None, features.class_names, features.task, views)
-    return fit_grid(runs, data, n_jobs)
-
-
-def _test_scores(
-    features: Features | StreamedFeatures, heads: list[FittedHead]
-) -> tuple[list[dict[str, float]], list[np.ndarray]]:
-    """Every head's test scores and outputs (streamed entries block by block)."""
-    is_test = features.split == "test"
-    if isinstance(features, StreamedFeatures):
-        outs = streaming.outputs(heads, features, "test")
-    else:
-        outs = [head.decision_function(features.X[is_test]) for head in heads]
-    y_test, n_classes = features.y[is_test], len(features.class_names)
-    return [metrics.from_outputs(features.task, n_classes, y_test, o) for o in outs], outs
+    return _fit(features, runs, n_jobs, views)
 
 
 def stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
