@@ -71,11 +71,7 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
             table.add_column(column, justify="right")
         for p in result.few_shot:
             table.add_row(
-                str(p["shots"]),
-                str(p["per_class"]),
-                p["split"],
-                f"{p['mean']:.4f} ± {p['std']:.4f}",
-                str(p["draws"]),
+                str(p.shots), str(p.per_class), p.split, f"{p.mean:.4f} ± {p.std:.4f}", str(p.draws)
             )
         out.print(table)
     if result.few_shot_note:

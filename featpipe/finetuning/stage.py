@@ -31,6 +31,7 @@ from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead
 from featpipe.heads.preprocess import Preprocessor
+from featpipe.runs.metrics import CamFigure, RunMetrics, Scores
 from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, backbone_entry, load_run, write_run
 
 BACKBONE_STATE = "backbone.safetensors"
@@ -39,16 +40,6 @@ CAM_FILE = "cam.png"
 
 class CamFigureWarning(UserWarning):
     """The optional CAM figure failed; the run was written without it."""
-
-
-@dataclass(frozen=True)
-class CamFigure:
-    """What ``cam.png`` shows: the classes it has rows for, and the final map's side."""
-
-    file: str
-    classes: list[str]
-    grid: int  # cells a side of the final map the maps were computed from
-    size: int  # input size the maps were computed at
 
 
 @dataclass(frozen=True)
@@ -80,30 +71,30 @@ class FinetuneResult:
     def test_score(self) -> float:
         return self.test.get(self.metric, float("nan"))
 
-    def to_metrics(self) -> dict[str, Any]:
-        """``metrics.json``: the keys a fit run has, plus the fine-tune's own."""
-        return {
-            "task": self.task,
-            "backbone": self.backbone,
-            "class_names": self.class_names,
-            "metric": self.metric,
-            "best_epoch": self.best_epoch,
-            "start_val": self.start_val,
-            "val": {"mean": self.val_score, "std": 0.0, "all": [self.val]},
-            "test": {"mean": self.test_score, "std": 0.0, "all": [self.test]},
-            "chosen": {"head": "finetune", "unfreeze": self.freezing},
-            "chosen_label": f"finetune({self.freezing})",
-            "selection": "val",
-            "holdout": self.holdout,
-            "precision": self.precision,
-            "fit_seconds": self.seconds,
-            "extract_seconds": 0.0,
-            "confusion": self.confusion,
-            "few_shot": [],
-            "cam": self.cam.file if self.cam else "",  # the file, as run format 1 recorded it
-            "cam_figure": asdict(self.cam) if self.cam else None,
-            "cam_note": self.cam_note,
-        }
+    def to_metrics(self) -> RunMetrics:
+        """The run's ``metrics.json``: the fields a fit run has, plus the fine-tune's own."""
+        return RunMetrics(
+            task=self.task,
+            backbone=self.backbone,
+            class_names=self.class_names,
+            metric=self.metric,
+            best_epoch=self.best_epoch,
+            start_val=self.start_val,
+            val=Scores(self.val_score, 0.0, [self.val]),
+            test=Scores(self.test_score, 0.0, [self.test]),
+            chosen={"head": "finetune", "unfreeze": self.freezing},
+            chosen_label=f"finetune({self.freezing})",
+            selection="val",
+            holdout=self.holdout,
+            precision=self.precision,
+            fit_seconds=self.seconds,
+            extract_seconds=0.0,
+            confusion=self.confusion,
+            few_shot=[],
+            cam=self.cam.file if self.cam else "",  # the file, as run format 1 recorded it
+            cam_figure=self.cam,
+            cam_note=self.cam_note,
+        )
 
 
 def _images(trainer: Trainer, indices: list[int], size: int) -> torch.Tensor:

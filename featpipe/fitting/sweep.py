@@ -30,6 +30,7 @@ from featpipe.heads.fitted import FittedHead, fit_heads
 from featpipe.heads.stacked import group_key
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
+from featpipe.runs.metrics import FewShotPoint, Predictions
 from featpipe.runtime import distributed
 
 
@@ -62,13 +63,13 @@ class SweepResult:
     best: Candidate
     best_head: FittedHead
     confusion: list[list[int]] | None
-    few_shot: list[dict[str, Any]]
+    few_shot: list[FewShotPoint]
     seconds: float
     few_shot_note: str = ""  # shot counts left out of the curve, and why
     # images per split the scores rest on (the report says how many a verdict rests on)
     split_sizes: dict[str, int] = field(default_factory=dict)
     # regression: the chosen head's test predictions, for predicted-vs-true plots
-    test_predictions: dict[str, list[float]] | None = None
+    test_predictions: Predictions | None = None
     # what the chosen head was trained on: "train" or "train+val" (refitted), and why a refit
     # asked for was not made
     trained_on: str = "train"
@@ -322,7 +323,7 @@ def sweep(
         if features.task == "classification":
             confusion = metrics.confusion(y_test, outs[0].argmax(axis=1), n_classes)
         else:
-            predictions = {"true": y_test.tolist(), "predicted": outs[0][:, 0].tolist()}
+            predictions = Predictions(y_test.tolist(), outs[0][:, 0].tolist())
     few = (
         distributed.on_leader(
             distributed.current(), lambda: few_shot(features, best.config, shots, draws)
@@ -430,7 +431,7 @@ def plan_shots(
 
 def few_shot(
     features: Features, config: HeadConfig, shots: list[int | str], draws: int = 5
-) -> list[dict[str, Any]]:
+) -> list[FewShotPoint]:
     """Accuracy against examples per class, on test (or val), over repeated draws.
 
     Shot counts above the smallest training class are left out (see :func:`plan_shots`).
@@ -463,15 +464,6 @@ def few_shot(
             [head] = fit_heads([replace(config, seed=config.seed + draw)], data, n_jobs=1)
             scores.append(_score(head, evaluation.X, evaluation.y)["accuracy"])
         per_class = int(np.bincount(train.labels).max()) if shot == "all" else int(shot)
-        curve.append(
-            {
-                "shots": shot,
-                "per_class": per_class,
-                "split": split,
-                "mean": float(np.mean(scores)),
-                "std": float(np.std(scores)),
-                "draws": len(scores),
-                "scores": scores,
-            }
-        )
+        mean, std = float(np.mean(scores)), float(np.std(scores))
+        curve.append(FewShotPoint(shot, per_class, split, mean, std, len(scores), scores))
     return curve

@@ -162,7 +162,7 @@ def advise(
         "transfer_gain": gain,
         "source_head_confidence": confidence,
         "best_head": probe_pre,
-        "few_shot": [{"shots": p["shots"], "accuracy": p["mean"]} for p in curve],
+        "few_shot": [{"shots": p.shots, "accuracy": p.mean} for p in curve],
         "thresholds": {
             "small_per_class": SMALL_PER_CLASS,
             "similar_gain": SIMILAR_GAIN,

@@ -163,7 +163,7 @@ def compare(
                 val=best.mean(metric),
                 test=best.mean(metric, "test"),
                 macro_f1=float(test.get("macro_f1", float("nan"))),
-                extract_seconds=run.metrics["extract_seconds"],
+                extract_seconds=run.metrics.extract_seconds,
                 fit_seconds=result.seconds,
                 run=str(run.path),
             )

@@ -46,6 +46,7 @@ from featpipe.backbones.spec import slugify
 from featpipe.cache.durable import fsync_dir, fsync_tree, replace_file
 from featpipe.data.datasets import DataWarning
 from featpipe.errors import ArgumentError, DataError, StorageError
+from featpipe.runs.metrics import RunMetrics, Scores
 
 if TYPE_CHECKING:  # torch-free at import: the CLI reads runs without loading torch
     from featpipe.backbones.build import Backbone
@@ -78,7 +79,7 @@ class IncompleteRunWarning(DataWarning):
 class Run:
     path: Path
     config: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: RunMetrics
 
     @property
     def kind(self) -> str:
@@ -87,15 +88,15 @@ class Run:
     def __repr__(self) -> str:
         """One line for a notebook: what was fitted on what, the choice and its scores."""
         m = self.metrics
-        metric = m.get("metric", "score")
+        metric = m.metric or "score"
         scores = ", ".join(
-            f"{split} {metric}={m[split]['mean']:.4f}"
-            for split in ("val", "test")
-            if isinstance(m.get(split), dict) and m[split].get("mean") == m[split].get("mean")
+            f"{split} {metric}={s.mean:.4f}"
+            for split, s in (("val", m.val), ("test", m.test))
+            if s.mean == s.mean
         )
         return (
             f"Run({self.kind}, {self.config.get('dataset')!r}, {self.config.get('backbone')!r}, "
-            f"{m.get('chosen_label', '?')}, {scores}, path={str(self.path)!r})"
+            f"{m.chosen_label or '?'}, {scores}, path={str(self.path)!r})"
         )
 
     def head(self) -> FittedHead:
@@ -182,7 +183,7 @@ def write_run(
     dataset_root: str,
     backbone: str,
     request: Mapping[str, Any],
-    metrics: Mapping[str, Any],
+    metrics: RunMetrics,
     rows: Iterable[Mapping[str, Any]],
     curves: list[dict[str, Any]] | None = None,
     entries: list[dict[str, Any]] | None = None,
@@ -248,11 +249,12 @@ def write_run(
             head.save(tmp / "head")
         (tmp / "curves.json").write_text(json.dumps(curves or []))
         _write_rows(tmp / "rows.csv", table)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+        record = metrics.to_dict(kind)
+        (tmp / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
         fsync_tree(tmp)
         # run.json last and atomically: it is what makes a directory completed in place a run.
         replace_file(tmp / "run.json", json.dumps(config, indent=1, default=str).encode())
-    return Run(path, config, dict(metrics))
+    return Run(path, config, metrics)
 
 
 @contextmanager
@@ -312,38 +314,29 @@ def save_run(
     """Write a fit run: the sweep's chosen head, scores, rows and curves (see :func:`write_run`)."""
     metric = result.metric
     best = result.best
-    metrics = {
-        "task": result.task,
-        "class_names": result.class_names,
-        "selection": result.selection,
-        "metric": metric,
-        "chosen": best.config.params(),
-        "chosen_label": best.config.label(),
-        "val": {"mean": best.mean(metric), "std": best.std(metric), "all": best.val},
-        "test": {
-            "mean": best.mean(metric, "test"),
-            "std": best.std(metric, "test"),
-            "all": best.test,
-        },
-        "confusion": result.confusion,
-        "few_shot": result.few_shot,
-        "split_sizes": result.split_sizes,
-        "trained_on": result.trained_on,
-        "refit_note": result.refit_note,
-        "test_before_refit": (
-            {
-                "mean": sum(t[metric] for t in result.test_before_refit)
-                / len(result.test_before_refit),
-                "all": result.test_before_refit,
-            }
-            if result.test_before_refit
-            else None
+    before = result.test_before_refit
+    metrics = RunMetrics(
+        task=result.task,
+        class_names=result.class_names,
+        selection=result.selection,
+        metric=metric,
+        chosen=best.config.params(),
+        chosen_label=best.config.label(),
+        val=Scores(best.mean(metric), best.std(metric), best.val),
+        test=Scores(best.mean(metric, "test"), best.std(metric, "test"), best.test),
+        confusion=result.confusion,
+        few_shot=result.few_shot,
+        split_sizes=result.split_sizes,
+        trained_on=result.trained_on,
+        refit_note=result.refit_note,
+        test_before_refit=(
+            Scores(sum(t[metric] for t in before) / len(before), None, before) if before else None
         ),
-        "test_predictions": result.test_predictions,
-        "extract_seconds": extract_seconds,
-        "fit_seconds": result.seconds,
-        "n_configs": len(result.candidates),
-    }
+        test_predictions=result.test_predictions,
+        extract_seconds=extract_seconds,
+        fit_seconds=result.seconds,
+        n_configs=len(result.candidates),
+    )
     curves = [
         {
             "config": c.config.params(),
@@ -411,7 +404,10 @@ def load_run(path: str | Path) -> Run:
             f"run {path} was written by a newer featpipe (run format {config['format']}, this "
             f"version reads {RUN_FORMAT}): upgrade featpipe to use it"
         )
-    return Run(path, config, metrics)
+    try:
+        return Run(path, config, RunMetrics.from_dict(metrics))
+    except ValueError as exc:
+        raise DataError(f"{path} is a damaged featpipe run (metrics.json: {exc})") from None
 
 
 def run_dirs(runs_dir: Path) -> list[Path]:

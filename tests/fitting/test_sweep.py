@@ -116,9 +116,9 @@ def test_few_shot_sampler_is_stratified_and_reproducible() -> None:
 
 def test_few_shot_curve_rises_with_data() -> None:
     curve = few_shot(features(n=1500), HeadConfig(head="logreg"), parse_shots("1,10,all"), 3)
-    assert [p["shots"] for p in curve] == [1, 10, "all"]
-    assert [p["draws"] for p in curve] == [3, 3, 1]
-    assert curve[0]["mean"] < curve[-1]["mean"]
+    assert [p.shots for p in curve] == [1, 10, "all"]
+    assert [p.draws for p in curve] == [3, 3, 1]
+    assert curve[0].mean < curve[-1].mean
     with pytest.raises(ArgumentError, match="shots 0,5: use positive whole numbers"):
         parse_shots("0,5")
 
@@ -132,7 +132,7 @@ def test_shot_counts_above_the_smallest_class_are_left_out_and_said() -> None:
     f.split[smallest[42:]] = "unused"  # class c2 keeps 42 training images
     assert np.bincount(f.where("train").labels).min() == 42
     result = sweep(f, GRID[:1], shots=parse_shots("1,5,10,50,all"), draws=2)
-    assert [p["shots"] for p in result.few_shot] == [1, 5, 10, "all"]
+    assert [p.shots for p in result.few_shot] == [1, 5, 10, "all"]
     assert result.few_shot_note == (
         "few-shot: 50 per class left out: the smallest train class (c2) has 42 images; "
         "the 'all' point uses every training image"
