@@ -22,7 +22,7 @@ from . import views_options as vopt
 from .render import console, plain, progress_bar
 
 if TYPE_CHECKING:
-    from featpipe.fitting.sweep import SweepResult
+    from featpipe.fitting.run import SweepResult
 
 
 def parse_fixed(items: list[str]) -> dict[str, Any]:

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from featpipe.backbones.build import Backbone
+from featpipe.cache.key import KeyFields
 from featpipe.data.datasets import Dataset
-from featpipe.data.transforms import ImageToUint8
+from featpipe.data.transforms import ImageToUint8, fingerprint
 from featpipe.errors import DataError, StorageError
 from featpipe.finetuning.checkpoint import BEST, CHECKPOINT
 from featpipe.finetuning.config import FinetuneConfig
@@ -32,7 +34,7 @@ from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead
 from featpipe.heads.preprocess import Preprocessor
 from featpipe.runs.metrics import CamFigure, RunMetrics, Scores
-from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, backbone_entry, load_run, write_run
+from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, write_run
 
 BACKBONE_STATE = "backbone.safetensors"
 CAM_FILE = "cam.png"
@@ -175,6 +177,31 @@ def _head(trainer: Trainer) -> FittedHead:
     )
 
 
+def _backbone_entry(backbone: Backbone, precision: str, state: str) -> dict[str, Any]:
+    """The run's record of its network, which it did not read from the cache.
+
+    Same fields as a fit run's entries (``key_fields`` as in the cache key), so one reader
+    (:func:`featpipe.use.predict.load_pipeline`) rebuilds both; ``state`` names the run's file
+    holding the trained backbone weights.
+    """
+    spec = backbone.spec
+    fields = KeyFields(
+        model=spec.model,
+        weights=backbone.weights_identity,
+        transform=fingerprint(backbone.data_config, False),
+        pool=spec.pool,
+        layer=spec.layer,
+        precision=precision,
+        dtype="float32",
+    )
+    return {
+        "model": spec.model,
+        "weights": spec.weights,
+        "key_fields": asdict(fields),
+        "state": state,
+    }
+
+
 def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
     """Evaluate the best weights, draw the CAM, and complete the run directory."""
     plan, config = trainer.plan, trainer.config
@@ -238,7 +265,7 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         metrics=result.to_metrics(),
         rows=[row],
         curves=curves,
-        entries=[backbone_entry(trainer.backbone, plan.precision, state=BACKBONE_STATE)],
+        entries=[_backbone_entry(trainer.backbone, plan.precision, BACKBONE_STATE)],
         head=_head(trainer),
         files={BACKBONE_STATE: lambda path: save_file(backbone_state, str(path))},
         extra={"weights_identity": trainer.backbone.weights_identity},

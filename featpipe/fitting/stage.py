@@ -14,13 +14,14 @@ from featpipe.cache.entry import FeatureSet, read_meta
 from featpipe.data.splits import hold_out
 from featpipe.errors import ArgumentError
 from featpipe.fitting.features import load_feature_set, parse_feature_spec
+from featpipe.fitting.run import SweepResult, save_run
 from featpipe.fitting.streaming import resolve_budget
-from featpipe.fitting.sweep import SweepResult, sweep
+from featpipe.fitting.sweep import sweep
 from featpipe.fitting.views import train_views
 from featpipe.heads.config import HeadConfig, expand, parse_grid
 from featpipe.heads.views import check_view_mode
 from featpipe.progress import Phase
-from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, save_run
+from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run
 from featpipe.runtime import distributed
 
 if TYPE_CHECKING:

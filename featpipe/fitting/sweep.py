@@ -16,14 +16,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
 from featpipe.cache.entry import Features, FeatureSet
 from featpipe.errors import ArgumentError, DataError
 from featpipe.fitting import streaming
+from featpipe.fitting.run import Candidate, SweepResult
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, fit_heads
@@ -32,72 +32,6 @@ from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
 from featpipe.runs.metrics import FewShotPoint, Predictions
 from featpipe.runtime import distributed
-
-
-@dataclass
-class Candidate:
-    """One config across seeds: its validation scores and (for the winner) test scores."""
-
-    config: HeadConfig
-    val: list[dict[str, float]] = field(default_factory=list)
-    test: list[dict[str, float]] = field(default_factory=list)
-    fit_seconds: list[float] = field(default_factory=list)
-    histories: list[dict[str, list[float]]] = field(default_factory=list)
-    heads: list[FittedHead] = field(default_factory=list)
-
-    def mean(self, metric: str, split: str = "val") -> float:
-        scores = self.val if split == "val" else self.test
-        return float(np.mean([s[metric] for s in scores])) if scores else float("nan")
-
-    def std(self, metric: str, split: str = "val") -> float:
-        scores = self.val if split == "val" else self.test
-        return float(np.std([s[metric] for s in scores])) if scores else float("nan")
-
-
-@dataclass
-class SweepResult:
-    task: str
-    class_names: list[str]
-    selection: str  # "val" or "cv5"
-    candidates: list[Candidate]
-    best: Candidate
-    best_head: FittedHead
-    confusion: list[list[int]] | None
-    few_shot: list[FewShotPoint]
-    seconds: float
-    few_shot_note: str = ""  # shot counts left out of the curve, and why
-    # images per split the scores rest on (the report says how many a verdict rests on)
-    split_sizes: dict[str, int] = field(default_factory=dict)
-    # regression: the chosen head's test predictions, for predicted-vs-true plots
-    test_predictions: Predictions | None = None
-    # what the chosen head was trained on: "train" or "train+val" (refitted), and why a refit
-    # asked for was not made
-    trained_on: str = "train"
-    refit_note: str = ""
-    # after a refit on train + val: the heads selection fitted on train alone, and their test
-    # scores (what the refit changed)
-    selection_heads: list[FittedHead] = field(default_factory=list)
-    test_before_refit: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def metric(self) -> str:
-        return metrics.primary(self.task)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Tidy rows: one per config × seed; test columns only for the chosen config."""
-        out = []
-        for cand in self.candidates:
-            chosen = cand is self.best
-            for i, scores in enumerate(cand.val):
-                seed = cand.config.seed + i
-                row: dict[str, Any] = replace(cand.config, seed=seed).to_dict()
-                row.update({f"val_{k}": v for k, v in scores.items()})
-                if chosen and i < len(cand.test):
-                    row.update({f"test_{k}": v for k, v in cand.test[i].items()})
-                row["fit_seconds"] = cand.fit_seconds[i] if i < len(cand.fit_seconds) else None
-                row["chosen"] = chosen
-                out.append(row)
-        return out
 
 
 def _check(features: FeatureSet) -> None:
