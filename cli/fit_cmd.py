@@ -145,6 +145,7 @@ def fit(
     extraction: opt.ExtractOptions,
 ) -> None:
     """Fit heads on cached features (extracting first if needed); save and rank them."""
+    # torch: only when fit runs (the CLI starts light)
     from featpipe.fitting.stage import fit as fit_heads
     from featpipe.fitting.sweep import parse_shots
 

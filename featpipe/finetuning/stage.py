@@ -25,6 +25,13 @@ from featpipe.cache.key import KeyFields
 from featpipe.data.datasets import Dataset
 from featpipe.data.transforms import ImageToUint8, fingerprint
 from featpipe.errors import DataError, StorageError
+from featpipe.finetuning.cam import (
+    NotApplicable,
+    cam_size,
+    class_activation_maps,
+    pick_tiles,
+    save_cam_figure,
+)
 from featpipe.finetuning.checkpoint import BEST, CHECKPOINT
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
@@ -113,8 +120,6 @@ def draw_cam(trainer: Trainer, val: Evaluation, out: Path) -> CamFigure:
 
     Raises :class:`~featpipe.finetuning.cam.NotApplicable` when CAM does not apply.
     """
-    from featpipe.finetuning.cam import cam_size, class_activation_maps, pick_tiles, save_cam_figure
-
     dataset = trainer.plan.dataset
     labels = np.array([i.label for i in trainer.plan.val])
     rows = pick_tiles(labels, val.pred)
@@ -141,8 +146,6 @@ def draw_cam(trainer: Trainer, val: Evaluation, out: Path) -> CamFigure:
 
 def _optional_cam(trainer: Trainer, val: Evaluation) -> tuple[CamFigure | None, str | None]:
     """The CAM figure, or the reason there is none; its failure never costs the trained run."""
-    from featpipe.finetuning.cam import NotApplicable
-
     if trainer.plan.dataset.task != "classification":
         return None, "CAM is drawn for classification"
     try:

@@ -19,10 +19,12 @@ from featpipe.fitting.streaming import resolve_budget
 from featpipe.fitting.sweep import sweep
 from featpipe.fitting.views import train_views
 from featpipe.heads.config import HeadConfig, expand, parse_grid
+from featpipe.heads.placement import training_on
 from featpipe.heads.views import check_view_mode
 from featpipe.progress import Phase
 from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run
 from featpipe.runtime import distributed
+from featpipe.runtime.devices import resolve_device
 
 if TYPE_CHECKING:
     from featpipe.data.augment import Augment
@@ -99,9 +101,6 @@ def fit(
     and that head is scored on test and saved (:func:`~featpipe.fitting.sweep.sweep`); the run
     records what its head was trained on, and keeps the train-only head for fine-tuning.
     """
-    from featpipe.heads.placement import training_on
-    from featpipe.runtime.devices import resolve_device
-
     heads_device = resolve_device(device)  # a bad --device fails before any work
     extract_options = {"device": device} | (extract_options or {})
     grid = parse_grid(grid or ({} if head else DEFAULT_GRID), "grid")

@@ -132,7 +132,7 @@ def compare(
 
     ``progress`` and ``status`` are :func:`featpipe.fit`'s (per-batch progress, and the steps
     before batches run)."""
-    from featpipe.fitting.stage import fit
+    from featpipe.fitting.stage import fit  # torch: the CLI imports this module at start
 
     rows: list[Row] = []
     for data in experiment.data:
