@@ -49,23 +49,16 @@ ENTRY_FORMAT = 2
 class FeatureSet(ABC):
     """The rows of one dataset under one backbone, whichever way their features are held.
 
-    Every feature set holds, per row, its label, target, split and path (N values each, in
-    memory) and the label set; the features themselves are read through :meth:`blocks`, which
-    an in-memory set (:class:`Features`) answers with its matrix and a set larger than memory
+    Every feature set is a dataclass holding, per row, ``labels``, ``targets``, ``split`` and
+    ``relpath`` (N values each, in memory, in row order), and ``class_names``, ``task`` and
+    ``meta``. The features themselves are read through :meth:`blocks`, which an in-memory set
+    (:class:`Features`) answers with its matrix and a set larger than memory
     (:class:`~featpipe.fitting.streaming.StreamedFeatures`) with blocks read from its entry. So
     code that scores or sums over a split asks the set for its blocks and runs the same on
     either; only what needs every row at once (cross-validation, few-shot draws, views) asks
     :attr:`in_memory` first.
     """
 
-    # fields of every subclass (each a dataclass declaring them)
-    labels: np.ndarray
-    targets: np.ndarray
-    split: np.ndarray
-    relpath: np.ndarray
-    class_names: list[str]
-    task: str
-    meta: dict[str, Any]
     in_memory: ClassVar[bool]  # whether the N × D matrix is held (``X``)
 
     def __len__(self) -> int:

@@ -16,13 +16,24 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 FIT, FINETUNE = "fit", "finetune"
 # field metadata: recorded by runs of one kind only (and only they write it)
 _FIT_ONLY, _FINETUNE_ONLY = {"kind": FIT}, {"kind": FINETUNE}
+
+
+class _Record:
+    """A dataclass whose fields JSON holds as they are: written and read field by field."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,7 @@ class Scores:
 
 
 @dataclass(frozen=True)
-class FewShotPoint:
+class FewShotPoint(_Record):
     """One point of a few-shot curve: accuracy on ``split`` over ``draws`` draws of ``shots``
     training images per class (``"all"``: the whole train split, ``per_class`` its largest
     class)."""
@@ -63,31 +74,17 @@ class FewShotPoint:
     draws: int
     scores: list[float]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FewShotPoint:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
-
 
 @dataclass(frozen=True)
-class Predictions:
+class Predictions(_Record):
     """A regression head's test predictions beside the true values (the report plots them)."""
 
     true: list[float]
     predicted: list[float]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Predictions:
-        return cls(list(data["true"]), list(data["predicted"]))
-
 
 @dataclass(frozen=True)
-class CamFigure:
+class CamFigure(_Record):
     """What a fine-tune's ``cam.png`` shows: the classes it has rows for, and the final map's
     side."""
 
@@ -95,13 +92,6 @@ class CamFigure:
     classes: list[str]
     grid: int  # cells a side of the final map the maps were computed from
     size: int  # input size the maps were computed at
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CamFigure:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -188,7 +178,7 @@ class RunMetrics:
 
 def _plain(value: Any) -> Any:
     """A field as JSON holds it."""
-    if isinstance(value, Scores | FewShotPoint | Predictions | CamFigure):
+    if isinstance(value, Scores | _Record):
         return value.to_dict()
     if isinstance(value, list):
         return [_plain(v) for v in value]
