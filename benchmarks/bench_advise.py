@@ -27,6 +27,7 @@ from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.stage import finetune
 from featpipe.fitting.stage import fit
 from featpipe.reports.advise import LP_FT, SCRATCH, advise
+from featpipe.runs.metrics import RunMetrics
 
 BACKBONE = "tf_efficientnet_lite0"
 TOLERANCE = 0.01  # test-accuracy points (as a fraction) within which strategies tie
@@ -45,10 +46,10 @@ DATASETS: dict[str, tuple[str, int | None, int, int]] = {
 HEAD_GRID = {"head": ["linear", "logreg"], "lr": [1e-3, 1e-2], "wd": [1e-4, 1e-2], "C": [0.1, 1.0]}
 
 
-def _scores(metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _scores(metrics: RunMetrics, seconds: float) -> dict[str, Any]:
     return {
-        "val_accuracy": round(metrics["val"]["mean"], 4),
-        "test_accuracy": round(metrics["test"]["mean"], 4),
+        "val_accuracy": round(metrics.val.mean, 4),
+        "test_accuracy": round(metrics.test.mean, 4),
         "seconds": round(seconds, 1),
     }
 
@@ -71,7 +72,7 @@ def check(name: str, work: Path, runs: Path, cache: Path) -> dict[str, Any]:
         extract_options={"cache_dir": cache},
     )
     strategies = {"head": _scores(run.metrics, time.perf_counter() - start)}
-    strategies["head"]["chosen"] = run.metrics["chosen_label"]
+    strategies["head"]["chosen"] = run.metrics.chosen_label
     print(name, "head", strategies["head"], flush=True)
     recipes = {
         "lp-ft": FinetuneConfig(from_run=str(run.path), epochs=ft_epochs, **LP_FT),

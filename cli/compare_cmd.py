@@ -92,7 +92,7 @@ def compare(
     extraction: ExtractOptions,
 ) -> None:
     """Extract what is missing, sweep heads per pair, print one leaderboard."""
-    from featpipe.fitting.sweep import parse_shots
+    from featpipe.fitting.sweep import parse_shots  # torch: only when compare runs
 
     if experiment:
         exp = read_experiment(experiment)

@@ -23,7 +23,7 @@ from . import views_options as vopt
 from .render import console, plain, progress_bar
 
 if TYPE_CHECKING:
-    from featpipe.fitting.sweep import SweepResult
+    from featpipe.fitting.run import SweepResult
 
 
 def parse_fixed(items: list[str]) -> dict[str, Any]:
@@ -72,11 +72,7 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
             table.add_column(column, justify="right")
         for p in result.few_shot:
             table.add_row(
-                str(p["shots"]),
-                str(p["per_class"]),
-                p["split"],
-                f"{p['mean']:.4f} ± {p['std']:.4f}",
-                str(p["draws"]),
+                str(p.shots), str(p.per_class), p.split, f"{p.mean:.4f} ± {p.std:.4f}", str(p.draws)
             )
         out.print(table)
     if result.few_shot_note:
@@ -150,6 +146,7 @@ def fit(
     extraction: ExtractOptions,
 ) -> None:
     """Fit heads on cached features (extracting first if needed); save and rank them."""
+    # torch: only when fit runs (the CLI starts light)
     from featpipe.fitting.stage import fit as fit_heads
     from featpipe.fitting.sweep import parse_shots
 

@@ -19,7 +19,7 @@ def predict(
     limit: int = typer.Option(10, help="Rows to print."),
 ) -> None:
     """Predict new images with a run's backbone(s) and head; write CSV."""
-    from featpipe.use.predict import predict as run_predict
+    from featpipe.use.predict import predict as run_predict  # torch: only when predict runs
 
     rows = run_predict(images, run, out, device)
     table = Table(title=f"predictions ({len(rows)} images) → {out}")

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from featpipe.backbones.build import BackboneSpec, load_classifier
 from featpipe.cache.entry import Features
 from featpipe.errors import DataError
 from featpipe.extraction.stage import extract
@@ -83,8 +84,6 @@ def decide(per_class_min: int, gain: float, confidence: float | None) -> tuple[s
 
 def source_confidence(features: Features, backbone: str, weights: str) -> float | None:
     """Mean max-softmax of the backbone's ImageNet head on the cached pooled features."""
-    from featpipe.backbones.build import BackboneSpec, load_classifier
-
     meta = features.meta.get("key_fields", {})
     if meta.get("pool") != "avg" or meta.get("layer") is not None:
         return None
@@ -162,7 +161,7 @@ def advise(
         "transfer_gain": gain,
         "source_head_confidence": confidence,
         "best_head": probe_pre,
-        "few_shot": [{"shots": p["shots"], "accuracy": p["mean"]} for p in curve],
+        "few_shot": [{"shots": p.shots, "accuracy": p.mean} for p in curve],
         "thresholds": {
             "small_per_class": SMALL_PER_CLASS,
             "similar_gain": SIMILAR_GAIN,

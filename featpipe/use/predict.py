@@ -20,9 +20,10 @@ from torch import nn
 from featpipe.backbones.build import Backbone, BackboneSpec, build_backbone
 from featpipe.data.images import is_image_name
 from featpipe.data.loader import make_loader
+from featpipe.data.tensor_decode import pipeline as decoding
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import DataError, FeatpipeError
-from featpipe.heads.fitted import FittedHead
+from featpipe.heads.fitted import CosineKNN, FittedHead
 from featpipe.runs.record import Run, load_run, write_csv
 from featpipe.runtime.allocator import keep_freed_memory
 from featpipe.runtime.devices import resolve_device
@@ -110,8 +111,6 @@ def embed(
 
     Each backbone decodes with the decoder its features were extracted with (``pil``, or
     ``tensor``: see :mod:`featpipe.data.tensor_decode`), so the head sees the same pixels."""
-    from featpipe.data.tensor_decode import pipeline as decoding
-
     keep_freed_memory()
     dev = resolve_device(device)
     blocks, reasons = [], [""] * len(files)
@@ -200,6 +199,4 @@ class DeployedPipeline(nn.Module):
 
 
 def _is_knn(head: FittedHead) -> bool:
-    from featpipe.heads.fitted import CosineKNN
-
     return isinstance(head.module, CosineKNN)
