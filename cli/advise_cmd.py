@@ -33,7 +33,7 @@ def advise(
             data,
             backbone,
             extraction.weights,
-            extraction.given(),
+            extraction,
             status=bar.status,
             progress=progress,
             runs_dir=runs_dir,

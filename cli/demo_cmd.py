@@ -38,7 +38,7 @@ def demo(
             backbone,
             grid={"head": ["linear", "logreg"], "lr": [1e-3, 1e-2]},
             runs_dir=runs_dir,
-            extract_options=options.given(),
+            extract_options=options,
             status=bar.status,
         )
     print_fit(run, sweep, seeds=1)

@@ -318,21 +318,6 @@ def stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarr
     return np.sort(np.concatenate(chosen))
 
 
-def parse_shots(text: str) -> list[int | str]:
-    shots: list[int | str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if part == "all":
-            shots.append("all")
-        elif part.isdigit() and int(part) > 0:
-            shots.append(int(part))
-        else:
-            raise ArgumentError(
-                "shots", f"{text}: use positive whole numbers or 'all', e.g. 1,5,all"
-            )
-    return shots
-
-
 def plan_shots(
     shots: list[int | str], labels: np.ndarray, class_names: list[str]
 ) -> tuple[list[int | str], str]:

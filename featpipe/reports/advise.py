@@ -30,10 +30,9 @@ large part of the error (``SIMILAR_GAIN``); dissimilar otherwise.
 
 from __future__ import annotations
 
-import inspect
 import shlex
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +42,11 @@ import torch
 from featpipe.backbones.build import BackboneSpec, load_classifier
 from featpipe.cache.entry import Features
 from featpipe.errors import DataError
-from featpipe.extraction.stage import extract
+from featpipe.extraction.options import ExtractOptions, as_extract_options
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.sweep import few_shot, sweep
 from featpipe.heads.config import HeadConfig, expand
+from featpipe.options import declared, given
 from featpipe.progress import Phase
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
@@ -116,7 +116,7 @@ def advise(
     data: str | Path,
     backbone: str = "tf_efficientnet_lite0",
     weights: str = "auto",
-    extract_options: dict[str, Any] | None = None,
+    extract_options: ExtractOptions | Mapping[str, Any] | None = None,
     status: Callable[[Phase], None] | None = None,
     progress: Callable[[str], Callable | None] | None = None,
     runs_dir: str | Path | None = None,
@@ -129,7 +129,7 @@ def advise(
     take many minutes). The next command keeps the extract options and ``runs_dir`` given here,
     so following it reuses this cache instead of extracting again at the defaults.
     """
-    options = dict(extract_options or {})
+    options = as_extract_options(extract_options)
 
     def features(label: str, spec: str) -> Features:
         per_batch = (lambda _model: progress(label)) if progress else None
@@ -168,7 +168,7 @@ def advise(
             "similar_confidence": SIMILAR_CONFIDENCE,
         },
     }
-    context = CommandContext(str(data), backbone, options | {"weights": weights}, runs_dir)
+    context = CommandContext(str(data), backbone, replace(options, weights=weights), runs_dir)
     has_val = bool((pretrained.split == "val").any())
     return Advice(
         size,
@@ -193,34 +193,34 @@ def _flags(recipe: dict[str, Any]) -> str:
     )
 
 
-# The featpipe.extract options that decide which cache entry (and which images) a command reads,
-# with their flags; a fine-tune reads images itself and takes only the last two.
-KEY_FLAGS = {
-    "weights": "--weights",
-    "pool": "--pool",
-    "layer": "--layer",
-    "precision": "--precision",
-    "engine": "--engine",
-    "dtype": "--dtype",
-    "draft": "--jpeg-draft",
-    "decode": "--decode",
-    "cache_dir": "--cache-dir",
-    "image_size": "--image-size",
-    "allow_outside": "--allow-outside",
-}
+# The extract options that decide which cache entry (and which images) a command reads; a
+# fine-tune reads images itself and takes only the last two.
+KEY_OPTIONS = (
+    "weights",
+    "pool",
+    "layer",
+    "precision",
+    "engine",
+    "dtype",
+    "draft",
+    "decode",
+    "cache_dir",
+    "image_size",
+    "allow_outside",
+)
 FINETUNE_KEYS = ("image_size", "allow_outside")
 
 
-def _flag_list(options: dict[str, Any], keys: tuple[str, ...]) -> str:
-    """Flags for the options among ``keys`` that differ from :func:`featpipe.extract`'s
-    defaults (switches as bare flags), shell-quoted."""
-    defaults = {k: p.default for k, p in inspect.signature(extract).parameters.items()}
+def _flag_list(options: ExtractOptions, keys: tuple[str, ...]) -> str:
+    """Flags for the options among ``keys`` that differ from their defaults (switches as bare
+    flags), spelled as the command line declares them, shell-quoted."""
+    changed = given(options)
     flags: list[str] = []
-    for key in keys:
-        value = options.get(key, defaults[key])
-        if value is None or value is False or str(value) == str(defaults[key]):
+    for o in declared(ExtractOptions):
+        value = changed.get(o.name)
+        if o.name not in keys or value is None or value is False:
             continue
-        flags += [KEY_FLAGS[key]] if value is True else [KEY_FLAGS[key], str(value)]
+        flags += [o.flag] if value is True else [o.flag, str(value)]
     return shlex.join(flags)
 
 
@@ -233,11 +233,11 @@ class CommandContext:
 
     data: str
     backbone: str
-    extract: dict[str, Any] = field(default_factory=dict)
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
     runs_dir: str | Path | None = None
 
     def extract_flags(self) -> str:
-        return _flag_list(self.extract, tuple(KEY_FLAGS))
+        return _flag_list(self.extract, KEY_OPTIONS)
 
     def finetune_flags(self) -> str:
         return _flag_list(self.extract, FINETUNE_KEYS)

@@ -16,7 +16,8 @@ import pytest
 from featpipe.cache.entry import Features
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.fitting.features import concatenate
-from featpipe.fitting.sweep import few_shot, parse_shots, plan_shots, stratified_sample, sweep
+from featpipe.fitting.options import parse_shots
+from featpipe.fitting.sweep import few_shot, plan_shots, stratified_sample, sweep
 from featpipe.heads.config import HeadConfig, expand
 from featpipe.heads.fitted import fit_heads
 from featpipe.heads.train_data import TrainData

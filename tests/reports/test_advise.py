@@ -138,6 +138,7 @@ def test_every_advised_command_keeps_the_options_advise_was_given(quadrant, tmp_
 
     from featpipe.cli.app import app
     from featpipe.cli.argv import expand
+    from featpipe.extraction.options import ExtractOptions
 
     given = {
         "weights": "offline",
@@ -150,7 +151,10 @@ def test_every_advised_command_keeps_the_options_advise_was_given(quadrant, tmp_
         "batch_size": 8,  # how it runs, not what it reads: not repeated
     }
     context = CommandContext(
-        str(tmp_path / "my data"), "tf_efficientnet_lite0", given, runs_dir=tmp_path / "runs"
+        str(tmp_path / "my data"),
+        "tf_efficientnet_lite0",
+        ExtractOptions(**given),
+        runs_dir=tmp_path / "runs",
     )
     commands = typer.main.get_command(app).commands
     for line in _command(*quadrant, context, has_val=False).splitlines():
