@@ -79,7 +79,7 @@ def recipe(train_images: int, pretrained: bool = True, symmetric: bool = False) 
         "lr": size.lr if pretrained else SCRATCH_LR,
         "crop_scale": CROP_SCALE,
         "auto_augment": f"rand-m{size.magnitude}-mstd0.5-inc1",
-        "ema": round(min(0.9999, max(0.9, 1 - 1 / steps_per_epoch)), 4),
+        "ema": round(min(0.9999, max(0.9, 1 - 1 / steps_per_epoch)), 5),
         "tta": "dihedral" if symmetric else "hflip",
     }
     if symmetric:
