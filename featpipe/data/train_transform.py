@@ -38,8 +38,8 @@ class TrainImages(ImageToUint8):
 
     ``auto_augment``: a policy string as timm writes it (``rand-m9-mstd0.5-inc1``), or
     :data:`~featpipe.choices.TRIVIAL_AUGMENT` for torchvision's TrivialAugmentWide;
-    like timm, a policy replaces the colour jitter. Policies fill with an RGB colour, so a
-    grayscale image goes through them as RGB (its three channels stay equal).
+    like timm, a policy replaces the colour jitter. Policies fill uncovered pixels with an RGB
+    colour (the model's mean), so a grayscale image goes through them as RGB.
     """
 
     def __init__(

@@ -11,18 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_image
+from conftest import DATA_CONFIG_32, write_image
 from featpipe.data.train_transform import RandomSymmetries, TrainImages
 from featpipe.data.transforms import ImageToUint8
 
-CONFIG = {
-    "input_size": (3, 32, 32),
-    "interpolation": "bicubic",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-    "crop_pct": 0.875,
-    "crop_mode": "center",
-}
+# EfficientNet-Lite's mean and std (ELPV's model): policies fill uncovered pixels with the mean,
+# here a gray, so a gray image stays gray.
+CONFIG = DATA_CONFIG_32 | {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 POLICIES = ["rand-m9-mstd0.5-inc1", "trivialaugment", "augmix-m5-w4-d2", "original"]
 
 
@@ -55,7 +50,7 @@ def test_a_policy_is_reproducible_and_changes_the_pixels(policy, kind, images) -
         assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)
         assert torch.equal(out, seeded_call(policed, path, seed))  # same seed, same pixels
         assert torch.equal(seeded_call(plain, path, seed), base)
-        if kind == "gray":  # went through as RGB; a gray image stays gray
+        if kind == "gray":  # went through as RGB, filled with gray: it stays gray
             assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
     assert sum(not torch.equal(out, base) for out in outs) >= 3  # the policy changed them
     assert len({out.numpy().tobytes() for out in outs}) >= 3  # and differently per seed

@@ -5,11 +5,8 @@ ViT position embeddings), test-time augmentation; resumable bit for bit; one-lin
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import make_tree
+from conftest import TINY_FINETUNE, kill_after_first_checkpoint, make_tree
 from featpipe.cli.app import main
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError
@@ -30,16 +27,7 @@ from featpipe.finetuning.stage import finetune
 from featpipe.finetuning.trainer import Evaluation, Trainer
 
 FEATPIPE = str(Path(sys.executable).parent / "featpipe")
-BASE = {
-    "backbone": "test_efficientnet",
-    "weights": "none",
-    "image_size": 32,
-    "epochs": 2,
-    "batch_size": 8,
-    "lr": 0.05,
-    "augment": False,
-    "workers": 0,
-}
+BASE = TINY_FINETUNE | {"workers": 0}
 # Every addition at once (what a kill and resume must replay exactly).
 EVERYTHING = BASE | {
     "epochs": 4,
@@ -250,20 +238,7 @@ def test_a_vit_at_another_size_resamples_its_position_embeddings(data, tmp_path)
 def test_resume_after_sigkill_is_bit_identical_with_every_addition_on(data, tmp_path) -> None:
     config = FinetuneConfig(**EVERYTHING)
     whole_run, whole = finetune(data, config, tmp_path / "whole")
-    code = (
-        "import sys; from featpipe.finetuning.config import FinetuneConfig;"
-        "from featpipe.finetuning.stage import finetune;"
-        f"finetune(sys.argv[1], FinetuneConfig(**{EVERYTHING!r}), "
-        "__import__('pathlib').Path(sys.argv[2]))"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(tmp_path / "killed")])
-    checkpoint = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(EVERYTHING, data, tmp_path / "killed", timeout=300)
     killed_run, killed = finetune(data, config, tmp_path / "killed")
     for key in ("train_loss", "val_loss", "val_loss_ema", "image_size"):
         assert killed.history[key] == whole.history[key], key

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from conftest import TINY, make_tree, write_image
+from conftest import TINY, TINY_FINETUNE, make_tree, write_image
 from featpipe.fitting.stage import fit
 from featpipe.heads import metrics
 from featpipe.reports.diagnosis import diagnose
@@ -156,23 +156,14 @@ def test_a_finetune_run_shows_the_options_it_ran_with(tmp_path: Path) -> None:
     from featpipe.finetuning.stage import finetune
 
     data = make_tree(tmp_path / "imgs", classes=("a", "b"), per_class=6)
-    config = FinetuneConfig(
-        backbone="test_efficientnet",
-        weights="none",
-        image_size=32,
-        epochs=1,
-        batch_size=4,
-        workers=0,
-        auto_augment="rand-m9-mstd0.5-inc1",
-        ema=0.9,
-        tta="dihedral",
-    )
+    options = {"auto_augment": "rand-m9-mstd0.5-inc1", "augment": True, "ema": 0.9}
+    config = FinetuneConfig(**TINY_FINETUNE | options | {"epochs": 1, "tta": "dihedral"})
     _, result = finetune(data, config, runs_dir=tmp_path / "runs")
     text = report(tmp_path / "runs", tmp_path / "report").read_text()
     assert "Fine-tune options: " in text
     for shown in ("auto_augment=rand-m9-mstd0.5-inc1", "ema=0.9", "tta=dihedral", "epochs=1"):
         assert shown in text, shown
-    assert "augment=" not in text.replace("auto_augment=", "")  # at its default: not listed
+    assert "crop_scale=" not in text and "rot90=" not in text  # at their defaults: not listed
     kept = "EMA weights" if result.kept_weights == "ema" else "Kept: epoch"
     assert kept in text and "test-time augmentation (dihedral)" in text
     assert not unresolved(tmp_path / "report" / "index.html")
