@@ -262,7 +262,7 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            return (model or self.model)(x).float()
+            return (self.model if model is None else model)(x).float()
 
     def augment_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Random erasing, then mixup/CutMix, of a normalised batch (in place, as timm does);
@@ -386,7 +386,7 @@ class Trainer:
         """Metrics, mean loss and predictions of ``model`` (default: the one training; eval
         mode) on ``items``, with the test-time augmentation ``tta`` names."""
         dataset = self.plan.dataset
-        model = model or self.model
+        model = self.model if model is None else model
         model.eval()
         transform = ImageToUint8(self.backbone.data_config, False)
         loader = self.loader(items, transform, max(64, self.config.batch_size), False, 0)
