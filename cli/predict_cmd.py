@@ -26,7 +26,7 @@ def predict(
     """Predict new images with a run's backbone(s) and head; write CSV."""
     from featpipe.use.predict import predict as run_predict
 
-    rows = run_predict(images, run, out, device, tta=None if tta == "run" else tta)
+    rows = run_predict(images, run, out, device, tta=tta)
     table = Table(title=f"predictions ({len(rows)} images) → {out}")
     for column in ("path", "prediction", "confidence", "error"):
         table.add_column(column)

@@ -170,20 +170,18 @@ def predict(
     out: Path | None = None,
     device: str = "auto",
     batch_size: int = 16,
-    tta: str | None = None,
+    tta: str = "run",
 ) -> list[dict[str, Any]]:
     """Predict every image; rows with the predicted class and per-class probabilities.
 
     ``tta``: average the probabilities (values, for a regression) over ``hflip`` (2 views) or
-    ``dihedral`` (the 8 symmetries of the square) of each image, or ``none``; left out, what
-    the run's scores were measured with (:func:`run_tta`)."""
-    if tta is not None and tta not in TTA_VIEWS:
-        raise ArgumentError(
-            "tta", f"{tta}: choose one of {', '.join(TTA_VIEWS)}, or leave it out for the run's"
-        )
+    ``dihedral`` (the 8 symmetries of the square) of each image, or ``none``; ``run``: what the
+    run's scores were measured with (:func:`run_tta`)."""
+    if tta != "run" and tta not in TTA_VIEWS:
+        raise ArgumentError("tta", f"{tta}: choose one of run, {', '.join(TTA_VIEWS)}")
     pipeline = load_pipeline(run)
     files = collect_images(inputs)
-    views = TTA_VIEWS[tta or run_tta(pipeline.run)]
+    views = TTA_VIEWS[run_tta(pipeline.run) if tta == "run" else tta]
     X, reasons = embed_views(pipeline, files, views, device, batch_size)
     head = pipeline.head
     ok = np.array([not r for r in reasons])
