@@ -32,6 +32,7 @@ from featpipe.finetuning.recipe import recipe
 from featpipe.finetuning.stage import finetune
 from featpipe.fitting.stage import fit
 from featpipe.reports.advise import advise, fine_tune_images
+from featpipe.runs.metrics import RunMetrics
 
 BACKBONE = "tf_efficientnet_lite0"
 TOLERANCE = 0.01  # test-accuracy points (as a fraction) within which strategies tie
@@ -50,10 +51,10 @@ DATASETS: dict[str, tuple[str, int | None]] = {
 HEAD_GRID = {"head": ["linear", "logreg"], "lr": [1e-3, 1e-2], "wd": [1e-4, 1e-2], "C": [0.1, 1.0]}
 
 
-def _scores(metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _scores(metrics: RunMetrics, seconds: float) -> dict[str, Any]:
     return {
-        "val_accuracy": round(metrics["val"]["mean"], 4),
-        "test_accuracy": round(metrics["test"]["mean"], 4),
+        "val_accuracy": round(metrics.val.mean, 4),
+        "test_accuracy": round(metrics.test.mean, 4),
         "seconds": round(seconds, 1),
     }
 
@@ -76,7 +77,7 @@ def check(name: str, work: Path, runs: Path, cache: Path) -> dict[str, Any]:
         extract_options={"cache_dir": cache},
     )
     strategies = {"head": _scores(run.metrics, time.perf_counter() - start)}
-    strategies["head"]["chosen"] = run.metrics["chosen_label"]
+    strategies["head"]["chosen"] = run.metrics.chosen_label
     print(name, "head", strategies["head"], flush=True)
     tuned = fine_tune_images(advice.evidence["train_images"], has_val=False)  # held out 15%
     recipes = {

@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 
 from featpipe.cache.entry import open_entry
-from featpipe.cache.shards import Contents
+from featpipe.cache.fingerprints import Contents
 from featpipe.data.datasets import scan
 from featpipe.extraction.stage import extract
 

@@ -314,7 +314,7 @@ class Bench:
                 runs_dir=folder / "runs",
                 extract_options=self.extract_options(size),
             )
-            return _scores(run.path) | {"chosen": run.metrics["chosen_label"]}
+            return _scores(run.path) | {"chosen": run.metrics.chosen_label}
 
         return self._kept(row_id, seed, compute)
 
@@ -343,12 +343,12 @@ class Bench:
 
 def _scores(run_path: Path) -> dict[str, Any]:
     metrics = load_run(run_path).metrics
-    test = metrics["test"]["all"][0]
+    test = metrics.test.all[0]
     return {
         "run": str(run_path),
         "test_accuracy": test["accuracy"],
         "test_balanced_accuracy": test["balanced_accuracy"],
-        "val_accuracy": metrics["val"]["mean"],
+        "val_accuracy": metrics.val.mean,
     }
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from featpipe.extraction.options import ExtractOptions
+
 from . import options as opt
 from .render import console, plain, progress_bar
 
@@ -17,10 +19,10 @@ def advise(
     backbone: str = opt.Backbone,
     runs_dir: Path = opt.RunsDir,
     *,
-    extraction: opt.ExtractOptions,
+    extraction: ExtractOptions,
 ) -> None:
     """Measure size and domain similarity; name the quadrant and the next command."""
-    from featpipe.reports.advise import advise as run_advise
+    from featpipe.reports.advise import advise as run_advise  # torch: only when advise runs
 
     with progress_bar(f"advise: loading features of {data}") as bar:
 
@@ -31,7 +33,7 @@ def advise(
             data,
             backbone,
             extraction.weights,
-            extraction.kwargs(),
+            extraction.given(),
             status=bar.status,
             progress=progress,
             runs_dir=runs_dir,

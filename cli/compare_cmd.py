@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
+from featpipe.extraction.options import ExtractOptions
 from featpipe.reports.compare import Experiment, Row, read_experiment
 from featpipe.reports.compare import compare as run_compare
 
@@ -88,10 +89,10 @@ def compare(
     draws: int = DrawsOption,
     runs_dir: Path = opt.RunsDir,
     *,
-    extraction: opt.ExtractOptions,
+    extraction: ExtractOptions,
 ) -> None:
     """Extract what is missing, sweep heads per pair, print one leaderboard."""
-    from featpipe.fitting.sweep import parse_shots
+    from featpipe.fitting.sweep import parse_shots  # torch: only when compare runs
 
     if experiment:
         exp = read_experiment(experiment)
@@ -116,7 +117,7 @@ def compare(
             shots=parse_shots(shots) if shots else None,
             draws=draws,
             runs_dir=str(runs_dir),
-            extract=extraction.kwargs(),
+            extract=extraction.given(),
         )
     with progress_bar("compare: starting") as bar:
         rows = run_compare(

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from featpipe.data.bundled import prepare_dataset
+from featpipe.extraction.options import ExtractOptions
+
 from . import options as opt
 from .extract_cmd import run_extract
 from .fit_cmd import print_fit
@@ -22,12 +25,11 @@ def demo(
     """The quick start: a bundled real dataset, real weights, a sweep of heads, a leaderboard.
 
     Writes the dataset as images, extracts it and fits linear and logistic heads."""
-    from featpipe.data.bundled import prepare_dataset
-    from featpipe.fitting.stage import fit
+    from featpipe.fitting.stage import fit  # torch: only when the demo runs
 
     root = prepare_dataset(dataset, data_dir / dataset)
     plain(f"dataset: {root}")
-    options = opt.ExtractOptions(cache_dir=cache_dir)
+    options = ExtractOptions(cache_dir=cache_dir)
     result = run_extract(root, backbone, options)
     plain(result.summary())
     with progress_bar("demo: fitting heads") as bar:
@@ -36,7 +38,7 @@ def demo(
             backbone,
             grid={"head": ["linear", "logreg"], "lr": [1e-3, 1e-2]},
             runs_dir=runs_dir,
-            extract_options=options.kwargs(),
+            extract_options=options.given(),
             status=bar.status,
         )
     print_fit(run, sweep, seeds=1)

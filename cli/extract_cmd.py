@@ -9,7 +9,9 @@ import typer
 from rich.table import Table
 
 from featpipe.data.augment import Augment
-from featpipe.extraction.stage import ExtractResult, Progress
+from featpipe.extraction.options import ExtractOptions
+from featpipe.extraction.stage import ExtractResult
+from featpipe.progress import Progress
 
 from . import options as opt
 from . import views_options as vopt
@@ -19,7 +21,7 @@ from .render import console, plain, progress_bar
 def run_extract(
     data: Path,
     backbone: str,
-    options: opt.ExtractOptions,
+    options: ExtractOptions,
     name: str | None = None,
     views: int = 0,
     augment: Augment | None = None,
@@ -41,12 +43,12 @@ def run_extract(
         return extract_features(
             data,
             backbone,
+            options,
             name=name,
             progress=update,
             status=bar.status,
             views=views,
             augment=augment,
-            **options.kwargs(),
         )
 
 
@@ -61,7 +63,7 @@ def extract(
     color_jitter: float = vopt.ColorJitter,
     view_seed: int = vopt.ViewSeed,
     *,
-    extraction: opt.ExtractOptions,
+    extraction: ExtractOptions,
 ) -> None:
     """Run BACKBONE once over DATA and cache the pooled embeddings (only new files are run)."""
     recipe = vopt.augment(crop_scale, hflip, color_jitter, view_seed)

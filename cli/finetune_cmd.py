@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from featpipe.data.datasets import scan
 from featpipe.finetuning.config import FinetuneConfig
 
 from . import options as opt
@@ -25,8 +26,7 @@ def finetune(
     config: FinetuneConfig,
 ) -> None:
     """Fine-tune: unfreeze blocks, gradually or at once; resumable; a run like fit's."""
-    from featpipe.data.datasets import scan
-    from featpipe.finetuning.stage import finetune as run_finetune
+    from featpipe.finetuning.stage import finetune as run_finetune  # torch: only when it runs
 
     dataset = scan(data, allow_outside=allow_outside)
     with progress_bar("fine-tune") as bar:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
+from featpipe.extraction.options import ExtractOptions
 from featpipe.heads.config import (
     parse_assignments,
     parse_grid_args,
@@ -22,7 +23,7 @@ from . import views_options as vopt
 from .render import console, plain, progress_bar
 
 if TYPE_CHECKING:
-    from featpipe.fitting.sweep import SweepResult
+    from featpipe.fitting.run import SweepResult
 
 
 def parse_fixed(items: list[str]) -> dict[str, Any]:
@@ -71,11 +72,7 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
             table.add_column(column, justify="right")
         for p in result.few_shot:
             table.add_row(
-                str(p["shots"]),
-                str(p["per_class"]),
-                p["split"],
-                f"{p['mean']:.4f} ± {p['std']:.4f}",
-                str(p["draws"]),
+                str(p.shots), str(p.per_class), p.split, f"{p.mean:.4f} ± {p.std:.4f}", str(p.draws)
             )
         out.print(table)
     if result.few_shot_note:
@@ -146,9 +143,10 @@ def fit(
         "and save that head (the train-only head is kept for fine-tuning).",
     ),
     *,
-    extraction: opt.ExtractOptions,
+    extraction: ExtractOptions,
 ) -> None:
     """Fit heads on cached features (extracting first if needed); save and rank them."""
+    # torch: only when fit runs (the CLI starts light)
     from featpipe.fitting.stage import fit as fit_heads
     from featpipe.fitting.sweep import parse_shots
 
@@ -170,7 +168,7 @@ def fit(
             shots=parse_shots(shots) if shots else None,
             draws=draws,
             runs_dir=runs_dir,
-            extract_options=extraction.kwargs(),
+            extract_options=extraction.given(),
             progress=lambda model: (
                 lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract {model}")
             ),

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import typer
 
-from featpipe.backbones.weights import WEIGHTS_HELP
-from featpipe.cache.catalog import DEFAULT_CACHE_DIR
-from featpipe.options import Declared, auto_int, declared
+from featpipe.extraction.options import ExtractOptions
+from featpipe.options import Declared, declared
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
 # Python parameters whose flag is not ``--`` + the name with dashes.
@@ -38,115 +34,8 @@ Backbone = typer.Option(
     "-b",
     help="timm model name, or tv/<name> for torchvision (see: featpipe models).",
 )
-Weights = typer.Option(
-    "auto",
-    "--weights",
-    "-w",
-    help=WEIGHTS_HELP,
-)
-Pool = typer.Option("avg", help="avg | max | avgmax (concatenated) | cls (ViT).")
-Layer = typer.Option(None, help="Intermediate feature layer: index or module name (timm).")
-ImageSize = typer.Option(None, "--image-size", help="Override the model's input size (px).")
-Precision = typer.Option("auto", help="auto (probe) | fp32 | bf16 | fp16 (CUDA).")
-Engine = typer.Option("auto", help="auto (probe) | torch | onnxruntime (CPU, fp32).")
-Dtype = typer.Option("float32", help="Stored dtype: float32 | float16.")
-Device = typer.Option(
-    "auto", help="auto | cpu | cuda | cuda:N (fit: also where the torch heads train)."
-)
-BatchSize = typer.Option("auto", "--batch-size", help="Images per batch, or auto (probe).")
-Workers = typer.Option("auto", help="DataLoader worker processes, or auto.")
-AllowOutside = typer.Option(
-    False,
-    "--allow-outside",
-    help="Let a CSV manifest list files outside its own folder (refused by default).",
-)
-CacheDir = typer.Option(DEFAULT_CACHE_DIR, "--cache-dir", help="Cache root directory.")
-OnError = typer.Option("skip", "--on-error", help="skip (record and go on) | fail.")
 Name = typer.Option(None, help="Dataset name in the cache (default: folder name).")
-JpegDraft = typer.Option(
-    False,
-    "--jpeg-draft",
-    help="Decode JPEGs at reduced scale (faster; the pixels, so the embeddings, differ from "
-    "the model's own preprocessing). Recorded in the cache key.",
-)
-Decode = typer.Option(
-    "pil",
-    "--decode",
-    help="pil: the model's exact PIL preprocessing in workers | tensor: JPEGs decoded in "
-    "batches on the device (CUDA or CPU) and resized there, antialiased (faster on a GPU; "
-    "the embeddings differ slightly). Recorded in the cache key.",
-)
-VerifyContent = typer.Option(
-    False,
-    "--verify-content",
-    help="Reuse a cached row only if its file's full SHA-256 matches (reads every file; by "
-    "default size, mtime and the first and last 64 KiB are compared).",
-)
 RunsDir = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="Where runs are written and read.")
-
-
-@dataclass
-class ExtractOptions:
-    """Every option that shapes an extraction, as one value: the cache key's (weights, pool,
-    layer, image size, precision, engine, dtype, JPEG draft, decoder) and how it runs. Commands
-    that may extract declare them once, through :func:`with_extract_options`, and pass them on."""
-
-    weights: str = Weights.default
-    pool: str = Pool.default
-    layer: str | None = Layer.default
-    image_size: int | None = ImageSize.default
-    precision: str = Precision.default
-    engine: str = Engine.default
-    dtype: str = Dtype.default
-    device: str = Device.default
-    batch_size: str = BatchSize.default
-    workers: str = Workers.default
-    cache_dir: Path = CacheDir.default
-    on_error: str = OnError.default
-    draft: bool = JpegDraft.default
-    decode: str = Decode.default
-    allow_outside: bool = AllowOutside.default
-    verify_content: bool = VerifyContent.default
-
-    def kwargs(self) -> dict[str, Any]:
-        """The options as :func:`featpipe.extract` keyword arguments."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["batch_size"] = auto_int(self.batch_size, "batch_size")
-        values["workers"] = auto_int(self.workers, "workers")
-        return values
-
-    def given(self) -> dict[str, Any]:
-        """The keyword arguments whose values differ from the defaults (what a user typed)."""
-        default = ExtractOptions().kwargs()
-        return {k: v for k, v in self.kwargs().items() if v != default[k]}
-
-
-# ExtractOptions field → (annotation, the typer option that declares it)
-_EXTRACT_PARAMS: dict[str, tuple[Any, Any]] = {
-    "weights": (str, Weights),
-    "pool": (str, Pool),
-    "layer": (str | None, Layer),
-    "image_size": (int | None, ImageSize),
-    "precision": (str, Precision),
-    "engine": (str, Engine),
-    "dtype": (str, Dtype),
-    "draft": (bool, JpegDraft),
-    "decode": (str, Decode),
-    "device": (str, Device),
-    "batch_size": (str, BatchSize),
-    "workers": (str, Workers),
-    "on_error": (str, OnError),
-    "cache_dir": (Path, CacheDir),
-    "allow_outside": (bool, AllowOutside),
-    "verify_content": (bool, VerifyContent),
-}
-
-
-def _in_panel(option: Any, panel: str | None) -> Any:
-    """The option, listed by ``--help`` under its own heading after the command's own."""
-    option = copy.copy(option)
-    option.rich_help_panel = panel
-    return option
 
 
 def _typer_option(option: Declared, panel: str | None) -> Any:
@@ -212,17 +101,20 @@ def with_options(
     return decorate
 
 
-def with_extract_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give ``command`` every extract option, received as one :class:`ExtractOptions` in its
-    ``extraction`` parameter: each command that may extract accepts the same flags (all that
-    change the cache key among them), declared here once."""
-    added = [
-        inspect.Parameter(
-            name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=_in_panel(option, "Extraction options"),
-            annotation=kind,
-        )
-        for name, (kind, option) in _EXTRACT_PARAMS.items()
-    ]
-    return _with_parameters(command, "extraction", added, lambda given: ExtractOptions(**given))
+# Every command that may extract takes the same flags (all that change the cache key among
+# them), under one heading of its --help, as one ExtractOptions value in ``extraction``.
+with_extract_options = with_options(ExtractOptions, "extraction", panel="Extraction options")
+
+
+def one(cls: type, name: str) -> Any:
+    """The typer option of one option ``cls`` declares, for a command that takes only it (cache
+    commands take ``--cache-dir``, predict takes ``--device``): the same flag and help."""
+    [found] = [o for o in declared(cls) if o.name == name]
+    return _typer_option(found, None)
+
+
+CacheDir = one(ExtractOptions, "cache_dir")
+Weights = one(ExtractOptions, "weights")
+ImageSize = one(ExtractOptions, "image_size")
+AllowOutside = one(ExtractOptions, "allow_outside")
+Device = one(ExtractOptions, "device")

@@ -24,7 +24,7 @@ def predict(
     ),
 ) -> None:
     """Predict new images with a run's backbone(s) and head; write CSV."""
-    from featpipe.use.predict import predict as run_predict
+    from featpipe.use.predict import predict as run_predict  # torch: only when predict runs
 
     rows = run_predict(images, run, out, device, tta=tta)
     table = Table(title=f"predictions ({len(rows)} images) → {out}")

@@ -119,7 +119,7 @@ class Activity:
             self.bar.refresh()  # a step is news at once, not at the next tick
 
     def status(self, phase: Any) -> None:
-        """An extraction :class:`~featpipe.extraction.stage.Phase`: a warning is printed above
+        """A stage's :class:`~featpipe.progress.Phase`: a warning is printed above
         the line (it must stay readable); every other phase becomes the spinner's text."""
         if getattr(phase, "name", "") == "warning":
             self.bar.console.print(f"warning: {phase}", markup=False, highlight=False)

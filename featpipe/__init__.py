@@ -4,13 +4,13 @@ The main entry point of every stage, in the order of the flow::
 
     data       scan, prepare_dataset
     backbones  BackboneSpec, build_backbone, list_backbones, load_classifier
-    extract    extract → ExtractResult
+    extract    extract(data, backbone, ExtractOptions) → ExtractResult
     cache      load_features, iter_chunks → Features; load_views, iter_views (N × K × D)
     augment    Augment (the recipe of extract(views=K))
     heads      Head (a scikit-learn estimator)
     fit        fit (a sweep of heads, saved as a run)
     finetune   finetune
-    runs       load_run → Run
+    runs       load_run → Run (what it measured: RunMetrics)
     reports    report, compare, advise
     use        predict, export
     errors     FeatpipeError and the builtin-shaped ArgumentError, DataError, StorageError,
@@ -38,6 +38,7 @@ _API = {
     "list_backbones": "featpipe.backbones.build",
     "load_classifier": "featpipe.backbones.build",
     "extract": "featpipe.extraction.stage",
+    "ExtractOptions": "featpipe.extraction.options",
     "ExtractResult": "featpipe.extraction.stage",
     "load_features": "featpipe.cache.entry",
     "iter_chunks": "featpipe.cache.entry",
@@ -50,6 +51,7 @@ _API = {
     "finetune": "featpipe.finetuning.stage",
     "load_run": "featpipe.runs.record",
     "Run": "featpipe.runs.record",
+    "RunMetrics": "featpipe.runs.metrics",
     "report": "featpipe.reports.report",
     "compare": "featpipe.reports.compare",
     "advise": "featpipe.reports.advise",

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from featpipe.cli.app import app
 from featpipe.cli.options import with_options
 from featpipe.errors import ArgumentError
+from featpipe.extraction.options import ExtractOptions
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.options import Interval, OneOf, auto_int, check, declared, floats, option
 
@@ -74,7 +75,10 @@ def _command(name: str) -> Any:
 
 
 # Every command whose options a library dataclass declares: (command, dataclass, excluded).
-GENERATED = [("finetune", FinetuneConfig, ())]
+GENERATED = [
+    ("finetune", FinetuneConfig, ()),
+    *((command, ExtractOptions, ()) for command in ("extract", "fit", "compare", "advise")),
+]
 
 
 @pytest.mark.parametrize(("command", "cls", "exclude"), GENERATED)
@@ -106,3 +110,13 @@ def test_a_generated_command_parses_into_the_dataclass() -> None:
     assert result.exit_code == 0, result.output
     assert seen == [("y", Toy(mode="b", share=0.25))]
     assert runner.invoke(demo, ["--hidden", "3"]).exit_code != 0  # cli=False: not a flag
+
+
+def test_extract_options_are_checked_once_and_given_as_keywords_on_top(tmp_path) -> None:
+    with pytest.raises(ArgumentError, match="engine onnxruntime runs fp32, not bf16"):
+        ExtractOptions(engine="onnxruntime", precision="bf16")
+    with pytest.raises(ArgumentError, match="batch_size 0: use a positive number or auto"):
+        ExtractOptions(batch_size=0)
+    options = ExtractOptions(pool="max").merged({"cache_dir": str(tmp_path)})
+    assert options.cache_dir == tmp_path and options.pool == "max"
+    assert options.given() == {"pool": "max", "cache_dir": tmp_path}

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from featpipe.backbones.spec import BackboneSpec
+from featpipe.cache.durable import atomic_write, remove_stale_temporaries
 from featpipe.cache.entry import entry_meta, open_entry, parts_dir, size_on_disk
 from featpipe.cache.key import KeyFields, entry_stem
-from featpipe.cache.shards import atomic_write, remove_stale_temporaries
 from featpipe.errors import MissingError, StorageError
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("FEATPIPE_CACHE", "cache"))

@@ -13,10 +13,8 @@ attributes        the key fields, and the provenance: versions, device, precisio
                   ``content`` (a digest of every file's fingerprint: what a cache hit compares)
                   and ``checksum`` (SHA-256 of every attribute and dataset but the features).
 
-The file is built in memory and written with :func:`~featpipe.cache.shards.atomic_write`, so a
-reader sees the previous complete entry or the new one, never a half-written one. It is
-rewritten at the end of every extract run, so it always describes the dataset as last scanned:
-a removed file drops out of it.
+The file is written whole by :func:`featpipe.cache.commit.commit`, at the end of every extract
+run; this module opens, checks and reads it.
 
 Opening an entry checks its checksum and its shards' sizes (cheap: no feature is read); reading
 features checks HDF5's fletcher32 checksums, and a shard that fails them is named, moved aside,
@@ -27,43 +25,74 @@ the next extract recomputes their rows.
 from __future__ import annotations
 
 import json
-import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
 
-from featpipe.cache.key import KeyFields
-from featpipe.cache.shards import (
-    CORRUPT_SUFFIX,
-    STR,
-    Contents,
-    ShardIndex,
-    atomic_write,
-    checksum_ok,
-    content_digest,
-    file_image,
-    first_corrupt_shard,
-    in_memory_file,
-    quarantine,
-    seal_checksum,
-    stale_temporaries,
-    transient,
-)
+from featpipe.cache.durable import stale_temporaries
+from featpipe.cache.fingerprints import Contents
+from featpipe.cache.hdf5 import checksum_ok
+from featpipe.cache.index import CORRUPT_SUFFIX, first_corrupt_shard, quarantine
 from featpipe.data.datasets import Dataset
-from featpipe.errors import StorageError
+from featpipe.errors import DataError, StorageError
 
 # The layout of an entry file; 2 adds content fingerprints, checksums and shard sizes. Not in the
 # cache key: a reader accepts every format up to its own.
 ENTRY_FORMAT = 2
 
 
+class FeatureSet(ABC):
+    """The rows of one dataset under one backbone, whichever way their features are held.
+
+    Every feature set is a dataclass holding, per row, ``labels``, ``targets``, ``split`` and
+    ``relpath`` (N values each, in memory, in row order), and ``class_names``, ``task`` and
+    ``meta``. The features themselves are read through :meth:`blocks`, which an in-memory set
+    (:class:`Features`) answers with its matrix and a set larger than memory
+    (:class:`~featpipe.fitting.streaming.StreamedFeatures`) with blocks read from its entry. So
+    code that scores or sums over a split asks the set for its blocks and runs the same on
+    either; only what needs every row at once (cross-validation, few-shot draws, views) asks
+    :attr:`in_memory` first.
+    """
+
+    in_memory: ClassVar[bool]  # whether the N × D matrix is held (``X``)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def y(self) -> np.ndarray:
+        """Class indices for classification, float targets for regression."""
+        return self.targets if self.task == "regression" else self.labels
+
+    @abstractmethod
+    def blocks(self, mask: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(features, row numbers)`` of the rows in ``mask``, block by block in row order
+        (no block for an empty mask)."""
+
+    @abstractmethod
+    def check_finite(self) -> None:
+        """Raise :class:`DataError` when feature rows hold NaN or inf (a set that reads its
+        rows later checks each block as it reads it)."""
+
+    def _refuse_nonfinite(self, X: np.ndarray, rows: np.ndarray) -> None:
+        """The one message for non-finite feature rows; ``rows``: the row numbers of ``X``."""
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            paths = self.relpath[rows[bad]]
+            raise DataError(
+                f"{len(paths)} feature rows hold NaN or inf (e.g. {paths[0]}): run featpipe "
+                "cache verify, then remove the entry and extract again"
+            )
+
+
 @dataclass
-class Features:
-    """Cached embeddings with everything needed to use them.
+class Features(FeatureSet):
+    """Cached embeddings with everything needed to use them, in memory.
 
     ``X`` is N × D; for augmented views (:mod:`featpipe.cache.views`) it is N × K × D.
     """
@@ -77,8 +106,7 @@ class Features:
     task: str
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __len__(self) -> int:
-        return len(self.X)
+    in_memory = True
 
     def __repr__(self) -> str:
         """One line for a notebook: shape, task, splits, classes (never the arrays)."""
@@ -107,149 +135,17 @@ class Features:
             self.meta,
         )
 
-    @property
-    def y(self) -> np.ndarray:
-        """Class indices for classification, float targets for regression."""
-        return self.targets if self.task == "regression" else self.labels
+    def blocks(self, mask: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The rows in ``mask`` as one block: they are in memory already."""
+        if mask.any():
+            yield self.X[mask], np.flatnonzero(mask)
+
+    def check_finite(self) -> None:
+        self._refuse_nonfinite(self.X, np.arange(len(self)))
 
 
 def parts_dir(entry: Path) -> Path:
     return entry.with_suffix(".parts")
-
-
-def _strings(f: h5py.File, name: str, values: list[str]) -> None:
-    f.create_dataset(name, data=np.array(values, dtype=object), dtype=STR)
-
-
-def _runs(sources: list[tuple[int, int]]) -> Iterator[tuple[int, int, int, int]]:
-    """Group ``(shard, row)`` pairs into runs: ``(first output row, shard, first row, length)``."""
-    start = 0
-    while start < len(sources):
-        shard, row = sources[start]
-        end = start + 1
-        while end < len(sources) and sources[end] == (shard, row + end - start):
-            end += 1
-        yield start, shard, row, end - start
-        start = end
-
-
-def commit(
-    entry: Path,
-    dataset: Dataset,
-    fields: KeyFields,
-    index: ShardIndex,
-    contents: Contents,
-    provenance: dict[str, Any],
-) -> int:
-    """Write the entry for ``dataset`` from the shards in ``index``; returns its row count.
-
-    A row counts when its path, size, mtime and content fingerprint (and its full hash, under
-    ``contents.full``) match the file now on disk.
-    """
-    shard_names = sorted(index.shard_sizes)
-    shard_id = {name: i for i, name in enumerate(shard_names)}
-    kept, sources, fingerprints, hashes = [], [], [], []
-    skipped = [(r.relpath, r.reason) for r in dataset.rejected]
-    scanned: list[tuple[str, str]] = []  # (relpath, fingerprint) of every item, for ``content``
-    n_transient = 0
-    for item in dataset.items:
-        row_id = (item.relpath, item.size, item.mtime_ns)
-        quick = contents.quick.get(item.relpath, "")
-        sha = contents.hashes([item.relpath])[0] if contents.full else None
-        stored = index.find(row_id, quick, sha)
-        reason = index.skip_reason(row_id, quick) if stored is None else None
-        if stored is not None:
-            kept.append(item)
-            sources.append((shard_id[stored.shard], stored.row))
-            fingerprints.append(stored.fingerprint)
-            hashes.append(stored.sha256)
-        elif reason is not None:
-            skipped.append((item.relpath, reason))
-            n_transient += transient(reason)
-        else:
-            raise StorageError(
-                f"cache entry {entry}: no stored row for {item.relpath}; its shard is missing: "
-                "rerun the extract command to recompute it"
-            )
-        scanned.append((item.relpath, quick))
-    dims = index.dims or {0}
-    if len(dims) != 1:
-        raise StorageError(f"cache entry {entry}: shards disagree on the dimension ({dims})")
-    dim = dims.pop()
-    previous_created = None
-    if entry.exists():
-        try:
-            with h5py.File(entry, "r") as old:
-                previous_created = old.attrs.get("created")
-        except OSError:
-            previous_created = None
-    parts = parts_dir(entry)
-    with in_memory_file() as f:
-        if kept:
-            layout = h5py.VirtualLayout(shape=(len(kept), dim), dtype=fields.dtype)
-            vsources = [
-                h5py.VirtualSource(
-                    f"{parts.name}/{name}", "features", shape=(index.shard_sizes[name], dim)
-                )
-                for name in shard_names
-            ]
-            for out, shard, row, length in _runs(sources):
-                layout[out : out + length] = vsources[shard][row : row + length]
-            f.create_virtual_dataset("features", layout, fillvalue=np.nan)
-        else:
-            f.create_dataset("features", shape=(0, dim), dtype=fields.dtype)
-        _strings(f, "relpath", [i.relpath for i in kept])
-        f["size"] = np.array([i.size for i in kept], dtype=np.int64)
-        f["mtime_ns"] = np.array([i.mtime_ns for i in kept], dtype=np.int64)
-        _strings(f, "fingerprint", fingerprints)
-        _strings(f, "sha256", hashes)
-        f["label"] = np.array([i.label for i in kept], dtype=np.int64)
-        f["target"] = np.array([i.target for i in kept], dtype=np.float64)
-        _strings(f, "split", [i.split for i in kept])
-        _strings(f, "class_names", list(dataset.class_names))
-        _strings(f, "source/shard_names", shard_names)
-        f["source/shard_bytes"] = np.array(
-            [(parts / name).stat().st_size for name in shard_names], dtype=np.int64
-        )
-        f["source/shard"] = np.array([s for s, _ in sources], dtype=np.int32)
-        f["source/row"] = np.array([r for _, r in sources], dtype=np.int64)
-        _strings(f, "skipped/relpath", [s[0] for s in skipped])
-        _strings(f, "skipped/reason", [s[1] for s in skipped])
-        now = time.time()
-        f.attrs.update(
-            {
-                "format_version": ENTRY_FORMAT,
-                "complete": True,
-                "key": fields.digest,
-                "key_fields": fields.to_json(),
-                "dataset": dataset.name,
-                "dataset_root": str(dataset.root),
-                "layout": dataset.layout,
-                "task": dataset.task,
-                "split_source": dataset.split_source,
-                "backbone": fields.model,
-                "dtype": fields.dtype,
-                "precision": fields.precision,
-                "pool": fields.pool,
-                "n": len(kept),
-                "dim": dim,
-                "n_skipped": len(skipped),
-                "n_transient": n_transient,
-                "manifest": dataset.digest(),
-                "content": content_digest(scanned),
-                "content_full": content_digest(zip([i.relpath for i in kept], hashes, strict=True)),
-                "created": previous_created if previous_created is not None else now,
-                "updated": now,
-                "provenance": json.dumps(provenance, sort_keys=True, default=str),
-            }
-        )
-        seal_checksum(f)
-        image = file_image(f)
-    atomic_write(entry, image)
-    # Shards whose rows were recomputed for this entry: an older featpipe's, and corrupt ones.
-    for stale in [parts / n for n in index.legacy] + list(parts.glob(f"*{CORRUPT_SUFFIX}")):
-        stale.unlink(missing_ok=True)
-    return len(kept)
 
 
 def _refuse(path: Path, problem: str) -> StorageError:

@@ -90,6 +90,11 @@ class DataWarning(UserWarning):
     """A problem in the input that featpipe corrected on its own (e.g. an exact duplicate row)."""
 
 
+# A file as the quick check of make and rsync sees it: relative path, size, mtime_ns. With its
+# content fingerprint, it keys the file's cached row.
+RowId = tuple[str, int, int]
+
+
 @dataclass(frozen=True)
 class Item:
     """One image: where it is, what it is, and the fingerprint that keys its cached row."""
@@ -100,6 +105,10 @@ class Item:
     label: int = -1
     target: float = math.nan
     split: str = "train"
+
+    @property
+    def row_id(self) -> RowId:
+        return self.relpath, self.size, self.mtime_ns
 
 
 @dataclass(frozen=True)

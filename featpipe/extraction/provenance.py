@@ -26,6 +26,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from featpipe import __version__
+from featpipe.cache.catalog import machine_signature
+
 
 def versions() -> dict[str, str]:
     import h5py
@@ -33,8 +36,6 @@ def versions() -> dict[str, str]:
     import timm
     import torch
     import torchvision
-
-    from featpipe import __version__
 
     return {
         "featpipe": __version__,
@@ -54,8 +55,6 @@ def device_name(device: Any) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from featpipe.cache.catalog import machine_signature
-
     return machine_signature().split("|")[1] + f" ({os.cpu_count()} cores)"
 
 

@@ -27,7 +27,8 @@ import h5py
 import numpy as np
 
 from featpipe.cache.entry import open_entry
-from featpipe.cache.shards import Contents, ShardWriter
+from featpipe.cache.fingerprints import Contents
+from featpipe.cache.journals import ShardWriter
 from featpipe.data.datasets import Item
 from featpipe.errors import FeatpipeError
 
@@ -97,7 +98,7 @@ def copy_rows(
                     feats = f["features"][rows.tolist()][inverse]
                     ok = np.isfinite(feats).all(axis=1)
                     items = [item for (_, item), good in zip(block, ok, strict=True) if good]
-                    writer.append([(i.relpath, i.size, i.mtime_ns) for i in items], feats[ok], [])
+                    writer.append([i.row_id for i in items], feats[ok], [])
                     reused.rows += len(items)
         except (FeatpipeError, OSError, KeyError, ValueError):
             continue

@@ -2,111 +2,43 @@
 
 The order of work is chosen so that the cheap answer comes first:
 
-1. scan the dataset (``stat`` only) and look the request up in the memo: if the entry already
-   describes this exact scan, return at once, without importing torch;
-2. otherwise resolve the key (building the backbone and probing speed only if needed), recover
-   any journal a killed run left behind, and find the rows no shard holds yet;
-3. extract only those rows, streaming batch by batch into a crash-safe journal;
+1. scan the dataset (``stat`` only), check the arguments and look the request up in the memo:
+   if the entry already describes this exact scan, return at once, without importing torch
+   (:mod:`featpipe.extraction.settle`);
+2. otherwise settle the key (building the backbone and probing speed only if needed), recover
+   any journal a killed run left behind, and find the rows no shard holds yet
+   (:mod:`featpipe.extraction.fill`, over the cache's :mod:`~featpipe.cache.transaction`);
+3. extract only those rows, streaming batch by batch into a crash-safe journal
+   (:mod:`featpipe.extraction.rows`);
 4. commit the entry: one atomic rename.
 """
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from featpipe.backbones.spec import BackboneSpec
-from featpipe.backbones.weights import WeightsChoice, resolve_weights
-from featpipe.cache.catalog import (
-    DEFAULT_CACHE_DIR,
-    Request,
-    ensure_writable,
-    entry_path,
-    recall,
-    remember,
-)
-from featpipe.cache.entry import (
-    Features,
-    commit,
-    entry_header,
-    load_features,
-    matches,
-    parts_dir,
-)
-from featpipe.cache.key import KeyFields
-from featpipe.cache.shards import (
-    Contents,
-    DiskError,
-    ShardIndex,
-    ShardWriter,
-    claim_rows,
-    read_index,
-    recover_orphans,
-    transient,
-)
-from featpipe.choices import DECODERS, DTYPES, ENGINES, ON_ERROR, PRECISIONS
-from featpipe.data.datasets import Dataset, Item, Task, scan
-from featpipe.errors import ArgumentError, FeatpipeError
-from featpipe.extraction import provenance, reuse
-from featpipe.extraction.views import check_views
+from featpipe.backbones.weights import resolve_weights
+from featpipe.cache.catalog import Request, ensure_writable, recall
+from featpipe.cache.entry import Features, entry_header, load_features
+from featpipe.cache.fingerprints import Contents
+from featpipe.data.augment import Augment
+from featpipe.data.datasets import Dataset, Task, scan
+from featpipe.extraction.fill import fill
+from featpipe.extraction.options import ExtractOptions
+from featpipe.extraction.settle import cached, leader_then_all, resolve
+from featpipe.extraction.views import check_views, extract_views
+from featpipe.progress import Phase, Progress, quiet
 from featpipe.runtime import distributed
 from featpipe.runtime.allocator import keep_freed_memory
-from featpipe.runtime.workers import default_workers
 
 if TYPE_CHECKING:
-    from featpipe.backbones.build import Backbone
-    from featpipe.data.augment import Augment
     from featpipe.extraction.views import ViewsResult
-
-FLOAT16_MAX = 65504.0
-
-
-@dataclass
-class Progress:
-    """What a progress display needs after each batch."""
-
-    done: int
-    total: int
-    skipped: int
-    seconds: float
-
-    @property
-    def images_per_second(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A step before the first batch, for a status display: building a model or probing its
-    speed can take minutes on a loaded machine, and silence reads as a hang.
-
-    ``name`` is one of ``scanning``, ``cache`` (looking up and reading the cache), ``building``,
-    ``probing``, ``copying`` (rows of the same files from another dataset's entry),
-    ``waiting`` (for a concurrent extract computing some of the rows) and ``warning`` (a
-    one-line warning worth showing before the run goes on).
-    """
-
-    name: str
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
-
-
-# A dataset of at most this many images is not worth a speed probe: exact fp32 on plain torch at
-# the default batch. The probe's floor is the fp32 baseline's two single-image forwards (for
-# Lite0 on 2 cores: 8.7 s at load 13, where the whole run went at 1.6 img/s), and beyond that it
-# may spend 5% of the run; the most it can save is ~60% (bf16 or ONNX Runtime at 1.5-2.8x), and
-# only a run of minutes leaves the 5% share room to compare a second candidate. Below 256 images
-# the floor alone is a sizeable share of the run and the share leaves nothing to compare.
-PROBE_MIN_IMAGES = 256
 
 
 @dataclass
@@ -181,122 +113,61 @@ class ExtractResult:
         )
 
 
-def _check_options(
-    dtype: str,
-    on_error: str,
-    batch_size: int | None,
-    workers: int | None,
-    engine: str,
-    precision: str,
-    decode: str = "pil",
-) -> None:
-    """Every check that needs no torch, before anything else: an explicit request can be a
-    cache hit that never reaches the probe's own checks."""
-    if engine not in ENGINES:
-        raise ArgumentError("engine", f"{engine}: choose one of {', '.join(ENGINES)}")
-    if precision not in PRECISIONS:
-        raise ArgumentError("precision", f"{precision}: choose one of {', '.join(PRECISIONS)}")
-    if engine == "onnxruntime" and precision not in ("auto", "fp32"):
-        raise ArgumentError("engine", f"onnxruntime runs fp32, not {precision}: use fp32")
-    if dtype not in DTYPES:
-        raise ArgumentError("dtype", f"{dtype}: choose one of {', '.join(DTYPES)}")
-    if on_error not in ON_ERROR:
-        raise ArgumentError("on_error", f"{on_error}: choose one of {', '.join(ON_ERROR)}")
-    if batch_size is not None and batch_size < 1:
-        raise ArgumentError("batch_size", f"{batch_size}: use a positive number or auto")
-    if workers is not None and workers < 0:
-        raise ArgumentError("workers", f"{workers}: use 0 or more")
-    if decode not in DECODERS:
-        raise ArgumentError("decode", f"{decode}: choose one of {', '.join(DECODERS)}")
-
-
-@dataclass
-class _Run:
-    """The resolved state of one extract call."""
-
-    dataset: Dataset
-    fields: KeyFields
-    settings: dict[str, Any]
-    entry: Path
-    device: Any
-    backbone: Backbone | None
-    timings: dict[str, float]
-    cache_dir: Path
-    # pending items → (loader sources, picklable source → uint8 image); None: the eval view
-    images: Callable[[list[Item]], tuple[list[str], Callable[[str], Any]]] | None = None
-
-
 def extract(
     data: str | Path | Dataset,
     backbone: str | BackboneSpec = "tf_efficientnet_lite0",
+    options: ExtractOptions | None = None,
     *,
-    weights: str = "auto",
-    pool: str = "avg",
-    layer: str | None = None,
-    image_size: int | None = None,
-    precision: str = "auto",
-    engine: str = "auto",
-    dtype: str = "float32",
-    device: str = "auto",
-    batch_size: int | None = None,
-    workers: int | None = None,
-    cache_dir: str | Path = DEFAULT_CACHE_DIR,
-    on_error: str = "skip",
     name: str | None = None,
     task: Task | None = None,
-    draft: bool = False,
-    decode: str = "pil",
-    allow_outside: bool = False,
-    shard_rows: int = 8192,
-    verify_content: bool = False,
     progress: Callable[[Progress], None] | None = None,
     status: Callable[[Phase], None] | None = None,
     views: int = 0,
     augment: Augment | None = None,
+    **overrides: Any,
 ) -> ExtractResult:
     """Extract (or find in the cache) pooled embeddings of ``data`` under ``backbone``.
 
     ``data`` is an ImageFolder tree, a CSV manifest, an unlabelled folder or a scanned
-    :class:`~featpipe.data.datasets.Dataset`. ``backbone`` is a model name (with ``weights``,
-    ``pool``, ``layer``, ``image_size`` and ``draft``, JPEG draft decoding: faster, not the
-    model's own pixels; ``decode``, ``pil`` or ``tensor``: JPEGs decoded in batches on the
-    device, see :mod:`featpipe.data.tensor_decode`) or a
-    :class:`~featpipe.backbones.spec.BackboneSpec` that carries them.
+    :class:`~featpipe.data.datasets.Dataset` (``name`` and ``task`` shape the scan).
+    ``backbone`` is a model name or a :class:`~featpipe.backbones.spec.BackboneSpec`.
+    ``options`` are the :class:`~featpipe.extraction.options.ExtractOptions` (weights, pool,
+    layer, image size, precision, engine, dtype, device, batch size, workers, cache directory,
+    on_error, JPEG draft, decoder, allow_outside, verify_content); any of them may also be given
+    as a keyword (``extract(data, "resnet50", weights="offline")``), on top of ``options``.
     Only rows that no shard holds yet are computed; the result's :meth:`ExtractResult.load`
     reads them back. A stored row is reused when its file's path, size, mtime and content
     fingerprint (first and last 64 KiB) match; ``verify_content`` compares every file's full
     SHA-256 too. The same files under another dataset name are copied from that dataset's entry
     (see :mod:`featpipe.extraction.reuse`). ``progress`` is called after every batch, ``status``
-    at every step before the first (see :class:`Phase`). ``allow_outside`` lets a CSV manifest
-    name files outside its own folder (refused by default).
+    at every step before the first (see :class:`~featpipe.progress.Phase`).
 
     ``views``: also cache K augmented views of every training image, made with the model's
     training transform under ``augment`` (default :class:`~featpipe.data.augment.Augment`);
     the result's ``views`` holds them (see :mod:`featpipe.extraction.views`).
     """
     start = time.perf_counter()
-    say = status or _quiet
-    own_decode = backbone.decode if isinstance(backbone, BackboneSpec) else decode
-    _check_options(dtype, on_error, batch_size, workers, engine, precision, own_decode)
+    say = status or quiet
+    options = (options or ExtractOptions()).merged(overrides)  # every check, before any work
     check_views(views)
     if not isinstance(data, Dataset):
         say(Phase("scanning", f"scanning {data}"))
     dataset = (
         data
         if isinstance(data, Dataset)
-        else scan(data, name=name, task=task, allow_outside=allow_outside)
+        else scan(data, name=name, task=task, allow_outside=options.allow_outside)
     )
-    cache_dir = Path(cache_dir)
-    spec = _as_spec(backbone, weights, pool, layer, image_size, draft, decode)
+    cache_dir = options.cache_dir
+    spec = options.spec(backbone)
     choice = resolve_weights(spec.model, spec.weights)  # once per run, passed down
     request = Request(
         spec=spec,
         weights_detail=choice.detail,
-        precision=precision,
-        engine=engine,
-        batch_size=batch_size,
-        dtype=dtype,
-        device=device,
+        precision=options.precision,
+        engine=options.engine,
+        batch_size=options.batch_size,
+        dtype=options.dtype,
+        device=options.device,
     )
     dist = distributed.current()
     if dist is not None:
@@ -306,29 +177,20 @@ def extract(
         distributed.check_shared(ensure_writable(cache_dir))  # ranks prove it by writing there
     say(Phase("cache", f"looking up {len(dataset)} files in {cache_dir}"))
     hit = distributed.on_leader(
-        dist, lambda: _cache_hit(cache_dir, request, dataset, verify_content)
+        dist, lambda: _cache_hit(cache_dir, request, dataset, options.verify_content)
     )
 
     def with_views(result: ExtractResult) -> ExtractResult:
         if views:
-            from featpipe.data.augment import Augment
-            from featpipe.extraction.views import extract_views
-
             result.views = extract_views(
-                result,
+                result.entry,
+                result.settings,
                 dataset,
                 spec,
                 choice,
                 views,
                 augment or Augment(),
-                device=device,
-                engine=engine,
-                batch_size=batch_size,
-                workers=workers,
-                cache_dir=cache_dir,
-                on_error=on_error,
-                shard_rows=shard_rows,
-                verify_content=verify_content,
+                options,
                 progress=progress,
                 say=say,
             )
@@ -346,18 +208,18 @@ def extract(
         import torch  # noqa: F401
 
         import_s = time.perf_counter() - t0
-    run = _leader_then_all(
+    run = leader_then_all(
         dist,
-        lambda memo: _resolve(dataset, request, choice, memo, cache_dir, say),
+        lambda memo: resolve(dataset, request, choice, memo, options, say),
         lambda: recall(cache_dir, request),
     )
     if import_s:
         run.timings["import_s"] = import_s
     say(Phase("cache", f"reading the cache and fingerprinting {len(dataset)} files"))
-    contents = Contents(dataset.root, [i.relpath for i in dataset.items], full=verify_content)
-    n_new, copied, ranks = fill(
-        run, contents, spec, choice, dist, start, say, on_error, workers, shard_rows, progress
+    contents = Contents(
+        dataset.root, [i.relpath for i in dataset.items], full=options.verify_content
     )
+    n_new, copied, ranks = fill(run, contents, spec, choice, dist, start, say, progress)
     n, dim, n_skipped = entry_header(run.entry)
     seconds = time.perf_counter() - start  # the whole call: the rate is over the same interval
     result = ExtractResult(
@@ -379,152 +241,14 @@ def extract(
     return with_views(result)
 
 
-def fill(
-    run: _Run,
-    contents: Contents,
-    spec: BackboneSpec,
-    choice: WeightsChoice,
-    dist: distributed.Dist | None,
-    start: float,
-    say: Callable[[Phase], None],
-    on_error: str,
-    workers: int | None,
-    shard_rows: int,
-    progress: Callable[[Progress], None] | None,
-    copy: bool = True,
-) -> tuple[int, reuse.Reused, list[dict[str, Any]]]:
-    """Compute the rows of ``run.dataset`` that no shard holds and commit its entry.
-
-    Recovers killed runs' journals, copies rows from other datasets' entries (``copy``), splits
-    the rest among torchrun ranks, claims them against concurrent extracts, extracts them into
-    journals and shards, and (rank 0) commits the entry. Returns the rows extracted, the rows
-    copied and every rank's record. The view cache (:mod:`featpipe.extraction.views`) runs
-    its view rows through here too, with the same guarantees.
-    """
-    dataset = run.dataset
-    parts = parts_dir(run.entry)
-    parts.mkdir(parents=True, exist_ok=True)
-    distributed.on_leader(dist, lambda: recover_orphans(parts))
-    pending = _pending(dataset.items, read_index(parts), contents)
-    copied = (
-        distributed.on_leader(dist, lambda: _reuse(run, pending, parts, contents, say))
-        if copy
-        else reuse.Reused()
-    )
-    if copied.rows:
-        pending = _pending(dataset.items, read_index(parts), contents)
-    mine = pending[distributed.part(len(pending), dist.rank, dist.world)] if dist else pending
-    # Rows a concurrent extract is computing are left to it (torchrun ranks split theirs above).
-    claim = claim_rows(parts, [i.relpath for i in mine], skip_claimed=dist is None)
-    mine = [i for i in mine if i.relpath in claim.mine]
-
-    def work() -> tuple[int, float]:
-        if not mine:
-            return 0, 0.0
-        if run.backbone is None:
-            run.backbone = _build(spec, choice, run.timings, say)
-        from featpipe.runtime.devices import host_threads
-
-        t0 = time.perf_counter()
-        with host_threads(run.device):
-            rows = _extract_rows(
-                run,
-                mine,
-                parts,
-                on_error,
-                workers,
-                shard_rows,
-                progress,
-                contents,
-                rank=dist.rank if dist else 0,
-                world=dist.world if dist else 1,
-            )
-        run.timings["extract_s"] = time.perf_counter() - t0
-        return rows, len(mine) / run.timings["extract_s"]
-
-    try:
-        n_new, rate = distributed.everyone(dist, work)
-    finally:
-        claim.release()
-    if claim.elsewhere:  # then finish what the other writer left (it may have been killed)
-        say(Phase("waiting", f"waiting for another extract computing {claim.elsewhere} rows"))
-        claim.wait()
-        recover_orphans(parts)
-        mine = _pending(dataset.items, read_index(parts), contents)
-        n_new += work()[0]
-    ranks = [{"rank": 0, "rows": n_new, "images_per_s": round(rate, 2), "host": platform.node()}]
-    if dist is not None:
-        ranks = distributed.gather(
-            {
-                "rank": dist.rank,
-                "rows": n_new,
-                "images_per_s": round(rate, 2),
-                "seconds": round(run.timings.get("extract_s", 0.0), 2),
-                "host": platform.node(),
-            }
-        )
-        run.timings["extract_s"] = max(r["seconds"] for r in ranks)  # the slowest rank's loop
-        n_new = sum(r["rows"] for r in ranks)
-
-    def finish() -> None:
-        record = provenance.run_record(
-            device=run.device,
-            settings=run.settings,
-            timings=run.timings,
-            extracted=n_new,
-            copied=copied.rows,
-            copied_from=copied.sources,
-            pending=len(pending),
-            wall_s=time.perf_counter() - start,
-            ranks=ranks,
-        )
-        merged = provenance.merge(provenance.previous(run.entry), record)
-        commit(run.entry, dataset, run.fields, read_index(parts), contents, merged)
-
-    distributed.on_leader(dist, finish)
-    return n_new, copied, ranks
-
-
-def _quiet(phase: Phase) -> None:
-    """The status callback of a caller that shows none."""
-
-
-def _reuse(
-    run: _Run, pending: list[Item], parts: Path, contents: Contents, say: Callable[[Phase], None]
-) -> reuse.Reused:
-    """Copy the rows of pending files that another dataset's entry holds (same key, same
-    content), through a journal like extracted rows."""
-    others = reuse.siblings(run.entry, run.fields.digest) if pending else []
-    if not others:
-        return reuse.Reused()
-    say(Phase("copying", f"looking for {len(pending)} files in {len(others)} other entries"))
-    t0 = time.perf_counter()
-    dim, dtype, key = int(run.settings["dim"]), run.fields.dtype, run.fields.digest
-    writer = ShardWriter(parts, dim, dtype, key, contents)
-    try:
-        copied = reuse.copy_rows(others, pending, contents, writer)
-    except DiskError:
-        writer.abandon()  # the disk is the problem: leave the journal for recovery
-        raise
-    except BaseException:
-        writer.flush()  # keep every copied batch, whatever stopped us
-        raise
-    writer.flush()
-    run.timings["copy_s"] = time.perf_counter() - t0
-    return copied
-
-
 def _cache_hit(
     cache_dir: Path, request: Request, dataset: Dataset, verify_content: bool
 ) -> ExtractResult | None:
     """The result of a request whose entry already describes this scan, if there is one."""
-    memo = recall(cache_dir, request) or _network_memo(cache_dir, request, len(dataset))
-    if memo is None:
+    found = cached(cache_dir, request, dataset, verify_content)
+    if found is None:
         return None
-    fields, settings = memo
-    entry = entry_path(cache_dir, dataset.name, request.spec.slug, fields.digest)
-    if matches(entry, dataset, verify_content) is None:
-        return None
+    entry, settings = found
     n, dim, n_skipped = entry_header(entry)
     return ExtractResult(
         entry,
@@ -538,320 +262,3 @@ def _cache_hit(
         hit=True,
         settings=settings,
     )
-
-
-def _leader_then_all(
-    dist: distributed.Dist | None, resolve: Callable[[Any], _Run], memo: Callable[[], Any]
-) -> _Run:
-    """Rank 0 resolves (builds, probes, memoises); then the others read its memo."""
-    if dist is None:
-        return resolve(memo())
-    runs: list[_Run | None] = [None]
-    for turn in (True, False):  # first the leader, then everyone else; all ranks settle twice
-        error = None
-        if dist.leader == turn:
-            try:
-                runs[0] = resolve(memo())
-            except Exception as exc:
-                error = exc
-        distributed.settle(error)
-    assert runs[0] is not None
-    return runs[0]
-
-
-def _pending(items: list[Item], index: ShardIndex, contents: Contents) -> list[Item]:
-    """Items with no stored row for their current content, and no lasting skip: files skipped
-    for a reason that may pass (permissions, I/O errors) are tried again on every run."""
-    pending = []
-    for item in items:
-        key = (item.relpath, item.size, item.mtime_ns)
-        quick = contents.quick[item.relpath]
-        sha = contents.hashes([item.relpath])[0] if contents.full else None
-        if index.find(key, quick, sha) is None:
-            reason = index.skip_reason(key, quick)
-            if reason is None or transient(reason):
-                pending.append(item)
-    return pending
-
-
-def _as_spec(
-    backbone: str | BackboneSpec,
-    weights: str,
-    pool: str,
-    layer: str | None,
-    image_size: int | None,
-    draft: bool,
-    decode: str,
-) -> BackboneSpec:
-    """The one spec of this call: given, or made from the model name and its options."""
-    if not isinstance(backbone, BackboneSpec):
-        return BackboneSpec(backbone, weights, pool, layer, image_size, draft, decode)
-    given = (weights, pool, layer, image_size, draft, decode)
-    if given != ("auto", "avg", None, None, False, "pil"):
-        raise ArgumentError(
-            "backbone",
-            f"{backbone.label}: a BackboneSpec carries its weights, pool, layer, image size, "
-            "draft and decode; set them on the spec, not as arguments",
-        )
-    return backbone
-
-
-def _build(
-    spec: BackboneSpec,
-    choice: WeightsChoice,
-    timings: dict[str, float],
-    say: Callable[[Phase], None],
-) -> Backbone:
-    from featpipe.backbones.build import build_backbone
-
-    say(Phase("building", f"building {spec.label}"))
-    t0 = time.perf_counter()
-    backbone = build_backbone(spec, choice)
-    timings["model_s"] = time.perf_counter() - t0
-    return backbone
-
-
-def _onnx_path(cache_dir: Path, fields: KeyFields) -> Path:
-    """One ONNX export per network (model, weights, transform, pool, layer), shared by dtypes."""
-    network = replace(fields, precision="fp32", dtype="float32")
-    slug = BackboneSpec(fields.model).slug
-    return cache_dir / ".onnx" / f"{slug}-{network.digest[:16]}.onnx"
-
-
-def _network(request: Request) -> Request:
-    """The request reduced to what the key's network part (weights identity, transform) depends
-    on. Its memo answers an explicit precision without building the model: ``--precision fp32
-    --engine torch`` over an entry made by ``auto`` is a cache hit, not a model build."""
-    return replace(request, precision="", engine="", batch_size=0, device="")
-
-
-def _untimed_precision(request: Request, n_images: int) -> str | None:
-    """The key's precision when no probe decides it: as requested, or exact fp32 for a dataset
-    too small to probe; None when the probe decides."""
-    if request.precision != "auto":
-        return request.precision
-    return "fp32" if n_images <= PROBE_MIN_IMAGES else None
-
-
-def _network_memo(
-    cache_dir: Path, request: Request, n_images: int
-) -> tuple[KeyFields, dict[str, Any]] | None:
-    """Key fields and settings of a request that needs no probe to settle its key."""
-    precision = _untimed_precision(request, n_images)
-    network = recall(cache_dir, _network(request))
-    if precision is None or network is None:
-        return None
-    fields, settings = network
-    return replace(fields, precision=precision), settings | {"precision": precision}
-
-
-def _resolve(
-    dataset: Dataset,
-    request: Request,
-    choice: WeightsChoice,
-    memo: tuple[KeyFields, dict[str, Any]] | None,
-    cache_dir: Path,
-    say: Callable[[Phase], None],
-) -> _Run:
-    """Key fields and speed settings: from the memo, or by building and probing the model."""
-    from featpipe.runtime import devices
-
-    device = devices.resolve_device(request.device)
-    devices.check_precision(device, request.precision)
-    timings: dict[str, float] = {}
-    backbone = None
-    if memo is None:
-        memo, backbone = _settle(dataset, request, choice, cache_dir, device, timings, say)
-    fields, settings = memo
-    entry = entry_path(cache_dir, dataset.name, request.spec.slug, fields.digest)
-    return _Run(dataset, fields, settings, entry, device, backbone, timings, cache_dir)
-
-
-def _settle(
-    dataset: Dataset,
-    request: Request,
-    choice: WeightsChoice,
-    cache_dir: Path,
-    device: Any,
-    timings: dict[str, float],
-    say: Callable[[Phase], None],
-) -> tuple[tuple[KeyFields, dict[str, Any]], Backbone | None]:
-    """Key fields and settings of a request new to this machine, and the model if it was built.
-
-    The model is built only when something must be measured or the network is not memoised
-    yet. The probe runs for datasets above ``PROBE_MIN_IMAGES`` with a setting left to choose,
-    under its budget; only its answer is memoised per request (a small dataset's untimed fp32
-    must not stop a large one from being probed). An explicit reduced precision is timed
-    against fp32 on one image each, for the warning.
-    """
-    from featpipe.data import tensor_decode, transforms
-    from featpipe.runtime import tuning
-    from featpipe.runtime.engines import Normalized
-
-    n = len(dataset)
-    choose = "auto" in (request.precision, request.engine) or request.batch_size is None
-    timed = choose and n > PROBE_MIN_IMAGES
-    check_speed = request.precision not in ("auto", "fp32")
-    network = recall(cache_dir, _network(request))
-    backbone = None
-    if network is None or timed or check_speed:
-        spec = request.spec
-        backbone = _build(spec, choice, timings, say)
-        base = KeyFields(
-            model=spec.model,
-            weights=backbone.weights_identity,
-            transform=transforms.fingerprint(backbone.data_config, spec.draft)
-            | tensor_decode.fingerprint(spec.decode),
-            pool=spec.pool,
-            layer=spec.layer,
-            precision="fp32",
-            dtype=request.dtype,
-        )
-        described = {
-            "dim": backbone.num_features,
-            "data_config": backbone.data_config,
-            "weights": backbone.weights.describe(),
-            "jpeg_draft": spec.draft,
-            "decode": spec.decode,
-            "is_conv": backbone.is_conv,
-        }
-        remember(cache_dir, _network(request), base, described)
-    else:
-        base, described = network
-    if backbone is not None and (timed or check_speed):
-        budget = tuning.PROBE_BUDGET_S if timed else 0.0
-        say(
-            Phase("probing", f"probing speed (at most {budget:.0f} s)")
-            if timed
-            else Phase("probing", f"timing {request.precision} against fp32 on one image")
-        )
-        t0 = time.perf_counter()
-        chosen = tuning.probe(
-            Normalized(backbone.module, backbone.data_config),
-            device,
-            backbone.is_conv,
-            _onnx_path(cache_dir, base),
-            request.precision,
-            request.batch_size,
-            request.engine,
-            images=n,
-            budget_s=budget,
-        )
-        timings["probe_s"] = time.perf_counter() - t0
-        if chosen.note:
-            say(Phase("warning", chosen.note))
-    else:
-        chosen = tuning.untimed(
-            device, described["is_conv"], request.precision, request.batch_size, request.engine
-        )
-    if not timed:
-        why = f"{n} images <= {PROBE_MIN_IMAGES}" if choose else "every setting given"
-        chosen.probe = chosen.probe | {"skipped": why}
-    fields = replace(base, precision=chosen.precision)
-    settings = chosen.as_dict() | described
-    if timed:
-        remember(cache_dir, request, fields, settings)
-    return (fields, settings), backbone
-
-
-def _extract_rows(
-    run: _Run,
-    pending: list[Item],
-    parts: Path,
-    on_error: str,
-    workers: int | None,
-    shard_rows: int,
-    progress: Callable[[Progress], None] | None,
-    contents: Contents,
-    rank: int = 0,
-    world: int = 1,
-) -> int:
-    """The hot loop: decode in workers (or, with the tensor decoder, read bytes there and decode
-    on the device), forward ``uint8`` batches, journal. Returns rows."""
-    from featpipe.data.loader import make_loader
-    from featpipe.data.tensor_decode import pipeline
-    from featpipe.data.transforms import ImageToUint8
-    from featpipe.runtime.engines import Normalized
-    from featpipe.runtime.tuning import build_engine
-
-    assert run.backbone is not None
-    settings, fields, device = run.settings, run.fields, run.device
-    batch_size = int(settings["batch_size"])
-    gpu = device.type == "cuda"
-    n_workers = (
-        default_workers(len(pending), batch_size, world, gpu) if workers is None else workers
-    )
-    settings["workers"] = n_workers
-    config = run.backbone.data_config
-    engine = build_engine(
-        settings,
-        Normalized(run.backbone.module, config),
-        device,
-        _onnx_path(run.cache_dir, fields),
-    )
-    if run.images is not None:  # augmented views: their PIL training transform, in the workers
-        paths, own = run.images(pending)
-        decode = "pil"
-    else:
-        paths = [str(run.dataset.root / i.relpath) for i in pending]
-        own = ImageToUint8(config, fields.transform["jpeg_draft"])
-        decode = "tensor" if "decode" in fields.transform else "pil"
-    transform, collate, finish = pipeline(decode, paths, own, device)
-    loader = make_loader(
-        paths, transform, batch_size, n_workers, device.type == "cuda", collate_fn=collate
-    )
-    dim = int(settings["dim"])
-    writer = ShardWriter(
-        parts, dim, fields.dtype, fields.digest, contents, rank=rank, shard_rows=shard_rows
-    )
-    done = skipped_total = 0
-    t0 = time.perf_counter()
-    try:
-        for batch in map(finish, loader):
-            skipped = [
-                (pending[i].relpath, pending[i].size, pending[i].mtime_ns, reason)
-                for i, reason in batch.failed
-            ]
-            feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
-            rows, feats, bad = _screen(pending, batch.index, feats, fields.dtype)
-            skipped += bad
-            writer.append(rows, feats, skipped)
-            done += len(batch.index) + len(batch.failed)
-            skipped_total += len(skipped)
-            if skipped and on_error == "fail":
-                path = run.dataset.root / skipped[0][0]
-                raise FeatpipeError(
-                    f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
-                    "--on-error skip to record it and go on"
-                )
-            if progress is not None:
-                progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
-    except DiskError:
-        writer.abandon()  # the disk is the problem: leave the journal for recovery
-        raise
-    except BaseException:
-        writer.flush()  # keep every finished batch, whatever stopped us
-        raise
-    writer.flush()
-    return done - skipped_total
-
-
-def _screen(
-    pending: list[Item], index: list[int], feats: np.ndarray, dtype: str
-) -> tuple[list[tuple[str, int, int]], np.ndarray, list[tuple[str, int, int, str]]]:
-    """Keep finite rows (that also fit float16 when stored so); the rest become skipped."""
-    limit = FLOAT16_MAX if dtype == "float16" else np.inf
-    good = np.isfinite(feats).all(axis=1) & (np.abs(feats).max(axis=1, initial=0) <= limit)
-    rows, bad = [], []
-    for i, ok in zip(index, good, strict=True):
-        item = pending[i]
-        if ok:
-            rows.append((item.relpath, item.size, item.mtime_ns))
-        else:
-            reason = (
-                "backbone output is not finite"
-                if dtype == "float32"
-                else ("features exceed the float16 range: use --dtype float32")
-            )
-            bad.append((item.relpath, item.size, item.mtime_ns, reason))
-    return rows, feats[good], bad

@@ -7,12 +7,12 @@ training transform (:mod:`featpipe.data.augment`), and let the head draw among t
 
 The views are rows of their own cache entry (see :mod:`featpipe.cache.views`): items
 ``relpath#viewV`` for every training image and view index, keyed by the eval features' key plus
-the augmentation recipe. They run through the extract stage's own :func:`~featpipe.extraction.
-stage.fill` (journals, shards, claims, torchrun parts, atomic commit), so a killed run resumes,
-ranks split the view rows, and only views no shard holds are computed: adding views to an entry
-extracts only the views, growing K from 4 to 8 only views 4–7. Each view is seeded from (seed,
-image path, view index), so every process computes the same pixels for it. Val and test images
-keep their eval view only.
+the augmentation recipe. They run through the extract stage's own
+:func:`~featpipe.extraction.fill.fill` (journals, shards, claims, torchrun parts, atomic commit),
+so a killed run resumes, ranks split the view rows, and only views no shard holds are computed:
+adding views to an entry extracts only the views, growing K from 4 to 8 only views 4–7. Each
+view is seeded from (seed, image path, view index), so every process computes the same pixels
+for it. Val and test images keep their eval view only.
 """
 
 from __future__ import annotations
@@ -26,17 +26,20 @@ from typing import TYPE_CHECKING, Any
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.catalog import entry_path
 from featpipe.cache.entry import Features, matches, read_meta
+from featpipe.cache.fingerprints import Contents
 from featpipe.cache.key import KeyFields
-from featpipe.cache.shards import Contents
 from featpipe.cache.views import complete_images, load_views, split_view_name, view_name
+from featpipe.data.augment import Augment, view_source
 from featpipe.data.datasets import Dataset, Item
 from featpipe.errors import ArgumentError, DataError
+from featpipe.extraction.fill import fill
+from featpipe.extraction.options import ExtractOptions
+from featpipe.extraction.settle import ExtractRun
+from featpipe.progress import Phase, Progress
 from featpipe.runtime import distributed
 
 if TYPE_CHECKING:
     from featpipe.backbones.weights import WeightsChoice
-    from featpipe.data.augment import Augment
-    from featpipe.extraction.stage import ExtractResult, Phase, Progress
 
 MAX_VIEWS = 1024
 
@@ -109,36 +112,33 @@ def views_key(fields: KeyFields, augment: Augment) -> KeyFields:
 
 
 def extract_views(
-    result: ExtractResult,
+    eval_entry: Path,
+    eval_settings: dict[str, Any],
     dataset: Dataset,
     spec: BackboneSpec,
     choice: WeightsChoice,
     views: int,
     augment: Augment,
+    options: ExtractOptions,
     *,
-    device: str,
-    engine: str,
-    batch_size: int | None,
-    workers: int | None,
-    cache_dir: Path,
-    on_error: str,
-    shard_rows: int,
-    verify_content: bool,
     progress: Callable[[Progress], None] | None,
     say: Callable[[Phase], None],
 ) -> ViewsResult:
     """Make sure ``views`` views of every training image of ``dataset`` are cached.
 
-    ``result`` is the eval extract of the same call: the views share its key (plus the
-    recipe), its speed settings and its model.
+    ``eval_entry`` and ``eval_settings`` are those of the eval extract of the same call: the
+    views share its key (plus the recipe) and its speed settings.
     """
-    from featpipe.extraction.stage import Phase, _Run, fill
-
     start = time.perf_counter()
+    cache_dir, verify_content, batch_size = (
+        options.cache_dir,
+        options.verify_content,
+        options.batch_size,
+    )
     dist = distributed.current()
     if dist is not None:
         distributed.check_same({"views": views, "augment": asdict(augment)})
-    fields = views_key(KeyFields(**read_meta(result.entry)["key_fields"]), augment)
+    fields = views_key(KeyFields(**read_meta(eval_entry)["key_fields"]), augment)
     vdataset = view_dataset(dataset, views)
     if not vdataset.items:
         raise DataError(
@@ -167,16 +167,16 @@ def extract_views(
 
     if distributed.on_leader(dist, hit):
         return done(0, True, {})
-    from featpipe.runtime import devices, tuning
+    from featpipe.runtime import devices, tuning  # torch: a cache hit never gets here
 
-    run_device = devices.resolve_device(device)
-    settings = dict(result.settings)
+    run_device = devices.resolve_device(options.device)
+    settings = dict(eval_settings)
     if "engine" not in settings or batch_size is not None:  # untimed: as asked, or plain torch
         chosen = tuning.untimed(
-            run_device, settings["is_conv"], fields.precision, batch_size, engine
+            run_device, settings["is_conv"], fields.precision, batch_size, options.engine
         )
         settings |= chosen.as_dict()
-    run = _Run(
+    run = ExtractRun(
         vdataset,
         fields,
         settings,
@@ -184,7 +184,7 @@ def extract_views(
         run_device,
         None,
         {},
-        cache_dir,
+        options,
         images=lambda pending: _sources(dataset, settings["data_config"], augment, pending),
     )
     n_new, _, _ = fill(
@@ -195,9 +195,6 @@ def extract_views(
         dist,
         start,
         say,
-        on_error,
-        workers,
-        shard_rows,
         progress,
         copy=False,  # a view's pixels depend on its image's path (the seed): never copied
     )
@@ -208,8 +205,7 @@ def _sources(
     dataset: Dataset, data_config: dict[str, Any], augment: Augment, pending: list[Item]
 ) -> tuple[list[str], Callable[[str], Any]]:
     """The loader's sources for pending view rows, and the seeded view transform."""
-    from featpipe.data.augment import view_source
-    from featpipe.data.train_transform import ViewImages
+    from featpipe.data.train_transform import ViewImages  # torch: a cache hit never gets here
 
     sources = []
     for item in pending:

@@ -47,11 +47,11 @@ def read_start(path: str | Path) -> StartRun:
     entries = run.config["entries"]
     if len(entries) != 1:
         raise ArgumentError("from_run", f"{path}: LP-FT needs a single-backbone run")
-    if run.metrics.get("selection", "val") != "val":
+    if run.metrics.selection != "val":
         raise ArgumentError(
             "from_run",
             f"{path}: that head was fitted on every training image (chosen by "
-            f"{run.metrics['selection']}), so fine-tuning would choose epochs on images the head "
+            f"{run.metrics.selection}), so fine-tuning would choose epochs on images the head "
             "has seen; fit it again with a hold-out (fit's holdout, e.g. 0.15) or give the data "
             "a val split",
         )

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from featpipe.backbones.spec import BackboneSpec
-from featpipe.cache.entry import Features
+from featpipe.cache.entry import Features, FeatureSet
 from featpipe.errors import FeatpipeError
-from featpipe.extraction.stage import ExtractResult, Phase, extract
-
-if TYPE_CHECKING:
-    from featpipe.fitting.streaming import StreamedFeatures
+from featpipe.extraction.stage import ExtractResult, extract
+from featpipe.fitting.streaming import open_streamed
+from featpipe.progress import Phase
 
 # extract() options that belong to each backbone of a feature spec.
 SPEC_OPTIONS = ("weights", "pool", "layer", "image_size", "draft", "decode")
@@ -77,7 +76,7 @@ def load_feature_set(
     progress: Callable[[str], Callable | None] | None = None,
     status: Callable[[Phase], None] | None = None,
     memory_budget: int | None = None,
-) -> tuple[Features | StreamedFeatures, list[ExtractResult]]:
+) -> tuple[FeatureSet, list[ExtractResult]]:
     """Extract what is missing for every backbone of ``specs`` and return the joined features.
 
     ``specs``: a feature spec string, or its parts already parsed by
@@ -101,8 +100,6 @@ def load_feature_set(
         for spec in specs
     ]
     if memory_budget is not None and len(results) == 1:
-        from featpipe.fitting.streaming import open_streamed  # torch: only once fitting
-
         streamed = open_streamed(results[0].entry, memory_budget)
         if streamed is not None:
             return streamed, results

@@ -10,18 +10,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featpipe.backbones.spec import label
-from featpipe.cache.entry import Features, read_meta
+from featpipe.cache.entry import FeatureSet, read_meta
 from featpipe.data.splits import hold_out
 from featpipe.errors import ArgumentError
-from featpipe.extraction.stage import Phase
 from featpipe.fitting.features import load_feature_set, parse_feature_spec
+from featpipe.fitting.run import SweepResult, save_run
 from featpipe.fitting.streaming import resolve_budget
-from featpipe.fitting.sweep import SweepResult, sweep
+from featpipe.fitting.sweep import sweep
 from featpipe.fitting.views import train_views
 from featpipe.heads.config import HeadConfig, expand, parse_grid
+from featpipe.heads.placement import training_on
 from featpipe.heads.views import check_view_mode
-from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, save_run
+from featpipe.progress import Phase
+from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run
 from featpipe.runtime import distributed
+from featpipe.runtime.devices import resolve_device
 
 if TYPE_CHECKING:
     from featpipe.data.augment import Augment
@@ -43,7 +46,7 @@ DEFAULT_GRID: dict[str, list[Any]] = {
 }
 
 
-def with_holdout(features: Features, fraction: float) -> Features:
+def with_holdout(features: FeatureSet, fraction: float) -> FeatureSet:
     """Mark a stratified ``fraction`` of the train rows as val (the fine-tune stage's rule)."""
     train = np.flatnonzero(features.split == "train")
     strata = features.labels[train] if features.task == "classification" else [0] * len(train)
@@ -98,9 +101,6 @@ def fit(
     and that head is scored on test and saved (:func:`~featpipe.fitting.sweep.sweep`); the run
     records what its head was trained on, and keeps the train-only head for fine-tuning.
     """
-    from featpipe.heads.placement import training_on
-    from featpipe.runtime.devices import resolve_device
-
     heads_device = resolve_device(device)  # a bad --device fails before any work
     extract_options = {"device": device} | (extract_options or {})
     grid = parse_grid(grid or ({} if head else DEFAULT_GRID), "grid")
@@ -126,7 +126,7 @@ def fit(
         features = with_holdout(features, holdout)
     used, view_record = None, None
     if views:
-        if not isinstance(features, Features):
+        if not features.in_memory:
             raise ArgumentError(
                 "views",
                 "need the features in memory: the train features exceed memory_budget; "

@@ -36,9 +36,14 @@ def classification(
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
     }
     if scores is not None and n_classes == 2:
-        margin = scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores[:, 0]
+        margin = two_class_margin(scores)
         out["auroc"] = float(roc_auc_score(y, margin)) if len(present) == 2 else float("nan")
     return out
+
+
+def two_class_margin(scores: np.ndarray) -> np.ndarray:
+    """The score AUROC ranks by: class 1's output over class 0's (or the one column given)."""
+    return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores[:, 0]
 
 
 def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:

@@ -33,24 +33,25 @@ images it will train on (augmentation strength, epochs, learning rate, layer dec
 
 from __future__ import annotations
 
-import inspect
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from featpipe.backbones.build import BackboneSpec, load_classifier
 from featpipe.cache.entry import Features
 from featpipe.data.splits import HOLDOUT
 from featpipe.errors import DataError
-from featpipe.extraction.stage import Phase, extract
+from featpipe.extraction.options import ExtractOptions
 from featpipe.finetuning.recipe import recipe
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.sweep import few_shot, sweep
 from featpipe.heads.config import HeadConfig, expand
+from featpipe.progress import Phase
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
 SMALL_PER_CLASS = 1000
@@ -87,8 +88,6 @@ def decide(per_class_min: int, gain: float, confidence: float | None) -> tuple[s
 
 def source_confidence(features: Features, backbone: str, weights: str) -> float | None:
     """Mean max-softmax of the backbone's ImageNet head on the cached pooled features."""
-    from featpipe.backbones.build import BackboneSpec, load_classifier
-
     meta = features.meta.get("key_fields", {})
     if meta.get("pool") != "avg" or meta.get("layer") is not None:
         return None
@@ -166,7 +165,7 @@ def advise(
         "transfer_gain": gain,
         "source_head_confidence": confidence,
         "best_head": probe_pre,
-        "few_shot": [{"shots": p["shots"], "accuracy": p["mean"]} for p in curve],
+        "few_shot": [{"shots": p.shots, "accuracy": p.mean} for p in curve],
         "thresholds": {
             "small_per_class": SMALL_PER_CLASS,
             "similar_gain": SIMILAR_GAIN,
@@ -220,9 +219,10 @@ FINETUNE_KEYS = ("image_size", "allow_outside")
 
 
 def _flag_list(options: dict[str, Any], keys: tuple[str, ...]) -> str:
-    """Flags for the options among ``keys`` that differ from :func:`featpipe.extract`'s
-    defaults (switches as bare flags), shell-quoted."""
-    defaults = {k: p.default for k, p in inspect.signature(extract).parameters.items()}
+    """Flags for the options among ``keys`` that differ from their defaults
+    (:class:`~featpipe.extraction.options.ExtractOptions`; switches as bare flags),
+    shell-quoted."""
+    defaults = {f.name: f.default for f in fields(ExtractOptions)}
     flags: list[str] = []
     for key in keys:
         value = options.get(key, defaults[key])

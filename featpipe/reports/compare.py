@@ -132,7 +132,7 @@ def compare(
 
     ``progress`` and ``status`` are :func:`featpipe.fit`'s (per-batch progress, and the steps
     before batches run)."""
-    from featpipe.fitting.stage import fit
+    from featpipe.fitting.stage import fit  # torch: the CLI imports this module at start
 
     rows: list[Row] = []
     for data in experiment.data:
@@ -163,7 +163,7 @@ def compare(
                 val=best.mean(metric),
                 test=best.mean(metric, "test"),
                 macro_f1=float(test.get("macro_f1", float("nan"))),
-                extract_seconds=run.metrics["extract_seconds"],
+                extract_seconds=run.metrics.extract_seconds,
                 fit_seconds=result.seconds,
                 run=str(run.path),
             )

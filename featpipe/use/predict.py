@@ -25,9 +25,10 @@ from featpipe.backbones.build import Backbone, BackboneSpec, build_backbone
 from featpipe.data.dihedral import TTA_VIEWS, Symmetry, apply
 from featpipe.data.images import is_image_name
 from featpipe.data.loader import make_loader
+from featpipe.data.tensor_decode import pipeline as decoding
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError, DataError, FeatpipeError
-from featpipe.heads.fitted import FittedHead
+from featpipe.heads.fitted import CosineKNN, FittedHead
 from featpipe.runs.record import Run, load_run, write_csv
 from featpipe.runtime.allocator import keep_freed_memory
 from featpipe.runtime.devices import resolve_device
@@ -129,8 +130,6 @@ def embed_views(
 ) -> tuple[np.ndarray, list[str]]:
     """:func:`embed` for each of ``views`` (symmetries of the decoded images): an array
     [views, files, features]; each image is decoded once."""
-    from featpipe.data.tensor_decode import pipeline as decoding
-
     keep_freed_memory()
     dev = resolve_device(device)
     blocks, reasons = [], [""] * len(files)
@@ -234,6 +233,4 @@ class DeployedPipeline(nn.Module):
 
 
 def _is_knn(head: FittedHead) -> bool:
-    from featpipe.heads.fitted import CosineKNN
-
     return isinstance(head.module, CosineKNN)

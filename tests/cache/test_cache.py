@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY, make_tree, write_image
-from featpipe.cache import shards
 from featpipe.cache.catalog import find_entries, list_entries, remove_entry
 from featpipe.cache.entry import iter_chunks, load_features, parts_dir, verify
+from featpipe.cache.index import read_index
 from featpipe.errors import FeatpipeError
 from featpipe.extraction.stage import extract
 
@@ -156,7 +156,7 @@ def test_on_error_fail_names_the_file_and_keeps_finished_rows(tree: Path, cache_
     (tree / "bees" / "bees_003.png").write_bytes(b"broken")
     with pytest.raises(FeatpipeError, match=r"bees_003.png: not an image .*--on-error skip"):
         run(tree, cache_dir, on_error="fail")
-    index = shards.read_index(next(cache_dir.glob("tiny/*.parts")))
+    index = read_index(next(cache_dir.glob("tiny/*.parts")))
     assert len(index.rows) >= 8  # the batches before the bad file were sealed
     (tree / "bees" / "bees_003.png").unlink()
     resumed = run(tree, cache_dir, on_error="fail")
@@ -176,36 +176,6 @@ def test_entry_from_a_newer_format_is_refused(tree: Path, cache_dir: Path) -> No
         f.attrs["format_version"] = 99
     with pytest.raises(FeatpipeError, match="format version 99, newer than this featpipe"):
         load_features(result.entry)
-
-
-def test_torn_journal_loses_at_most_the_batch_in_flight(tmp_path: Path) -> None:
-    journal = shards.Journal(tmp_path, "w000-1-abc-0000", 3, "float32", "k")
-    journal.append([("a", 1, 1, "fa", "ha"), ("b", 1, 1, "fb", "hb")], np.ones((2, 3)), [])
-    skip = ("bad", 1, 1, "fx", "zero-byte file")
-    journal.append([("c", 1, 1, "fc", "hc")], np.full((1, 3), 2.0), [skip])
-    journal.close()
-    with journal.data_path.open("ab") as handle:  # a third batch: features half written
-        handle.write(np.zeros(2, np.float32).tobytes())
-    with journal.rows_path.open("a") as handle:  # and its line torn
-        handle.write('{"ok": [["d", 1')
-    contents = shards.read_journal(journal.rows_path)
-    assert [r[0] for r in contents.rows] == ["a", "b", "c"]
-    assert contents.skipped == [skip]
-    assert contents.features.tolist() == [[1, 1, 1], [1, 1, 1], [2, 2, 2]]
-    assert shards.recover_orphans(tmp_path) == 1
-    index = shards.read_index(tmp_path)
-    assert index.find(("c", 1, 1), "fc") == shards.Stored("w000-1-abc-0000.h5", 2, "fc", "hc")
-    assert index.find(("c", 1, 1), "other") is None  # same path, size and mtime; other content
-    assert index.skip_reason(("bad", 1, 1), "fx") == "zero-byte file"
-    assert not list(tmp_path.glob("*.rows")) and not list(tmp_path.glob("*.jrnl"))
-
-
-def test_live_journal_is_not_recovered_by_another_process(tmp_path: Path) -> None:
-    journal = shards.Journal(tmp_path, "w000-1-abc-0000", 2, "float32", "k")
-    journal.append([("a", 1, 1)], np.ones((1, 2)), [])
-    assert shards.recover_orphans(tmp_path) == 0  # the writer still holds its lock
-    journal.close()
-    assert shards.recover_orphans(tmp_path) == 1
 
 
 def test_verify_finds_a_corrupt_shard_and_a_missing_one(tree: Path, cache_dir: Path) -> None:

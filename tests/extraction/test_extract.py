@@ -16,8 +16,9 @@ import pytest
 from conftest import TINY, flags, write_image
 from featpipe.cache.entry import read_meta
 from featpipe.errors import ArgumentError
-from featpipe.extraction import provenance, stage
-from featpipe.extraction.stage import Phase, extract
+from featpipe.extraction import provenance, settle
+from featpipe.extraction.stage import extract
+from featpipe.progress import Phase
 
 AUTO = TINY | {"precision": "auto", "engine": "auto", "batch_size": None}
 
@@ -91,7 +92,9 @@ def test_same_files_under_another_dataset_name_are_copied_not_extracted(
     copy = tmp_path / "copied"  # the same content elsewhere, with new paths and mtimes
     shutil.copytree(tree / "ants", copy / "ants")
     write_image(copy / "wasps" / "new.png", seed=4242)  # one file no entry holds
-    monkeypatch.setattr(stage, "_extract_rows", lambda *a, **k: pytest.fail("rows extracted"))
+    monkeypatch.setattr(
+        "featpipe.extraction.rows.extract_rows", lambda *a, **k: pytest.fail("rows extracted")
+    )
     listed = run(manifest, cache_dir)
     assert listed.entry.parent.name == "tiny-labels" and listed.entry.name == made.entry.name
     assert (listed.n_new, listed.n_copied, listed.n) == (0, 12, 12)
@@ -134,7 +137,7 @@ def test_small_dataset_skips_the_probe_and_a_large_one_is_probed_within_budget(
     assert "probe_s" not in small.timings
     assert (small.settings["precision"], small.settings["engine"]) == ("fp32", "torch")
     assert "256" in small.settings["probe"]["skipped"]
-    monkeypatch.setattr(stage, "PROBE_MIN_IMAGES", 4)
+    monkeypatch.setattr(settle, "PROBE_MIN_IMAGES", 4)
     phases: list[Phase] = []
     probed = extract(tree, cache_dir=cache_dir / "other", status=phases.append, **AUTO)
     assert "probe_s" in probed.timings and "skipped" not in probed.settings["probe"]

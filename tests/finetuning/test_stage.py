@@ -242,7 +242,7 @@ def test_a_failing_cam_figure_never_costs_the_trained_run(data, tmp_path, monkey
     monkeypatch.setattr(stage, "draw_cam", broken)
     with pytest.warns(CamFigureWarning, match="matplotlib exploded"):
         run, result = finetune(data, FinetuneConfig(**BASE | {"epochs": 1}), tmp_path / "ft")
-    assert load_run(run.path).metrics["cam_note"] == result.cam_note
+    assert load_run(run.path).metrics.cam_note == result.cam_note
     assert not (run.path / "cam.png").exists()
 
 

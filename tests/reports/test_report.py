@@ -15,6 +15,7 @@ from featpipe.fitting.stage import fit
 from featpipe.heads import metrics
 from featpipe.reports.diagnosis import diagnose
 from featpipe.reports.report import per_class_rows, report
+from featpipe.runs.metrics import RunMetrics
 from featpipe.runs.record import Run
 
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
@@ -95,11 +96,11 @@ def test_report_check_catches_a_missing_plot(runs: Path, tmp_path: Path) -> None
 def test_regression_runs_record_test_predictions_and_split_sizes(runs: Path) -> None:
     from featpipe.runs.record import list_runs
 
-    regression = [r for r in list_runs(runs) if r.metrics["task"] == "regression"]
+    regression = [r for r in list_runs(runs) if r.metrics.task == "regression"]
     assert len(regression) == 1
-    recorded = regression[0].metrics["test_predictions"]
-    sizes = regression[0].metrics["split_sizes"]
-    assert len(recorded["true"]) == len(recorded["predicted"]) == sizes["test"] > 0
+    recorded = regression[0].metrics.test_predictions
+    sizes = regression[0].metrics.split_sizes
+    assert len(recorded.true) == len(recorded.predicted) == sizes["test"] > 0
 
 
 @pytest.mark.parametrize(
@@ -143,7 +144,7 @@ def test_per_class_table_matches_scikit_learn() -> None:
     run = Run(
         Path("."),
         {},
-        {"confusion": metrics.confusion(y, pred, 3), "class_names": ["a", "b", "c"]},
+        RunMetrics(confusion=metrics.confusion(y, pred, 3), class_names=["a", "b", "c"]),
     )
     precision, recall, f1, support = precision_recall_fscore_support(y, pred)
     for row, p, r, f, s in zip(per_class_rows(run), precision, recall, f1, support, strict=True):

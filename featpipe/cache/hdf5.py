@@ -1,0 +1,70 @@
+"""HDF5 files as the cache writes them: built in memory, sealed with a checksum.
+
+HDF5 itself is not crash-safe: a process killed while h5py holds a file open for writing can
+leave it unreadable, and a full disk under h5py's writes ends in tracebacks from its destructors
+(or a segfault). So h5py never writes to disk here: it builds a file in memory
+(:func:`in_memory_file`), and its bytes (:func:`file_image`) go to disk through
+:func:`~featpipe.cache.durable.atomic_write`.
+
+HDF5's fletcher32 filter checks feature chunks on read, but nothing checks attributes and small
+datasets: :func:`checksum` covers them, so that an edited label, split or row key is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import h5py
+import numpy as np
+
+_STR = h5py.string_dtype("utf-8")
+
+
+def in_memory_file() -> h5py.File:
+    """An HDF5 file that lives in memory: h5py builds it, :func:`file_image` takes its bytes."""
+    return h5py.File(f"featpipe-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
+
+
+def file_image(f: h5py.File) -> bytes:
+    f.flush()
+    return f.id.get_file_image()
+
+
+def write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
+    group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
+
+
+def _attr_text(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return repr(value.tolist())
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
+def checksum(f: h5py.Group) -> str:
+    """SHA-256 of a file's attributes and every dataset but ``features`` (whose chunks carry
+    fletcher32 checksums): the cheap check against edited or damaged rows."""
+    h = hashlib.sha256()
+    for name in sorted(f.attrs):
+        if name != "checksum":
+            h.update(f"@{name}={_attr_text(f.attrs[name])}\n".encode())
+    names: list[str] = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    for name in sorted(set(names) - {"features"}):
+        ds = f[name]
+        if h5py.check_string_dtype(ds.dtype) is not None:
+            data = "\0".join(ds.asstr()[()].tolist() if ds.shape else [ds.asstr()[()]]).encode()
+        else:
+            data = np.ascontiguousarray(ds[()]).tobytes()
+        h.update(f"{name}:{ds.dtype.str}:{ds.shape}:{len(data)}\n".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def seal_checksum(f: h5py.File) -> None:
+    f.attrs["checksum"] = checksum(f)
+
+
+def checksum_ok(f: h5py.File) -> bool:
+    return "checksum" in f.attrs and f.attrs["checksum"] == checksum(f)

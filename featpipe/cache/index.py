@@ -1,0 +1,158 @@
+"""The index of what an entry's shards hold: every stored row and skipped file, by RowId.
+
+A shard that cannot be read, or fails its checksum (:mod:`featpipe.cache.hdf5`) or HDF5's
+fletcher32 checksums, is moved aside (:func:`quarantine`) and its rows are computed again: a
+damaged row is never trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featpipe.cache.fingerprints import Contents
+from featpipe.cache.hdf5 import checksum_ok
+from featpipe.data.datasets import Item, RowId
+
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def transient(reason: str) -> bool:
+    """Whether a skip reason is the operating system refusing a read (``[Errno 13] Permission
+    denied``, ``[Errno 5] Input/output error``) rather than the file's content: such files are
+    tried again on every run, while decode failures stay skipped until the file changes."""
+    return reason.startswith("[Errno ")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where one stored row lives, and the content it was computed from."""
+
+    shard: str
+    row: int
+    fingerprint: str
+    sha256: str
+
+
+@dataclass
+class ShardIndex:
+    """Every stored row and skipped file, by :data:`RowId`; shards that failed their checks.
+
+    Several rows can share a RowId (a file replaced with the same size and mtime, then
+    recomputed): :meth:`find` picks the one whose content matches.
+    """
+
+    rows: dict[RowId, list[Stored]] = field(default_factory=dict)
+    skipped: dict[RowId, list[tuple[str, str]]] = field(default_factory=dict)
+    shard_sizes: dict[str, int] = field(default_factory=dict)
+    dims: set[int] = field(default_factory=set)
+    legacy: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+    def find(self, row_id: RowId, fingerprint: str, sha256: str | None = None) -> Stored | None:
+        """The stored row of this file, if its content matches (the full hash too, if given).
+
+        An unknown fingerprint (``""``: unreadable now, or not recorded) matches nothing.
+        """
+        if not fingerprint:
+            return None
+        for stored in self.rows.get(row_id, ()):
+            if stored.fingerprint == fingerprint and sha256 in (None, stored.sha256):
+                return stored
+        return None
+
+    def lookup(self, item: Item, contents: Contents) -> tuple[Stored | None, str | None]:
+        """The stored row of ``item`` for the content it has now (its full hash too, under
+        ``contents.full``); if there is none, why the file was skipped, if it was."""
+        quick = contents.quick.get(item.relpath, "")
+        sha = contents.hashes([item.relpath])[0] if contents.full else None
+        stored = self.find(item.row_id, quick, sha)
+        return stored, self.skip_reason(item.row_id, quick) if stored is None else None
+
+    def skip_reason(self, row_id: RowId, fingerprint: str) -> str | None:
+        """Why this file was skipped, if it was (transient reasons included)."""
+        if not fingerprint:
+            return None
+        for stored_fp, reason in self.skipped.get(row_id, ()):
+            if stored_fp == fingerprint:
+                return reason
+        return None
+
+
+def quarantine(shard: Path) -> bool:
+    """Move a shard that failed its checksums aside, so that the next extract recomputes its
+    rows instead of trusting them. False where that is not possible (a read-only cache)."""
+    try:
+        shard.rename(shard.with_name(shard.name + CORRUPT_SUFFIX))
+    except OSError:
+        return False
+    return True
+
+
+def _read_shard(shard: Path, index: ShardIndex) -> None:
+    with h5py.File(shard, "r") as f:
+        if "fingerprint" not in f:
+            index.legacy.append(shard.name)  # an older featpipe's: its rows are recomputed
+            return
+        if not checksum_ok(f):
+            raise OSError("its checksum does not match its rows")
+        index.dims.add(int(f.attrs["dim"]))
+        index.shard_sizes[shard.name] = int(f.attrs["n"])
+        columns = (f[c][:] for c in ("relpath", "size", "mtime_ns", "fingerprint", "sha256"))
+        for row, (path, size, mtime, fp, sha) in enumerate(zip(*columns, strict=True)):
+            stored = Stored(shard.name, row, fp.decode(), sha.decode())
+            index.rows.setdefault((path.decode(), int(size), int(mtime)), []).append(stored)
+        skipped = f["skipped"]
+        columns = (skipped[c][:] for c in ("relpath", "size", "mtime_ns", "fingerprint"))
+        reasons = skipped["reason"].asstr()[:]
+        for path, size, mtime, fp, reason in zip(*columns, reasons, strict=True):
+            row_id = (path.decode(), int(size), int(mtime))
+            index.skipped.setdefault(row_id, []).append((fp.decode(), reason))
+
+
+def read_index(parts: Path) -> ShardIndex:
+    """What the shards in ``parts`` hold. A shard that cannot be read or fails its checksum is
+    moved aside (see :func:`quarantine`) and named in ``broken``: its rows become pending."""
+    index = ShardIndex()
+    if not parts.is_dir():
+        return index
+    for shard in sorted(parts.glob("*.h5")):
+        try:
+            _read_shard(shard, index)
+        except (OSError, KeyError, ValueError):
+            index.broken.append(shard.name)
+            quarantine(shard)
+    return index
+
+
+def first_corrupt_shard(parts: Path, names: Iterable[str]) -> tuple[str, str] | None:
+    """Read every byte of the named shards; the first that fails, with HDF5's reason."""
+    for name in names:
+        reason = shard_problem(parts / name)
+        if reason is not None:
+            return name, reason
+    return None
+
+
+def shard_problem(shard: Path) -> str | None:
+    """Why ``shard`` is unusable (unreadable, checksum, fletcher32), or None if it is sound."""
+    try:
+        with h5py.File(shard, "r") as f:
+            if "fingerprint" in f and not checksum_ok(f):
+                return "its checksum does not match its rows"
+            for block in _blocks(f["features"]):
+                f["features"][block]  # fletcher32 checksums are checked on read
+    except (OSError, KeyError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def _blocks(ds: h5py.Dataset) -> Iterator[slice]:
+    n = ds.shape[0]
+    step = max(1, (8 << 20) // max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
