@@ -309,12 +309,16 @@ def _fit_chosen(
 
 
 def stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Indices of ``per_class`` examples of every class (all of a smaller class), reproducibly."""
+    """Indices of ``per_class`` examples of every class (all of a smaller class), drawn without
+    replacement and reproducibly.
+
+    Each class is shuffled once per ``seed`` and its first ``per_class`` taken, so the draws of
+    one seed are nested: draw ``seed`` of 2 shots is part of its draw of 5. A few-shot curve
+    then adds images to the same examples as it rises, and the difference between two of its
+    points is the extra images, not a new sample.
+    """
     rng = np.random.default_rng(seed)
-    chosen = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        chosen.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
     return np.sort(np.concatenate(chosen))
 
 

@@ -115,6 +115,23 @@ def test_few_shot_sampler_is_stratified_and_reproducible() -> None:
     assert not np.array_equal(first, stratified_sample(labels, 5, seed=2))
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_few_shot_draws_are_without_replacement_and_nested(seed: int) -> None:
+    """The draw's contract, over many seeds: no image twice, k per class (all of a smaller
+    class), and a seed's draws nested as the shot count rises."""
+    labels = np.random.default_rng(100 + seed).integers(0, 4, size=60)
+    counts = np.bincount(labels, minlength=4)
+    previous = np.array([], dtype=int)
+    for shots in (1, 2, 5, 10, 30):
+        drawn = stratified_sample(labels, shots, seed)
+        assert len(np.unique(drawn)) == len(drawn)  # without replacement
+        assert (
+            np.bincount(labels[drawn], minlength=4).tolist() == np.minimum(counts, shots).tolist()
+        )
+        assert set(previous) <= set(drawn)  # nested
+        previous = drawn
+
+
 def test_few_shot_curve_rises_with_data() -> None:
     curve = few_shot(features(n=1500), HeadConfig(head="logreg"), parse_shots("1,10,all"), 3)
     assert [p.shots for p in curve] == [1, 10, "all"]
