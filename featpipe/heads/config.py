@@ -104,7 +104,7 @@ class HeadConfig:
     bn: bool = True
     label_smoothing: float = 0.0
     class_weight: str = "none"
-    patience: int = 0  # early stopping on the validation metric; 0 = off (best epoch kept)
+    patience: int = 0  # early stopping on the val metric, best epoch kept; 0 = off (last kept)
     # scikit-learn heads
     C: float = 1.0
     alpha: float = 1.0

@@ -35,7 +35,8 @@ class Head(ClassifierMixin, BaseEstimator):
         head = Head(head="mlp", lr=1e-3).fit(X_train, y_train, X_val, y_val)
         head.predict(X_test), head.predict_proba(X_test), head.score(X_test, y_test)
 
-    ``X_val, y_val`` (optional) select the best epoch of a torch head, as ``featpipe fit`` does.
+    ``X_val, y_val`` (optional) are scored every epoch (``fitted_.history``); with ``patience`` they
+    choose the epoch a torch head keeps, as ``featpipe fit`` does.
     """
 
     def __init__(

@@ -327,9 +327,13 @@ def train_batches(
         "val_loss": [],
         "val_metric": [],
     }
+    # Without early stopping every head keeps its last epoch: the schedule that selection scores
+    # is the one the refit on train + val trains, so the val score shown belongs to the
+    # procedure that made the saved head. With ``patience`` each head is restored to its best
+    # val epoch, and such a head is not refitted (sweep.refit_reason).
     best = torch.full((k,), -math.inf, device=device)
     best_epoch = torch.zeros(k, dtype=torch.long, device=device)
-    saved = heads.snapshot()
+    saved = heads.snapshot() if config.patience else []
     step = 0
     for epoch in range(config.epochs):
         sums = torch.zeros(2, k, device=device)
@@ -349,17 +353,19 @@ def train_batches(
         val_loss, val_metric = evaluate(heads, val, config, weights)
         history["val_loss"].append(val_loss.tolist())
         history["val_metric"].append(val_metric.tolist())
+        if not config.patience:
+            continue
         improved = val_metric > best
         best = torch.where(improved, val_metric, best)
         best_epoch = torch.where(improved, torch.tensor(epoch, device=device), best_epoch)
         new = heads.snapshot()
         for old_t, new_t in zip(saved, new, strict=True):
             old_t[improved] = new_t[improved]
-        if config.patience and bool(((epoch - best_epoch) >= config.patience).all()):
+        if bool(((epoch - best_epoch) >= config.patience).all()):
             break
-    if history["val_metric"]:
+    if config.patience and history["val_metric"]:
         every = torch.ones(k, dtype=torch.bool, device=device)
-        heads.restore(saved, every)  # every head at its best epoch
+        heads.restore(saved, every)  # early stopping: every head at its best epoch
     else:
         best_epoch[:] = len(history["train_loss"]) - 1
     seconds = (time.perf_counter() - start) / k

@@ -317,7 +317,10 @@ def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
         return None
     history = curves[0]["history"]
     finetune = run.config.get("kind") == "finetune"
-    best_epoch = run.metrics.best_epoch if finetune else run.head().best_epoch
+    # The epoch selection scored: the fine-tune's best epoch, or the selection head's (its last
+    # epoch, or its best with early stopping); a refitted head trained on train + val after it.
+    best_epoch = run.metrics.best_epoch if finetune else run.selection_head().best_epoch
+    refitted = not finetune and run.metrics.trained_on == "train+val"
     n_classes = len(run.metrics.class_names) if run.metrics.task != "regression" else 0
     diag = diagnose_history(history, n_classes, n_val=_val_size(run))
     epochs = range(1, len(history["train_loss"]) + 1)
@@ -339,11 +342,12 @@ def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
     for ax, key, label in ((left, "loss", "loss"), (right, "metric", run.metrics.metric)):
         ax.plot(epochs, history[f"train_{key}"], label="train")
         ax.plot(epochs, history[f"val_{key}"], label="validation")
-        ax.axvline(best_epoch + 1, color="grey", linestyle=":", label="kept epoch")
+        ax.axvline(best_epoch + 1, color="grey", linestyle=":", label="selected epoch")
         ax.set(xlabel="epoch", ylabel=label)
         ax.legend(fontsize=8)
+    refit = " · then refitted on train + val (the saved head)" if refitted else ""
     fig.suptitle(
-        f"{run.config['dataset']} · {run.config['backbone']} · {_head_label(run)[0]}",
+        f"{run.config['dataset']} · {run.config['backbone']} · {_head_label(run)[0]}{refit}",
         fontsize=9,
     )
     return _save(fig, out, f"curves-{index}.png"), diag.text() if diag else ""

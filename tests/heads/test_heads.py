@@ -230,16 +230,31 @@ def test_exported_module_equals_the_stacked_eval_forward() -> None:
     ]
 
 
-def test_best_epoch_is_kept() -> None:
-    X, y = (torch.from_numpy(a) for a in blobs())
-    [head] = train_group(
-        [HeadConfig(head="linear", lr=0.5, epochs=8)], X[:300], y[:300], X[300:], y[300:], n_out=4
-    )
-    val = head.history["val_metric"]
-    assert head.best_epoch == int(np.argmax(val))
+def _val_accuracy(head, X: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
-        acc = (head.module(X[300:]).argmax(1) == y[300:]).float().mean().item()
-    assert acc == pytest.approx(max(val), abs=1e-6)
+        return (head.module(X).argmax(1) == y).float().mean().item()
+
+
+def test_last_epoch_is_kept_without_early_stopping() -> None:
+    """Selection scores the schedule the refit trains: the last epoch, not the best val one."""
+    X, y = (torch.from_numpy(a) for a in blobs())
+    config = HeadConfig(head="linear", lr=2.0, schedule="none", epochs=8, standardize=False)
+    [head] = train_group([config], X[:300], y[:300], X[300:], y[300:], n_out=4)
+    val = head.history["val_metric"]
+    assert max(val) > val[-1]  # this case can tell the last epoch from the best one
+    assert head.best_epoch == len(val) - 1
+    assert _val_accuracy(head, X[300:], y[300:]) == pytest.approx(val[-1], abs=1e-6)
+
+
+def test_best_epoch_is_kept_with_early_stopping() -> None:
+    X, y = (torch.from_numpy(a) for a in blobs())
+    config = HeadConfig(
+        head="linear", lr=2.0, schedule="none", epochs=8, standardize=False, patience=100
+    )
+    [head] = train_group([config], X[:300], y[:300], X[300:], y[300:], n_out=4)
+    val = head.history["val_metric"]
+    assert head.best_epoch == int(np.argmax(val)) < len(val) - 1
+    assert _val_accuracy(head, X[300:], y[300:]) == pytest.approx(max(val), abs=1e-6)
 
 
 @pytest.mark.parametrize(

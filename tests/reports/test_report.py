@@ -168,3 +168,24 @@ def test_a_finetune_run_shows_the_options_it_ran_with(tmp_path: Path) -> None:
     kept = "EMA weights" if result.kept_weights == "ema" else "Kept: epoch"
     assert kept in text and "test-time augmentation (dihedral)" in text
     assert not unresolved(tmp_path / "report" / "index.html")
+
+
+def test_curves_mark_the_selected_epoch_and_name_the_refit(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dotted line is the epoch selection scored (the last, without early stopping), and a
+    refitted run's plot says the saved head was trained again on train + val."""
+    from featpipe.reports import report as report_module
+    from featpipe.runs.record import list_runs
+
+    figures = []
+    monkeypatch.setattr(report_module, "_save", lambda fig, out, name: figures.append(fig) or name)
+    [run] = [r for r in list_runs(runs) if r.metrics.task != "regression"]
+    assert run.metrics.trained_on == "train+val"
+    assert report_module.curves_plot(run, tmp_path, 0) is not None
+    [fig] = figures
+    epochs = len(run.curves()[0]["history"]["val_metric"])
+    for ax in fig.axes:
+        [marker] = [line for line in ax.get_lines() if line.get_label() == "selected epoch"]
+        assert list(marker.get_xdata()) == [epochs, epochs]
+    assert "refitted on train + val" in fig.texts[0].get_text()
