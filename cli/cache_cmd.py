@@ -13,6 +13,7 @@ from rich.table import Table
 from featpipe.cache.catalog import entry_info, find_entries, list_entries, remove_entry
 from featpipe.cache.entry import read_meta
 from featpipe.cache.entry import verify as verify_entry
+from featpipe.cache.export import export_entry
 from featpipe.cache.views import is_views_path
 from featpipe.data.datasets import SPLITS
 from featpipe.errors import ArgumentError, FeatpipeError
@@ -162,8 +163,6 @@ def export(
     cache_dir: Path = opt.CacheDir,
 ) -> None:
     """Write an entry's embeddings with relpath, label and split columns, block by block."""
-    from featpipe.cache.export import export_entry
-
     paths = find_entries(cache_dir, entry)
     if len(paths) > 1:
         names = ", ".join(f"{p.parent.name}/{p.stem}" for p in paths)

@@ -11,6 +11,7 @@ from rich.table import Table
 from featpipe.data.augment import Augment
 from featpipe.extraction.options import ExtractOptions
 from featpipe.extraction.stage import ExtractResult
+from featpipe.extraction.stage import extract as extract_features
 from featpipe.progress import Progress
 
 from . import options as opt
@@ -30,8 +31,6 @@ def run_extract(
 
     Until the first batch, a spinner names the step under way (scanning, building the model,
     probing speed, reading the cache): those can take minutes, and silence reads as a hang."""
-    from featpipe.extraction.stage import extract as extract_features
-
     rank = int(os.environ.get("RANK", "0"))
     label = f"extract {backbone}" + (f" [rank {rank}]" if "RANK" in os.environ else "")
     with progress_bar(label) as bar:

@@ -24,8 +24,8 @@ def inspect(
     out: Path | None = typer.Option(None, "--out", "-o", help="Export path."),
 ) -> None:
     """Blocks and stages with output shapes and parameter counts (names for --unfreeze)."""
-    from featpipe.backbones.build import BackboneSpec
-    from featpipe.finetuning.inspect import describe, export_for_netron
+    from featpipe.backbones.build import BackboneSpec  # torch: only when inspect runs
+    from featpipe.finetuning.inspect import describe, export_for_netron  # torch: likewise
 
     spec = BackboneSpec(backbone, weights, image_size=image_size)
     if export:

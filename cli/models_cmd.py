@@ -14,7 +14,7 @@ def models(
     limit: int = typer.Option(40, help="Show at most this many rows."),
 ) -> None:
     """List backbones: any timm name, tv/<name> for torchvision; offline weights first."""
-    from featpipe.backbones.build import list_backbones
+    from featpipe.backbones.build import list_backbones  # torch, timm: only when listing
 
     rows = list_backbones(filter, offline_only=offline)
     table = Table(title=f"backbones matching '{filter}' ({len(rows)})")

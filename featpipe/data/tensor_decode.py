@@ -34,6 +34,7 @@ from torchvision.transforms.v2 import functional as F
 
 from featpipe.data import images
 from featpipe.data.loader import Batch, ImageFiles
+from featpipe.data.loader import collate as pil_collate
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError
 
@@ -266,8 +267,6 @@ def pipeline(
     """The worker transform, the collate function and the main-process step of a decoder:
     for ``pil`` the exact path and nothing left to do; for ``tensor`` bytes in the workers, then
     the device, or, on the CPU, all of it in the workers (:func:`decode_on_device`)."""
-    from featpipe.data.loader import collate as pil_collate
-
     if decode == "pil":
         return pil, pil_collate, lambda batch: batch
     if not decode_on_device(device):

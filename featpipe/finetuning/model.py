@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from featpipe.backbones.build import Backbone, BackboneSpec, build_backbone
+from featpipe.errors import DataError
 from featpipe.finetuning.blocks import all_blocks, trainable_set
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.mlp import build_head
 
 if TYPE_CHECKING:
-    from featpipe.backbones.build import Backbone
     from featpipe.finetuning.plan import Plan
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -68,9 +69,6 @@ def build_model(plan: Plan) -> tuple[FinetuneModel, Backbone, set[str]]:
     weights identity (else the head would sit on another network), and the head is the run's
     own fitted head, preprocessing included.
     """
-    from featpipe.backbones.build import BackboneSpec, build_backbone
-    from featpipe.errors import DataError
-
     config = plan.config
     start = plan.start
     if start is not None:
