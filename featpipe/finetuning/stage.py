@@ -170,7 +170,8 @@ def _head(trainer: Trainer) -> FittedHead:
         config, preprocessor = plan.start.head.config, plan.start.head.preprocessor
         module = trainer.model.head[1]
     else:
-        config = HeadConfig(head=trainer.config.head)
+        # a fresh head sees the pooled features as they are: the config says so
+        config = HeadConfig(head=trainer.config.head, standardize=False, l2norm=False)
         preprocessor = Preprocessor(standardize=False).fit(np.zeros((1, dim), np.float32))
         module = trainer.model.head
     return FittedHead(

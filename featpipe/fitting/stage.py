@@ -32,21 +32,15 @@ from featpipe.runtime.devices import resolve_device
 if TYPE_CHECKING:
     from featpipe.data.augment import Augment
 
-# Without --head or --sweep: five linear heads on L2-normalised features at lr 0.1 for 20
-# epochs, one per weight decay, trained together in one stacked pass; the chosen one is then
-# refitted on train + val (sweep's refit). The weight decay is the regulariser that matters here
+# Without --head or --sweep: five linear heads at HeadConfig's defaults (L2-normalised
+# features, AdamW at lr 0.1, cosine, epochs enough for 300 steps and at least 20), one per
+# weight decay, trained together in one stacked pass; the chosen one is then refitted on
+# train + val (sweep's refit). The weight decay is the regulariser that matters here
 # (CLIP_benchmark's probe searches it too); at the old default's lr 1e-3..1e-2 with AdamW, wd
-# 1e-4 and 1e-2 gave identical heads. 20 epochs, not HeadConfig's 40: 1.15-2x less time, and on
-# Lite0 features (benchmarks/bench_probe.py, 3 seeds) test accuracy ELPV 0.857 (40 epochs:
-# 0.859), Fashion-MNIST 0.859 (0.861), MNIST 0.960 (0.954): within a few test images.
-DEFAULT_GRID: dict[str, list[Any]] = {
-    "head": ["linear"],
-    "l2norm": [True],
-    "standardize": [False],
-    "lr": [0.1],
-    "epochs": [20],
-    "wd": [0.0, 1e-2, 3e-2, 0.1, 0.3],
-}
+# 1e-4 and 1e-2 gave identical heads. 20 epochs, not 40: 1.15-2x less time, and on Lite0
+# features (benchmarks/bench_probe.py, 3 seeds) test accuracy ELPV 0.857 (40 epochs: 0.859),
+# Fashion-MNIST 0.859 (0.861), MNIST 0.960 (0.954): within a few test images.
+DEFAULT_GRID: dict[str, list[Any]] = {"head": ["linear"], "wd": [0.0, 1e-2, 3e-2, 0.1, 0.3]}
 
 
 def with_holdout(features: FeatureSet, fraction: float) -> FeatureSet:

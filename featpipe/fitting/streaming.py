@@ -325,7 +325,7 @@ def fit_heads(configs: list[HeadConfig], features: StreamedFeatures) -> list[Fit
     fitted: list[FittedHead | None] = [None] * len(configs)
     by_pre: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
-        by_pre.setdefault((c.standardize, c.l2norm, c.pca), []).append(i)
+        by_pre.setdefault(c.preprocessing(), []).append(i)
     for (standardize, l2norm, pca), members in by_pre.items():
         pre = fit_preprocessor(features, train, standardize, l2norm, pca)
         torch_ids = [i for i in members if configs[i].is_torch]

@@ -341,7 +341,7 @@ def fit_heads(configs: list[HeadConfig], data: TrainData, n_jobs: int = -1) -> l
     fitted: list[FittedHead | None] = [None] * len(configs)
     by_pre: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
-        by_pre.setdefault((c.standardize, c.l2norm, c.pca), []).append(i)
+        by_pre.setdefault(c.preprocessing(), []).append(i)
     for (standardize, l2norm, pca), members in by_pre.items():
         pre = Preprocessor(standardize, l2norm, pca).fit(data.X)
         seen = data.transformed(pre.transform)

@@ -33,7 +33,7 @@ from featpipe.heads import placement
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.mlp import BN_EPS, BN_MOMENTUM, build_head, layer_sizes, uses_bn
 from featpipe.heads.rows import Batches, InMemory
-from featpipe.heads.schedules import lr_factor
+from featpipe.heads.schedules import epochs_for, lr_factor
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import view_rows
 from featpipe.runtime.allocator import keep_freed_memory
@@ -311,7 +311,7 @@ def train_batches(
     y = train.y
     k, n, dim = len(configs), len(y), train.dim
     heads = StackedHeads(config, k, dim, n_out or 1, device)
-    lr = torch.tensor([c.lr for c in configs], dtype=torch.float32, device=device)
+    lr = torch.tensor([c.value("lr") for c in configs], dtype=torch.float32, device=device)
     wd = torch.tensor([c.wd for c in configs], dtype=torch.float32, device=device)
     optimizer = StackedOptimizer(heads.parameters(), config.optimizer, lr, wd)
     weights = None
@@ -335,13 +335,14 @@ def train_batches(
     best_epoch = torch.zeros(k, dtype=torch.long, device=device)
     saved = heads.snapshot() if config.patience else []
     step = 0
-    for epoch in range(config.epochs):
+    epochs = epochs_for(config.epochs, steps)
+    for epoch in range(epochs):
         sums = torch.zeros(2, k, device=device)
         for xb, yb in train.epoch(gen, batch, steps):
             out = heads.forward(xb, train=True)
             loss = _loss(out, yb, config, weights)
             loss.sum().backward()
-            optimizer.step(lr_factor(config.schedule, step, config.epochs * steps))
+            optimizer.step(lr_factor(config.schedule, step, epochs * steps))
             optimizer.zero_grad()
             step += 1
             sums += torch.stack([loss.detach(), _metric(out.detach(), yb)]) * len(yb)

@@ -57,7 +57,7 @@ def test_grid_files_sweep_items_and_set_parse_to_the_same_typed_values(tmp_path,
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: parse_assignments(["lr=abc"]), "set lr=abc: expected a number, e.g. lr=0.003"),
+        (lambda: parse_assignments(["lr=abc"]), "set lr=abc: expected a number, e.g. lr=0.1"),
         (lambda: parse_assignments(["lr=1,2"]), "set lr=1,2: write option=value (one value"),
         (lambda: parse_grid_args(["epochs=ten"]), "sweep epochs=ten: expected a whole number"),
         (lambda: parse_grid_args(["epochs=2.5"]), "sweep epochs=2.5: expected a whole number"),
@@ -91,7 +91,7 @@ def test_bad_grid_file_names_the_file_and_the_option(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["--set", "lr=abc"], "error: --set lr=abc: expected a number, e.g. lr=0.003"),
+        (["--set", "lr=abc"], "error: --set lr=abc: expected a number, e.g. lr=0.1"),
         (["--sweep", "lr=1e-3,abc"], "error: --sweep lr=abc: expected a number"),
         (["--set", "dropout=2"], "error: --set dropout=2: must be a share in [0, 1)"),
         (["--head", "svm"], "error: --head 'svm': choose one of linear, mlp, logreg"),
