@@ -68,6 +68,26 @@ def test_two_ranks_write_one_entry_equal_to_a_single_process(photos, tmp_path) -
     assert [r["rank"] for r in ranks] == [0, 1] and sum(r["rows"] for r in ranks) == 90
 
 
+def test_two_ranks_with_openvino_equal_a_single_process(photos, tmp_path, tiny_openvino) -> None:
+    options = TINY | {"engine": "openvino"}
+    cache = tiny_openvino(tmp_path / "two")  # each rank compiles the IR; none converts
+    done = subprocess.run(
+        torchrun(2, "extract", str(photos), *flags(options), "--cache-dir", str(cache)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = extract(photos, cache_dir=tiny_openvino(tmp_path / "one"), **options).load()
+    both = extract(photos, cache_dir=cache, **options)
+    assert both.hit
+    joined = both.load()
+    assert list(joined.relpath) == list(single.relpath)
+    np.testing.assert_allclose(joined.X, single.X, rtol=1e-5, atol=1e-6)
+    ranks, settings = joined.meta["provenance"]["ranks"], joined.meta["provenance"]["settings"]
+    assert [r["rows"] for r in ranks] == [45, 45] and settings["engine"] == "openvino"
+
+
 def test_killed_rank_resumes_with_another_world_size(photos, tmp_path) -> None:
     cache = tmp_path / "cache"
     proc = subprocess.Popen(

@@ -128,6 +128,24 @@ def test_openvino_matches_torch_takes_any_batch_and_converts_once(
     assert any((files.openvino / "compiled").iterdir())  # OpenVINO's own compiled blob
 
 
+def test_ranks_converting_at_once_leave_one_whole_ir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = Conversions.under(tmp_path, "m", "m")
+
+    def write(module, example, path: Path) -> None:  # a rival rank renames its IR in first
+        path.write_text("ours")
+        path.with_suffix(".bin").write_text("ours")
+        files.openvino.mkdir(parents=True)
+        (files.openvino / engines.IR_NAME).write_text("theirs")
+        (files.openvino / engines.IR_NAME).with_suffix(".bin").write_text("theirs")
+
+    monkeypatch.setattr(engines, "write_openvino", write)
+    ir = engines.export_openvino(tiny(), files)
+    assert [p.read_text() for p in (ir, ir.with_suffix(".bin"))] == ["theirs", "theirs"]
+    assert [p.name for p in tmp_path.glob(".openvino/*")] == ["m"]  # no temporary left
+
+
 class Histogram(torch.nn.Module):
     """A network OpenVINO has no conversion rule for (``aten::histc``)."""
 
