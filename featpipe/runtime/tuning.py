@@ -147,19 +147,23 @@ def check_engine(device: torch.device, precision: str, engine: str) -> None:
 def candidates(device: torch.device, precision: str, engine: str) -> list[tuple[str, str]]:
     """The (engine, precision) pairs a request leaves open, in order of preference: exact fp32
     before a reduced precision, plain torch before a converted network. OpenVINO comes before
-    ONNX Runtime because it measured faster on this project's CPU (a probe short of budget
-    times the likelier winner first)."""
+    ONNX Runtime because it measured faster on this project's CPU (issue 25: 361 against 229
+    img/s, Lite0 at batch 32), and a probe short of budget should time the likelier winner."""
     precisions = ["fp32", half_precision(device)] if precision == "auto" else [precision]
     engines = [engine] if engine != "auto" else ["torch"]
     if engine == "auto" and device.type == "cpu":
         engines += ["openvino", "onnxruntime"]
-    pairs = [(e, p) for p in precisions for e in engines]
-    bf16 = any(e == "openvino" and p == "bf16" for e, p in pairs) and openvino_has_bf16()
-    return [
-        (e, p)
-        for e, p in pairs
-        if not (e == "onnxruntime" and p != "fp32") and (bf16 or (e, p) != ("openvino", "bf16"))
-    ]
+    return [(e, p) for p in precisions for e in engines if _computes(e, p)]
+
+
+def _computes(engine: str, precision: str) -> bool:
+    """Whether ``engine`` computes ``precision`` on this machine: ONNX Runtime only fp32,
+    OpenVINO fp32 and, on CPUs with bf16 units, bf16."""
+    if engine == "onnxruntime":
+        return precision == "fp32"
+    if engine == "openvino":
+        return precision == "fp32" or (precision == "bf16" and openvino_has_bf16())
+    return True
 
 
 def untimed(

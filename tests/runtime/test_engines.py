@@ -112,6 +112,15 @@ def test_openvino_matches_torch_takes_any_batch_and_converts_once(
     monkeypatch.setattr(
         openvino, "convert_model", lambda *a, **k: conversions.append(a) or convert(*a, **k)
     )
+    configs: list[dict] = []
+    compile_model = openvino.Core.compile_model
+    monkeypatch.setattr(
+        openvino.Core,
+        "compile_model",
+        lambda core, model, device, config: (
+            configs.append(config) or compile_model(core, model, device, config)
+        ),
+    )
     module, files = tiny(), Conversions.under(tmp_path, "test_efficientnet", "m")
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     eager = TorchEngine(module, torch.device("cpu"), "fp32", channels_last=False)(images)
@@ -125,6 +134,8 @@ def test_openvino_matches_torch_takes_any_batch_and_converts_once(
     again = build_engine(settings, module, torch.device("cpu"), files)  # as a rerun builds it
     np.testing.assert_allclose(again(images[:1]), eager[:1], rtol=1e-4, atol=1e-5)
     assert len(conversions) == 1 and ir.stat().st_mtime_ns == made
+    # OpenVINO's default on a CPU with bf16 units is bf16: exact fp32 is asked for, every time.
+    assert [c["INFERENCE_PRECISION_HINT"] for c in configs] == ["f32", "f32"]
     assert any((files.openvino / "compiled").iterdir())  # OpenVINO's own compiled blob
 
 
