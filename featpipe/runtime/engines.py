@@ -185,8 +185,9 @@ class OpenVinoEngine:
     ``PERFORMANCE_HINT=LATENCY``: one stream runs each whole batch on all its threads, like the
     other engines. The alternative, ``THROUGHPUT`` (two streams here, the batch split across two
     asynchronous requests), ran Lite0 at batch 32 no faster on this project's 2-core CPU (40.1
-    against 40.9 img/s, one reading on a loaded machine); benchmarks/bench_engines.py measures
-    both. Compiled blobs go to ``CACHE_DIR`` beside the IR, so a rerun compiles from the blob.
+    against 40.9 img/s), but at batch 4 faster (12.3 against 7.5 img/s): single readings on a
+    heavily loaded machine, to be settled by benchmarks/bench_engines.py, which measures both.
+    Compiled blobs go to ``CACHE_DIR`` beside the IR, so a rerun compiles from the blob.
     """
 
     name = "openvino"
@@ -204,5 +205,5 @@ class OpenVinoEngine:
         self.request = compiled.create_infer_request()
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        # The batch is held until the call returns: no copy in; the output is copied out.
-        return self.request.infer({0: images.numpy()}, share_inputs=True)[0]
+        # Copied in and out: a shared input would leave the request pointing at a freed batch.
+        return self.request.infer({0: images.numpy()})[0]
