@@ -58,6 +58,7 @@ from featpipe.runtime.engines import (
     Engine,
     Normalized,
     export_openvino,
+    openvino_core,
     openvino_has_bf16,
 )
 from featpipe.runtime.tuning import build_engine, measure
@@ -92,7 +93,7 @@ class OpenVinoThroughput:
             "INFERENCE_NUM_THREADS": threads,
             "CACHE_DIR": str(files.openvino / "compiled"),
         }
-        compiled = ov.Core().compile_model(str(files.openvino / IR_NAME), "CPU", config)
+        compiled = openvino_core().compile_model(str(files.openvino / IR_NAME), "CPU", config)
         self.requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self.queue = ov.AsyncInferQueue(compiled, self.requests)
         self.parts: dict[int, np.ndarray] = {}

@@ -16,11 +16,12 @@ are kept under the cache directory, written once and atomically, so a rerun conv
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -171,12 +172,26 @@ def export_openvino(module: Normalized, files: Conversions) -> Path:
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``, never released.
+
+    OpenVINO 2026.4's CPU plugin points the compiling thread's alternate signal stack at memory
+    of its own and puts the previous pointer back when its ``Core`` goes. With Cores released
+    out of order the pointer is left at unmapped memory, and the next Python signal handler
+    (CPython installs them on that stack; DataLoader has one for SIGCHLD) ends the process with
+    SIGSEGV: the full test suite died so. One Core that lives as long as the process never
+    puts a stale pointer back.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 def openvino_has_bf16() -> bool:
     """Whether OpenVINO can compute bf16 on this CPU (AVX512-BF16 or AMX); without, it would
     quietly run fp32 under a bf16 hint."""
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 class OpenVinoEngine:
@@ -193,15 +208,13 @@ class OpenVinoEngine:
     name = "openvino"
 
     def __init__(self, files: Conversions, precision: str, threads: int) -> None:
-        import openvino as ov
-
         config = {
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads,
             "CACHE_DIR": str(files.openvino / "compiled"),
         }
-        compiled = ov.Core().compile_model(str(files.openvino / IR_NAME), "CPU", config)
+        compiled = openvino_core().compile_model(str(files.openvino / IR_NAME), "CPU", config)
         self.request = compiled.create_infer_request()
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:

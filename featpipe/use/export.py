@@ -25,7 +25,12 @@ import torch
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError, DataError
 from featpipe.runs.record import Run
-from featpipe.runtime.engines import OPENVINO_PRECISIONS, write_onnx, write_openvino
+from featpipe.runtime.engines import (
+    OPENVINO_PRECISIONS,
+    openvino_core,
+    write_onnx,
+    write_openvino,
+)
 from featpipe.use.predict import DeployedPipeline, RunPipeline, collect_images, load_pipeline
 
 # Each format and the file it is written to by default (an IR's weights go to a .bin beside it).
@@ -124,7 +129,5 @@ def _write(fmt: str, module: DeployedPipeline, images: torch.Tensor, path: Path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracing warns about every branch it freezes
         write_openvino(module, images, path)
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", OPENVINO_CONFIG)
+    compiled = openvino_core().compile_model(str(path), "CPU", OPENVINO_CONFIG)
     return compiled({0: images.numpy()})[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -137,6 +139,26 @@ def test_openvino_matches_torch_takes_any_batch_and_converts_once(
     # OpenVINO's default on a CPU with bf16 units is bf16: exact fp32 is asked for, every time.
     assert [c["INFERENCE_PRECISION_HINT"] for c in configs] == ["f32", "f32"]
     assert any((files.openvino / "compiled").iterdir())  # OpenVINO's own compiled blob
+    # Once released, the engines leave this thread's signal stack where
+    # signals can be delivered (see engines.openvino_core: else the next SIGCHLD is a SIGSEGV).
+    del engine, again
+    gc.collect()
+    assert signal_stack_is_mapped()
+
+
+def signal_stack_is_mapped() -> bool:
+    """Whether this thread's alternate signal stack (``sigaltstack``) lies in mapped memory."""
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    stack = Stack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    if not stack.sp:
+        return True  # no alternate stack: signals go to the thread's own stack
+    with open("/proc/self/maps") as maps:
+        spans = [line.split()[0].split("-") for line in maps]
+    return any(int(a, 16) <= stack.sp < int(b, 16) for a, b in spans)
 
 
 def test_ranks_converting_at_once_leave_one_whole_ir(
