@@ -23,11 +23,16 @@ def predict(
         "network is kept in the run's folder.",
     ),
     limit: int = typer.Option(10, help="Rows to print."),
+    tta: str = typer.Option(
+        "run",
+        help="Test-time augmentation: run (what the run was scored with) | none | hflip | "
+        "dihedral (the 8 rotations and flips); probabilities averaged.",
+    ),
 ) -> None:
     """Predict new images with a run's backbone(s) and head; write CSV."""
     from featpipe.use.predict import predict as run_predict  # torch: only when predict runs
 
-    rows = run_predict(images, run, out, device, engine=engine)
+    rows = run_predict(images, run, out, device, engine=engine, tta=tta)
     table = Table(title=f"predictions ({len(rows)} images) → {out}")
     for column in ("path", "prediction", "confidence", "error"):
         table.add_column(column)

@@ -176,6 +176,13 @@ def make_plan(
     dataset = data if isinstance(data, Dataset) else scan(data)
     if dataset.task == "none":
         raise DataError(f"{dataset.root}: fine-tuning needs labels")
+    if config.mixes and dataset.task != "classification":
+        param = "mixup" if config.mixup else "cutmix"
+        raise ArgumentError(
+            param,
+            f"{getattr(config, param)}: mixing blends class labels, and {dataset.root} is a "
+            "regression; leave it off",
+        )
     if start is not None and start.head.class_names != dataset.class_names:
         raise ArgumentError(
             "from_run",

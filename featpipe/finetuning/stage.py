@@ -61,6 +61,8 @@ class FinetuneResult:
     metric: str
     freezing: str
     best_epoch: int  # -1: no epoch beat the head the run started from (kept)
+    kept_weights: str  # raw, or ema: the moving average of that epoch scored better on val
+    tta: str  # the test-time augmentation of the val and test scores
     start_val: float | None  # the start run's head on val, before any epoch
     val: dict[str, float]
     test: dict[str, float]
@@ -88,6 +90,8 @@ class FinetuneResult:
             class_names=self.class_names,
             metric=self.metric,
             best_epoch=self.best_epoch,
+            kept_weights=self.kept_weights,
+            tta=self.tta,
             start_val=self.start_val,
             val=Scores(self.val_score, 0.0, [self.val]),
             test=Scores(self.test_score, 0.0, [self.test]),
@@ -210,8 +214,8 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
     plan, config = trainer.plan, trainer.config
     dataset = plan.dataset
     trainer.load_best()
-    val = trainer.evaluate(plan.val)
-    test = trainer.evaluate(plan.test) if plan.test else None
+    val = trainer.evaluate(plan.val, tta=config.tta)
+    test = trainer.evaluate(plan.test, tta=config.tta) if plan.test else None
     confusion = None
     if test is not None and dataset.task == "classification":
         y = np.array([i.label for i in plan.test])
@@ -224,6 +228,8 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         metric=plan.metric,
         freezing=config.freezing,
         best_epoch=trainer.state.best_epoch,
+        kept_weights=trainer.state.best_weights,
+        tta=config.tta,
         start_val=trainer.state.start_metric,
         val=val.metrics,
         test=test.metrics if test else {},

@@ -5,7 +5,7 @@ quadrant                   strategy                          featpipe command
 =========================  ================================  ==================================
 small, similar             train the head only               ``featpipe fit``
 large, similar             head first, then unfreeze the     ``featpipe finetune --from RUN
-                           rest (low lr for early layers)    --gradual … --lr-mult …``
+                           rest (low lr for early layers)    --gradual … --layer-decay …``
 large, dissimilar          train from scratch (or keep the   ``featpipe finetune --weights none``
                            early blocks, re-init the last)
 small, dissimilar          collect more data; meanwhile a    ``featpipe fit`` with strong
@@ -26,6 +26,9 @@ Evidence, all from cached features (the pretrained backbone and its random-init 
 
 Similar when the source head is confident (``SIMILAR_CONFIDENCE``) *and* pretraining removes a
 large part of the error (``SIMILAR_GAIN``); dissimilar otherwise.
+
+A fine-tune command carries the recipe of :mod:`featpipe.finetuning.recipe` for the number of
+images it will train on (augmentation strength, epochs, learning rate, layer decay, EMA, TTA).
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ import torch
 
 from featpipe.backbones.build import BackboneSpec, load_classifier
 from featpipe.cache.entry import Features
+from featpipe.data.splits import HOLDOUT
 from featpipe.errors import DataError
 from featpipe.extraction.options import ExtractOptions, as_extract_options
+from featpipe.finetuning.recipe import recipe
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.sweep import few_shot, sweep
 from featpipe.heads.config import HeadConfig, expand
@@ -170,26 +175,29 @@ def advise(
     }
     context = CommandContext(str(data), backbone, replace(options, weights=weights), runs_dir)
     has_val = bool((pretrained.split == "val").any())
+    tuned = fine_tune_images(len(train), has_val)
     return Advice(
         size,
         similarity,
         STRATEGIES[(size, similarity)],
-        _command(size, similarity, context, has_val),
+        _command(size, similarity, context, has_val, tuned),
         evidence,
     )
 
 
-# The fine-tune recipes advise recommends, as FinetuneConfig fields; benchmarks/bench_advise.py
-# runs exactly these to check the advice.
-LP_FT = {"gradual": "0:last:3,2:all", "lr_mult": [0.1, 0.33, 1.0], "lr": 1e-4, "crop_scale": 0.35}
-SCRATCH = {"weights": "none", "unfreeze": "all", "lr": 3e-3, "crop_scale": 0.35}
+def fine_tune_images(train_images: int, has_val: bool) -> int:
+    """How many images a fine-tune trains on: train, less the share held out for validation
+    when the data has no val split (fit's ``--holdout`` and fine-tuning's own rule)."""
+    return train_images if has_val else round(train_images * (1 - HOLDOUT))
 
 
-def _flags(recipe: dict[str, Any]) -> str:
-    """``{"lr_mult": [0.1, 1.0], "lr": 1e-4}`` → ``--lr-mult 0.1,1.0 --lr 0.0001``."""
+def _flags(fields: dict[str, Any]) -> str:
+    """``{"lr_mult": [0.1, 1.0], "lr": 1e-4, "rot90": True}`` → ``--lr-mult 0.1,1.0 --lr 0.0001
+    --rot90`` (FinetuneConfig fields as ``featpipe finetune`` flags)."""
     return " ".join(
-        f"--{k.replace('_', '-')} " + (",".join(map(str, v)) if isinstance(v, list) else str(v))
-        for k, v in recipe.items()
+        f"--{k.replace('_', '-')}"
+        + ("" if v is True else " " + (",".join(map(str, v)) if isinstance(v, list) else str(v)))
+        for k, v in fields.items()
     )
 
 
@@ -252,8 +260,11 @@ def _join(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _command(size: str, similarity: str, context: CommandContext, has_val: bool) -> str:
-    """The next command for a quadrant (the recipes ``benchmarks/bench_advise.py`` checks)."""
+def _command(
+    size: str, similarity: str, context: CommandContext, has_val: bool, train_images: int
+) -> str:
+    """The next command for a quadrant (the recipes ``benchmarks/bench_advise.py`` checks); a
+    fine-tune's recipe is scaled to the ``train_images`` it will train on."""
     data = shlex.quote(context.data)
     runs = context.runs_flag()
     fit = _join(
@@ -269,7 +280,7 @@ def _command(size: str, similarity: str, context: CommandContext, has_val: bool)
             f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1{holdout}"
             "  # then, with the run it prints:\n"
             + _join(
-                f"featpipe finetune {data} --from RUN {_flags(LP_FT)} --epochs 6",
+                f"featpipe finetune {data} --from RUN {_flags(recipe(train_images))}",
                 _flag_list(context.extract, ("allow_outside",)),  # the size comes with RUN
                 runs,
             )
@@ -279,7 +290,7 @@ def _command(size: str, similarity: str, context: CommandContext, has_val: bool)
         return _join(
             f"featpipe finetune {data} --backbone {shlex.quote(context.backbone)}",
             context.finetune_flags(),
-            f"{_flags(SCRATCH)} --epochs 30",
+            _flags(recipe(train_images, pretrained=False)),
             runs,
         )
     return f"{fit} --sweep head=linear,logreg wd=1e-3,1e-2,1e-1 C=0.01,0.1,1 --shots 1,5,25,all"

@@ -4,7 +4,9 @@ Plots, where a picture says more than numbers: validation score against learning
 panel per head type, every weight decay visible, seed spread as error bars), a backbone ×
 dataset heatmap, few-shot curves, the confusion matrix and per-class scores of the best head,
 predicted-vs-true and residuals for regression, and train/validation curves of torch heads with
-the fit diagnosis written beside them. Fine-tune runs add their per-epoch curves.
+the fit diagnosis written beside them. Fine-tune runs add their per-epoch curves and the options
+they ran with (augmentation, EMA, image size, test-time augmentation: each that is not at its
+default), with the weights they kept.
 
 Every row links to its run folder; a chosen head is named by the options that differ from the
 defaults, the full config on hover. Links and images are relative, so the folder can be moved
@@ -30,7 +32,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from featpipe.errors import MissingError
+from featpipe.finetuning.config import FinetuneConfig
 from featpipe.heads.config import HeadConfig
+from featpipe.options import declared
 from featpipe.reports.diagnosis import diagnose_history
 from featpipe.runs.record import Run, list_runs
 
@@ -442,10 +446,34 @@ def report(runs_dir: Path, out: Path) -> Path:
     return page
 
 
+def finetune_note(run: Run) -> str | None:
+    """What a fine-tune run ran with (its options not at their defaults, as run.json records
+    them) and which weights it kept; None for other runs."""
+    if run.config.get("kind") != "finetune":
+        return None
+    request = run.config.get("request", {})
+    options = [
+        f"{o.name}={request[o.name]}"
+        for o in declared(FinetuneConfig)
+        if o.name in request and request[o.name] not in (o.default, None)
+    ]
+    metrics = run.metrics
+    epoch = metrics.best_epoch
+    kept = f"epoch {epoch + 1}" if epoch >= 0 else "the starting head (no epoch beat it)"
+    if metrics.kept_weights == "ema":
+        kept += ", its EMA weights"
+    tta = metrics.tta
+    scored = f"; val and test scored with test-time augmentation ({tta})" if tta != "none" else ""
+    return f"Fine-tune options: {', '.join(options) or 'the defaults'}. Kept: {kept}{scored}."
+
+
 def _run_plots(run: Run, out: Path, i: int) -> list[str]:
-    """The HTML of one run's plots: sweep, confusion with per-class scores, regression, CAM,
-    curves with diagnosis."""
+    """The HTML of one run's plots: the fine-tune options, sweep, confusion with per-class
+    scores, regression, CAM, curves with diagnosis."""
     html_parts = []
+    note = finetune_note(run)
+    if note:
+        html_parts.append(f"<p class='note'>{html.escape(note)}</p>")
     sweep = sweep_plot(run, out, i)
     if sweep:
         html_parts.append(f"<img src='{sweep}' alt='learning-rate sweep'>")

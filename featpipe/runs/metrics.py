@@ -120,11 +120,15 @@ class RunMetrics:
     test_before_refit: Scores | None = field(default=None, metadata=_FIT_ONLY)
     test_predictions: Predictions | None = field(default=None, metadata=_FIT_ONLY)
     n_configs: int = field(default=1, metadata=_FIT_ONLY)
-    # a fine-tune's: its backbone; the best epoch (-1: none beat the start head), the start
-    # head's val score, the share of train held out as val (None: the data's val split), the
-    # precision, the CAM figure's file ("" for none), what it shows, and why there is none
+    # a fine-tune's: its backbone; the best epoch (-1: none beat the start head) and which of
+    # its weights were kept (raw, or ema: their moving average scored better on val); the
+    # test-time augmentation of its val and test scores; the start head's val score, the share
+    # of train held out as val (None: the data's val split), the precision, the CAM figure's
+    # file ("" for none), what it shows, and why there is none
     backbone: str = field(default="", metadata=_FINETUNE_ONLY)
     best_epoch: int = field(default=0, metadata=_FINETUNE_ONLY)
+    kept_weights: str = field(default="raw", metadata=_FINETUNE_ONLY)
+    tta: str = field(default="none", metadata=_FINETUNE_ONLY)
     start_val: float | None = field(default=None, metadata=_FINETUNE_ONLY)
     holdout: float | None = field(default=None, metadata=_FINETUNE_ONLY)
     precision: str = field(default="", metadata=_FINETUNE_ONLY)

@@ -9,6 +9,10 @@ weights, loaded on top: a fine-tune run predicts and exports exactly as a fit ru
 The engine is the one the key names (OpenVINO for rows it computed in bf16: its arithmetic is
 not torch's) or plain torch, unless asked otherwise; a converted network is kept in the run's
 folder (``.onnx/``, ``.openvino/``), since a fine-tuned one is in no cache key.
+
+Prediction may average the head's outputs over symmetries of each image (test-time
+augmentation, :mod:`featpipe.data.dihedral`); by default it does what the run's scores were
+measured with (a fine-tune run's ``--tta``, none for a fit run).
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import torch
 from torch import nn
 
 from featpipe.backbones.build import Backbone, BackboneSpec, build_backbone
+from featpipe.data.dihedral import TTA_VIEWS, Symmetry, apply
 from featpipe.data.images import is_image_name
 from featpipe.data.loader import make_loader
 from featpipe.data.tensor_decode import pipeline as decoding
 from featpipe.data.transforms import ImageToUint8
-from featpipe.errors import DataError, FeatpipeError
+from featpipe.errors import ArgumentError, DataError, FeatpipeError
 from featpipe.heads.fitted import CosineKNN, FittedHead
 from featpipe.runs.record import Run, load_run, write_csv
 from featpipe.runtime.allocator import keep_freed_memory
@@ -121,6 +126,23 @@ def embed(
     Each backbone decodes with the decoder its features were extracted with (``pil``, or
     ``tensor``: see :mod:`featpipe.data.tensor_decode`), so the head sees the same pixels, and
     runs on ``engine`` (``auto``: the one its features' key names, else torch)."""
+    features, reasons = embed_views(
+        pipeline, files, TTA_VIEWS["none"], device, batch_size, workers, engine
+    )
+    return features[0], reasons
+
+
+def embed_views(
+    pipeline: RunPipeline,
+    files: list[Path],
+    views: tuple[Symmetry, ...],
+    device: str = "auto",
+    batch_size: int = 16,
+    workers: int = 0,
+    engine: str = "auto",
+) -> tuple[np.ndarray, list[str]]:
+    """:func:`embed` for each of ``views`` (symmetries of the decoded images): an array
+    [views, files, features]; each image is decoded once."""
     keep_freed_memory()
     dev = resolve_device(device)
     blocks, reasons = [], [""] * len(files)
@@ -144,14 +166,21 @@ def embed(
         loader = make_loader(
             paths, transform, batch_size, workers, dev.type == "cuda", collate_fn=collate
         )
-        out = np.full((len(files), backbone.num_features), np.nan, dtype=np.float32)
+        out = np.full((len(views), len(files), backbone.num_features), np.nan, dtype=np.float32)
         for batch in map(finish, loader):
             if batch.index:
-                out[batch.index] = run_engine(batch.images)
-            for i, reason in batch.failed:
-                reasons[i] = reason
+                for v, view in enumerate(views):
+                    out[v, batch.index] = run_engine(apply(batch.images, view))
+            for row, reason in batch.failed:
+                reasons[row] = reason
         blocks.append(out)
-    return np.concatenate(blocks, axis=1), reasons
+    return np.concatenate(blocks, axis=2), reasons
+
+
+def run_tta(run: Run) -> str:
+    """The test-time augmentation a run's scores were measured with: a fine-tune run's
+    ``tta`` (runs from before it existed: none); a fit run has none."""
+    return run.config.get("request", {}).get("tta") or "none"
 
 
 def predict(
@@ -161,20 +190,28 @@ def predict(
     device: str = "auto",
     batch_size: int = 16,
     engine: str = "auto",
+    tta: str = "run",
 ) -> list[dict[str, Any]]:
-    """Predict every image; rows with the predicted class and per-class probabilities."""
+    """Predict every image; rows with the predicted class and per-class probabilities.
+
+    ``tta``: average the probabilities (values, for a regression) over ``hflip`` (2 views) or
+    ``dihedral`` (the 8 symmetries of the square) of each image, or ``none``; ``run``: what the
+    run's scores were measured with (:func:`run_tta`)."""
+    if tta != "run" and tta not in TTA_VIEWS:
+        raise ArgumentError("tta", f"{tta}: choose one of run, {', '.join(TTA_VIEWS)}")
     pipeline = load_pipeline(run)
     files = collect_images(inputs)
-    X, reasons = embed(pipeline, files, device, batch_size, engine=engine)
+    views = TTA_VIEWS[run_tta(pipeline.run) if tta == "run" else tta]
+    X, reasons = embed_views(pipeline, files, views, device, batch_size, engine=engine)
     head = pipeline.head
     ok = np.array([not r for r in reasons])
     rows: list[dict[str, Any]] = []
     outputs = np.zeros((len(files), max(1, len(head.class_names))), np.float32)
     if ok.any():
         if head.task == "regression":
-            outputs[ok, 0] = head.predict(X[ok])
+            outputs[ok, 0] = np.mean([head.predict(view[ok]) for view in X], axis=0)
         else:
-            outputs[ok] = head.predict_proba(X[ok])
+            outputs[ok] = np.mean([head.predict_proba(view[ok]) for view in X], axis=0)
     for i, path in enumerate(files):
         row: dict[str, Any] = {"path": str(path)}
         if reasons[i]:

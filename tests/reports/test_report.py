@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from conftest import TINY, make_tree, write_image
+from conftest import TINY, TINY_FINETUNE, make_tree, write_image
 from featpipe.fitting.stage import fit
 from featpipe.heads import metrics
 from featpipe.reports.diagnosis import diagnose
@@ -150,3 +150,21 @@ def test_per_class_table_matches_scikit_learn() -> None:
     for row, p, r, f, s in zip(per_class_rows(run), precision, recall, f1, support, strict=True):
         assert [float(v) for v in row[1:4]] == pytest.approx([p, r, f], abs=5e-4)
         assert int(row[4]) == s
+
+
+def test_a_finetune_run_shows_the_options_it_ran_with(tmp_path: Path) -> None:
+    from featpipe.finetuning.config import FinetuneConfig
+    from featpipe.finetuning.stage import finetune
+
+    data = make_tree(tmp_path / "imgs", classes=("a", "b"), per_class=6)
+    options = {"auto_augment": "rand-m9-mstd0.5-inc1", "augment": True, "ema": 0.9}
+    config = FinetuneConfig(**TINY_FINETUNE | options | {"epochs": 1, "tta": "dihedral"})
+    _, result = finetune(data, config, runs_dir=tmp_path / "runs")
+    text = report(tmp_path / "runs", tmp_path / "report").read_text()
+    assert "Fine-tune options: " in text
+    for shown in ("auto_augment=rand-m9-mstd0.5-inc1", "ema=0.9", "tta=dihedral", "epochs=1"):
+        assert shown in text, shown
+    assert "crop_scale=" not in text and "rot90=" not in text  # at their defaults: not listed
+    kept = "EMA weights" if result.kept_weights == "ema" else "Kept: epoch"
+    assert kept in text and "test-time augmentation (dihedral)" in text
+    assert not unresolved(tmp_path / "report" / "index.html")

@@ -75,6 +75,8 @@ FINETUNE = OLD_FINETUNE | {
     "precision": "fp32",
     "cam_figure": FIGURE,
     "cam_note": None,
+    "kept_weights": "ema",
+    "tta": "dihedral",
 }
 
 
@@ -97,6 +99,7 @@ def test_an_old_fine_tune_record_reads_and_its_cam_file_is_kept() -> None:
     metrics = RunMetrics.from_dict(OLD_FINETUNE)
     assert metrics.best_epoch == 2 and metrics.cam == "cam.png" and metrics.cam_figure is None
     assert metrics.backbone == "" and metrics.start_val is None and metrics.precision == ""
+    assert metrics.kept_weights == "raw" and metrics.tta == "none"  # before EMA and TTA
     assert metrics.chosen["lr"] == 1e-4  # the options it recorded then
     again = metrics.to_dict("finetune")
     assert {k: again[k] for k in OLD_FINETUNE} == OLD_FINETUNE
@@ -128,6 +131,7 @@ def test_typed_fields_of_today_s_records() -> None:
     assert fit.split_sizes["val"] == 2 and fit.trained_on == "train+val"
     tuned = RunMetrics.from_dict(FINETUNE)
     assert tuned.start_val == 0.8 and tuned.precision == "fp32"
+    assert tuned.kept_weights == "ema" and tuned.tta == "dihedral"
     assert tuned.cam_figure == CamFigure("cam.png", ["a", "b"], 7, 224)
 
 
