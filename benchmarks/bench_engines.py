@@ -16,12 +16,26 @@
    best of ``--repeats``; the default's cold first run (probe and conversions included) is
    given separately, with a conversion timed on its own; and the course material's naive
    recipe on the same images (``bench_extract.naive_recipe``).
+3. **Shares**: where a whole extraction's time goes (issue 25: at twice torch's forward rate the
+   forward no longer hides the rest). ``featpipe.extract`` runs in this process on the same
+   images, warm, with every part of its work timed as it runs (:class:`Stopwatch`): file
+   fingerprints, decoding, resize and crop, the forward, the SHA-256 of written files, the
+   journal writes, the HDF5 seal, and the engine's and backbone's builds; the rest of the call
+   (scan, settle, loader and collate, screening, commit) is what is left. It runs with
+   ``workers=0``, featpipe's choice on 2 cores (:func:`featpipe.runtime.workers.default_workers`),
+   so every part runs in this process and the parts add up to the wall; a run per worker count
+   in ``--workers`` then shows what overlapping decoding with the forward in loader processes
+   gains end to end, against the engine's forward-only ceiling at the batch size it ran.
 
 Timings on a shared machine are only comparable within one run; run it on a quiet machine::
 
     .venv/bin/python benchmarks/bench_engines.py --work /tmp/bench-engines \\
         --json benchmarks/results/engines.json
     .venv/bin/python benchmarks/bench_engines.py --smoke --work /tmp/bench-engines-smoke
+
+``--parts`` picks some of ``ceiling,whole,shares`` (all by default), e.g. only the shares::
+
+    .venv/bin/python benchmarks/bench_engines.py --parts shares --work /tmp/bench-engines
 
 ``--smoke`` runs every part tiny (one model, batch 4, one round, 24 images) to check the
 mechanics; its figures mean nothing.
@@ -30,12 +44,14 @@ mechanics; its figures mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +63,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_extract import naive_recipe
 
+import featpipe.cache.journals as journals
+import featpipe.data.transforms as transforms
+import featpipe.extraction.rows as rows
+from featpipe import extract
 from featpipe.backbones.build import BackboneSpec, build_backbone
 from featpipe.cache.catalog import machine_signature
+from featpipe.cache.fingerprints import Contents
 from featpipe.data.bundled import prepare_dataset
 from featpipe.data.transforms import ImageToUint8
+from featpipe.extraction.options import ExtractOptions
 from featpipe.runtime.conversions import Conversions
 from featpipe.runtime.engines import (
     IR_NAME,
@@ -271,24 +293,177 @@ def whole_process(
     return row
 
 
+class Stopwatch:
+    """Exclusive seconds per part of a call: featpipe's own functions, wrapped in place while
+    :meth:`wrapped` is open. A part that runs inside another (decoding inside the transform)
+    counts for itself only, so the parts never overlap and add up to at most the wall."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._stack: list[list[float]] = []  # [start, seconds of wrapped parts inside]
+
+    def timed(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            self._stack.append([time.perf_counter(), 0.0])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                start, inner = self._stack.pop()
+                elapsed = time.perf_counter() - start
+                self.seconds[part] = self.seconds.get(part, 0.0) + elapsed - inner
+                if self._stack:
+                    self._stack[-1][1] += elapsed
+
+        return run
+
+    @contextlib.contextmanager
+    def wrapped(self) -> Iterator[None]:
+        """Time an extraction's parts (see the module docstring) while the block runs."""
+        watch = self
+
+        class TimedEngine:
+            def __init__(self, engine: Engine) -> None:
+                self.name, self.forward = engine.name, watch.timed("forward", engine)
+
+            def __call__(self, images: torch.Tensor) -> np.ndarray:
+                return self.forward(images)
+
+        def build(*args: Any) -> Engine:
+            return TimedEngine(self.timed("engine build", build_engine)(*args))
+
+        parts = [
+            (Contents, "__init__", "fingerprints"),
+            (Contents, "hashes", "SHA-256 of written files"),
+            (transforms, "load_image", "decode"),
+            (ImageToUint8, "__call__", "resize, crop, to tensor"),
+            (journals.Journal, "append", "journal write"),
+            (journals, "seal", "HDF5 seal"),
+        ]
+        originals = [(owner, name, getattr(owner, name)) for owner, name, _ in parts]
+        try:
+            for owner, name, part in parts:
+                setattr(owner, name, self.timed(part, getattr(owner, name)))
+            rows.build_engine = build
+            yield
+        finally:
+            rows.build_engine = build_engine
+            for owner, name, original in originals:
+                setattr(owner, name, original)
+
+
+def shares(
+    name: str,
+    data: Path,
+    model: str,
+    work: Path,
+    workers: list[int],
+    repeats: int,
+    **options: Any,
+) -> dict[str, Any]:
+    """Where a warm ``extract()``'s time goes, per configuration, and end to end per worker
+    count against the forward-only ceiling (see the module docstring). ``options``: extract
+    options of every run (the weights, say), each configuration's on top."""
+    row: dict[str, Any] = {"dataset": name, "model": model, "configs": {}}
+    for config, flags in CONFIGS.items():
+        pairs = dict(zip(flags[::2], flags[1::2], strict=True))
+        overrides = options | {flag.removeprefix("--"): value for flag, value in pairs.items()}
+        cache = work / f"cache-shares-{name}-{config.replace(' ', '-')}"
+        shutil.rmtree(cache, ignore_errors=True)
+        in_process(data, model, cache, overrides, 0)  # cold: conversions, the probe's memo
+        watch = Stopwatch()
+        with watch.wrapped():
+            result = in_process(data, model, cache, overrides, 0)
+        parts = watch.seconds | {"backbone build": result.timings.get("model_s", 0.0)}
+        parts["rest"] = max(0.0, result.seconds - sum(parts.values()))
+        ends: dict[int, list[float]] = {w: [] for w in workers}
+        for _ in range(repeats):
+            for w in workers:  # alternated: a noisy moment hits every worker count alike
+                ends[w].append(in_process(data, model, cache, overrides, w).images_per_second)
+        settings = result.settings
+        row["configs"][config] = {
+            "engine": settings["engine"],
+            "precision": settings["precision"],
+            "batch_size": settings["batch_size"],
+            "images": result.n_new,
+            "wall_s": round(result.seconds, 3),
+            "parts_s": {part: round(s, 6) for part, s in parts.items()},
+            "shares": {part: round(s / result.seconds, 4) for part, s in parts.items()},
+            "images_per_s_by_workers": {str(w): round(max(r), 1) for w, r in ends.items()},
+            "forward_ceiling_images_per_s": round(
+                forward_ceiling(model, overrides, settings, work), 1
+            ),
+        }
+        print_shares(name, config, row["configs"][config])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def in_process(data: Path, model: str, cache: Path, options: dict[str, Any], workers: int) -> Any:
+    """One warm ``extract()`` in this process: the cache's entries dropped first, its memos and
+    converted networks kept."""
+    if cache.exists():
+        drop_entries(cache)
+    return extract(data, model, cache_dir=cache, workers=workers, **options)
+
+
+def forward_ceiling(
+    model: str, options: dict[str, Any], settings: dict[str, Any], work: Path
+) -> float:
+    """Forward-only images/s of the engine, precision and batch size an extraction ran with
+    (``options``: its extract options), its network converted once under ``work``."""
+    spec = ExtractOptions().merged(options).spec(model)
+    backbone = build_backbone(spec)
+    module = Normalized(backbone.module, backbone.data_config)
+    stem = f"{spec.slug}-{'x'.join(map(str, module.input_size))}"
+    files = Conversions.under(work / "cache-ceiling", model, stem)
+    engine = build_engine(settings, module, torch.device("cpu"), files)
+    return measure(engine, int(settings["batch_size"]), module.input_size, windows=3)
+
+
+def print_shares(name: str, config: str, record: dict[str, Any]) -> None:
+    ran = f"{record['engine']} {record['precision']}, batch {record['batch_size']}"
+    print(f"\n{name}, {config} ({ran}): {record['images']} images in {record['wall_s']} s")
+    for part, share in sorted(record["shares"].items(), key=lambda kv: -kv[1]):
+        print(f"  {part:<28} {100 * share:5.1f} %  {record['parts_s'][part]:8.3f} s")
+    ceiling = record["forward_ceiling_images_per_s"]
+    for w, rate in record["images_per_s_by_workers"].items():
+        print(f"  workers {w}: {rate} img/s end to end, {rate / ceiling:.2f} of the forward-only "
+              f"ceiling ({ceiling} img/s)")  # fmt: skip
+
+
+PARTS = ("ceiling", "whole", "shares")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
+    parts = args.parts.split(",")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"--parts {unknown[0]}: choose from {', '.join(PARTS)}")
     models = ["tf_efficientnet_lite0"] if args.smoke else list(MODELS)
     batch, rounds, seconds = (4, 1, 0.2) if args.smoke else (32, args.rounds, args.seconds)
-    results: dict[str, Any] = {
-        "ceiling": [ceiling(m, work, batch, rounds, seconds) for m in models]
-    }
     model = "tf_efficientnet_lite0"
-    results["conversion_s"] = {model: conversion_seconds(model, work)}
+    results: dict[str, Any] = {}
+    if "ceiling" in parts:
+        results["ceiling"] = [ceiling(m, work, batch, rounds, seconds) for m in models]
+        results["conversion_s"] = {model: conversion_seconds(model, work)}
     n, per_class = (24, 6) if args.smoke else (args.n, None)
     pngs = args.pngs or generated_pngs(work / f"pngs-{n}", n)
     elpv = prepare_dataset("elpv", work / ("elpv-smoke" if args.smoke else "elpv"), per_class)
+    datasets = {pngs.name: pngs, elpv.name: elpv}
     repeats = 1 if args.smoke else args.repeats
-    results["whole_process"] = [
-        whole_process(f"pngs-{n}", pngs, model, work, repeats, naive=True),
-        whole_process(elpv.name, elpv, model, work, repeats, naive=True),
-    ]
+    if "whole" in parts:
+        results["whole_process"] = [
+            whole_process(name, data, model, work, repeats, naive=True)
+            for name, data in datasets.items()
+        ]
+    if "shares" in parts:
+        workers = [int(w) for w in args.workers.split(",")]
+        results["shares"] = [
+            shares(name, data, model, work, workers, repeats, weights=MODELS[model])
+            for name, data in datasets.items()
+        ]
     return results
 
 
@@ -300,8 +475,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Ceiling: best of this many.")
     parser.add_argument("--seconds", type=float, default=3.0, help="Ceiling: each window.")
     parser.add_argument("--repeats", type=int, default=3, help="Whole process: best of these.")
-    parser.add_argument("--n", type=int, default=1000, help="Generated PNGs (without --pngs).")
+    parser.add_argument("--parts", default=",".join(PARTS), help="Some of " + ",".join(PARTS))
+    parser.add_argument("--n", type=int, default=3000, help="Generated PNGs (without --pngs).")
     parser.add_argument("--pngs", type=Path, help="An ImageFolder of PNGs instead of generated.")
+    parser.add_argument(
+        "--workers", default="0,1", help="Shares: the loader worker counts run end to end."
+    )
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     record = {
