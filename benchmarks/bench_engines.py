@@ -366,7 +366,7 @@ def shares(
     row: dict[str, Any] = {"dataset": name, "model": model, "configs": {}}
     for config, flags in CONFIGS.items():
         pairs = dict(zip(flags[::2], flags[1::2], strict=True))
-        overrides = options | {flag.removeprefix("--"): value for flag, value in pairs.items()}
+        overrides = options | {f.removeprefix("--").replace("-", "_"): v for f, v in pairs.items()}
         cache = work / f"cache-shares-{name}-{config.replace(' ', '-')}"
         shutil.rmtree(cache, ignore_errors=True)
         in_process(data, model, cache, overrides, 0)  # cold: conversions, the probe's memo

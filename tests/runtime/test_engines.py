@@ -202,6 +202,28 @@ def test_a_network_openvino_cannot_convert_is_refused_in_one_line_naming_it(
     assert not files.openvino.exists() and list(tmp_path.glob(".openvino/*")) == []
 
 
+@pytest.mark.parametrize(
+    ("capabilities", "has_bf16"),
+    [
+        (["FP32", "INT8", "BIN", "EXPORT_IMPORT"], False),  # this machine's EPYC: no AVX512-BF16
+        (["FP32", "BF16", "INT8", "BIN", "EXPORT_IMPORT"], True),  # AVX512-BF16 or AMX
+    ],
+)
+def test_bf16_units_are_read_from_openvinos_cpu_capabilities(
+    monkeypatch: pytest.MonkeyPatch, capabilities: list[str], has_bf16: bool
+) -> None:
+    asked = []
+
+    class Core:
+        def get_property(self, device: str, name: str) -> list[str]:
+            asked.append((device, name))
+            return capabilities
+
+    monkeypatch.setattr(engines, "openvino_core", Core)
+    assert engines.openvino_has_bf16() is has_bf16
+    assert asked == [("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
 def test_openvino_bf16_is_refused_on_a_cpu_without_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
