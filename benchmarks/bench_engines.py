@@ -1,4 +1,5 @@
-"""The CPU engines side by side (issue 25): forward-only ceilings, then whole processes.
+"""The CPU engines side by side (issue 25): forward-only ceilings, whole processes, and where
+an extraction's time goes.
 
 1. **Ceiling**: forward passes only, per model (EfficientNet-Lite0 and ``tv/mobilenet_v2`` with
    offline ImageNet weights, ``vit_tiny_patch16_224`` at random init), batch 32, 224 px, in one
@@ -19,9 +20,10 @@
 3. **Shares**: where a whole extraction's time goes (issue 25: at twice torch's forward rate the
    forward no longer hides the rest). ``featpipe.extract`` runs in this process on the same
    images, warm, with every part of its work timed as it runs (:class:`Stopwatch`): file
-   fingerprints, decoding, resize and crop, the forward, the SHA-256 of written files, the
-   journal writes, the HDF5 seal, and the engine's and backbone's builds; the rest of the call
-   (scan, settle, loader and collate, screening, commit) is what is left. It runs with
+   the scan, the cache lookup, settling the key (from the probe's memo), building the backbone
+   and the engine, file fingerprints, decoding, resize and crop, collating, the forward,
+   screening, the SHA-256 of written files, the journal writes, the HDF5 seal and the commit;
+   the rest (the loader's own overhead, the loop, provenance) is what is left. It runs with
    ``workers=0``, featpipe's choice on 2 cores (:func:`featpipe.runtime.workers.default_workers`),
    so every part runs in this process and the parts add up to the wall; a run per worker count
    in ``--workers`` then shows what overlapping decoding with the forward in loader processes
@@ -64,12 +66,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_extract import naive_recipe
 
 import featpipe.cache.journals as journals
+import featpipe.data.loader as loader
 import featpipe.data.transforms as transforms
+import featpipe.extraction.fill as fill
 import featpipe.extraction.rows as rows
+import featpipe.extraction.settle as settle
+import featpipe.extraction.stage as stage
 from featpipe import extract
 from featpipe.backbones.build import BackboneSpec, build_backbone
 from featpipe.cache.catalog import machine_signature
 from featpipe.cache.fingerprints import Contents
+from featpipe.cache.transaction import Transaction
 from featpipe.data.bundled import prepare_dataset
 from featpipe.data.transforms import ImageToUint8
 from featpipe.extraction.options import ExtractOptions
@@ -332,12 +339,20 @@ class Stopwatch:
             return TimedEngine(self.timed("engine build", build_engine)(*args))
 
         parts = [
+            (stage, "scan", "scan"),
+            (stage, "_cache_hit", "cache lookup"),
+            (stage, "resolve", "settle (key, memo)"),
+            (settle, "build", "backbone build"),
+            (fill, "build", "backbone build"),
             (Contents, "__init__", "fingerprints"),
             (Contents, "hashes", "SHA-256 of written files"),
             (transforms, "load_image", "decode"),
             (ImageToUint8, "__call__", "resize, crop, to tensor"),
             (journals.Journal, "append", "journal write"),
             (journals, "seal", "HDF5 seal"),
+            (loader, "collate", "collate"),
+            (rows, "screen", "screening"),
+            (Transaction, "commit", "commit"),
         ]
         originals = [(owner, name, getattr(owner, name)) for owner, name, _ in parts]
         try:
@@ -373,7 +388,7 @@ def shares(
         watch = Stopwatch()
         with watch.wrapped():
             result = in_process(data, model, cache, overrides, 0)
-        parts = watch.seconds | {"backbone build": result.timings.get("model_s", 0.0)}
+        parts = dict(watch.seconds)
         parts["rest"] = max(0.0, result.seconds - sum(parts.values()))
         ends: dict[int, list[float]] = {w: [] for w in workers}
         for _ in range(repeats):

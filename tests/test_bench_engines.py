@@ -23,6 +23,12 @@ from featpipe.runtime.tuning import build_engine
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_engines.py"
 PARTS = {
+    "scan",
+    "cache lookup",
+    "settle (key, memo)",
+    "collate",
+    "screening",
+    "commit",
     "fingerprints",
     "decode",
     "resize, crop, to tensor",
