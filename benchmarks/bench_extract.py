@@ -20,6 +20,7 @@ import torch
 import featpipe
 from featpipe.backbones.build import BackboneSpec, build_backbone
 from featpipe.data.bundled import prepare_dataset
+from featpipe.runtime.conversions import Conversions
 from featpipe.runtime.engines import Normalized
 from featpipe.runtime.tuning import build_engine, measure
 
@@ -108,7 +109,7 @@ def ceiling_and_naive(
         settings,
         Normalized(built.module, built.data_config),
         dev,
-        work / f"{backbone.replace('/', '_')}.onnx",
+        Conversions.under(work, backbone, backbone.replace("/", "_")),
     )
     size = tuple(built.data_config["input_size"][1:])
 

@@ -97,7 +97,9 @@ def summary_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "features",
             f"pool {meta['pool']}, layer {key['layer'] or 'last'}, computed in "
-            f"{meta['precision']}, stored as {meta['dtype']}",
+            f"{meta['precision']}"
+            + (f" by {key['engine']}" if key.get("engine") else "")  # its own arithmetic
+            + f", stored as {meta['dtype']}",
         ),
         ("rows", f"N={meta['n']}  D={meta['dim']}  task {meta['task']}"),
         (

@@ -16,6 +16,12 @@ def predict(
     run: Path = typer.Option(..., "--run", help="A run directory (fit or finetune)."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV to write."),
     device: str = opt.Device,
+    engine: str = typer.Option(
+        "auto",
+        help="auto (the engine the run's features were computed with, where their key names "
+        "one: OpenVINO's bf16; else torch) | torch | onnxruntime | openvino (CPU). A converted "
+        "network is kept in the run's folder.",
+    ),
     limit: int = typer.Option(10, help="Rows to print."),
     tta: str = typer.Option(
         "run",
@@ -26,7 +32,7 @@ def predict(
     """Predict new images with a run's backbone(s) and head; write CSV."""
     from featpipe.use.predict import predict as run_predict  # torch: only when predict runs
 
-    rows = run_predict(images, run, out, device, tta=tta)
+    rows = run_predict(images, run, out, device, engine=engine, tta=tta)
     table = Table(title=f"predictions ({len(rows)} images) → {out}")
     for column in ("path", "prediction", "confidence", "error"):
         table.add_column(column)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +121,20 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths[name] = out / f"{name}.jpg"
         Image.fromarray(getattr(skimage.data, name)()).save(paths[name], quality=95)
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_openvino(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """``seed(cache_dir)``: put the TINY network's OpenVINO IR and compiled blob into a cache
+    directory, as an earlier run there would have left them. One conversion takes seconds (more
+    on a loaded machine); tests of what runs on the IR need not pay it each."""
+    from featpipe.extraction.stage import extract
+
+    made = tmp_path_factory.mktemp("openvino-seed")
+    extract(make_tree(made / "data", per_class=1), cache_dir=made, **TINY | {"engine": "openvino"})
+
+    def seed(cache_dir: Path) -> Path:
+        shutil.copytree(made / ".openvino", cache_dir / ".openvino", dirs_exist_ok=True)
+        return cache_dir
+
+    return seed

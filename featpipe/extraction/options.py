@@ -47,7 +47,11 @@ class ExtractOptions:
         "auto", constraint=OneOf(PRECISIONS), help="auto (probe) | fp32 | bf16 | fp16 (CUDA)."
     )
     engine: str = option(
-        "auto", constraint=OneOf(ENGINES), help="auto (probe) | torch | onnxruntime (CPU, fp32)."
+        "auto",
+        constraint=OneOf(ENGINES),
+        help="auto (probe) | torch | onnxruntime (CPU, fp32) | openvino (CPU, fp32; bf16 with "
+        "--precision bf16 on CPUs that have it). Converted networks are kept in the cache "
+        "directory.",
     )
     dtype: str = option(
         "float32", constraint=OneOf(DTYPES), help="Stored dtype: float32 | float16."
@@ -108,6 +112,8 @@ class ExtractOptions:
         check(self)
         if self.engine == "onnxruntime" and self.precision not in ("auto", "fp32"):
             raise ArgumentError("engine", f"onnxruntime runs fp32, not {self.precision}: use fp32")
+        if self.engine == "openvino" and self.precision == "fp16":
+            raise ArgumentError("engine", "openvino runs fp32 or bf16, not fp16 (CUDA): use fp32")
 
     def spec(self, backbone: str | BackboneSpec) -> BackboneSpec:
         """The one backbone spec of a call: made from a model name and these options, or given

@@ -15,6 +15,7 @@ history existed holds one record at the top level: it becomes the first item of 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -47,6 +48,8 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "pillow": PIL.__version__,
         "python": sys.version.split()[0],
+        # The engines that run converted networks, from their metadata (not imported here).
+        **{name: importlib.metadata.version(name) for name in ("onnxruntime", "openvino")},
     }
 
 

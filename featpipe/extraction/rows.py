@@ -21,7 +21,7 @@ from featpipe.data.loader import make_loader
 from featpipe.data.tensor_decode import pipeline
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import FeatpipeError
-from featpipe.extraction.settle import ExtractRun, onnx_path
+from featpipe.extraction.settle import ExtractRun, conversions
 from featpipe.progress import Progress
 from featpipe.runtime.devices import host_threads
 from featpipe.runtime.engines import Normalized
@@ -58,7 +58,7 @@ def extract_rows(
             settings,
             Normalized(run.backbone.module, config),
             device,
-            onnx_path(run.options.cache_dir, fields),
+            conversions(run.options.cache_dir, fields),
         )
         if run.images is not None:  # augmented views: their PIL training transform, in the workers
             paths, own = run.images(pending)

@@ -31,6 +31,7 @@ from featpipe.data.datasets import Dataset, Item
 from featpipe.extraction.options import ExtractOptions
 from featpipe.progress import Phase
 from featpipe.runtime import distributed
+from featpipe.runtime.conversions import Conversions
 
 if TYPE_CHECKING:
     from featpipe.backbones.build import Backbone
@@ -83,24 +84,29 @@ def _network(request: Request) -> Request:
     return replace(request, precision="", engine="", batch_size=0, device="")
 
 
-def _untimed_precision(request: Request, n_images: int) -> str | None:
-    """The key's precision when no probe decides it: as requested, or exact fp32 for a dataset
-    too small to probe; None when the probe decides."""
-    if request.precision != "auto":
-        return request.precision
-    return "fp32" if n_images <= PROBE_MIN_IMAGES else None
+def _untimed_compute(request: Request, n_images: int) -> tuple[str, str] | None:
+    """The key's precision and engine when no probe decides them: as requested, or exact fp32
+    on torch for a dataset too small to probe; None when the probe decides."""
+    small = n_images <= PROBE_MIN_IMAGES
+    precision = request.precision if request.precision != "auto" else "fp32" if small else None
+    if precision is None:
+        return None
+    if request.engine != "auto":
+        return precision, request.engine
+    # An fp32 key names no engine: only a reduced precision waits for the probe's engine.
+    return (precision, "torch") if small or precision == "fp32" else None
 
 
 def _network_memo(
     cache_dir: Path, request: Request, n_images: int
 ) -> tuple[KeyFields, dict[str, Any]] | None:
     """Key fields and settings of a request that needs no probe to settle its key."""
-    precision = _untimed_precision(request, n_images)
+    untimed = _untimed_compute(request, n_images)
     network = recall(cache_dir, _network(request))
-    if precision is None or network is None:
+    if untimed is None or network is None:
         return None
     fields, settings = network
-    return replace(fields, precision=precision), settings | {"precision": precision}
+    return fields.computed(*untimed), settings | {"precision": untimed[0]}
 
 
 def leader_then_all(
@@ -208,7 +214,7 @@ def _settle(
             Normalized(backbone.module, backbone.data_config),
             device,
             backbone.is_conv,
-            onnx_path(cache_dir, base),
+            conversions(cache_dir, base),
             request.precision,
             request.batch_size,
             request.engine,
@@ -225,7 +231,7 @@ def _settle(
     if not timed:
         why = f"{n} images <= {PROBE_MIN_IMAGES}" if choose else "every setting given"
         chosen.probe = chosen.probe | {"skipped": why}
-    fields = replace(base, precision=chosen.precision)
+    fields = base.computed(chosen.precision, chosen.engine)
     settings = chosen.as_dict() | described
     if timed:
         remember(cache_dir, request, fields, settings)
@@ -248,8 +254,9 @@ def build(
     return backbone
 
 
-def onnx_path(cache_dir: Path, fields: KeyFields) -> Path:
-    """One ONNX export per network (model, weights, transform, pool, layer), shared by dtypes."""
-    network = replace(fields, precision="fp32", dtype="float32")
+def conversions(cache_dir: Path, fields: KeyFields) -> Conversions:
+    """One ONNX export and one OpenVINO IR per network (model, weights, transform, pool,
+    layer), shared by precisions and dtypes."""
+    network = replace(fields.computed("fp32", "torch"), dtype="float32")
     slug = BackboneSpec(fields.model).slug
-    return cache_dir / ".onnx" / f"{slug}-{network.digest[:16]}.onnx"
+    return Conversions.under(cache_dir, fields.model, f"{slug}-{network.digest[:16]}")

@@ -172,8 +172,9 @@ def extract_views(
     run_device = devices.resolve_device(options.device)
     settings = dict(eval_settings)
     if "engine" not in settings or batch_size is not None:  # untimed: as asked, or plain torch
+        engine = fields.engine or options.engine  # a reduced precision's key names its engine
         chosen = tuning.untimed(
-            run_device, settings["is_conv"], fields.precision, batch_size, options.engine
+            run_device, settings["is_conv"], fields.precision, batch_size, engine
         )
         settings |= chosen.as_dict()
     run = ExtractRun(

@@ -1,26 +1,34 @@
-"""Run the frozen embedder: PyTorch eager (CPU or CUDA with autocast) or ONNX Runtime (CPU).
+"""Run the frozen embedder: PyTorch eager (CPU or CUDA with autocast), ONNX Runtime or OpenVINO
+(both CPU).
 
-Both engines take the loader's ``uint8`` batch and return float32 embeddings; normalisation is
+Every engine takes the loader's ``uint8`` batch and returns float32 embeddings; normalisation is
 part of the model they run (one fused multiply-add), so no float copy of the batch is made on
 the host. On the 2-core AMD CPUs this project is built on, ONNX Runtime ran EfficientNet-Lite0
-1.5–1.7× faster than PyTorch with channels_last; on other CPUs it may not, so the speed probe
-(:mod:`featpipe.runtime.tuning`) times both and keeps the faster. The engine, like batch size and
-memory format, changes results only at float-rounding level (about 1e-5) and is recorded in
-the provenance, not in the cache key.
+1.5–1.7× faster than PyTorch with channels_last, and OpenVINO (fp32) 1.9× faster; on other CPUs
+they may not, so the speed probe (:mod:`featpipe.runtime.tuning`) times them and keeps the
+fastest. In fp32 the engine, like batch size and memory format, changes results only at
+float-rounding level (about 1e-5) and is recorded in the provenance, not in the cache key; a
+reduced precision is each engine's own arithmetic (see :mod:`featpipe.cache.key`).
+
+The converted forms of a network (an ONNX file, an OpenVINO IR and OpenVINO's compiled blobs)
+are kept under the cache directory, written once and atomically, so a rerun converts nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from featpipe.data.transforms import Normalize
+from featpipe.runtime.conversions import Conversions, converting
 from featpipe.runtime.devices import autocast
 
 
@@ -56,8 +64,10 @@ class TorchEngine:
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         x = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # Batches may come channels-last (featpipe.data.loader.stack): kept so where the module
+        # is, made NCHW where it is not.
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
         with torch.inference_mode(), autocast(self.device, self.precision):
             return self.module(x).float().cpu().numpy()
 
@@ -80,20 +90,25 @@ def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output: str
         )
 
 
-def export_onnx(module: Normalized, size: tuple[int, int], path: Path) -> Path:
+def export_onnx(module: Normalized, files: Conversions) -> Path:
     """Export once per backbone (dynamic batch), atomically: tmp name, then rename."""
+    path = files.onnx
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     try:
-        write_onnx(
-            module.cpu().eval(), torch.zeros(2, 3, *size, dtype=torch.uint8), tmp, "embeddings"
-        )
+        with converting("onnxruntime", files.model):
+            write_onnx(module.cpu().eval(), _example(module.input_size), tmp, "embeddings")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _example(size: tuple[int, int]) -> torch.Tensor:
+    """The input a converter traces: two images, so that no size-1 axis is taken as fixed."""
+    return torch.zeros(2, 3, *size, dtype=torch.uint8)
 
 
 class OnnxEngine:
@@ -111,4 +126,101 @@ class OnnxEngine:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        return self.session.run(None, {"images": images.numpy()})[0]
+        return self.session.run(None, {"images": np.ascontiguousarray(images.numpy())})[0]
+
+
+IR_NAME = "model.xml"  # and model.bin beside it
+
+
+def write_openvino(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """OpenVINO IR (``path``: the .xml, a .bin beside it) of ``module`` traced on ``example``
+    (``uint8``), with a dynamic batch axis. Weights stay float32: ``save_model`` would compress
+    them to fp16 by default, which changes the numbers."""
+    import openvino as ov
+
+    shape = (-1, *example.shape[1:])
+    with torch.no_grad():
+        # Traced here without torch's trace check, which reruns the network three times (half
+        # of what converting Lite0 took); OpenVINO converts a traced graph as it would its own.
+        traced = torch.jit.trace(module, example, check_trace=False, strict=False)
+        model = ov.convert_model(traced, example_input=example, input=[(shape, ov.Type.u8)])
+    ov.save_model(model, str(path), compress_to_fp16=False)
+
+
+def export_openvino(module: Normalized, files: Conversions) -> Path:
+    """Convert once per backbone; the IR folder appears whole or not at all (written under a
+    temporary name, then renamed), so concurrent ranks never read half an IR."""
+    path = files.openvino / IR_NAME
+    if path.is_file():
+        return path
+    files.openvino.parent.mkdir(parents=True, exist_ok=True)
+    tmp = files.openvino.with_name(files.openvino.name + f".tmp-{os.getpid()}")
+    try:
+        tmp.mkdir()
+        with converting("openvino", files.model):
+            write_openvino(module.cpu().eval(), _example(module.input_size), tmp / IR_NAME)
+        try:
+            tmp.rename(files.openvino)
+        except OSError:
+            if not path.is_file():  # else another process renamed its identical IR first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+# OpenVINO's name for each precision. Its default on a CPU with bf16 units is bf16, not fp32:
+# exact fp32 has to be asked for.
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``, never released.
+
+    OpenVINO 2026.4's CPU plugin points the compiling thread's alternate signal stack at memory
+    of its own and puts the previous pointer back when its ``Core`` goes. With Cores released
+    out of order the pointer is left at unmapped memory, and the next Python signal handler
+    (CPython installs them on that stack; DataLoader has one for SIGCHLD) ends the process with
+    SIGSEGV: the full test suite died so. One Core that lives as long as the process never
+    puts a stale pointer back.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
+def openvino_has_bf16() -> bool:
+    """Whether OpenVINO can compute bf16 on this CPU (AVX512-BF16 or AMX); without, it would
+    quietly run fp32 under a bf16 hint."""
+    return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoEngine:
+    """One compiled model, one synchronous request per batch.
+
+    ``PERFORMANCE_HINT=LATENCY``: one stream runs each whole batch on all its threads, like the
+    other engines. The alternative, ``THROUGHPUT`` (two streams here, the batch split across two
+    asynchronous requests), ran Lite0 at batch 32 no faster on this project's 2-core CPU (40.1
+    against 40.9 img/s), but at batch 4 faster (12.3 against 7.5 img/s): single readings on a
+    heavily loaded machine, to be settled by benchmarks/bench_engines.py, which measures both.
+    Compiled blobs go to ``CACHE_DIR`` beside the IR, so a rerun compiles from the blob.
+    """
+
+    name = "openvino"
+
+    def __init__(self, files: Conversions, precision: str, threads: int) -> None:
+        config = {
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads,
+            "CACHE_DIR": str(files.openvino / "compiled"),
+        }
+        compiled = openvino_core().compile_model(str(files.openvino / IR_NAME), "CPU", config)
+        self.request = compiled.create_infer_request()
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        # Copied in and out: a shared input would leave the request pointing at a freed batch.
+        # The network takes NCHW: a channels-last batch is made so by numpy, which transposes
+        # a batch of uint8 in a tenth of the time torch's strided copy takes.
+        return self.request.infer({0: np.ascontiguousarray(images.numpy())})[0]

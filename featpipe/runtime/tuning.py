@@ -2,10 +2,15 @@
 
 On the 2-core CPUs this project is built on, the best batch size for a mobile net is 4 while a
 ResNet prefers more; bf16 autocast was 1.5–2.8× faster than fp32 on a CPU with AVX512-BF16 and
-15× slower on one without; ONNX Runtime beat PyTorch eager by 1.5× on one CPU. So ``auto`` times
-a few forward passes on synthetic ``uint8`` input at the real image size and keeps the fastest.
-Precision changes the numbers, so it goes into the cache key; the whole choice is memoised per
-machine by the caller, so reruns and resumes use the same settings.
+15× slower on one without; ONNX Runtime beat PyTorch eager by 1.5× on one CPU, OpenVINO by 1.9×
+(and 3.6× in its bf16). So ``auto`` times a few forward passes on synthetic ``uint8`` input at the
+real image size and keeps the fastest. Precision changes the numbers, so it goes into the cache
+key (with the engine, for a reduced precision); the whole choice is memoised per machine by the
+caller, so reruns and resumes use the same settings.
+
+The candidates are timed in order of preference, exact fp32 first, plain torch first of all; a
+later one is kept only if it beats the one kept so far by ``MARGIN``. So a reduced precision is
+chosen only by measurement, and the choice is recorded and named like any other.
 
 The probe must never cost more than it can save. It runs under a hard budget: at most
 ``PROBE_BUDGET_S`` seconds, and at most ``PROBE_SHARE`` of the run it is tuning as estimated
@@ -19,15 +24,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from featpipe.choices import ENGINES
 from featpipe.errors import ArgumentError
+from featpipe.runtime.conversions import ConversionError, Conversions
 from featpipe.runtime.devices import check_precision
-from featpipe.runtime.engines import Engine, Normalized, OnnxEngine, TorchEngine, export_onnx
+from featpipe.runtime.engines import (
+    Engine,
+    Normalized,
+    OnnxEngine,
+    OpenVinoEngine,
+    TorchEngine,
+    export_onnx,
+    export_openvino,
+    openvino_has_bf16,
+)
 
 CPU_BATCHES = (4, 8, 16, 32)
 CUDA_BATCHES = (64, 128, 256)
@@ -95,12 +109,15 @@ def measure(
 
 
 def build_engine(
-    settings: dict[str, Any], module: Normalized, device: torch.device, onnx_path: Path
+    settings: dict[str, Any], module: Normalized, device: torch.device, files: Conversions
 ) -> Engine:
-    """The engine a settings record describes (the same one the probe timed)."""
+    """The engine a settings record describes (the same one the probe timed); a network the
+    engine cannot take raises :class:`~featpipe.runtime.conversions.ConversionError`."""
     if settings["engine"] == "onnxruntime":
-        export_onnx(module, module.input_size, onnx_path)
-        return OnnxEngine(onnx_path, torch.get_num_threads(), spin=False)
+        return OnnxEngine(export_onnx(module, files), torch.get_num_threads(), spin=False)
+    if settings["engine"] == "openvino":
+        export_openvino(module, files)
+        return OpenVinoEngine(files, settings["precision"], torch.get_num_threads())
     return TorchEngine(module, device, settings["precision"], settings["channels_last"])
 
 
@@ -119,6 +136,34 @@ def check_engine(device: torch.device, precision: str, engine: str) -> None:
         raise ArgumentError(
             "engine", "onnxruntime runs fp32 on CPU: use device cpu, precision fp32"
         )
+    if engine == "openvino" and device.type != "cpu":
+        raise ArgumentError("engine", f"openvino runs on CPU, not {device.type}: use device cpu")
+    if engine == "openvino" and precision == "bf16" and not openvino_has_bf16():
+        raise ArgumentError(
+            "precision", "bf16: OpenVINO has no bf16 on this CPU (no AVX512-BF16 or AMX): use fp32"
+        )
+
+
+def candidates(device: torch.device, precision: str, engine: str) -> list[tuple[str, str]]:
+    """The (engine, precision) pairs a request leaves open, in order of preference: exact fp32
+    before a reduced precision, plain torch before a converted network. OpenVINO comes before
+    ONNX Runtime because it measured faster on this project's CPU (issue 25: 361 against 229
+    img/s, Lite0 at batch 32), and a probe short of budget should time the likelier winner."""
+    precisions = ["fp32", half_precision(device)] if precision == "auto" else [precision]
+    engines = [engine] if engine != "auto" else ["torch"]
+    if engine == "auto" and device.type == "cpu":
+        engines += ["openvino", "onnxruntime"]
+    return [(e, p) for p in precisions for e in engines if _computes(e, p)]
+
+
+def _computes(engine: str, precision: str) -> bool:
+    """Whether ``engine`` computes ``precision`` on this machine: ONNX Runtime only fp32,
+    OpenVINO fp32 and, on CPUs with bf16 units, bf16."""
+    if engine == "onnxruntime":
+        return precision == "fp32"
+    if engine == "openvino":
+        return precision == "fp32" or (precision == "bf16" and openvino_has_bf16())
+    return True
 
 
 def untimed(
@@ -157,7 +202,7 @@ def probe(
     module: Normalized,
     device: torch.device,
     is_conv: bool,
-    onnx_path: Path,
+    files: Conversions,
     precision: str = "auto",
     batch_size: int | None = None,
     engine: str = "auto",
@@ -186,7 +231,7 @@ def probe(
         if clock.left() <= floor and not anyway:
             return False
         settings = {"engine": name, "precision": prec, "channels_last": is_conv}
-        engines[(name, prec)] = build_engine(settings, module, device, onnx_path)
+        engines[(name, prec)] = build_engine(settings, module, device, files)
         per_image[(name, prec)] = 1 / measure(engines[(name, prec)], 1, module.input_size, 0.0)
         return True
 
@@ -215,6 +260,7 @@ def probe(
         return a is not None and b is not None and a > MARGIN * b
 
     auto, auto_batch = "auto" in (precision, engine), batch_size is None
+    explicit_engine = engine != "auto"
     # Whether exact fp32 on plain torch is an allowed answer (nothing explicit rules it out).
     may_fall_back = auto and precision in ("auto", "fp32") and engine in ("auto", "torch")
     batches = CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES
@@ -226,22 +272,21 @@ def probe(
         baseline = timed("torch", "fp32", trial) or 1 / per_image[("torch", "fp32")]
         if images is not None:
             clock.limit_s = min(clock.limit_s, max(clock.spent(), PROBE_SHARE * images / baseline))
-    note = _far_slower(precision, device, ready, per_image)
-    if precision == "auto":
-        half = half_precision(device)
-        precision = (
-            half if faster(timed("torch", half, trial), timed("torch", "fp32", trial)) else "fp32"
-        )
-    if engine == "auto":
-        engine = "torch"
-        if precision == "fp32" and device.type == "cpu":
+    notes = [_far_slower(precision, engine, device, ready, per_image)]
+    failed: list[ConversionError] = []
+    if auto:
+        pairs = candidates(device, precision, engine)
+        (engine, precision), kept = pairs[0], None
+        for name, prec in pairs:
             try:
-                onnx = timed("onnxruntime", "fp32", trial)
-            except Exception as exc:  # not every architecture exports: say why, use torch
-                note = f"onnx export failed, using torch: {str(exc).splitlines()[0][:200]}"
-            else:
-                if faster(onnx, timed("torch", "fp32", trial)):
-                    engine = "onnxruntime"
+                rate = timed(name, prec, trial)
+            except ConversionError as exc:
+                if explicit_engine:
+                    raise
+                failed.append(exc)  # not every network converts: say why, time the others
+                continue
+            if (name, prec) == pairs[0] or faster(rate, kept):
+                (engine, precision), kept = (name, prec), rate
     if auto_batch:
         sizes = [b for b in batches if timed(engine, precision, b) is not None]
         batch_size = max(sizes, key=lambda b: rates[(engine, precision, b)], default=trial)
@@ -256,6 +301,9 @@ def probe(
         precision, engine, fell_back = "fp32", "torch", True
         batch_size = max(exact, key=exact.__getitem__) if auto_batch else trial
     measured = {f"{e}-{p}@{b}": round(r, 1) for (e, p, b), r in rates.items()}
+    for x in failed:
+        notes.append(f"{x.engine} cannot convert {x.model} ({x.reason}), so {engine} ran it")
+    note = "; ".join(n for n in notes if n)
     record = {
         "budget_s": round(clock.limit_s, 2),
         "spent_s": round(clock.spent(), 6),
@@ -266,18 +314,24 @@ def probe(
 
 
 def _far_slower(
-    precision: str, device: torch.device, ready: Any, per_image: dict[tuple[str, str], float]
+    precision: str,
+    engine: str,
+    device: torch.device,
+    ready: Any,
+    per_image: dict[tuple[str, str], float],
 ) -> str:
-    """A one-line warning when an explicitly requested precision is far slower than fp32.
+    """A one-line warning when an explicitly requested precision is far slower than fp32 (on
+    the requested engine, plain torch if that is left open).
 
     Both are timed on one image whatever the budget (a bf16 forward on a CPU without bf16
     units ran 0.1 img/s, a warning worth two single-image forwards).
     """
     if precision in ("auto", "fp32"):
         return ""
-    ready("torch", "fp32", True)
-    ready("torch", precision, True)
-    ratio = per_image[("torch", precision)] / per_image[("torch", "fp32")]
+    name = "torch" if engine == "auto" else engine
+    ready(name, "fp32", True)
+    ready(name, precision, True)
+    ratio = per_image[(name, precision)] / per_image[(name, "fp32")]
     if ratio <= FAR_SLOWER:
         return ""
     return (

@@ -1,4 +1,5 @@
-"""Export a run as one deployable module: backbone(s) + pooling + preprocessing + head.
+"""Export a run as one deployable module: backbone(s) + pooling + preprocessing + head, as
+TorchScript, ONNX or an OpenVINO IR.
 
 The module takes ``uint8`` images [B, 3, H, W], already resized and centre-cropped to the
 model's input size (the recipe is written next to it), and returns class probabilities (or
@@ -24,11 +25,20 @@ import torch
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError, DataError
 from featpipe.runs.record import Run
-from featpipe.runtime.engines import write_onnx
+from featpipe.runtime.engines import (
+    OPENVINO_PRECISIONS,
+    openvino_core,
+    write_onnx,
+    write_openvino,
+)
 from featpipe.use.predict import DeployedPipeline, RunPipeline, collect_images, load_pipeline
 
-FORMATS = ("torchscript", "onnx")
+# Each format and the file it is written to by default (an IR's weights go to a .bin beside it).
+FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "openvino": "model.xml"}
+FORMATS = tuple(FILES)
 TOLERANCE = 1e-4
+# OpenVINO computes bf16 by default on a CPU that has it: the checked numbers need fp32, asked for.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS["fp32"]}
 
 
 def _check_images(pipeline: RunPipeline, images: list[Path] | None) -> torch.Tensor:
@@ -54,34 +64,33 @@ def export(
     """Write the deployable module and a JSON sidecar; return the agreement check's result."""
     if fmt not in FORMATS:
         raise ArgumentError("fmt", f"{fmt}: choose one of {', '.join(FORMATS)}")
+    if fmt == "openvino" and out.suffix != ".xml":
+        raise ArgumentError(
+            "out", f"{out}: an OpenVINO IR is an .xml file (weights: a .bin beside it)"
+        )
     pipeline = load_pipeline(run)
     module = DeployedPipeline(pipeline).eval().requires_grad_(False)
     images = _check_images(pipeline, check)
     with torch.no_grad():
         expected = module(images).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    tmp = out.with_name(f"{out.stem}.tmp-{os.getpid()}{out.suffix}")
+    # The files written, each with its final name: the file last, so that it is whole once seen.
+    written = [(tmp.with_suffix(".bin"), out.with_suffix(".bin"))] if fmt == "openvino" else []
+    written.append((tmp, out))
     try:
-        if fmt == "torchscript":
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TorchScript's deprecation notices
-                torch.jit.trace(module, images, check_trace=False).save(str(tmp))
-                got = torch.jit.load(str(tmp))(images).detach().numpy()
-        else:
-            write_onnx(module, images, tmp, "outputs")
-            import onnxruntime as ort
-
-            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-            got = session.run(None, {"images": images.numpy()})[0]
+        got = _write(fmt, module, images, tmp)
         diff = float(np.abs(got - expected).max())
         if not diff <= TOLERANCE:
             raise DataError(
                 f"exported {fmt} module disagrees with the Python pipeline by {diff:.2e} "
                 f"(> {TOLERANCE}) on {len(images)} real images; nothing was written"
             )
-        os.replace(tmp, out)
+        for made, final in written:
+            os.replace(made, final)
     finally:
-        tmp.unlink(missing_ok=True)
+        for made, _ in written:
+            made.unlink(missing_ok=True)
     head = pipeline.head
     config = pipeline.data_config
     sidecar = {
@@ -97,5 +106,28 @@ def export(
         "run": str(pipeline.run.path),
         "check": {"images": len(images), "max_abs_diff": diff},
     }
+    if fmt == "openvino":
+        sidecar["compile_config"] = OPENVINO_CONFIG  # what the check ran with
     out.with_suffix(out.suffix + ".json").write_text(json.dumps(sidecar, indent=1))
     return sidecar
+
+
+def _write(fmt: str, module: DeployedPipeline, images: torch.Tensor, path: Path) -> np.ndarray:
+    """Write ``module`` as ``fmt`` to ``path``; load it back as its users do and return its
+    outputs on ``images``."""
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+            torch.jit.trace(module, images, check_trace=False).save(str(path))
+            return torch.jit.load(str(path))(images).detach().numpy()
+    if fmt == "onnx":
+        write_onnx(module, images, path, "outputs")
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing warns about every branch it freezes
+        write_openvino(module, images, path)
+    compiled = openvino_core().compile_model(str(path), "CPU", OPENVINO_CONFIG)
+    return compiled({0: images.numpy()})[0]

@@ -6,6 +6,10 @@ the weights it finds have another identity, so a prediction always comes from th
 head was fitted on. A fine-tune run's entry also names the run's file with the trained backbone
 weights, loaded on top: a fine-tune run predicts and exports exactly as a fit run does.
 
+The engine is the one the key names (OpenVINO for rows it computed in bf16: its arithmetic is
+not torch's) or plain torch, unless asked otherwise; a converted network is kept in the run's
+folder (``.onnx/``, ``.openvino/``), since a fine-tuned one is in no cache key.
+
 Prediction may average the head's outputs over symmetries of each image (test-time
 augmentation, :mod:`featpipe.data.dihedral`); by default it does what the run's scores were
 measured with (a fine-tune run's ``--tta``, none for a fit run).
@@ -31,8 +35,10 @@ from featpipe.errors import ArgumentError, DataError, FeatpipeError
 from featpipe.heads.fitted import CosineKNN, FittedHead
 from featpipe.runs.record import Run, load_run, write_csv
 from featpipe.runtime.allocator import keep_freed_memory
+from featpipe.runtime.conversions import Conversions
 from featpipe.runtime.devices import resolve_device
-from featpipe.runtime.engines import Normalized, TorchEngine
+from featpipe.runtime.engines import Normalized
+from featpipe.runtime.tuning import build_engine, check_engine
 
 
 @dataclass
@@ -44,6 +50,7 @@ class RunPipeline:
     precisions: list[str]
     drafts: list[bool]
     head: FittedHead
+    engines: list[str]  # the engine each backbone's features were computed with, if it matters
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -52,7 +59,7 @@ class RunPipeline:
 
 def load_pipeline(run: Run | str | Path) -> RunPipeline:
     run = run if isinstance(run, Run) else load_run(run)
-    backbones, precisions, drafts = [], [], []
+    backbones, precisions, drafts, engines = [], [], [], []
     for entry in run.config["entries"]:
         fields = entry["key_fields"]
         backbone = build_backbone(
@@ -69,7 +76,8 @@ def load_pipeline(run: Run | str | Path) -> RunPipeline:
         backbones.append(backbone)
         precisions.append(fields["precision"])
         drafts.append(backbone.spec.draft)
-    return RunPipeline(run, backbones, precisions, drafts, run.head())
+        engines.append(fields.get("engine") or "torch")  # named by reduced-precision keys only
+    return RunPipeline(run, backbones, precisions, drafts, run.head(), engines)
 
 
 def _load_trained_state(backbone: Backbone, path: Path) -> None:
@@ -111,12 +119,16 @@ def embed(
     device: str = "auto",
     batch_size: int = 16,
     workers: int = 0,
+    engine: str = "auto",
 ) -> tuple[np.ndarray, list[str]]:
     """Features of ``files`` under the run's backbones (concatenated); failures get reasons.
 
     Each backbone decodes with the decoder its features were extracted with (``pil``, or
-    ``tensor``: see :mod:`featpipe.data.tensor_decode`), so the head sees the same pixels."""
-    features, reasons = embed_views(pipeline, files, TTA_VIEWS["none"], device, batch_size, workers)
+    ``tensor``: see :mod:`featpipe.data.tensor_decode`), so the head sees the same pixels, and
+    runs on ``engine`` (``auto``: the one its features' key names, else torch)."""
+    features, reasons = embed_views(
+        pipeline, files, TTA_VIEWS["none"], device, batch_size, workers, engine
+    )
     return features[0], reasons
 
 
@@ -127,17 +139,25 @@ def embed_views(
     device: str = "auto",
     batch_size: int = 16,
     workers: int = 0,
+    engine: str = "auto",
 ) -> tuple[np.ndarray, list[str]]:
     """:func:`embed` for each of ``views`` (symmetries of the decoded images): an array
     [views, files, features]; each image is decoded once."""
     keep_freed_memory()
     dev = resolve_device(device)
     blocks, reasons = [], [""] * len(files)
-    for backbone, precision, draft in zip(
-        pipeline.backbones, pipeline.precisions, pipeline.drafts, strict=True
+    for i, (backbone, precision, draft) in enumerate(
+        zip(pipeline.backbones, pipeline.precisions, pipeline.drafts, strict=True)
     ):
-        engine = TorchEngine(
-            Normalized(backbone.module, backbone.data_config), dev, precision, backbone.is_conv
+        name = pipeline.engines[i] if engine == "auto" else engine
+        if name != "torch":  # torch runs whatever the key names (fp16 too, slowly on a CPU)
+            check_engine(dev, precision, name)
+        settings = {"engine": name, "precision": precision, "channels_last": backbone.is_conv}
+        converted = Conversions.under(
+            pipeline.run.path, backbone.spec.model, f"{i}-{backbone.spec.slug}"
+        )
+        run_engine = build_engine(
+            settings, Normalized(backbone.module, backbone.data_config), dev, converted
         )
         paths = [str(f) for f in files]
         transform, collate, finish = decoding(
@@ -150,9 +170,9 @@ def embed_views(
         for batch in map(finish, loader):
             if batch.index:
                 for v, view in enumerate(views):
-                    out[v, batch.index] = engine(apply(batch.images, view))
-            for i, reason in batch.failed:
-                reasons[i] = reason
+                    out[v, batch.index] = run_engine(apply(batch.images, view))
+            for row, reason in batch.failed:
+                reasons[row] = reason
         blocks.append(out)
     return np.concatenate(blocks, axis=2), reasons
 
@@ -169,6 +189,7 @@ def predict(
     out: Path | None = None,
     device: str = "auto",
     batch_size: int = 16,
+    engine: str = "auto",
     tta: str = "run",
 ) -> list[dict[str, Any]]:
     """Predict every image; rows with the predicted class and per-class probabilities.
@@ -181,7 +202,7 @@ def predict(
     pipeline = load_pipeline(run)
     files = collect_images(inputs)
     views = TTA_VIEWS[run_tta(pipeline.run) if tta == "run" else tta]
-    X, reasons = embed_views(pipeline, files, views, device, batch_size)
+    X, reasons = embed_views(pipeline, files, views, device, batch_size, engine=engine)
     head = pipeline.head
     ok = np.array([not r for r in reasons])
     rows: list[dict[str, Any]] = []

@@ -28,6 +28,22 @@ def test_extract_summary_then_cache_hit(tree: Path, cache_dir: Path, capsys) -> 
     assert code == 0 and out.startswith("cache hit:")
 
 
+def test_extract_with_openvino_through_the_console_script(
+    tree: Path, cache_dir: Path, tiny_openvino
+) -> None:
+    featpipe = str(Path(sys.executable).with_name("featpipe"))
+    args = [featpipe, "extract", str(tree), *flags(TINY | {"engine": "openvino"})]
+    done = subprocess.run(
+        [*args, "--cache-dir", str(tiny_openvino(cache_dir))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "12 extracted in" in done.stdout
+    assert "[openvino fp32, batch 4, 0 workers]" in done.stdout
+
+
 def test_cache_commands(tree: Path, cache_dir: Path, capsys) -> None:
     cli(capsys, "extract", tree, *TINY_ARGS, "--cache-dir", cache_dir)
     code, out, _ = cli(capsys, "cache", "ls", "--cache-dir", cache_dir)

@@ -163,10 +163,66 @@ def test_impossible_engine_and_precision_are_refused_before_any_work(
     tree: Path, cache_dir: Path
 ) -> None:
     # Checked up front: an explicit request may be a cache hit that never reaches the probe.
-    with pytest.raises(ArgumentError) as caught:
-        run(tree, cache_dir, engine="onnxruntime", precision="bf16")
-    assert caught.value.param == "engine" and "fp32" in str(caught.value)
-    assert not cache_dir.exists()
+    for engine, precision in (("onnxruntime", "bf16"), ("openvino", "fp16")):
+        with pytest.raises(ArgumentError) as caught:
+            run(tree, cache_dir, engine=engine, precision=precision)
+        assert caught.value.param == "engine" and "fp32" in str(caught.value)
+        assert not cache_dir.exists()
+
+
+def test_openvino_shares_fp32_entries_with_torch_and_keeps_its_bf16_apart(
+    tree: Path, cache_dir: Path, tiny_openvino, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key rules of featpipe.cache.key: fp32 is one arithmetic whatever the engine, a
+    reduced precision is each engine's own, and torch's keys are those it always had."""
+    import openvino
+
+    from featpipe.runtime import tuning
+
+    tiny_openvino(cache_dir)  # the IR an earlier run converted: no run here converts again
+    monkeypatch.setattr(openvino, "convert_model", lambda *a, **k: pytest.fail("converted"))
+    # bf16 entries need OpenVINO's bf16; on a CPU without it the hint computes fp32, which is
+    # enough for what this test checks: which entry the rows go to, and what it is called.
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: True)
+    torch32 = run(tree, cache_dir)
+    ov32 = run(tree, cache_dir, engine="openvino")
+    assert ov32.hit and ov32.entry == torch32.entry
+    fresh = run(tree, tiny_openvino(cache_dir / "fresh"), engine="openvino")  # computed by it
+    np.testing.assert_allclose(fresh.load().X, torch32.load().X, rtol=1e-4, atol=1e-6)
+    torch16 = run(tree, cache_dir, precision="bf16")
+    ov16 = run(tree, cache_dir, engine="openvino", precision="bf16")
+    assert len({torch32.entry, torch16.entry, ov16.entry}) == 3 and ov16.n_new == 12
+    assert "[openvino bf16, batch 4, 0 workers]" in ov16.summary()
+    fields = {r.entry: read_meta(r.entry)["key_fields"] for r in (torch32, torch16, ov16)}
+    assert fields[ov16.entry] | {"engine": ""} == fields[torch16.entry] | {"engine": ""}
+    assert fields[ov16.entry]["engine"] == "openvino"
+    assert "engine" not in fields[torch16.entry] and "engine" not in fields[torch32.entry]
+    again = (run(tree, cache_dir, engine=e, precision="bf16") for e in ("openvino", "torch"))
+    assert [(r.hit, r.entry) for r in again] == [(True, ov16.entry), (True, torch16.entry)]
+
+
+def test_a_network_openvino_cannot_convert_is_refused_naming_the_model(
+    tree: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import openvino
+
+    from featpipe.cli.app import main
+
+    def refuse(*args, **kwargs):  # how OpenVINO 2026.4 fails on an operation it cannot convert
+        raise RuntimeError(
+            "Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_"
+            "report.cpp:151:\nFrontEnd API failed with OpConversionFailure:\nModel wasn't fully "
+            "converted.\nSummary:\n-- No conversion rule found for operations: aten::histc\n"
+        )
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    code = main(["extract", str(tree), *flags(TINY | {"engine": "openvino"}), "--cache-dir",
+                 str(cache_dir)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --engine openvino cannot convert test_efficientnet (")
+    assert "No conversion rule found for operations: aten::histc" in err
+    assert not list(cache_dir.glob("tiny/*.h5")) and not list(cache_dir.glob(".openvino/*"))
 
 
 def test_under_torchrun_the_rate_is_over_the_whole_run_too(tree: Path, tmp_path: Path) -> None:

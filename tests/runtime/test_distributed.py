@@ -44,10 +44,15 @@ def photos(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "data", classes=("a", "b", "c"), per_class=30)
 
 
-def test_two_ranks_write_one_entry_equal_to_a_single_process(photos, tmp_path) -> None:
-    cache = tmp_path / "two"
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_two_ranks_write_one_entry_equal_to_a_single_process(
+    photos, tmp_path, tiny_openvino, engine
+) -> None:
+    options = TINY | {"engine": engine}
+    # With an earlier run's OpenVINO IR in both caches: each rank compiles it, none converts.
+    cache, one = (tiny_openvino(tmp_path / name) for name in ("two", "one"))
     done = subprocess.run(
-        torchrun(2, "extract", str(photos), *flags(TINY), "--cache-dir", str(cache)),
+        torchrun(2, "extract", str(photos), *flags(options), "--cache-dir", str(cache)),
         capture_output=True,
         text=True,
         timeout=300,
@@ -56,8 +61,8 @@ def test_two_ranks_write_one_entry_equal_to_a_single_process(photos, tmp_path) -
     [entry] = cache.glob("data/*.h5")
     shards = sorted(p.name[:4] for p in entry.with_suffix(".parts").glob("*.h5"))
     assert shards == ["w000", "w001"]  # each rank wrote its own shard, no file shared
-    single = extract(photos, cache_dir=tmp_path / "one", **TINY).load()
-    both = extract(photos, cache_dir=cache, **TINY)
+    single = extract(photos, cache_dir=one, **options).load()
+    both = extract(photos, cache_dir=cache, **options)
     assert both.hit
     joined = both.load()
     assert list(joined.relpath) == list(single.relpath)
@@ -66,6 +71,7 @@ def test_two_ranks_write_one_entry_equal_to_a_single_process(photos, tmp_path) -
     np.testing.assert_allclose(joined.X, single.X, rtol=1e-5, atol=1e-6)
     ranks = joined.meta["provenance"]["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and sum(r["rows"] for r in ranks) == 90
+    assert joined.meta["provenance"]["settings"]["engine"] == engine
 
 
 def test_killed_rank_resumes_with_another_world_size(photos, tmp_path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,10 +14,11 @@ import pytest
 import torch
 
 from featpipe.backbones.build import BackboneSpec, build_backbone
-from featpipe.errors import FeatpipeError
-from featpipe.runtime import tuning
+from featpipe.errors import ArgumentError, FeatpipeError
+from featpipe.runtime import engines, tuning
+from featpipe.runtime.conversions import ConversionError, Conversions
 from featpipe.runtime.engines import Normalized, OnnxEngine, TorchEngine, export_onnx
-from featpipe.runtime.tuning import CPU_BATCHES, probe
+from featpipe.runtime.tuning import CPU_BATCHES, build_engine, probe
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +30,26 @@ def lite0() -> Normalized:
 def test_onnxruntime_matches_torch_on_real_weights(lite0: Normalized, tmp_path: Path) -> None:
     images = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)
     eager = TorchEngine(lite0, torch.device("cpu"), "fp32", channels_last=True)(images)
-    path = export_onnx(lite0, lite0.input_size, tmp_path / "lite0.onnx")
+    path = export_onnx(lite0, Conversions.under(tmp_path, "lite0", "lite0"))
     onnx = OnnxEngine(path, threads=2, spin=False)(images)
     assert onnx.shape == eager.shape == (3, 1280)
     np.testing.assert_allclose(onnx, eager, rtol=1e-4, atol=1e-4)
 
 
-def test_probe_records_every_candidate_and_picks_the_fastest(tmp_path: Path) -> None:
+def tiny() -> Normalized:
     backbone = build_backbone(BackboneSpec("test_efficientnet", weights="none", image_size=32))
-    module = Normalized(backbone.module, backbone.data_config)
+    return Normalized(backbone.module, backbone.data_config)
+
+
+def test_probe_records_every_candidate_and_picks_the_fastest(tmp_path: Path) -> None:
+    files = Conversions.under(tmp_path, "test_efficientnet", "m")
     # A generous budget: this test checks the bookkeeping, not the budget.
-    chosen = probe(module, torch.device("cpu"), True, tmp_path / "m.onnx", budget_s=60.0)
-    assert chosen.precision in ("fp32", "bf16") and chosen.engine in ("torch", "onnxruntime")
+    chosen = probe(tiny(), torch.device("cpu"), True, files, budget_s=60.0)
+    assert chosen.precision in ("fp32", "bf16")
+    assert chosen.engine in ("torch", "onnxruntime", "openvino")
     assert chosen.batch_size in CPU_BATCHES
-    assert {"torch-fp32@8", "torch-bf16@8"} <= set(chosen.measured)
+    timed = {"torch-fp32@8", "torch-bf16@8", "openvino-fp32@8", "onnxruntime-fp32@8"}
+    assert timed <= set(chosen.measured)
     rates = {k: v for k, v in chosen.measured.items() if k.startswith(chosen.engine)}
     mine = f"{chosen.engine}-{chosen.precision}@{chosen.batch_size}"
     assert chosen.measured[mine] == max(
@@ -49,9 +58,8 @@ def test_probe_records_every_candidate_and_picks_the_fastest(tmp_path: Path) -> 
 
 
 def test_explicit_settings_skip_the_probe(tmp_path: Path) -> None:
-    backbone = build_backbone(BackboneSpec("test_efficientnet", weights="none", image_size=32))
-    module = Normalized(backbone.module, backbone.data_config)
-    chosen = probe(module, torch.device("cpu"), True, tmp_path / "m.onnx", "fp32", 4, "torch")
+    module, files = tiny(), Conversions.under(tmp_path, "test_efficientnet", "m")
+    chosen = probe(module, torch.device("cpu"), True, files, "fp32", 4, "torch")
     assert (chosen.engine, chosen.precision, chosen.batch_size, chosen.measured) == (
         "torch",
         "fp32",
@@ -59,7 +67,7 @@ def test_explicit_settings_skip_the_probe(tmp_path: Path) -> None:
         {},
     )
     with pytest.raises(FeatpipeError, match="engine onnxruntime runs fp32 on CPU"):
-        probe(module, torch.device("cpu"), True, tmp_path / "m.onnx", "bf16", 4, "onnxruntime")
+        probe(module, torch.device("cpu"), True, files, "bf16", 4, "onnxruntime")
 
 
 class SleepEngine:
@@ -92,7 +100,144 @@ def fake_probe(
     monkeypatch.setattr(tuning, "build_engine", build)
     monkeypatch.setattr(SleepEngine, "slept", [])
     module = SimpleNamespace(input_size=(8, 8))
-    return probe(module, torch.device("cpu"), True, Path("unused.onnx"), **kwargs)
+    files = Conversions.under(Path("unused"), "tiny", "tiny")
+    return probe(module, torch.device("cpu"), True, files, **kwargs)
+
+
+def test_openvino_matches_torch_takes_any_batch_and_converts_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openvino
+
+    conversions: list[object] = []
+    convert = openvino.convert_model
+    monkeypatch.setattr(
+        openvino, "convert_model", lambda *a, **k: conversions.append(a) or convert(*a, **k)
+    )
+    configs: list[dict] = []
+    compile_model = openvino.Core.compile_model
+    monkeypatch.setattr(
+        openvino.Core,
+        "compile_model",
+        lambda core, model, device, config: (
+            configs.append(config) or compile_model(core, model, device, config)
+        ),
+    )
+    module, files = tiny(), Conversions.under(tmp_path, "test_efficientnet", "m")
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    eager = TorchEngine(module, torch.device("cpu"), "fp32", channels_last=False)(images)
+    settings = {"engine": "openvino", "precision": "fp32", "channels_last": False}
+    engine = build_engine(settings, module, torch.device("cpu"), files)
+    ir = files.openvino / engines.IR_NAME
+    made = ir.stat().st_mtime_ns
+    # A batch of 5, then a last batch of 2 on the same compiled model: the batch axis is dynamic.
+    np.testing.assert_allclose(engine(images), eager, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(engine(images[:2]), eager[:2], rtol=1e-4, atol=1e-5)
+    again = build_engine(settings, module, torch.device("cpu"), files)  # as a rerun builds it
+    np.testing.assert_allclose(again(images[:1]), eager[:1], rtol=1e-4, atol=1e-5)
+    assert len(conversions) == 1 and ir.stat().st_mtime_ns == made
+    # OpenVINO's default on a CPU with bf16 units is bf16: exact fp32 is asked for, every time.
+    assert [c["INFERENCE_PRECISION_HINT"] for c in configs] == ["f32", "f32"]
+    assert any((files.openvino / "compiled").iterdir())  # OpenVINO's own compiled blob
+    # Once released, the engines leave this thread's signal stack where
+    # signals can be delivered (see engines.openvino_core: else the next SIGCHLD is a SIGSEGV).
+    del engine, again
+    gc.collect()
+    assert signal_stack_is_mapped()
+
+
+def signal_stack_is_mapped() -> bool:
+    """Whether this thread's alternate signal stack (``sigaltstack``) lies in mapped memory."""
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    stack = Stack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    if not stack.sp:
+        return True  # no alternate stack: signals go to the thread's own stack
+    with open("/proc/self/maps") as maps:
+        spans = [line.split()[0].split("-") for line in maps]
+    return any(int(a, 16) <= stack.sp < int(b, 16) for a, b in spans)
+
+
+def test_ranks_converting_at_once_leave_one_whole_ir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = Conversions.under(tmp_path, "m", "m")
+
+    def write(module, example, path: Path) -> None:  # a rival rank renames its IR in first
+        path.write_text("ours")
+        path.with_suffix(".bin").write_text("ours")
+        files.openvino.mkdir(parents=True)
+        (files.openvino / engines.IR_NAME).write_text("theirs")
+        (files.openvino / engines.IR_NAME).with_suffix(".bin").write_text("theirs")
+
+    monkeypatch.setattr(engines, "write_openvino", write)
+    ir = engines.export_openvino(tiny(), files)
+    assert [p.read_text() for p in (ir, ir.with_suffix(".bin"))] == ["theirs", "theirs"]
+    assert [p.name for p in tmp_path.glob(".openvino/*")] == ["m"]  # no temporary left
+
+
+class Histogram(torch.nn.Module):
+    """A network OpenVINO has no conversion rule for (``aten::histc``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.histc(image, bins=4) for image in x])
+
+
+def test_a_network_openvino_cannot_convert_is_refused_in_one_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    config = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "input_size": (3, 8, 8)}
+    module = Normalized(Histogram(), config)
+    files = Conversions.under(tmp_path, "histogram_net", "h")
+    settings = {"engine": "openvino", "precision": "fp32", "channels_last": False}
+    with pytest.raises(ConversionError) as caught:
+        build_engine(settings, module, torch.device("cpu"), files)
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and caught.value.param == "engine"
+    assert message.startswith("engine openvino cannot convert histogram_net (")
+    assert "aten::histc" in message and message.endswith("use engine torch")
+    assert not files.openvino.exists() and list(tmp_path.glob(".openvino/*")) == []
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "has_bf16"),
+    [
+        (["FP32", "INT8", "BIN", "EXPORT_IMPORT"], False),  # this machine's EPYC: no AVX512-BF16
+        (["FP32", "BF16", "INT8", "BIN", "EXPORT_IMPORT"], True),  # AVX512-BF16 or AMX
+    ],
+)
+def test_bf16_units_are_read_from_openvinos_cpu_capabilities(
+    monkeypatch: pytest.MonkeyPatch, capabilities: list[str], has_bf16: bool
+) -> None:
+    asked = []
+
+    class Core:
+        def get_property(self, device: str, name: str) -> list[str]:
+            asked.append((device, name))
+            return capabilities
+
+    monkeypatch.setattr(engines, "openvino_core", Core)
+    assert engines.openvino_has_bf16() is has_bf16
+    assert asked == [("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def test_openvino_bf16_is_refused_on_a_cpu_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without bf16 units OpenVINO would quietly compute fp32 under a bf16 hint.
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: False)
+    cpu, files = torch.device("cpu"), Conversions.under(tmp_path, "t", "t")
+    with pytest.raises(ArgumentError) as untimed:
+        tuning.untimed(cpu, True, "bf16", 4, "openvino")
+    with pytest.raises(ArgumentError) as probed:
+        probe(tiny(), cpu, True, files, "bf16", 4, "openvino")
+    for caught in (untimed, probed):
+        assert caught.value.param == "precision" and "no bf16 on this CPU" in str(caught.value)
+    with pytest.raises(ArgumentError, match="openvino runs on CPU, not cuda"):
+        tuning.check_engine(torch.device("cuda"), "fp32", "openvino")
 
 
 def test_probe_stops_at_its_budget_when_a_candidate_is_far_slower(monkeypatch) -> None:
@@ -134,9 +279,11 @@ def test_explicit_precision_far_slower_than_fp32_is_named(monkeypatch) -> None:
     )
     assert chosen.precision == "bf16"  # asked for: kept, but never silently
     assert "slower than fp32" in chosen.note and "bf16" in chosen.note
+    # Equal costs, each long enough that a loaded machine's scheduling delays (milliseconds)
+    # cannot make one look twice the other.
     fine = fake_probe(
         monkeypatch,
-        {("torch", "fp32"): (0.0, 0.002), ("torch", "bf16"): (0.0, 0.002)},
+        {("torch", "fp32"): (0.0, 0.05), ("torch", "bf16"): (0.0, 0.05)},
         precision="bf16",
         engine="torch",
         batch_size=4,
@@ -153,3 +300,57 @@ def test_probe_on_a_machine_too_slow_for_a_batch_times_one_image_and_stops(monke
     assert SleepEngine.slept == pytest.approx([0.4, 0.4])
     assert (chosen.precision, chosen.engine, chosen.batch_size) == ("fp32", "torch", 8)
     assert chosen.measured == {} and "torch-fp32@8" in chosen.probe["over_budget"]
+
+
+# One forward of 8 images: torch fp32 32 ms, OpenVINO fp32 16 ms, ONNX Runtime 24 ms, torch
+# bf16 20 ms; OpenVINO bf16 8 ms, or 16 ms (a tie goes to exact fp32).
+CPU_COSTS = {
+    ("torch", "fp32"): (0.0, 0.004),
+    ("openvino", "fp32"): (0.0, 0.002),
+    ("onnxruntime", "fp32"): (0.0, 0.003),
+    ("torch", "bf16"): (0.0, 0.0025),
+}
+
+
+@pytest.mark.parametrize(
+    ("bf16_units", "openvino_bf16", "expected"),
+    [
+        (True, 0.001, ("openvino", "bf16")),
+        (True, 0.002, ("openvino", "fp32")),
+        (False, 0.001, ("openvino", "fp32")),
+    ],
+)
+def test_auto_picks_a_reduced_precision_only_by_measurement_and_records_it(
+    monkeypatch: pytest.MonkeyPatch, bf16_units: bool, openvino_bf16: float, expected: tuple
+) -> None:
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: bf16_units)
+    costs = CPU_COSTS | {("openvino", "bf16"): (0.0, openvino_bf16)}
+    chosen = fake_probe(monkeypatch, costs, batch_size=8, budget_s=10.0)
+    assert (chosen.engine, chosen.precision) == expected
+    every = {f"{e}-{p}@8" for e, p in CPU_COSTS} | ({"openvino-bf16@8"} if bf16_units else set())
+    assert set(chosen.measured) == every  # each candidate timed and recorded, the winner too
+    assert chosen.as_dict()["precision"] == expected[1]  # what the key and summary line take
+    assert not chosen.probe["fell_back_to_fp32"] and chosen.note == ""
+
+
+def test_auto_passes_over_a_network_openvino_cannot_convert_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ONNX Runtime 4x torch's speed: a margin no loaded machine's scheduling delays undo.
+    costs = CPU_COSTS | {("onnxruntime", "fp32"): (0.0, 0.001)}
+
+    def build(settings, module, device, files):
+        if settings["engine"] == "openvino":
+            raise ConversionError("openvino", files.model, "No conversion rule for aten::histc")
+        return SleepEngine(*costs[(settings["engine"], settings["precision"])])
+
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: True)
+    monkeypatch.setattr(tuning, "build_engine", build)
+    module, files = SimpleNamespace(input_size=(8, 8)), Conversions.under(Path("u"), "tiny", "t")
+    chosen = probe(module, torch.device("cpu"), True, files, "fp32", 8, budget_s=10.0)
+    assert chosen.engine == "onnxruntime" and "openvino-fp32@8" not in chosen.measured
+    assert chosen.note == (
+        "openvino cannot convert tiny (No conversion rule for aten::histc), so onnxruntime ran it"
+    )
+    with pytest.raises(ConversionError):  # asked for by name: refused, not replaced
+        probe(module, torch.device("cpu"), True, files, "auto", 8, "openvino", budget_s=10.0)

@@ -238,9 +238,57 @@ def test_predict_agrees_with_fit_time_predictions(dataset, tmp_path) -> None:
 
 def test_export_refuses_an_unknown_format(elpv_run, tmp_path) -> None:
     run, _ = elpv_run
-    with pytest.raises(ValueError, match="fmt tflite: choose one of torchscript, onnx"):
+    with pytest.raises(ValueError, match="fmt tflite: choose one of torchscript, onnx, openvino"):
         export(run.path, "tflite", tmp_path / "m.tflite")
     assert not (tmp_path / "m.tflite").exists()
+    with pytest.raises(ValueError, match=r"out .*m.ir: an OpenVINO IR is an .xml file"):
+        export(run.path, "openvino", tmp_path / "m.ir")
+
+
+def test_openvino_export_agrees_with_cached_features_as_its_user_runs_it(
+    elpv_run, tmp_path
+) -> None:
+    from featpipe.runtime.engines import openvino_core
+
+    run, _ = elpv_run
+    cached = load_features(run.config["entries"][0]["entry"])
+    root = Path(run.config["dataset_root"])
+    files = [root / r for r in cached.relpath]
+    target = tmp_path / "m.xml"
+    sidecar = export(run.path, "openvino", target)
+    assert sidecar["check"]["max_abs_diff"] <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml", "m.xml.json"]
+    # OpenVINO's own default precision is bf16 on a CPU that has it: the sidecar says what the
+    # check ran with, and its user passes it on.
+    assert sidecar["compile_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
+    # The process's one Core: Cores released out of order leave OpenVINO 2026.4's signal stack
+    # dangling (see featpipe.runtime.engines.openvino_core); a user's process has one anyway.
+    model = openvino_core().compile_model(str(target), "CPU", sidecar["compile_config"])
+    got = model({0: recipe_images(files, sidecar).numpy()})[0]
+    np.testing.assert_allclose(got, run.head().predict_proba(cached.X), atol=2e-4)
+
+
+def test_predict_runs_the_engine_that_computed_the_features(
+    dataset, tmp_path, tiny_openvino, monkeypatch
+) -> None:
+    """A run fitted on OpenVINO's bf16 rows predicts with OpenVINO: its arithmetic is in the
+    key, and torch's bf16 is another. (On a CPU without bf16 the bf16 hint computes fp32,
+    which does not change what this checks: the engine the rows come from.)"""
+    from featpipe.extraction.stage import extract
+    from featpipe.runtime import tuning
+    from featpipe.use.predict import embed, load_pipeline
+
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: True)
+    options = TINY_EXTRACT | {"cache_dir": tiny_openvino(tmp_path / "cache")}
+    options |= {"engine": "openvino", "precision": "bf16"}
+    run, _ = fit(dataset, "test_efficientnet", head={"head": "logreg"},
+                 runs_dir=tmp_path / "runs", extract_options=options)  # fmt: skip
+    pipeline = load_pipeline(run)
+    assert (pipeline.engines, pipeline.precisions) == (["openvino"], ["bf16"])
+    cached = extract(dataset, backbone="test_efficientnet", **options).load()
+    X, reasons = embed(pipeline, [dataset / p for p in cached.relpath], device="cpu")
+    assert not any(reasons) and (run.path / ".openvino").is_dir()  # converted into the run
+    np.testing.assert_allclose(X, cached.X, rtol=1e-5, atol=1e-6)
 
 
 def test_predict_on_a_run_without_a_head_names_the_run(elpv_run, tmp_path) -> None:

@@ -1,0 +1,60 @@
+"""The loader's batches: the same pixels whatever layout the images arrive in, stacked without
+torch's byte-by-byte gather when they come channels-last (as PIL's do)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from featpipe.data.loader import collate, stack
+from featpipe.data.transforms import ImageToUint8
+from featpipe.runtime.engines import Normalized, TorchEngine
+
+CONFIG = {
+    "input_size": (3, 16, 16),
+    "interpolation": "bicubic",
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.25, 0.25, 0.25),
+}
+
+
+def pil_images(tmp_path: Path, modes: tuple[str, ...]) -> list[torch.Tensor]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i, mode in enumerate(modes):
+        pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(pixels).convert(mode).save(path)
+        out.append(ImageToUint8(CONFIG, False)(str(path)))
+    return out
+
+
+def test_pil_images_are_stacked_channels_last_with_the_same_pixels(tmp_path: Path) -> None:
+    images = pil_images(tmp_path, ("RGB", "RGB", "RGB"))
+    assert not images[0].is_contiguous()  # PIL's bytes, seen as C×H×W: what makes this matter
+    batch = collate([(i, t, "") for i, t in enumerate(images)]).images
+    assert batch.shape == (3, 3, 16, 16) and batch.dtype == torch.uint8
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, torch.stack(images))
+
+
+def test_other_layouts_are_stacked_as_before(tmp_path: Path) -> None:
+    mixed = pil_images(tmp_path, ("RGB", "L"))  # a grayscale image is one band, expanded
+    assert torch.equal(stack(mixed), torch.stack(mixed))
+    plain = [torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(2)]
+    assert stack(plain).is_contiguous() and torch.equal(stack(plain), torch.stack(plain))
+
+
+def test_the_torch_engine_gives_the_same_rows_for_either_layout(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    module = Normalized(torch.nn.Sequential(net, torch.nn.Flatten()), CONFIG)
+    images = pil_images(tmp_path, ("RGB", "RGB"))
+    for channels_last in (True, False):
+        engine = TorchEngine(module, torch.device("cpu"), "fp32", channels_last)
+        assert np.array_equal(engine(stack(images)), engine(torch.stack(images)))
