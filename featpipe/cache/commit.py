@@ -149,6 +149,7 @@ def commit(
         seal_checksum(f)
         image = file_image(f)
     atomic_write(entry, image)
+    contents.remember(parts)
     # Shards whose rows were recomputed for this entry: an older featpipe's, and corrupt ones.
     for stale in [parts / n for n in index.legacy] + list(parts.glob(f"*{CORRUPT_SUFFIX}")):
         stale.unlink(missing_ok=True)
