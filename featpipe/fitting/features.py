@@ -16,6 +16,7 @@ import numpy as np
 
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.entry import Features
+from featpipe.data.datasets import Dataset, scan
 from featpipe.errors import FeatpipeError
 from featpipe.extraction.stage import ExtractResult, extract
 from featpipe.progress import Phase
@@ -72,7 +73,7 @@ def concatenate(sets: list[Features], names: list[str]) -> Features:
 
 
 def load_feature_set(
-    data: str | Path,
+    data: str | Path | Dataset,
     specs: str | list[BackboneSpec],
     options: dict[str, Any] | None = None,
     progress: Callable[[str], Callable | None] | None = None,
@@ -91,6 +92,9 @@ def load_feature_set(
     if isinstance(specs, str):
         specs = parse_feature_spec(specs, options)
     options = {k: v for k, v in (options or {}).items() if k not in SPEC_OPTIONS}
+    if len(specs) > 1 and not isinstance(data, Dataset):  # one scan serves every backbone
+        outside = bool(options.get("allow_outside", False))
+        data = scan(data, options.get("name"), options.get("task"), allow_outside=outside)
     results = [
         extract(
             data,
