@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from featpipe.cache.statrecord import Fact, StatRecord, write_record
+from featpipe.cache.statrecord import Facts, StatRecord, write_record
+from featpipe.collector import paused
 from featpipe.data.datasets import Dataset
 
 FINGERPRINT_BLOCK = 64 << 10
@@ -71,6 +72,7 @@ class Contents:
     backbone has read them (so from the page cache).
     """
 
+    @paused()
     def __init__(
         self, dataset: Dataset, full: bool = False, record: StatRecord | None = None
     ) -> None:
@@ -85,10 +87,10 @@ class Contents:
         if full:
             self.hashes([i.relpath for i in self.items])
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> Facts:
         """Every file with the stat the scan saw and its fingerprint: what a
         :class:`~featpipe.cache.statrecord.StatRecord` keeps for the next run."""
-        return [(i.relpath, i.stat, self.quick[i.relpath]) for i in self.items]
+        return Facts.of(self.items, self.quick)
 
     def remember(self, parts: Path) -> None:
         """Record the files' stats beside an entry (its ``parts`` folder) when this run had to
@@ -109,7 +111,7 @@ class Contents:
 
 
 def content_digest(pairs: Iterable[tuple[str, str]]) -> str:
-    h = hashlib.sha256()
-    for relpath, value in pairs:
-        h.update(f"{relpath}\0{value}\n".encode())
-    return h.hexdigest()
+    """One hash of ``(relative path, fingerprint)`` pairs in order (one update: the same
+    bytes as one per pair, without 200,000 calls)."""
+    text = "".join(f"{relpath}\0{value}\n" for relpath, value in pairs)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -29,9 +29,11 @@ class ImageDecodeError(Exception):
 
 
 def is_image_name(path: str | Path) -> bool:
-    """Whether the name has an image extension (``Path.suffix``'s rule, without a ``Path``:
-    the scan asks this of every file)."""
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+    """Whether the name has an image extension: ``Path.suffix``'s rule, without making a
+    ``Path`` (the scan asks this of every file)."""
+    name = os.fspath(path).rpartition("/")[2]
+    dot = name.rfind(".")
+    return 0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

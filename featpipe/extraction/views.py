@@ -28,7 +28,7 @@ from featpipe.cache.catalog import entry_path
 from featpipe.cache.entry import Features, matches, parts_dir, read_meta
 from featpipe.cache.fingerprints import Contents
 from featpipe.cache.key import KeyFields
-from featpipe.cache.statrecord import Fact, read_record
+from featpipe.cache.statrecord import Facts, read_record
 from featpipe.cache.views import complete_images, load_views, split_view_name, view_name
 from featpipe.data.augment import Augment, view_source
 from featpipe.data.datasets import Dataset, Item
@@ -103,7 +103,7 @@ class ViewContents(Contents):
         self.quick = {name: files.quick[split_view_name(name)[0]] for name in names}
         self.sha: dict[str, str] = {}
 
-    def facts(self) -> list[Fact]:
+    def facts(self) -> Facts:
         """The image files' facts: the stat record of a views entry is about its images."""
         return self.files.facts()
 

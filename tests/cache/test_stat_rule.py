@@ -27,7 +27,7 @@ from conftest import TINY, make_tree
 from featpipe.cache.entry import open_entry, parts_dir
 from featpipe.cache.statrecord import (
     RACY_NS,
-    StatRecord,
+    Facts,
     Trust,
     read_record,
     record_path,
@@ -159,7 +159,7 @@ def test_an_entry_from_before_the_record_reads_once_then_records(
 
 def _edit_a_fingerprint(record: Path) -> None:
     with h5py.File(record, "r+") as f:
-        f["fingerprint"][0] = b"0" * 32
+        f["fingerprint"][0] = np.frombuffer(b"0" * 32, dtype=np.uint8)
 
 
 def _truncate(record: Path) -> None:
@@ -171,9 +171,9 @@ def test_a_damaged_record_vouches_for_nothing(
     tree: Path, cache_dir: Path, reads: Reads, settled: None, damage
 ) -> None:
     entry = run(tree, cache_dir).entry
-    assert len(read_record(parts_dir(entry)).facts) == 12
+    assert len(read_record(parts_dir(entry))) == 12
     damage(record_path(parts_dir(entry)))
-    assert read_record(parts_dir(entry)).facts == {}
+    assert len(read_record(parts_dir(entry))) == 0
     reads.clear()
     assert run(tree, cache_dir).hit and len(reads.quick) == 12
 
@@ -194,7 +194,7 @@ def test_a_record_that_cannot_be_written_costs_reads_not_the_hit(
     for _ in range(2):
         reads.clear()
         assert run(tree, cache_dir).hit and reads.quick == ["ants_001.png"]
-    assert len(read_record(parts_dir(entry)).facts) == 12  # the first run's, unchanged
+    assert len(read_record(parts_dir(entry))) == 12  # the first run's, unchanged
 
 
 def test_a_file_changed_within_the_racy_window_is_not_recorded(tmp_path: Path) -> None:
@@ -202,22 +202,26 @@ def test_a_file_changed_within_the_racy_window_is_not_recorded(tmp_path: Path) -
     same timestamp tick: it is not recorded, so the file is read again next time."""
     path = make_tree(tmp_path / "d", classes=("a",), per_class=1) / "a" / "a_000.png"
     stat = FileStat.of(path.stat())
-    facts = [("a/a_000.png", stat, "f" * 32)]
+    facts = Facts(["a/a_000.png"], [stat], ["f" * 32])
     parts = tmp_path / "parts"
     parts.mkdir()
     assert write_record(parts, facts, scanned_ns=stat.ctime_ns + RACY_NS // 2) == 0
-    assert read_record(parts).facts == {}
+    assert len(read_record(parts)) == 0
     assert write_record(parts, facts, scanned_ns=stat.ctime_ns + RACY_NS + 1) == 1
-    assert read_record(parts).facts == {"a/a_000.png": (stat, "f" * 32)}
+    assert read_record(parts).facts() == {"a/a_000.png": (stat, "f" * 32)}
 
 
 @pytest.mark.parametrize("field", FileStat._fields)
-def test_any_stat_field_that_changed_vouches_for_nothing(field: str) -> None:
-    stat = FileStat(size=10, mtime_ns=20, ctime_ns=30, inode=40, device=50)
-    record = StatRecord({"x.png": (stat, "fp")})
-    assert record.vouched([Item("x.png", stat)]) == {"x.png": "fp"}
-    changed = stat._replace(**{field: getattr(stat, field) + 1})
-    assert record.vouched([Item("x.png", changed)]) == {}
+def test_any_stat_field_that_changed_vouches_for_nothing(tmp_path: Path, field: str) -> None:
+    x = FileStat(size=10, mtime_ns=20, ctime_ns=30, inode=40, device=os.stat(tmp_path).st_dev)
+    y = x._replace(size=11, inode=41)
+    write_record(tmp_path, Facts(["x.png", "y.png"], [x, y], ["a" * 32, "b" * 32]), 2 * 10**18)
+    record = read_record(tmp_path)
+    both = {"x.png": "a" * 32, "y.png": "b" * 32}
+    assert record.vouched([Item("x.png", x), Item("y.png", y)]) == both  # by the digest
+    assert record.vouched([Item("x.png", x)]) == {"x.png": "a" * 32}  # file by file
+    changed = x._replace(**{field: getattr(x, field) + 1})
+    assert record.vouched([Item("x.png", changed), Item("y.png", y)]) == {"y.png": "b" * 32}
 
 
 def test_untrusted_filesystems_come_from_the_mount_table(tmp_path: Path) -> None:
