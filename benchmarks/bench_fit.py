@@ -25,6 +25,7 @@ from featpipe.fitting.sweep import stratified_sample
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.preprocess import Preprocessor
 from featpipe.heads.stacked import train_torch_heads
+from featpipe.heads.train_data import TrainData
 
 EPOCHS = 10
 GRIDS = {1: (1, 1), 8: (4, 2), 32: (8, 4), 128: (16, 8)}
@@ -90,12 +91,12 @@ def _accuracy(module: torch.nn.Module, X: np.ndarray, y: np.ndarray) -> float:
 def stacked_vs_sequential(data: dict[str, np.ndarray], k: int) -> dict[str, Any]:
     grid = configs(k)
     start = time.perf_counter()
-    batched = train_torch_heads(grid, data["X"], data["y"], data["Xv"], data["yv"], 10)
+    classes = [str(c) for c in range(10)]  # Fashion-MNIST
+    rows = TrainData(data["X"], data["y"], data["Xv"], data["yv"], classes, "classification")
+    batched = train_torch_heads(grid, rows)
     batched_s = time.perf_counter() - start
     start = time.perf_counter()
-    twins = [
-        train_torch_heads([c], data["X"], data["y"], data["Xv"], data["yv"], 10)[0] for c in grid
-    ]
+    twins = [train_torch_heads([c], rows)[0] for c in grid]
     sequential_s = time.perf_counter() - start
     acc_b = [_accuracy(h.module, data["Xv"], data["yv"]) for h in batched]
     acc_s = [_accuracy(h.module, data["Xv"], data["yv"]) for h in twins]

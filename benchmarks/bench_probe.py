@@ -213,15 +213,15 @@ def featpipe_default(
         runs_dir=runs_dir,
         extract_options=EXTRACT | {"cache_dir": cache_dir},
     )
-    before = run.metrics["test_before_refit"]
+    before = run.metrics.test_before_refit
     return {
-        "test_acc": run.metrics["test"]["mean"],
-        "test_acc_before_refit": before["mean"] if before else None,
+        "test_acc": run.metrics.test.mean,
+        "test_acc_before_refit": before.mean if before else None,
         "seconds": time.perf_counter() - start,
-        "fit_seconds": run.metrics["fit_seconds"],
-        "configs": run.metrics["n_configs"],
-        "chosen": run.metrics["chosen_label"],
-        "trained_on": run.metrics["trained_on"],
+        "fit_seconds": run.metrics.fit_seconds,
+        "configs": run.metrics.n_configs,
+        "chosen": run.metrics.chosen_label,
+        "trained_on": run.metrics.trained_on,
     }
 
 

@@ -22,7 +22,7 @@ def advise(
     extraction: ExtractOptions,
 ) -> None:
     """Measure size and domain similarity; name the quadrant and the next command."""
-    from featpipe.reports.advise import advise as run_advise
+    from featpipe.reports.advise import advise as run_advise  # torch: only when advise runs
 
     with progress_bar(f"advise: loading features of {data}") as bar:
 
@@ -33,7 +33,7 @@ def advise(
             data,
             backbone,
             extraction.weights,
-            extraction.given(),
+            extraction,
             status=bar.status,
             progress=progress,
             runs_dir=runs_dir,

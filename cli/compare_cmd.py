@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -9,22 +10,13 @@ from rich.table import Table
 
 from featpipe.errors import FeatpipeError
 from featpipe.extraction.options import ExtractOptions
+from featpipe.fitting.options import SweepOptions
+from featpipe.options import given
 from featpipe.reports.compare import Experiment, Row, read_experiment
 from featpipe.reports.compare import compare as run_compare
 
 from . import options as opt
-from .fit_cmd import (
-    CvOption,
-    DrawsOption,
-    GridOption,
-    HoldoutOption,
-    SeedsOption,
-    SetOption,
-    ShotsOption,
-    SweepOption,
-    grid_from,
-    parse_fixed,
-)
+from .fit_cmd import GridOption, SetOption, SweepOption, grid_from, parse_fixed
 from .render import console, progress_bar
 
 
@@ -65,6 +57,7 @@ def leaderboard(rows: list[Row]) -> Table:
 
 
 @opt.with_extract_options
+@opt.with_options(SweepOptions, "sweeping", panel="Sweep options")
 def compare(
     data: list[str] = typer.Option(
         [], "--data", "-d", help="Datasets: folders or CSV manifests (several allowed)."
@@ -82,18 +75,12 @@ def compare(
     sweep: list[str] = SweepOption,
     set_: list[str] = SetOption,
     grid: Path | None = GridOption,
-    seeds: int = SeedsOption,
-    cv: int = CvOption,
-    holdout: float = HoldoutOption,
-    shots: str | None = ShotsOption,
-    draws: int = DrawsOption,
     runs_dir: Path = opt.RunsDir,
     *,
+    sweeping: SweepOptions,
     extraction: ExtractOptions,
 ) -> None:
     """Extract what is missing, sweep heads per pair, print one leaderboard."""
-    from featpipe.fitting.sweep import parse_shots
-
     if experiment:
         exp = read_experiment(experiment)
         if data or backbone:
@@ -101,8 +88,9 @@ def compare(
                 "--experiment names the datasets and backbones: drop --data/--backbone, "
                 "or drop --experiment"
             )
-        # What was typed here wins over the file (the file's [extract] keeps the rest).
-        exp.extract = {**exp.extract, **extraction.given()}
+        # What was typed here wins over the file's (which keeps the rest).
+        exp.options = replace(exp.options, **given(sweeping))
+        exp.extract = replace(exp.extract, **given(extraction))
     else:
         if not data or not backbone:
             raise FeatpipeError("compare needs --data and --backbone, or --experiment FILE")
@@ -111,13 +99,9 @@ def compare(
             backbones=backbone,
             sweep=grid_from(sweep, grid),
             head=parse_fixed(set_),
-            seeds=seeds,
-            cv=cv,
-            holdout=holdout,
-            shots=parse_shots(shots) if shots else None,
-            draws=draws,
+            options=sweeping,
+            extract=extraction,
             runs_dir=str(runs_dir),
-            extract=extraction.given(),
         )
     with progress_bar("compare: starting") as bar:
         rows = run_compare(

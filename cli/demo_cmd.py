@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from featpipe.data.bundled import prepare_dataset
 from featpipe.extraction.options import ExtractOptions
 
 from . import options as opt
@@ -24,8 +25,7 @@ def demo(
     """The quick start: a bundled real dataset, real weights, a sweep of heads, a leaderboard.
 
     Writes the dataset as images, extracts it and fits linear and logistic heads."""
-    from featpipe.data.bundled import prepare_dataset
-    from featpipe.fitting.stage import fit
+    from featpipe.fitting.stage import fit  # torch: only when the demo runs
 
     root = prepare_dataset(dataset, data_dir / dataset)
     plain(f"dataset: {root}")
@@ -38,7 +38,7 @@ def demo(
             backbone,
             grid={"head": ["linear", "logreg"], "lr": [1e-3, 1e-2]},
             runs_dir=runs_dir,
-            extract_options=options.given(),
+            extract_options=options,
             status=bar.status,
         )
     print_fit(run, sweep, seeds=1)

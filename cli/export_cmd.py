@@ -16,7 +16,7 @@ def export(
     check: list[Path] = typer.Option([], "--check", help="Real images for the check."),
 ) -> None:
     """Write backbone + pooling + head as one module, checked against Python on images."""
-    from featpipe.use.export import export as run_export
+    from featpipe.use.export import export as run_export  # torch: only when export runs
 
     target = out or run / ("model.pt" if format == "torchscript" else "model.onnx")
     sidecar = run_export(run, format, target, check or None)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from featpipe.data.datasets import scan
 from featpipe.finetuning.config import FinetuneConfig
 
 from . import options as opt
@@ -25,8 +26,7 @@ def finetune(
     config: FinetuneConfig,
 ) -> None:
     """Fine-tune: unfreeze blocks, gradually or at once; resumable; a run like fit's."""
-    from featpipe.data.datasets import scan
-    from featpipe.finetuning.stage import finetune as run_finetune
+    from featpipe.finetuning.stage import finetune as run_finetune  # torch: only when it runs
 
     dataset = scan(data, allow_outside=allow_outside)
     with progress_bar("fine-tune") as bar:
@@ -37,16 +37,11 @@ def finetune(
 
         run, result = run_finetune(dataset, config, out, runs_dir, progress=update)
     history = result.history
+    ema = "val_metric_ema" in history
     table = Table(title=f"fine-tune {result.backbone} ({result.freezing})")
-    for column in (
-        "epoch",
-        "stage",
-        "trainable",
-        "train loss",
-        "val loss",
-        f"val {result.metric}",
-        "img/s",
-    ):
+    columns = ["epoch", "stage", "trainable", "train loss", "val loss", f"val {result.metric}"]
+    columns += [f"val {result.metric} (EMA)"] if ema else []
+    for column in [*columns, "img/s"]:
         table.add_column(column, justify="right")
     for i, epoch in enumerate(history["epoch"]):
         table.add_row(
@@ -56,18 +51,21 @@ def finetune(
             f"{history['train_loss'][i]:.4f}",
             f"{history['val_loss'][i]:.4f}",
             f"{history['val_metric'][i]:.4f}",
+            *([f"{history['val_metric_ema'][i]:.4f}"] if ema else []),
             f"{history['train_images_per_s'][i]:.1f}",
         )
     console().print(table)
     metric = result.metric
     kept = (
         f"best epoch {result.best_epoch + 1}"
+        + (" (its EMA weights)" if result.kept_weights == "ema" else "")
         if result.best_epoch >= 0
         else "no epoch beat the starting head; kept it"
     )
     if result.start_val is not None:  # a start score of 0.0 is a score too
         plain(f"start (the --from head): val {metric} {result.start_val:.4f}")
-    plain(f"{kept}: val {metric} {result.val_score:.4f}, test {result.test_score:.4f}")
+    tta = f" (test-time augmentation: {result.tta})" if result.tta != "none" else ""
+    plain(f"{kept}: val {metric} {result.val_score:.4f}, test {result.test_score:.4f}{tta}")
     if result.cam is not None:
         plain(f"CAM overlays ({', '.join(result.cam.classes)}): {run.path / result.cam.file}")
     elif result.cam_note:

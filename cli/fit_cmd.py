@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from featpipe.errors import FeatpipeError
 from featpipe.extraction.options import ExtractOptions
+from featpipe.fitting.options import SweepOptions
 from featpipe.heads.config import (
     parse_assignments,
     parse_grid_args,
@@ -23,7 +23,7 @@ from . import views_options as vopt
 from .render import console, plain, progress_bar
 
 if TYPE_CHECKING:
-    from featpipe.fitting.sweep import SweepResult
+    from featpipe.fitting.run import SweepResult
 
 
 def parse_fixed(items: list[str]) -> dict[str, Any]:
@@ -72,11 +72,7 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
             table.add_column(column, justify="right")
         for p in result.few_shot:
             table.add_row(
-                str(p["shots"]),
-                str(p["per_class"]),
-                p["split"],
-                f"{p['mean']:.4f} ± {p['std']:.4f}",
-                str(p["draws"]),
+                str(p.shots), str(p.per_class), p.split, f"{p.mean:.4f} ± {p.std:.4f}", str(p.draws)
             )
         out.print(table)
     if result.few_shot_note:
@@ -92,24 +88,17 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
     plain(f"run: {run.path}")
 
 
-# Options fit and compare share (compare runs fit for every dataset × backbone pair).
+# The head options fit and compare share (compare runs fit for every dataset × backbone pair);
+# their sweep options are SweepOptions'.
 SetOption = typer.Option([], "--set", help="Fixed head option NAME=VALUE (several allowed).")
 SweepOption = typer.Option(
     [], "--sweep", help="Grid items OPTION=V1,V2 … over any head option (several allowed)."
 )
 GridOption = typer.Option(None, "--grid", help="Grid file (TOML, YAML or JSON); --sweep items win.")
-SeedsOption = typer.Option(1, help="Seeds per config: mean ± std.")
-CvOption = typer.Option(5, help="Folds for selection when there is no val split.")
-HoldoutOption = typer.Option(
-    0.0,
-    help="Without a val split: hold out this stratified share of train as val "
-    "(0.15 matches finetune) instead of cross-validating.",
-)
-ShotsOption = typer.Option(None, help="Few-shot curve, examples per class: e.g. 1,5,10,50,all.")
-DrawsOption = typer.Option(5, help="Repeated draws per few-shot point.")
 
 
 @opt.with_extract_options
+@opt.with_options(SweepOptions, "sweeping", panel="Sweep options")
 def fit(
     data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
     backbone: str = typer.Option(
@@ -122,65 +111,40 @@ def fit(
     set_: list[str] = SetOption,
     sweep: list[str] = SweepOption,
     grid: Path | None = GridOption,
-    seeds: int = SeedsOption,
-    cv: int = CvOption,
-    holdout: float = HoldoutOption,
-    shots: str | None = ShotsOption,
-    draws: int = DrawsOption,
     runs_dir: Path = opt.RunsDir,
-    memory_budget: str | None = typer.Option(
-        None,
-        "--memory-budget",
-        help="Train features larger than this (e.g. 512M, 8G) are streamed from the cache in "
-        "chunks (linear, mlp, ridge heads). Default: half the available memory.",
-    ),
     views: int = vopt.Views,
     view_mode: str = vopt.ViewMode,
     crop_scale: float = vopt.CropScale,
     hflip: float = vopt.Hflip,
     color_jitter: float = vopt.ColorJitter,
     view_seed: int = vopt.ViewSeed,
-    refit: bool = typer.Option(
-        True,
-        "--refit/--no-refit",
-        help="After selection on val, fit the chosen config again on train + val, and test "
-        "and save that head (the train-only head is kept for fine-tuning).",
-    ),
     *,
+    sweeping: SweepOptions,
     extraction: ExtractOptions,
 ) -> None:
     """Fit heads on cached features (extracting first if needed); save and rank them."""
-    from featpipe.fitting.stage import fit as fit_heads
-    from featpipe.fitting.sweep import parse_shots
+    from featpipe.fitting.stage import fit as fit_heads  # torch: only when fit runs
 
     fixed = parse_fixed(set_)
     if head:
         fixed["head"] = parse_value("head", head)
     grid_values = grid_from(sweep, grid)
-    if seeds < 1:
-        raise FeatpipeError(f"--seeds {seeds}: use 1 or more")
     with progress_bar(f"fit: loading features of {data}") as bar:
         run, result = fit_heads(
             data,
             backbone,
+            sweeping,
             grid=grid_values,
             head=fixed,
-            seeds=seeds,
-            cv=cv,
-            holdout=holdout,
-            shots=parse_shots(shots) if shots else None,
-            draws=draws,
             runs_dir=runs_dir,
-            extract_options=extraction.given(),
+            extract_options=extraction,
             progress=lambda model: (
                 lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract {model}")
             ),
             status=bar.status,
-            memory_budget=memory_budget,
             views=views,
             view_mode=view_mode,
             augment=vopt.augment(crop_scale, hflip, color_jitter, view_seed),
             device=extraction.device,
-            refit=refit,
         )
-    print_fit(run, result, seeds)
+    print_fit(run, result, sweeping.seeds)

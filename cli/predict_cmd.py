@@ -17,11 +17,16 @@ def predict(
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV to write."),
     device: str = opt.Device,
     limit: int = typer.Option(10, help="Rows to print."),
+    tta: str = typer.Option(
+        "run",
+        help="Test-time augmentation: run (what the run was scored with) | none | hflip | "
+        "dihedral (the 8 rotations and flips); probabilities averaged.",
+    ),
 ) -> None:
     """Predict new images with a run's backbone(s) and head; write CSV."""
-    from featpipe.use.predict import predict as run_predict
+    from featpipe.use.predict import predict as run_predict  # torch: only when predict runs
 
-    rows = run_predict(images, run, out, device)
+    rows = run_predict(images, run, out, device, tta=tta)
     table = Table(title=f"predictions ({len(rows)} images) → {out}")
     for column in ("path", "prediction", "confidence", "error"):
         table.add_column(column)

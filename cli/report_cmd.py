@@ -15,7 +15,7 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Output directory."),
 ) -> None:
     """Write an HTML report with plots over every run (sweeps, few-shot, confusion, curves)."""
-    from featpipe.reports.report import report as write_report
+    from featpipe.reports.report import report as write_report  # matplotlib: only here
 
     page = write_report(runs_dir, out)
     plain(f"wrote {page}")

@@ -10,7 +10,7 @@ The main entry point of every stage, in the order of the flow::
     heads      Head (a scikit-learn estimator)
     fit        fit (a sweep of heads, saved as a run)
     finetune   finetune
-    runs       load_run → Run
+    runs       load_run → Run (what it measured: RunMetrics)
     reports    report, compare, advise
     use        predict, export
     errors     FeatpipeError and the builtin-shaped ArgumentError, DataError, StorageError,
@@ -51,6 +51,7 @@ _API = {
     "finetune": "featpipe.finetuning.stage",
     "load_run": "featpipe.runs.record",
     "Run": "featpipe.runs.record",
+    "RunMetrics": "featpipe.runs.metrics",
     "report": "featpipe.reports.report",
     "compare": "featpipe.reports.compare",
     "advise": "featpipe.reports.advise",

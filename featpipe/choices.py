@@ -1,4 +1,4 @@
-"""The vocabularies of the extract options, in one torch-free place.
+"""The vocabularies of the extract and fine-tune options, in one torch-free place.
 
 Validation happens before anything heavy is imported, so a typo costs a fraction of a second
 and the CLI's help lists the same words the library accepts.
@@ -11,3 +11,7 @@ DTYPES = ("float32", "float16")
 ON_ERROR = ("skip", "fail")
 # pil: the exact PIL pipeline in workers; tensor: JPEGs decoded in batches on the device.
 DECODERS = ("pil", "tensor")
+# Test-time augmentation: the identity; with the horizontal flip; all 8 symmetries of the square.
+TTA = ("none", "hflip", "dihedral")
+# The --auto-augment value for torchvision's TrivialAugmentWide (timm has no string for it).
+TRIVIAL_AUGMENT = "trivialaugment"

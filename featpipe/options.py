@@ -176,6 +176,16 @@ def declared(cls: type) -> list[Declared]:
     ]
 
 
+def given(obj: Any) -> dict[str, Any]:
+    """The options of ``obj`` whose values differ from their declared defaults: what a user
+    typed, which wins over an experiment file's and is what a run records as asked for."""
+    return {
+        f.name: getattr(obj, f.name)
+        for f in dataclasses.fields(obj)
+        if "option" in f.metadata and getattr(obj, f.name) != f.default
+    }
+
+
 def check(obj: Any) -> None:
     """Raise :class:`~featpipe.errors.ArgumentError` naming the first option of ``obj`` whose
     value breaks its constraint (options set to None are optional and left out)."""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,45 @@ TINY = {
 
 # The same settings for a resnet18 that runs long enough to be killed mid-way.
 SLOW = TINY | {"backbone": "resnet18", "image_size": 64}
+
+# A fine-tune of the tiny model (FinetuneConfig fields): mechanics only.
+TINY_FINETUNE = {
+    "backbone": "test_efficientnet",
+    "weights": "none",
+    "image_size": 32,
+    "epochs": 2,
+    "batch_size": 8,
+    "lr": 0.05,
+    "augment": False,
+}
+
+# A 32 px model's data config, for transforms tested without building a model.
+DATA_CONFIG_32 = {
+    "input_size": (3, 32, 32),
+    "interpolation": "bicubic",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+
+
+def kill_after_first_checkpoint(options: dict, data: Path, out: Path, timeout: float) -> None:
+    """Fine-tune ``data`` with ``options`` (FinetuneConfig fields) into ``out`` in a child
+    process, and SIGKILL it as soon as its first checkpoint exists: the caller resumes it."""
+    code = (
+        "import sys; from featpipe.finetuning.config import FinetuneConfig;"
+        "from featpipe.finetuning.stage import finetune;"
+        f"finetune(sys.argv[1], FinetuneConfig(**{options!r}), "
+        "__import__('pathlib').Path(sys.argv[2]))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(out)])
+    deadline = time.monotonic() + timeout
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def flags(options: dict) -> list[str]:

@@ -22,6 +22,7 @@ STAGES = [
     "Head",
     "load_run",
     "Run",
+    "RunMetrics",
     "load_features",
     "iter_chunks",
     "Features",
@@ -50,7 +51,7 @@ def test_reading_side_of_the_api_does_not_import_torch() -> None:
     script = (
         "import sys, featpipe; "
         "[getattr(featpipe, n) for n in ('load_features', 'iter_chunks', 'Features', "
-        "'load_run', 'Run', 'scan', 'FeatpipeError')]; "
+        "'load_run', 'Run', 'RunMetrics', 'scan', 'FeatpipeError')]; "
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -87,12 +88,14 @@ def test_reprs_are_one_short_line() -> None:
     run = featpipe.Run(
         Path("runs/elpv/lite0/r1"),
         {"kind": "fit", "dataset": "elpv", "backbone": "tf_efficientnet_lite0"},
-        {
-            "metric": "accuracy",
-            "chosen_label": "mlp(lr=0.01)",
-            "val": {"mean": 0.9},
-            "test": {"mean": 0.88},
-        },
+        featpipe.RunMetrics.from_dict(
+            {
+                "metric": "accuracy",
+                "chosen_label": "mlp(lr=0.01)",
+                "val": {"mean": 0.9},
+                "test": {"mean": 0.88},
+            }
+        ),
     )
     text = repr(run)
     assert "mlp(lr=0.01)" in text and "val accuracy=0.9000" in text and "r1" in text

@@ -15,7 +15,8 @@ from featpipe.cli.options import with_options
 from featpipe.errors import ArgumentError
 from featpipe.extraction.options import ExtractOptions
 from featpipe.finetuning.config import FinetuneConfig
-from featpipe.options import Interval, OneOf, auto_int, check, declared, floats, option
+from featpipe.fitting.options import SweepOptions
+from featpipe.options import Interval, OneOf, auto_int, check, declared, floats, given, option
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ def _command(name: str) -> Any:
 GENERATED = [
     ("finetune", FinetuneConfig, ()),
     *((command, ExtractOptions, ()) for command in ("extract", "fit", "compare", "advise")),
+    ("fit", SweepOptions, ()),
+    ("compare", SweepOptions, ()),
 ]
 
 
@@ -119,4 +122,15 @@ def test_extract_options_are_checked_once_and_given_as_keywords_on_top(tmp_path)
         ExtractOptions(batch_size=0)
     options = ExtractOptions(pool="max").merged({"cache_dir": str(tmp_path)})
     assert options.cache_dir == tmp_path and options.pool == "max"
-    assert options.given() == {"pool": "max", "cache_dir": tmp_path}
+    assert given(options) == {"pool": "max", "cache_dir": tmp_path}
+    with pytest.raises(ArgumentError, match="poool is not an extract option"):
+        ExtractOptions().merged({"poool": "max"})
+
+
+def test_sweep_options_parse_shots_once_whatever_their_shape() -> None:
+    assert SweepOptions(shots=[1, "5", "all"]).shots == (1, 5, "all")
+    assert SweepOptions(shots="1,all").shots == (1, "all")
+    with pytest.raises(ArgumentError, match="shots 0: use positive whole numbers"):
+        SweepOptions(shots=[0])
+    with pytest.raises(ArgumentError, match="cv 1: use 2 or more folds"):
+        SweepOptions(cv=1)

@@ -27,10 +27,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
@@ -41,16 +42,60 @@ from featpipe.cache.hdf5 import checksum_ok
 from featpipe.cache.index import CORRUPT_SUFFIX, first_corrupt_shard, quarantine
 from featpipe.cache.statrecord import Trust, read_record
 from featpipe.data.datasets import Dataset, FileStat
-from featpipe.errors import StorageError
+from featpipe.errors import DataError, StorageError
 
 # The layout of an entry file; 2 adds content fingerprints, checksums and shard sizes. Not in the
 # cache key: a reader accepts every format up to its own.
 ENTRY_FORMAT = 2
 
 
+class FeatureSet(ABC):
+    """The rows of one dataset under one backbone, whichever way their features are held.
+
+    Every feature set is a dataclass holding, per row, ``labels``, ``targets``, ``split`` and
+    ``relpath`` (N values each, in memory, in row order), and ``class_names``, ``task`` and
+    ``meta``. The features themselves are read through :meth:`blocks`, which an in-memory set
+    (:class:`Features`) answers with its matrix and a set larger than memory
+    (:class:`~featpipe.fitting.streaming.StreamedFeatures`) with blocks read from its entry. So
+    code that scores or sums over a split asks the set for its blocks and runs the same on
+    either; only what needs every row at once (cross-validation, few-shot draws, views) asks
+    :attr:`in_memory` first.
+    """
+
+    in_memory: ClassVar[bool]  # whether the N × D matrix is held (``X``)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def y(self) -> np.ndarray:
+        """Class indices for classification, float targets for regression."""
+        return self.targets if self.task == "regression" else self.labels
+
+    @abstractmethod
+    def blocks(self, mask: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(features, row numbers)`` of the rows in ``mask``, block by block in row order
+        (no block for an empty mask)."""
+
+    @abstractmethod
+    def check_finite(self) -> None:
+        """Raise :class:`DataError` when feature rows hold NaN or inf (a set that reads its
+        rows later checks each block as it reads it)."""
+
+    def _refuse_nonfinite(self, X: np.ndarray, rows: np.ndarray) -> None:
+        """The one message for non-finite feature rows; ``rows``: the row numbers of ``X``."""
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            paths = self.relpath[rows[bad]]
+            raise DataError(
+                f"{len(paths)} feature rows hold NaN or inf (e.g. {paths[0]}): run featpipe "
+                "cache verify, then remove the entry and extract again"
+            )
+
+
 @dataclass
-class Features:
-    """Cached embeddings with everything needed to use them.
+class Features(FeatureSet):
+    """Cached embeddings with everything needed to use them, in memory.
 
     ``X`` is N × D; for augmented views (:mod:`featpipe.cache.views`) it is N × K × D.
     """
@@ -64,8 +109,7 @@ class Features:
     task: str
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __len__(self) -> int:
-        return len(self.X)
+    in_memory = True
 
     def __repr__(self) -> str:
         """One line for a notebook: shape, task, splits, classes (never the arrays)."""
@@ -94,10 +138,13 @@ class Features:
             self.meta,
         )
 
-    @property
-    def y(self) -> np.ndarray:
-        """Class indices for classification, float targets for regression."""
-        return self.targets if self.task == "regression" else self.labels
+    def blocks(self, mask: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The rows in ``mask`` as one block: they are in memory already."""
+        if mask.any():
+            yield self.X[mask], np.flatnonzero(mask)
+
+    def check_finite(self) -> None:
+        self._refuse_nonfinite(self.X, np.arange(len(self)))
 
 
 def parts_dir(entry: Path) -> Path:

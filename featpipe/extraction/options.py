@@ -13,6 +13,7 @@ that never reaches the probe's own checks, and a typo costs a fraction of a seco
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -126,15 +127,24 @@ class ExtractOptions:
         """The options a :class:`BackboneSpec` carries, as its keyword arguments."""
         return {name: getattr(self, name) for name in SPEC_FIELDS}
 
-    def given(self) -> dict[str, Any]:
-        """The options whose values differ from the defaults (what a user typed)."""
-        default = ExtractOptions()
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(default, f.name)
-        }
+    def without_spec(self) -> ExtractOptions:
+        """These options with the spec's own left at their defaults: what goes with a
+        :class:`BackboneSpec` that carries them (a concatenation's parts, say)."""
+        return replace(self, **ExtractOptions().spec_options())
 
-    def merged(self, overrides: dict[str, Any]) -> ExtractOptions:
-        """These options with ``overrides`` (keyword arguments of ``extract()``) on top."""
+    def merged(self, overrides: Mapping[str, Any]) -> ExtractOptions:
+        """These options with ``overrides`` (keyword arguments of ``extract()``) on top; an
+        unknown name is an error naming it."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(self))
+            raise ArgumentError(unknown[0], f"is not an extract option; use one of {known}")
         return replace(self, **overrides) if overrides else self
+
+
+def as_extract_options(value: ExtractOptions | Mapping[str, Any] | None) -> ExtractOptions:
+    """Extract options from what a Python caller or a file gave: the type itself, its fields as
+    a mapping (an experiment file's ``[extract]`` table), or nothing (the defaults)."""
+    if isinstance(value, ExtractOptions):
+        return value
+    return ExtractOptions().merged(value or {})

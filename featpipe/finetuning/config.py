@@ -9,11 +9,12 @@ match it exactly.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from featpipe.backbones.weights import WEIGHTS_HELP
-from featpipe.choices import PRECISIONS
+from featpipe.choices import PRECISIONS, TRIVIAL_AUGMENT, TTA
 from featpipe.errors import ArgumentError
 from featpipe.heads.config import OPTIMIZERS
 from featpipe.heads.config import TORCH_HEADS as HEADS
@@ -33,8 +34,9 @@ class Stage:
     spec: str
 
 
-def parse_schedule(text: str) -> list[Stage]:
-    """``"0:head,2:last:2,4:layer3,6:all"`` → stages at epochs 0, 2, 4 and 6."""
+def _epoch_steps(text: str, param: str, what: str, example: str) -> list[tuple[int, str]]:
+    """``"0:a,2:b"`` → ``[(0, "a"), (2, "b")]``, epochs from 0 and strictly increasing; a token
+    without ``EPOCH:`` continues the one before (freezing specs hold commas)."""
     steps: list[tuple[int, str]] = []
     for token in (t.strip() for t in text.split(",") if t.strip()):
         head, sep, rest = token.partition(":")
@@ -43,13 +45,68 @@ def parse_schedule(text: str) -> list[Stage]:
         elif steps:
             steps[-1] = (steps[-1][0], f"{steps[-1][1]},{token}")
         else:
-            raise ArgumentError("gradual", f"{text}: start with EPOCH:SPEC, e.g. 0:head,2:last:2")
+            raise ArgumentError(param, f"{text}: start with EPOCH:{what}, e.g. {example}")
     epochs = [e for e, _ in steps]
     if not epochs or epochs[0] != 0 or any(b <= a for a, b in itertools.pairwise(epochs)):
         raise ArgumentError(
-            "gradual", f"{text}: epochs must start at 0 and increase strictly (got {epochs})"
+            param, f"{text}: epochs must start at 0 and increase strictly (got {epochs})"
         )
-    return [Stage(epoch, spec) for epoch, spec in steps]
+    return steps
+
+
+def parse_schedule(text: str) -> list[Stage]:
+    """``"0:head,2:last:2,4:layer3,6:all"`` → stages at epochs 0, 2, 4 and 6."""
+    return [
+        Stage(epoch, spec)
+        for epoch, spec in _epoch_steps(text, "gradual", "SPEC", "0:head,2:last:2")
+    ]
+
+
+def parse_progressive(text: str) -> list[tuple[int, int]]:
+    """``"0:160,3:224"`` → train at 160 px from epoch 0 and at 224 px from epoch 3."""
+    sizes = []
+    for epoch, size in _epoch_steps(text, "progressive", "SIZE", "0:160,3:224"):
+        if not size.isdigit() or int(size) < 16:
+            raise ArgumentError(
+                "progressive", f"{text}: {size} is not an image size; use whole pixels, 16 or more"
+            )
+        sizes.append((epoch, int(size)))
+    return sizes
+
+
+# timm's auto-augment strings (``timm.data.auto_augment``): a policy, then dash-separated
+# sections of a key and a number. Checked here, without importing timm, so a typo fails before
+# the model loads (timm itself skips a section without a digit in silence).
+_AUGMENT_KEYS = {
+    "rand": ("m", "n", "p", "mstd", "mmax", "inc"),
+    "augmix": ("m", "w", "d", "a", "b", "mstd"),
+    **{policy: ("mstd",) for policy in ("original", "originalr", "v0", "v0r", "3a")},
+}
+_RAND_OP_SETS = ("tweights", "t3a", "t3aw")  # RandAugment's ``t<name>`` op-set sections
+
+
+def check_auto_augment(text: str) -> None:
+    """Refuse what timm's auto-augment parser would refuse, or silently misread."""
+    if text == TRIVIAL_AUGMENT:
+        return
+    policy, *sections = text.split("-")
+    keys = _AUGMENT_KEYS.get(policy)
+    if keys is None:
+        raise ArgumentError(
+            "auto_augment",
+            f"{text}: use timm's rand-…, augmix-… or original/v0/3a strings (e.g. "
+            f"rand-m9-mstd0.5-inc1), or {TRIVIAL_AUGMENT}",
+        )
+    for section in sections:
+        if policy == "rand" and section in _RAND_OP_SETS:
+            continue
+        match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", section)
+        if match is None or match[1] not in keys:
+            raise ArgumentError(
+                "auto_augment",
+                f"{text}: {section} is not a section of {policy}; it takes "
+                f"{', '.join(keys)}, each followed by a number",
+            )
 
 
 def _run_path(value: Path | None, param: str) -> str | None:
@@ -123,6 +180,48 @@ class FinetuneConfig:
         constraint=Interval(0, what="0 (off) or more"),
         help="Brightness/contrast/saturation jitter strength; 0 = off.",
     )
+    auto_augment: str | None = option(
+        None,
+        help="RandAugment/AugMix/AutoAugment as timm writes it (rand-m9-mstd0.5-inc1, "
+        f"augmix-m5-w4-d2, original), or {TRIVIAL_AUGMENT}; replaces --color-jitter.",
+    )
+    rot90: bool = option(
+        False,
+        help="Random 90° rotations and vertical flips: each of the 8 symmetries of the square "
+        "(for rotation-symmetric images, e.g. solar cells, micrographs).",
+    )
+    random_erasing: float = option(
+        0.0,
+        constraint=Interval(0, 1, what="a probability in [0, 1]"),
+        help="Probability of erasing a random rectangle of an image (timm's, per pixel noise).",
+    )
+    mixup: float = option(
+        0.0,
+        constraint=Interval(0, what="0 (off) or a positive alpha"),
+        help="Mixup alpha (timm's Mixup, soft-target loss), e.g. 0.2; 0 = off.",
+    )
+    cutmix: float = option(
+        0.0,
+        constraint=Interval(0, what="0 (off) or a positive alpha"),
+        help="CutMix alpha, e.g. 1.0; with --mixup each batch is one or the other; 0 = off.",
+    )
+    ema: float | None = option(
+        None,
+        constraint=Interval(0, 1, "neither", "a decay in (0, 1)"),
+        help="Keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+        "kept instead of the raw weights where it scores better on val.",
+    )
+    progressive: str | None = option(
+        None,
+        help="Progressive resizing EPOCH:SIZE,… e.g. 0:160,3:224 (training images only; "
+        "evaluation stays at --image-size).",
+    )
+    tta: str = option(
+        "none",
+        constraint=OneOf(TTA),
+        help="Test-time augmentation of the final val/test scores (and predict's default): "
+        "none | hflip (2 views) | dihedral (8: rotations and flips); softmax averaged.",
+    )
     head: str = option("linear", constraint=OneOf(HEADS), help="Fresh head: linear | mlp")
     head_init: str = option("kaiming", constraint=OneOf(HEAD_INITS), help=" | ".join(HEAD_INITS))
     head_scale: float = option(
@@ -170,6 +269,21 @@ class FinetuneConfig:
             )
         if self.gradual:
             parse_schedule(self.gradual)  # a bad schedule fails here, before the model loads
+        if self.progressive:
+            parse_progressive(self.progressive)
+        if self.auto_augment is not None:
+            check_auto_augment(self.auto_augment)
+            if not self.augment:
+                raise ArgumentError(
+                    "auto_augment",
+                    f"{self.auto_augment}: it is part of the training transform that "
+                    "--no-augment turns off; drop one of them",
+                )
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (mixup or CutMix): the loss then takes soft targets."""
+        return self.mixup > 0 or self.cutmix > 0
 
     @property
     def stages(self) -> list[Stage]:

@@ -47,11 +47,11 @@ def read_start(path: str | Path) -> StartRun:
     entries = run.config["entries"]
     if len(entries) != 1:
         raise ArgumentError("from_run", f"{path}: LP-FT needs a single-backbone run")
-    if run.metrics.get("selection", "val") != "val":
+    if run.metrics.selection != "val":
         raise ArgumentError(
             "from_run",
             f"{path}: that head was fitted on every training image (chosen by "
-            f"{run.metrics['selection']}), so fine-tuning would choose epochs on images the head "
+            f"{run.metrics.selection}), so fine-tuning would choose epochs on images the head "
             "has seen; fit it again with a hold-out (fit's holdout, e.g. 0.15) or give the data "
             "a val split",
         )
@@ -176,6 +176,13 @@ def make_plan(
     dataset = data if isinstance(data, Dataset) else scan(data)
     if dataset.task == "none":
         raise DataError(f"{dataset.root}: fine-tuning needs labels")
+    if config.mixes and dataset.task != "classification":
+        param = "mixup" if config.mixup else "cutmix"
+        raise ArgumentError(
+            param,
+            f"{getattr(config, param)}: mixing blends class labels, and {dataset.root} is a "
+            "regression; leave it off",
+        )
     if start is not None and start.head.class_names != dataset.class_names:
         raise ArgumentError(
             "from_run",

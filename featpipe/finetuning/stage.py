@@ -20,9 +20,18 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from featpipe.backbones.build import Backbone
+from featpipe.cache.key import KeyFields
 from featpipe.data.datasets import Dataset
-from featpipe.data.transforms import ImageToUint8
+from featpipe.data.transforms import ImageToUint8, fingerprint
 from featpipe.errors import DataError, StorageError
+from featpipe.finetuning.cam import (
+    NotApplicable,
+    cam_size,
+    class_activation_maps,
+    pick_tiles,
+    save_cam_figure,
+)
 from featpipe.finetuning.checkpoint import BEST, CHECKPOINT
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
@@ -31,7 +40,8 @@ from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead
 from featpipe.heads.preprocess import Preprocessor
-from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, backbone_entry, load_run, write_run
+from featpipe.runs.metrics import CamFigure, RunMetrics, Scores
+from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, write_run
 
 BACKBONE_STATE = "backbone.safetensors"
 CAM_FILE = "cam.png"
@@ -39,16 +49,6 @@ CAM_FILE = "cam.png"
 
 class CamFigureWarning(UserWarning):
     """The optional CAM figure failed; the run was written without it."""
-
-
-@dataclass(frozen=True)
-class CamFigure:
-    """What ``cam.png`` shows: the classes it has rows for, and the final map's side."""
-
-    file: str
-    classes: list[str]
-    grid: int  # cells a side of the final map the maps were computed from
-    size: int  # input size the maps were computed at
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class FinetuneResult:
     metric: str
     freezing: str
     best_epoch: int  # -1: no epoch beat the head the run started from (kept)
+    kept_weights: str  # raw, or ema: the moving average of that epoch scored better on val
+    tta: str  # the test-time augmentation of the val and test scores
     start_val: float | None  # the start run's head on val, before any epoch
     val: dict[str, float]
     test: dict[str, float]
@@ -80,30 +82,32 @@ class FinetuneResult:
     def test_score(self) -> float:
         return self.test.get(self.metric, float("nan"))
 
-    def to_metrics(self) -> dict[str, Any]:
-        """``metrics.json``: the keys a fit run has, plus the fine-tune's own."""
-        return {
-            "task": self.task,
-            "backbone": self.backbone,
-            "class_names": self.class_names,
-            "metric": self.metric,
-            "best_epoch": self.best_epoch,
-            "start_val": self.start_val,
-            "val": {"mean": self.val_score, "std": 0.0, "all": [self.val]},
-            "test": {"mean": self.test_score, "std": 0.0, "all": [self.test]},
-            "chosen": {"head": "finetune", "unfreeze": self.freezing},
-            "chosen_label": f"finetune({self.freezing})",
-            "selection": "val",
-            "holdout": self.holdout,
-            "precision": self.precision,
-            "fit_seconds": self.seconds,
-            "extract_seconds": 0.0,
-            "confusion": self.confusion,
-            "few_shot": [],
-            "cam": self.cam.file if self.cam else "",  # the file, as run format 1 recorded it
-            "cam_figure": asdict(self.cam) if self.cam else None,
-            "cam_note": self.cam_note,
-        }
+    def to_metrics(self) -> RunMetrics:
+        """The run's ``metrics.json``: the fields a fit run has, plus the fine-tune's own."""
+        return RunMetrics(
+            task=self.task,
+            backbone=self.backbone,
+            class_names=self.class_names,
+            metric=self.metric,
+            best_epoch=self.best_epoch,
+            kept_weights=self.kept_weights,
+            tta=self.tta,
+            start_val=self.start_val,
+            val=Scores(self.val_score, 0.0, [self.val]),
+            test=Scores(self.test_score, 0.0, [self.test]),
+            chosen={"head": "finetune", "unfreeze": self.freezing},
+            chosen_label=f"finetune({self.freezing})",
+            selection="val",
+            holdout=self.holdout,
+            precision=self.precision,
+            fit_seconds=self.seconds,
+            extract_seconds=0.0,
+            confusion=self.confusion,
+            few_shot=[],
+            cam=self.cam.file if self.cam else "",  # the file, as run format 1 recorded it
+            cam_figure=self.cam,
+            cam_note=self.cam_note,
+        )
 
 
 def _images(trainer: Trainer, indices: list[int], size: int) -> torch.Tensor:
@@ -120,8 +124,6 @@ def draw_cam(trainer: Trainer, val: Evaluation, out: Path) -> CamFigure:
 
     Raises :class:`~featpipe.finetuning.cam.NotApplicable` when CAM does not apply.
     """
-    from featpipe.finetuning.cam import cam_size, class_activation_maps, pick_tiles, save_cam_figure
-
     dataset = trainer.plan.dataset
     labels = np.array([i.label for i in trainer.plan.val])
     rows = pick_tiles(labels, val.pred)
@@ -148,8 +150,6 @@ def draw_cam(trainer: Trainer, val: Evaluation, out: Path) -> CamFigure:
 
 def _optional_cam(trainer: Trainer, val: Evaluation) -> tuple[CamFigure | None, str | None]:
     """The CAM figure, or the reason there is none; its failure never costs the trained run."""
-    from featpipe.finetuning.cam import NotApplicable
-
     if trainer.plan.dataset.task != "classification":
         return None, "CAM is drawn for classification"
     try:
@@ -184,13 +184,38 @@ def _head(trainer: Trainer) -> FittedHead:
     )
 
 
+def _backbone_entry(backbone: Backbone, precision: str, state: str) -> dict[str, Any]:
+    """The run's record of its network, which it did not read from the cache.
+
+    Same fields as a fit run's entries (``key_fields`` as in the cache key), so one reader
+    (:func:`featpipe.use.predict.load_pipeline`) rebuilds both; ``state`` names the run's file
+    holding the trained backbone weights.
+    """
+    spec = backbone.spec
+    fields = KeyFields(
+        model=spec.model,
+        weights=backbone.weights_identity,
+        transform=fingerprint(backbone.data_config, False),
+        pool=spec.pool,
+        layer=spec.layer,
+        precision=precision,
+        dtype="float32",
+    )
+    return {
+        "model": spec.model,
+        "weights": spec.weights,
+        "key_fields": asdict(fields),
+        "state": state,
+    }
+
+
 def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
     """Evaluate the best weights, draw the CAM, and complete the run directory."""
     plan, config = trainer.plan, trainer.config
     dataset = plan.dataset
     trainer.load_best()
-    val = trainer.evaluate(plan.val)
-    test = trainer.evaluate(plan.test) if plan.test else None
+    val = trainer.evaluate(plan.val, tta=config.tta)
+    test = trainer.evaluate(plan.test, tta=config.tta) if plan.test else None
     confusion = None
     if test is not None and dataset.task == "classification":
         y = np.array([i.label for i in plan.test])
@@ -203,6 +228,8 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         metric=plan.metric,
         freezing=config.freezing,
         best_epoch=trainer.state.best_epoch,
+        kept_weights=trainer.state.best_weights,
+        tta=config.tta,
         start_val=trainer.state.start_metric,
         val=val.metrics,
         test=test.metrics if test else {},
@@ -247,7 +274,7 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         metrics=result.to_metrics(),
         rows=[row],
         curves=curves,
-        entries=[backbone_entry(trainer.backbone, plan.precision, state=BACKBONE_STATE)],
+        entries=[_backbone_entry(trainer.backbone, plan.precision, BACKBONE_STATE)],
         head=_head(trainer),
         files={BACKBONE_STATE: lambda path: save_file(backbone_state, str(path))},
         extra={"weights_identity": trainer.backbone.weights_identity},

@@ -6,9 +6,18 @@ Everything the course material names is explicit: freezing at every granularity
 (multipliers, or timm's layer decay), BatchNorm modes, LP-FT (start from the head the fit stage
 chose), a fresh Kaiming/Xavier head, training from scratch, and re-initialising the last blocks.
 
-Reproducible and resumable: each epoch's randomness (shuffling, augmentation, dropout) is seeded
-from (seed, epoch), and a checkpoint is written atomically after every epoch, so a run killed at
-any moment and resumed ends with the same weights as an uninterrupted one.
+What the field uses to make fine-tuning on small data work is here too, each opt-in: automatic
+augmentation policies and random symmetries (in the training transform), random erasing and
+mixup/CutMix on the normalised batch (timm's, in that order, as timm's own training loop does),
+an exponential moving average of the weights (evaluated beside the raw ones every epoch; the
+better on val is kept), progressive resizing, and test-time augmentation of the final scores.
+
+Reproducible and resumable: each epoch's randomness (shuffling, augmentation, erasing, mixing,
+dropout) is seeded from (seed, epoch) in every generator it draws from (Python's, numpy's,
+torch's), and a checkpoint with the weights, the optimizer and the EMA weights is written
+atomically after every epoch, so a run killed at any moment and resumed ends with the same
+weights as an uninterrupted one: no generator state needs saving, because none carries over
+from one epoch to the next.
 """
 
 from __future__ import annotations
@@ -22,15 +31,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch import nn
 
 from featpipe.data.datasets import Item
+from featpipe.data.dihedral import averaged
 from featpipe.data.loader import make_loader
-from featpipe.data.train_transform import TrainImages
+from featpipe.data.train_transform import RandomSymmetries, TrainImages
 from featpipe.data.transforms import ImageToUint8, Normalize
-from featpipe.errors import StorageError
+from featpipe.errors import ArgumentError, StorageError
 from featpipe.finetuning.blocks import all_blocks, apply_trainable, stage_sets
 from featpipe.finetuning.checkpoint import Checkpointer
-from featpipe.finetuning.config import FinetuneConfig
+from featpipe.finetuning.config import FinetuneConfig, parse_progressive
 from featpipe.finetuning.model import (
     GroupPlan,
     apply_bn_mode,
@@ -57,6 +72,7 @@ class TrainState:
     best_metric: float = -float("inf")
     best_loss: float = float("inf")
     best_epoch: int = -1  # -1 before any epoch: with a start run, the fitted head itself
+    best_weights: str = "raw"  # which weights of the best epoch were kept: raw | ema
     start_metric: float | None = None
     history: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -85,7 +101,11 @@ def _targets(items: list[Item], index: list[int], task: str) -> torch.Tensor:
 
 
 def _loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    return F.mse_loss(out.squeeze(1), y) if task == "regression" else F.cross_entropy(out, y)
+    """MSE, cross-entropy, or with mixed batches (``y`` one row of class weights per image)
+    timm's soft-target cross-entropy."""
+    if task == "regression":
+        return F.mse_loss(out.squeeze(1), y)
+    return SoftTargetCrossEntropy()(out, y) if y.ndim == 2 else F.cross_entropy(out, y)
 
 
 class Trainer:
@@ -115,6 +135,51 @@ class Trainer:
         )
         self.optimizer: torch.optim.Optimizer | None = None
         self.state = TrainState()
+        config = self.config
+        # Built after the model is on its device: the average lives beside it. Constant decay
+        # (no warm-up), so after k steps it is exactly the exponential average of w_0 … w_k.
+        self.ema = ModelEmaV3(self.model, decay=config.ema) if config.ema else None
+        self.erasing = (
+            RandomErasing(config.random_erasing, mode="pixel", device=self.device)
+            if config.random_erasing
+            else None
+        )
+        self.mixup = (
+            Mixup(
+                mixup_alpha=config.mixup,
+                cutmix_alpha=config.cutmix,
+                label_smoothing=0.0,
+                num_classes=plan.n_outputs,
+            )
+            if config.mixes
+            else None
+        )
+        self.sizes = parse_progressive(config.progressive) if config.progressive else []
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Each progressive size must fit the network: a ViT built for one patch grid refuses
+        others (one image through the model in eval mode: no statistic moves, nothing drawn)."""
+        if not self.sizes:
+            return
+        self.model.eval()
+        for _, size in self.sizes:
+            images = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+            try:
+                with torch.no_grad():
+                    self.forward(images)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ArgumentError(
+                    "progressive",
+                    f"{size}: {self.config.backbone} cannot take {size} px images ({first}); "
+                    "progressive resizing needs a network that takes any size (convnets do)",
+                ) from None
+
+    def train_size(self, epoch: int) -> int:
+        """The side of the training images in ``epoch`` (progressive resizing), in px."""
+        native = int(self.backbone.data_config["input_size"][-1])
+        return ([native] + [size for start, size in self.sizes if start <= epoch])[-1]
 
     # ---------------------------------------------------------------- freezing per epoch
     def stage_of(self, epoch: int) -> int:
@@ -135,13 +200,16 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _snapshot(self) -> dict[str, Any]:
         assert self.optimizer is not None
-        return {
+        snapshot = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "state": asdict(self.state),
             "config": asdict(self.config),
         }
+        if self.ema is not None:
+            snapshot["ema"] = self.ema.module.state_dict()
+        return snapshot
 
     def _resume(self) -> int | None:
         """Load the checkpoint, if any; returns the stage of the last trained epoch."""
@@ -158,6 +226,8 @@ class Trainer:
                 "with the same options, or write to a new output directory"
             )
         self.model.load_state_dict(saved["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(saved["ema"])
         self.state = TrainState(**saved["state"])
         # The optimizer was saved with the groups of the last trained epoch: rebuild those,
         # load its state, and let the loop move on to the next stage as usual.
@@ -182,13 +252,46 @@ class Trainer:
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (or values) for a batch of ``uint8`` images, at the run's precision."""
-        x = self.normalize(images.to(self.device))
+    def forward(self, images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """Logits (or values) of ``model`` (default: the one training) for a batch of ``uint8``
+        images, at the run's precision."""
+        return self.logits(self.normalize(images.to(self.device)), model)
+
+    def logits(self, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """Logits (or values) for a normalised batch."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            return self.model(x).float()
+            return (self.model if model is None else model)(x).float()
+
+    def augment_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random erasing, then mixup/CutMix, of a normalised batch (in place, as timm does);
+        with mixing the targets become one row of class weights per image. An odd batch is
+        mixed without its last image (timm mixes each image with its mirror in the batch)."""
+        if self.erasing is not None:
+            x = self.erasing(x)
+        if self.mixup is not None:
+            even = len(x) - len(x) % 2
+            x, y = self.mixup(x[:even], y[:even])
+        return x, y
+
+    def train_transform(self, epoch: int) -> ImageToUint8 | RandomSymmetries:
+        """Path → ``uint8`` tensor for ``epoch``'s training images, at its size."""
+        config = self.config
+        data_config = dict(self.backbone.data_config)
+        size = self.train_size(epoch)
+        data_config["input_size"] = (3, size, size)
+        transform = (
+            TrainImages(
+                data_config,
+                config.color_jitter,
+                config.crop_scale,
+                auto_augment=config.auto_augment,
+            )
+            if config.augment
+            else ImageToUint8(data_config, draft=False)
+        )
+        return RandomSymmetries(transform) if config.rot90 else transform
 
     def train_epoch(
         self, epoch: int, stage: int, progress: EpochProgress | None = None
@@ -198,16 +301,13 @@ class Trainer:
         task = self.plan.dataset.task
         train = self.plan.train
         seed = config.seed * 100_003 + epoch
-        # Every generator this epoch can touch (dropout; timm's crops use `random`, flips torch)
-        # starts from (seed, epoch), so a resumed epoch replays exactly.
+        # Every generator this epoch can touch (dropout and flips use torch's; timm's crops and
+        # erasing Python's; augmentation policies and mixup numpy's) starts from (seed, epoch),
+        # so a resumed epoch replays exactly.
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        transform = (
-            TrainImages(self.backbone.data_config, config.color_jitter, config.crop_scale)
-            if config.augment
-            else ImageToUint8(self.backbone.data_config, draft=False)
-        )
+        transform = self.train_transform(epoch)
         loader = self.loader(train, transform, config.batch_size, shuffle=True, seed=seed)
         assert self.optimizer is not None
         steps_per_epoch = len(loader)
@@ -223,6 +323,7 @@ class Trainer:
             if len(batch.index) < 2:
                 continue  # BatchNorm cannot train on one image
             y = _targets(train, batch.index, task).to(self.device)
+            x, target = self.augment_batch(self.normalize(batch.images.to(self.device)), y)
             factor = lr_factor(
                 config.schedule,
                 self.state.step,
@@ -231,8 +332,8 @@ class Trainer:
             )
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-            out = self.forward(batch.images)
-            loss = _loss(out, y, task)
+            out = self.logits(x)
+            loss = _loss(out, target, task)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # gradient norms below are of true gradients
@@ -245,13 +346,16 @@ class Trainer:
                         )
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.state.step += 1
-            n = len(batch.index)
+            n = len(x)
             seen += n
             with torch.no_grad():
                 loss_sum += loss.detach() * n
-                if task == "classification":
-                    correct += (out.argmax(1) == y).sum()
+                if task == "classification":  # a mixed image counts for its larger share
+                    labels = target.argmax(1) if target.ndim == 2 else target
+                    correct += (out.argmax(1) == labels).sum()
             if progress is not None:
                 progress(epoch, seen, len(train), time.perf_counter() - started)
         grad_means = (grad_sums / max(1, steps_per_epoch)).tolist()
@@ -262,19 +366,34 @@ class Trainer:
             "grad_norm": {b.name: grad_means[i] for i, b in enumerate(blocks) if grad_means[i] > 0},
             "trainable": int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)),
             "stage": self.stages[stage].spec,
+            "image_size": self.train_size(epoch),
         }
 
+    def outputs(self, images: torch.Tensor, model: nn.Module, tta: str) -> torch.Tensor:
+        """Logits (or values) of a batch; with test-time augmentation the log of the softmax
+        averaged over the views (values averaged), so the loss and the argmax read the same."""
+        if tta == "none":
+            return self.forward(images, model)
+        if self.plan.dataset.task == "regression":
+            return averaged(lambda view: self.forward(view, model), images, tta)
+        probs = averaged(lambda view: torch.softmax(self.forward(view, model), 1), images, tta)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
     @torch.no_grad()
-    def evaluate(self, items: list[Item]) -> Evaluation:
-        """Metrics, mean loss and predictions on ``items`` (eval mode)."""
+    def evaluate(
+        self, items: list[Item], model: nn.Module | None = None, tta: str = "none"
+    ) -> Evaluation:
+        """Metrics, mean loss and predictions of ``model`` (default: the one training; eval
+        mode) on ``items``, with the test-time augmentation ``tta`` names."""
         dataset = self.plan.dataset
-        self.model.eval()
+        model = self.model if model is None else model
+        model.eval()
         transform = ImageToUint8(self.backbone.data_config, False)
         loader = self.loader(items, transform, max(64, self.config.batch_size), False, 0)
         outs, ys = [], []
         for batch in loader:
             if batch.index:
-                outs.append(self.forward(batch.images).cpu())
+                outs.append(self.outputs(batch.images, model, tta).cpu())
                 ys.append(_targets(items, batch.index, dataset.task))
         out, y = torch.cat(outs), torch.cat(ys)
         loss = float(_loss(out, y, dataset.task))
@@ -310,14 +429,21 @@ class Trainer:
             record = self.train_epoch(epoch, stage, progress)
             record["train_images_per_s"] = len(self.plan.train) / (time.perf_counter() - t0)
             val = self.evaluate(self.plan.val)
-            score = val.metrics[metric]
-            record.update({"epoch": epoch, "val_loss": val.loss, "val_metric": score})
+            record.update({"epoch": epoch, "val_loss": val.loss, "val_metric": val.metrics[metric]})
+            candidates = [("raw", val, self.model)]
+            if self.ema is not None:
+                ema_val = self.evaluate(self.plan.val, self.ema.module)
+                record["val_loss_ema"] = ema_val.loss
+                record["val_metric_ema"] = ema_val.metrics[metric]
+                candidates.append(("ema", ema_val, self.ema.module))
             for key, value in record.items():
                 self.state.history.setdefault(key, []).append(value)
-            if self.state.improves(score, val.loss):
-                self.state.best_metric, self.state.best_loss = score, val.loss
-                self.state.best_epoch = epoch
-                self.checkpointer.save_best(self.model.state_dict())
+            for weights, evaluation, model in candidates:  # the EMA wins only if better
+                score = evaluation.metrics[metric]
+                if self.state.improves(score, evaluation.loss):
+                    self.state.best_metric, self.state.best_loss = score, evaluation.loss
+                    self.state.best_epoch, self.state.best_weights = epoch, weights
+                    self.checkpointer.save_best(model.state_dict())
             self.state.epoch += 1
             self.checkpointer.save(self._snapshot())
             done_now += 1

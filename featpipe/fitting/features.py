@@ -10,32 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featpipe.backbones.spec import BackboneSpec
-from featpipe.cache.entry import Features
+from featpipe.cache.entry import Features, FeatureSet
+from featpipe.data.augment import Augment
 from featpipe.data.datasets import Dataset, scan
 from featpipe.errors import FeatpipeError
+from featpipe.extraction.options import ExtractOptions
 from featpipe.extraction.stage import ExtractResult, extract
+from featpipe.fitting.streaming import open_streamed
 from featpipe.progress import Phase
 
-if TYPE_CHECKING:
-    from featpipe.fitting.streaming import StreamedFeatures
 
-# extract() options that belong to each backbone of a feature spec.
-SPEC_OPTIONS = ("weights", "pool", "layer", "image_size", "draft", "decode")
-
-
-def parse_feature_spec(spec: str, options: dict[str, Any] | None = None) -> list[BackboneSpec]:
+def parse_feature_spec(spec: str, options: ExtractOptions | None = None) -> list[BackboneSpec]:
     """``"a@none+tv/b"`` with extract options → one :class:`BackboneSpec` per part.
 
-    Weights named in the text win over ``options["weights"]``; pool, layer, image size and
-    draft apply to every part.
+    Weights named in the text win over ``options.weights``; pool, layer, image size, draft and
+    decode apply to every part.
     """
-    own = {k: v for k, v in (options or {}).items() if k in SPEC_OPTIONS}
-    return BackboneSpec.parse(spec, **own)
+    return BackboneSpec.parse(spec, **(options or ExtractOptions()).spec_options())
 
 
 def concatenate(sets: list[Features], names: list[str]) -> Features:
@@ -75,39 +70,41 @@ def concatenate(sets: list[Features], names: list[str]) -> Features:
 def load_feature_set(
     data: str | Path | Dataset,
     specs: str | list[BackboneSpec],
-    options: dict[str, Any] | None = None,
+    options: ExtractOptions | None = None,
     progress: Callable[[str], Callable | None] | None = None,
     status: Callable[[Phase], None] | None = None,
     memory_budget: int | None = None,
-) -> tuple[Features | StreamedFeatures, list[ExtractResult]]:
+    views: int = 0,
+    augment: Augment | None = None,
+) -> tuple[FeatureSet, list[ExtractResult]]:
     """Extract what is missing for every backbone of ``specs`` and return the joined features.
 
     ``specs``: a feature spec string, or its parts already parsed by
-    :func:`parse_feature_spec`; ``options`` are :func:`featpipe.extract` keyword arguments
-    (the per-backbone ones only shape a spec string). ``progress(model)`` may return a
-    per-backbone progress callback; ``status`` hears the steps before the first batch.
+    :func:`parse_feature_spec`; ``options`` are the extract options (the per-backbone ones
+    only shape a spec string); ``views`` and ``augment`` are extract's. ``progress(model)``
+    may return a per-backbone progress callback; ``status`` hears the steps before the first
+    batch.
     An entry whose train features exceed ``memory_budget`` bytes is not loaded but streamed
     (:mod:`featpipe.fitting.streaming`); without a budget it is loaded.
     """
+    options = options or ExtractOptions()
     if isinstance(specs, str):
         specs = parse_feature_spec(specs, options)
-    options = {k: v for k, v in (options or {}).items() if k not in SPEC_OPTIONS}
     if len(specs) > 1 and not isinstance(data, Dataset):  # one scan serves every backbone
-        outside = bool(options.get("allow_outside", False))
-        data = scan(data, options.get("name"), options.get("task"), allow_outside=outside)
+        data = scan(data, allow_outside=options.allow_outside)
     results = [
         extract(
             data,
             spec,
+            options.without_spec(),  # each spec carries its own
             progress=progress(spec.model) if progress else None,
             status=status,
-            **options,
+            views=views,
+            augment=augment,
         )
         for spec in specs
     ]
     if memory_budget is not None and len(results) == 1:
-        from featpipe.fitting.streaming import open_streamed  # torch: only once fitting
-
         streamed = open_streamed(results[0].entry, memory_budget)
         if streamed is not None:
             return streamed, results

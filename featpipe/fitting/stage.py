@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,18 +10,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featpipe.backbones.spec import label
-from featpipe.cache.entry import Features, read_meta
+from featpipe.cache.entry import FeatureSet, read_meta
 from featpipe.data.splits import hold_out
 from featpipe.errors import ArgumentError
+from featpipe.extraction.options import ExtractOptions, as_extract_options
 from featpipe.fitting.features import load_feature_set, parse_feature_spec
+from featpipe.fitting.options import SweepOptions
+from featpipe.fitting.run import SweepResult, save_run
 from featpipe.fitting.streaming import resolve_budget
-from featpipe.fitting.sweep import SweepResult, sweep
+from featpipe.fitting.sweep import sweep
 from featpipe.fitting.views import train_views
 from featpipe.heads.config import HeadConfig, expand, parse_grid
+from featpipe.heads.placement import training_on
 from featpipe.heads.views import check_view_mode
+from featpipe.options import given
 from featpipe.progress import Phase
-from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, save_run
+from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run
 from featpipe.runtime import distributed
+from featpipe.runtime.devices import resolve_device
 
 if TYPE_CHECKING:
     from featpipe.data.augment import Augment
@@ -43,7 +49,7 @@ DEFAULT_GRID: dict[str, list[Any]] = {
 }
 
 
-def with_holdout(features: Features, fraction: float) -> Features:
+def with_holdout(features: FeatureSet, fraction: float) -> FeatureSet:
     """Mark a stratified ``fraction`` of the train rows as val (the fine-tune stage's rule)."""
     train = np.flatnonzero(features.split == "train")
     strata = features.labels[train] if features.task == "classification" else [0] * len(train)
@@ -56,38 +62,36 @@ def with_holdout(features: Features, fraction: float) -> Features:
 def fit(
     data: str | Path,
     backbone: str = "tf_efficientnet_lite0",
+    options: SweepOptions | None = None,
     *,
     grid: dict[str, list[Any]] | None = None,
     head: dict[str, Any] | None = None,
-    seeds: int = 1,
-    cv: int = 5,
-    shots: list[int | str] | None = None,
-    draws: int = 5,
-    holdout: float = 0.0,
+    extract_options: ExtractOptions | Mapping[str, Any] | None = None,
     runs_dir: str | Path = DEFAULT_RUNS_DIR,
-    extract_options: dict[str, Any] | None = None,
     progress: Callable[[str], Callable | None] | None = None,
-    n_jobs: int = -1,
     status: Callable[[Phase], None] | None = None,
-    memory_budget: str | int | None = None,
     views: int = 0,
     view_mode: str = "random",
     augment: Augment | None = None,
     device: str = "auto",
-    refit: bool = True,
+    **overrides: Any,
 ) -> tuple[Run, SweepResult]:
     """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
 
     ``grid`` maps head options to lists of values (every combination is fitted); ``head``
-    gives fixed options. With neither, :data:`DEFAULT_GRID` is used. ``holdout`` turns a
-    stratified share of train into the val split when the data has none (else CV selects).
-    ``status`` hears every step before a batch runs (see :class:`Phase`), fitting included.
-    ``memory_budget`` (bytes, or a size such as ``"512M"``; default: half the memory
-    available): train features larger than this are streamed from the cache in chunks
-    instead of loaded (:mod:`featpipe.fitting.streaming`). ``device`` (``auto``, ``cpu``,
-    ``cuda``, ``cuda:N``) is where the torch heads train (:mod:`featpipe.heads.placement`;
-    scikit-learn heads stay on the CPU), and where extraction runs unless ``extract_options``
-    names another; the run records it.
+    gives fixed options. With neither, :data:`DEFAULT_GRID` is used. ``options`` are the
+    :class:`~featpipe.fitting.options.SweepOptions` (seeds, cv, holdout, shots, draws, refit,
+    memory_budget, n_jobs); any of them may also be given as a keyword (``fit(data, seeds=3)``),
+    on top of ``options``. ``holdout`` turns a stratified share of train into the val split
+    when the data has none (else CV selects). ``extract_options`` are the
+    :class:`~featpipe.extraction.options.ExtractOptions` of the features (or their fields as a
+    mapping), extracted first where missing. ``status`` hears every step before a batch runs
+    (see :class:`Phase`), fitting included. ``memory_budget`` (bytes, or a size such as
+    ``"512M"``; default: half the memory available): train features larger than this are
+    streamed from the cache in chunks instead of loaded (:mod:`featpipe.fitting.streaming`).
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) is where the torch heads train
+    (:mod:`featpipe.heads.placement`; scikit-learn heads stay on the CPU), and where
+    extraction runs unless ``extract_options`` names another; the run records it.
 
     ``views``: train on K cached augmented views of every training image (extracted first if
     missing, under ``augment``); ``view_mode`` ``random`` draws one view per image per epoch,
@@ -98,35 +102,36 @@ def fit(
     and that head is scored on test and saved (:func:`~featpipe.fitting.sweep.sweep`); the run
     records what its head was trained on, and keeps the train-only head for fine-tuning.
     """
-    from featpipe.heads.placement import training_on
-    from featpipe.runtime.devices import resolve_device
-
+    options = replace(options or SweepOptions(), **overrides)  # checked before any work
     heads_device = resolve_device(device)  # a bad --device fails before any work
-    extract_options = {"device": device} | (extract_options or {})
+    extraction = as_extract_options(extract_options)
+    if extraction.device == "auto":
+        extraction = replace(extraction, device=device)
     grid = parse_grid(grid or ({} if head else DEFAULT_GRID), "grid")
     fixed = HeadConfig.from_dict(head or {}, param="head")
     configs = expand(grid, fixed)
-    specs = parse_feature_spec(backbone, extract_options)
+    specs = parse_feature_spec(backbone, extraction)
     if views:
         check_view_mode(view_mode)
         if len(specs) > 1:
             raise ArgumentError(
                 "views", f"train on one backbone's views, not a concatenation ({backbone})"
             )
-    with_views = {"views": views, "augment": augment} if views else {}
     features, results = load_feature_set(
         data,
         specs,
-        extract_options | with_views,
+        extraction,
         progress,
         status,
-        resolve_budget(memory_budget),
+        resolve_budget(options.memory_budget),
+        views=views,
+        augment=augment,
     )
-    if holdout and not (features.split == "val").any():
-        features = with_holdout(features, holdout)
+    if options.holdout and not (features.split == "val").any():
+        features = with_holdout(features, options.holdout)
     used, view_record = None, None
     if views:
-        if not isinstance(features, Features):
+        if not features.in_memory:
             raise ArgumentError(
                 "views",
                 "need the features in memory: the train features exceed memory_budget; "
@@ -135,20 +140,19 @@ def fit(
         assert results[0].views is not None  # extract(views=K) made them
         used, view_record = train_views(features, results[0].views, view_mode)
     if status:
-        status(Phase("fitting", f"fitting {len(configs)} head configs × {seeds} seeds"))
+        status(Phase("fitting", f"fitting {len(configs)} head configs × {options.seeds} seeds"))
     with training_on(heads_device):
         result = sweep(
             features,
             configs,
-            seeds=seeds,
-            cv=cv,
-            shots=shots,
-            draws=draws,
-            n_jobs=n_jobs,
+            seeds=options.seeds,
+            cv=options.cv,
+            shots=list(options.shots) if options.shots else None,
+            draws=options.draws,
+            n_jobs=options.n_jobs,
             views=used,
-            refit=refit,
+            refit=options.refit,
         )
-    options = dict(extract_options)
     metas = [read_meta(r.entry) for r in results]
     entries = [
         {
@@ -176,16 +180,19 @@ def fit(
             request={
                 "grid": grid,  # typed, as parsed
                 "head": {name: getattr(fixed, name) for name in head or {}},
-                "seeds": seeds,
-                "cv": cv,
-                "holdout": holdout,
-                "shots": shots,
-                "draws": draws,
-                "extract": {k: str(v) for k, v in options.items()},
+                "seeds": options.seeds,
+                "cv": options.cv,
+                "holdout": options.holdout,
+                "shots": list(options.shots) if options.shots else None,
+                "draws": options.draws,
+                "extract": {
+                    k: str(v)
+                    for k, v in ({"device": extraction.device} | given(extraction)).items()
+                },
                 "configs": [c.to_dict() for c in configs],
                 "views": view_record,
                 "heads_device": str(heads_device),
-                "refit": refit,
+                "refit": options.refit,
             },
             extract_seconds=extract_seconds,
         )

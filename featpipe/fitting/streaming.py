@@ -35,13 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from featpipe.cache.entry import entry_header, load_columns, read_spans
-from featpipe.errors import ArgumentError, DataError
+from featpipe.cache.entry import FeatureSet, entry_header, load_columns, read_spans
+from featpipe.errors import ArgumentError
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, linear_modules, path_groups
 from featpipe.heads.paths import balanced_weights, ridge_path_gram, ridge_targets
 from featpipe.heads.preprocess import Preprocessor
-from featpipe.heads.stacked import Batch, target_scaling, train_sources, training_targets
+from featpipe.heads.rows import Batch
+from featpipe.heads.stacked import target_scaling, train_sources, training_targets
 
 # Without a budget: this share of the memory available when fit starts.
 DEFAULT_SHARE = 0.5
@@ -100,11 +101,11 @@ def human(size: float) -> str:
 
 
 @dataclass
-class StreamedFeatures:
+class StreamedFeatures(FeatureSet):
     """An entry whose train features exceed the budget: columns in memory, features on disk.
 
     Has what :class:`~featpipe.cache.entry.Features` has but ``X``; the sweep and the fit stage
-    (hold-out, run records) read only these columns.
+    (hold-out, run records) read only these columns, and the features through :meth:`blocks`.
     """
 
     entry: Path
@@ -119,18 +120,17 @@ class StreamedFeatures:
     block_rows: int
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __len__(self) -> int:
-        return len(self.split)
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.targets if self.task == "regression" else self.labels
+    in_memory = False
 
     def blocks(self, mask: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(features, row numbers)`` of the rows in ``mask``, block by block in row order."""
+        """Blocks of at most ``block_rows`` rows read from the entry (those holding none of
+        ``mask`` are not read)."""
         n, rows = len(self.split), self.block_rows
         spans = [(s, min(n, s + rows)) for s in range(0, n, rows) if mask[s : s + rows].any()]
         yield from self._read(spans, mask)
+
+    def check_finite(self) -> None:
+        """Nothing to check before reading: every block is checked as it is read."""
 
     def shuffled(
         self, mask: np.ndarray, gen: torch.Generator
@@ -157,14 +157,10 @@ class StreamedFeatures:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for (start, stop), X in zip(spans, read_spans(self.entry, spans), strict=True):
             keep = mask[start:stop]
+            rows = np.flatnonzero(keep) + start
             X = X[keep]
-            if not np.isfinite(X).all():
-                bad = self.relpath[start:stop][keep][~np.isfinite(X).all(axis=1)]
-                raise DataError(
-                    f"{len(bad)} feature rows hold NaN or inf (e.g. {bad[0]}): run featpipe "
-                    "cache verify, then remove the entry and extract again"
-                )
-            yield X, np.flatnonzero(keep) + start
+            self._refuse_nonfinite(X, rows)
+            yield X, rows
 
 
 def open_streamed(entry: Path, budget: int) -> StreamedFeatures | None:
@@ -241,7 +237,7 @@ def fit_preprocessor(
 
 @dataclass
 class ChunkBatches:
-    """A split streamed for the stacked trainer (:class:`featpipe.heads.stacked.Batches`)."""
+    """A split streamed for the stacked trainer (:class:`featpipe.heads.rows.Batches`)."""
 
     features: StreamedFeatures
     mask: np.ndarray
@@ -361,12 +357,3 @@ def fit_heads(configs: list[HeadConfig], features: StreamedFeatures) -> list[Fit
                     configs[i], pre, module, names, task, features.dim, fit_seconds=seconds
                 )
     return [f for f in fitted if f is not None]
-
-
-def outputs(heads: list[FittedHead], features: StreamedFeatures, split: str) -> list[np.ndarray]:
-    """Every head's raw outputs on ``split``, in row order: one pass over its blocks."""
-    parts: list[list[np.ndarray]] = [[] for _ in heads]
-    for X, _ in features.blocks(features.split == split):
-        for part, head in zip(parts, heads, strict=True):
-            part.append(head.decision_function(X))
-    return [np.concatenate(p) for p in parts]

@@ -13,98 +13,30 @@ its epochs are still chosen on images it has not seen).
 
 from __future__ import annotations
 
+import itertools
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
-from featpipe.cache.entry import Features
+from featpipe.cache.entry import Features, FeatureSet
 from featpipe.errors import ArgumentError, DataError
 from featpipe.fitting import streaming
-from featpipe.fitting.streaming import StreamedFeatures
+from featpipe.fitting.run import Candidate, SweepResult
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, fit_heads
 from featpipe.heads.stacked import group_key
+from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
+from featpipe.runs.metrics import FewShotPoint, Predictions
 from featpipe.runtime import distributed
 
 
-@dataclass
-class Candidate:
-    """One config across seeds: its validation scores and (for the winner) test scores."""
-
-    config: HeadConfig
-    val: list[dict[str, float]] = field(default_factory=list)
-    test: list[dict[str, float]] = field(default_factory=list)
-    fit_seconds: list[float] = field(default_factory=list)
-    histories: list[dict[str, list[float]]] = field(default_factory=list)
-    heads: list[FittedHead] = field(default_factory=list)
-
-    def mean(self, metric: str, split: str = "val") -> float:
-        scores = self.val if split == "val" else self.test
-        return float(np.mean([s[metric] for s in scores])) if scores else float("nan")
-
-    def std(self, metric: str, split: str = "val") -> float:
-        scores = self.val if split == "val" else self.test
-        return float(np.std([s[metric] for s in scores])) if scores else float("nan")
-
-
-@dataclass
-class SweepResult:
-    task: str
-    class_names: list[str]
-    selection: str  # "val" or "cv5"
-    candidates: list[Candidate]
-    best: Candidate
-    best_head: FittedHead
-    confusion: list[list[int]] | None
-    few_shot: list[dict[str, Any]]
-    seconds: float
-    few_shot_note: str = ""  # shot counts left out of the curve, and why
-    # images per split the scores rest on (the report says how many a verdict rests on)
-    split_sizes: dict[str, int] = field(default_factory=dict)
-    # regression: the chosen head's test predictions, for predicted-vs-true plots
-    test_predictions: dict[str, list[float]] | None = None
-    # what the chosen head was trained on: "train" or "train+val" (refitted), and why a refit
-    # asked for was not made
-    trained_on: str = "train"
-    refit_note: str = ""
-    # after a refit on train + val: the heads selection fitted on train alone, and their test
-    # scores (what the refit changed)
-    selection_heads: list[FittedHead] = field(default_factory=list)
-    test_before_refit: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def metric(self) -> str:
-        return metrics.primary(self.task)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Tidy rows: one per config × seed; test columns only for the chosen config."""
-        out = []
-        for cand in self.candidates:
-            chosen = cand is self.best
-            for i, scores in enumerate(cand.val):
-                seed = cand.config.seed + i
-                row: dict[str, Any] = replace(cand.config, seed=seed).to_dict()
-                row.update({f"val_{k}": v for k, v in scores.items()})
-                if chosen and i < len(cand.test):
-                    row.update({f"test_{k}": v for k, v in cand.test[i].items()})
-                row["fit_seconds"] = cand.fit_seconds[i] if i < len(cand.fit_seconds) else None
-                row["chosen"] = chosen
-                out.append(row)
-        return out
-
-
-def _check(features: Features | StreamedFeatures) -> None:
+def _check(features: FeatureSet) -> None:
     """Splits a sweep can use; finite features (a streamed entry is checked as it is read)."""
-    if isinstance(features, Features) and not np.isfinite(features.X).all():
-        bad = features.relpath[~np.isfinite(features.X).all(axis=1)]
-        raise DataError(
-            f"{len(bad)} feature rows hold NaN or inf (e.g. {bad[0]}): run featpipe cache "
-            "verify, then remove the entry and extract again"
-        )
+    features.check_finite()
     train = features.labels[features.split == "train"]
     if len(train) == 0:
         raise DataError("the train split is empty: add training images or a split column")
@@ -135,17 +67,7 @@ def _folds(y: np.ndarray, task: str, k: int, seed: int = 0) -> list[tuple[np.nda
     return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y))))
 
 
-def fit_grid(
-    runs: list[HeadConfig],
-    X: np.ndarray,
-    y: np.ndarray,
-    Xv: np.ndarray | None,
-    yv: np.ndarray | None,
-    class_names: list[str],
-    task: str,
-    n_jobs: int,
-    views: TrainViews | None = None,
-) -> list[FittedHead]:
+def fit_grid(runs: list[HeadConfig], data: TrainData, n_jobs: int) -> list[FittedHead]:
     """:func:`fit_heads`, with the grid dealt out to torchrun ranks when there are several.
 
     Every selection mode fits through here (validation split, each CV fold, the refit of the
@@ -155,7 +77,7 @@ def fit_grid(
     """
     dist = distributed.current()
     if dist is None:
-        return fit_heads(runs, X, y, Xv, yv, class_names, task, n_jobs, views)
+        return fit_heads(runs, data, n_jobs)
     keys: dict[tuple, int] = {}
     owner = []
     for config in runs:
@@ -163,12 +85,7 @@ def fit_grid(
         owner.append(keys.setdefault(key, len(keys)) % dist.world)
     mine = [i for i, rank in enumerate(owner) if rank == dist.rank]
     fitted = distributed.everyone(
-        dist,
-        lambda: (
-            fit_heads([runs[i] for i in mine], X, y, Xv, yv, class_names, task, n_jobs, views)
-            if mine
-            else []
-        ),
+        dist, lambda: fit_heads([runs[i] for i in mine], data, n_jobs) if mine else []
     )
     heads: dict[int, FittedHead] = {}
     for indices, part in distributed.gather((mine, fitted)):
@@ -181,7 +98,7 @@ def _score(head: FittedHead, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def select(
-    features: Features,
+    features: FeatureSet,
     configs: list[HeadConfig],
     seeds: int = 1,
     cv: int = 5,
@@ -191,56 +108,11 @@ def select(
     """Fit every config × seed on train; score on val (or by CV). Returns the candidates.
 
     ``views``: augmented views of the train rows, in their order (each fold takes its own).
+    A set larger than memory is trained and scored in chunks, and selects on the val split
+    (cross-validation would read the entry once per fold).
     """
-    train, val = features.where("train"), features.where("val")
-    candidates = [Candidate(c) for c in configs]
-    runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
-    owner = [i for _ in range(seeds) for i in range(len(configs))]
-    if len(val):
-        heads = fit_grid(
-            runs,
-            train.X,
-            train.y,
-            val.X,
-            val.y,
-            features.class_names,
-            features.task,
-            n_jobs,
-            views,
-        )
-        for i, head in zip(owner, heads, strict=True):
-            candidates[i].val.append(_score(head, val.X, val.y))
-            candidates[i].fit_seconds.append(head.fit_seconds)
-            candidates[i].histories.append(head.history)
-            candidates[i].heads.append(head)
-        return candidates, "val"
-    folds = _folds(train.y, features.task, cv)
-    fold_scores: list[list[dict[str, float]]] = [[] for _ in runs]
-    fold_seconds = np.zeros(len(runs))
-    for fit_idx, val_idx in folds:
-        Xf, yf, Xv, yv = train.X[fit_idx], train.y[fit_idx], train.X[val_idx], train.y[val_idx]
-        fold_views = views.take(fit_idx) if views is not None else None
-        heads = fit_grid(
-            runs, Xf, yf, Xv, yv, features.class_names, features.task, n_jobs, fold_views
-        )
-        for r, head in enumerate(heads):
-            fold_scores[r].append(_score(head, Xv, yv))
-            fold_seconds[r] += head.fit_seconds
-    for r, i in enumerate(owner):
-        names = fold_scores[r][0]
-        candidates[i].val.append({m: float(np.mean([s[m] for s in fold_scores[r]])) for m in names})
-        candidates[i].fit_seconds.append(float(fold_seconds[r]))
-    return candidates, f"cv{len(folds)}"
-
-
-def select_streamed(
-    features: StreamedFeatures, configs: list[HeadConfig], seeds: int = 1
-) -> tuple[list[Candidate], str]:
-    """:func:`select` for an entry larger than the memory budget: trained and scored in chunks.
-
-    Selection needs the val split here (cross-validation would read the entry once per fold).
-    """
-    if not (features.split == "val").any():
+    is_val = features.split == "val"
+    if not is_val.any() and not features.in_memory:
         raise ArgumentError(
             "holdout",
             f"is needed: the train features exceed memory_budget "
@@ -251,19 +123,77 @@ def select_streamed(
     candidates = [Candidate(c) for c in configs]
     runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
     owner = [i for _ in range(seeds) for i in range(len(configs))]
-    heads = streaming.fit_heads(runs, features)
-    y_val = features.y[features.split == "val"]
-    n_classes = len(features.class_names)
-    for i, head, out in zip(owner, heads, streaming.outputs(heads, features, "val"), strict=True):
-        candidates[i].val.append(metrics.from_outputs(features.task, n_classes, y_val, out))
-        candidates[i].fit_seconds.append(head.fit_seconds)
-        candidates[i].histories.append(head.history)
-        candidates[i].heads.append(head)
-    return candidates, "val"
+    if is_val.any():
+        heads = _fit(features, runs, n_jobs, views)
+        for i, head, scores in zip(owner, heads, _scored(heads, features, is_val), strict=True):
+            candidates[i].val.append(scores)
+            candidates[i].fit_seconds.append(head.fit_seconds)
+            candidates[i].histories.append(head.history)
+            candidates[i].heads.append(head)
+        return candidates, "val"
+    train = features.where("train")
+    folds = _folds(train.y, features.task, cv)
+    fold_scores: list[list[dict[str, float]]] = [[] for _ in runs]
+    fold_seconds = np.zeros(len(runs))
+    for fit_idx, val_idx in folds:
+        Xf, yf, Xv, yv = train.X[fit_idx], train.y[fit_idx], train.X[val_idx], train.y[val_idx]
+        fold_views = views.take(fit_idx) if views is not None else None
+        data = TrainData(Xf, yf, Xv, yv, features.class_names, features.task, fold_views)
+        heads = fit_grid(runs, data, n_jobs)
+        for r, head in enumerate(heads):
+            fold_scores[r].append(_score(head, Xv, yv))
+            fold_seconds[r] += head.fit_seconds
+    for r, i in enumerate(owner):
+        names = fold_scores[r][0]
+        candidates[i].val.append({m: float(np.mean([s[m] for s in fold_scores[r]])) for m in names})
+        candidates[i].fit_seconds.append(float(fold_seconds[r]))
+    return candidates, f"cv{len(folds)}"
+
+
+def _fit(
+    features: FeatureSet, runs: list[HeadConfig], n_jobs: int, views: TrainViews | None
+) -> list[FittedHead]:
+    """Every run fitted on the train split, watching the val split where there is one; a set
+    larger than memory is fitted in chunks (:func:`featpipe.fitting.streaming.fit_heads`)."""
+    if not features.in_memory:
+        return streaming.fit_heads(runs, features)
+    train, val = features.where("train"), features.where("val")
+    watched = (val.X, val.y) if len(val) else (None, None)
+    data = TrainData(train.X, train.y, *watched, features.class_names, features.task, views)
+    return fit_grid(runs, data, n_jobs)
+
+
+def outputs(
+    heads: list[FittedHead], features: FeatureSet, mask: np.ndarray
+) -> Iterator[np.ndarray]:
+    """Every head's raw outputs on the rows in ``mask`` (at least one), in row order, head by
+    head. A set read in several blocks (an entry larger than memory) is read once for all the
+    heads; a set that is one block (in memory) is scored one head at a time, so only one head's
+    outputs are held at once."""
+    blocks = iter(features.blocks(mask))
+    X, _ = next(blocks)
+    more = next(blocks, None)
+    if more is None:
+        yield from (head.decision_function(X) for head in heads)
+        return
+    parts = [[head.decision_function(X)] for head in heads]
+    for X, _ in itertools.chain([more], blocks):
+        for part, head in zip(parts, heads, strict=True):
+            part.append(head.decision_function(X))
+    yield from (np.concatenate(part) for part in parts)
+
+
+def _scored(
+    heads: list[FittedHead], features: FeatureSet, mask: np.ndarray
+) -> Iterator[dict[str, float]]:
+    """Every head's scores on the rows in ``mask``, head by head (see :func:`outputs`)."""
+    y, n_classes = features.y[mask], len(features.class_names)
+    for out in outputs(heads, features, mask):
+        yield metrics.from_outputs(features.task, n_classes, y, out)
 
 
 def sweep(
-    features: Features | StreamedFeatures,
+    features: FeatureSet,
     configs: list[HeadConfig],
     seeds: int = 1,
     cv: int = 5,
@@ -286,19 +216,16 @@ def sweep(
     start = time.perf_counter()
     if not configs:
         raise ArgumentError("configs", "is empty: give at least one head config")
-    streamed = isinstance(features, StreamedFeatures)
-    if streamed and shots:
+    if shots and not features.in_memory:
         raise ArgumentError(
             "shots",
             f"need the features in memory: the train features exceed memory_budget "
             f"({streaming.human(features.budget)}); raise the budget for a few-shot curve",
         )
     _check(features)
-    if streamed:
+    if not features.in_memory:
         streaming.refuse_unstreamable(features, configs)
-        candidates, selection = select_streamed(features, configs, seeds)
-    else:
-        candidates, selection = select(features, configs, seeds, cv, n_jobs, views)
+    candidates, selection = select(features, configs, seeds, cv, n_jobs, views)
     metric = metrics.primary(features.task)
     best = max(candidates, key=lambda c: (c.mean(metric), -configs.index(c.config)))
     for cand in candidates:  # keep curves, free the losing models (MLP grids are large)
@@ -322,14 +249,15 @@ def sweep(
     before: list[dict[str, float]] = []
     if is_test.any():
         # one pass over test for both (a streamed entry is read once)
-        scores, outs = _test_scores(features, best.heads + selection_heads)
+        tested = best.heads + selection_heads
+        outs = list(outputs(tested, features, is_test))
+        n_classes, y_test = len(features.class_names), features.y[is_test]
+        scores = [metrics.from_outputs(features.task, n_classes, y_test, o) for o in outs]
         best.test, before = scores[: len(best.heads)], scores[len(best.heads) :]
-        n_classes = len(features.class_names)
-        y_test = features.y[is_test]
         if features.task == "classification":
             confusion = metrics.confusion(y_test, outs[0].argmax(axis=1), n_classes)
         else:
-            predictions = {"true": y_test.tolist(), "predicted": outs[0][:, 0].tolist()}
+            predictions = Predictions(y_test.tolist(), outs[0][:, 0].tolist())
     few = (
         distributed.on_leader(
             distributed.current(), lambda: few_shot(features, best.config, shots, draws)
@@ -372,34 +300,12 @@ def refit_reason(config: HeadConfig, views: TrainViews | None) -> str:
 
 
 def _fit_chosen(
-    features: Features | StreamedFeatures,
-    config: HeadConfig,
-    seeds: int,
-    n_jobs: int,
-    views: TrainViews | None,
+    features: FeatureSet, config: HeadConfig, seeds: int, n_jobs: int, views: TrainViews | None
 ) -> list[FittedHead]:
     """The chosen config, one head per seed, fitted on the train split with no val to watch
     (every epoch of its schedule runs; the last is kept)."""
     runs = [replace(config, seed=config.seed + s) for s in range(seeds)]
-    if isinstance(features, StreamedFeatures):
-        return streaming.fit_heads(runs, features)
-    train = features.where("train")
-    return fit_grid(
-        runs, train.X, train.y, None, None, features.class_names, features.task, n_jobs, views
-    )
-
-
-def _test_scores(
-    features: Features | StreamedFeatures, heads: list[FittedHead]
-) -> tuple[list[dict[str, float]], list[np.ndarray]]:
-    """Every head's test scores and outputs (streamed entries block by block)."""
-    is_test = features.split == "test"
-    if isinstance(features, StreamedFeatures):
-        outs = streaming.outputs(heads, features, "test")
-    else:
-        outs = [head.decision_function(features.X[is_test]) for head in heads]
-    y_test, n_classes = features.y[is_test], len(features.class_names)
-    return [metrics.from_outputs(features.task, n_classes, y_test, o) for o in outs], outs
+    return _fit(features, runs, n_jobs, views)
 
 
 def stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -410,21 +316,6 @@ def stratified_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarr
         members = np.flatnonzero(labels == c)
         chosen.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
     return np.sort(np.concatenate(chosen))
-
-
-def parse_shots(text: str) -> list[int | str]:
-    shots: list[int | str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if part == "all":
-            shots.append("all")
-        elif part.isdigit() and int(part) > 0:
-            shots.append(int(part))
-        else:
-            raise ArgumentError(
-                "shots", f"{text}: use positive whole numbers or 'all', e.g. 1,5,all"
-            )
-    return shots
 
 
 def plan_shots(
@@ -459,7 +350,7 @@ def plan_shots(
 
 def few_shot(
     features: Features, config: HeadConfig, shots: list[int | str], draws: int = 5
-) -> list[dict[str, Any]]:
+) -> list[FewShotPoint]:
     """Accuracy against examples per class, on test (or val), over repeated draws.
 
     Shot counts above the smallest training class are left out (see :func:`plan_shots`).
@@ -481,27 +372,17 @@ def few_shot(
                 if shot == "all"
                 else stratified_sample(train.labels, int(shot), seed=draw)
             )
-            [head] = fit_heads(
-                [replace(config, seed=config.seed + draw)],
+            data = TrainData(
                 train.X[idx],
                 train.y[idx],
                 val.X if len(val) else None,
                 val.y if len(val) else None,
                 features.class_names,
                 features.task,
-                n_jobs=1,
             )
+            [head] = fit_heads([replace(config, seed=config.seed + draw)], data, n_jobs=1)
             scores.append(_score(head, evaluation.X, evaluation.y)["accuracy"])
         per_class = int(np.bincount(train.labels).max()) if shot == "all" else int(shot)
-        curve.append(
-            {
-                "shots": shot,
-                "per_class": per_class,
-                "split": split,
-                "mean": float(np.mean(scores)),
-                "std": float(np.std(scores)),
-                "draws": len(scores),
-                "scores": scores,
-            }
-        )
+        mean, std = float(np.mean(scores)), float(np.std(scores))
+        curve.append(FewShotPoint(shot, per_class, split, mean, std, len(scores), scores))
     return curve

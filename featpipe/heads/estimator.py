@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from featpipe.errors import ArgumentError, DataError
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, fit_heads
+from featpipe.heads.train_data import TrainData
 
 
 class Head(ClassifierMixin, BaseEstimator):
@@ -113,7 +114,8 @@ class Head(ClassifierMixin, BaseEstimator):
         else:
             raise DataError(f"y is {kind}: Head takes one label or one value per row")
         Xv, yv = self._validation(X_val, y_val, task)
-        [self.fitted_] = fit_heads([config], X, target, Xv, yv, names, task, n_jobs=1)
+        data = TrainData(X, target, Xv, yv, names, task)
+        [self.fitted_] = fit_heads([config], data, n_jobs=1)
         return self
 
     def _validation(

@@ -22,8 +22,12 @@ from torch import nn
 
 from featpipe.errors import ArgumentError, DataError, StorageError
 from featpipe.heads.config import HeadConfig
+from featpipe.heads.metrics import r2
+from featpipe.heads.paths import logistic_path, ridge_classifier_path, ridge_path
 from featpipe.heads.preprocess import Preprocessor
-from featpipe.heads.views import TrainViews, with_view_rows
+from featpipe.heads.stacked import train_torch_heads
+from featpipe.heads.train_data import TrainData
+from featpipe.heads.views import with_view_rows
 
 HEAD_FORMAT = 1
 
@@ -104,8 +108,6 @@ def fit_sklearn_path(
     warm-started along ``C`` (:mod:`featpipe.heads.paths`); each module is what
     :func:`fit_sklearn` gives for its config alone (tests hold them to it).
     """
-    from featpipe.heads.paths import logistic_path, ridge_classifier_path, ridge_path
-
     balanced = configs[0].class_weight == "balanced"
     if n_classes == 0:
         if configs[0].head != "ridge":  # the single fit's message
@@ -248,8 +250,6 @@ class FittedHead:
 
     def score(self, X: np.ndarray, y: np.ndarray) -> float:
         """Accuracy for classification, R² for regression (as scikit-learn's ``score``)."""
-        from featpipe.heads.metrics import r2
-
         pred = self.predict(X)
         return r2(y, pred) if self.task == "regression" else float(np.mean(pred == y))
 
@@ -322,57 +322,41 @@ def _timed_sklearn(
     return modules, time.perf_counter() - start
 
 
-def fit_heads(
-    configs: list[HeadConfig],
-    X: np.ndarray,
-    y: np.ndarray,
-    X_val: np.ndarray | None,
-    y_val: np.ndarray | None,
-    class_names: list[str],
-    task: str,
-    n_jobs: int = -1,
-    views: TrainViews | None = None,
-) -> list[FittedHead]:
+def fit_heads(configs: list[HeadConfig], data: TrainData, n_jobs: int = -1) -> list[FittedHead]:
     """Fit many heads: torch heads stacked per group, scikit-learn heads in parallel (joblib).
 
-    ``views``: augmented views of the rows of ``X`` (N × K × D). Torch heads draw their
-    training rows from them (:mod:`featpipe.heads.views`); scikit-learn heads add every view
-    as an extra row. Preprocessing is still fitted on ``X`` alone.
+    ``data.views``: augmented views of the rows of ``data.X`` (N × K × D). Torch heads draw
+    their training rows from them (:mod:`featpipe.heads.views`); scikit-learn heads add every
+    view as an extra row. Preprocessing is still fitted on ``data.X`` alone.
 
     Ridge configs that differ only in ``alpha`` (logreg: only in ``C``) are fitted as one
     regularisation path (:func:`fit_sklearn_path`).
 
-    Preprocessing is fitted once per distinct (standardize, l2norm, pca) on ``X`` (train only).
+    Preprocessing is fitted once per distinct (standardize, l2norm, pca) on ``data.X`` (train
+    only).
     """
     from joblib import Parallel, delayed
 
-    from featpipe.heads.stacked import train_torch_heads
-
-    n_out = len(class_names) if task == "classification" else 0
+    n_out, dim = data.n_out, data.X.shape[1]
     fitted: list[FittedHead | None] = [None] * len(configs)
     by_pre: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         by_pre.setdefault((c.standardize, c.l2norm, c.pca), []).append(i)
     for (standardize, l2norm, pca), members in by_pre.items():
-        pre = Preprocessor(standardize, l2norm, pca).fit(X)
-        Z = pre.transform(X)
-        Zviews = None if views is None else views.transformed(pre.transform)
-        Zv = pre.transform(X_val) if X_val is not None and len(X_val) else None
-        yv = y_val if Zv is not None else None
+        pre = Preprocessor(standardize, l2norm, pca).fit(data.X)
+        seen = data.transformed(pre.transform)
         torch_ids = [i for i in members if configs[i].is_torch]
         other_ids = [i for i in members if not configs[i].is_torch]
         for i, t in zip(
-            torch_ids,
-            train_torch_heads([configs[i] for i in torch_ids], Z, y, Zv, yv, n_out, Zviews),
-            strict=True,
+            torch_ids, train_torch_heads([configs[i] for i in torch_ids], seen), strict=True
         ):
             fitted[i] = FittedHead(
                 configs[i],
                 pre,
                 t.module,
-                class_names,
-                task,
-                X.shape[1],
+                data.class_names,
+                data.task,
+                dim,
                 t.history,
                 t.best_epoch,
                 t.seconds,
@@ -380,7 +364,11 @@ def fit_heads(
 
         # Ridge along alpha and logreg along C are one path each; a path's time is shared.
         groups = [[other_ids[j] for j in g] for g in path_groups([configs[i] for i in other_ids])]
-        Zs, ys = (Z, y) if Zviews is None or not other_ids else with_view_rows(Z, y, Zviews.X)
+        Zs, ys = (
+            (seen.X, seen.y)
+            if seen.views is None or not other_ids
+            else with_view_rows(seen.X, seen.y, seen.views.X)
+        )
         jobs = n_jobs if len(groups) > 1 else 1
         results = Parallel(n_jobs=jobs, prefer="threads")(
             delayed(_timed_sklearn)([configs[i] for i in group], Zs, ys, n_out) for group in groups
@@ -391,9 +379,9 @@ def fit_heads(
                     configs[i],
                     pre,
                     module,
-                    class_names,
-                    task,
-                    X.shape[1],
+                    data.class_names,
+                    data.task,
+                    dim,
                     fit_seconds=seconds / len(group),
                 )
     return [f for f in fitted if f is not None]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from featpipe.heads.stacked import Batch, Batches, InMemory
+from featpipe.heads.rows import Batch, Batches, InMemory
 
 _DEVICE: ContextVar[torch.device | None] = ContextVar("heads_device", default=None)
 

@@ -22,22 +22,22 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featpipe.heads import placement
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.mlp import BN_EPS, BN_MOMENTUM, build_head, layer_sizes, uses_bn
+from featpipe.heads.rows import Batches, InMemory
 from featpipe.heads.schedules import lr_factor
-from featpipe.heads.views import TrainViews, view_rows
+from featpipe.heads.train_data import TrainData
+from featpipe.heads.views import view_rows
 from featpipe.runtime.allocator import keep_freed_memory
 
-EVAL_CHUNK = 8192
 ONE_GEMM_MAX = 1 << 22  # stacked first-layer weights (floats) still laid out for one GEMM
 
 
@@ -271,46 +271,6 @@ def _metric(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out.permute(2, 0, 1).argmax(dim=0) == y).float().mean(dim=1)  # class-first: fast
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # features [B, D], targets [B]
-
-
-class Batches(Protocol):
-    """Where a trainer's rows come from: arrays in memory, or a cache entry read in chunks."""
-
-    y: torch.Tensor  # every row's target, in row order (class weights and sizes read it)
-    dim: int
-
-    def epoch(self, gen: torch.Generator, batch: int, steps: int) -> Iterator[Batch]:
-        """``steps`` minibatches of ``batch`` rows (the last may be short), shuffled by ``gen``."""
-        ...
-
-    def blocks(self) -> Iterator[Batch]:
-        """Every row once, in order, in blocks (for evaluation)."""
-        ...
-
-
-@dataclass
-class InMemory:
-    """Rows held as tensors: one permutation of all rows per epoch."""
-
-    X: torch.Tensor
-    y: torch.Tensor
-
-    @property
-    def dim(self) -> int:
-        return self.X.shape[1]
-
-    def epoch(self, gen: torch.Generator, batch: int, steps: int) -> Iterator[Batch]:
-        order = torch.randperm(len(self.y), generator=gen).to(self.X.device)
-        for s in range(steps):
-            idx = order[s * batch : (s + 1) * batch]
-            yield self.X[idx], self.y[idx]
-
-    def blocks(self) -> Iterator[Batch]:
-        for s in range(0, len(self.y), EVAL_CHUNK):
-            yield self.X[s : s + EVAL_CHUNK], self.y[s : s + EVAL_CHUNK]
-
-
 def evaluate(
     heads: StackedHeads,
     rows: Batches,
@@ -341,8 +301,6 @@ def train_batches(
 ) -> list[TrainedHead]:
     """:func:`train_group` over any row source (memory, or an entry streamed in chunks), on the
     device :mod:`featpipe.heads.placement` holds (the CPU unless a fit chose another)."""
-    from featpipe.heads import placement
-
     device = placement.current()
     train = placement.place(train, device)
     val = placement.place(val, device) if val is not None else None
@@ -420,31 +378,25 @@ def train_batches(
     ]
 
 
-def train_torch_heads(
-    configs: list[HeadConfig],
-    X: np.ndarray,
-    y: np.ndarray,
-    X_val: np.ndarray | None,
-    y_val: np.ndarray | None,
-    n_out: int,
-    views: TrainViews | None = None,
-) -> list[TrainedHead]:
-    """Group ``configs`` by :func:`group_key` and train each group in one pass.
+def train_torch_heads(configs: list[HeadConfig], data: TrainData) -> list[TrainedHead]:
+    """Group ``configs`` by :func:`group_key` and train each group in one pass on ``data``, as
+    the heads see it (preprocessed).
 
-    With ``views`` (preprocessed, N × K × D), training rows are drawn from the augmented views
-    of the rows of ``X`` (:mod:`featpipe.heads.views`); validation stays on ``X_val``.
+    With ``data.views`` (N × K × D), training rows are drawn from the augmented views of the
+    rows of ``data.X`` (:mod:`featpipe.heads.views`); validation stays on ``data.X_val``.
     """
-    shift, scale = target_scaling(y, n_out)
-    targets = training_targets(y, n_out, shift, scale)
+    n_out = data.n_out
+    shift, scale = target_scaling(data.y, n_out)
+    targets = training_targets(data.y, n_out, shift, scale)
     train: Batches = (
-        InMemory(torch.from_numpy(np.ascontiguousarray(X)), targets)
-        if views is None
-        else view_rows(views.X, targets, views.mode)
+        InMemory(torch.from_numpy(np.ascontiguousarray(data.X)), targets)
+        if data.views is None
+        else view_rows(data.views.X, targets, data.views.mode)
     )
     val = None
-    if X_val is not None and y_val is not None:
-        Xv = torch.from_numpy(np.ascontiguousarray(X_val))
-        val = InMemory(Xv, training_targets(y_val, n_out, shift, scale))
+    if data.watched:
+        Xv = torch.from_numpy(np.ascontiguousarray(data.X_val))
+        val = InMemory(Xv, training_targets(data.y_val, n_out, shift, scale))
     return train_sources(configs, train, val, n_out, shift, scale)
 
 
@@ -470,8 +422,6 @@ def train_sources(
 ) -> list[TrainedHead]:
     """:func:`train_torch_heads` over row sources whose targets :func:`training_targets` made.
     The rows go to the training device once here, for every group."""
-    from featpipe.heads import placement
-
     keep_freed_memory()
     device = placement.current()
     train = placement.place(train, device)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from featpipe.errors import ArgumentError
+from featpipe.heads.rows import EVAL_CHUNK
 
 VIEW_MODES = ("random", "all", "epoch")
-EVAL_CHUNK = 8192
 
 
 def check_view_mode(mode: str) -> None:
@@ -57,7 +57,7 @@ class TrainViews:
 
 @dataclass
 class ViewRows:
-    """A :class:`~featpipe.heads.stacked.Batches` source over views ``V`` [N, K, D]."""
+    """A :class:`~featpipe.heads.rows.Batches` source over views ``V`` [N, K, D]."""
 
     V: torch.Tensor
     targets: torch.Tensor  # one per image

@@ -5,7 +5,7 @@ quadrant                   strategy                          featpipe command
 =========================  ================================  ==================================
 small, similar             train the head only               ``featpipe fit``
 large, similar             head first, then unfreeze the     ``featpipe finetune --from RUN
-                           rest (low lr for early layers)    --gradual … --lr-mult …``
+                           rest (low lr for early layers)    --gradual … --layer-decay …``
 large, dissimilar          train from scratch (or keep the   ``featpipe finetune --weights none``
                            early blocks, re-init the last)
 small, dissimilar          collect more data; meanwhile a    ``featpipe fit`` with strong
@@ -26,26 +26,32 @@ Evidence, all from cached features (the pretrained backbone and its random-init 
 
 Similar when the source head is confident (``SIMILAR_CONFIDENCE``) *and* pretraining removes a
 large part of the error (``SIMILAR_GAIN``); dissimilar otherwise.
+
+A fine-tune command carries the recipe of :mod:`featpipe.finetuning.recipe` for the number of
+images it will train on (augmentation strength, epochs, learning rate, layer decay, EMA, TTA).
 """
 
 from __future__ import annotations
 
-import inspect
 import shlex
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from featpipe.backbones.build import BackboneSpec, load_classifier
 from featpipe.cache.entry import Features
+from featpipe.data.splits import HOLDOUT
 from featpipe.errors import DataError
-from featpipe.extraction.stage import extract
+from featpipe.extraction.options import ExtractOptions, as_extract_options
+from featpipe.finetuning.recipe import recipe
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.sweep import few_shot, sweep
 from featpipe.heads.config import HeadConfig, expand
+from featpipe.options import declared, given
 from featpipe.progress import Phase
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
@@ -83,8 +89,6 @@ def decide(per_class_min: int, gain: float, confidence: float | None) -> tuple[s
 
 def source_confidence(features: Features, backbone: str, weights: str) -> float | None:
     """Mean max-softmax of the backbone's ImageNet head on the cached pooled features."""
-    from featpipe.backbones.build import BackboneSpec, load_classifier
-
     meta = features.meta.get("key_fields", {})
     if meta.get("pool") != "avg" or meta.get("layer") is not None:
         return None
@@ -117,7 +121,7 @@ def advise(
     data: str | Path,
     backbone: str = "tf_efficientnet_lite0",
     weights: str = "auto",
-    extract_options: dict[str, Any] | None = None,
+    extract_options: ExtractOptions | Mapping[str, Any] | None = None,
     status: Callable[[Phase], None] | None = None,
     progress: Callable[[str], Callable | None] | None = None,
     runs_dir: str | Path | None = None,
@@ -130,7 +134,7 @@ def advise(
     take many minutes). The next command keeps the extract options and ``runs_dir`` given here,
     so following it reuses this cache instead of extracting again at the defaults.
     """
-    options = dict(extract_options or {})
+    options = as_extract_options(extract_options)
 
     def features(label: str, spec: str) -> Features:
         per_batch = (lambda _model: progress(label)) if progress else None
@@ -162,66 +166,69 @@ def advise(
         "transfer_gain": gain,
         "source_head_confidence": confidence,
         "best_head": probe_pre,
-        "few_shot": [{"shots": p["shots"], "accuracy": p["mean"]} for p in curve],
+        "few_shot": [{"shots": p.shots, "accuracy": p.mean} for p in curve],
         "thresholds": {
             "small_per_class": SMALL_PER_CLASS,
             "similar_gain": SIMILAR_GAIN,
             "similar_confidence": SIMILAR_CONFIDENCE,
         },
     }
-    context = CommandContext(str(data), backbone, options | {"weights": weights}, runs_dir)
+    context = CommandContext(str(data), backbone, replace(options, weights=weights), runs_dir)
     has_val = bool((pretrained.split == "val").any())
+    tuned = fine_tune_images(len(train), has_val)
     return Advice(
         size,
         similarity,
         STRATEGIES[(size, similarity)],
-        _command(size, similarity, context, has_val),
+        _command(size, similarity, context, has_val, tuned),
         evidence,
     )
 
 
-# The fine-tune recipes advise recommends, as FinetuneConfig fields; benchmarks/bench_advise.py
-# runs exactly these to check the advice.
-LP_FT = {"gradual": "0:last:3,2:all", "lr_mult": [0.1, 0.33, 1.0], "lr": 1e-4, "crop_scale": 0.35}
-SCRATCH = {"weights": "none", "unfreeze": "all", "lr": 3e-3, "crop_scale": 0.35}
+def fine_tune_images(train_images: int, has_val: bool) -> int:
+    """How many images a fine-tune trains on: train, less the share held out for validation
+    when the data has no val split (fit's ``--holdout`` and fine-tuning's own rule)."""
+    return train_images if has_val else round(train_images * (1 - HOLDOUT))
 
 
-def _flags(recipe: dict[str, Any]) -> str:
-    """``{"lr_mult": [0.1, 1.0], "lr": 1e-4}`` → ``--lr-mult 0.1,1.0 --lr 0.0001``."""
+def _flags(fields: dict[str, Any]) -> str:
+    """``{"lr_mult": [0.1, 1.0], "lr": 1e-4, "rot90": True}`` → ``--lr-mult 0.1,1.0 --lr 0.0001
+    --rot90`` (FinetuneConfig fields as ``featpipe finetune`` flags)."""
     return " ".join(
-        f"--{k.replace('_', '-')} " + (",".join(map(str, v)) if isinstance(v, list) else str(v))
-        for k, v in recipe.items()
+        f"--{k.replace('_', '-')}"
+        + ("" if v is True else " " + (",".join(map(str, v)) if isinstance(v, list) else str(v)))
+        for k, v in fields.items()
     )
 
 
-# The featpipe.extract options that decide which cache entry (and which images) a command reads,
-# with their flags; a fine-tune reads images itself and takes only the last two.
-KEY_FLAGS = {
-    "weights": "--weights",
-    "pool": "--pool",
-    "layer": "--layer",
-    "precision": "--precision",
-    "engine": "--engine",
-    "dtype": "--dtype",
-    "draft": "--jpeg-draft",
-    "decode": "--decode",
-    "cache_dir": "--cache-dir",
-    "image_size": "--image-size",
-    "allow_outside": "--allow-outside",
-}
+# The extract options that decide which cache entry (and which images) a command reads; a
+# fine-tune reads images itself and takes only the last two.
+KEY_OPTIONS = (
+    "weights",
+    "pool",
+    "layer",
+    "precision",
+    "engine",
+    "dtype",
+    "draft",
+    "decode",
+    "cache_dir",
+    "image_size",
+    "allow_outside",
+)
 FINETUNE_KEYS = ("image_size", "allow_outside")
 
 
-def _flag_list(options: dict[str, Any], keys: tuple[str, ...]) -> str:
-    """Flags for the options among ``keys`` that differ from :func:`featpipe.extract`'s
-    defaults (switches as bare flags), shell-quoted."""
-    defaults = {k: p.default for k, p in inspect.signature(extract).parameters.items()}
+def _flag_list(options: ExtractOptions, keys: tuple[str, ...]) -> str:
+    """Flags for the options among ``keys`` that differ from their defaults (switches as bare
+    flags), spelled as the command line declares them, shell-quoted."""
+    changed = given(options)
     flags: list[str] = []
-    for key in keys:
-        value = options.get(key, defaults[key])
-        if value is None or value is False or str(value) == str(defaults[key]):
+    for o in declared(ExtractOptions):
+        value = changed.get(o.name)
+        if o.name not in keys or value is None or value is False:
             continue
-        flags += [KEY_FLAGS[key]] if value is True else [KEY_FLAGS[key], str(value)]
+        flags += [o.flag] if value is True else [o.flag, str(value)]
     return shlex.join(flags)
 
 
@@ -234,11 +241,11 @@ class CommandContext:
 
     data: str
     backbone: str
-    extract: dict[str, Any] = field(default_factory=dict)
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
     runs_dir: str | Path | None = None
 
     def extract_flags(self) -> str:
-        return _flag_list(self.extract, tuple(KEY_FLAGS))
+        return _flag_list(self.extract, KEY_OPTIONS)
 
     def finetune_flags(self) -> str:
         return _flag_list(self.extract, FINETUNE_KEYS)
@@ -253,8 +260,11 @@ def _join(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _command(size: str, similarity: str, context: CommandContext, has_val: bool) -> str:
-    """The next command for a quadrant (the recipes ``benchmarks/bench_advise.py`` checks)."""
+def _command(
+    size: str, similarity: str, context: CommandContext, has_val: bool, train_images: int
+) -> str:
+    """The next command for a quadrant (the recipes ``benchmarks/bench_advise.py`` checks); a
+    fine-tune's recipe is scaled to the ``train_images`` it will train on."""
     data = shlex.quote(context.data)
     runs = context.runs_flag()
     fit = _join(
@@ -270,7 +280,7 @@ def _command(size: str, similarity: str, context: CommandContext, has_val: bool)
             f"{fit} --sweep head=linear,logreg lr=1e-3,1e-2 C=0.1,1{holdout}"
             "  # then, with the run it prints:\n"
             + _join(
-                f"featpipe finetune {data} --from RUN {_flags(LP_FT)} --epochs 6",
+                f"featpipe finetune {data} --from RUN {_flags(recipe(train_images))}",
                 _flag_list(context.extract, ("allow_outside",)),  # the size comes with RUN
                 runs,
             )
@@ -280,7 +290,7 @@ def _command(size: str, similarity: str, context: CommandContext, has_val: bool)
         return _join(
             f"featpipe finetune {data} --backbone {shlex.quote(context.backbone)}",
             context.finetune_flags(),
-            f"{_flags(SCRATCH)} --epochs 30",
+            _flags(recipe(train_images, pretrained=False)),
             runs,
         )
     return f"{fit} --sweep head=linear,logreg wd=1e-3,1e-2,1e-1 C=0.01,0.1,1 --shots 1,5,25,all"

@@ -26,37 +26,28 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.backbones.spec import BackboneSpec
-from featpipe.errors import FeatpipeError
+from featpipe.errors import ArgumentError, FeatpipeError
+from featpipe.extraction.options import ExtractOptions, as_extract_options
+from featpipe.fitting.options import SweepOptions
 from featpipe.heads.config import parse_value
+from featpipe.options import declared
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 
-EXPERIMENT_KEYS = {
-    "data",
-    "backbones",
-    "sweep",
-    "head",
-    "seeds",
-    "cv",
-    "holdout",
-    "shots",
-    "draws",
-    "extract",
-    "runs_dir",
-}
+# An experiment file's top-level keys of a sweep option are the sweep option (seeds, cv, …).
+SWEEP_KEYS = {o.name for o in declared(SweepOptions) if o.spec.cli}
+EXPERIMENT_KEYS = {"data", "backbones", "sweep", "head", "extract", "runs_dir"} | SWEEP_KEYS
 
 
 @dataclass
 class Experiment:
+    """A comparison: datasets × backbones, each fitted with the same heads and options."""
+
     data: list[str]
     backbones: list[str]
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     head: dict[str, Any] = field(default_factory=dict)
-    seeds: int = 1
-    cv: int = 5
-    holdout: float = 0.0
-    shots: list[int | str] | None = None
-    draws: int = 5
-    extract: dict[str, Any] = field(default_factory=dict)
+    options: SweepOptions = field(default_factory=SweepOptions)
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
     runs_dir: str = str(DEFAULT_RUNS_DIR)
 
 
@@ -89,17 +80,18 @@ def read_experiment(path: Path) -> Experiment:
         for k, vs in raw.get("sweep", {}).items()
     }
     head = {k: parse_value(k, v) for k, v in raw.get("head", {}).items()}
+    try:
+        options = SweepOptions(**{k: v for k, v in raw.items() if k in SWEEP_KEYS})
+        extract = as_extract_options(raw.get("extract"))
+    except (ArgumentError, TypeError) as exc:  # TypeError: a value of the wrong type
+        raise FeatpipeError(f"experiment file {path}: {exc}") from None
     return Experiment(
         data=[str(d) for d in raw["data"]],
         backbones=list(raw["backbones"]),
         sweep=sweep,
         head=head,
-        seeds=int(raw.get("seeds", 1)),
-        cv=int(raw.get("cv", 5)),
-        holdout=float(raw.get("holdout", 0.0)),
-        shots=list(raw["shots"]) if raw.get("shots") else None,
-        draws=int(raw.get("draws", 5)),
-        extract=dict(raw.get("extract", {})),
+        options=options,
+        extract=extract,
         runs_dir=str(raw.get("runs_dir", DEFAULT_RUNS_DIR)),
     )
 
@@ -132,7 +124,7 @@ def compare(
 
     ``progress`` and ``status`` are :func:`featpipe.fit`'s (per-batch progress, and the steps
     before batches run)."""
-    from featpipe.fitting.stage import fit
+    from featpipe.fitting.stage import fit  # torch: the CLI imports this module at start
 
     rows: list[Row] = []
     for data in experiment.data:
@@ -140,16 +132,12 @@ def compare(
             run, result = fit(
                 data,
                 backbone,
+                experiment.options,
                 grid=experiment.sweep or None,
                 head=experiment.head or None,
-                seeds=experiment.seeds,
-                cv=experiment.cv,
-                holdout=experiment.holdout,
-                shots=experiment.shots,
-                draws=experiment.draws,
                 runs_dir=experiment.runs_dir,
                 extract_options=experiment.extract,
-                device=str(experiment.extract.get("device", "auto")),
+                device=experiment.extract.device,
                 progress=progress,
                 status=status,
             )
@@ -163,7 +151,7 @@ def compare(
                 val=best.mean(metric),
                 test=best.mean(metric, "test"),
                 macro_f1=float(test.get("macro_f1", float("nan"))),
-                extract_seconds=run.metrics["extract_seconds"],
+                extract_seconds=run.metrics.extract_seconds,
                 fit_seconds=result.seconds,
                 run=str(run.path),
             )

@@ -4,7 +4,9 @@ Plots, where a picture says more than numbers: validation score against learning
 panel per head type, every weight decay visible, seed spread as error bars), a backbone ×
 dataset heatmap, few-shot curves, the confusion matrix and per-class scores of the best head,
 predicted-vs-true and residuals for regression, and train/validation curves of torch heads with
-the fit diagnosis written beside them. Fine-tune runs add their per-epoch curves.
+the fit diagnosis written beside them. Fine-tune runs add their per-epoch curves and the options
+they ran with (augmentation, EMA, image size, test-time augmentation: each that is not at its
+default), with the weights they kept.
 
 Every row links to its run folder; a chosen head is named by the options that differ from the
 defaults, the full config on hover. Links and images are relative, so the folder can be moved
@@ -13,10 +15,12 @@ together with the runs directory beside it.
 
 from __future__ import annotations
 
+import csv
 import functools
 import html
 import math
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from featpipe.errors import MissingError
+from featpipe.finetuning.config import FinetuneConfig
+from featpipe.heads.config import HeadConfig
+from featpipe.options import declared
 from featpipe.reports.diagnosis import diagnose_history
 from featpipe.runs.record import Run, list_runs
 
@@ -54,7 +61,7 @@ def _save(fig: plt.Figure, out: Path, name: str) -> str:
 
 
 def _val(run: Run) -> float:
-    value = run.metrics["val"]["mean"]
+    value = run.metrics.val.mean
     return value if value == value else -math.inf
 
 
@@ -83,8 +90,6 @@ def _featured(runs: list[Run]) -> list[tuple[str, Run]]:
 @functools.cache
 def _sweep_rows(path: Path) -> list[dict[str, str]]:
     """Torch-head rows of a run (read once: a written run never changes)."""
-    import csv
-
     with (path / "rows.csv").open(newline="") as handle:
         return [r for r in csv.DictReader(handle) if r.get("lr") and r["head"] in ("linear", "mlp")]
 
@@ -93,35 +98,22 @@ def _has_sweep(run: Run) -> bool:
     return len({r["lr"] for r in _sweep_rows(run.path)}) > 1
 
 
-def _mean_scores(run: Run, split: str) -> dict[str, float]:
-    """A split's scores of the chosen config, averaged over its seeds."""
-    per_seed = run.metrics.get(split, {}).get("all") or []
-    names = {k for scores in per_seed for k in scores}
-    return {k: float(np.mean([s[k] for s in per_seed if k in s])) for k in names}
-
-
 def _head_label(run: Run) -> tuple[str, str]:
     """The chosen head by the options that differ from their defaults, and in full."""
-    from featpipe.heads.config import HeadConfig
-
-    chosen = run.metrics.get("chosen") or {}
+    chosen = run.metrics.chosen
     full = ", ".join(f"{k}={v}" for k, v in chosen.items())
     try:
         short = HeadConfig.from_dict(chosen, ignore_unknown=True).label()
     except ValueError:  # a config of another featpipe version: show what it recorded
-        short = run.metrics.get("chosen_label", full)
+        short = run.metrics.chosen_label or full
     return short, full
 
 
-def _split_sizes(run: Run) -> dict[str, int]:
-    """Images per split that the run's scores rest on (recorded by fit; older runs: none)."""
-    return {k: int(v) for k, v in (run.metrics.get("split_sizes") or {}).items()}
-
-
 def _val_size(run: Run) -> int | None:
-    """How many images the validation score rests on; None when the run does not say."""
-    sizes = _split_sizes(run)
-    if run.metrics.get("selection") == "val":
+    """How many images the validation score rests on; None when the run does not say (split
+    sizes are recorded by fit; older runs: none)."""
+    sizes = run.metrics.split_sizes
+    if run.metrics.selection == "val":
         return sizes.get("val")
     return sizes.get("train")  # cross-validation: every training image is validated once
 
@@ -133,7 +125,7 @@ def sweep_plot(run: Run, out: Path, index: int) -> str | None:
     small horizontal offset; error bars are the spread (std) over seeds.
     """
     rows = _sweep_rows(run.path)
-    metric = f"val_{run.metrics['metric']}"
+    metric = f"val_{run.metrics.metric}"
     lines: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
@@ -179,7 +171,7 @@ def heatmaps(best: dict[tuple[str, str], Run], out: Path) -> list[str]:
     """Backbone × dataset, one heatmap per metric (accuracy and R² do not share a scale)."""
     by_metric: dict[str, dict[tuple[str, str], Run]] = defaultdict(dict)
     for pair, run in best.items():
-        by_metric[run.metrics["metric"]][pair] = run
+        by_metric[run.metrics.metric][pair] = run
     figures = []
     for metric, runs in sorted(by_metric.items()):
         datasets = sorted({d for d, _ in runs})
@@ -188,9 +180,9 @@ def heatmaps(best: dict[tuple[str, str], Run], out: Path) -> list[str]:
             continue
         grid = np.full((len(backbones), len(datasets)), np.nan)
         for (d, b), run in runs.items():
-            value = run.metrics["test"]["mean"]
+            value = run.metrics.test.mean
             grid[backbones.index(b), datasets.index(d)] = (
-                value if value == value else run.metrics["val"]["mean"]
+                value if value == value else run.metrics.val.mean
             )
         fig, ax = plt.subplots(figsize=(2.5 + 1.6 * len(datasets), 1.5 + 0.5 * len(backbones)))
         image = ax.imshow(grid, cmap="viridis", aspect="auto")
@@ -212,17 +204,17 @@ def few_shot_plot(runs: list[Run], out: Path) -> str | None:
 
     The ``all`` point sits at the largest class's size (all of train) and is labelled so.
     """
-    with_curves = [r for r in runs if r.metrics.get("few_shot")]
+    with_curves = [r for r in runs if r.metrics.few_shot]
     if not with_curves:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     splits = set()
     for i, run in enumerate(with_curves):
-        pts = sorted(run.metrics["few_shot"], key=lambda p: p["per_class"])
-        x = [p["per_class"] for p in pts]
-        y = np.array([p["mean"] for p in pts])
-        err = np.array([p["std"] for p in pts])
-        splits |= {p["split"] for p in pts}
+        pts = sorted(run.metrics.few_shot, key=lambda p: p.per_class)
+        x = [p.per_class for p in pts]
+        y = np.array([p.mean for p in pts])
+        err = np.array([p.std for p in pts])
+        splits |= {p.split for p in pts}
         head = _head_label(run)[0]
         line = ax.errorbar(
             x,
@@ -233,10 +225,10 @@ def few_shot_plot(runs: list[Run], out: Path) -> str | None:
             label=f"{run.config['dataset']} · {run.config['backbone']} · {head}",
         )
         for p in pts:
-            if p["shots"] == "all":
+            if p.shots == "all":
                 ax.annotate(
-                    f"all ({p['per_class']})",
-                    (p["per_class"], p["mean"]),
+                    f"all ({p.per_class})",
+                    (p.per_class, p.mean),
                     textcoords="offset points",
                     xytext=(4, -12),
                     fontsize=7,
@@ -255,11 +247,10 @@ def few_shot_plot(runs: list[Run], out: Path) -> str | None:
 
 
 def confusion_plot(run: Run, out: Path, index: int) -> str | None:
-    matrix = run.metrics.get("confusion")
-    if not matrix:
+    if not run.metrics.confusion:
         return None
-    matrix = np.array(matrix)
-    names = run.metrics["class_names"]
+    matrix = np.array(run.metrics.confusion)
+    names = run.metrics.class_names
     size = 2.5 + 0.45 * len(names)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -285,12 +276,12 @@ def confusion_plot(run: Run, out: Path, index: int) -> str | None:
 
 def per_class_rows(run: Run) -> list[list[str]]:
     """Per-class test precision, recall, F1 and support, read off the confusion matrix."""
-    matrix = np.array(run.metrics.get("confusion") or [], dtype=np.float64)
+    matrix = np.array(run.metrics.confusion or [], dtype=np.float64)
     if matrix.size == 0:
         return []
     support, predicted, hits = matrix.sum(1), matrix.sum(0), np.diag(matrix)
     rows = []
-    for c, name in enumerate(run.metrics["class_names"]):
+    for c, name in enumerate(run.metrics.class_names):
         precision = hits[c] / predicted[c] if predicted[c] else 0.0
         recall = hits[c] / support[c] if support[c] else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -300,11 +291,11 @@ def per_class_rows(run: Run) -> list[list[str]]:
 
 def regression_plot(run: Run, out: Path, index: int) -> str | None:
     """Predicted against true on test, and the residuals against the prediction."""
-    recorded = run.metrics.get("test_predictions")
-    if run.metrics.get("task") != "regression" or not recorded:
+    recorded = run.metrics.test_predictions
+    if run.metrics.task != "regression" or not recorded:
         return None
-    y = np.asarray(recorded["true"], np.float64)
-    pred = np.asarray(recorded["predicted"], np.float64)
+    y = np.asarray(recorded.true, np.float64)
+    pred = np.asarray(recorded.predicted, np.float64)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
     left.scatter(y, pred, s=12, alpha=0.6)
     low, high = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
@@ -320,14 +311,14 @@ def regression_plot(run: Run, out: Path, index: int) -> str | None:
 
 def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
     """Train/validation curves of the chosen torch head, with the diagnosis."""
-    chosen = run.metrics["chosen"]
+    chosen = run.metrics.chosen
     curves = [c for c in run.curves() if c["config"] == chosen]
     if not curves or not curves[0]["history"].get("val_metric"):
         return None
     history = curves[0]["history"]
     finetune = run.config.get("kind") == "finetune"
-    best_epoch = run.metrics["best_epoch"] if finetune else run.head().best_epoch
-    n_classes = len(run.metrics["class_names"]) if run.metrics.get("task") != "regression" else 0
+    best_epoch = run.metrics.best_epoch if finetune else run.head().best_epoch
+    n_classes = len(run.metrics.class_names) if run.metrics.task != "regression" else 0
     diag = diagnose_history(history, n_classes, n_val=_val_size(run))
     epochs = range(1, len(history["train_loss"]) + 1)
     if finetune:
@@ -345,7 +336,7 @@ def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
                 ax.legend(fontsize=6)
     else:
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key, label in ((left, "loss", "loss"), (right, "metric", run.metrics["metric"])):
+    for ax, key, label in ((left, "loss", "loss"), (right, "metric", run.metrics.metric)):
         ax.plot(epochs, history[f"train_{key}"], label="train")
         ax.plot(epochs, history[f"val_{key}"], label="validation")
         ax.axvline(best_epoch + 1, color="grey", linestyle=":", label="kept epoch")
@@ -414,14 +405,14 @@ def report(runs_dir: Path, out: Path) -> Path:
                 b,
                 r.config.get("kind", "fit"),
                 _head_cell(r),
-                r.metrics["selection"],
-                _num(r.metrics["val"]["mean"]),
-                *(_num(_mean_scores(r, "test").get(s)) for s in SCORES[task]),
+                r.metrics.selection,
+                _num(r.metrics.val.mean),
+                *(_num(r.metrics.test.averaged().get(s)) for s in SCORES[task]),
                 f"{len(pairs[(d, b)])}",
                 _run_link(r, out),
             ]
             for (d, b), r in best.items()
-            if r.metrics.get("task", "classification") == task
+            if r.metrics.task == task
         ]
         if rows:
             title = f"Leaderboard, {task} (best run per dataset × backbone, by validation score)"
@@ -455,10 +446,34 @@ def report(runs_dir: Path, out: Path) -> Path:
     return page
 
 
+def finetune_note(run: Run) -> str | None:
+    """What a fine-tune run ran with (its options not at their defaults, as run.json records
+    them) and which weights it kept; None for other runs."""
+    if run.config.get("kind") != "finetune":
+        return None
+    request = run.config.get("request", {})
+    options = [
+        f"{o.name}={request[o.name]}"
+        for o in declared(FinetuneConfig)
+        if o.name in request and request[o.name] not in (o.default, None)
+    ]
+    metrics = run.metrics
+    epoch = metrics.best_epoch
+    kept = f"epoch {epoch + 1}" if epoch >= 0 else "the starting head (no epoch beat it)"
+    if metrics.kept_weights == "ema":
+        kept += ", its EMA weights"
+    tta = metrics.tta
+    scored = f"; val and test scored with test-time augmentation ({tta})" if tta != "none" else ""
+    return f"Fine-tune options: {', '.join(options) or 'the defaults'}. Kept: {kept}{scored}."
+
+
 def _run_plots(run: Run, out: Path, i: int) -> list[str]:
-    """The HTML of one run's plots: sweep, confusion with per-class scores, regression, CAM,
-    curves with diagnosis."""
+    """The HTML of one run's plots: the fine-tune options, sweep, confusion with per-class
+    scores, regression, CAM, curves with diagnosis."""
     html_parts = []
+    note = finetune_note(run)
+    if note:
+        html_parts.append(f"<p class='note'>{html.escape(note)}</p>")
     sweep = sweep_plot(run, out, i)
     if sweep:
         html_parts.append(f"<img src='{sweep}' alt='learning-rate sweep'>")
@@ -470,15 +485,13 @@ def _run_plots(run: Run, out: Path, i: int) -> list[str]:
     regression = regression_plot(run, out, i)
     if regression:
         html_parts.append(f"<img src='{regression}' alt='predicted against true'>")
-    elif run.metrics.get("task") == "regression":
+    elif run.metrics.task == "regression":
         html_parts.append(
             "<p class='note'>No test predictions recorded in this run (written by an older "
             "featpipe): fit again for the predicted-vs-true plot.</p>"
         )
-    if run.metrics.get("cam"):
-        import shutil
-
-        shutil.copy(run.path / run.metrics["cam"], out / f"cam-{i}.png")
+    if run.metrics.cam:
+        shutil.copy(run.path / run.metrics.cam, out / f"cam-{i}.png")
         html_parts.append(
             f"<p>Class activation maps (validation images)</p><img src='cam-{i}.png' alt='CAM'>"
         )

@@ -6,7 +6,8 @@
                       pooling, layer, precision: enough to rebuild the network), the request,
                       featpipe's version and the run format;
     ``metrics.json``  selection, the chosen config, validation and test scores, confusion
-                      matrix, few-shot curve, times;
+                      matrix, few-shot curve, times (:class:`~featpipe.runs.metrics.RunMetrics`,
+                      read as one on load);
     ``rows.csv``      the tidy rows (one per dataset × backbone × head × hyperparameters × seed);
     ``curves.json``   per-epoch train/validation curves of every torch head;
     ``head/``         the chosen head: ``head.safetensors`` + ``head.json`` (no pickle);
@@ -14,11 +15,13 @@
                       fitted it, on train alone (fine-tuning starts from it);
     and any files of the run's kind (a fine-tune run's backbone weights, its ``cam.png``).
 
-There is one writer, :func:`write_run`, for every kind. It builds the whole directory under a
-temporary name (``<name>.tmp``, held by a lock while it is written) and renames it, so a reader
-sees a complete run or none: the rename is the commit, as in git's object store. Readers
-(:func:`list_runs`, :func:`results_table`) skip a directory that is not a complete run and name
-it in an :class:`IncompleteRunWarning`, so one damaged run never hides the others.
+There is one writer, :func:`write_run`, for every kind; each stage hands it its own record (a
+fit: :func:`featpipe.fitting.run.save_run`; a fine-tune: :func:`featpipe.finetuning.stage.finish`),
+so this package imports neither. It builds the whole directory under a temporary name
+(``<name>.tmp``, held by a lock while it is written) and renames it, so a reader sees a complete
+run or none: the rename is the commit, as in git's object store. Readers (:func:`list_runs`,
+:func:`results_table`) skip a directory that is not a complete run and name it in an
+:class:`IncompleteRunWarning`, so one damaged run never hides the others.
 Temporary directories whose writer is gone are removed by the next write
 (:func:`remove_stale_temps`).
 
@@ -42,14 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featpipe import __version__
 from featpipe.backbones.spec import slugify
 from featpipe.cache.durable import fsync_dir, fsync_tree, replace_file
 from featpipe.data.datasets import DataWarning
 from featpipe.errors import ArgumentError, DataError, StorageError
+from featpipe.runs.metrics import RunMetrics
 
 if TYPE_CHECKING:  # torch-free at import: the CLI reads runs without loading torch
-    from featpipe.backbones.build import Backbone
-    from featpipe.fitting.sweep import SweepResult
     from featpipe.heads.fitted import FittedHead
 
 # 2: every run has a ``kind`` and ``head/``; a fine-tune run records its backbone entry and
@@ -78,7 +81,7 @@ class IncompleteRunWarning(DataWarning):
 class Run:
     path: Path
     config: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: RunMetrics
 
     @property
     def kind(self) -> str:
@@ -87,19 +90,19 @@ class Run:
     def __repr__(self) -> str:
         """One line for a notebook: what was fitted on what, the choice and its scores."""
         m = self.metrics
-        metric = m.get("metric", "score")
+        metric = m.metric or "score"
         scores = ", ".join(
-            f"{split} {metric}={m[split]['mean']:.4f}"
-            for split in ("val", "test")
-            if isinstance(m.get(split), dict) and m[split].get("mean") == m[split].get("mean")
+            f"{split} {metric}={s.mean:.4f}"
+            for split, s in (("val", m.val), ("test", m.test))
+            if s.mean == s.mean
         )
         return (
             f"Run({self.kind}, {self.config.get('dataset')!r}, {self.config.get('backbone')!r}, "
-            f"{m.get('chosen_label', '?')}, {scores}, path={str(self.path)!r})"
+            f"{m.chosen_label or '?'}, {scores}, path={str(self.path)!r})"
         )
 
     def head(self) -> FittedHead:
-        from featpipe.heads.fitted import FittedHead
+        from featpipe.heads.fitted import FittedHead  # torch, only once a head is used
 
         if not (self.path / "head").is_dir():
             raise DataError(
@@ -111,7 +114,7 @@ class Run:
     def selection_head(self) -> FittedHead:
         """The chosen head as selection fitted it, on train alone: the run's head unless it was
         refitted on train + val (then ``selection-head/``). What may be validated on val."""
-        from featpipe.heads.fitted import FittedHead
+        from featpipe.heads.fitted import FittedHead  # torch, only once a head is used
 
         folder = self.path / "selection-head"
         return FittedHead.load(folder) if folder.is_dir() else self.head()
@@ -143,37 +146,6 @@ def _check_kind(kind: str) -> None:
         raise ArgumentError("kind", f"{kind}: choose one of {', '.join(KINDS)}")
 
 
-def backbone_entry(backbone: Backbone, precision: str, state: str | None = None) -> dict[str, Any]:
-    """The record of a backbone a run did not read from the cache (a fine-tune's network).
-
-    Same fields as a fit run's entries (``key_fields`` as in the cache key), so one reader
-    rebuilds both; ``state`` names the run's file holding the trained backbone weights.
-    """
-    from dataclasses import asdict
-
-    from featpipe.cache.key import KeyFields
-    from featpipe.data.transforms import fingerprint
-
-    spec = backbone.spec
-    fields = KeyFields(
-        model=spec.model,
-        weights=backbone.weights_identity,
-        transform=fingerprint(backbone.data_config, False),
-        pool=spec.pool,
-        layer=spec.layer,
-        precision=precision,
-        dtype="float32",
-    )
-    entry: dict[str, Any] = {
-        "model": spec.model,
-        "weights": spec.weights,
-        "key_fields": asdict(fields),
-    }
-    if state is not None:
-        entry["state"] = state
-    return entry
-
-
 def write_run(
     runs_dir: Path | None = None,
     *,
@@ -182,7 +154,7 @@ def write_run(
     dataset_root: str,
     backbone: str,
     request: Mapping[str, Any],
-    metrics: Mapping[str, Any],
+    metrics: RunMetrics,
     rows: Iterable[Mapping[str, Any]],
     curves: list[dict[str, Any]] | None = None,
     entries: list[dict[str, Any]] | None = None,
@@ -204,8 +176,6 @@ def write_run(
     Each row gets the dataset, backbone and run name as columns.
     ``extra`` adds kind-specific fields to ``run.json``.
     """
-    from featpipe import __version__
-
     _check_kind(kind)
     if path is None:
         if runs_dir is None:
@@ -248,11 +218,12 @@ def write_run(
             head.save(tmp / "head")
         (tmp / "curves.json").write_text(json.dumps(curves or []))
         _write_rows(tmp / "rows.csv", table)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+        record = metrics.to_dict(kind)
+        (tmp / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
         fsync_tree(tmp)
         # run.json last and atomically: it is what makes a directory completed in place a run.
         replace_file(tmp / "run.json", json.dumps(config, indent=1, default=str).encode())
-    return Run(path, config, dict(metrics))
+    return Run(path, config, metrics)
 
 
 @contextmanager
@@ -298,81 +269,6 @@ def _writing(final: Path, staging: Path | None) -> Iterator[Path]:
             os.close(lock_fd)
 
 
-def save_run(
-    runs_dir: Path,
-    result: SweepResult,
-    *,
-    dataset: str,
-    dataset_root: str,
-    spec: str,
-    entries: list[dict[str, Any]],
-    request: dict[str, Any],
-    extract_seconds: float,
-) -> Run:
-    """Write a fit run: the sweep's chosen head, scores, rows and curves (see :func:`write_run`)."""
-    metric = result.metric
-    best = result.best
-    metrics = {
-        "task": result.task,
-        "class_names": result.class_names,
-        "selection": result.selection,
-        "metric": metric,
-        "chosen": best.config.params(),
-        "chosen_label": best.config.label(),
-        "val": {"mean": best.mean(metric), "std": best.std(metric), "all": best.val},
-        "test": {
-            "mean": best.mean(metric, "test"),
-            "std": best.std(metric, "test"),
-            "all": best.test,
-        },
-        "confusion": result.confusion,
-        "few_shot": result.few_shot,
-        "split_sizes": result.split_sizes,
-        "trained_on": result.trained_on,
-        "refit_note": result.refit_note,
-        "test_before_refit": (
-            {
-                "mean": sum(t[metric] for t in result.test_before_refit)
-                / len(result.test_before_refit),
-                "all": result.test_before_refit,
-            }
-            if result.test_before_refit
-            else None
-        ),
-        "test_predictions": result.test_predictions,
-        "extract_seconds": extract_seconds,
-        "fit_seconds": result.seconds,
-        "n_configs": len(result.candidates),
-    }
-    curves = [
-        {
-            "config": c.config.params(),
-            "label": c.config.label(),
-            "seed": c.config.seed + i,
-            "history": h,
-        }
-        for c in result.candidates
-        for i, h in enumerate(c.histories)
-        if h
-    ]
-    return write_run(
-        runs_dir,
-        kind="fit",
-        dataset=dataset,
-        dataset_root=dataset_root,
-        backbone=spec,
-        request=request,
-        metrics=metrics,
-        rows=result.rows(),
-        curves=curves,
-        entries=entries,
-        head=result.best_head,
-        files=(
-            {"selection-head": result.selection_heads[0].save} if result.selection_heads else None
-        ),
-    )
-
-
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
@@ -411,7 +307,10 @@ def load_run(path: str | Path) -> Run:
             f"run {path} was written by a newer featpipe (run format {config['format']}, this "
             f"version reads {RUN_FORMAT}): upgrade featpipe to use it"
         )
-    return Run(path, config, metrics)
+    try:
+        return Run(path, config, RunMetrics.from_dict(metrics))
+    except ValueError as exc:
+        raise DataError(f"{path} is a damaged featpipe run (metrics.json: {exc})") from None
 
 
 def run_dirs(runs_dir: Path) -> list[Path]:

@@ -5,6 +5,10 @@ pooling, layer, precision). Prediction rebuilds exactly that backbone and refuse
 the weights it finds have another identity, so a prediction always comes from the network the
 head was fitted on. A fine-tune run's entry also names the run's file with the trained backbone
 weights, loaded on top: a fine-tune run predicts and exports exactly as a fit run does.
+
+Prediction may average the head's outputs over symmetries of each image (test-time
+augmentation, :mod:`featpipe.data.dihedral`); by default it does what the run's scores were
+measured with (a fine-tune run's ``--tta``, none for a fit run).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import torch
 from torch import nn
 
 from featpipe.backbones.build import Backbone, BackboneSpec, build_backbone
+from featpipe.data.dihedral import TTA_VIEWS, Symmetry, apply
 from featpipe.data.images import is_image_name
 from featpipe.data.loader import make_loader
+from featpipe.data.tensor_decode import pipeline as decoding
 from featpipe.data.transforms import ImageToUint8
-from featpipe.errors import DataError, FeatpipeError
-from featpipe.heads.fitted import FittedHead
+from featpipe.errors import ArgumentError, DataError, FeatpipeError
+from featpipe.heads.fitted import CosineKNN, FittedHead
 from featpipe.runs.record import Run, load_run, write_csv
 from featpipe.runtime.allocator import keep_freed_memory
 from featpipe.runtime.devices import resolve_device
@@ -110,8 +116,20 @@ def embed(
 
     Each backbone decodes with the decoder its features were extracted with (``pil``, or
     ``tensor``: see :mod:`featpipe.data.tensor_decode`), so the head sees the same pixels."""
-    from featpipe.data.tensor_decode import pipeline as decoding
+    features, reasons = embed_views(pipeline, files, TTA_VIEWS["none"], device, batch_size, workers)
+    return features[0], reasons
 
+
+def embed_views(
+    pipeline: RunPipeline,
+    files: list[Path],
+    views: tuple[Symmetry, ...],
+    device: str = "auto",
+    batch_size: int = 16,
+    workers: int = 0,
+) -> tuple[np.ndarray, list[str]]:
+    """:func:`embed` for each of ``views`` (symmetries of the decoded images): an array
+    [views, files, features]; each image is decoded once."""
     keep_freed_memory()
     dev = resolve_device(device)
     blocks, reasons = [], [""] * len(files)
@@ -128,14 +146,21 @@ def embed(
         loader = make_loader(
             paths, transform, batch_size, workers, dev.type == "cuda", collate_fn=collate
         )
-        out = np.full((len(files), backbone.num_features), np.nan, dtype=np.float32)
+        out = np.full((len(views), len(files), backbone.num_features), np.nan, dtype=np.float32)
         for batch in map(finish, loader):
             if batch.index:
-                out[batch.index] = engine(batch.images)
+                for v, view in enumerate(views):
+                    out[v, batch.index] = engine(apply(batch.images, view))
             for i, reason in batch.failed:
                 reasons[i] = reason
         blocks.append(out)
-    return np.concatenate(blocks, axis=1), reasons
+    return np.concatenate(blocks, axis=2), reasons
+
+
+def run_tta(run: Run) -> str:
+    """The test-time augmentation a run's scores were measured with: a fine-tune run's
+    ``tta`` (runs from before it existed: none); a fit run has none."""
+    return run.config.get("request", {}).get("tta") or "none"
 
 
 def predict(
@@ -144,20 +169,28 @@ def predict(
     out: Path | None = None,
     device: str = "auto",
     batch_size: int = 16,
+    tta: str = "run",
 ) -> list[dict[str, Any]]:
-    """Predict every image; rows with the predicted class and per-class probabilities."""
+    """Predict every image; rows with the predicted class and per-class probabilities.
+
+    ``tta``: average the probabilities (values, for a regression) over ``hflip`` (2 views) or
+    ``dihedral`` (the 8 symmetries of the square) of each image, or ``none``; ``run``: what the
+    run's scores were measured with (:func:`run_tta`)."""
+    if tta != "run" and tta not in TTA_VIEWS:
+        raise ArgumentError("tta", f"{tta}: choose one of run, {', '.join(TTA_VIEWS)}")
     pipeline = load_pipeline(run)
     files = collect_images(inputs)
-    X, reasons = embed(pipeline, files, device, batch_size)
+    views = TTA_VIEWS[run_tta(pipeline.run) if tta == "run" else tta]
+    X, reasons = embed_views(pipeline, files, views, device, batch_size)
     head = pipeline.head
     ok = np.array([not r for r in reasons])
     rows: list[dict[str, Any]] = []
     outputs = np.zeros((len(files), max(1, len(head.class_names))), np.float32)
     if ok.any():
         if head.task == "regression":
-            outputs[ok, 0] = head.predict(X[ok])
+            outputs[ok, 0] = np.mean([head.predict(view[ok]) for view in X], axis=0)
         else:
-            outputs[ok] = head.predict_proba(X[ok])
+            outputs[ok] = np.mean([head.predict_proba(view[ok]) for view in X], axis=0)
     for i, path in enumerate(files):
         row: dict[str, Any] = {"path": str(path)}
         if reasons[i]:
@@ -200,6 +233,4 @@ class DeployedPipeline(nn.Module):
 
 
 def _is_knn(head: FittedHead) -> bool:
-    from featpipe.heads.fitted import CosineKNN
-
     return isinstance(head.module, CosineKNN)

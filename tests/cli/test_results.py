@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from test_usage import featpipe
 
+from featpipe.runs.metrics import RunMetrics
 from featpipe.runs.record import write_run
 
 
@@ -33,7 +34,7 @@ def _run(runs: Path, dataset: str, seeds: int, chosen_lr: float) -> str:
         dataset_root=str(runs / dataset),
         backbone="tf_efficientnet_lite0",
         request={},
-        metrics={"metric": "accuracy"},
+        metrics=RunMetrics(metric="accuracy"),
         rows=rows,
     )
     return run.path.name

@@ -14,7 +14,7 @@ import pytest
 import torch
 from extraction.test_kill_resume import _kill_after
 
-from conftest import SLOW, TINY, flags, make_tree
+from conftest import DATA_CONFIG_32, SLOW, TINY, flags, make_tree
 from featpipe.cache.entry import verify
 from featpipe.cache.views import iter_views, load_views
 from featpipe.data.augment import Augment, view_source
@@ -69,15 +69,7 @@ def test_views_read_in_chunks_equal_the_whole(tree: Path, cache_dir: Path) -> No
 def test_a_view_is_its_seed_alone_and_leaves_the_callers_generators_alone(tree: Path) -> None:
     from featpipe.data.train_transform import ViewImages
 
-    config = {
-        "input_size": (3, 32, 32),
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "crop_pct": 0.875,
-        "crop_mode": "center",
-    }
-    images = ViewImages(config, Augment(color_jitter=0.4))
+    images = ViewImages(DATA_CONFIG_32, Augment(color_jitter=0.4))
     path = next(tree.rglob("*.png"))
     torch.manual_seed(1)
     random.seed(1)

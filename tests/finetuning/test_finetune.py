@@ -3,11 +3,6 @@ resume, inspect, CAM."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import featpipe
-from conftest import TINY, make_tree
+from conftest import TINY, TINY_FINETUNE, kill_after_first_checkpoint, make_tree
 from featpipe.backbones.build import BackboneSpec
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError
@@ -32,15 +27,7 @@ from featpipe.finetuning.trainer import Trainer
 from featpipe.fitting.stage import fit
 from featpipe.heads.preprocess import Preprocessor
 
-BASE = {
-    "backbone": "test_efficientnet",
-    "weights": "none",
-    "image_size": 32,
-    "epochs": 3,
-    "batch_size": 8,
-    "lr": 0.05,
-    "augment": False,
-}
+BASE = TINY_FINETUNE | {"epochs": 3}
 
 
 def trainer_for(data: Path, config: FinetuneConfig, out: Path) -> Trainer:
@@ -212,20 +199,7 @@ def test_resume_equals_an_uninterrupted_run(data, tmp_path):
 def test_sigkill_during_finetune_then_resume(data, tmp_path):
     config = FinetuneConfig(**BASE | {"epochs": 4})
     finetune(data, config, tmp_path / "whole")
-    code = (
-        "import sys; from featpipe.finetuning.config import FinetuneConfig;"
-        "from featpipe.finetuning.stage import finetune;"
-        f"finetune(sys.argv[1], FinetuneConfig(**{BASE | {'epochs': 4}!r}), "
-        "__import__('pathlib').Path(sys.argv[2]))"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(tmp_path / "killed")])
-    checkpoint = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(BASE | {"epochs": 4}, data, tmp_path / "killed", timeout=120)
     finetune(data, config, tmp_path / "killed")
     a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

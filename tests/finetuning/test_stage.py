@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import featpipe
-from conftest import TINY, make_tree
+from conftest import TINY, TINY_FINETUNE, make_tree
 from featpipe.errors import ArgumentError, StorageError
 from featpipe.finetuning.blocks import all_blocks
 from featpipe.finetuning.cam import pick_tiles
@@ -29,15 +29,7 @@ from featpipe.fitting.stage import fit, with_holdout
 from featpipe.runs.record import load_run
 
 FEATPIPE = str(Path(sys.executable).parent / "featpipe")
-BASE = {
-    "backbone": "test_efficientnet",
-    "weights": "none",
-    "image_size": 32,
-    "epochs": 2,
-    "batch_size": 8,
-    "lr": 0.05,
-    "augment": False,
-}
+BASE = TINY_FINETUNE
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
 
@@ -250,7 +242,7 @@ def test_a_failing_cam_figure_never_costs_the_trained_run(data, tmp_path, monkey
     monkeypatch.setattr(stage, "draw_cam", broken)
     with pytest.warns(CamFigureWarning, match="matplotlib exploded"):
         run, result = finetune(data, FinetuneConfig(**BASE | {"epochs": 1}), tmp_path / "ft")
-    assert load_run(run.path).metrics["cam_note"] == result.cam_note
+    assert load_run(run.path).metrics.cam_note == result.cam_note
     assert not (run.path / "cam.png").exists()
 
 

@@ -23,7 +23,9 @@ from featpipe.errors import ArgumentError
 from featpipe.fitting.stage import fit
 from featpipe.heads import placement
 from featpipe.heads.config import HeadConfig
-from featpipe.heads.stacked import InMemory, train_torch_heads
+from featpipe.heads.rows import InMemory
+from featpipe.heads.stacked import train_torch_heads
+from featpipe.heads.train_data import TrainData
 
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 FEATPIPE = Path(sys.executable).with_name("featpipe")
@@ -52,7 +54,8 @@ def test_streamed_placement_trains_the_same_heads_as_resident(
 ) -> None:
     X, y = _data()
     grid = [config, HeadConfig(**(config.to_dict() | {"lr": 0.01, "wd": 0.01}))]
-    resident = train_torch_heads(grid, X[:240], y[:240], X[240:], y[240:], n_out=4)
+    data = TrainData(X[:240], y[:240], X[240:], y[240:], list("abcd"), "classification")
+    resident = train_torch_heads(grid, data)
     placed: list[object] = []
     real_place = placement.place
 
@@ -62,7 +65,7 @@ def test_streamed_placement_trains_the_same_heads_as_resident(
 
     monkeypatch.setattr(placement, "place", spy)
     with placement.training_on(torch.device("cpu")):
-        streamed = train_torch_heads(grid, X[:240], y[:240], X[240:], y[240:], n_out=4)
+        streamed = train_torch_heads(grid, data)
     assert placed and all(isinstance(p, placement.Streamed) for p in placed)
     for a, b in zip(_states(resident), _states(streamed), strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -72,12 +72,12 @@ def test_fit_refits_on_train_and_val_unless_told_not_to(dataset, tmp_path) -> No
         runs[name] = load_run(run_json.parent)
         assert ("refitted on train + val" in done.stdout) == (name == "refit")
     refit, plain = runs["refit"], runs["plain"]
-    assert refit.metrics["trained_on"] == "train+val" and plain.metrics["trained_on"] == "train"
+    assert refit.metrics.trained_on == "train+val" and plain.metrics.trained_on == "train"
     assert refit.config["request"]["refit"] and not plain.config["request"]["refit"]
     assert (refit.path / "selection-head").is_dir() and not (plain.path / "selection-head").exists()
     # the same selection; the refit's train-only head is --no-refit's head, tested the same
-    assert refit.metrics["val"] == plain.metrics["val"]
-    assert refit.metrics["test_before_refit"]["all"] == plain.metrics["test"]["all"]
+    assert refit.metrics.val == plain.metrics.val
+    assert refit.metrics.test_before_refit.all == plain.metrics.test.all
     kept, alone = refit.selection_head(), plain.head()
     states = kept.module.state_dict(), alone.module.state_dict()
     for p, q in zip(*(state.values() for state in states), strict=True):

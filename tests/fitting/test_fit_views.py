@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from conftest import TINY, flags
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import fit_heads
+from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews, view_rows
 
 FEATPIPE = str(Path(sys.executable).parent / "featpipe")
@@ -34,10 +36,11 @@ def test_views_equal_to_the_eval_features_give_the_plain_fit(mode: str, head: st
     X, y = _data()
     Xv, yv = _data(30, seed=1)
     configs = [HeadConfig(head=head, lr=lr, epochs=3, batch_size=16) for lr in (1e-2, 1e-1)]
-    plain = fit_heads(configs, X, y, Xv, yv, ["a", "b", "c"], "classification")
+    data = TrainData(X, y, Xv, yv, ["a", "b", "c"], "classification")
+    plain = fit_heads(configs, data)
     k = 3 if mode == "random" else 1  # all K every epoch: K·N rows, so K = 1 is the plain fit
     views = TrainViews(np.repeat(X[:, None], k, axis=1), mode)
-    viewed = fit_heads(configs, X, y, Xv, yv, ["a", "b", "c"], "classification", views=views)
+    viewed = fit_heads(configs, replace(data, views=views))
     for a, b in zip(plain, viewed, strict=True):
         states = a.module.state_dict().values(), b.module.state_dict().values()
         for p, q in zip(*states, strict=True):
@@ -79,19 +82,13 @@ def test_scikit_learn_heads_take_every_view_as_a_row() -> None:
     shifted = X + 0.5
     names = ["a", "b", "c"]
     views = TrainViews(shifted[:, None], "random")
-    [viewed] = fit_heads(
-        [HeadConfig(head="ridge")], X, y, None, None, names, "classification", 1, views
-    )
+    data = TrainData(X, y, None, None, names, "classification", views)
+    [viewed] = fit_heads([HeadConfig(head="ridge")], data, 1)
     pre = Preprocessor().fit(X)  # fitted on the eval rows only
     Z = np.concatenate([pre.transform(X), pre.transform(shifted)])
     [rows] = fit_heads(
         [HeadConfig(head="ridge", standardize=False)],
-        Z,
-        np.concatenate([y, y]),
-        None,
-        None,
-        names,
-        "classification",
+        TrainData(Z, np.concatenate([y, y]), None, None, names, "classification"),
     )
     np.testing.assert_allclose(
         viewed.decision_function(X), rows.decision_function(pre.transform(X)), atol=1e-4

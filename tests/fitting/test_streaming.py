@@ -16,8 +16,9 @@ import torch
 
 from featpipe.cache import entry as cache_entry
 from featpipe.data.bundled import prepare_dataset
-from featpipe.errors import ArgumentError
+from featpipe.errors import ArgumentError, DataError
 from featpipe.extraction import stage as extraction_stage
+from featpipe.fitting import streaming
 from featpipe.fitting.stage import fit
 from featpipe.fitting.streaming import ChunkBatches, fit_preprocessor, open_streamed
 from featpipe.heads.preprocess import Preprocessor
@@ -78,6 +79,42 @@ def test_streamed_fit_scores_as_the_in_memory_fit_without_loading_the_matrix(
     assert abs(memory - chunked) <= 0.02, (memory, chunked)
     if head["head"] == "ridge":  # the same solution from streamed XᵀX: the same predictions
         assert streamed.confusion == loaded.confusion
+
+
+def test_both_feature_set_shapes_give_the_same_rows_through_blocks(fashion) -> None:
+    """The sweep reads a split through ``blocks`` alone: an entry in memory (one block) and
+    streamed (many blocks, read from disk) must give the same rows, in row order."""
+    _, _, entry = fashion
+    loaded, streamed = cache_entry.load_features(entry), open_streamed(entry, 1 << 20)
+    assert loaded.in_memory and streamed is not None and not streamed.in_memory
+    assert len(loaded) == len(streamed) and (loaded.split == streamed.split).all()
+    for mask in (loaded.split == "test", loaded.split != "val", np.arange(len(loaded)) % 7 == 3):
+        ours, theirs = list(loaded.blocks(mask)), list(streamed.blocks(mask))
+        assert len(ours) == 1 and len(theirs) > 1
+        for part in (0, 1):  # the features, then the row numbers
+            np.testing.assert_array_equal(
+                np.concatenate([b[part] for b in ours]), np.concatenate([b[part] for b in theirs])
+            )
+        np.testing.assert_array_equal(ours[0][1], np.flatnonzero(mask))
+        np.testing.assert_array_equal(ours[0][0], loaded.X[mask])
+    nothing = np.zeros(len(loaded), bool)
+    assert list(loaded.blocks(nothing)) == list(streamed.blocks(nothing)) == []
+
+
+def test_a_nan_row_is_named_by_either_shape(fashion, monkeypatch) -> None:
+    """In memory the sweep checks before fitting; streamed, each block as it is read: both
+    name the first bad image in one message."""
+    _, _, entry = fashion
+    loaded, streamed = cache_entry.load_features(entry), open_streamed(entry, 1 << 20)
+    bad = streamed.block_rows + 5  # in the second block
+    message = f"1 feature rows hold NaN or inf \\(e.g. {loaded.relpath[bad]}\\)"
+    loaded.X[bad, 3] = np.nan
+    with pytest.raises(DataError, match=message):
+        loaded.check_finite()
+    streamed.check_finite()  # nothing read yet: checked as it is read
+    monkeypatch.setattr(streaming, "read_spans", lambda _, spans: (loaded.X[a:b] for a, b in spans))
+    with pytest.raises(DataError, match=message):
+        list(streamed.blocks(np.ones(len(streamed), bool)))
 
 
 def test_streamed_preprocessing_statistics_equal_the_in_memory_fit(fashion) -> None:

@@ -16,9 +16,11 @@ import pytest
 from featpipe.cache.entry import Features
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.fitting.features import concatenate
-from featpipe.fitting.sweep import few_shot, parse_shots, plan_shots, stratified_sample, sweep
+from featpipe.fitting.options import parse_shots
+from featpipe.fitting.sweep import few_shot, plan_shots, stratified_sample, sweep
 from featpipe.heads.config import HeadConfig, expand
 from featpipe.heads.fitted import fit_heads
+from featpipe.heads.train_data import TrainData
 
 GRID = expand({"lr": [1e-4, 1e-2, 1.0], "head": ["linear"]}, HeadConfig(epochs=5))
 
@@ -69,12 +71,7 @@ def test_the_chosen_config_is_refitted_on_train_and_val_and_that_head_is_tested(
     # the refit is the chosen config fitted on train + val, seed for seed, with no val to watch
     refits = fit_heads(
         [replace(result.best.config, seed=s) for s in (0, 1)],
-        data.X[both],
-        data.y[both],
-        None,
-        None,
-        data.class_names,
-        data.task,
+        TrainData(data.X[both], data.y[both], None, None, data.class_names, data.task),
         1,
     )
     for head, again, scores in zip(result.best.heads, refits, result.best.test, strict=True):
@@ -120,9 +117,9 @@ def test_few_shot_sampler_is_stratified_and_reproducible() -> None:
 
 def test_few_shot_curve_rises_with_data() -> None:
     curve = few_shot(features(n=1500), HeadConfig(head="logreg"), parse_shots("1,10,all"), 3)
-    assert [p["shots"] for p in curve] == [1, 10, "all"]
-    assert [p["draws"] for p in curve] == [3, 3, 1]
-    assert curve[0]["mean"] < curve[-1]["mean"]
+    assert [p.shots for p in curve] == [1, 10, "all"]
+    assert [p.draws for p in curve] == [3, 3, 1]
+    assert curve[0].mean < curve[-1].mean
     with pytest.raises(ArgumentError, match="shots 0,5: use positive whole numbers"):
         parse_shots("0,5")
 
@@ -136,7 +133,7 @@ def test_shot_counts_above_the_smallest_class_are_left_out_and_said() -> None:
     f.split[smallest[42:]] = "unused"  # class c2 keeps 42 training images
     assert np.bincount(f.where("train").labels).min() == 42
     result = sweep(f, GRID[:1], shots=parse_shots("1,5,10,50,all"), draws=2)
-    assert [p["shots"] for p in result.few_shot] == [1, 5, 10, "all"]
+    assert [p.shots for p in result.few_shot] == [1, 5, 10, "all"]
     assert result.few_shot_note == (
         "few-shot: 50 per class left out: the smallest train class (c2) has 42 images; "
         "the 'all' point uses every training image"

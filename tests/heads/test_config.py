@@ -25,6 +25,7 @@ from featpipe.heads.config import (
 )
 from featpipe.heads.estimator import Head
 from featpipe.heads.fitted import FittedHead, fit_heads
+from featpipe.heads.train_data import TrainData
 
 FEATPIPE = Path(sys.executable).with_name("featpipe")
 
@@ -144,7 +145,7 @@ def test_saved_head_json_is_the_recorded_shape_and_old_files_load(tmp_path) -> N
     X = rng.normal(size=(60, 5)).astype(np.float32)
     y = (X[:, 0] > 0).astype(np.int64)
     config = HeadConfig(head="logreg", C=0.5)
-    [head] = fit_heads([config], X, y, None, None, ["a", "b"], "classification")
+    [head] = fit_heads([config], TrainData(X, y, None, None, ["a", "b"], "classification"))
     head.save(tmp_path / "h")
     meta = json.loads((tmp_path / "h" / "head.json").read_text())
     assert meta["config"] == config.to_dict()

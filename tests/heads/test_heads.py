@@ -17,6 +17,7 @@ from featpipe.heads.config import HeadConfig, expand, parse_grid_args
 from featpipe.heads.fitted import FittedHead, fit_heads
 from featpipe.heads.preprocess import Preprocessor
 from featpipe.heads.stacked import StackedHeads, train_group
+from featpipe.heads.train_data import TrainData
 
 
 def blobs(n: int = 600, d: int = 24, c: int = 4, seed: int = 0):
@@ -256,15 +257,10 @@ def test_sklearn_heads_predict_exactly_like_sklearn(name, reference, classes) ->
     derived from the arithmetic (a D-term dot product in float32 of weights rounded to float32
     is off by at most (D + 2)·ε₃₂·(|w|·|x| + |b|)), not a share of disagreements."""
     X, y = blobs(c=classes)
-    [fitted] = fit_heads(
-        [HeadConfig(head=name, standardize=False)],
-        X[:400],
-        y[:400],
-        None,
-        None,
-        [str(i) for i in range(classes)],
-        "classification",
+    data = TrainData(
+        X[:400], y[:400], None, None, [str(i) for i in range(classes)], "classification"
     )
+    [fitted] = fit_heads([HeadConfig(head=name, standardize=False)], data)
     reference.fit(X[:400], y[:400])
     test = X[400:]
     np.testing.assert_array_equal(fitted.predict(test), reference.predict(test))
@@ -294,12 +290,7 @@ def test_regression_heads() -> None:
             HeadConfig(head="ridge", alpha=1e-3, standardize=False),
             HeadConfig(head="mlp", epochs=60, lr=1e-2, dropout=0.0),
         ],
-        X[:500],
-        y[:500],
-        X[500:],
-        y[500:],
-        [],
-        "regression",
+        TrainData(X[:500], y[:500], X[500:], y[500:], [], "regression"),
     )
     ref = Ridge(alpha=1e-3).fit(X[:500], y[:500]).predict(X[500:])
     np.testing.assert_allclose(ridge.predict(X[500:]), ref, atol=1e-4)
@@ -311,12 +302,7 @@ def test_saved_head_round_trip(tmp_path: Path, head: str) -> None:
     X, y = blobs()
     [fitted] = fit_heads(
         [HeadConfig(head=head, epochs=3, pca=8, l2norm=True)],
-        X[:400],
-        y[:400],
-        X[400:500],
-        y[400:500],
-        list("abcd"),
-        "classification",
+        TrainData(X[:400], y[:400], X[400:500], y[400:500], list("abcd"), "classification"),
     )
     fitted.save(tmp_path / "h")
     assert not list(tmp_path.glob("**/*.pkl"))

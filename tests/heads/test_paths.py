@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 
+from featpipe.heads.fitted import fit_heads
 from featpipe.heads.paths import logistic_path, ridge_classifier_path, ridge_path
+from featpipe.heads.train_data import TrainData
 
 ALPHAS = [1e-3, 0.1, 10.0, 1e3]
 
@@ -65,10 +67,8 @@ def test_logistic_path_matches_independent_fits() -> None:
 
 
 def _fit(configs, X, y, Xv, task="classification"):
-    from featpipe.heads.fitted import fit_heads
-
     names = [str(c) for c in range(int(y.max()) + 1)] if task == "classification" else []
-    return fit_heads(configs, X, y, None, None, names, task, n_jobs=1)
+    return fit_heads(configs, TrainData(X, y, None, None, names, task), n_jobs=1)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,9 @@ import pytest
 
 from conftest import make_tree
 from featpipe.cli.app import main
+from featpipe.finetuning.config import FinetuneConfig
+from featpipe.finetuning.recipe import recipe
+from featpipe.options import declared
 from featpipe.reports.advise import STRATEGIES, CommandContext, _command, advise, decide
 
 
@@ -109,23 +112,59 @@ def test_inspect_and_finetune_cli(tmp_path: Path, capsys) -> None:
     assert main(["report", "--runs-dir", str(tmp_path / "runs"), "-o", str(tmp_path / "rep")]) == 0
 
 
-@pytest.mark.parametrize("quadrant", [("large", "similar"), ("large", "dissimilar")])
-def test_advised_finetune_commands_parse(quadrant, tmp_path: Path) -> None:
-    """The next command advise prints must be one the CLI accepts, option for option."""
+def finetune_options(line: str, run: Path) -> dict:
+    """The FinetuneConfig fields a printed ``featpipe finetune`` line sets, as the CLI parses
+    them (every option, defaults included), and the other parameters."""
     import shlex
 
     import typer
 
     from featpipe.cli.app import app
 
-    context = CommandContext(str(tmp_path), "tf_efficientnet_lite0", runs_dir=tmp_path / "runs")
-    line = _command(*quadrant, context, has_val=False)
-    args = shlex.split(line.splitlines()[-1].replace("RUN", str(tmp_path)))
+    args = shlex.split(line.replace("RUN", str(run)))
     assert args[:2] == ["featpipe", "finetune"]
     finetune = typer.main.get_command(app).commands["finetune"]
     params = finetune.make_context("finetune", args[2:]).params
-    assert params["lr"] > 0 and params["crop_scale"] == 0.35
-    assert params["runs_dir"] == tmp_path / "runs"
+    options = {o.name: o.from_cli(params.pop(o.name)) for o in declared(FinetuneConfig)}
+    return options | {"other": params}
+
+
+@pytest.mark.parametrize("quadrant", [("large", "similar"), ("large", "dissimilar")])
+@pytest.mark.parametrize("train_images", [2_000, 60_000])
+def test_advised_finetune_commands_are_the_recipe_for_the_size(
+    quadrant, train_images, tmp_path: Path
+) -> None:
+    """The next command advise prints must be one the CLI accepts, option for option, and be
+    the recipe for the number of images the fine-tune trains on."""
+    context = CommandContext(str(tmp_path), "tf_efficientnet_lite0", runs_dir=tmp_path / "runs")
+    line = _command(*quadrant, context, has_val=False, train_images=train_images)
+    options = finetune_options(line.splitlines()[-1], tmp_path)
+    expected = recipe(train_images, pretrained=quadrant[1] == "similar")
+    assert {k: options[k] for k in expected} == expected
+    assert options["other"]["runs_dir"] == tmp_path / "runs"
+
+
+def test_advise_prints_the_recipe_for_the_images_it_counted(tmp_path: Path, monkeypatch) -> None:
+    import featpipe.reports.advise as module
+
+    monkeypatch.setattr(module, "SMALL_PER_CLASS", 5)  # tiny data reads as a large dataset
+    sizes: list[int] = []  # at this size every count gets the same recipe: record the count
+
+    def recorded(n: int, pretrained: bool = True) -> dict:
+        sizes.append(n)
+        return recipe(n, pretrained)
+
+    monkeypatch.setattr(module, "recipe", recorded)
+    data = make_tree(tmp_path / "parts", classes=("ok", "bad"), per_class=12)
+    options = {"image_size": 32, "precision": "fp32", "cache_dir": tmp_path / "cache"}
+    advice = advise(data, "tf_efficientnet_lite0", "offline", options)
+    assert advice.size == "large"
+    line = advice.command.splitlines()[-1]
+    n = advice.evidence["train_images"]  # the data's own val split: no hold-out
+    assert sizes == [n]
+    options = finetune_options(line, tmp_path)
+    expected = recipe(n, pretrained=advice.similarity == "similar")
+    assert {k: options[k] for k in expected} == expected
 
 
 @pytest.mark.parametrize("quadrant", sorted(STRATEGIES))
@@ -138,6 +177,7 @@ def test_every_advised_command_keeps_the_options_advise_was_given(quadrant, tmp_
 
     from featpipe.cli.app import app
     from featpipe.cli.argv import expand
+    from featpipe.extraction.options import ExtractOptions
 
     given = {
         "weights": "offline",
@@ -150,10 +190,13 @@ def test_every_advised_command_keeps_the_options_advise_was_given(quadrant, tmp_
         "batch_size": 8,  # how it runs, not what it reads: not repeated
     }
     context = CommandContext(
-        str(tmp_path / "my data"), "tf_efficientnet_lite0", given, runs_dir=tmp_path / "runs"
+        str(tmp_path / "my data"),
+        "tf_efficientnet_lite0",
+        ExtractOptions(**given),
+        runs_dir=tmp_path / "runs",
     )
     commands = typer.main.get_command(app).commands
-    for line in _command(*quadrant, context, has_val=False).splitlines():
+    for line in _command(*quadrant, context, has_val=False, train_images=5_000).splitlines():
         args = expand(shlex.split(line.split("  # ")[0].replace("RUN", str(tmp_path))))
         name = args[1]
         params = commands[name].make_context(name, args[2:]).params

@@ -10,11 +10,12 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from conftest import TINY, make_tree, write_image
+from conftest import TINY, TINY_FINETUNE, make_tree, write_image
 from featpipe.fitting.stage import fit
 from featpipe.heads import metrics
 from featpipe.reports.diagnosis import diagnose
 from featpipe.reports.report import per_class_rows, report
+from featpipe.runs.metrics import RunMetrics
 from featpipe.runs.record import Run
 
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
@@ -95,11 +96,11 @@ def test_report_check_catches_a_missing_plot(runs: Path, tmp_path: Path) -> None
 def test_regression_runs_record_test_predictions_and_split_sizes(runs: Path) -> None:
     from featpipe.runs.record import list_runs
 
-    regression = [r for r in list_runs(runs) if r.metrics["task"] == "regression"]
+    regression = [r for r in list_runs(runs) if r.metrics.task == "regression"]
     assert len(regression) == 1
-    recorded = regression[0].metrics["test_predictions"]
-    sizes = regression[0].metrics["split_sizes"]
-    assert len(recorded["true"]) == len(recorded["predicted"]) == sizes["test"] > 0
+    recorded = regression[0].metrics.test_predictions
+    sizes = regression[0].metrics.split_sizes
+    assert len(recorded.true) == len(recorded.predicted) == sizes["test"] > 0
 
 
 @pytest.mark.parametrize(
@@ -143,9 +144,27 @@ def test_per_class_table_matches_scikit_learn() -> None:
     run = Run(
         Path("."),
         {},
-        {"confusion": metrics.confusion(y, pred, 3), "class_names": ["a", "b", "c"]},
+        RunMetrics(confusion=metrics.confusion(y, pred, 3), class_names=["a", "b", "c"]),
     )
     precision, recall, f1, support = precision_recall_fscore_support(y, pred)
     for row, p, r, f, s in zip(per_class_rows(run), precision, recall, f1, support, strict=True):
         assert [float(v) for v in row[1:4]] == pytest.approx([p, r, f], abs=5e-4)
         assert int(row[4]) == s
+
+
+def test_a_finetune_run_shows_the_options_it_ran_with(tmp_path: Path) -> None:
+    from featpipe.finetuning.config import FinetuneConfig
+    from featpipe.finetuning.stage import finetune
+
+    data = make_tree(tmp_path / "imgs", classes=("a", "b"), per_class=6)
+    options = {"auto_augment": "rand-m9-mstd0.5-inc1", "augment": True, "ema": 0.9}
+    config = FinetuneConfig(**TINY_FINETUNE | options | {"epochs": 1, "tta": "dihedral"})
+    _, result = finetune(data, config, runs_dir=tmp_path / "runs")
+    text = report(tmp_path / "runs", tmp_path / "report").read_text()
+    assert "Fine-tune options: " in text
+    for shown in ("auto_augment=rand-m9-mstd0.5-inc1", "ema=0.9", "tta=dihedral", "epochs=1"):
+        assert shown in text, shown
+    assert "crop_scale=" not in text and "rot90=" not in text  # at their defaults: not listed
+    kept = "EMA weights" if result.kept_weights == "ema" else "Kept: epoch"
+    assert kept in text and "test-time augmentation (dihedral)" in text
+    assert not unresolved(tmp_path / "report" / "index.html")

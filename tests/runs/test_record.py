@@ -17,6 +17,7 @@ import pytest
 from conftest import TINY, make_tree
 from featpipe.errors import DataError, StorageError
 from featpipe.fitting.stage import fit
+from featpipe.runs.metrics import RunMetrics, Scores
 from featpipe.runs.record import (
     IncompleteRunWarning,
     list_runs,
@@ -37,7 +38,7 @@ def write(runs_dir: Path, kind: str = "fit", **changes) -> Path:
         "dataset_root": "/data/cells",
         "backbone": "lite0",
         "request": {"seed": 0},
-        "metrics": {"metric": "accuracy", "val": {"mean": 0.75}},
+        "metrics": RunMetrics(metric="accuracy", val=Scores(0.75)),
         "rows": [{"head": kind, "val_accuracy": 0.75, "chosen": True}],
         "curves": [{"label": kind, "history": {"loss": [1.0, 0.5]}}],
     } | changes
@@ -151,6 +152,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
+    from featpipe.runs.metrics import RunMetrics
     from featpipe.runs.record import write_run
 
     def slow(path):
@@ -159,7 +161,7 @@ WRITER = textwrap.dedent(
         time.sleep(600)
 
     write_run(Path(sys.argv[1]), kind="finetune", dataset="cells", dataset_root="/d",
-              backbone="lite0", request={}, metrics={}, rows=[], files={"w.bin": slow})
+              backbone="lite0", request={}, metrics=RunMetrics(), rows=[], files={"w.bin": slow})
     """
 )
 
@@ -229,5 +231,5 @@ def test_a_fine_tune_directory_is_completed_in_place_run_json_last(tmp_path) -> 
     assert "resume it with featpipe finetune --out" in str(caught[0].message)
     write(tmp_path, "finetune", path=out, staging=out, files={"backbone.bin": b"w"})
     (run,) = list_runs(tmp_path)
-    assert run.path == out and run.kind == "finetune" and run.metrics["val"]["mean"] == 0.75
+    assert run.path == out and run.kind == "finetune" and run.metrics.val.mean == 0.75
     assert not [p for p in out.iterdir() if ".tmp" in p.name]

@@ -156,7 +156,7 @@ def test_sweep_split_across_ranks_matches_one_process(photos, tmp_path) -> None:
         runs_dir=runs / "one",
         extract_options=options,
     )
-    assert two.metrics["chosen"] == one.best.config.params()
+    assert two.metrics.chosen == one.best.config.params()
     got = {tuple(sorted(c.items())) for c in [r["config"] for r in two.curves()]}
     assert len(got) == 2  # both stacked linear heads came back from whichever rank ran them
-    assert two.metrics["val"]["mean"] == pytest.approx(one.best.mean("accuracy"))
+    assert two.metrics.val.mean == pytest.approx(one.best.mean("accuracy"))

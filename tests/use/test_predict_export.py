@@ -25,7 +25,8 @@ from torchvision.transforms import functional as TF
 from conftest import TINY, make_tree
 from featpipe.cache.entry import load_features
 from featpipe.data.bundled import prepare_dataset
-from featpipe.errors import FeatpipeError
+from featpipe.data.transforms import ImageToUint8
+from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
 from featpipe.finetuning.stage import finish
@@ -178,6 +179,35 @@ def test_a_finetune_run_predicts_and_exports_its_trained_network(
     np.testing.assert_allclose(predicted, expected, atol=2e-4)
     for fmt, exported in models.items():
         np.testing.assert_allclose(exported(files), expected, atol=2e-4, err_msg=fmt)
+
+
+def test_predict_with_tta_averages_the_trained_network_over_the_symmetries(finetune_run) -> None:
+    run, model, data_config = finetune_run
+    files = sorted(Path(run.config["dataset_root"]).rglob("*.png"))[:4]
+    transform = ImageToUint8(data_config, draft=False)
+    images = torch.stack([transform(str(f)) for f in files]).float() / 255
+    mean = torch.tensor(data_config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(data_config["std"]).view(1, 3, 1, 1)
+    x = (images - mean) / std
+    t = x.transpose(-2, -1)  # the 8 symmetries of the square, written out
+    dihedral = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)]
+    dihedral += [t, t.flip(-1), t.flip(-2), t.flip(-1, -2)]
+    views = {"dihedral": dihedral, "hflip": [x, x.flip(-1)]}
+    classes = run.head().class_names
+    for tta, transformed in views.items():
+        with torch.no_grad():
+            expected = torch.stack([torch.softmax(model(v), 1) for v in transformed]).mean(0)
+        rows = predict(files, run.path, device="cpu", tta=tta)
+        np.testing.assert_allclose(probabilities(rows, files, classes), expected, atol=2e-4)
+    # By default (run), predict does what the run's scores were measured with (its --tta).
+    assert run.config["request"]["tta"] == "none"
+    plain = probabilities(predict(files, run, device="cpu"), files, classes)
+    np.testing.assert_allclose(plain, torch.softmax(model(x), 1).detach().numpy(), atol=2e-4)
+    recorded = load_run(run.path)
+    recorded.config["request"]["tta"] = "hflip"
+    assert predict(files, recorded, device="cpu") == predict(files, run, device="cpu", tta="hflip")
+    with pytest.raises(ArgumentError, match=r"^tta sideways: choose one of run, none, hflip"):
+        predict(files, run, tta="sideways")
 
 
 @pytest.fixture

@@ -1,0 +1,80 @@
+"""The options of a sweep, declared once: how heads are selected, tested, repeated and held.
+
+:class:`SweepOptions` is what ``featpipe.fit`` takes besides the heads (``grid``, ``head``) and
+the features (``ExtractOptions``): seeds, cross-validation folds, the val hold-out, few-shot
+shots and draws, the refit and the memory budget. ``featpipe fit`` and ``featpipe compare``
+generate their flags from it (:func:`cli.options.with_options`), and a compare experiment
+file's keys of the same names are read into it, so the three places that once repeated these
+options share one declaration. Torch-free, so the command line checks them at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from featpipe.errors import ArgumentError
+from featpipe.options import Interval, check, option
+
+
+def parse_shots(text: str | None, param: str = "shots") -> tuple[int | str, ...] | None:
+    """``"1,5,10,all"`` → ``(1, 5, 10, "all")``: positive shot counts per class, or ``all``."""
+    if not text:
+        return None
+    shots: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part == "all":
+            shots.append("all")
+        elif part.isdigit() and int(part) > 0:
+            shots.append(int(part))
+        else:
+            raise ArgumentError(param, f"{text}: use positive whole numbers or 'all', e.g. 1,5,all")
+    return tuple(shots)
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep selects and tests its heads (see the module docstring)."""
+
+    seeds: int = option(1, constraint=Interval(1), help="Seeds per config: mean ± std.")
+    cv: int = option(
+        5,
+        constraint=Interval(2, what="2 or more folds"),
+        help="Folds for selection when there is no val split.",
+    )
+    holdout: float = option(
+        0.0,
+        constraint=Interval(0, 1, "left", "a share in [0, 1)"),
+        help="Without a val split: hold out this stratified share of train as val "
+        "(0.15 matches finetune) instead of cross-validating.",
+    )
+    shots: tuple[int | str, ...] | None = option(
+        None,
+        help="Few-shot curve, examples per class: e.g. 1,5,10,50,all.",
+        cli_type=str | None,
+        parse=parse_shots,
+    )
+    draws: int = option(5, constraint=Interval(1), help="Repeated draws per few-shot point.")
+    refit: bool = option(
+        True,
+        help="After selection on val, fit the chosen config again on train + val, and test "
+        "and save that head (the train-only head is kept for fine-tuning).",
+    )
+    memory_budget: str | int | None = option(
+        None,
+        flag="--memory-budget",
+        help="Train features larger than this (e.g. 512M, 8G) are streamed from the cache in "
+        "chunks (linear, mlp, ridge heads). Default: half the available memory.",
+        cli_type=str | None,
+    )
+    n_jobs: int = option(
+        -1, cli=False, help="scikit-learn heads fitted in parallel (joblib's n_jobs)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.shots is not None:
+            # Lists arrive from Python callers, experiment files and JSON: one hashable shape,
+            # each count checked as the command line checks it.
+            shots = self.shots
+            text = shots if isinstance(shots, str) else ",".join(str(s) for s in shots)
+            object.__setattr__(self, "shots", parse_shots(text) if text else None)
+        check(self)

@@ -1,0 +1,189 @@
+"""A run's ``metrics.json`` as one type, :class:`RunMetrics`: written by fit and fine-tune alike,
+read by the report, ``compare``, LP-FT's start and notebooks through attributes.
+
+Every run records the task, how it selected, the chosen config and its validation and test
+scores; each kind adds its own fields (a fit: split sizes, the refit and test predictions; a
+fine-tune: its best epoch, precision and CAM figure). :meth:`RunMetrics.to_dict` writes the
+common fields and those of the run's kind, so ``metrics.json`` keeps the keys it has always had
+(other tools read it). :meth:`RunMetrics.from_dict` reads every format written so far: a field
+added later (split sizes and test predictions, the refit, the fine-tune's backbone, start
+score, hold-out, precision and CAM details) takes its default where a run lacks it, and the
+CAM figure that fine-tune runs once recorded under ``cam`` is read from there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Self
+
+import numpy as np
+
+FIT, FINETUNE = "fit", "finetune"
+# field metadata: recorded by runs of one kind only (and only they write it)
+_FIT_ONLY, _FINETUNE_ONLY = {"kind": FIT}, {"kind": FINETUNE}
+
+
+class _Record:
+    """A dataclass whose fields JSON holds as they are: written and read field by field."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A split's scores of the chosen config: the selection metric's mean and spread over the
+    seeds (NaN: not scored), and every metric of every seed."""
+
+    mean: float = math.nan
+    std: float | None = None  # None: not recorded (a fit's scores before its refit)
+    all: list[dict[str, float]] = field(default_factory=list)
+
+    def averaged(self) -> dict[str, float]:
+        """Every metric averaged over the seeds that recorded it."""
+        names = {k for scores in self.all for k in scores}
+        return {k: float(np.mean([s[k] for s in self.all if k in s])) for k in names}
+
+    def to_dict(self) -> dict[str, Any]:
+        spread = {} if self.std is None else {"std": self.std}
+        return {"mean": self.mean, **spread, "all": self.all}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Scores:
+        data = data or {}
+        return cls(data.get("mean", math.nan), data.get("std"), list(data.get("all") or []))
+
+
+@dataclass(frozen=True)
+class FewShotPoint(_Record):
+    """One point of a few-shot curve: accuracy on ``split`` over ``draws`` draws of ``shots``
+    training images per class (``"all"``: the whole train split, ``per_class`` its largest
+    class)."""
+
+    shots: int | str
+    per_class: int
+    split: str
+    mean: float
+    std: float
+    draws: int
+    scores: list[float]
+
+
+@dataclass(frozen=True)
+class Predictions(_Record):
+    """A regression head's test predictions beside the true values (the report plots them)."""
+
+    true: list[float]
+    predicted: list[float]
+
+
+@dataclass(frozen=True)
+class CamFigure(_Record):
+    """What a fine-tune's ``cam.png`` shows: the classes it has rows for, and the final map's
+    side."""
+
+    file: str
+    classes: list[str]
+    grid: int  # cells a side of the final map the maps were computed from
+    size: int  # input size the maps were computed at
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """What a run measured (its ``metrics.json``). The defaults are what a run that predates a
+    field means by its absence."""
+
+    task: str = "classification"
+    class_names: list[str] = field(default_factory=list)
+    selection: str = "val"  # "val", or "cvK": k-fold cross-validation of train
+    metric: str = ""  # the selection metric (accuracy, r2); every format records it
+    chosen: dict[str, Any] = field(default_factory=dict)  # the chosen config's options
+    chosen_label: str = ""
+    val: Scores = field(default_factory=Scores)
+    test: Scores = field(default_factory=Scores)
+    confusion: list[list[int]] | None = None  # test confusion matrix (classification)
+    few_shot: list[FewShotPoint] = field(default_factory=list)
+    extract_seconds: float = 0.0
+    fit_seconds: float = 0.0
+    # a fit's: images per split the scores rest on; what the chosen head was trained on
+    # ("train", or "train+val" after a refit) and why a refit asked for was not made; the
+    # selection head's test scores before the refit; regression test predictions; configs
+    split_sizes: dict[str, int] = field(default_factory=dict, metadata=_FIT_ONLY)
+    trained_on: str = field(default="train", metadata=_FIT_ONLY)
+    refit_note: str = field(default="", metadata=_FIT_ONLY)
+    test_before_refit: Scores | None = field(default=None, metadata=_FIT_ONLY)
+    test_predictions: Predictions | None = field(default=None, metadata=_FIT_ONLY)
+    n_configs: int = field(default=1, metadata=_FIT_ONLY)
+    # a fine-tune's: its backbone; the best epoch (-1: none beat the start head) and which of
+    # its weights were kept (raw, or ema: their moving average scored better on val); the
+    # test-time augmentation of its val and test scores; the start head's val score, the share
+    # of train held out as val (None: the data's val split), the precision, the CAM figure's
+    # file ("" for none), what it shows, and why there is none
+    backbone: str = field(default="", metadata=_FINETUNE_ONLY)
+    best_epoch: int = field(default=0, metadata=_FINETUNE_ONLY)
+    kept_weights: str = field(default="raw", metadata=_FINETUNE_ONLY)
+    tta: str = field(default="none", metadata=_FINETUNE_ONLY)
+    start_val: float | None = field(default=None, metadata=_FINETUNE_ONLY)
+    holdout: float | None = field(default=None, metadata=_FINETUNE_ONLY)
+    precision: str = field(default="", metadata=_FINETUNE_ONLY)
+    cam: str = field(default="", metadata=_FINETUNE_ONLY)
+    cam_figure: CamFigure | None = field(default=None, metadata=_FINETUNE_ONLY)
+    cam_note: str | None = field(default=None, metadata=_FINETUNE_ONLY)
+
+    def to_dict(self, kind: str = FIT) -> dict[str, Any]:
+        """``metrics.json`` of a run of ``kind``: the common fields and that kind's own."""
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in fields(self)
+            if f.metadata.get("kind", kind) == kind
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunMetrics:
+        """Any ``metrics.json`` written so far (see the module docstring); unknown keys are
+        left out. Raises ``ValueError`` for one that is not a record of these fields."""
+        try:
+            return cls._parse(data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a run's metrics ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _parse(cls, data: Mapping[str, Any]) -> RunMetrics:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        cam, figure = data.get("cam") or "", data.get("cam_figure")
+        if isinstance(cam, Mapping):  # fine-tunes once recorded the figure itself as "cam"
+            cam, figure = cam["file"], cam
+        before, predictions = data.get("test_before_refit"), data.get("test_predictions")
+        return cls(
+            **values
+            | {
+                "val": Scores.from_dict(data.get("val")),
+                "test": Scores.from_dict(data.get("test")),
+                "confusion": data.get("confusion"),
+                "few_shot": [FewShotPoint.from_dict(p) for p in data.get("few_shot") or []],
+                "split_sizes": {k: int(v) for k, v in (data.get("split_sizes") or {}).items()},
+                "test_before_refit": Scores.from_dict(before) if before else None,
+                "test_predictions": Predictions.from_dict(predictions) if predictions else None,
+                "cam": cam,
+                "cam_figure": CamFigure.from_dict(figure) if figure else None,
+                "start_val": data.get("start_val"),
+                "holdout": data.get("holdout"),
+                "cam_note": data.get("cam_note"),
+            }
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A field as JSON holds it."""
+    if isinstance(value, Scores | _Record):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,97 @@
+"""``benchmarks/bench_finetune_elpv.py``: the paper's split (seeded, stratified, written once),
+the row selection, and its ``--smoke`` mode end to end (a few rows here; every row with
+``pytest -m slow``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featpipe.errors import StorageError
+
+ROOT = Path(__file__).parent.parent
+SCRIPT = ROOT / "benchmarks" / "bench_finetune_elpv.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_finetune_elpv", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_split_is_stratified_seeded_and_written_once(bench, tmp_path: Path) -> None:
+    root = tmp_path / "elpv"
+    for label, count in (("defective", 40), ("functional", 81)):
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            (root / label / f"{label}_{i:05d}.png").touch()
+    manifest = bench.write_split(root)
+    rows = bench.split_rows(root)
+    assert manifest.read_text().splitlines()[0] == "path,label,split"
+    for label, count in (("defective", 40), ("functional", 81)):
+        splits = [r["split"] for r in rows if r["label"] == label]
+        test = round(0.25 * count)
+        assert splits.count("test") == test  # 25% of each class
+        assert splits.count("val") == round(0.15 * (count - test))
+    assert bench.write_split(root) == manifest  # the same split again: kept as it is
+    assert bench.describe_split(manifest)["counts"]["test"] == {"defective": 10, "functional": 20}
+    manifest.write_text(manifest.read_text().replace(",test", ",train", 1))
+    with pytest.raises(StorageError, match="holds another split"):
+        bench.write_split(root)
+
+
+def test_rows_are_chosen_by_id_or_group(bench) -> None:
+    assert [r.id for r in bench.select("1,4")] == ["1", "4"]
+    group = [r.id for r in bench.select("3")]
+    assert len(group) == 10 and all(i.startswith("3-") for i in group)
+    assert bench.select("6") == [] and len(bench.select("all")) == len(bench.ROWS)
+    with pytest.raises(SystemExit, match="--rows 7"):
+        bench.select("7")
+
+
+def smoke(work: Path, rows: str, seeds: int) -> dict:
+    args = ["--smoke", "--rows", rows, "--seeds", str(seeds), "--work", str(work)]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((work / "finetune-elpv-smoke.json").read_text())
+
+
+def check(results: dict, ids: list[str], seeds: int) -> None:
+    assert results["smoke"] and [r["id"] for r in results["rows"]] == ids
+    for row in results["rows"]:
+        assert len(row["seeds"]) == seeds
+        assert 0 <= row["test_accuracy"] <= 1 and row["test_accuracy_std"] >= 0
+        assert row["seconds"] > 0
+    counts = results["split"]["counts"]
+    assert counts["test"] == {"defective": 2, "functional": 2}  # 25% of 8 per class
+    assert len(results["paper"]) == 2
+
+
+def test_smoke_runs_a_head_and_the_full_recipe_and_keeps_finished_runs(tmp_path: Path) -> None:
+    results = smoke(tmp_path, "1,4", seeds=2)
+    check(results, ["1", "4"], seeds=2)
+    full = results["rows"][1]["seeds"][0]
+    assert full["tta"] == "dihedral" and full["options"]["rot90"] is True
+    assert full["options"]["epochs"] == 1  # the smoke run's single epoch
+    again = smoke(tmp_path, "4", seeds=2)  # read back from --work, not run again
+    assert again["rows"][0]["seeds"] == results["rows"][1]["seeds"]
+    assert "| 6 | VGG-19 fine-tuned" in (tmp_path / "finetune-elpv-smoke.md").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_row(tmp_path: Path, bench) -> None:
+    results = smoke(tmp_path, "all", seeds=2)
+    check(results, [r.id for r in bench.ROWS], seeds=2)
