@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-import featpipe.cache.entry as entry_module
-import featpipe.cache.fingerprints as fingerprints
-import featpipe.cache.statrecord as statrecord
-import featpipe.data.datasets as datasets
-from conftest import TINY, make_tree
+from conftest import TINY, CacheChecks
 from featpipe.fitting.stage import fit
 
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
 
 def test_fit_on_fresh_entries_scans_once_reads_no_file_and_checksums_each_entry_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settled_shapes: Path
 ) -> None:
-    data = make_tree(tmp_path / "shapes", classes=("a", "b", "c"), per_class=8)
-    monkeypatch.setattr(statrecord, "RACY_NS", 0)  # the files' stats are recorded at once
+    data = settled_shapes
     options = EXTRACT | {"cache_dir": tmp_path / "cache"}
 
     def fit_both() -> None:
@@ -34,16 +28,6 @@ def test_fit_on_fresh_entries_scans_once_reads_no_file_and_checksums_each_entry_
         )
 
     fit_both()  # extracts both entries
-    monkeypatch.setattr(entry_module, "_VERIFIED", {})  # what a fresh process knows
-    scans, reads, checksums = [], [], Counter()
-    scan_folder, checksum_ok = datasets._scan_folder, entry_module.checksum_ok
-    quick, full = fingerprints.quick_fingerprint, fingerprints.full_hash
-    monkeypatch.setattr(datasets, "_scan_folder", lambda *a: scans.append(a) or scan_folder(*a))
-    monkeypatch.setattr(fingerprints, "quick_fingerprint", lambda p: reads.append(p) or quick(p))
-    monkeypatch.setattr(fingerprints, "full_hash", lambda p: reads.append(p) or full(p))
-    monkeypatch.setattr(
-        entry_module, "checksum_ok", lambda f: checksums.update([f.filename]) or checksum_ok(f)
-    )
+    checks = CacheChecks(monkeypatch)
     fit_both()
-    assert len(scans) == 1 and reads == []
-    assert len(checksums) == 2 and set(checksums.values()) == {1}, checksums
+    checks.paid_once(entries=2)
