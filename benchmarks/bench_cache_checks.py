@@ -78,15 +78,13 @@ def main() -> None:
             lambda: extract(args.data, cache_dir=args.cache, **TINY), args.repeat
         ),
         "scan (stat only)": _best(lambda: scan(args.data), args.repeat),
-        "quick fingerprints, warm": _best(lambda: Contents(dataset.root, relpaths), args.repeat),
+        "quick fingerprints, warm": _best(lambda: Contents(dataset), args.repeat),
         "quick fingerprints, evicted": _best(
-            lambda: Contents(dataset.root, relpaths), args.repeat, lambda: _evict(files)
+            lambda: Contents(dataset), args.repeat, lambda: _evict(files)
         ),
-        "full SHA-256, warm": _best(
-            lambda: Contents(dataset.root, relpaths, full=True), args.repeat
-        ),
+        "full SHA-256, warm": _best(lambda: Contents(dataset, full=True), args.repeat),
         "full SHA-256, evicted": _best(
-            lambda: Contents(dataset.root, relpaths, full=True), args.repeat, lambda: _evict(files)
+            lambda: Contents(dataset, full=True), args.repeat, lambda: _evict(files)
         ),
         "open_entry with checks": _best(lambda: open_entry(entry).close(), 5 * args.repeat),
         "bare h5py.File open": _best(lambda: h5py.File(entry, "r").close(), 5 * args.repeat),

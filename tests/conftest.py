@@ -8,12 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import featpipe.cache.entry as entry_module
+import featpipe.cache.fingerprints as fingerprints
+import featpipe.cache.statrecord as statrecord
+import featpipe.data.datasets as datasets
 
 # A tiny timm model with random weights: mechanics only, never correctness of features.
 TINY = {
@@ -138,3 +144,44 @@ def tiny_openvino(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], 
         return cache_dir
 
     return seed
+
+
+class CacheChecks:
+    """What a call's cache check costs, counted from the moment it is made: dataset scans,
+    dataset files whose content is read (quick fingerprint or full hash), and entry checksums
+    by entry file. The entries' once-per-process checksum memory starts empty, as in a fresh
+    process."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.scans: list[tuple] = []
+        self.reads: list[Path] = []
+        self.checksums: Counter[str] = Counter()
+        scan_folder, checksum_ok = datasets._scan_folder, entry_module.checksum_ok
+        quick, full = fingerprints.quick_fingerprint, fingerprints.full_hash
+        monkeypatch.setattr(entry_module, "_VERIFIED", {})
+        monkeypatch.setattr(
+            datasets, "_scan_folder", lambda *a: self.scans.append(a) or scan_folder(*a)
+        )
+        monkeypatch.setattr(
+            fingerprints, "quick_fingerprint", lambda p: self.reads.append(p) or quick(p)
+        )
+        monkeypatch.setattr(fingerprints, "full_hash", lambda p: self.reads.append(p) or full(p))
+        monkeypatch.setattr(
+            entry_module,
+            "checksum_ok",
+            lambda f: self.checksums.update([f.filename]) or checksum_ok(f),
+        )
+
+    def paid_once(self, entries: int) -> None:
+        """One scan, no file read, each of ``entries`` entries checksummed once."""
+        assert len(self.scans) == 1 and self.reads == [], (self.scans, self.reads)
+        assert len(self.checksums) == entries, self.checksums
+        assert set(self.checksums.values()) == {1}, self.checksums
+
+
+@pytest.fixture
+def settled_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 3-class tree of 24 images whose stats the stat rule records at once (a test's files
+    are milliseconds old: no racy window)."""
+    monkeypatch.setattr(statrecord, "RACY_NS", 0)
+    return make_tree(tmp_path / "shapes", classes=("a", "b", "c"), per_class=8)

@@ -22,8 +22,9 @@ from featpipe.cache.durable import atomic_write
 from featpipe.cache.entry import ENTRY_FORMAT, parts_dir
 from featpipe.cache.fingerprints import Contents, content_digest
 from featpipe.cache.hdf5 import file_image, in_memory_file, seal_checksum, write_strings
-from featpipe.cache.index import CORRUPT_SUFFIX, ShardIndex, transient
+from featpipe.cache.index import CORRUPT_SUFFIX, ShardIndex, Stored, transient
 from featpipe.cache.key import KeyFields
+from featpipe.collector import paused
 from featpipe.data.datasets import Dataset
 from featpipe.errors import StorageError
 
@@ -40,6 +41,7 @@ def _runs(sources: list[tuple[int, int]]) -> Iterator[tuple[int, int, int, int]]
         start = end
 
 
+@paused()
 def commit(
     entry: Path,
     dataset: Dataset,
@@ -47,12 +49,15 @@ def commit(
     index: ShardIndex,
     contents: Contents,
     provenance: dict[str, Any],
+    found: dict[str, Stored] | None = None,
 ) -> int:
     """Write the entry for ``dataset`` from the shards in ``index``; returns its row count.
 
     A row counts when its path, size, mtime and content fingerprint (and its full hash, under
-    ``contents.full``) match the file now on disk.
+    ``contents.full``) match the file now on disk. ``found``: the stored rows of files already
+    looked up in ``index`` this run (by relative path), not looked up again.
     """
+    found = found or {}
     shard_names = sorted(index.shard_sizes)
     shard_id = {name: i for i, name in enumerate(shard_names)}
     kept, sources, fingerprints, hashes = [], [], [], []
@@ -60,7 +65,10 @@ def commit(
     scanned: list[tuple[str, str]] = []  # (relpath, fingerprint) of every item, for ``content``
     n_transient = 0
     for item in dataset.items:
-        stored, reason = index.lookup(item, contents)
+        stored = found.get(item.relpath)
+        reason = None
+        if stored is None:
+            stored, reason = index.lookup(item, contents)
         if stored is not None:
             kept.append(item)
             sources.append((shard_id[stored.shard], stored.row))
@@ -149,6 +157,7 @@ def commit(
         seal_checksum(f)
         image = file_image(f)
     atomic_write(entry, image)
+    contents.remember(parts)
     # Shards whose rows were recomputed for this entry: an older featpipe's, and corrupt ones.
     for stale in [parts / n for n in index.legacy] + list(parts.glob(f"*{CORRUPT_SUFFIX}")):
         stale.unlink(missing_ok=True)

@@ -25,6 +25,8 @@ the next extract recomputes their rows.
 from __future__ import annotations
 
 import json
+import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +40,8 @@ from featpipe.cache.durable import stale_temporaries
 from featpipe.cache.fingerprints import Contents
 from featpipe.cache.hdf5 import checksum_ok
 from featpipe.cache.index import CORRUPT_SUFFIX, first_corrupt_shard, quarantine
-from featpipe.data.datasets import Dataset
+from featpipe.cache.statrecord import Trust, read_record
+from featpipe.data.datasets import Dataset, FileStat
 from featpipe.errors import DataError, StorageError
 
 # The layout of an entry file; 2 adds content fingerprints, checksums and shard sizes. Not in the
@@ -172,14 +175,25 @@ def open_entry(path: str | Path) -> h5py.File:
     except OSError as exc:
         raise _refuse(path, f"is not a readable HDF5 file ({exc})") from None
     try:
-        _check(path, f)
+        opened = FileStat.of(os.fstat(f.id.get_vfd_handle()))  # the file opened, not the path
+        _check(path, f, verified=_VERIFIED.get(str(path)) == opened)
     except BaseException:
         f.close()
         raise
+    if Trust().settled(opened, time.time_ns()):
+        _VERIFIED[str(path)] = opened
     return f
 
 
-def _check(path: Path, f: h5py.File) -> None:
+# Entries whose checksum this process verified, by the FileStat of the file it opened: a call
+# opens its entry several times (the hit check, its header, the load, a fit's run record), and
+# an entry is only ever replaced whole (a new inode), so each version is checksummed once. The
+# stat rule's guards apply (:mod:`featpipe.cache.statrecord`): a version written within
+# RACY_NS, or on a filesystem whose stats cannot vouch, is checksummed at every open.
+_VERIFIED: dict[str, FileStat] = {}
+
+
+def _check(path: Path, f: h5py.File, verified: bool = False) -> None:
     version = int(f.attrs.get("format_version", -1))
     if version > ENTRY_FORMAT:
         raise StorageError(
@@ -189,7 +203,7 @@ def _check(path: Path, f: h5py.File) -> None:
     if version < 1 or not f.attrs.get("complete", False):
         raise StorageError(f"cache entry {path} is not a complete featpipe entry: extract again")
     try:
-        intact = version < 2 or checksum_ok(f)
+        intact = version < 2 or verified or checksum_ok(f)
     except (OSError, KeyError, ValueError) as exc:
         raise _refuse(path, f"is damaged ({exc})") from None
     if not intact:
@@ -335,12 +349,16 @@ def matches(
 ) -> Contents | None:
     """The files' fingerprints when the entry holds exactly this scan of the dataset (a cache
     hit), else None. ``contents``: the fingerprints to compare, when the rows are not files of
-    their own (views: :mod:`featpipe.cache.views`); default: read from the dataset's files.
+    their own (views: :mod:`featpipe.cache.views`); default: those of the dataset's files, read
+    only where the entry's stat record does not vouch for them
+    (:mod:`featpipe.cache.statrecord`).
 
     The rule: the scan (paths, sizes, mtimes, labels, splits) must be the one committed, no file
     may have been skipped for a reason that may pass (permissions, I/O), and every file's
     content fingerprint must be the one its row was computed from; with ``full``, every row's
-    full SHA-256 too. Only the first cheap checks pass does it read the files.
+    full SHA-256 too. Only the first cheap checks pass does it read files; when it had to read
+    some (a copied or touched dataset), it records their stats, so that neither the next check
+    nor the extract after a miss reads them again.
     """
     try:
         f = open_entry(path)
@@ -354,11 +372,13 @@ def matches(
             or "content" not in attrs
         ):
             return None
-        kept = list(f["relpath"].asstr()[:])
         if contents is None:
-            contents = Contents(dataset.root, [i.relpath for i in dataset.items], full=full)
+            contents = Contents(dataset, full=full, record=read_record(parts_dir(path)))
+        # What the files hold now, hit or not: the extract after a miss reads none of them again.
+        contents.remember(parts_dir(path))
         if contents.digest([i.relpath for i in dataset.items], full=False) != attrs["content"]:
             return None
+        kept = list(f["relpath"].asstr()[:]) if full else []
         if full and contents.digest(kept, full=True) != attrs["content_full"]:
             return None
     return contents

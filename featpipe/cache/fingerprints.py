@@ -3,8 +3,11 @@
 Every row is keyed by its file's path, size and mtime (the quick check of make and rsync,
 :data:`~featpipe.data.datasets.RowId`) and a content fingerprint, a hash of the size and the
 first and last 64 KiB: it catches a file replaced by another of the same size and mtime for two
-reads per file. A full SHA-256 of the file is stored as well, for checks on request
-(``verify_content``) and to prove two files the same before a row is copied between entries.
+reads per file. Those reads are made only for files whose ``stat`` changed since the last run
+recorded it (the stat rule, :mod:`featpipe.cache.statrecord`): an unchanged dataset is checked
+without opening a file. A full SHA-256 of the file is stored as well, for checks on request
+(``verify_content``, which reads every file on every run) and to prove two files the same
+before a row is copied between entries.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from featpipe.cache.statrecord import Facts, StatRecord, write_record
+from featpipe.collector import paused
+from featpipe.data.datasets import Dataset
 
 FINGERPRINT_BLOCK = 64 << 10
 
@@ -59,18 +66,37 @@ def full_hash(path: Path) -> str:
 class Contents:
     """The current content fingerprints of a dataset's files, read once per run.
 
-    Quick fingerprints are read for every file; full hashes for every file when ``full``
-    (``verify_content``), otherwise only for the rows being written, right after the backbone
-    has read them (so from the page cache).
+    Quick fingerprints come from ``record`` for the files whose stat it vouches for, and are
+    read for the others (``read`` counts them); full hashes are read for every file when
+    ``full`` (``verify_content``), otherwise only for the rows being written, right after the
+    backbone has read them (so from the page cache).
     """
 
-    def __init__(self, root: Path, relpaths: Sequence[str], full: bool = False) -> None:
-        self.root, self.full = root, full
-        quick = _map(lambda r: quick_fingerprint(root / r), relpaths)
-        self.quick = dict(zip(relpaths, quick, strict=True))
+    @paused()
+    def __init__(
+        self, dataset: Dataset, full: bool = False, record: StatRecord | None = None
+    ) -> None:
+        self.root, self.full = dataset.root, full
+        self.items, self.scanned_ns = dataset.items, dataset.scanned_ns
+        self.quick = record.vouched(self.items) if record is not None else {}
+        unread = [i.relpath for i in self.items if i.relpath not in self.quick]
+        read = _map(lambda r: quick_fingerprint(self.root / r), unread)
+        self.quick.update(zip(unread, read, strict=True))
+        self.read = len(unread)
         self.sha: dict[str, str] = {}
         if full:
-            self.hashes(relpaths)
+            self.hashes([i.relpath for i in self.items])
+
+    def facts(self) -> Facts:
+        """Every file with the stat the scan saw and its fingerprint: what a
+        :class:`~featpipe.cache.statrecord.StatRecord` keeps for the next run."""
+        return Facts.of(self.items, self.quick)
+
+    def remember(self, parts: Path) -> None:
+        """Record the files' stats beside an entry (its ``parts`` folder) when this run had to
+        read some: a copied or touched dataset is read once, and its next check reads none."""
+        if self.read:
+            write_record(parts, self.facts(), self.scanned_ns)
 
     def hashes(self, relpaths: Sequence[str]) -> list[str]:
         missing = [r for r in relpaths if r not in self.sha]
@@ -85,7 +111,7 @@ class Contents:
 
 
 def content_digest(pairs: Iterable[tuple[str, str]]) -> str:
-    h = hashlib.sha256()
-    for relpath, value in pairs:
-        h.update(f"{relpath}\0{value}\n".encode())
-    return h.hexdigest()
+    """One hash of ``(relative path, fingerprint)`` pairs in order (one update: the same
+    bytes as one per pair, without 200,000 calls)."""
+    text = "".join(f"{relpath}\0{value}\n" for relpath, value in pairs)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -36,15 +36,21 @@ def write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
     group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
 
 
+def decode_all(values: list[bytes]) -> list[str]:
+    """A string column's UTF-8 values decoded in one call (``asstr`` decodes one by one)."""
+    return b"\0".join(values).decode().split("\0") if values else []
+
+
 def _attr_text(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return repr(value.tolist())
     return repr(value.item() if hasattr(value, "item") else value)
 
 
-def checksum(f: h5py.Group) -> str:
+def checksum(f: h5py.Group, read: dict[str, Any] | None = None) -> str:
     """SHA-256 of a file's attributes and every dataset but ``features`` (whose chunks carry
-    fletcher32 checksums): the cheap check against edited or damaged rows."""
+    fletcher32 checksums): the cheap check against edited or damaged rows. ``read``, if given,
+    receives every dataset's values as read, so that the caller need not read them again."""
     h = hashlib.sha256()
     for name in sorted(f.attrs):
         if name != "checksum":
@@ -53,10 +59,15 @@ def checksum(f: h5py.Group) -> str:
     f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
     for name in sorted(set(names) - {"features"}):
         ds = f[name]
-        if h5py.check_string_dtype(ds.dtype) is not None:
-            data = "\0".join(ds.asstr()[()].tolist() if ds.shape else [ds.asstr()[()]]).encode()
+        values = ds[()]
+        if read is not None:
+            read[name] = values
+        if h5py.check_string_dtype(ds.dtype) is None:
+            data = np.ascontiguousarray(values).tobytes()
+        elif ds.shape:
+            data = b"\0".join(values.tolist())  # the stored UTF-8, as asstr().encode() gives
         else:
-            data = np.ascontiguousarray(ds[()]).tobytes()
+            data = ds.asstr()[()].encode()
         h.update(f"{name}:{ds.dtype.str}:{ds.shape}:{len(data)}\n".encode())
         h.update(data)
     return h.hexdigest()
@@ -66,5 +77,5 @@ def seal_checksum(f: h5py.File) -> None:
     f.attrs["checksum"] = checksum(f)
 
 
-def checksum_ok(f: h5py.File) -> bool:
-    return "checksum" in f.attrs and f.attrs["checksum"] == checksum(f)
+def checksum_ok(f: h5py.File, read: dict[str, Any] | None = None) -> bool:
+    return "checksum" in f.attrs and f.attrs["checksum"] == checksum(f, read)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import count, repeat
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 
 from featpipe.cache.fingerprints import Contents
-from featpipe.cache.hdf5 import checksum_ok
+from featpipe.cache.hdf5 import checksum_ok, decode_all
+from featpipe.collector import paused
 from featpipe.data.datasets import Item, RowId
 
 CORRUPT_SUFFIX = ".corrupt"
@@ -28,9 +32,9 @@ def transient(reason: str) -> bool:
     return reason.startswith("[Errno ")
 
 
-@dataclass(frozen=True)
-class Stored:
-    """Where one stored row lives, and the content it was computed from."""
+class Stored(NamedTuple):
+    """Where one stored row lives, and the content it was computed from (a tuple: an index
+    holds one per row, 200,000 of them for a 200,000-image entry)."""
 
     shard: str
     row: int
@@ -38,20 +42,26 @@ class Stored:
     sha256: str
 
 
+_STORED = partial(tuple.__new__, Stored)  # Stored from a 4-tuple, without a Python call
+
+
 @dataclass
 class ShardIndex:
     """Every stored row and skipped file, by :data:`RowId`; shards that failed their checks.
 
     Several rows can share a RowId (a file replaced with the same size and mtime, then
-    recomputed): :meth:`find` picks the one whose content matches.
+    recomputed): ``rows`` holds the first, ``more`` all of them in shard order, and
+    :meth:`find` picks the one whose content matches.
     """
 
-    rows: dict[RowId, list[Stored]] = field(default_factory=dict)
+    rows: dict[RowId, Stored] = field(default_factory=dict)
+    more: dict[RowId, list[Stored]] = field(default_factory=dict)
     skipped: dict[RowId, list[tuple[str, str]]] = field(default_factory=dict)
     shard_sizes: dict[str, int] = field(default_factory=dict)
     dims: set[int] = field(default_factory=set)
     legacy: list[str] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)
+    read: set[str] = field(default_factory=set)  # the shards it holds (legacy ones included)
 
     def find(self, row_id: RowId, fingerprint: str, sha256: str | None = None) -> Stored | None:
         """The stored row of this file, if its content matches (the full hash too, if given).
@@ -60,10 +70,28 @@ class ShardIndex:
         """
         if not fingerprint:
             return None
-        for stored in self.rows.get(row_id, ()):
+        candidates = self.more.get(row_id)
+        if candidates is None:
+            first = self.rows.get(row_id)
+            candidates = [] if first is None else [first]
+        for stored in candidates:
             if stored.fingerprint == fingerprint and sha256 in (None, stored.sha256):
                 return stored
         return None
+
+    def add(self, pairs: list[tuple[RowId, Stored]]) -> None:
+        """Add one shard's rows, in its order."""
+        rows = dict(pairs)
+        if len(rows) < len(pairs):  # the shard stores a file twice: one by one, in order
+            for pair in pairs:
+                self.add([pair])
+            return
+        again = rows.keys() & self.rows.keys()
+        firsts = {key: self.rows[key] for key in again}
+        self.rows.update(rows)
+        self.rows.update(firsts)
+        for key in again:
+            self.more.setdefault(key, [firsts[key]]).append(rows[key])
 
     def lookup(self, item: Item, contents: Contents) -> tuple[Stored | None, str | None]:
         """The stored row of ``item`` for the content it has now (its full hash too, under
@@ -94,33 +122,51 @@ def quarantine(shard: Path) -> bool:
 
 
 def _read_shard(shard: Path, index: ShardIndex) -> None:
+    """Add one shard's rows and skips to ``index``: columns are read and decoded whole, then
+    keyed in one loop (per-row decoding was most of an incremental run's overhead)."""
     with h5py.File(shard, "r") as f:
         if "fingerprint" not in f:
             index.legacy.append(shard.name)  # an older featpipe's: its rows are recomputed
+            index.read.add(shard.name)
             return
-        if not checksum_ok(f):
+        read: dict[str, Any] = {}
+        if not checksum_ok(f, read):
             raise OSError("its checksum does not match its rows")
-        index.dims.add(int(f.attrs["dim"]))
-        index.shard_sizes[shard.name] = int(f.attrs["n"])
-        columns = (f[c][:] for c in ("relpath", "size", "mtime_ns", "fingerprint", "sha256"))
-        for row, (path, size, mtime, fp, sha) in enumerate(zip(*columns, strict=True)):
-            stored = Stored(shard.name, row, fp.decode(), sha.decode())
-            index.rows.setdefault((path.decode(), int(size), int(mtime)), []).append(stored)
-        skipped = f["skipped"]
-        columns = (skipped[c][:] for c in ("relpath", "size", "mtime_ns", "fingerprint"))
-        reasons = skipped["reason"].asstr()[:]
-        for path, size, mtime, fp, reason in zip(*columns, reasons, strict=True):
-            row_id = (path.decode(), int(size), int(mtime))
-            index.skipped.setdefault(row_id, []).append((fp.decode(), reason))
+
+        def column(name: str) -> list[Any]:
+            values = read[name].tolist()
+            return decode_all(values) if read[name].dtype == object else values
+
+        dim, n, name = int(f.attrs["dim"]), int(f.attrs["n"]), shard.name
+        keys = zip(column("relpath"), column("size"), column("mtime_ns"), strict=True)
+        stored = zip(repeat(name), count(), column("fingerprint"), column("sha256"))
+        index.add(list(zip(keys, map(_STORED, stored), strict=True)))  # tuples made in C
+        skipped = (column(f"skipped/{c}") for c in ("relpath", "size", "mtime_ns"))
+        reasons = zip(column("skipped/fingerprint"), column("skipped/reason"), strict=True)
+        for key, fp_reason in zip(zip(*skipped, strict=True), reasons, strict=True):
+            index.skipped.setdefault(key, []).append(fp_reason)
+    index.dims.add(dim)
+    index.shard_sizes[name] = n
+    index.read.add(name)
 
 
-def read_index(parts: Path) -> ShardIndex:
+@paused()
+def read_index(parts: Path, known: ShardIndex | None = None) -> ShardIndex:
     """What the shards in ``parts`` hold. A shard that cannot be read or fails its checksum is
-    moved aside (see :func:`quarantine`) and named in ``broken``: its rows become pending."""
-    index = ShardIndex()
+    moved aside (see :func:`quarantine`) and named in ``broken``: its rows become pending.
+
+    ``known``: an index of ``parts`` read earlier in the same run. Shards are immutable, so it
+    is extended with the shards written since, and read whole again only if one of its shards
+    has gone (moved aside by another process, or the entry removed).
+    """
     if not parts.is_dir():
-        return index
-    for shard in sorted(parts.glob("*.h5")):
+        return ShardIndex()
+    shards = sorted(parts.glob("*.h5"))
+    present = {shard.name for shard in shards}
+    index = known if known is not None and known.read <= present else ShardIndex()
+    for shard in shards:
+        if shard.name in index.read:
+            continue
         try:
             _read_shard(shard, index)
         except (OSError, KeyError, ValueError):

@@ -28,7 +28,7 @@ from featpipe.cache.claims import Claim, claim_rows
 from featpipe.cache.commit import commit
 from featpipe.cache.entry import parts_dir
 from featpipe.cache.fingerprints import Contents
-from featpipe.cache.index import read_index, transient
+from featpipe.cache.index import ShardIndex, Stored, read_index, transient
 from featpipe.cache.journals import ShardWriter, recover_orphans
 from featpipe.cache.key import KeyFields
 from featpipe.data.datasets import Dataset, Item
@@ -48,6 +48,10 @@ class Transaction:
         self.contents = contents
         self.parts = parts_dir(entry)
         self.parts.mkdir(parents=True, exist_ok=True)
+        # What pending() read and found, for commit() to extend rather than repeat: shards are
+        # immutable, and a stored row found once is found again.
+        self._index: ShardIndex | None = None
+        self._found: dict[str, Stored] = {}
 
     def recover(self) -> int:
         """Seal the journals of writers that are gone; returns how many."""
@@ -57,11 +61,13 @@ class Transaction:
         """Items with no stored row for their current content, and no lasting skip: files
         skipped for a reason that may pass (permissions, I/O errors) are tried again on every
         run."""
-        index = read_index(self.parts)
+        index = self._index = read_index(self.parts, self._index)
         pending = []
         for item in self.dataset.items:
             stored, reason = index.lookup(item, self.contents)
-            if stored is None and (reason is None or transient(reason)):
+            if stored is not None:
+                self._found[item.relpath] = stored
+            elif reason is None or transient(reason):
                 pending.append(item)
         return pending
 
@@ -86,6 +92,8 @@ class Transaction:
 
     def commit(self, provenance: dict[str, Any]) -> int:
         """Write the entry from every shard now on disk; returns its row count."""
+        index = read_index(self.parts, self._index)
+        found = self._found if index is self._index else {}  # read again whole: look again
         return commit(
-            self.entry, self.dataset, self.fields, read_index(self.parts), self.contents, provenance
+            self.entry, self.dataset, self.fields, index, self.contents, provenance, found
         )

@@ -9,6 +9,7 @@ and turns every failure into a short reason string that the cache records.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -28,7 +29,11 @@ class ImageDecodeError(Exception):
 
 
 def is_image_name(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """Whether the name has an image extension: ``Path.suffix``'s rule, without making a
+    ``Path`` (the scan asks this of every file)."""
+    name = os.fspath(path).rpartition("/")[2]
+    dot = name.rfind(".")
+    return 0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

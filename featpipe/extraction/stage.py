@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.backbones.weights import resolve_weights
 from featpipe.cache.catalog import Request, ensure_writable, recall
-from featpipe.cache.entry import Features, entry_header, load_features
+from featpipe.cache.entry import Features, entry_header, load_features, parts_dir
 from featpipe.cache.fingerprints import Contents
+from featpipe.cache.statrecord import read_record
 from featpipe.data.augment import Augment
 from featpipe.data.datasets import Dataset, Task, scan
 from featpipe.extraction.fill import fill
@@ -216,9 +217,8 @@ def extract(
     if import_s:
         run.timings["import_s"] = import_s
     say(Phase("cache", f"reading the cache and fingerprinting {len(dataset)} files"))
-    contents = Contents(
-        dataset.root, [i.relpath for i in dataset.items], full=options.verify_content
-    )
+    record = read_record(parts_dir(run.entry))
+    contents = Contents(dataset, full=options.verify_content, record=record)
     n_new, copied, ranks = fill(run, contents, spec, choice, dist, start, say, progress)
     n, dim, n_skipped = entry_header(run.entry)
     seconds = time.perf_counter() - start  # the whole call: the rate is over the same interval

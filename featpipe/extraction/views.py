@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.catalog import entry_path
-from featpipe.cache.entry import Features, matches, read_meta
+from featpipe.cache.entry import Features, matches, parts_dir, read_meta
 from featpipe.cache.fingerprints import Contents
 from featpipe.cache.key import KeyFields
+from featpipe.cache.statrecord import Facts, read_record
 from featpipe.cache.views import complete_images, load_views, split_view_name, view_name
 from featpipe.data.augment import Augment, view_source
 from featpipe.data.datasets import Dataset, Item
@@ -98,8 +99,13 @@ class ViewContents(Contents):
 
     def __init__(self, files: Contents, names: Sequence[str]) -> None:
         self.root, self.full, self.files = files.root, files.full, files
+        self.items, self.scanned_ns, self.read = files.items, files.scanned_ns, files.read
         self.quick = {name: files.quick[split_view_name(name)[0]] for name in names}
         self.sha: dict[str, str] = {}
+
+    def facts(self) -> Facts:
+        """The image files' facts: the stat record of a views entry is about its images."""
+        return self.files.facts()
 
     def hashes(self, relpaths: Sequence[str]) -> list[str]:
         return self.files.hashes([split_view_name(r)[0] for r in relpaths])
@@ -146,8 +152,9 @@ def extract_views(
         )
     entry = entry_path(cache_dir, dataset.name, f"{spec.slug}-views", fields.digest)
     names = [i.relpath for i in vdataset.items]
-    train = list(dict.fromkeys(split_view_name(name)[0] for name in names))
-    contents = ViewContents(Contents(dataset.root, train, full=verify_content), names)
+    train = replace(dataset, items=[i for i in dataset.items if i.split == "train"])
+    record = read_record(parts_dir(entry))
+    contents = ViewContents(Contents(train, full=verify_content, record=record), names)
     say(Phase("cache", f"looking up {len(names)} views in {cache_dir}"))
 
     def done(n_new: int, hit: bool, timings: dict[str, float]) -> ViewsResult:

@@ -16,6 +16,7 @@ import numpy as np
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.entry import Features, FeatureSet
 from featpipe.data.augment import Augment
+from featpipe.data.datasets import Dataset, scan
 from featpipe.errors import FeatpipeError
 from featpipe.extraction.options import ExtractOptions
 from featpipe.extraction.stage import ExtractResult, extract
@@ -67,7 +68,7 @@ def concatenate(sets: list[Features], names: list[str]) -> Features:
 
 
 def load_feature_set(
-    data: str | Path,
+    data: str | Path | Dataset,
     specs: str | list[BackboneSpec],
     options: ExtractOptions | None = None,
     progress: Callable[[str], Callable | None] | None = None,
@@ -89,6 +90,8 @@ def load_feature_set(
     options = options or ExtractOptions()
     if isinstance(specs, str):
         specs = parse_feature_spec(specs, options)
+    if len(specs) > 1 and not isinstance(data, Dataset):  # one scan serves every backbone
+        data = scan(data, allow_outside=options.allow_outside)
     results = [
         extract(
             data,

@@ -11,6 +11,7 @@ import numpy as np
 
 from featpipe.backbones.spec import label
 from featpipe.cache.entry import FeatureSet, read_meta
+from featpipe.data.datasets import Dataset
 from featpipe.data.splits import hold_out
 from featpipe.errors import ArgumentError
 from featpipe.extraction.options import ExtractOptions, as_extract_options
@@ -54,7 +55,7 @@ def with_holdout(features: FeatureSet, fraction: float) -> FeatureSet:
 
 
 def fit(
-    data: str | Path,
+    data: str | Path | Dataset,
     backbone: str = "tf_efficientnet_lite0",
     options: SweepOptions | None = None,
     *,
@@ -72,6 +73,8 @@ def fit(
 ) -> tuple[Run, SweepResult]:
     """Fit heads on the cached features of ``data`` under ``backbone`` and save the run.
 
+    ``data`` is a dataset path or a scanned :class:`~featpipe.data.datasets.Dataset` (a caller
+    fitting several backbones on one dataset scans it once).
     ``grid`` maps head options to lists of values (every combination is fitted); ``head``
     gives fixed options. With neither, :data:`DEFAULT_GRID` is used. ``options`` are the
     :class:`~featpipe.fitting.options.SweepOptions` (seeds, cv, holdout, shots, draws, refit,

@@ -40,7 +40,7 @@ from featpipe.errors import ArgumentError
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, linear_modules, path_groups
 from featpipe.heads.paths import balanced_weights, ridge_path_gram, ridge_targets
-from featpipe.heads.preprocess import Preprocessor
+from featpipe.heads.preprocess import Preprocessor, moments
 from featpipe.heads.rows import Batch
 from featpipe.heads.stacked import target_scaling, train_sources, training_targets
 
@@ -207,16 +207,8 @@ def fit_preprocessor(
     """:meth:`Preprocessor.fit` on the rows in ``mask``, streamed (a second pass for PCA)."""
     dim = features.dim
     mean, scale = np.zeros(dim), np.ones(dim)
-    if standardize:  # Chan et al.'s pairwise merge of block means and squared deviations
-        count, m2 = 0, np.zeros(dim)
-        for X, _ in features.blocks(mask):
-            block = X.astype(np.float64)
-            block_mean = block.mean(axis=0)
-            delta, total = block_mean - mean, count + len(block)
-            mean = mean + delta * len(block) / total
-            m2 += ((block - block_mean) ** 2).sum(axis=0) + delta**2 * count * len(block) / total
-            count = total
-        scale = np.sqrt(m2 / count)
+    if standardize:
+        mean, scale = moments((X for X, _ in features.blocks(mask)), dim)
     scale[scale < 1e-8] = 1.0
     arrays = {"mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
     pre = Preprocessor(standardize, l2norm, pca, arrays=arrays)

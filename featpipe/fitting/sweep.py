@@ -27,6 +27,7 @@ from featpipe.fitting.run import Candidate, SweepResult
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead, fit_heads
+from featpipe.heads.preprocess import Rows
 from featpipe.heads.stacked import group_key
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
@@ -131,18 +132,22 @@ def select(
             candidates[i].histories.append(head.history)
             candidates[i].heads.append(head)
         return candidates, "val"
-    train = features.where("train")
-    folds = _folds(train.y, features.task, cv)
+    train = _split_rows(features, "train")
+    y = features.y[train.index]
+    folds = _folds(y, features.task, cv)
     fold_scores: list[list[dict[str, float]]] = [[] for _ in runs]
     fold_seconds = np.zeros(len(runs))
     for fit_idx, val_idx in folds:
-        Xf, yf, Xv, yv = train.X[fit_idx], train.y[fit_idx], train.X[val_idx], train.y[val_idx]
+        Xf, Xv = Rows(features.X, train.index[fit_idx]), Rows(features.X, train.index[val_idx])
+        yf, yv = y[fit_idx], y[val_idx]
         fold_views = views.take(fit_idx) if views is not None else None
         data = TrainData(Xf, yf, Xv, yv, features.class_names, features.task, fold_views)
         heads = fit_grid(runs, data, n_jobs)
+        held = Xv.gather()  # scored by every head: gathered once
         for r, head in enumerate(heads):
-            fold_scores[r].append(_score(head, Xv, yv))
+            fold_scores[r].append(_score(head, held, yv))
             fold_seconds[r] += head.fit_seconds
+        del held  # not held through the next fold's fit
     for r, i in enumerate(owner):
         names = fold_scores[r][0]
         candidates[i].val.append({m: float(np.mean([s[m] for s in fold_scores[r]])) for m in names})
@@ -157,10 +162,18 @@ def _fit(
     larger than memory is fitted in chunks (:func:`featpipe.fitting.streaming.fit_heads`)."""
     if not features.in_memory:
         return streaming.fit_heads(runs, features)
-    train, val = features.where("train"), features.where("val")
-    watched = (val.X, val.y) if len(val) else (None, None)
-    data = TrainData(train.X, train.y, *watched, features.class_names, features.task, views)
+    train, val = _split_rows(features, "train"), _split_rows(features, "val")
+    watched = (val, features.y[val.index]) if len(val) else (None, None)
+    y = features.y[train.index]
+    data = TrainData(train, y, *watched, features.class_names, features.task, views)
     return fit_grid(runs, data, n_jobs)
+
+
+def _split_rows(features: Features, split: str) -> Rows:
+    """The rows of one split of an in-memory set, not copied: the heads' preprocessing reads
+    them block by block (a fit holds its matrix and one preprocessed copy of train and val,
+    not a raw copy besides)."""
+    return Rows(features.X, np.flatnonzero(features.split == split))
 
 
 def outputs(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from featpipe.heads.preprocess import Matrix
 from featpipe.heads.views import TrainViews
 
 
@@ -23,11 +24,13 @@ class TrainData:
     """Training rows ``X`` (N × D) with targets ``y``; ``X_val``/``y_val`` the rows that watch
     training (None: none); the label set; ``views`` augmented views of the rows of ``X``
     (N × K × D, :mod:`featpipe.heads.views`), which torch heads train on and scikit-learn heads
-    add as rows."""
+    add as rows. ``X`` and ``X_val`` may be :class:`~featpipe.heads.preprocess.Rows` of a
+    larger matrix (a split, not copied): the heads' preprocessing reads them block by block and
+    the trainers see only its output, :meth:`transformed`."""
 
-    X: np.ndarray
+    X: Matrix
     y: np.ndarray
-    X_val: np.ndarray | None
+    X_val: Matrix | None
     y_val: np.ndarray | None
     class_names: list[str]
     task: str
@@ -43,7 +46,7 @@ class TrainData:
         """Whether there are val rows to watch (an empty val split is none)."""
         return self.X_val is not None and self.y_val is not None and len(self.X_val) > 0
 
-    def transformed(self, transform: Callable[[np.ndarray], np.ndarray]) -> TrainData:
+    def transformed(self, transform: Callable[[Matrix], np.ndarray]) -> TrainData:
         """Every row through a row transform (the heads' preprocessing, fitted on ``X``); an
         empty val split becomes None."""
         watched = self.watched

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.backbones.spec import BackboneSpec
+from featpipe.data.datasets import scan
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.extraction.options import ExtractOptions, as_extract_options
 from featpipe.fitting.options import SweepOptions
@@ -128,9 +129,11 @@ def compare(
 
     rows: list[Row] = []
     for data in experiment.data:
+        # One scan per dataset serves every backbone: the freshness check is paid once a call.
+        dataset = scan(data, allow_outside=experiment.extract.allow_outside)
         for backbone in experiment.backbones:
             run, result = fit(
-                data,
+                dataset,
                 backbone,
                 experiment.options,
                 grid=experiment.sweep or None,

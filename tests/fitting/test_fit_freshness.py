@@ -1,0 +1,33 @@
+"""fit on fresh entries pays the cache check once: one scan, no file read, one checksum each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, CacheChecks
+from featpipe.fitting.stage import fit
+
+EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
+
+
+def test_fit_on_fresh_entries_scans_once_reads_no_file_and_checksums_each_entry_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settled_shapes: Path
+) -> None:
+    data = settled_shapes
+    options = EXTRACT | {"cache_dir": tmp_path / "cache"}
+
+    def fit_both() -> None:
+        fit(
+            data,
+            "test_efficientnet+test_resnet",
+            head={"head": "ridge"},
+            runs_dir=tmp_path / "runs",
+            extract_options=options,
+        )
+
+    fit_both()  # extracts both entries
+    checks = CacheChecks(monkeypatch)
+    fit_both()
+    checks.paid_once(entries=2)

@@ -1,0 +1,32 @@
+"""compare on fresh entries pays the cache check once a call: one scan per dataset, whatever
+the number of backbones, no dataset file read, one checksum per entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, CacheChecks
+from featpipe.extraction.options import as_extract_options
+from featpipe.reports.compare import Experiment, compare
+
+EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
+
+
+def test_compare_on_fresh_entries_scans_each_dataset_once_and_reads_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settled_shapes: Path
+) -> None:
+    data = settled_shapes
+    experiment = Experiment(
+        data=[str(data)],
+        backbones=["test_efficientnet", "test_resnet"],
+        head={"head": "ridge"},
+        extract=as_extract_options(EXTRACT | {"cache_dir": tmp_path / "cache"}),
+        runs_dir=str(tmp_path / "runs"),
+    )
+    compare(experiment)  # extracts both entries
+    checks = CacheChecks(monkeypatch)
+    rows = compare(experiment)
+    assert len(rows) == 2
+    checks.paid_once(entries=2)
