@@ -26,7 +26,7 @@ from featpipe.fitting import streaming
 from featpipe.fitting.run import Candidate, SweepResult
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
-from featpipe.heads.fitted import FittedHead, fit_heads
+from featpipe.heads.fitted import FittedHead, decision_functions, fit_heads
 from featpipe.heads.stacked import group_key
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
@@ -140,8 +140,9 @@ def select(
         fold_views = views.take(fit_idx) if views is not None else None
         data = TrainData(Xf, yf, Xv, yv, features.class_names, features.task, fold_views)
         heads = fit_grid(runs, data, n_jobs)
-        for r, head in enumerate(heads):
-            fold_scores[r].append(_score(head, Xv, yv))
+        n_classes = len(features.class_names)
+        for r, (head, out) in enumerate(zip(heads, decision_functions(heads, Xv), strict=True)):
+            fold_scores[r].append(metrics.from_outputs(features.task, n_classes, yv, out))
             fold_seconds[r] += head.fit_seconds
     for r, i in enumerate(owner):
         names = fold_scores[r][0]
@@ -169,17 +170,18 @@ def outputs(
     """Every head's raw outputs on the rows in ``mask`` (at least one), in row order, head by
     head. A set read in several blocks (an entry larger than memory) is read once for all the
     heads; a set that is one block (in memory) is scored one head at a time, so only one head's
-    outputs are held at once."""
+    outputs are held at once. k-NN heads over one bank share one neighbour search
+    (:func:`~featpipe.heads.fitted.decision_functions`)."""
     blocks = iter(features.blocks(mask))
     X, _ = next(blocks)
     more = next(blocks, None)
     if more is None:
-        yield from (head.decision_function(X) for head in heads)
+        yield from decision_functions(heads, X)
         return
-    parts = [[head.decision_function(X)] for head in heads]
+    parts = [[out] for out in decision_functions(heads, X)]
     for X, _ in itertools.chain([more], blocks):
-        for part, head in zip(parts, heads, strict=True):
-            part.append(head.decision_function(X))
+        for part, out in zip(parts, decision_functions(heads, X), strict=True):
+            part.append(out)
     yield from (np.concatenate(part) for part in parts)
 
 
