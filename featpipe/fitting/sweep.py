@@ -23,6 +23,7 @@ import numpy as np
 from featpipe.cache.entry import Features, FeatureSet
 from featpipe.errors import ArgumentError, DataError
 from featpipe.fitting import streaming
+from featpipe.fitting.calibrate import calibration
 from featpipe.fitting.run import Candidate, SweepResult
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
@@ -30,7 +31,7 @@ from featpipe.heads.fitted import FittedHead, decision_functions, fit_heads
 from featpipe.heads.stacked import group_key
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
-from featpipe.runs.metrics import FewShotPoint, Predictions
+from featpipe.runs.metrics import Calibration, FewShotPoint, Predictions
 from featpipe.runtime import distributed
 
 
@@ -248,6 +249,7 @@ def sweep(
     is_test = features.split == "test"
     confusion = None
     predictions = None
+    calibrated = None
     before: list[dict[str, float]] = []
     if is_test.any():
         # one pass over test for both (a streamed entry is read once)
@@ -258,6 +260,7 @@ def sweep(
         best.test, before = scores[: len(best.heads)], scores[len(best.heads) :]
         if features.task == "classification":
             confusion = metrics.confusion(y_test, outs[0].argmax(axis=1), n_classes)
+            calibrated = _calibration(features, best.heads, selection_heads, outs)
         else:
             predictions = Predictions(y_test.tolist(), outs[0][:, 0].tolist())
     few = (
@@ -286,7 +289,26 @@ def sweep(
         refit_note=not_refitted,
         selection_heads=selection_heads,
         test_before_refit=before,
+        calibration=calibrated,
     )
+
+
+def _calibration(
+    features: FeatureSet,
+    chosen: list[FittedHead],
+    selection_heads: list[FittedHead],
+    test_outputs: list[np.ndarray],
+) -> Calibration:
+    """The calibration of the first seed's head that val is held out from: the chosen head, or
+    after a refit selection's train-only head (whose test outputs follow the chosen heads')."""
+    head, out, which = (
+        (selection_heads[0], test_outputs[len(chosen)], "selection")
+        if selection_heads
+        else (chosen[0], test_outputs[0], "chosen")
+    )
+    is_val = features.split == "val"
+    val = (next(outputs([head], features, is_val)), features.y[is_val]) if is_val.any() else None
+    return calibration(head, which, (out, features.y[features.split == "test"]), val)
 
 
 def refit_reason(config: HeadConfig, views: TrainViews | None) -> str:

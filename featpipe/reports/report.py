@@ -3,6 +3,7 @@
 Plots, where a picture says more than numbers: validation score against learning rate (one
 panel per head type, every weight decay visible, seed spread as error bars), a backbone ×
 dataset heatmap, few-shot curves, the confusion matrix and per-class scores of the best head,
+its reliability diagram (calibration on test, before and after temperature scaling),
 predicted-vs-true and residuals for regression, and train/validation curves of torch heads with
 the fit diagnosis written beside them. Fine-tune runs add their per-epoch curves and the options
 they ran with (augmentation, EMA, image size, test-time augmentation: each that is not at its
@@ -36,6 +37,7 @@ from featpipe.finetuning.config import FinetuneConfig
 from featpipe.heads.config import HeadConfig
 from featpipe.options import declared
 from featpipe.reports.diagnosis import diagnose_history
+from featpipe.runs.metrics import Calibrated
 from featpipe.runs.record import Run, list_runs
 
 # Test scores the tables show next to the selection metric, where a run has them.
@@ -274,6 +276,53 @@ def confusion_plot(run: Run, out: Path, index: int) -> str | None:
     return _save(fig, out, f"confusion-{index}.png")
 
 
+def calibration_plot(run: Run, out: Path, index: int) -> str | None:
+    """The reliability diagram of a classification fit: accuracy against mean confidence per
+    confidence bin on test, before and after temperature scaling (the diagonal is calibrated)."""
+    record = run.metrics.calibration
+    if record is None:
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="calibrated")
+    shown = [("as predicted", record.before, "o-")]
+    if record.after is not None:
+        shown.append((f"temperature {record.temperature:.3g}", record.after, "s-"))
+    for name, scores, style in shown:
+        points = [
+            (c, a)
+            for c, a in zip(scores.confidence, scores.accuracy, strict=True)
+            if c is not None and a is not None
+        ]
+        xs, ys = zip(*points, strict=True) if points else ((), ())
+        ax.plot(xs, ys, style, ms=4, label=f"{name}: ECE {scores.ece:.3f}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="mean confidence (15 bins)",
+        ylabel="accuracy",
+        title=f"reliability on test: {run.config['dataset']} · {run.config['backbone']}",
+    )
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, out, f"reliability-{index}.png")
+
+
+def calibration_rows(run: Run) -> list[list[str]]:
+    """ECE, NLL and Brier score on test, before and after temperature scaling."""
+    record = run.metrics.calibration
+    if record is None:
+        return []
+    rows = [["as predicted", "", *_calibrated(record.before)]]
+    if record.after is not None:
+        rows.append(["temperature-scaled", _num(record.temperature), *_calibrated(record.after)])
+    return rows
+
+
+def _calibrated(scores: Calibrated) -> list[str]:
+    return [_num(scores.ece), _num(scores.nll), _num(scores.brier)]
+
+
 def per_class_rows(run: Run) -> list[list[str]]:
     """Per-class test precision, recall, F1 and support, read off the confusion matrix."""
     matrix = np.array(run.metrics.confusion or [], dtype=np.float64)
@@ -482,6 +531,17 @@ def _run_plots(run: Run, out: Path, i: int) -> list[str]:
         html_parts.append(f"<img src='{confusion}' alt='confusion matrix'>")
         header = ["class", "precision", "recall", "F1", "test images"]
         html_parts.append(_table(per_class_rows(run), header))
+    reliability = calibration_plot(run, out, i)
+    if reliability:
+        record = run.metrics.calibration
+        assert record is not None  # the plot is drawn from it
+        html_parts.append(f"<img src='{reliability}' alt='reliability diagram'>")
+        header = ["test probabilities", "temperature (fitted on val)", "ECE", "NLL", "Brier"]
+        html_parts.append(_table(calibration_rows(run), header))
+        head = "selection's train-only head (val is held out from it)"
+        scored = head if record.head == "selection" else "the chosen head"
+        note = f" {record.note}." if record.note else ""
+        html_parts.append(f"<p class='note'>Calibration of {scored}.{html.escape(note)}</p>")
     regression = regression_plot(run, out, i)
     if regression:
         html_parts.append(f"<img src='{regression}' alt='predicted against true'>")
