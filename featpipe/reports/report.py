@@ -38,7 +38,7 @@ from featpipe.heads.config import HeadConfig
 from featpipe.options import declared
 from featpipe.reports.diagnosis import diagnose_history
 from featpipe.runs.metrics import Calibrated
-from featpipe.runs.record import Run, list_runs
+from featpipe.runs.record import RETRIEVAL, Run, list_runs
 
 # Test scores the tables show next to the selection metric, where a run has them.
 SCORES = {
@@ -439,7 +439,8 @@ def report(runs_dir: Path, out: Path) -> Path:
     if not runs:
         raise MissingError(f"no runs in {runs_dir}: fit something first")
     out.mkdir(parents=True, exist_ok=True)
-    pairs = _pairs(runs)
+    searched = [r for r in runs if r.config.get("kind") == RETRIEVAL]
+    pairs = _pairs([r for r in runs if r.config.get("kind") != RETRIEVAL])
     best = {pair: max(group, key=_val) for pair, group in pairs.items()}
     parts: list[str] = [
         f"<html><head><meta charset='utf-8'><title>featpipe report</title><style>{STYLE}"
@@ -470,6 +471,9 @@ def report(runs_dir: Path, out: Path) -> Path:
             header = ["dataset", "backbone", "kind", "chosen head", "selection", f"val {metric}"]
             tests = [f"test {s.replace('_', ' ')}" for s in SCORES[task]]
             parts.append(_table(rows, [*header, *tests, "runs", "run"]))
+    if searched:
+        parts.append("<h2>Retrieval (test images as queries, no head)</h2>")
+        parts.append(retrieval_table(searched, out))
     figures = heatmaps(best, out)
     if figures:
         parts.append("<h2>Backbone × dataset</h2>")
@@ -493,6 +497,31 @@ def report(runs_dir: Path, out: Path) -> Path:
     page = out / "index.html"
     page.write_text("\n".join(parts))
     return page
+
+
+def retrieval_table(runs: list[Run], out: Path) -> str:
+    """Retrieval runs, one row each (newest first per dataset and backbone): the protocol's
+    settings, recall@k and mAP@R, the queries they rest on."""
+    scores = sorted({k for r in runs for k in r.metrics.test.averaged()}, key=_rank_order)
+    rows = [
+        [
+            r.config["dataset"],
+            r.config["backbone"],
+            r.metrics.chosen.get("metric", ""),
+            r.metrics.chosen.get("gallery", ""),
+            *(_num(r.metrics.test.averaged().get(k)) for k in scores),
+            f"{r.metrics.fit_seconds:.2f}",
+            _run_link(r, out),
+        ]
+        for r in sorted(runs, key=lambda r: (r.config["dataset"], r.config["backbone"]))
+    ]
+    return _table(rows, ["dataset", "backbone", "similarity", "gallery", *scores, "s", "run"])
+
+
+def _rank_order(score: str) -> tuple[int, int]:
+    """recall@1, recall@5, … by k, then mAP@R."""
+    name, _, k = score.partition("@")
+    return (0, int(k)) if name == "recall" and k.isdigit() else (1, 0)
 
 
 def finetune_note(run: Run) -> str | None:
