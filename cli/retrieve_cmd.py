@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from featpipe.extraction.options import ExtractOptions
-from featpipe.fitting.retrieval import RetrievalOptions
+from featpipe.fitting.options import RetrievalOptions
 
 from . import options as opt
 from .render import console, plain, progress_bar

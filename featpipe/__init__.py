@@ -49,7 +49,7 @@ _API = {
     "Head": "featpipe.heads.estimator",
     "fit": "featpipe.fitting.stage",
     "retrieve": "featpipe.fitting.retrieval",
-    "RetrievalOptions": "featpipe.fitting.retrieval",
+    "RetrievalOptions": "featpipe.fitting.options",
     "finetune": "featpipe.finetuning.stage",
     "load_run": "featpipe.runs.record",
     "Run": "featpipe.runs.record",

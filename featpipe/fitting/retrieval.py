@@ -21,56 +21,12 @@ from featpipe.backbones.spec import label
 from featpipe.errors import ArgumentError, DataError
 from featpipe.extraction.options import ExtractOptions, as_extract_options
 from featpipe.fitting.features import entry_records, load_feature_set, parse_feature_spec
-from featpipe.options import OneOf, check, given, option
+from featpipe.fitting.options import RetrievalOptions
+from featpipe.options import given
 from featpipe.progress import Phase
-from featpipe.protocols.retrieval import METRICS, RetrievalScores, retrieval_scores
+from featpipe.protocols.retrieval import RetrievalScores, retrieval_scores
 from featpipe.runs.metrics import RunMetrics, Scores
 from featpipe.runs.record import DEFAULT_RUNS_DIR, RETRIEVAL, Run, write_run
-
-GALLERIES = ("train", "test")
-
-
-def parse_ks(text: str | None, param: str = "ks") -> tuple[int, ...]:
-    """``"1,5,10"`` → ``(1, 5, 10)``: distinct positive ranks."""
-    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
-    if (
-        not parts
-        or not all(p.isdigit() and int(p) > 0 for p in parts)
-        or len(set(parts)) < len(parts)
-    ):
-        raise ArgumentError(param, f"{text}: give distinct positive ranks, e.g. 1,5,10")
-    return tuple(int(p) for p in parts)
-
-
-@dataclass(frozen=True)
-class RetrievalOptions:
-    """How the queries search their gallery (see the module docstring)."""
-
-    gallery: str = option(
-        "train",
-        constraint=OneOf(GALLERIES),
-        help="train: test queries against the train split | test: leave-one-out within test.",
-    )
-    metric: str = option("cosine", constraint=OneOf(METRICS), help="cosine | l2 (Euclidean).")
-    ks: tuple[int, ...] = option(
-        (1, 5, 10),
-        flag="--ks",
-        help="The k of recall@k, e.g. 1,5,10.",
-        cli_type=str,
-        cli_default="1,5,10",
-        parse=parse_ks,
-    )
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.ks, tuple):  # a list or text from Python or a file
-            text = self.ks if isinstance(self.ks, str) else ",".join(map(str, self.ks))
-            object.__setattr__(self, "ks", parse_ks(text))
-        check(self)
-
-    @property
-    def label(self) -> str:
-        """How a leaderboard names the protocol: ``retrieval(cosine, gallery=train)``."""
-        return f"{RETRIEVAL}({self.metric}, gallery={self.gallery})"
 
 
 @dataclass(frozen=True)

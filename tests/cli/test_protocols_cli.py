@@ -28,23 +28,10 @@ def featpipe(*args: object) -> subprocess.CompletedProcess:
 
 
 def test_dinov2_knn_sweep_and_calibration_through_fit(dataset, tmp_path) -> None:
-    done = featpipe(
-        "fit",
-        dataset,
-        *flags(TINY),
-        "--cache-dir",
-        tmp_path / "cache",
-        "--runs-dir",
-        tmp_path / "runs",
-        "--head",
-        "knn",
-        "--sweep",
-        "k=3,20",
-        "temperature=0,0.07",
-        "--set",
-        "standardize=false",
-        "l2norm=true",
-    )
+    common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs"]
+    grid = ["--sweep", "k=3,20", "temperature=0,0.07"]
+    fixed = ["--set", "standardize=false", "l2norm=true"]
+    done = featpipe("fit", dataset, *common, "--head", "knn", *grid, *fixed)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "knn(k=20, temperature=0.07" in done.stdout and "knn(k=3, temperature=0" in done.stdout
     [run] = list_runs(tmp_path / "runs")

@@ -11,7 +11,8 @@ from conftest import TINY, make_tree
 from featpipe.errors import ArgumentError, DataError
 from featpipe.extraction.options import ExtractOptions
 from featpipe.fitting.features import load_feature_set
-from featpipe.fitting.retrieval import RetrievalOptions, retrieve
+from featpipe.fitting.options import RetrievalOptions
+from featpipe.fitting.retrieval import retrieve
 from featpipe.reports.report import report
 from featpipe.runs.record import load_run
 
