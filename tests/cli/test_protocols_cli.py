@@ -50,6 +50,9 @@ def test_retrieve_prints_a_leaderboard_and_saves_runs(dataset, tmp_path) -> None
     runs = list_runs(tmp_path / "runs")
     assert sorted(r.config["backbone"] for r in runs) == ["resnet18@none", "test_efficientnet@none"]
     assert all(r.config["kind"] == "retrieval" for r in runs)
+    listed = featpipe("results", "--runs-dir", tmp_path / "runs")
+    assert listed.returncode == 0 and "test recall@1" in listed.stdout
+    assert "test map@r" in listed.stdout and "gallery: test" in listed.stdout
 
 
 @pytest.mark.parametrize(
