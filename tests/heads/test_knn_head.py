@@ -115,8 +115,10 @@ def test_a_sweep_over_k_and_temperature_is_one_neighbour_search(monkeypatch) -> 
     )
     result = sweep(features, grid, refit=False)
     n_val, n_test = (int((features.split == s).sum()) for s in ("val", "test"))
-    # twelve heads scored on val from one search; the chosen one on test from another
-    assert searches == [n_val, n_test]
+    # twelve heads scored on val from one search; the chosen one on test from another, and on
+    # val once more for its calibration (the temperature is fitted on its val outputs)
+    assert searches == [n_val, n_test, n_val]
+    assert result.calibration is not None
     train, val = features.where("train"), features.where("val")
     for candidate in result.candidates:
         expected = dinov2_scores(
