@@ -35,6 +35,7 @@ from .predict_cmd import predict
 from .render import console
 from .report_cmd import report
 from .results_cmd import results
+from .retrieve_cmd import retrieve
 
 app = typer.Typer(
     name="featpipe",
@@ -81,7 +82,18 @@ app.add_typer(datasets_app, name="datasets")
 for command in (extract, models, demo):
     app.command()(command)
 app.add_typer(cache_app, name="cache")
-for command in (fit, results, compare, finetune, inspect, advise, report, predict, export):
+for command in (
+    fit,
+    results,
+    compare,
+    retrieve,
+    finetune,
+    inspect,
+    advise,
+    report,
+    predict,
+    export,
+):
     app.command()(command)
 house_style(app)
 

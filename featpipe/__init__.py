@@ -8,7 +8,7 @@ The main entry point of every stage, in the order of the flow::
     cache      load_features, iter_chunks → Features; load_views, iter_views (N × K × D)
     augment    Augment (the recipe of extract(views=K))
     heads      Head (a scikit-learn estimator)
-    fit        fit (a sweep of heads, saved as a run)
+    fit        fit (a sweep of heads, saved as a run); retrieve (recall@k, mAP@R, no head)
     finetune   finetune
     runs       load_run → Run (what it measured: RunMetrics)
     reports    report, compare, advise
@@ -48,6 +48,8 @@ _API = {
     "Features": "featpipe.cache.entry",
     "Head": "featpipe.heads.estimator",
     "fit": "featpipe.fitting.stage",
+    "retrieve": "featpipe.fitting.retrieval",
+    "RetrievalOptions": "featpipe.fitting.options",
     "finetune": "featpipe.finetuning.stage",
     "load_run": "featpipe.runs.record",
     "Run": "featpipe.runs.record",

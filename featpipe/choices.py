@@ -4,7 +4,7 @@ Validation happens before anything heavy is imported, so a typo costs a fraction
 and the CLI's help lists the same words the library accepts.
 """
 
-POOLS = ("avg", "max", "avgmax", "cls")
+POOLS = ("avg", "max", "avgmax", "cls", "cls+avg")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 DTYPES = ("float32", "float16")

@@ -339,41 +339,72 @@ def load_classifier(spec: BackboneSpec, choice: WeightsChoice | None = None) -> 
     return LoadedClassifier(spec, model, data_config(spec, choice, identity), choice, identity)
 
 
-def _timm_layer_index(model: nn.Module, layer: str) -> int:
+def _timm_layer_indices(model: nn.Module, layer: str) -> list[int]:
+    """``"2"``, ``"-1"``, ``"blocks.3"`` or several of them comma-separated → stage indices."""
     modules = [info["module"] for info in model.feature_info]
-    if layer.lstrip("-").isdigit():
-        index = int(layer)
-        if -len(modules) <= index < len(modules):
-            return index % len(modules)
-    elif layer in modules:
-        return modules.index(layer)
-    raise ArgumentError(
-        "layer",
-        f"{layer}: {model.pretrained_cfg['architecture']} has feature layers "
-        f"0..{len(modules) - 1} ({', '.join(modules)})",
-    )
+    indices = []
+    for part in (p.strip() for p in layer.split(",")):
+        if part.lstrip("-").isdigit() and -len(modules) <= int(part) < len(modules):
+            indices.append(int(part) % len(modules))
+        elif part in modules:
+            indices.append(modules.index(part))
+        else:
+            raise ArgumentError(
+                "layer",
+                f"{part}: {model.pretrained_cfg['architecture']} has feature layers "
+                f"0..{len(modules) - 1} ({', '.join(modules)})",
+            )
+    if len(set(indices)) < len(indices):
+        raise ArgumentError("layer", f"{layer}: names a layer twice")
+    return indices
 
 
 class TimmIntermediateEmbedder(nn.Module):
-    """Pool one intermediate stage of a timm model (``forward_intermediates``)."""
+    """Pool intermediate stages of a timm model from one ``forward_intermediates`` pass, each
+    pooled on its own and concatenated in the order asked (DINOv2's linear evaluation reads the
+    last four blocks of one forward)."""
 
-    def __init__(self, model: nn.Module, index: int, pool: str) -> None:
+    def __init__(self, model: nn.Module, indices: list[int], pool: str) -> None:
         super().__init__()
-        model.prune_intermediate_layers(indices=[index], prune_head=True)
+        model.prune_intermediate_layers(indices=sorted(indices), prune_head=True)
         self.model = model
-        self.index = index
-        self.cls = pool == "cls"
-        self.pool = None if self.cls else MapPool(pool)
+        self.indices = indices
+        self.tokens = pool in ("cls", "cls+avg")  # the prefix (CLS) token is asked for
+        self.pool = pool
+        self.map_pool = None if self.tokens else MapPool(pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cls:
-            _, prefix = self.model.forward_intermediates(
-                x, indices=[self.index], intermediates_only=True, return_prefix_tokens=True
-            )[0]
-            return prefix[:, 0]
-        return self.pool(
-            self.model.forward_intermediates(x, indices=[self.index], intermediates_only=True)[0]
+        prefix = {"return_prefix_tokens": True} if self.tokens else {}  # transformers only
+        found = self.model.forward_intermediates(
+            x, indices=self.indices, intermediates_only=True, **prefix
         )
+        # forward_intermediates returns the stages in ascending order
+        by_index = dict(zip(sorted(self.indices), found, strict=True))
+        return torch.cat([self._pooled(by_index[i]) for i in self.indices], dim=1)
+
+    def _pooled(self, stage: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if not self.tokens:
+            return self.map_pool(stage)
+        spatial, prefix = stage
+        if self.pool == "cls":
+            return prefix[:, 0]
+        return torch.cat([prefix[:, 0], spatial.mean(dim=(2, 3))], dim=1)
+
+
+class TimmTokenEmbedder(nn.Module):
+    """A timm transformer's final tokens as the CLS token beside the mean patch token
+    (``cls+avg``), after the final norm, as DINOv2's linear evaluation takes them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.prefix = int(getattr(model, "num_prefix_tokens", 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.forward_features(x)
+        if tokens.ndim != 3:
+            raise ValueError("cls+avg needs a transformer's tokens; this model gives a map")
+        return torch.cat([tokens[:, 0], tokens[:, self.prefix :].mean(dim=1)], dim=1)
 
 
 _TIMM_POOL = {"avg": "avg", "max": "max", "avgmax": "catavgmax", "cls": "token"}
@@ -381,7 +412,9 @@ _TIMM_POOL = {"avg": "avg", "max": "max", "avgmax": "catavgmax", "cls": "token"}
 
 def _timm_embedder(model: nn.Module, spec: BackboneSpec) -> nn.Module:
     if spec.layer is not None:
-        return TimmIntermediateEmbedder(model, _timm_layer_index(model, spec.layer), spec.pool)
+        return TimmIntermediateEmbedder(model, _timm_layer_indices(model, spec.layer), spec.pool)
+    if spec.pool == "cls+avg":
+        return TimmTokenEmbedder(model)
     try:
         model.reset_classifier(0, global_pool=_TIMM_POOL[spec.pool])
     except (AssertionError, ValueError, TypeError) as exc:
@@ -400,8 +433,8 @@ def _tv_embedder(model: nn.Module, spec: BackboneSpec) -> nn.Module:
     family = family_of(spec.arch)
     if family.tokens:
         pool: nn.Module = TokenPool(spec.pool)
-    elif spec.pool == "cls":
-        raise ArgumentError("pool", f"cls needs a transformer; {spec.model} is a convnet")
+    elif spec.pool in ("cls", "cls+avg"):
+        raise ArgumentError("pool", f"{spec.pool} needs a transformer; {spec.model} is a convnet")
     else:
         post = model.get_submodule(family.post_norm) if family.post_norm else None
         pool = MapPool(spec.pool, post)

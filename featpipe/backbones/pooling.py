@@ -42,6 +42,8 @@ class TokenPool(nn.Module):
         if self.mode == "cls":
             return x[:, 0]
         patches = x[:, 1:]
+        if self.mode == "cls+avg":  # DINOv2's linear-evaluation features
+            return torch.cat([x[:, 0], patches.mean(dim=1)], dim=1)
         if self.mode == "avg":
             return patches.mean(dim=1)
         if self.mode == "max":

@@ -35,10 +35,15 @@ class ExtractOptions:
 
     weights: str = option("auto", flag="--weights", short="-w", help=WEIGHTS_HELP)
     pool: str = option(
-        "avg", constraint=OneOf(POOLS), help="avg | max | avgmax (concatenated) | cls (ViT)."
+        "avg",
+        constraint=OneOf(POOLS),
+        help="avg | max | avgmax (concatenated) | cls (ViT) | cls+avg (ViT: the CLS token and "
+        "the mean patch token, concatenated).",
     )
     layer: str | None = option(
-        None, help="Intermediate feature layer: index or module name (timm)."
+        None,
+        help="Intermediate feature layer: index or module name (timm); several, comma-separated "
+        "(e.g. -4,-3,-2,-1), are read from one forward pass and concatenated in that order.",
     )
     image_size: int | None = option(
         None, constraint=Interval(1), help="Override the model's input size (px)."

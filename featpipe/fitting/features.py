@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from featpipe.backbones.spec import BackboneSpec
-from featpipe.cache.entry import Features, FeatureSet
+from featpipe.cache.entry import Features, FeatureSet, read_meta
 from featpipe.data.augment import Augment
 from featpipe.data.datasets import Dataset, scan
 from featpipe.errors import FeatpipeError
@@ -112,3 +113,24 @@ def load_feature_set(
     if len(sets) == 1:
         return sets[0], results
     return concatenate(sets, [s.model for s in specs]), results
+
+
+def entry_records(
+    specs: list[BackboneSpec], results: list[ExtractResult]
+) -> tuple[list[dict[str, Any]], float]:
+    """What a run records of its feature set: one entry per backbone (model, weights, the cache
+    entry, its key and the settings it was extracted with), and the seconds extraction took."""
+    metas = [read_meta(r.entry) for r in results]
+    entries = [
+        {
+            "model": spec.model,
+            "weights": spec.weights,
+            "entry": str(r.entry),
+            "key": meta["key"],
+            "key_fields": meta["key_fields"],
+            "settings": r.settings,
+        }
+        for spec, r, meta in zip(specs, results, metas, strict=True)
+    ]
+    seconds = sum(meta["provenance"].get("timings_s", {}).get("extract_s", 0.0) for meta in metas)
+    return entries, seconds

@@ -1,4 +1,5 @@
-"""The options of a sweep, declared once: how heads are selected, tested, repeated and held.
+"""The options of a sweep, declared once: how heads are selected, tested, repeated and held;
+and those of a retrieval run (:class:`RetrievalOptions`), declared the same way.
 
 :class:`SweepOptions` is what ``featpipe.fit`` takes besides the heads (``grid``, ``head``) and
 the features (``ExtractOptions``): seeds, cross-validation folds, the val hold-out, few-shot
@@ -13,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from featpipe.errors import ArgumentError
-from featpipe.options import Interval, check, option
+from featpipe.options import Interval, OneOf, check, option
+from featpipe.protocols.retrieval import METRICS
+
+GALLERIES = ("train", "test")
 
 
 def parse_shots(text: str | None, param: str = "shots") -> tuple[int | str, ...] | None:
@@ -78,3 +82,47 @@ class SweepOptions:
             text = shots if isinstance(shots, str) else ",".join(str(s) for s in shots)
             object.__setattr__(self, "shots", parse_shots(text) if text else None)
         check(self)
+
+
+def parse_ks(text: str | None, param: str = "ks") -> tuple[int, ...]:
+    """``"1,5,10"`` → ``(1, 5, 10)``: distinct positive ranks."""
+    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+    if (
+        not parts
+        or not all(p.isdigit() and int(p) > 0 for p in parts)
+        or len(set(parts)) < len(parts)
+    ):
+        raise ArgumentError(param, f"{text}: give distinct positive ranks, e.g. 1,5,10")
+    return tuple(int(p) for p in parts)
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """How a retrieval run's test queries search their gallery
+    (:func:`featpipe.fitting.retrieval.retrieve`)."""
+
+    gallery: str = option(
+        "train",
+        constraint=OneOf(GALLERIES),
+        help="train: test queries against the train split | test: leave-one-out within test.",
+    )
+    metric: str = option("cosine", constraint=OneOf(METRICS), help="cosine | l2 (Euclidean).")
+    ks: tuple[int, ...] = option(
+        (1, 5, 10),
+        flag="--ks",
+        help="The k of recall@k, e.g. 1,5,10.",
+        cli_type=str,
+        cli_default="1,5,10",
+        parse=parse_ks,
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ks, tuple):  # a list or text from Python or a file
+            text = self.ks if isinstance(self.ks, str) else ",".join(map(str, self.ks))
+            object.__setattr__(self, "ks", parse_ks(text))
+        check(self)
+
+    @property
+    def label(self) -> str:
+        """How a leaderboard names the protocol: ``retrieval(cosine, gallery=train)``."""
+        return f"retrieval({self.metric}, gallery={self.gallery})"

@@ -19,7 +19,7 @@ import numpy as np
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead
-from featpipe.runs.metrics import FewShotPoint, Predictions, RunMetrics, Scores
+from featpipe.runs.metrics import Calibration, FewShotPoint, Predictions, RunMetrics, Scores
 from featpipe.runs.record import Run, write_run
 
 
@@ -71,6 +71,8 @@ class SweepResult:
     # scores (what the refit changed)
     selection_heads: list[FittedHead] = field(default_factory=list)
     test_before_refit: list[dict[str, float]] = field(default_factory=list)
+    # classification: the test calibration before and after temperature scaling
+    calibration: Calibration | None = None
 
     @property
     def metric(self) -> str:
@@ -132,6 +134,7 @@ class SweepResult:
             extract_seconds=extract_seconds,
             fit_seconds=self.seconds,
             n_configs=len(self.candidates),
+            calibration=self.calibration,
         )
 
 

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featpipe.backbones.spec import label
-from featpipe.cache.entry import FeatureSet, read_meta
+from featpipe.cache.entry import FeatureSet
 from featpipe.data.datasets import Dataset
 from featpipe.data.splits import hold_out
 from featpipe.errors import ArgumentError
 from featpipe.extraction.options import ExtractOptions, as_extract_options
-from featpipe.fitting.features import load_feature_set, parse_feature_spec
+from featpipe.fitting.features import entry_records, load_feature_set, parse_feature_spec
 from featpipe.fitting.options import SweepOptions
 from featpipe.fitting.run import SweepResult, save_run
 from featpipe.fitting.streaming import resolve_budget
@@ -150,21 +150,7 @@ def fit(
             views=used,
             refit=options.refit,
         )
-    metas = [read_meta(r.entry) for r in results]
-    entries = [
-        {
-            "model": spec.model,
-            "weights": spec.weights,
-            "entry": str(r.entry),
-            "key": meta["key"],
-            "key_fields": meta["key_fields"],
-            "settings": r.settings,
-        }
-        for spec, r, meta in zip(specs, results, metas, strict=True)
-    ]
-    extract_seconds = sum(
-        meta["provenance"].get("timings_s", {}).get("extract_s", 0.0) for meta in metas
-    )
+    entries, extract_seconds = entry_records(specs, results)
 
     def save() -> Run:
         return save_run(

@@ -23,15 +23,16 @@ import numpy as np
 from featpipe.cache.entry import Features, FeatureSet
 from featpipe.errors import ArgumentError, DataError
 from featpipe.fitting import streaming
+from featpipe.fitting.calibrate import calibration
 from featpipe.fitting.run import Candidate, SweepResult
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
-from featpipe.heads.fitted import FittedHead, fit_heads
+from featpipe.heads.fitted import FittedHead, decision_functions, fit_heads
 from featpipe.heads.preprocess import Rows
 from featpipe.heads.stacked import group_key
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
-from featpipe.runs.metrics import FewShotPoint, Predictions
+from featpipe.runs.metrics import Calibration, FewShotPoint, Predictions
 from featpipe.runtime import distributed
 
 
@@ -144,8 +145,9 @@ def select(
         data = TrainData(Xf, yf, Xv, yv, features.class_names, features.task, fold_views)
         heads = fit_grid(runs, data, n_jobs)
         held = Xv.gather()  # scored by every head: gathered once
-        for r, head in enumerate(heads):
-            fold_scores[r].append(_score(head, held, yv))
+        n_classes = len(features.class_names)
+        for r, (head, out) in enumerate(zip(heads, decision_functions(heads, held), strict=True)):
+            fold_scores[r].append(metrics.from_outputs(features.task, n_classes, yv, out))
             fold_seconds[r] += head.fit_seconds
         del held  # not held through the next fold's fit
     for r, i in enumerate(owner):
@@ -182,17 +184,18 @@ def outputs(
     """Every head's raw outputs on the rows in ``mask`` (at least one), in row order, head by
     head. A set read in several blocks (an entry larger than memory) is read once for all the
     heads; a set that is one block (in memory) is scored one head at a time, so only one head's
-    outputs are held at once."""
+    outputs are held at once. k-NN heads over one bank share one neighbour search
+    (:func:`~featpipe.heads.fitted.decision_functions`)."""
     blocks = iter(features.blocks(mask))
     X, _ = next(blocks)
     more = next(blocks, None)
     if more is None:
-        yield from (head.decision_function(X) for head in heads)
+        yield from decision_functions(heads, X)
         return
-    parts = [[head.decision_function(X)] for head in heads]
+    parts = [[out] for out in decision_functions(heads, X)]
     for X, _ in itertools.chain([more], blocks):
-        for part, head in zip(parts, heads, strict=True):
-            part.append(head.decision_function(X))
+        for part, out in zip(parts, decision_functions(heads, X), strict=True):
+            part.append(out)
     yield from (np.concatenate(part) for part in parts)
 
 
@@ -259,6 +262,7 @@ def sweep(
     is_test = features.split == "test"
     confusion = None
     predictions = None
+    calibrated = None
     before: list[dict[str, float]] = []
     if is_test.any():
         # one pass over test for both (a streamed entry is read once)
@@ -269,6 +273,7 @@ def sweep(
         best.test, before = scores[: len(best.heads)], scores[len(best.heads) :]
         if features.task == "classification":
             confusion = metrics.confusion(y_test, outs[0].argmax(axis=1), n_classes)
+            calibrated = _calibration(features, best.heads, selection_heads, outs)
         else:
             predictions = Predictions(y_test.tolist(), outs[0][:, 0].tolist())
     few = (
@@ -297,7 +302,26 @@ def sweep(
         refit_note=not_refitted,
         selection_heads=selection_heads,
         test_before_refit=before,
+        calibration=calibrated,
     )
+
+
+def _calibration(
+    features: FeatureSet,
+    chosen: list[FittedHead],
+    selection_heads: list[FittedHead],
+    test_outputs: list[np.ndarray],
+) -> Calibration:
+    """The calibration of the first seed's head that val is held out from: the chosen head, or
+    after a refit selection's train-only head (whose test outputs follow the chosen heads')."""
+    head, out, which = (
+        (selection_heads[0], test_outputs[len(chosen)], "selection")
+        if selection_heads
+        else (chosen[0], test_outputs[0], "chosen")
+    )
+    is_val = features.split == "val"
+    val = (next(outputs([head], features, is_val)), features.y[is_val]) if is_val.any() else None
+    return calibration(head, which, (out, features.y[features.split == "test"]), val)
 
 
 def refit_reason(config: HeadConfig, views: TrainViews | None) -> str:

@@ -56,7 +56,7 @@ _OWN_OPTIONS: dict[str, list[str]] = {
     "logreg": ["C", "class_weight"],
     "linearsvc": ["C", "class_weight"],
     "ridge": ["alpha", "class_weight"],
-    "knn": ["k"],
+    "knn": ["k", "temperature"],
 }
 _COMMON_OPTIONS = ["standardize", "l2norm", "pca", "seed"]
 
@@ -88,6 +88,7 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "C": (lambda v: v > 0, "a positive number"),
     "alpha": (lambda v: v >= 0, "zero or a positive number"),
     "k": (lambda v: v >= 1, "1 or more neighbours"),
+    "temperature": (lambda v: v >= 0, "0 (uniform vote) or a positive temperature"),
     "pca": (lambda v: v >= 0, "0 (off) or a number of components"),
     "seed": (lambda v: v >= 0, "zero or a positive whole number"),
 }
@@ -123,7 +124,9 @@ class HeadConfig:
     C: float = 1.0
     alpha: float = 1.0
     k: int = 10
-    # feature preprocessing, fitted on train only; None: the head family's (PREPROCESSING)
+    # k-NN vote: each neighbour weighs exp(sim / temperature) (DINOv2: 0.07); 0 = uniform vote
+    temperature: float = 0.0
+    # feature preprocessing, fitted on train only; None: the head's own (UNSET_DEFAULTS)
     standardize: bool | None = None
     l2norm: bool | None = None
     pca: int = 0

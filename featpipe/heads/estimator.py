@@ -59,6 +59,7 @@ class Head(ClassifierMixin, BaseEstimator):
         C: float = 1.0,
         alpha: float = 1.0,
         k: int = 10,
+        temperature: float = 0.0,
         standardize: bool | None = None,
         l2norm: bool | None = None,
         pca: int = 0,
@@ -81,6 +82,7 @@ class Head(ClassifierMixin, BaseEstimator):
         self.C = C
         self.alpha = alpha
         self.k = k
+        self.temperature = temperature
         self.standardize = standardize
         self.l2norm = l2norm
         self.pca = pca

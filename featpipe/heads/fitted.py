@@ -10,7 +10,9 @@ and what was evaluated is exactly what is saved.
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,27 +30,69 @@ from featpipe.heads.preprocess import Preprocessor
 from featpipe.heads.stacked import train_torch_heads
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import with_view_rows
+from featpipe.protocols.knn import UNIFORM, KNNSweep, knn_sweep, vote
 
 HEAD_FORMAT = 1
 
 
 class CosineKNN(nn.Module):
-    """k-NN with cosine similarity and uniform votes, over a stored bank (scikit-learn's rule)."""
+    """k-NN with cosine similarity over a stored bank of unit rows.
 
-    def __init__(self, bank: torch.Tensor, targets: torch.Tensor, k: int, n_classes: int) -> None:
+    The vote is DINOv2's (:mod:`featpipe.protocols.knn`): neighbour j weighs
+    ``softmax(sim / temperature)_j``; ``temperature`` 0 is the uniform vote (each of the k
+    neighbours weighs 1/k, scikit-learn's rule). Regression averages the neighbours' targets
+    with the same weights. ``normalized``: the bank's rows are unit already (a saved head, or a
+    bank shared by a sweep's heads), so it is kept as it is rather than copied.
+    """
+
+    def __init__(
+        self,
+        bank: torch.Tensor,
+        targets: torch.Tensor,
+        k: int,
+        n_classes: int,
+        temperature: float = 0.0,
+        *,
+        normalized: bool = False,
+    ) -> None:
         super().__init__()
-        self.register_buffer("bank", nn.functional.normalize(bank.float(), dim=1))
+        unit = bank if normalized else nn.functional.normalize(bank.float(), dim=1)
+        self.register_buffer("bank", unit)
         self.register_buffer("targets", targets)
-        self.k, self.n_classes = k, n_classes
+        self.k, self.n_classes, self.temperature = k, n_classes, float(temperature)
+
+    @property
+    def vote_temperature(self) -> float:
+        """The temperature of :func:`~featpipe.protocols.knn.vote` (UNIFORM for 0)."""
+        return UNIFORM if self.temperature == 0 else self.temperature
+
+    @property
+    def width(self) -> int:
+        """The neighbours that vote: k, or the whole bank when it is smaller."""
+        return min(self.k, self.bank.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sims = nn.functional.normalize(x, dim=1) @ self.bank.t()
-        idx = sims.topk(min(self.k, self.bank.shape[0]), dim=1).indices
-        votes = self.targets[idx]
-        if self.n_classes == 0:  # regression: mean of the neighbours' targets
-            return votes.float().mean(dim=1, keepdim=True)
-        counts = nn.functional.one_hot(votes.long(), self.n_classes).float().sum(dim=1)
-        return counts / idx.shape[1]
+        top = sims.topk(self.width, dim=1)
+        if self.n_classes == 0:  # regression: the neighbours' targets, weighted as they vote
+            values = self.targets[top.indices].float()
+            if math.isinf(self.vote_temperature):
+                return values.mean(dim=1, keepdim=True)
+            weights = torch.softmax(top.values / self.vote_temperature, dim=1)
+            return (weights * values).sum(dim=1, keepdim=True)
+        return vote(top.values, self.targets[top.indices], self.n_classes, self.vote_temperature)
+
+
+def knn_modules(
+    configs: list[HeadConfig], X: np.ndarray, y: np.ndarray, n_classes: int
+) -> list[nn.Module]:
+    """k-NN heads that differ only in ``k`` and ``temperature``, over one shared bank (a grid
+    of them holds the training rows once)."""
+    targets = torch.as_tensor(y, dtype=torch.long if n_classes else torch.float32)
+    bank = nn.functional.normalize(torch.from_numpy(X).float(), dim=1)
+    return [
+        CosineKNN(bank, targets, c.k, n_classes, c.temperature, normalized=True) for c in configs
+    ]
 
 
 def _linear(coef: np.ndarray, intercept: np.ndarray | float) -> nn.Linear:
@@ -78,8 +122,7 @@ def fit_sklearn(config: HeadConfig, X: np.ndarray, y: np.ndarray, n_classes: int
 
     weight = None if config.class_weight == "none" else "balanced"
     if config.head == "knn":
-        targets = torch.as_tensor(y, dtype=torch.long if n_classes else torch.float32)
-        return CosineKNN(torch.from_numpy(X), targets, config.k, n_classes)
+        return knn_modules([config], X, y, n_classes)[0]
     if n_classes == 0:
         if config.head != "ridge":
             raise ArgumentError(
@@ -102,12 +145,16 @@ def fit_sklearn(config: HeadConfig, X: np.ndarray, y: np.ndarray, n_classes: int
 def fit_sklearn_path(
     configs: list[HeadConfig], X: np.ndarray, y: np.ndarray, n_classes: int
 ) -> list[nn.Module]:
-    """Ridge configs differing only in ``alpha``, or logreg configs only in ``C``, in one go.
+    """Ridge configs differing only in ``alpha``, logreg configs only in ``C``, or k-NN configs
+    only in ``k`` and ``temperature``, in one go.
 
     Ridge solves every ``alpha`` from one eigendecomposition, logistic regression runs L-BFGS
-    warm-started along ``C`` (:mod:`featpipe.heads.paths`); each module is what
-    :func:`fit_sklearn` gives for its config alone (tests hold them to it).
+    warm-started along ``C`` (:mod:`featpipe.heads.paths`), k-NN heads share one bank (and
+    :func:`decision_functions` one neighbour search); each module is what :func:`fit_sklearn`
+    gives for its config alone (tests hold them to it).
     """
+    if configs[0].head == "knn":
+        return knn_modules(configs, X, y, n_classes)
     balanced = configs[0].class_weight == "balanced"
     if n_classes == 0:
         if configs[0].head != "ridge":  # the single fit's message
@@ -136,18 +183,21 @@ def linear_modules(
 
 
 def path_groups(configs: list[HeadConfig]) -> list[list[int]]:
-    """Indices of scikit-learn configs that one path fits: ridge along alpha, logreg along C.
+    """Indices of scikit-learn configs that one path fits: ridge along alpha, logreg along C,
+    k-NN along k and temperature.
 
     Members agree in every other option (the seed aside: these heads do not use it); every
     other config is a group of its own.
     """
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
-        along = {"ridge": "alpha", "logreg": "C"}.get(config.head)
+        along = {"ridge": ("alpha",), "logreg": ("C",), "knn": ("k", "temperature")}.get(
+            config.head
+        )
         if along is None:
             key: tuple = (i,)
         else:
-            key = tuple((k, v) for k, v in config.params().items() if k not in (along, "seed"))
+            key = tuple((k, v) for k, v in config.params().items() if k not in (*along, "seed"))
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
@@ -170,7 +220,7 @@ def _expand_classes(layer: nn.Linear, present: np.ndarray, n_classes: int) -> nn
 
 def _spec(module: nn.Module) -> list[list[Any]]:
     if isinstance(module, CosineKNN):
-        return [["CosineKNN", module.k, module.n_classes]]
+        return [["CosineKNN", module.k, module.n_classes, module.temperature]]
     spec: list[list[Any]] = []
     for layer in module.children():
         if isinstance(layer, nn.Linear):
@@ -187,8 +237,10 @@ def _spec(module: nn.Module) -> list[list[Any]]:
 
 
 def _build(spec: list[list[Any]], state: dict[str, torch.Tensor]) -> nn.Module:
-    if spec[0][0] == "CosineKNN":
-        return CosineKNN(state["bank"], state["targets"], spec[0][1], spec[0][2])
+    if spec[0][0] == "CosineKNN":  # heads saved before the temperature voted uniformly
+        k, n_classes, temperature = (*spec[0][1:], 0.0)[:3]
+        bank, targets = state["bank"], state["targets"]
+        return CosineKNN(bank, targets, k, n_classes, temperature, normalized=True)
     kinds = {
         "Linear": nn.Linear,
         "BatchNorm1d": nn.BatchNorm1d,
@@ -221,17 +273,26 @@ class FittedHead:
     best_epoch: int = 0
     fit_seconds: float = 0.0
 
-    @torch.no_grad()
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Raw outputs: logits (torch, linear models), vote shares (k-NN) or values."""
+        [out] = decision_functions([self], X)
+        return out
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """``X`` preprocessed as this head reads it (the dimension checked)."""
         if X.shape[1] != self.n_features:
             raise DataError(
                 f"features have dimension {X.shape[1]}, this head was fitted on "
                 f"{self.n_features}: use the backbone the head was trained with"
             )
-        Z = torch.from_numpy(self.preprocessor.transform(X))
+        return self.preprocessor.transform(X)
+
+    @torch.no_grad()
+    def module_outputs(self, Z: np.ndarray) -> np.ndarray:
+        """The module's outputs on preprocessed rows, 8192 at a time."""
+        T = torch.from_numpy(Z)
         self.module.eval()
-        return torch.cat([self.module(Z[s : s + 8192]) for s in range(0, len(Z), 8192)]).numpy()
+        return torch.cat([self.module(T[s : s + 8192]) for s in range(0, len(T), 8192)]).numpy()
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if self.task == "regression":
@@ -309,6 +370,43 @@ class FittedHead:
             best_epoch=meta["best_epoch"],
             fit_seconds=meta["fit_seconds"],
         )
+
+
+def decision_functions(heads: list[FittedHead], X: np.ndarray) -> Iterator[np.ndarray]:
+    """Every head's raw outputs on ``X``, head by head.
+
+    k-NN classifiers over one bank behind one preprocessing (a sweep over ``k`` and
+    ``temperature``, see :func:`knn_modules`) share one neighbour search of the largest k,
+    in bounded-memory blocks (:func:`featpipe.protocols.knn.knn_sweep`): every (k, T) is voted
+    from it. Each group's search is made when its first head is reached.
+    """
+    widths: dict[tuple[int, int], int] = {}
+    for head in heads:
+        key = _knn_bank(head)
+        if key is not None:
+            widths[key] = max(widths.get(key, 0), head.module.width)
+    searches: dict[tuple[int, int], KNNSweep] = {}
+    for head in heads:
+        key = _knn_bank(head)
+        if key is None:
+            yield head.module_outputs(head.transform(X))
+            continue
+        module = head.module
+        if key not in searches:
+            bank = [(module.bank.numpy(), module.targets.numpy())]
+            Z = head.transform(X)
+            searches[key] = knn_sweep(Z, bank, module.n_classes, [widths[key]], [UNIFORM])
+        scores = searches[key].scores(module.width, module.vote_temperature)
+        yield scores.astype(np.float32, copy=False)
+
+
+def _knn_bank(head: FittedHead) -> tuple[int, int] | None:
+    """What k-NN classifiers sharing one search have in common (their preprocessing and bank),
+    or None for every other head."""
+    module = head.module
+    if not isinstance(module, CosineKNN) or module.n_classes == 0:
+        return None
+    return id(head.preprocessor), id(module.bank)
 
 
 def _timed_sklearn(

@@ -3,6 +3,7 @@
 Plots, where a picture says more than numbers: validation score against learning rate (one
 panel per head type, every weight decay visible, seed spread as error bars), a backbone ×
 dataset heatmap, few-shot curves, the confusion matrix and per-class scores of the best head,
+its reliability diagram (calibration on test, before and after temperature scaling),
 predicted-vs-true and residuals for regression, and train/validation curves of torch heads with
 the fit diagnosis written beside them. Fine-tune runs add their per-epoch curves and the options
 they ran with (augmentation, EMA, image size, test-time augmentation: each that is not at its
@@ -36,7 +37,8 @@ from featpipe.finetuning.config import FinetuneConfig
 from featpipe.heads.config import HeadConfig
 from featpipe.options import declared
 from featpipe.reports.diagnosis import diagnose_history
-from featpipe.runs.record import Run, list_runs
+from featpipe.runs.metrics import Calibrated
+from featpipe.runs.record import RETRIEVAL, Run, list_runs
 
 # Test scores the tables show next to the selection metric, where a run has them.
 SCORES = {
@@ -274,6 +276,53 @@ def confusion_plot(run: Run, out: Path, index: int) -> str | None:
     return _save(fig, out, f"confusion-{index}.png")
 
 
+def calibration_plot(run: Run, out: Path, index: int) -> str | None:
+    """The reliability diagram of a classification fit: accuracy against mean confidence per
+    confidence bin on test, before and after temperature scaling (the diagonal is calibrated)."""
+    record = run.metrics.calibration
+    if record is None:
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="calibrated")
+    shown = [("as predicted", record.before, "o-")]
+    if record.after is not None:
+        shown.append((f"temperature {record.temperature:.3g}", record.after, "s-"))
+    for name, scores, style in shown:
+        points = [
+            (c, a)
+            for c, a in zip(scores.confidence, scores.accuracy, strict=True)
+            if c is not None and a is not None
+        ]
+        xs, ys = zip(*points, strict=True) if points else ((), ())
+        ax.plot(xs, ys, style, ms=4, label=f"{name}: ECE {scores.ece:.3f}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="mean confidence (15 bins)",
+        ylabel="accuracy",
+        title=f"reliability on test: {run.config['dataset']} · {run.config['backbone']}",
+    )
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, out, f"reliability-{index}.png")
+
+
+def calibration_rows(run: Run) -> list[list[str]]:
+    """ECE, NLL and Brier score on test, before and after temperature scaling."""
+    record = run.metrics.calibration
+    if record is None:
+        return []
+    rows = [["as predicted", "", *_calibrated(record.before)]]
+    if record.after is not None:
+        rows.append(["temperature-scaled", _num(record.temperature), *_calibrated(record.after)])
+    return rows
+
+
+def _calibrated(scores: Calibrated) -> list[str]:
+    return [_num(scores.ece), _num(scores.nll), _num(scores.brier)]
+
+
 def per_class_rows(run: Run) -> list[list[str]]:
     """Per-class test precision, recall, F1 and support, read off the confusion matrix."""
     matrix = np.array(run.metrics.confusion or [], dtype=np.float64)
@@ -394,7 +443,8 @@ def report(runs_dir: Path, out: Path) -> Path:
     if not runs:
         raise MissingError(f"no runs in {runs_dir}: fit something first")
     out.mkdir(parents=True, exist_ok=True)
-    pairs = _pairs(runs)
+    searched = [r for r in runs if r.config.get("kind") == RETRIEVAL]
+    pairs = _pairs([r for r in runs if r.config.get("kind") != RETRIEVAL])
     best = {pair: max(group, key=_val) for pair, group in pairs.items()}
     parts: list[str] = [
         f"<html><head><meta charset='utf-8'><title>featpipe report</title><style>{STYLE}"
@@ -425,6 +475,9 @@ def report(runs_dir: Path, out: Path) -> Path:
             header = ["dataset", "backbone", "kind", "chosen head", "selection", f"val {metric}"]
             tests = [f"test {s.replace('_', ' ')}" for s in SCORES[task]]
             parts.append(_table(rows, [*header, *tests, "runs", "run"]))
+    if searched:
+        parts.append("<h2>Retrieval (test images as queries, no head)</h2>")
+        parts.append(retrieval_table(searched, out))
     figures = heatmaps(best, out)
     if figures:
         parts.append("<h2>Backbone × dataset</h2>")
@@ -448,6 +501,31 @@ def report(runs_dir: Path, out: Path) -> Path:
     page = out / "index.html"
     page.write_text("\n".join(parts))
     return page
+
+
+def retrieval_table(runs: list[Run], out: Path) -> str:
+    """Retrieval runs, one row each (newest first per dataset and backbone): the protocol's
+    settings, recall@k and mAP@R, the queries they rest on."""
+    scores = sorted({k for r in runs for k in r.metrics.test.averaged()}, key=_rank_order)
+    rows = [
+        [
+            r.config["dataset"],
+            r.config["backbone"],
+            r.metrics.chosen.get("metric", ""),
+            r.metrics.chosen.get("gallery", ""),
+            *(_num(r.metrics.test.averaged().get(k)) for k in scores),
+            f"{r.metrics.fit_seconds:.2f}",
+            _run_link(r, out),
+        ]
+        for r in sorted(runs, key=lambda r: (r.config["dataset"], r.config["backbone"]))
+    ]
+    return _table(rows, ["dataset", "backbone", "similarity", "gallery", *scores, "s", "run"])
+
+
+def _rank_order(score: str) -> tuple[int, int]:
+    """recall@1, recall@5, … by k, then mAP@R."""
+    name, _, k = score.partition("@")
+    return (0, int(k)) if name == "recall" and k.isdigit() else (1, 0)
 
 
 def finetune_note(run: Run) -> str | None:
@@ -486,6 +564,17 @@ def _run_plots(run: Run, out: Path, i: int) -> list[str]:
         html_parts.append(f"<img src='{confusion}' alt='confusion matrix'>")
         header = ["class", "precision", "recall", "F1", "test images"]
         html_parts.append(_table(per_class_rows(run), header))
+    reliability = calibration_plot(run, out, i)
+    if reliability:
+        record = run.metrics.calibration
+        assert record is not None  # the plot is drawn from it
+        html_parts.append(f"<img src='{reliability}' alt='reliability diagram'>")
+        header = ["test probabilities", "temperature (fitted on val)", "ECE", "NLL", "Brier"]
+        html_parts.append(_table(calibration_rows(run), header))
+        head = "selection's train-only head (val is held out from it)"
+        scored = head if record.head == "selection" else "the chosen head"
+        note = f" {record.note}." if record.note else ""
+        html_parts.append(f"<p class='note'>Calibration of {scored}.{html.escape(note)}</p>")
     regression = regression_plot(run, out, i)
     if regression:
         html_parts.append(f"<img src='{regression}' alt='predicted against true'>")

@@ -95,6 +95,49 @@ class CamFigure(_Record):
 
 
 @dataclass(frozen=True)
+class Calibrated(_Record):
+    """How far one set of test probabilities can be taken at their word
+    (:mod:`featpipe.protocols.calibration`): ECE over 15 bins, NLL, Brier score, and the
+    reliability diagram's bins (mean confidence and accuracy per bin, None where it is empty;
+    the count of each)."""
+
+    ece: float
+    nll: float
+    brier: float
+    confidence: list[float | None]
+    accuracy: list[float | None]
+    count: list[int]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A classification run's calibration on test: as its head predicts (``before``) and after
+    temperature scaling fitted on the val split (``after``, with its ``temperature``; None where
+    it could not be fitted, ``note`` says why). ``head``: which head was scored: ``chosen``, or
+    after a refit on train + val ``selection``, the train-only head that val is held out from."""
+
+    head: str
+    before: Calibrated
+    after: Calibrated | None = None
+    temperature: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        after = data.get("after")
+        return cls(
+            data["head"],
+            Calibrated.from_dict(data["before"]),
+            Calibrated.from_dict(after) if after else None,
+            data.get("temperature"),
+            data.get("note", ""),
+        )
+
+
+@dataclass(frozen=True)
 class RunMetrics:
     """What a run measured (its ``metrics.json``). The defaults are what a run that predates a
     field means by its absence."""
@@ -120,6 +163,8 @@ class RunMetrics:
     test_before_refit: Scores | None = field(default=None, metadata=_FIT_ONLY)
     test_predictions: Predictions | None = field(default=None, metadata=_FIT_ONLY)
     n_configs: int = field(default=1, metadata=_FIT_ONLY)
+    # a fit's calibration on test, before and after temperature scaling (classification)
+    calibration: Calibration | None = field(default=None, metadata=_FIT_ONLY)
     # a fine-tune's: its backbone; the best epoch (-1: none beat the start head) and which of
     # its weights were kept (raw, or ema: their moving average scored better on val); the
     # test-time augmentation of its val and test scores; the start head's val score, the share
@@ -161,6 +206,7 @@ class RunMetrics:
         if isinstance(cam, Mapping):  # fine-tunes once recorded the figure itself as "cam"
             cam, figure = cam["file"], cam
         before, predictions = data.get("test_before_refit"), data.get("test_predictions")
+        calibration = data.get("calibration")
         return cls(
             **values
             | {
@@ -171,6 +217,7 @@ class RunMetrics:
                 "split_sizes": {k: int(v) for k, v in (data.get("split_sizes") or {}).items()},
                 "test_before_refit": Scores.from_dict(before) if before else None,
                 "test_predictions": Predictions.from_dict(predictions) if predictions else None,
+                "calibration": Calibration.from_dict(calibration) if calibration else None,
                 "cam": cam,
                 "cam_figure": CamFigure.from_dict(figure) if figure else None,
                 "start_val": data.get("start_val"),
@@ -182,7 +229,7 @@ class RunMetrics:
 
 def _plain(value: Any) -> Any:
     """A field as JSON holds it."""
-    if isinstance(value, Scores | _Record):
+    if isinstance(value, Scores | _Record | Calibration):
         return value.to_dict()
     if isinstance(value, list):
         return [_plain(v) for v in value]

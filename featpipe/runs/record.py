@@ -1,9 +1,10 @@
 """Runs: every fit and fine-tune leaves a directory that says what was done and what came out.
 
 ``runs/<dataset>/<backbone>/<name>/``
-    ``run.json``      what was asked: the run's ``kind`` (fit, finetune, compare), dataset,
-                      backbone, the backbone ``entries`` (model, weights identity, transform,
-                      pooling, layer, precision: enough to rebuild the network), the request,
+    ``run.json``      what was asked: the run's ``kind`` (fit, finetune, compare, retrieval),
+                      dataset, backbone, the backbone ``entries`` (model, weights identity,
+                      transform, pooling, layer, precision: enough to rebuild the network), the
+                      request,
                       featpipe's version and the run format;
     ``metrics.json``  selection, the chosen config, validation and test scores, confusion
                       matrix, few-shot curve, times (:class:`~featpipe.runs.metrics.RunMetrics`,
@@ -59,7 +60,8 @@ if TYPE_CHECKING:  # torch-free at import: the CLI reads runs without loading to
 # its weights, so predict and export serve it like a fit run. Format 1 runs (fit runs have the
 # same files; fine-tune runs had no head) are still read.
 RUN_FORMAT = 2
-KINDS = ("fit", "finetune", "compare")
+RETRIEVAL = "retrieval"  # a run without a head: retrieval scores of a feature set
+KINDS = ("fit", "finetune", "compare", RETRIEVAL)
 DEFAULT_RUNS_DIR = Path(os.environ.get("FEATPIPE_RUNS", "runs"))
 REQUIRED = ("run.json", "metrics.json", "rows.csv")
 TEMP_SUFFIX = ".tmp"
@@ -104,6 +106,11 @@ class Run:
     def head(self) -> FittedHead:
         from featpipe.heads.fitted import FittedHead  # torch, only once a head is used
 
+        if self.kind == RETRIEVAL:
+            raise DataError(
+                f"run {self.path} is a retrieval run: it has no head to predict or export "
+                "with; use a fit run"
+            )
         if not (self.path / "head").is_dir():
             raise DataError(
                 f"run {self.path} has no saved head (a {self.kind} run written by an older "

@@ -47,6 +47,7 @@ FIT = OLD_FIT | {
     "refit_note": "",
     "test_before_refit": {"mean": 0.5, "all": [{"r2": 0.5}]},
     "test_predictions": {"true": [1.0, 2.0], "predicted": [1.5, 2.5]},
+    "calibration": None,  # a regression run's; classification: see the calibration test
 }
 # The first fine-tune runs (5f2755b): no backbone, start score, hold-out, precision or CAM notes.
 OLD_FINETUNE = {
@@ -142,3 +143,22 @@ def test_a_partial_record_takes_defaults_and_a_broken_one_is_refused() -> None:
     for broken in ({"val": 3}, {"few_shot": [{"shots": 1}]}, {"test_predictions": [1, 2]}):
         with pytest.raises(ValueError, match="not a run's metrics"):
             RunMetrics.from_dict(broken)
+
+
+def test_a_calibration_record_round_trips_and_older_fits_have_none() -> None:
+    calibrated = {"ece": 0.1, "nll": 0.5, "brier": 0.3}
+    bins = {"confidence": [None, 0.7], "accuracy": [None, 0.6], "count": [0, 4]}
+    record = OLD_FIT | {
+        "calibration": {
+            "head": "selection",
+            "before": calibrated | bins,
+            "after": calibrated | bins | {"ece": 0.05},
+            "temperature": 1.7,
+            "note": "",
+        }
+    }
+    metrics = RunMetrics.from_dict(json.loads(json.dumps(record)))
+    assert metrics.calibration.after.ece == 0.05 and metrics.calibration.before.count == [0, 4]
+    assert metrics.to_dict("fit")["calibration"] == record["calibration"]
+    assert RunMetrics.from_dict(OLD_FIT).calibration is None
+    assert "calibration" not in RunMetrics.from_dict(OLD_FIT).to_dict("finetune")

@@ -1,0 +1,245 @@
+"""The protocols of the field on cached features, side by side in one run (issue 26).
+
+For each dataset (a manifest or tree with train, val and test splits) under one backbone
+(default: EfficientNet-Lite0 with its offline ImageNet weights):
+
+* featpipe's default linear probe (``DEFAULT_GRID``, refit on train + val), a uniform k-NN
+  (k = 20) and DINOv2's weighted k-NN (k = 20, T = 0.07) on L2-normalised features, and
+  retrieval (test queries against the train gallery, cosine: recall@1, mAP@R), each with its
+  test score and the seconds of the step (features in memory);
+* the (k, T) sweep (k ∈ {10, 20, 100, 200} × T ∈ {uniform, 0.07}: 8 heads, one neighbour
+  search) against one k-NN fit, both through ``sweep``;
+* ECE (15 bins), NLL and Brier score of the linear probe on test, before and after temperature
+  scaling fitted on val (the run's calibration record).
+
+For one ViT (random init is enough for the times) on the first dataset: one extraction of the
+last 4 blocks (``layer=-4,-3,-2,-1``, one forward pass) against 4 single-block extractions, and
+a linear probe on the 4-block concatenation against the last block alone.
+
+    .venv/bin/python benchmarks/bench_protocols.py WORK/elpv/probe.csv \\
+        WORK/fashion-mnist/probe.csv WORK/mnist-5k/probe.csv --cache-dir CACHE \\
+        --json benchmarks/results/protocols.json
+
+(``benchmarks/bench_probe.py --prepare WORK`` writes those manifests.) ``--smoke``: a toy tree
+of random images, the tiny random-init test models at 32 px: it only shows that every row runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featpipe.cache.entry import Features
+from featpipe.extraction.options import ExtractOptions
+from featpipe.fitting.features import load_feature_set
+from featpipe.fitting.stage import DEFAULT_GRID
+from featpipe.fitting.sweep import sweep
+from featpipe.heads.config import HeadConfig, expand
+from featpipe.protocols.retrieval import retrieval_scores
+
+REAL = {
+    "backbone": "tf_efficientnet_lite0",
+    "vit": "vit_tiny_patch16_224@none",
+    "extract": {"weights": "offline", "precision": "fp32", "engine": "torch"},
+    "vit_images": 600,
+}
+SMOKE = {
+    "backbone": "test_efficientnet@none",
+    "vit": "test_vit@none",
+    "extract": {
+        "precision": "fp32",
+        "engine": "torch",
+        "image_size": 32,
+        "batch_size": 8,
+        "workers": 0,
+    },
+    "vit_images": 0,  # every image of the toy set
+}
+KNN = HeadConfig(head="knn", k=20, standardize=False, l2norm=True)
+SWEEP_KS, SWEEP_TS = (10, 20, 100, 200), (0.0, 0.07)
+LAST_4 = "-4,-3,-2,-1"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def protocols(features: Features) -> dict[str, Any]:
+    """Linear probe, kNN uniform and weighted, retrieval, the (k, T) sweep, calibration."""
+    linear, linear_s = timed(lambda: sweep(features, expand(DEFAULT_GRID)))
+    rows: dict[str, Any] = {"linear probe": _row(linear, linear_s)}
+    for name, temperature in (("kNN uniform", 0.0), ("kNN DINOv2 (T=0.07)", 0.07)):
+        knn, seconds = timed(lambda t=temperature: sweep(features, [replace(KNN, temperature=t)]))
+        rows[name] = _row(knn, seconds)
+    test, train = features.where("test"), features.where("train")
+    found, seconds = timed(lambda: retrieval_scores(test.X, test.y, train.X, train.y))
+    rows["retrieval (cosine, gallery train)"] = {
+        "test": found.recall[1],
+        "map_at_r": found.map_at_r,
+        "seconds": seconds,
+    }
+    grid = expand({"k": list(SWEEP_KS), "temperature": list(SWEEP_TS)}, KNN)
+    swept, sweep_s = timed(lambda: sweep(features, grid, refit=False))
+    _, one_s = timed(lambda: sweep(features, [replace(KNN, temperature=0.07)], refit=False))
+    calibration = linear.calibration
+    return {
+        "rows": rows,
+        "sweep": {
+            "heads": len(grid),
+            "seconds": sweep_s,
+            "one_fit_seconds": one_s,
+            "chosen": swept.best.config.label(),
+            "test": swept.best.mean("accuracy", "test"),
+        },
+        "calibration": {
+            "temperature": calibration.temperature,
+            "before": _calibrated(calibration.before),
+            "after": _calibrated(calibration.after) if calibration.after else None,
+        },
+        "sizes": {s: int((features.split == s).sum()) for s in ("train", "val", "test")},
+    }
+
+
+def _row(result, seconds: float) -> dict[str, Any]:
+    return {
+        "test": result.best.mean("accuracy", "test"),
+        "chosen": result.best.config.label(),
+        "seconds": seconds,
+    }
+
+
+def _calibrated(scores) -> dict[str, float]:
+    return {"ece": scores.ece, "nll": scores.nll, "brier": scores.brier}
+
+
+def layers(data: Path, vit: str, options: ExtractOptions) -> dict[str, Any]:
+    """One pass over the last 4 blocks against 4 single-block passes (each extraction's own
+    seconds); linear probes on the last block and on the 4-block concatenation."""
+    found = {}
+    for layer in [*LAST_4.split(","), LAST_4]:
+        features, [result] = load_feature_set(data, vit, replace(options, layer=layer))
+        found[layer] = (features, result)
+    probes = {}
+    for name, layer in (("last block", "-1"), ("last 4 blocks", LAST_4)):
+        features = found[layer][0]
+        result, seconds = timed(lambda f=features: sweep(f, expand(DEFAULT_GRID)))
+        probes[name] = _row(result, seconds) | {"dims": int(features.X.shape[1])}
+    return {
+        "one_pass_seconds": found[LAST_4][1].seconds,
+        "single_pass_seconds": [found[layer][1].seconds for layer in LAST_4.split(",")],
+        "images": found[LAST_4][1].n,
+        "probes": probes,
+    }
+
+
+def toy_tree(root: Path) -> Path:
+    """Random images in three classes, split train / val / test (the smoke run's data)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("val", 4), ("test", 5)):
+        for label in ("a", "b", "c"):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{label}{i}.png")
+    return root
+
+
+def subset(manifest: Path, images: int, out: Path) -> Path:
+    """The first ``images`` rows of a CSV manifest, with absolute paths (the ViT rows)."""
+    lines = manifest.read_text().splitlines()
+    header, rows = lines[0], lines[1 : images + 1]
+    column = header.split(",").index("path")
+    fixed = []
+    for row in rows:
+        cells = row.split(",")
+        cells[column] = str((manifest.parent / cells[column]).resolve())
+        fixed.append(",".join(cells))
+    out.write_text("\n".join([header, *fixed]) + "\n")
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "| dataset | protocol | test score | seconds |",
+        "|---|---|---|---|",
+    ]
+    for name, found in results["datasets"].items():
+        for protocol, row in found["rows"].items():
+            score = f"{row['test']:.4f}"
+            if "map_at_r" in row:
+                score = f"recall@1 {row['test']:.4f}, mAP@R {row['map_at_r']:.4f}"
+            lines.append(f"| {name} | {protocol} | {score} | {row['seconds']:.2f} |")
+        swept = found["sweep"]
+        lines.append(
+            f"| {name} | (k, T) sweep: {swept['heads']} heads, one search | "
+            f"{swept['test']:.4f} ({swept['chosen']}) | {swept['seconds']:.2f} "
+            f"(one kNN fit: {swept['one_fit_seconds']:.2f}) |"
+        )
+        cal = found["calibration"]
+        after = cal["after"]
+        scaled = (
+            f"after T={cal['temperature']:.2f}: ECE {after['ece']:.4f}, NLL {after['nll']:.4f}"
+            if after
+            else "no temperature"
+        )
+        lines.append(
+            f"| {name} | linear probe calibration | ECE {cal['before']['ece']:.4f}, "
+            f"NLL {cal['before']['nll']:.4f}; {scaled} | |"
+        )
+    vit = results.get("layers")
+    if vit:
+        lines += ["", "| ViT layers | test accuracy | dims | probe seconds |", "|---|---|---|---|"]
+        for name, row in vit["probes"].items():
+            lines.append(f"| {name} | {row['test']:.4f} | {row['dims']} | {row['seconds']:.2f} |")
+        singles = " + ".join(f"{s:.1f}" for s in vit["single_pass_seconds"])
+        lines.append(
+            f"\nExtraction of {vit['images']} images: last 4 blocks in one pass "
+            f"{vit['one_pass_seconds']:.1f} s; four single-block passes {singles} s."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="*", type=Path, help="datasets with train/val/test splits")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    parser.add_argument("--json", type=Path, help="write the results here (and a .md beside)")
+    parser.add_argument("--smoke", action="store_true", help="a toy tree and tiny models")
+    args = parser.parse_args(argv)
+    scale = SMOKE if args.smoke else REAL
+    with tempfile.TemporaryDirectory() as tmp:
+        data = [toy_tree(Path(tmp) / "toy")] if args.smoke else args.data
+        if not data:
+            parser.error("give datasets, or --smoke")
+        options = ExtractOptions(**scale["extract"], cache_dir=args.cache_dir)
+        results: dict[str, Any] = {"smoke": args.smoke, "backbone": scale["backbone"]}
+        results["datasets"] = {
+            str(d): protocols(load_feature_set(d, scale["backbone"], options)[0]) for d in data
+        }
+        vit_data = data[0]
+        if scale["vit_images"]:
+            vit_data = subset(data[0], scale["vit_images"], Path(tmp) / "vit.csv")
+        vit_options = replace(options, weights="auto", pool="cls+avg")
+        results["layers"] = {"model": scale["vit"], **layers(vit_data, scale["vit"], vit_options)}
+    table = markdown(results)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+        args.json.with_suffix(".md").write_text(table)
+    return results
+
+
+if __name__ == "__main__":
+    main()

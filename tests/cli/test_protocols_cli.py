@@ -1,0 +1,74 @@
+"""The protocols through the installed console script: DINOv2's kNN as a fit, retrieval as its
+own command, calibration in every classification run; bad values are one-line errors, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, flags, make_tree
+from featpipe.runs.record import list_runs
+
+CLI = Path(sys.executable).parent / "featpipe"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("protocols") / "shapes"
+    make_tree(root, classes=("a", "b", "c"), per_class=10, split="train", seed=0)
+    make_tree(root, classes=("a", "b", "c"), per_class=4, split="val", seed=1)
+    return make_tree(root, classes=("a", "b", "c"), per_class=5, split="test", seed=2)
+
+
+def featpipe(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True)
+
+
+def test_dinov2_knn_sweep_and_calibration_through_fit(dataset, tmp_path) -> None:
+    common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs"]
+    grid = ["--sweep", "k=3,20", "temperature=0,0.07"]
+    fixed = ["--set", "standardize=false", "l2norm=true"]
+    done = featpipe("fit", dataset, *common, "--head", "knn", *grid, *fixed)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "knn(k=20, temperature=0.07" in done.stdout and "knn(k=3, temperature=0" in done.stdout
+    [run] = list_runs(tmp_path / "runs")
+    assert len(run.config["request"]["configs"]) == 4
+    assert run.metrics.calibration is not None and run.metrics.calibration.before.count
+
+
+def test_retrieve_prints_a_leaderboard_and_saves_runs(dataset, tmp_path) -> None:
+    common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs"]
+    other = ["-b", "resnet18@none"]
+    done = featpipe("retrieve", dataset, *common, *other, "--gallery", "test", "--metric", "l2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "retrieval leaderboard (retrieval(l2, gallery=test)" in done.stdout
+    assert "recall@10" in done.stdout and "mAP@R" in done.stdout
+    assert "test_efficientnet" in done.stdout and "resnet18@none" in done.stdout
+    runs = list_runs(tmp_path / "runs")
+    assert sorted(r.config["backbone"] for r in runs) == ["resnet18@none", "test_efficientnet@none"]
+    assert all(r.config["kind"] == "retrieval" for r in runs)
+    listed = featpipe("results", "--runs-dir", tmp_path / "runs")
+    assert listed.returncode == 0 and "test recall@1" in listed.stdout
+    assert "test map@r" in listed.stdout and "gallery: test" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "message"),
+    [
+        (["fit", "--head", "knn", "--set", "temperature=-1"], "--set", "temperature=-1: must be"),
+        (["fit", "--head", "knn", "--set", "temperature=x"], "--set", "temperature=x: expected"),
+        (["retrieve", "--gallery", "val"], "--gallery", "val: choose one of train, test"),
+        (["retrieve", "--metric", "dot"], "--metric", "dot: choose one of cosine, l2"),
+        (["retrieve", "--ks", "0,5"], "--ks", "0,5: give distinct positive ranks"),
+    ],
+)
+def test_bad_values_are_one_line_errors(dataset, tmp_path, args, flag, message) -> None:
+    command, *rest = args
+    done = featpipe(command, dataset, *rest, "--cache-dir", tmp_path / "cache")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert flag in lines[0] and message in lines[0]

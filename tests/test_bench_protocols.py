@@ -1,0 +1,36 @@
+"""``benchmarks/bench_protocols.py --smoke``: every row of the protocols table runs end to end
+(a toy tree, the tiny random-init models; the figures mean nothing, the table's shape does)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+SCRIPT = ROOT / "benchmarks" / "bench_protocols.py"
+
+
+def test_smoke_fills_every_row_of_the_table(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_protocols", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    out = tmp_path / "protocols.json"
+    bench.main(["--smoke", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
+    results = json.loads(out.read_text())
+    [found] = results["datasets"].values()
+    assert set(found["rows"]) == {
+        "linear probe",
+        "kNN uniform",
+        "kNN DINOv2 (T=0.07)",
+        "retrieval (cosine, gallery train)",
+    }
+    assert all(0 <= row["test"] <= 1 and row["seconds"] > 0 for row in found["rows"].values())
+    assert found["sweep"]["heads"] == 8 and found["calibration"]["after"] is not None
+    layers = results["layers"]
+    assert layers["probes"]["last 4 blocks"]["dims"] == 4 * layers["probes"]["last block"]["dims"]
+    assert len(layers["single_pass_seconds"]) == 4 and layers["images"] == 63
+    table = out.with_suffix(".md").read_text()
+    assert "| kNN DINOv2 (T=0.07) |" in table and "last 4 blocks in one pass" in table
