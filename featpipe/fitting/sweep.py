@@ -31,6 +31,7 @@ from featpipe.heads.stacked import group_key
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
 from featpipe.runs.metrics import FewShotPoint, Predictions
+from featpipe.runs.predictions import RunPredictions, SplitOutputs
 from featpipe.runtime import distributed
 
 
@@ -104,8 +105,13 @@ def select(
     cv: int = 5,
     n_jobs: int = -1,
     views: TrainViews | None = None,
+    cv_seed: int = 0,
 ) -> tuple[list[Candidate], str]:
     """Fit every config × seed on train; score on val (or by CV). Returns the candidates.
+
+    Each candidate keeps its first seed's raw outputs on the images it was scored on (the val
+    rows, or every train row out of fold: ``cv_seed`` shuffles the folds), so that configs can
+    be compared image by image.
 
     ``views``: augmented views of the train rows, in their order (each fold takes its own).
     A set larger than memory is trained and scored in chunks, and selects on the val split
@@ -123,16 +129,21 @@ def select(
     candidates = [Candidate(c) for c in configs]
     runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
     owner = [i for _ in range(seeds) for i in range(len(configs))]
+    y_val, n_classes = features.y[is_val], len(features.class_names)
     if is_val.any():
         heads = _fit(features, runs, n_jobs, views)
-        for i, head, scores in zip(owner, heads, _scored(heads, features, is_val), strict=True):
-            candidates[i].val.append(scores)
+        for r, (i, head, out) in enumerate(
+            zip(owner, heads, outputs(heads, features, is_val), strict=True)
+        ):
+            candidates[i].val.append(metrics.from_outputs(features.task, n_classes, y_val, out))
             candidates[i].fit_seconds.append(head.fit_seconds)
             candidates[i].histories.append(head.history)
             candidates[i].heads.append(head)
+            if r < len(configs):  # the first seed's outputs: what paired comparisons read
+                candidates[i].val_outputs = out
         return candidates, "val"
     train = features.where("train")
-    folds = _folds(train.y, features.task, cv)
+    folds = _folds(train.y, features.task, cv, cv_seed)
     fold_scores: list[list[dict[str, float]]] = [[] for _ in runs]
     fold_seconds = np.zeros(len(runs))
     for fit_idx, val_idx in folds:
@@ -141,8 +152,14 @@ def select(
         data = TrainData(Xf, yf, Xv, yv, features.class_names, features.task, fold_views)
         heads = fit_grid(runs, data, n_jobs)
         for r, head in enumerate(heads):
-            fold_scores[r].append(_score(head, Xv, yv))
+            out = head.decision_function(Xv)
+            fold_scores[r].append(metrics.from_outputs(features.task, n_classes, yv, out))
             fold_seconds[r] += head.fit_seconds
+            if r < len(configs):  # every train image scored once, out of fold
+                cand = candidates[owner[r]]
+                if cand.val_outputs is None:
+                    cand.val_outputs = np.zeros((len(train), out.shape[1]), out.dtype)
+                cand.val_outputs[val_idx] = out
     for r, i in enumerate(owner):
         names = fold_scores[r][0]
         candidates[i].val.append({m: float(np.mean([s[m] for s in fold_scores[r]])) for m in names})
@@ -183,15 +200,6 @@ def outputs(
     yield from (np.concatenate(part) for part in parts)
 
 
-def _scored(
-    heads: list[FittedHead], features: FeatureSet, mask: np.ndarray
-) -> Iterator[dict[str, float]]:
-    """Every head's scores on the rows in ``mask``, head by head (see :func:`outputs`)."""
-    y, n_classes = features.y[mask], len(features.class_names)
-    for out in outputs(heads, features, mask):
-        yield metrics.from_outputs(features.task, n_classes, y, out)
-
-
 def sweep(
     features: FeatureSet,
     configs: list[HeadConfig],
@@ -202,6 +210,7 @@ def sweep(
     n_jobs: int = -1,
     views: TrainViews | None = None,
     refit: bool = True,
+    cv_seed: int = 0,
 ) -> SweepResult:
     """Choose the best config on validation data, then score it on test once.
 
@@ -211,7 +220,11 @@ def sweep(
     curve does not use them.
     ``refit``: after selection on a val split, fit the chosen config again on train + val and
     score that on test (see :func:`refit_reason` for when it cannot be). After CV the chosen
-    config is always fitted on the whole train split.
+    config is always fitted on the whole train split. ``cv_seed`` shuffles the CV folds.
+
+    The result keeps, per image, the chosen config's outputs on the images selection scored it
+    on and the tested head's on test (:class:`~featpipe.runs.predictions.RunPredictions`), and
+    every config's on the selection images: what intervals and paired comparisons read.
     """
     start = time.perf_counter()
     if not configs:
@@ -225,7 +238,7 @@ def sweep(
     _check(features)
     if not features.in_memory:
         streaming.refuse_unstreamable(features, configs)
-    candidates, selection = select(features, configs, seeds, cv, n_jobs, views)
+    candidates, selection = select(features, configs, seeds, cv, n_jobs, views, cv_seed)
     metric = metrics.primary(features.task)
     best = max(candidates, key=lambda c: (c.mean(metric), -configs.index(c.config)))
     for cand in candidates:  # keep curves, free the losing models (MLP grids are large)
@@ -247,11 +260,15 @@ def sweep(
     confusion = None
     predictions = None
     before: list[dict[str, float]] = []
+    n_classes = len(features.class_names)
+    on_val = features.split == ("val" if selection == "val" else "train")
+    images = {"val": SplitOutputs(features.relpath[on_val], features.y[on_val], best.val_outputs)}
     if is_test.any():
         # one pass over test for both (a streamed entry is read once)
         tested = best.heads + selection_heads
         outs = list(outputs(tested, features, is_test))
-        n_classes, y_test = len(features.class_names), features.y[is_test]
+        y_test = features.y[is_test]
+        images["test"] = SplitOutputs(features.relpath[is_test], y_test, outs[0])
         scores = [metrics.from_outputs(features.task, n_classes, y_test, o) for o in outs]
         best.test, before = scores[: len(best.heads)], scores[len(best.heads) :]
         if features.task == "classification":
@@ -284,6 +301,7 @@ def sweep(
         refit_note=not_refitted,
         selection_heads=selection_heads,
         test_before_refit=before,
+        predictions=RunPredictions(features.task, n_classes, images),
     )
 
 
