@@ -44,7 +44,7 @@ def _gap(row: Row) -> str:
         return ""
     if row.gap_interval is None:
         return _num(row.gap, 3)
-    return row.gap_interval.format(100, extra_digit=False, unit=" pts")
+    return row.gap_interval.format(100, extra_digit=False)
 
 
 def _against(standings: list[Standing]) -> dict[tuple[str, str], str]:
@@ -64,23 +64,25 @@ def _against(standings: list[Standing]) -> dict[tuple[str, str], str]:
 def leaderboard(rows: list[Row], standings: list[Standing] | None = None) -> Table:
     metric = rows[0].metric if rows else "accuracy"
     against = _against(standings or [])
-    table = Table(title=f"backbone × dataset leaderboard (by val {metric}; 95% intervals)")
+    table = Table(
+        title=f"backbone × dataset leaderboard (by val {metric}; scores with their 95% interval, "
+        "on n test images; vs random: pretrained − random init, in points)"
+    )
     for column in (
         "dataset",
         "backbone",
         "best head",
         f"val {metric}",
         f"test {metric}",
-        "test n",
-        "vs best on test",
         "test macro-F1",
-        "pretrained − random",
-        "extract s",
-        "fit s",
+        "vs random",
+        "n",
+        "vs best",
+        "time s",
     ):
-        table.add_column(
-            column, justify="left" if column in ("dataset", "backbone", "best head") else "right"
-        )
+        left = column in ("dataset", "backbone", "best head")
+        # scores keep their interval on one line; names wrap when the table is too wide
+        table.add_column(column, justify="left" if left else "right", no_wrap=not left)
     names = {}
     for dataset in dict.fromkeys(r.dataset for r in rows):
         group = [r for r in rows if r.dataset == dataset]
@@ -92,12 +94,11 @@ def leaderboard(rows: list[Row], standings: list[Standing] | None = None) -> Tab
             row.chosen,
             _score(row.val, row.val_interval),
             _score(row.test, row.test_interval),
+            _score(row.macro_f1, row.macro_f1_interval),
+            _gap(row),
             str(row.test_interval.n) if row.test_interval else "",
             against.get((row.dataset, names[id(row)]), ""),
-            _num(row.macro_f1),
-            _gap(row),
-            _num(row.extract_seconds, 1),
-            _num(row.fit_seconds, 1),
+            f"{_num(row.extract_seconds, 1)}+{_num(row.fit_seconds, 1)}",  # extract + fit
         )
     return table
 

@@ -132,6 +132,7 @@ class Row:
     gap: float | None = None
     val_interval: Interval | None = None
     test_interval: Interval | None = None
+    macro_f1_interval: Interval | None = None
     gap_interval: Interval | None = None
     warnings: list[str] = field(default_factory=list)
     repeats: Repeats | None = None
@@ -196,12 +197,15 @@ def compare(
                 run=str(run.path),
                 val_interval=scored.get("val", {}).get(metric),
                 test_interval=scored.get("test", {}).get(metric),
+                macro_f1_interval=scored.get("test", {}).get("macro_f1"),
                 warnings=list(run.metrics.warnings),
                 repeats=run.metrics.repeats,
             )
             rows.append(row)
     by_key = {(r.dataset, r.backbone): r for r in rows}
     for row in rows:
+        if _random_twin(row.backbone) == row.backbone:
+            continue  # a random-init control has no gap to itself
         twin = by_key.get((row.dataset, _random_twin(row.backbone)))
         if twin is not None and twin is not row:
             row.gap = row.test - twin.test
