@@ -100,12 +100,21 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
     out = console()
     out.print(leaderboard(result, seeds))
     if result.few_shot:
-        table = Table(title="few-shot (accuracy against examples per class)")
-        for column in ("shots", "per class", "split", "accuracy", "draws"):
+        table = Table(
+            title="few-shot (accuracy against examples per class; 95% interval over the draws "
+            "and the test images)"
+        )
+        for column in ("shots", "per class", "split", "accuracy", "± std of draws", "draws", "n"):
             table.add_column(column, justify="right")
         for p in result.few_shot:
             table.add_row(
-                str(p.shots), str(p.per_class), p.split, f"{p.mean:.4f} ± {p.std:.4f}", str(p.draws)
+                str(p.shots),
+                str(p.per_class),
+                p.split,
+                p.interval.format() if p.interval else f"{p.mean:.4f}",
+                f"{p.std:.4f}",
+                str(p.draws),
+                str(p.interval.n) if p.interval else "",
             )
         out.print(table)
     if result.few_shot_note:

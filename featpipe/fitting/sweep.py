@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from featpipe import stats
 from featpipe.cache.entry import Features, FeatureSet
 from featpipe.errors import ArgumentError, DataError
 from featpipe.fitting import streaming
@@ -92,10 +93,6 @@ def fit_grid(runs: list[HeadConfig], data: TrainData, n_jobs: int) -> list[Fitte
     for indices, part in distributed.gather((mine, fitted)):
         heads.update(zip(indices, part, strict=True))
     return [heads[i] for i in range(len(runs))]
-
-
-def _score(head: FittedHead, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    return metrics.evaluate(head, X, y)
 
 
 def select(
@@ -369,7 +366,9 @@ def plan_shots(
 def few_shot(
     features: Features, config: HeadConfig, shots: list[int | str], draws: int = 5
 ) -> list[FewShotPoint]:
-    """Accuracy against examples per class, on test (or val), over repeated draws.
+    """Accuracy against examples per class, on test (or val), over repeated draws, each point
+    with its 95% interval from the draws and the test set together
+    (:func:`featpipe.stats.few_shot_interval`).
 
     Shot counts above the smallest training class are left out (see :func:`plan_shots`).
     """
@@ -382,8 +381,9 @@ def few_shot(
         raise ArgumentError("shots", "need a test or val split to score on")
     val = features.where("val")
     curve = []
+    n_classes = len(features.class_names)
     for shot in plan_shots(shots, train.labels, features.class_names)[0]:
-        scores = []
+        scores, draws_predictions = [], []
         for draw in range(1 if shot == "all" else draws):
             idx = (
                 np.arange(len(train))
@@ -399,8 +399,16 @@ def few_shot(
                 features.task,
             )
             [head] = fit_heads([replace(config, seed=config.seed + draw)], data, n_jobs=1)
-            scores.append(_score(head, evaluation.X, evaluation.y)["accuracy"])
+            out = head.decision_function(evaluation.X)
+            scores.append(
+                metrics.from_outputs(features.task, n_classes, evaluation.y, out)["accuracy"]
+            )
+            draws_predictions.append(
+                stats.Predictions.from_outputs(features.task, n_classes, evaluation.y, out)
+            )
         per_class = int(np.bincount(train.labels).max()) if shot == "all" else int(shot)
         mean, std = float(np.mean(scores)), float(np.std(scores))
-        curve.append(FewShotPoint(shot, per_class, split, mean, std, len(scores), scores))
+        # the interval covers which images were drawn and the test set's own luck
+        interval = stats.few_shot_interval(draws_predictions, "accuracy")
+        curve.append(FewShotPoint(shot, per_class, split, mean, std, len(scores), scores, interval))
     return curve

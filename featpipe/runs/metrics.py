@@ -75,6 +75,21 @@ class FewShotPoint(_Record):
     std: float
     draws: int
     scores: list[float]
+    # the mean's 95% interval over the draws and the test images (None: recorded before)
+    interval: Interval | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A point recorded without an interval is written as it was then."""
+        data = asdict(self)
+        return data if self.interval is not None else {k: data[k] for k in data if k != "interval"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FewShotPoint:
+        interval = data.get("interval")
+        return cls(
+            **{f.name: data[f.name] for f in fields(cls) if f.name != "interval"},
+            interval=_interval(interval) if interval else None,
+        )
 
 
 @dataclass(frozen=True)
