@@ -52,6 +52,7 @@ def test_fit_prints_n_and_intervals_and_records_them(dataset, tmp_path) -> None:
     assert test.n == 6 and test.method == "wilson" and test.low <= test.estimate <= test.high
     assert run.metrics.intervals["val"]["macro_f1"].method.startswith("bootstrap BCa")
     assert run.metrics.verdict  # two configs: compared on the val images
+    assert f"test accuracy={test}" in repr(run)  # a notebook's one line carries it too
     # the per-image predictions beside metrics.json, arrays only
     recorded = RunPredictions.load(run.path / FILE)
     assert recorded.on("test") is not None and len(recorded.splits["test"].relpath) == 6
