@@ -28,7 +28,7 @@ from featpipe.runs.record import Run, write_run
 from featpipe.stats import Interval
 
 
-@dataclass
+@dataclass(eq=False)  # identity: candidates hold heads and output arrays, compared by who they are
 class Candidate:
     """One config across seeds: its validation scores and (for the winner) test scores."""
 
@@ -108,19 +108,26 @@ class SweepResult:
         }
         return assess(splits, configs, self.metric)
 
+    @cached_property
+    def _config_intervals(self) -> list[dict[str, dict[str, Interval]]]:
+        """Per candidate, per split, its intervals: the chosen config's every metric on val and
+        test (first seed); every other config's selection metric on val from its own outputs
+        (the others would cost a bootstrap per config). Computed once."""
+        p = self.predictions
+        selection = p.splits.get("val") if p is not None else None
+        out: list[dict[str, dict[str, Interval]]] = []
+        for cand in self.candidates:
+            if cand is self.best:
+                out.append(self.verdict.intervals)
+            elif p is not None and selection is not None and cand.val_outputs is not None:
+                own = replace(selection, outputs=cand.val_outputs).predictions(p.task, p.n_classes)
+                out.append({"val": intervals(own, only=self.metric)})
+            else:
+                out.append({})
+        return out
+
     def _intervals(self, split: str, cand: Candidate) -> dict[str, Interval]:
-        """The chosen config's intervals on ``split`` (first seed); every other config's on
-        val from its own outputs, accuracy and R² alone (the selection metric; the others
-        would cost a bootstrap per config)."""
-        if cand is self.best:
-            return self.verdict.intervals.get(split, {})
-        p, selection = self.predictions, None
-        if p is not None and split == "val" and cand.val_outputs is not None:
-            selection = p.splits.get("val")
-        if p is None or selection is None:
-            return {}
-        outputs = replace(selection, outputs=cand.val_outputs)
-        return intervals(outputs.predictions(p.task, p.n_classes), only=self.metric)
+        return self._config_intervals[self.candidates.index(cand)].get(split, {})
 
     def interval(self, split: str, cand: Candidate) -> Interval | None:
         """``cand``'s selection-metric interval on ``split`` (None: not scored there)."""
