@@ -179,15 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         results.append(measure("smoke", smoke_data(work), SMOKE_BACKBONES, 3, extract, work, 0.0))
     else:
         extract = ExtractOptions(cache_dir=cache, image_size=args.image_size, precision="fp32")
-        for name in args.datasets:
+        for name in args.datasets:  # each dataset's results are written as soon as they exist
             dataset, per_class, holdout = DATASETS[name]
             root = prepare_dataset(dataset, work / name, per_class=per_class)
             results.append(measure(name, root, BACKBONES, args.repeats, extract, work, holdout))
+            write(results, args.json)
+    write(results, args.json)
     print(table(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def write(results: list[dict[str, Any]], path: Path | None) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -71,14 +71,22 @@ def rank(rows: Mapping[str, Predictions], metric: str) -> Ranking | None:
 def warnings(
     metric: str, val: Interval | None, test: Interval | None, test_truth: Predictions | None
 ) -> list[str]:
-    """The validation–test gap beyond the intervals, and a test score below chance."""
+    """The validation–test gap beyond the intervals, and a test score below chance, or one
+    whose interval holds chance (0.43 [0.29, 0.58] on a balanced two-class test of 44 images
+    is no evidence of anything learnt, though not below chance beyond noise)."""
     lines = []
     if val is not None and test is not None:
         lines.append(gap_warning(val, test, metric))
     if test is not None and test_truth is not None:
         n_classes = test_truth.n_classes or None
         chance = chance_level(metric, test_truth.y, n_classes)
-        lines.append(below_chance(test, chance, metric))
+        below = below_chance(test, chance, metric)
+        if below is None and test.contains(chance):
+            below = (
+                f"{metric} {test} is not distinguishable from chance ({chance:.3g}): its 95% "
+                "interval holds it"
+            )
+        lines.append(below)
     return [line for line in lines if line]
 
 
