@@ -12,6 +12,7 @@ An experiment file (TOML or YAML) describes the same comparison, so it can be re
     seeds = 1
     holdout = 0.15          # optional: val share of train where a dataset has no val split
     shots = [1, 5, "all"]   # optional: a few-shot curve per pair
+    repeats = 10            # optional: the same selection and test on 10 re-drawn splits
     [sweep]
     head = ["linear", "logreg"]
     lr = [1e-3, 1e-2]
