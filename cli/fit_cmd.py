@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,9 @@ from featpipe.heads.config import (
     read_grid_file,
     varying,
 )
+from featpipe.runs.metrics import Repeats
+from featpipe.stats import Interval
+from featpipe.stats.paired import format_p
 
 from . import options as opt
 from . import views_options as vopt
@@ -38,26 +42,55 @@ def grid_from(sweep: list[str], grid_file: Path | None) -> dict[str, list]:
     return grid
 
 
-def _fmt(mean: float, std: float, seeds: int) -> str:
+def _fmt(mean: float, std: float, seeds: int, interval: Interval | None = None) -> str:
+    """``0.6818 [0.53, 0.81]`` for one seed; ``0.6818 ± 0.0100`` (the first seed's interval
+    after it) for several; ``-`` where not scored."""
     if mean != mean:  # NaN: not evaluated
         return "-"
-    return f"{mean:.4f}" + (f" ± {std:.4f}" if seeds > 1 else "")
+    if interval is not None and seeds == 1:
+        return interval.format()
+    text = f"{mean:.4f}" + (f" ± {std:.4f}" if seeds > 1 else "")
+    return text + (f" [{interval.low:.2f}, {interval.high:.2f}]" if interval else "")
+
+
+def _against_best(result: SweepResult) -> dict[str, str]:
+    """Each config's label → ``best``, ``tied (p = 0.41)`` or ``worse (p = 0.006)``."""
+    ranking = result.verdict.ranking
+    if ranking is None:
+        return {}
+    cells = {ranking.best: "best"}
+    for c in ranking.comparisons:
+        cells[c.name] = ("tied" if c.tied else "worse") + f" ({format_p(c.p_holm)})"
+    return cells
 
 
 def leaderboard(result: SweepResult, seeds: int, limit: int = 10) -> Table:
     metric = result.metric
     ranked = sorted(result.candidates, key=lambda c: -c.mean(metric))
     keys = varying([c.config for c in result.candidates])
-    table = Table(title=f"head leaderboard (selection on {result.selection}, by {metric})")
-    for column in ("#", "head", f"val {metric}", f"test {metric}", "fit s"):
+    against = _against_best(result)
+    sizes = result.split_sizes
+    n_val = sizes.get("val") if result.selection == "val" else sizes.get("train")
+    table = Table(
+        title=f"head leaderboard (selection on {result.selection}, by {metric}; 95% intervals, "
+        f"val n={n_val}, test n={sizes.get('test', 0)})"
+    )
+    columns = ("#", "head", f"val {metric}", "vs best on val", f"test {metric}", "fit s")
+    for column in columns:
         table.add_column(column, justify="right" if column != "head" else "left")
     for rank, cand in enumerate(ranked[:limit], start=1):
         chosen = cand is result.best
+        name = cand.config.label(keys)
+        val = result.interval("val", cand)
+        test = result.interval("test", cand)
         table.add_row(
             str(rank),
-            ("[bold green]" if chosen else "") + cand.config.label(keys),
-            _fmt(cand.mean(metric), cand.std(metric), seeds),
-            _fmt(cand.mean(metric, "test"), cand.std(metric, "test"), seeds) if chosen else "",
+            ("[bold green]" if chosen else "") + name,
+            _fmt(cand.mean(metric), cand.std(metric), seeds, val),
+            against.get(name, ""),
+            _fmt(cand.mean(metric, "test"), cand.std(metric, "test"), seeds, test)
+            if chosen
+            else "",
             f"{sum(cand.fit_seconds):.2f}",
         )
     return table
@@ -67,25 +100,55 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
     out = console()
     out.print(leaderboard(result, seeds))
     if result.few_shot:
-        table = Table(title="few-shot (accuracy against examples per class)")
-        for column in ("shots", "per class", "split", "accuracy", "draws"):
+        table = Table(
+            title="few-shot (accuracy against examples per class; 95% interval over the draws "
+            "and the test images)"
+        )
+        for column in ("shots", "per class", "split", "accuracy", "± std of draws", "draws", "n"):
             table.add_column(column, justify="right")
         for p in result.few_shot:
             table.add_row(
-                str(p.shots), str(p.per_class), p.split, f"{p.mean:.4f} ± {p.std:.4f}", str(p.draws)
+                str(p.shots),
+                str(p.per_class),
+                p.split,
+                p.interval.format() if p.interval else f"{p.mean:.4f}",
+                f"{p.std:.4f}",
+                str(p.draws),
+                str(p.interval.n) if p.interval else "",
             )
         out.print(table)
     if result.few_shot_note:
         plain(result.few_shot_note)
-    best = result.best
-    test = best.test[0] if best.test else {}
-    extra = "  ".join(f"test {k}={v:.4f}" for k, v in test.items())
+    verdict = result.verdict
+    if verdict.ranking is not None:
+        plain(f"configs on the same {result.selection} images: {verdict.ranking}")
     keys = varying([c.config for c in result.candidates])
     refitted = " (refitted on train + val)" if result.trained_on == "train+val" else ""
-    plain(f"chosen: {best.config.label(keys)}{refitted}  {extra}")
+    plain(f"chosen: {result.best.config.label(keys)}{refitted}")
+    for split in ("val", "test"):
+        scored = verdict.intervals.get(split, {})
+        if scored:
+            plain(f"  {split}: " + "  ".join(f"{k} {v}" for k, v in scored.items()))
+    for line in verdict.warnings:
+        plain(f"warning: {line}")
+    if result.repeats is not None:
+        print_repeats(result.repeats)
     if result.refit_note:
         plain(result.refit_note)
     plain(f"run: {run.path}")
+
+
+def print_repeats(repeats: Repeats) -> None:
+    """Each metric over the splits, and how often each config was chosen."""
+    n = len(repeats.chosen)
+    plain(f"over {n} splits (re-drawn: {repeats.redrawn}; {repeats.seconds:.1f} s):")
+    for metric, interval in repeats.summary.items():
+        plain(
+            f"  test {metric} {interval.format()} ({interval.method}; "
+            f"std across splits {repeats.std[metric]:.3g})"
+        )
+    counts = Counter(repeats.chosen)
+    plain("  chosen: " + ", ".join(f"{label} ×{k}" for label, k in counts.most_common()))
 
 
 # The head options fit and compare share (compare runs fit for every dataset × backbone pair);

@@ -35,7 +35,9 @@ COLUMNS = (
     "seeds",
     "val_accuracy",
     "val_balanced_accuracy",
+    "val_n",
     "test_accuracy",
+    "test_n",
     "val_r2",
     "test_r2",
     "test_recall@1",
@@ -93,7 +95,7 @@ def results(
     table = Table(
         title=f"results: {len(grouped)} configs ({len(matching)} rows) from {runs_dir}"
         + (f" where {where}" if filters else "")
-        + f", by {sort}"
+        + f", by {sort}; scores with their 95% interval (the first seed's)"
         + "".join(f"\n{c}: {shown[0].get(c)}" for c in shared),
     )
     for column in columns:  # headers wrap at the underscores of the column names
@@ -103,7 +105,7 @@ def results(
             no_wrap=column == "run",
         )
     for row in shown:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+        table.add_row(*(_scored_cell(row, c) for c in columns))
     console().print(table)
     if len(shown) < len(grouped):
         plain(f"showing {len(shown)} of {len(grouped)}: raise --limit or narrow with --where")
@@ -196,6 +198,17 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     if isinstance(number, int | float) and not isinstance(number, bool):
         return (0, -number) if number == number else (2, 0)
     return (1, str(number)) if number not in (None, "") else (2, "")
+
+
+def _scored_cell(row: dict[str, Any], column: str) -> str:
+    """A score with its 95% interval where the row has one (``0.68 [0.53, 0.81]``: the CSV's
+    ``<column>_low`` and ``<column>_high``), any other cell as it is."""
+    low, high = row.get(f"{column}_low"), row.get(f"{column}_high")
+    if isinstance(low, _Spread) and isinstance(high, _Spread):
+        return f"{_cell(row.get(column))} [{low.mean:.2f}, {high.mean:.2f}]"
+    if column.endswith("_n") and isinstance(row.get(column), _Spread):
+        return f"{row[column].mean:.0f}"  # an image count, the same for every seed
+    return _cell(row.get(column))
 
 
 def _cell(value: Any) -> str:

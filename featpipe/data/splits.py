@@ -18,19 +18,23 @@ import numpy as np
 DEFAULT_FRACTIONS: dict[str, float] = {"val": 0.15, "test": 0.15}
 
 
-def _rank_key(relpath: str) -> bytes:
-    return hashlib.blake2b(relpath.encode("utf-8"), digest_size=8).digest()
+def _rank_key(relpath: str, salt: str = "") -> bytes:
+    key = salt.encode("utf-8")  # b"": the dataset's own split, as it has always been drawn
+    return hashlib.blake2b(relpath.encode("utf-8"), digest_size=8, key=key).digest()
 
 
 def stratified_split(
     relpaths: Sequence[str],
     strata: Sequence[object],
     fractions: dict[str, float] | None = None,
+    salt: str = "",
 ) -> list[str]:
     """Return ``'train'``, ``'val'`` or ``'test'`` for each path, stratified by ``strata``.
 
     ``strata`` is the class label for classification, or a binned target for regression.
     Classes too small to give every split one item keep the items in train first.
+    ``salt`` draws another split of the same shares (repeated splits: ``--repeats``), as
+    reproducibly and independently of row order as the default one.
     """
     fractions = DEFAULT_FRACTIONS if fractions is None else fractions
     if sum(fractions.values()) >= 1:
@@ -40,7 +44,7 @@ def stratified_split(
         groups[stratum].append(index)
     out = ["train"] * len(relpaths)
     for members in groups.values():
-        members.sort(key=lambda i: _rank_key(relpaths[i]))
+        members.sort(key=lambda i: _rank_key(relpaths[i], salt))
         n = len(members)
         start = 0
         for split, fraction in fractions.items():
@@ -57,14 +61,15 @@ HOLDOUT = 0.15
 
 
 def hold_out(
-    relpaths: Sequence[str], strata: Sequence[object], fraction: float = HOLDOUT
+    relpaths: Sequence[str], strata: Sequence[object], fraction: float = HOLDOUT, salt: str = ""
 ) -> list[bool]:
     """Which training items to hold out as validation data when a dataset has none.
 
     The fit stage (``--holdout``) and the fine-tune stage use this same rule, so a head fitted
     with a hold-out and then fine-tuned (LP-FT) is never validated on images it was trained on.
+    ``salt``: another draw of the same share (see :func:`stratified_split`).
     """
-    return [s == "val" for s in stratified_split(relpaths, strata, {"val": fraction})]
+    return [s == "val" for s in stratified_split(relpaths, strata, {"val": fraction}, salt)]
 
 
 def regression_strata(targets: Sequence[float], bins: int = 5) -> list[int]:

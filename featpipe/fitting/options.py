@@ -3,10 +3,11 @@ and those of a retrieval run (:class:`RetrievalOptions`), declared the same way.
 
 :class:`SweepOptions` is what ``featpipe.fit`` takes besides the heads (``grid``, ``head``) and
 the features (``ExtractOptions``): seeds, cross-validation folds, the val hold-out, few-shot
-shots and draws, the refit and the memory budget. ``featpipe fit`` and ``featpipe compare``
-generate their flags from it (:func:`cli.options.with_options`), and a compare experiment
-file's keys of the same names are read into it, so the three places that once repeated these
-options share one declaration. Torch-free, so the command line checks them at once.
+shots and draws, repeated splits, the refit and the memory budget. ``featpipe fit`` and
+``featpipe compare`` generate their flags from it (:func:`cli.options.with_options`), and a
+compare experiment file's keys of the same names are read into it, so the three places that
+once repeated these options share one declaration. Torch-free, so the command line checks
+them at once.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class SweepOptions:
         parse=parse_shots,
     )
     draws: int = option(5, constraint=Interval(1), help="Repeated draws per few-shot point.")
+    repeats: int = option(
+        1,
+        constraint=Interval(1),
+        help="Re-draw the splits R times and repeat selection and test on each (features "
+        "extracted once): mean, std and a 95% interval across splits. Data without fixed "
+        "splits re-draws train/val/test; a fixed test split re-draws the val carve-out.",
+    )
     refit: bool = option(
         True,
         help="After selection on val, fit the chosen config again on train + val, and test "

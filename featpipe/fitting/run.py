@@ -11,19 +11,31 @@ sweep's result, so the runs package never reaches up into fitting for it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from featpipe.fitting.verdict import Verdict, assess, intervals
 from featpipe.heads import metrics
-from featpipe.heads.config import HeadConfig
+from featpipe.heads.config import HeadConfig, varying
 from featpipe.heads.fitted import FittedHead
-from featpipe.runs.metrics import Calibration, FewShotPoint, Predictions, RunMetrics, Scores
+from featpipe.runs.metrics import (
+    Calibration,
+    FewShotPoint,
+    Predictions,
+    Repeats,
+    RunMetrics,
+    Scores,
+)
+from featpipe.runs.predictions import FILE as PREDICTIONS_FILE
+from featpipe.runs.predictions import RunPredictions
 from featpipe.runs.record import Run, write_run
+from featpipe.stats import Interval
 
 
-@dataclass
+@dataclass(eq=False)  # identity: candidates hold heads and output arrays, compared by who they are
 class Candidate:
     """One config across seeds: its validation scores and (for the winner) test scores."""
 
@@ -33,6 +45,9 @@ class Candidate:
     fit_seconds: list[float] = field(default_factory=list)
     histories: list[dict[str, list[float]]] = field(default_factory=list)
     heads: list[FittedHead] = field(default_factory=list)
+    # the first seed's raw outputs on the images selection scored it on (the val rows, or the
+    # train rows out of fold), for intervals and paired comparisons between configs
+    val_outputs: np.ndarray | None = None
 
     def mean(self, metric: str, split: str = "val") -> float:
         scores = self.val if split == "val" else self.test
@@ -73,22 +88,77 @@ class SweepResult:
     test_before_refit: list[dict[str, float]] = field(default_factory=list)
     # classification: the test calibration before and after temperature scaling
     calibration: Calibration | None = None
+    # per image: the chosen config on the selection images, the tested head on test
+    predictions: RunPredictions | None = None
+    # the same sweep over re-drawn splits (--repeats), when asked for
+    repeats: Repeats | None = None
 
     @property
     def metric(self) -> str:
         return metrics.primary(self.task)
 
+    @cached_property
+    def verdict(self) -> Verdict:
+        """Intervals, the configs compared on the selection images, and the warnings
+        (:func:`featpipe.fitting.verdict.assess`), computed once."""
+        p = self.predictions
+        if p is None:
+            return Verdict()
+        splits = {s: pred for s in ("val", "test") if (pred := p.on(s)) is not None}
+        selection = p.splits.get("val")
+        ranked = sorted(self.candidates, key=lambda c: -c.mean(self.metric))
+        keys = varying([c.config for c in self.candidates])
+        configs = {
+            c.config.label(keys): replace(selection, outputs=c.val_outputs).predictions(
+                p.task, p.n_classes
+            )
+            for c in ranked
+            if c.val_outputs is not None and selection is not None
+        }
+        return assess(splits, configs, self.metric)
+
+    @cached_property
+    def _config_intervals(self) -> list[dict[str, dict[str, Interval]]]:
+        """Per candidate, per split, its intervals: the chosen config's every metric on val and
+        test (first seed); every other config's selection metric on val from its own outputs
+        (the others would cost a bootstrap per config). Computed once."""
+        p = self.predictions
+        selection = p.splits.get("val") if p is not None else None
+        out: list[dict[str, dict[str, Interval]]] = []
+        for cand in self.candidates:
+            if cand is self.best:
+                out.append(self.verdict.intervals)
+            elif p is not None and selection is not None and cand.val_outputs is not None:
+                own = replace(selection, outputs=cand.val_outputs).predictions(p.task, p.n_classes)
+                out.append({"val": intervals(own, only=self.metric)})
+            else:
+                out.append({})
+        return out
+
+    def _intervals(self, split: str, cand: Candidate) -> dict[str, Interval]:
+        return self._config_intervals[self.candidates.index(cand)].get(split, {})
+
+    def interval(self, split: str, cand: Candidate) -> Interval | None:
+        """``cand``'s selection-metric interval on ``split`` (None: not scored there)."""
+        return self._intervals(split, cand).get(self.metric)
+
     def rows(self) -> list[dict[str, Any]]:
-        """Tidy rows: one per config × seed; test columns only for the chosen config."""
+        """Tidy rows: one per config × seed; test columns only for the chosen config. The
+        first seed's rows carry each score's n and 95% interval (``val_n``,
+        ``val_accuracy_low``, ``val_accuracy_high``: the selection metric for every config,
+        every metric for the chosen one, on val and test)."""
         out = []
         for cand in self.candidates:
             chosen = cand is self.best
+            bounds = {s: self._intervals(s, cand) for s in ("val", "test")}
             for i, scores in enumerate(cand.val):
                 seed = cand.config.seed + i
                 row: dict[str, Any] = replace(cand.config, seed=seed).to_dict()
                 row.update({f"val_{k}": v for k, v in scores.items()})
                 if chosen and i < len(cand.test):
                     row.update({f"test_{k}": v for k, v in cand.test[i].items()})
+                if i == 0:
+                    row.update(interval_columns(bounds))
                 row["fit_seconds"] = cand.fit_seconds[i] if i < len(cand.fit_seconds) else None
                 row["chosen"] = chosen
                 out.append(row)
@@ -135,7 +205,23 @@ class SweepResult:
             fit_seconds=self.seconds,
             n_configs=len(self.candidates),
             calibration=self.calibration,
+            intervals=self.verdict.intervals,
+            verdict=str(self.verdict.ranking) if self.verdict.ranking else "",
+            tied_with_best=self.verdict.ranking.tied if self.verdict.ranking else [],
+            warnings=self.verdict.warnings,
+            repeats=self.repeats,
         )
+
+
+def interval_columns(bounds: dict[str, dict[str, Interval]]) -> dict[str, Any]:
+    """``{split}_n`` and ``{split}_{metric}_low``/``_high`` for a tidy row."""
+    row: dict[str, Any] = {}
+    for split, scored in bounds.items():
+        for metric, interval in scored.items():
+            row[f"{split}_n"] = interval.n
+            row[f"{split}_{metric}_low"] = interval.low
+            row[f"{split}_{metric}_high"] = interval.high
+    return row
 
 
 def save_run(
@@ -165,6 +251,7 @@ def save_run(
         entries=entries,
         head=result.best_head,
         files=(
-            {"selection-head": result.selection_heads[0].save} if result.selection_heads else None
+            ({"selection-head": result.selection_heads[0].save} if result.selection_heads else {})
+            | ({PREDICTIONS_FILE: result.predictions.save} if result.predictions else {})
         ),
     )

@@ -17,6 +17,7 @@ from featpipe.errors import ArgumentError
 from featpipe.extraction.options import ExtractOptions, as_extract_options
 from featpipe.fitting.features import entry_records, load_feature_set, parse_feature_spec
 from featpipe.fitting.options import SweepOptions
+from featpipe.fitting.repeats import repeat
 from featpipe.fitting.run import SweepResult, save_run
 from featpipe.fitting.streaming import resolve_budget
 from featpipe.fitting.sweep import sweep
@@ -136,20 +137,33 @@ def fit(
             )
         assert results[0].views is not None  # extract(views=K) made them
         used, view_record = train_views(features, results[0].views, view_mode)
+    if options.repeats > 1 and views:
+        raise ArgumentError(
+            "repeats", "cannot re-draw the splits of augmented views (they follow train's rows)"
+        )
     if status:
-        status(Phase("fitting", f"fitting {len(configs)} head configs × {options.seeds} seeds"))
+        splits = f" × {options.repeats} splits" if options.repeats > 1 else ""
+        status(
+            Phase(
+                "fitting",
+                f"fitting {len(configs)} head configs × {options.seeds} seeds{splits}",
+            )
+        )
+    common = {"seeds": options.seeds, "cv": options.cv, "n_jobs": options.n_jobs}
     with training_on(heads_device):
         result = sweep(
             features,
             configs,
-            seeds=options.seeds,
-            cv=options.cv,
             shots=list(options.shots) if options.shots else None,
             draws=options.draws,
-            n_jobs=options.n_jobs,
             views=used,
             refit=options.refit,
+            **common,
         )
+        if options.repeats > 1:
+            result.repeats = repeat(
+                result, features, configs, options.repeats, refit=options.refit, **common
+            )
     entries, extract_seconds = entry_records(specs, results)
 
     def save() -> Run:
@@ -168,6 +182,7 @@ def fit(
                 "holdout": options.holdout,
                 "shots": list(options.shots) if options.shots else None,
                 "draws": options.draws,
+                "repeats": options.repeats,
                 "extract": {
                     k: str(v)
                     for k, v in ({"device": extraction.device} | given(extraction)).items()

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from featpipe import stats
 from featpipe.cache.entry import Features, FeatureSet
 from featpipe.errors import ArgumentError, DataError
 from featpipe.fitting import streaming
@@ -33,6 +34,7 @@ from featpipe.heads.stacked import group_key
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
 from featpipe.runs.metrics import Calibration, FewShotPoint, Predictions
+from featpipe.runs.predictions import RunPredictions, SplitOutputs
 from featpipe.runtime import distributed
 
 
@@ -95,10 +97,6 @@ def fit_grid(runs: list[HeadConfig], data: TrainData, n_jobs: int) -> list[Fitte
     return [heads[i] for i in range(len(runs))]
 
 
-def _score(head: FittedHead, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    return metrics.evaluate(head, X, y)
-
-
 def select(
     features: FeatureSet,
     configs: list[HeadConfig],
@@ -106,8 +104,13 @@ def select(
     cv: int = 5,
     n_jobs: int = -1,
     views: TrainViews | None = None,
+    cv_seed: int = 0,
 ) -> tuple[list[Candidate], str]:
     """Fit every config × seed on train; score on val (or by CV). Returns the candidates.
+
+    Each candidate keeps its first seed's raw outputs on the images it was scored on (the val
+    rows, or every train row out of fold: ``cv_seed`` shuffles the folds), so that configs can
+    be compared image by image.
 
     ``views``: augmented views of the train rows, in their order (each fold takes its own).
     A set larger than memory is trained and scored in chunks, and selects on the val split
@@ -125,17 +128,22 @@ def select(
     candidates = [Candidate(c) for c in configs]
     runs = [replace(c, seed=c.seed + s) for s in range(seeds) for c in configs]
     owner = [i for _ in range(seeds) for i in range(len(configs))]
+    y_val, n_classes = features.y[is_val], len(features.class_names)
     if is_val.any():
         heads = _fit(features, runs, n_jobs, views)
-        for i, head, scores in zip(owner, heads, _scored(heads, features, is_val), strict=True):
-            candidates[i].val.append(scores)
+        for r, (i, head, out) in enumerate(
+            zip(owner, heads, outputs(heads, features, is_val), strict=True)
+        ):
+            candidates[i].val.append(metrics.from_outputs(features.task, n_classes, y_val, out))
             candidates[i].fit_seconds.append(head.fit_seconds)
             candidates[i].histories.append(head.history)
             candidates[i].heads.append(head)
+            if r < len(configs):  # the first seed's outputs: what paired comparisons read
+                candidates[i].val_outputs = out
         return candidates, "val"
     train = _split_rows(features, "train")
     y = features.y[train.index]
-    folds = _folds(y, features.task, cv)
+    folds = _folds(y, features.task, cv, cv_seed)
     fold_scores: list[list[dict[str, float]]] = [[] for _ in runs]
     fold_seconds = np.zeros(len(runs))
     for fit_idx, val_idx in folds:
@@ -145,10 +153,14 @@ def select(
         data = TrainData(Xf, yf, Xv, yv, features.class_names, features.task, fold_views)
         heads = fit_grid(runs, data, n_jobs)
         held = Xv.gather()  # scored by every head: gathered once
-        n_classes = len(features.class_names)
         for r, (head, out) in enumerate(zip(heads, decision_functions(heads, held), strict=True)):
             fold_scores[r].append(metrics.from_outputs(features.task, n_classes, yv, out))
             fold_seconds[r] += head.fit_seconds
+            if r < len(configs):  # every train image scored once, out of fold
+                cand = candidates[owner[r]]
+                if cand.val_outputs is None:
+                    cand.val_outputs = np.zeros((len(train), out.shape[1]), out.dtype)
+                cand.val_outputs[val_idx] = out
         del held  # not held through the next fold's fit
     for r, i in enumerate(owner):
         names = fold_scores[r][0]
@@ -199,15 +211,6 @@ def outputs(
     yield from (np.concatenate(part) for part in parts)
 
 
-def _scored(
-    heads: list[FittedHead], features: FeatureSet, mask: np.ndarray
-) -> Iterator[dict[str, float]]:
-    """Every head's scores on the rows in ``mask``, head by head (see :func:`outputs`)."""
-    y, n_classes = features.y[mask], len(features.class_names)
-    for out in outputs(heads, features, mask):
-        yield metrics.from_outputs(features.task, n_classes, y, out)
-
-
 def sweep(
     features: FeatureSet,
     configs: list[HeadConfig],
@@ -218,6 +221,7 @@ def sweep(
     n_jobs: int = -1,
     views: TrainViews | None = None,
     refit: bool = True,
+    cv_seed: int = 0,
 ) -> SweepResult:
     """Choose the best config on validation data, then score it on test once.
 
@@ -227,7 +231,11 @@ def sweep(
     curve does not use them.
     ``refit``: after selection on a val split, fit the chosen config again on train + val and
     score that on test (see :func:`refit_reason` for when it cannot be). After CV the chosen
-    config is always fitted on the whole train split.
+    config is always fitted on the whole train split. ``cv_seed`` shuffles the CV folds.
+
+    The result keeps, per image, the chosen config's outputs on the images selection scored it
+    on and the tested head's on test (:class:`~featpipe.runs.predictions.RunPredictions`), and
+    every config's on the selection images: what intervals and paired comparisons read.
     """
     start = time.perf_counter()
     if not configs:
@@ -241,7 +249,7 @@ def sweep(
     _check(features)
     if not features.in_memory:
         streaming.refuse_unstreamable(features, configs)
-    candidates, selection = select(features, configs, seeds, cv, n_jobs, views)
+    candidates, selection = select(features, configs, seeds, cv, n_jobs, views, cv_seed)
     metric = metrics.primary(features.task)
     best = max(candidates, key=lambda c: (c.mean(metric), -configs.index(c.config)))
     for cand in candidates:  # keep curves, free the losing models (MLP grids are large)
@@ -264,11 +272,15 @@ def sweep(
     predictions = None
     calibrated = None
     before: list[dict[str, float]] = []
+    n_classes = len(features.class_names)
+    on_val = features.split == ("val" if selection == "val" else "train")
+    images = {"val": SplitOutputs(features.relpath[on_val], features.y[on_val], best.val_outputs)}
     if is_test.any():
         # one pass over test for both (a streamed entry is read once)
         tested = best.heads + selection_heads
         outs = list(outputs(tested, features, is_test))
-        n_classes, y_test = len(features.class_names), features.y[is_test]
+        y_test = features.y[is_test]
+        images["test"] = SplitOutputs(features.relpath[is_test], y_test, outs[0])
         scores = [metrics.from_outputs(features.task, n_classes, y_test, o) for o in outs]
         best.test, before = scores[: len(best.heads)], scores[len(best.heads) :]
         if features.task == "classification":
@@ -303,6 +315,7 @@ def sweep(
         selection_heads=selection_heads,
         test_before_refit=before,
         calibration=calibrated,
+        predictions=RunPredictions(features.task, n_classes, images),
     )
 
 
@@ -392,7 +405,9 @@ def plan_shots(
 def few_shot(
     features: Features, config: HeadConfig, shots: list[int | str], draws: int = 5
 ) -> list[FewShotPoint]:
-    """Accuracy against examples per class, on test (or val), over repeated draws.
+    """Accuracy against examples per class, on test (or val), over repeated draws, each point
+    with its 95% interval from the draws and the test set together
+    (:func:`featpipe.stats.few_shot_interval`).
 
     Shot counts above the smallest training class are left out (see :func:`plan_shots`).
     """
@@ -405,8 +420,9 @@ def few_shot(
         raise ArgumentError("shots", "need a test or val split to score on")
     val = features.where("val")
     curve = []
+    n_classes = len(features.class_names)
     for shot in plan_shots(shots, train.labels, features.class_names)[0]:
-        scores = []
+        scores, draws_predictions = [], []
         for draw in range(1 if shot == "all" else draws):
             idx = (
                 np.arange(len(train))
@@ -422,8 +438,16 @@ def few_shot(
                 features.task,
             )
             [head] = fit_heads([replace(config, seed=config.seed + draw)], data, n_jobs=1)
-            scores.append(_score(head, evaluation.X, evaluation.y)["accuracy"])
+            out = head.decision_function(evaluation.X)
+            scores.append(
+                metrics.from_outputs(features.task, n_classes, evaluation.y, out)["accuracy"]
+            )
+            draws_predictions.append(
+                stats.Predictions.from_outputs(features.task, n_classes, evaluation.y, out)
+            )
         per_class = int(np.bincount(train.labels).max()) if shot == "all" else int(shot)
         mean, std = float(np.mean(scores)), float(np.std(scores))
-        curve.append(FewShotPoint(shot, per_class, split, mean, std, len(scores), scores))
+        # the interval covers which images were drawn and the test set's own luck
+        interval = stats.few_shot_interval(draws_predictions, "accuracy")
+        curve.append(FewShotPoint(shot, per_class, split, mean, std, len(scores), scores, interval))
     return curve

@@ -69,7 +69,3 @@ def from_outputs(task: str, n_classes: int, y: np.ndarray, outputs: np.ndarray) 
         return regression(y, outputs[:, 0])
     # predict is the argmax of the outputs: one pass gives both
     return classification(y, outputs.argmax(axis=1), n_classes, outputs)
-
-
-def evaluate(head, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    return from_outputs(head.task, len(head.class_names), y, head.decision_function(X))

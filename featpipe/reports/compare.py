@@ -1,5 +1,10 @@
 """Backbone × dataset comparisons: extract what is missing, sweep heads, one leaderboard.
 
+Rows of one dataset are compared on the same test images (every fit run keeps its per-image
+predictions): :func:`standings` names the rows tied with the best and how much worse the others
+are (McNemar's exact test for accuracy, Holm across the table), and split by split when the
+runs were repeated (``repeats``); the pretrained − random gap gets its paired interval.
+
 An experiment file (TOML or YAML) describes the same comparison, so it can be rerun exactly::
 
     data = ["data/elpv", "data/fashion-1k"]
@@ -7,6 +12,7 @@ An experiment file (TOML or YAML) describes the same comparison, so it can be re
     seeds = 1
     holdout = 0.15          # optional: val share of train where a dataset has no val split
     shots = [1, 5, "all"]   # optional: a few-shot curve per pair
+    repeats = 10            # optional: the same selection and test on 10 re-drawn splits
     [sweep]
     head = ["linear", "logreg"]
     lr = [1e-3, 1e-2]
@@ -32,7 +38,18 @@ from featpipe.extraction.options import ExtractOptions, as_extract_options
 from featpipe.fitting.options import SweepOptions
 from featpipe.heads.config import parse_value
 from featpipe.options import declared
+from featpipe.runs.metrics import REDRAWN_ALL, Repeats
+from featpipe.runs.predictions import FILE as PREDICTIONS_FILE
+from featpipe.runs.predictions import RunPredictions, paired
 from featpipe.runs.record import DEFAULT_RUNS_DIR
+from featpipe.stats import (
+    Interval,
+    Predictions,
+    Ranking,
+    compare_splits_to_best,
+    compare_to_best,
+    paired_bootstrap,
+)
 
 # An experiment file's top-level keys of a sweep option are the sweep option (seeds, cv, …).
 SWEEP_KEYS = {o.name for o in declared(SweepOptions) if o.spec.cli}
@@ -99,6 +116,11 @@ def read_experiment(path: Path) -> Experiment:
 
 @dataclass
 class Row:
+    """One dataset × backbone pair: its chosen head, scores and run. ``val_interval`` and
+    ``test_interval``: the selection metric with its n and 95% interval (None for a run
+    that recorded none); ``gap``: pretrained − random on test, its paired interval in
+    ``gap_interval``."""
+
     dataset: str
     backbone: str
     chosen: str
@@ -110,6 +132,25 @@ class Row:
     fit_seconds: float
     run: str
     gap: float | None = None
+    val_interval: Interval | None = None
+    test_interval: Interval | None = None
+    macro_f1_interval: Interval | None = None
+    gap_interval: Interval | None = None
+    warnings: list[str] = field(default_factory=list)
+    repeats: Repeats | None = None
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A dataset's rows compared with its best: on the same test images (``ranking``:
+    McNemar exact for accuracy, the paired bootstrap otherwise, Holm across the table), and
+    split by split when every row was repeated over the same splits (``splits``). ``note``
+    says why a comparison could not be made."""
+
+    dataset: str
+    ranking: Ranking | None
+    splits: Ranking | None = None
+    note: str = ""
 
 
 def _random_twin(spec: str) -> str:
@@ -146,6 +187,7 @@ def compare(
             )
             best, metric = result.best, result.metric
             test = best.test[0] if best.test else {}
+            scored = run.metrics.intervals
             row = Row(
                 dataset=run.config["dataset"],
                 backbone=run.config["backbone"],
@@ -157,11 +199,91 @@ def compare(
                 extract_seconds=run.metrics.extract_seconds,
                 fit_seconds=result.seconds,
                 run=str(run.path),
+                val_interval=scored.get("val", {}).get(metric),
+                test_interval=scored.get("test", {}).get(metric),
+                macro_f1_interval=scored.get("test", {}).get("macro_f1"),
+                warnings=list(run.metrics.warnings),
+                repeats=run.metrics.repeats,
             )
             rows.append(row)
     by_key = {(r.dataset, r.backbone): r for r in rows}
     for row in rows:
+        if _random_twin(row.backbone) == row.backbone:
+            continue  # a random-init control has no gap to itself
         twin = by_key.get((row.dataset, _random_twin(row.backbone)))
         if twin is not None and twin is not row:
             row.gap = row.test - twin.test
+            pair = _paired_test([row, twin])
+            if pair is not None:
+                ours, theirs = pair
+                gap = paired_bootstrap(ours, theirs, row.metric)
+                row.gap_interval = gap.interval
     return rows
+
+
+def _paired_test(rows: list[Row]) -> list[Predictions] | None:
+    """The rows' test predictions, or None unless every run recorded them on the same test
+    images in the same order (the pairing of a paired test)."""
+    recorded = []
+    for row in rows:
+        path = Path(row.run) / PREDICTIONS_FILE
+        outputs = RunPredictions.load(path) if path.exists() else None
+        if outputs is None or "test" not in outputs.splits:
+            return None
+        recorded.append(outputs)
+    first = recorded[0].splits["test"]
+    if not all(paired(first, r.splits["test"]) for r in recorded[1:]):
+        return None
+    return [r.on("test") for r in recorded]  # type: ignore[misc]
+
+
+def row_names(rows: list[Row]) -> list[str]:
+    """Row names for a verdict: the backbone, numbered where one appears twice."""
+    seen: dict[str, int] = {}
+    names = []
+    for row in rows:
+        seen[row.backbone] = seen.get(row.backbone, 0) + 1
+        names.append(row.backbone + (f" ({seen[row.backbone]})" if seen[row.backbone] > 1 else ""))
+    return names
+
+
+def standings(rows: list[Row]) -> list[Standing]:
+    """Every dataset with two rows or more: its rows compared with the best (see
+    :class:`Standing`)."""
+    out = []
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        group = [r for r in rows if r.dataset == dataset]
+        if len(group) < 2:
+            continue
+        names = row_names(group)
+        predictions = _paired_test(group)
+        ranking, note = None, ""
+        if predictions is None:
+            note = "not every run recorded its predictions on the same test images"
+        else:
+            ranking = compare_to_best(dict(zip(names, predictions, strict=True)), group[0].metric)
+        out.append(Standing(dataset, ranking, _split_ranking(group, names), note))
+    return out
+
+
+def _split_ranking(group: list[Row], names: list[str]) -> Ranking | None:
+    """The rows paired split by split, when all were repeated over the same splits."""
+    repeats = [r.repeats for r in group]
+    if any(r is None for r in repeats):
+        return None
+    first = repeats[0]
+    assert first is not None
+    metric = group[0].metric
+    same = all(
+        r is not None and r.n_test == first.n_test and r.redrawn == first.redrawn for r in repeats
+    )
+    if not same or any(metric not in r.scores for r in repeats if r is not None):
+        return None
+    correct = {}
+    if first.redrawn == REDRAWN_ALL:
+        correct = {
+            "n_test": int(sum(first.n_test) / len(first.n_test)),
+            "n_train": int(sum(first.n_train) / len(first.n_train)),
+        }
+    scores = {name: r.scores[metric] for name, r in zip(names, repeats, strict=True) if r}
+    return compare_splits_to_best(scores, metric, **correct)

@@ -437,6 +437,39 @@ def _num(value: float | None) -> str:
     return "" if value is None or value != value else f"{value:.4f}"
 
 
+def _scored(run: Run, split: str, metric: str, value: float | None) -> str:
+    """``0.682 [0.53, 0.81]`` where the run recorded the interval, else the bare number."""
+    interval = run.metrics.intervals.get(split, {}).get(metric)
+    return interval.format() if interval is not None else _num(value)
+
+
+def _test_n(run: Run) -> str:
+    """The test images a run's scores rest on ('' where not recorded)."""
+    n = run.metrics.split_sizes.get("test")
+    return str(n) if n else ""
+
+
+def _trust_notes(runs: list[Run]) -> list[str]:
+    """Each run's verdict on its configs, repeated splits and warnings, one paragraph each."""
+    notes = []
+    for run in runs:
+        m, lines = run.metrics, []
+        if m.verdict:
+            lines.append(f"configs on the same {m.selection} images: {m.verdict}")
+        if m.repeats is not None:
+            lines += [
+                f"test {k} over {len(m.repeats.chosen)} re-drawn splits "
+                f"({m.repeats.redrawn}): {v.format()}, std {m.repeats.std[k]:.3g}"
+                for k, v in m.repeats.summary.items()
+            ]
+        lines += [f"warning: {w}" for w in m.warnings]
+        if lines:
+            name = f"{run.config.get('dataset')} · {run.config.get('backbone')}"
+            body = "<br>".join(html.escape(line) for line in lines)
+            notes.append(f"<p class='note'><b>{html.escape(name)}</b>: {body}</p>")
+    return notes
+
+
 def report(runs_dir: Path, out: Path) -> Path:
     """Write ``out/index.html`` and its PNGs; returns the HTML path."""
     runs = list_runs(runs_dir)
@@ -460,8 +493,9 @@ def report(runs_dir: Path, out: Path) -> Path:
                 r.config.get("kind", "fit"),
                 _head_cell(r),
                 r.metrics.selection,
-                _num(r.metrics.val.mean),
-                *(_num(r.metrics.test.averaged().get(s)) for s in SCORES[task]),
+                _scored(r, "val", r.metrics.metric, r.metrics.val.mean),
+                *(_scored(r, "test", s, r.metrics.test.averaged().get(s)) for s in SCORES[task]),
+                _test_n(r),
                 f"{len(pairs[(d, b)])}",
                 _run_link(r, out),
             ]
@@ -474,7 +508,14 @@ def report(runs_dir: Path, out: Path) -> Path:
             metric = "r2" if task == "regression" else "accuracy"
             header = ["dataset", "backbone", "kind", "chosen head", "selection", f"val {metric}"]
             tests = [f"test {s.replace('_', ' ')}" for s in SCORES[task]]
-            parts.append(_table(rows, [*header, *tests, "runs", "run"]))
+            parts.append(_table(rows, [*header, *tests, "test n", "runs", "run"]))
+            parts.append(
+                "<p class='note'>Scores with their 95% interval: Wilson for accuracy, a seeded "
+                "BCa bootstrap over the test images (2,000 resamples) for the others; n: the "
+                "test images they rest on. Runs written before intervals were recorded show "
+                "bare numbers.</p>"
+            )
+            parts += _trust_notes([r for r in best.values() if r.metrics.task == task])
     if searched:
         parts.append("<h2>Retrieval (test images as queries, no head)</h2>")
         parts.append(retrieval_table(searched, out))

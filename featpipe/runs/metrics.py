@@ -20,6 +20,8 @@ from typing import Any, Self
 
 import numpy as np
 
+from featpipe.stats import Interval
+
 FIT, FINETUNE = "fit", "finetune"
 # field metadata: recorded by runs of one kind only (and only they write it)
 _FIT_ONLY, _FINETUNE_ONLY = {"kind": FIT}, {"kind": FINETUNE}
@@ -73,6 +75,21 @@ class FewShotPoint(_Record):
     std: float
     draws: int
     scores: list[float]
+    # the mean's 95% interval over the draws and the test images (None: recorded before)
+    interval: Interval | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A point recorded without an interval is written as it was then."""
+        data = asdict(self)
+        return data if self.interval is not None else {k: data[k] for k in data if k != "interval"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FewShotPoint:
+        interval = data.get("interval")
+        return cls(
+            **{f.name: data[f.name] for f in fields(cls) if f.name != "interval"},
+            interval=_interval(interval) if interval else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +109,47 @@ class CamFigure(_Record):
     classes: list[str]
     grid: int  # cells a side of the final map the maps were computed from
     size: int  # input size the maps were computed at
+
+
+def _interval(data: Mapping[str, Any]) -> Interval:
+    return Interval(**{f.name: data[f.name] for f in fields(Interval) if f.name in data})
+
+
+def _intervals(data: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Interval]:
+    return {k: _interval(v) for k, v in (data or {}).items()}
+
+
+# what a repeat draws again (Repeats.redrawn)
+REDRAWN_ALL, REDRAWN_VAL, REDRAWN_FOLDS = "train/val/test", "val", "cv folds"
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """A fit repeated over re-drawn splits (``--repeats``): what each split chose and scored on
+    its test images, and every metric across the splits (mean, its interval, the standard
+    deviation across splits).
+
+    ``redrawn``: what was drawn again each time, ``train/val/test`` (data without fixed
+    splits), ``val`` (a fixed test split: the val carve-out) or ``cv folds`` (a fixed test
+    split and no val: the folds of cross-validation). Split 0 is the data's own split (the
+    run's head, predictions and intervals are its); split r ≥ 1 draws with seed r.
+    """
+
+    redrawn: str
+    chosen: list[str]
+    scores: dict[str, list[float]]  # metric → its test score on every split
+    n_test: list[int]
+    n_train: list[int]
+    summary: dict[str, Interval]  # metric → mean over splits, interval across splits
+    std: dict[str, float]  # metric → standard deviation across splits
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Repeats:
+        return cls(**{**data, "summary": _intervals(data.get("summary"))})
 
 
 @dataclass(frozen=True)
@@ -165,6 +223,16 @@ class RunMetrics:
     n_configs: int = field(default=1, metadata=_FIT_ONLY)
     # a fit's calibration on test, before and after temperature scaling (classification)
     calibration: Calibration | None = field(default=None, metadata=_FIT_ONLY)
+    # a fit's trust in its numbers (issue 24; absent before): per split (val: the chosen config
+    # as selection scored it; test: the run's head) every metric with its n and 95% interval;
+    # the configs compared with the best on the selection images ("A and B are tied; ..."),
+    # and those tied with it; the validation–test gap and below-chance warnings; the splits of
+    # --repeats. The per-image predictions they came from are in predictions.npz.
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict, metadata=_FIT_ONLY)
+    verdict: str = field(default="", metadata=_FIT_ONLY)
+    tied_with_best: list[str] = field(default_factory=list, metadata=_FIT_ONLY)
+    warnings: list[str] = field(default_factory=list, metadata=_FIT_ONLY)
+    repeats: Repeats | None = field(default=None, metadata=_FIT_ONLY)
     # a fine-tune's: its backbone; the best epoch (-1: none beat the start head) and which of
     # its weights were kept (raw, or ema: their moving average scored better on val); the
     # test-time augmentation of its val and test scores; the start head's val score, the share
@@ -223,14 +291,23 @@ class RunMetrics:
                 "start_val": data.get("start_val"),
                 "holdout": data.get("holdout"),
                 "cam_note": data.get("cam_note"),
+                "intervals": {
+                    split: _intervals(scores)
+                    for split, scores in (data.get("intervals") or {}).items()
+                },
+                "repeats": Repeats.from_dict(data["repeats"]) if data.get("repeats") else None,
             }
         )
 
 
 def _plain(value: Any) -> Any:
     """A field as JSON holds it."""
-    if isinstance(value, Scores | _Record | Calibration):
+    if isinstance(value, Scores | _Record | Calibration | Repeats):
         return value.to_dict()
+    if isinstance(value, Interval):
+        return asdict(value)
     if isinstance(value, list):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return value

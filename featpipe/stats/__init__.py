@@ -25,7 +25,13 @@ from featpipe.stats.fewshot import few_shot_interval
 from featpipe.stats.interval import Interval, wilson
 from featpipe.stats.paired import Difference, McNemar, mcnemar, paired_bootstrap
 from featpipe.stats.predictions import METRICS, Metric, Predictions
-from featpipe.stats.ranking import Comparison, Ranking, compare_to_best, holm
+from featpipe.stats.ranking import (
+    Comparison,
+    Ranking,
+    compare_splits_to_best,
+    compare_to_best,
+    holm,
+)
 from featpipe.stats.splits import SplitSummary, across_splits, paired_splits
 from featpipe.stats.trust import below_chance, chance_level, gap_warning
 
@@ -43,6 +49,7 @@ __all__ = [
     "below_chance",
     "bootstrap",
     "chance_level",
+    "compare_splits_to_best",
     "compare_to_best",
     "few_shot_interval",
     "gap_warning",

@@ -23,7 +23,8 @@ from featpipe.errors import ArgumentError
 from featpipe.stats.bootstrap import N_RESAMPLES, score
 from featpipe.stats.interval import Interval, check_confidence
 from featpipe.stats.paired import format_p, mcnemar, paired_bootstrap
-from featpipe.stats.predictions import Metric, Predictions
+from featpipe.stats.predictions import METRICS, Metric, Predictions
+from featpipe.stats.splits import across_splits, paired_splits
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -158,3 +159,42 @@ def compare_to_best(
         for name, (worse_by, p, test), p_holm in zip(others, tests, adjusted, strict=True)
     )
     return Ranking(m, best, scores[best], comparisons, alpha)
+
+
+def compare_splits_to_best(
+    rows: Mapping[str, Sequence[float]],
+    metric: str,
+    *,
+    n_test: int | None = None,
+    n_train: int | None = None,
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+) -> Ranking:
+    """:func:`compare_to_best` over repeated splits: ``rows`` maps a name to its score on
+    each of the same R splits. Each row's score is :func:`across_splits`' mean and interval,
+    each comparison :func:`paired_splits`' paired t over the per-split differences (with
+    Nadeau & Bengio's correction given ``n_test`` and ``n_train``), Holm across the table."""
+    if len(rows) < 2:
+        raise ArgumentError("rows", f"{len(rows)} given: a comparison needs at least two")
+    if metric not in METRICS:
+        raise ArgumentError("metric", f"{metric}: choose one of {', '.join(METRICS)}")
+    if not 0 < alpha < 1:
+        raise ArgumentError("alpha", f"{alpha}: give a level between 0 and 1, e.g. 0.05")
+    m = METRICS[metric]
+    options = {"n_test": n_test, "n_train": n_train, "confidence": confidence}
+    summaries = {name: across_splits(values, **options) for name, values in rows.items()}
+    sign = 1 if m.higher_is_better else -1
+    best = max(rows, key=lambda name: sign * summaries[name].mean)
+    others = [name for name in rows if name != best]
+    differences = []
+    for name in others:
+        a, b = (best, name) if m.higher_is_better else (name, best)
+        differences.append(paired_splits(rows[a], rows[b], **options))
+    adjusted = holm([d.p for d in differences])
+    comparisons = tuple(
+        Comparison(
+            name, best, m, summaries[name].interval, d.interval, d.p, p_holm, d.test, p_holm > alpha
+        )
+        for name, d, p_holm in zip(others, differences, adjusted, strict=True)
+    )
+    return Ranking(m, best, summaries[best].interval, comparisons, alpha)

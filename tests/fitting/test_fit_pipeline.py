@@ -186,9 +186,12 @@ def test_compare_two_datasets_two_backbones_with_random_control(tmp_path, capsys
     assert main(["compare", "--experiment", str(experiment)]) == 0
     out = capsys.readouterr().out
     assert "backbone × dataset leaderboard" in out
-    assert out.count("set-a") == 2 and out.count("set-b") == 2
+    table = [line for line in out.splitlines() if line.startswith("│")]
+    assert sum("set-a" in r for r in table) == 2 and sum("set-b" in r for r in table) == 2
+    # each dataset's rows compared on the same test images, below the table
+    assert "set-a, on the same " in out and "set-b, on the same " in out
     assert "pretrained − random" in out
-    gaps = [line for line in out.splitlines() if "tf_efficientnet_lite0 " in line]
+    gaps = [line for line in table if "tf_efficientnet_lite0 " in line]
     assert len(gaps) == 2 and all(any(c.isdigit() for c in g.split("│")[7]) for g in gaps)
     assert (
         main(["report", "--runs-dir", str(tmp_path / "runs"), "-o", str(tmp_path / "report")]) == 0
@@ -225,7 +228,8 @@ def test_compare_on_the_command_line_takes_several_values(tmp_path, capsys) -> N
         ]
     )
     assert code == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if "@none" in line]
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if "@none" in line and line.startswith("│")]
     assert len(rows) == 4
 
 

@@ -49,6 +49,26 @@ FIT = OLD_FIT | {
     "test_predictions": {"true": [1.0, 2.0], "predicted": [1.5, 2.5]},
     "calibration": None,  # a regression run's; classification: see the calibration test
 }
+R2 = {"estimate": 0.5, "low": 0.1, "high": 0.8, "n": 2, "method": "bootstrap BCa"}
+SPLITS = {"estimate": 0.55, "low": 0.4, "high": 0.7, "n": 2, "method": "t over 2 splits"}
+# ... and since issue 24: every score's n and interval, the configs' verdict, the warnings and
+# the repeated splits.
+FIT_WITH_INTERVALS = FIT | {
+    "intervals": {"test": {"r2": R2 | {"confidence": 0.95, "unit": "images"}}},
+    "verdict": "a and b are tied",
+    "tied_with_best": ["a", "b"],
+    "warnings": ["r2: validation and test differ"],
+    "repeats": {
+        "redrawn": "train/val/test",
+        "chosen": ["a", "b"],
+        "scores": {"r2": [0.5, 0.6]},
+        "n_test": [2, 2],
+        "n_train": [8, 8],
+        "summary": {"r2": SPLITS | {"confidence": 0.95, "unit": "splits"}},
+        "std": {"r2": 0.07},
+        "seconds": 1.0,
+    },
+}
 # The first fine-tune runs (5f2755b): no backbone, start score, hold-out, precision or CAM notes.
 OLD_FINETUNE = {
     "task": "classification",
@@ -117,7 +137,22 @@ def test_a_fine_tune_that_recorded_its_cam_figure_under_cam_reads_both() -> None
     assert none.cam == "" and none.cam_figure is None
 
 
-@pytest.mark.parametrize(("kind", "record"), [("fit", FIT), ("finetune", FINETUNE)])
+def test_a_fit_before_intervals_reads_without_them() -> None:
+    metrics = RunMetrics.from_dict(FIT)
+    assert metrics.intervals == {} and metrics.repeats is None and metrics.warnings == []
+    again = metrics.to_dict()
+    assert {k: again[k] for k in FIT} == FIT
+
+
+def test_intervals_and_repeats_read_as_their_types() -> None:
+    metrics = RunMetrics.from_dict(FIT_WITH_INTERVALS)
+    r2 = metrics.intervals["test"]["r2"]
+    assert (r2.estimate, r2.low, r2.high, r2.n) == (0.5, 0.1, 0.8, 2)
+    assert metrics.repeats is not None and metrics.repeats.summary["r2"].unit == "splits"
+    assert metrics.repeats.scores == {"r2": [0.5, 0.6]}
+
+
+@pytest.mark.parametrize(("kind", "record"), [("fit", FIT_WITH_INTERVALS), ("finetune", FINETUNE)])
 def test_today_s_records_round_trip_with_exactly_their_keys(kind: str, record: dict) -> None:
     metrics = RunMetrics.from_dict(json.loads(json.dumps(record)))
     assert metrics.to_dict(kind) == record  # the same keys and values: other tools read them

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from featpipe.errors import ArgumentError
-from featpipe.stats import Predictions, compare_to_best, holm, mcnemar, paired_bootstrap
+from featpipe.stats import (
+    Predictions,
+    compare_splits_to_best,
+    compare_to_best,
+    holm,
+    mcnemar,
+    paired_bootstrap,
+)
 from oracles import classifier
 
 
@@ -128,3 +135,32 @@ def test_a_difference_that_holm_does_not_carry_across_the_table_is_a_tie() -> No
     b_in_table = {c.name: c for c in ranking.comparisons}["B"]
     assert b_in_table.p == b_alone.p and b_in_table.p_holm == pytest.approx(3 * b_alone.p)
     assert b_in_table.tied and str(ranking) == "A, B, C and D are tied"
+
+
+def test_compare_splits_to_best_is_holm_over_paired_t_tests() -> None:
+    """Oracle: scipy's paired t-test over the per-split differences, Holm across the table."""
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(4)
+    base = rng.normal(0.8, 0.02, 10)
+    rows = {
+        "A": base + 0.03,
+        "B": base + 0.03 + rng.normal(0, 0.005, 10),
+        "C": base + rng.normal(0, 0.005, 10),
+    }
+    ranking = compare_splits_to_best(rows, "accuracy")
+    best = ranking.best
+    assert best in ("A", "B") and ranking.best_score.n == 10
+    raw = {c.name: ttest_rel(rows[best], rows[c.name]).pvalue for c in ranking.comparisons}
+    adjusted = dict(zip(raw, holm(list(raw.values())), strict=True))
+    for c in ranking.comparisons:
+        assert c.p == pytest.approx(raw[c.name]) and c.p_holm == pytest.approx(adjusted[c.name])
+    by_name = {c.name: c for c in ranking.comparisons}
+    assert not by_name["C"].tied and by_name["C"].worse_by.low > 0
+    assert "C is worse by" in str(ranking)
+    same = compare_splits_to_best({"x": list(base), "y": list(base)}, "accuracy")
+    assert same.comparisons[0].p == 1 and same.comparisons[0].tied
+    # the corrected t (Nadeau & Bengio) is wider than the plain one
+    wide = compare_splits_to_best(rows, "accuracy", n_test=100, n_train=400)
+    w = {c.name: c.worse_by for c in wide.comparisons}
+    assert all(w[n].high - w[n].low > by_name[n].worse_by.high - by_name[n].worse_by.low for n in w)
