@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from featpipe.errors import FeatpipeError
@@ -61,46 +62,70 @@ def _against(standings: list[Standing]) -> dict[tuple[str, str], str]:
     return cells
 
 
-def leaderboard(rows: list[Row], standings: list[Standing] | None = None) -> Table:
-    metric = rows[0].metric if rows else "accuracy"
+# Below this width a score's interval goes under it (two lines a row, not a truncated cell);
+# at and above WIDE the table adds macro-F1 and the time.
+ONE_LINE, WIDE = 110, 150
+
+
+def leaderboards(
+    rows: list[Row], standings: list[Standing] | None = None, width: int = 80
+) -> list[Table]:
+    """One table per dataset, its rows compared on the same test images, that fits ``width``.
+
+    Names fold rather than shrink to an ellipsis, and a score never loses its interval: below
+    :data:`ONE_LINE` columns the interval goes on a second line, and the optional columns
+    (macro-F1, time) appear from :data:`WIDE` up. The dataset and its test n are in the title.
+    """
     against = _against(standings or [])
-    table = Table(
-        title=f"backbone × dataset leaderboard (by val {metric}; scores with their 95% interval, "
-        "on n test images; vs random: pretrained − random init, in points)"
-    )
-    for column in (
-        "dataset",
-        "backbone",
-        "best head",
-        f"val {metric}",
-        f"test {metric}",
-        "test macro-F1",
-        "vs random",
-        "n",
-        "vs best",
-        "time s",
-    ):
-        left = column in ("dataset", "backbone", "best head")
-        # scores keep their interval on one line; names wrap when the table is too wide
-        table.add_column(column, justify="left" if left else "right", no_wrap=not left)
-    names = {}
+    stacked, wide = width < ONE_LINE, width >= WIDE
+    tables = []
     for dataset in dict.fromkeys(r.dataset for r in rows):
-        group = [r for r in rows if r.dataset == dataset]
-        names.update({id(r): n for r, n in zip(group, row_names(group), strict=True)})
-    for row in sorted(rows, key=lambda r: (r.dataset, -r.val)):
-        table.add_row(
-            row.dataset,
-            row.backbone,
-            row.chosen,
-            _score(row.val, row.val_interval),
-            _score(row.test, row.test_interval),
-            _score(row.macro_f1, row.macro_f1_interval),
-            _gap(row),
-            str(row.test_interval.n) if row.test_interval else "",
-            against.get((row.dataset, names[id(row)]), ""),
-            f"{_num(row.extract_seconds, 1)}+{_num(row.fit_seconds, 1)}",  # extract + fit
+        group = sorted((r for r in rows if r.dataset == dataset), key=lambda r: -r.val)
+        names = dict(zip(map(id, group), row_names(group), strict=True))
+        metric = group[0].metric
+        sizes = {r.test_interval.n for r in group if r.test_interval}
+        n = f", on {sizes.pop()} test images" if len(sizes) == 1 else ""
+        table = Table(
+            title=f"{dataset}: backbones by val {metric} (95% intervals{n})",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
         )
-    return table
+        columns = ["backbone", "best head", f"val\n{metric}", f"test\n{metric}"]
+        columns += ["vs\nbest", "vs random\n(points)"]
+        columns += ["test\nmacro-F1", "time s"] if wide else []
+        columns += ["n"] if not n else []
+        for column in columns:
+            name = column in ("backbone", "best head")  # names fold; scores keep their lines
+            table.add_column(
+                column, justify="left" if name else "right", overflow="fold", no_wrap=not name
+            )
+
+        def stack(text: str, at: str) -> str:
+            """``text`` with what follows ``at`` on a second line, in the narrow layout."""
+            return text.replace(at, "\n" + at[1:], 1) if stacked else text
+
+        def score(value: float, interval: Interval | None) -> str:
+            return stack(_score(value, interval), " [")
+
+        for row in group:
+            cells = [
+                row.backbone,
+                row.chosen,
+                score(row.val, row.val_interval),
+                score(row.test, row.test_interval),
+                stack(against.get((dataset, names[id(row)]), ""), " ("),
+                stack(_gap(row), " ["),
+            ]
+            if wide:
+                cells += [
+                    score(row.macro_f1, row.macro_f1_interval),
+                    f"{_num(row.extract_seconds, 1)}+{_num(row.fit_seconds, 1)}",  # extract + fit
+                ]
+            if not n:
+                cells.append(str(row.test_interval.n) if row.test_interval else "")
+            table.add_row(*cells)
+        tables.append(table)
+    return tables
 
 
 def print_verdicts(rows: list[Row], standings: list[Standing]) -> None:
@@ -176,5 +201,7 @@ def compare(
             status=bar.status,
         )
     ranked = standings(rows)
-    console().print(leaderboard(rows, ranked))
+    out = console()
+    for table in leaderboards(rows, ranked, out.width):
+        out.print(table)
     print_verdicts(rows, ranked)

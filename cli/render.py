@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -24,11 +25,11 @@ def console(stderr: bool = False) -> Console:
     """A console bound to the current stdout/stderr (created per call, so tests capture it).
 
     Piped or captured output gets a wide virtual terminal, so tables are not squeezed to 80
-    columns in logs. Emoji codes are off: a value such as ``--progressive 0:abc`` must print as
-    written, not with ``:abc:`` turned into a picture.
+    columns in logs, unless ``COLUMNS`` says how wide it is. Emoji codes are off: a value such
+    as ``--progressive 0:abc`` must print as written, not with ``:abc:`` turned into a picture.
     """
     probe = Console(stderr=stderr)
-    width = None if probe.is_terminal else 160
+    width = None if probe.is_terminal or os.environ.get("COLUMNS") else 160
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, emoji=False)
 
 
