@@ -67,6 +67,7 @@ from bench_extract import naive_recipe
 
 import featpipe.cache.journals as journals
 import featpipe.data.loader as loader
+import featpipe.data.tensor_decode as tensor_decode
 import featpipe.data.transforms as transforms
 import featpipe.extraction.fill as fill
 import featpipe.extraction.rows as rows
@@ -351,6 +352,7 @@ class Stopwatch:
             (journals.Journal, "append", "journal write"),
             (journals, "seal", "HDF5 seal"),
             (loader, "collate", "collate"),
+            (tensor_decode, "pil_collate", "collate"),  # the exact path's collate, as bound there
             (rows, "screen", "screening"),
             (Transaction, "commit", "commit"),
         ]

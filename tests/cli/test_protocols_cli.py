@@ -3,6 +3,7 @@ own command, calibration in every classification run; bad values are one-line er
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tree(root, classes=("a", "b", "c"), per_class=5, split="test", seed=2)
 
 
-def featpipe(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True)
+def featpipe(*args: object, columns: int | None = None) -> subprocess.CompletedProcess:
+    """The console script; ``columns`` sets the width tables are laid out for."""
+    env = os.environ | ({"COLUMNS": str(columns)} if columns else {})
+    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, env=env)
 
 
 def test_dinov2_knn_sweep_and_calibration_through_fit(dataset, tmp_path) -> None:
@@ -50,7 +53,7 @@ def test_retrieve_prints_a_leaderboard_and_saves_runs(dataset, tmp_path) -> None
     runs = list_runs(tmp_path / "runs")
     assert sorted(r.config["backbone"] for r in runs) == ["resnet18@none", "test_efficientnet@none"]
     assert all(r.config["kind"] == "retrieval" for r in runs)
-    listed = featpipe("results", "--runs-dir", tmp_path / "runs")
+    listed = featpipe("results", "--runs-dir", tmp_path / "runs", columns=300)  # headers unwrapped
     assert listed.returncode == 0 and "test recall@1" in listed.stdout
     assert "test map@r" in listed.stdout and "gallery: test" in listed.stdout
 
