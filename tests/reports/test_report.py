@@ -175,14 +175,14 @@ def test_curves_mark_the_selected_epoch_and_name_the_refit(
 ) -> None:
     """The dotted line is the epoch selection scored (the last, without early stopping), and a
     refitted run's plot says the saved head was trained again on train + val."""
-    from featpipe.reports import report as report_module
+    from featpipe.reports import plots
     from featpipe.runs.record import list_runs
 
     figures = []
-    monkeypatch.setattr(report_module, "_save", lambda fig, out, name: figures.append(fig) or name)
+    monkeypatch.setattr(plots, "_save", lambda fig, out, name: figures.append(fig) or name)
     [run] = [r for r in list_runs(runs) if r.metrics.task != "regression"]
     assert run.metrics.trained_on == "train+val"
-    assert report_module.curves_plot(run, tmp_path, 0) is not None
+    assert plots.curves_plot(run, tmp_path, 0) is not None
     [fig] = figures
     epochs = len(run.curves()[0]["history"]["val_metric"])
     for ax in fig.axes:
