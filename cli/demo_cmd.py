@@ -36,7 +36,9 @@ def demo(
         run, sweep = fit(
             root,
             backbone,
-            grid={"head": ["linear", "logreg"], "lr": [1e-3, 1e-2]},
+            # the linear head at its defaults (the default sweep's recipe) with three weight
+            # decays, beside scikit-learn's logistic regression on standardised features
+            grid={"head": ["linear", "logreg"], "wd": [0.0, 1e-2, 0.1]},
             runs_dir=runs_dir,
             extract_options=options,
             status=bar.status,
