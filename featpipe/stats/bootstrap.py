@@ -23,12 +23,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr, ndtri
 
 from featpipe.errors import ArgumentError
 from featpipe.stats.interval import Interval, check_confidence, wilson
 from featpipe.stats.kernels import Atoms, kernel
 from featpipe.stats.predictions import Metric, Predictions
+from featpipe.stats.special import ndtr, ndtri
 
 N_RESAMPLES = 2000
 # Fewer resamples leave each 2.5% tail to a handful of values (25 at 1,000).

@@ -28,12 +28,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import ndtri, stdtrit
 
 from featpipe.errors import ArgumentError
 from featpipe.stats.bootstrap import N_RESAMPLES, resample
 from featpipe.stats.interval import Interval, check_confidence
 from featpipe.stats.predictions import Predictions
+from featpipe.stats.special import ndtri, stdtrit
 
 
 def few_shot_interval(

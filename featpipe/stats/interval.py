@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy.special import ndtri
-
 from featpipe.errors import ArgumentError
+from featpipe.stats.special import ndtri
 
 
 @dataclass(frozen=True)

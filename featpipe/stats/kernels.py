@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from scipy import sparse
 
 from featpipe.heads.metrics import two_class_margin
 from featpipe.stats.predictions import Metric, Predictions
+from featpipe.stats.special import sparse
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class Sums:
         out = []
         for start in range(0, self.per_atom.shape[0], rows):
             block = self.per_atom[start : start + rows]
-            out.append(self.finish(full - (block.toarray() if sparse.issparse(block) else block)))
+            out.append(self.finish(full - (block.toarray() if sparse().issparse(block) else block)))
         return np.concatenate(out)
 
 
@@ -111,7 +111,7 @@ def _confusion(name: str, y: np.ndarray, pred: np.ndarray, k: int, counts: np.nd
     # columns [0, k): true positives; [k, 2k): true counts; [2k, 3k): predicted counts
     rows = np.concatenate([atom[hit], atom, atom])
     cols = np.concatenate([y[hit], k + y, 2 * k + pred])
-    per_atom = sparse.csr_array((np.ones(len(rows)), (rows, cols)), shape=(len(y), 3 * k))
+    per_atom = sparse().csr_array((np.ones(len(rows)), (rows, cols)), shape=(len(y), 3 * k))
 
     def finish(sums: np.ndarray) -> np.ndarray:
         tp, t, p = sums[:, :k], sums[:, k : 2 * k], sums[:, 2 * k :]

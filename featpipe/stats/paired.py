@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import bdtr
 
 from featpipe.errors import ArgumentError
 from featpipe.stats.bootstrap import N_RESAMPLES, resample
 from featpipe.stats.interval import Interval, check_confidence
 from featpipe.stats.predictions import Predictions
+from featpipe.stats.special import bdtr
 
 
 def format_p(p: float) -> str:

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import stdtr, stdtrit
 
 from featpipe.errors import ArgumentError
 from featpipe.stats.interval import Interval, check_confidence
 from featpipe.stats.paired import Difference
+from featpipe.stats.special import stdtr, stdtrit
 
 
 @dataclass(frozen=True)
