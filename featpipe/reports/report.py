@@ -223,7 +223,13 @@ def report(runs_dir: Path, out: Path) -> Path:
         parts += [f"<img src='{f}' alt='heatmap'>" for f in figures]
     figure = plots.few_shot_plot([r for group in pairs.values() for r in group], out)
     if figure:
-        parts.append(f"<h2>Few-shot curves</h2><img src='{figure}' alt='few-shot curves'>")
+        parts.append(
+            f"<h2>Few-shot curves</h2><img src='{figure}' alt='few-shot curves'><p class='note'>"
+            "Each point: the mean accuracy over the draws of that many training images per "
+            "class; its bar, the 95% interval over the draws (t) and the test images (bootstrap), "
+            "added in quadrature (a point of one draw: the test images alone). Runs recorded "
+            "before intervals show ± the draws' standard deviation, and say so.</p>"
+        )
     index = 0
     for (dataset, backbone), group in pairs.items():
         section = [f"<h2>{html.escape(dataset)} · {html.escape(backbone)}</h2>"]
