@@ -412,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--smoke", action="store_true", help="toy data and the tiny test model")
     args = parser.parse_args(argv)
+    args.command = " ".join(["python benchmarks/bench_probe.py", *(argv or sys.argv[1:])])
     if args.prepare:
         print("\n".join(map(str, prepare(args.prepare))))
         return
@@ -432,7 +433,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     setup = {"backbone": backbone, "extract": extract_options | {"cache_dir": args.cache_dir}}
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python benchmarks/bench_probe.py " + " ".join(sys.argv[1:]),
+        "command": args.command,
         "backbone": "tiny random-init test model, 32 px (smoke)"
         if args.smoke
         else "tf_efficientnet_lite0, offline weights, 224 px, fp32, avg pool (1280-d)",

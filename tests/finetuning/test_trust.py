@@ -93,7 +93,7 @@ def test_a_fine_tune_records_its_predictions_and_every_score_with_n_and_interval
     )
     # the labels are the dataset's: the image's folder
     classes = m.class_names
-    assert all(classes[y] == Path(p).parent.name for p, y in zip(test.relpath, test.y))
+    assert all(classes[y] == Path(p).parent.name for p, y in zip(test.relpath, test.y, strict=True))
     [row] = run.rows()
     assert row["test_n"] == m.split_sizes["test"]
     assert row["test_accuracy_low"] == pytest.approx(m.intervals["test"]["accuracy"].low)
