@@ -15,7 +15,8 @@ the heads took for one split and for R; and how the ranking by one split's test 
 differs from the ranking by the mean over R splits.
 
     .venv/bin/python benchmarks/bench_intervals.py WORK --json benchmarks/results/intervals.json
-    .venv/bin/python benchmarks/bench_intervals.py WORK --datasets elpv300 fashion
+    .venv/bin/python benchmarks/bench_intervals.py WORK --datasets elpv fashion \
+        --json benchmarks/results/intervals.json   # adds to the datasets the file holds
     .venv/bin/python benchmarks/bench_intervals.py WORK --smoke   # tiny, random weights: mechanics
 
 Datasets (``featpipe datasets prepare``, written under WORK): ``elpv300`` (ELPV, 150 per class:
@@ -56,15 +57,19 @@ DATASETS: dict[str, tuple[str, int | None, float]] = {
 SMOKE_BACKBONES = ["test_efficientnet@none", "test_resnet@none"]
 
 
-def smoke_data(work: Path) -> Path:
-    """Two classes of random 32 px images (no fixed splits): mechanics only."""
-    root = work / "smoke"
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(20):
-            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{label}_{i:02d}.png")
+def smoke_data(work: Path, fixed: bool = False) -> Path:
+    """Two classes of random 32 px images: mechanics only. Without ``fixed`` no splits (as
+    ``elpv300`` and ``elpv``: repeats re-draw train/val/test); with it fixed ``train/`` and
+    ``test/`` folders and no val (as ``fashion``: a hold-out carves val, repeats re-draw it)."""
+    root = work / ("smoke-fixed" if fixed else "smoke")
+    rng = np.random.default_rng(1 if fixed else 0)
+    folders = {"train": 16, "test": 8} if fixed else {"": 20}
+    for split, count in folders.items():
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"{label}_{i:02d}.png")
     return root
 
 
@@ -173,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work
     cache = work / "cache"
     results = []
-    if args.smoke:
+    if args.smoke:  # both layouts the real datasets have: no fixed splits, and fashion's
         extract = ExtractOptions(cache_dir=cache, image_size=32, precision="fp32",
                                  engine="torch", weights="none", workers=0)  # fmt: skip
-        results.append(measure("smoke", smoke_data(work), SMOKE_BACKBONES, 3, extract, work, 0.0))
+        for name, fixed, holdout in (("smoke", False, 0.0), ("smoke-fixed", True, 0.15)):
+            data = smoke_data(work, fixed)
+            results.append(measure(name, data, SMOKE_BACKBONES, 3, extract, work, holdout))
     else:
         extract = ExtractOptions(cache_dir=cache, image_size=args.image_size, precision="fp32")
         for name in args.datasets:  # each dataset's results are written as soon as they exist
@@ -190,9 +197,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write(results: list[dict[str, Any]], path: Path | None) -> None:
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1))
+    """Write ``results`` to ``path``, keeping the results of other datasets already there (a
+    run of ``--datasets elpv fashion`` adds to the ``elpv300`` measured before; a dataset
+    measured again replaces its old entry, in its place)."""
+    if not path:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = {r["dataset"]: r for r in results}
+    kept = json.loads(path.read_text()) if path.is_file() else []
+    merged = [new.pop(r["dataset"], r) for r in kept] + list(new.values())
+    path.write_text(json.dumps(merged, indent=1))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,26 @@ def finetune(
     if result.start_val is not None:  # a start score of 0.0 is a score too
         plain(f"start (the --from head): val {metric} {result.start_val:.4f}")
     tta = f" (test-time augmentation: {result.tta})" if result.tta != "none" else ""
-    plain(f"{kept}: val {metric} {result.val_score:.4f}, test {result.test_score:.4f}{tta}")
+    scores = [
+        f"{split} {metric} {interval or f'{value:.4f}'}"  # bare where it has no interval
+        for split, value, interval in (
+            ("val", result.val_score, result.interval("val")),
+            ("test", result.test_score, result.interval("test")),
+        )
+        if value == value  # NaN: not scored (no test split)
+    ]
+    plain(f"{kept}, with 95% intervals: {', '.join(scores)}{tta}")
+    trust = result.trust
+    for split, scored in trust.intervals.items():
+        others = [f"{k} {v.format()}" for k, v in scored.items() if k != metric]
+        if others:
+            plain(f"  {split}: " + "  ".join(others))
+    if trust.gain is not None:
+        plain(str(trust.gain))
+    elif trust.gain_note:
+        plain(trust.gain_note)
+    for line in trust.warnings:
+        plain(f"warning: {line}")
     if result.cam is not None:
         plain(f"CAM overlays ({', '.join(result.cam.classes)}): {run.path / result.cam.file}")
     elif result.cam_note:

@@ -2,9 +2,10 @@
 
 A fine-tune trains in its run directory (so ``out`` resumes from the checkpoint there); when
 training ends, the one run writer completes that directory in place with the same record a fit
-run has (``run.json``, ``metrics.json``, ``rows.csv``, ``curves.json``, ``head/``), plus the
-trained backbone's weights, so ``predict`` and ``export`` serve a fine-tune run as they serve a
-fit run.
+run has (``run.json``, ``metrics.json`` with every score's n and 95% interval, ``rows.csv``,
+``curves.json``, ``head/``, ``predictions.npz``), plus the trained backbone's weights, so
+``predict`` and ``export`` serve a fine-tune run as they serve a fit run, and ``results`` and
+the report show its scores with their intervals as a fit's (:mod:`featpipe.finetuning.trust`).
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ from featpipe.finetuning.checkpoint import BEST, CHECKPOINT
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
 from featpipe.finetuning.trainer import EpochProgress, Evaluation, Trainer
+from featpipe.finetuning.trust import Trust, assess_finetune
+from featpipe.fitting.run import interval_columns
 from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead
 from featpipe.heads.preprocess import Preprocessor
 from featpipe.runs.metrics import CamFigure, RunMetrics, Scores
+from featpipe.runs.predictions import FILE as PREDICTIONS_FILE
 from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, write_run
+from featpipe.stats import Interval
 
 BACKBONE_STATE = "backbone.safetensors"
 CAM_FILE = "cam.png"
@@ -73,6 +78,9 @@ class FinetuneResult:
     seconds: float
     cam: CamFigure | None
     cam_note: str | None  # why there is no cam.png
+    split_sizes: dict[str, int]  # train (after any hold-out), val and test images
+    # every score's n and interval per split, the warnings, the gain over the start head
+    trust: Trust
 
     @property
     def val_score(self) -> float:
@@ -81,6 +89,10 @@ class FinetuneResult:
     @property
     def test_score(self) -> float:
         return self.test.get(self.metric, float("nan"))
+
+    def interval(self, split: str) -> Interval | None:
+        """The selection metric's 95% interval on ``split`` (None: not scored there)."""
+        return self.trust.intervals.get(split, {}).get(self.metric)
 
     def to_metrics(self) -> RunMetrics:
         """The run's ``metrics.json``: the fields a fit run has, plus the fine-tune's own."""
@@ -107,6 +119,11 @@ class FinetuneResult:
             cam=self.cam.file if self.cam else "",  # the file, as run format 1 recorded it
             cam_figure=self.cam,
             cam_note=self.cam_note,
+            split_sizes=self.split_sizes,
+            intervals=self.trust.intervals,
+            warnings=self.trust.warnings,
+            gain=self.trust.gain,
+            gain_note=self.trust.gain_note,
         )
 
 
@@ -125,14 +142,15 @@ def draw_cam(trainer: Trainer, val: Evaluation, out: Path) -> CamFigure:
     Raises :class:`~featpipe.finetuning.cam.NotApplicable` when CAM does not apply.
     """
     dataset = trainer.plan.dataset
-    labels = np.array([i.label for i in trainer.plan.val])
+    # positions among the scored rows (an image that failed to decode has none)
+    labels = np.array([trainer.plan.val[i].label for i in val.index])
     rows = pick_tiles(labels, val.pred)
     indices = [i for row in rows for i in (*row.correct, *row.wrong)]
     trainer.model.eval()
     size, _ = cam_size(
         trainer.model.backbone, trainer.backbone.data_config["input_size"][-1], trainer.device
     )
-    images = _images(trainer, indices, size)
+    images = _images(trainer, [int(val.index[i]) for i in indices], size)
     x = trainer.normalize(images.to(trainer.device))
     classes = torch.as_tensor(val.pred[indices])
     maps = class_activation_maps(trainer.model.backbone, trainer.model.head, x, classes)
@@ -217,10 +235,20 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
     trainer.load_best()
     val = trainer.evaluate(plan.val, tta=config.tta)
     test = trainer.evaluate(plan.test, tta=config.tta) if plan.test else None
+    evaluations = {"val": val} | ({"test": test} if test is not None else {})
+    n_classes = len(dataset.class_names)
+    trust = assess_finetune(
+        {"val": plan.val, "test": plan.test},
+        evaluations,
+        dataset.task,
+        n_classes,
+        plan.metric,
+        plan.start.path if plan.start is not None else None,
+    )
     confusion = None
     if test is not None and dataset.task == "classification":
-        y = np.array([i.label for i in plan.test])
-        confusion = metrics.confusion(y, test.pred, len(dataset.class_names))
+        y = trust.predictions.splits["test"].y
+        confusion = metrics.confusion(y, test.pred, n_classes)
     cam, cam_note = _optional_cam(trainer, val)
     result = FinetuneResult(
         task=dataset.task,
@@ -241,6 +269,8 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         seconds=seconds,
         cam=cam,
         cam_note=cam_note,
+        split_sizes={"train": len(plan.train), "val": len(plan.val), "test": len(plan.test)},
+        trust=trust,
     )
     row = {
         "head": "finetune",
@@ -252,6 +282,7 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         "seed": config.seed,
         **{f"val_{k}": v for k, v in result.val.items()},
         **{f"test_{k}": v for k, v in result.test.items()},
+        **interval_columns(trust.intervals),
         "fit_seconds": seconds,
         "chosen": True,
     }
@@ -277,7 +308,10 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         curves=curves,
         entries=[_backbone_entry(trainer.backbone, plan.precision, BACKBONE_STATE)],
         head=_head(trainer),
-        files={BACKBONE_STATE: lambda path: save_file(backbone_state, str(path))},
+        files={
+            BACKBONE_STATE: lambda path: save_file(backbone_state, str(path)),
+            PREDICTIONS_FILE: trust.predictions.save,
+        },
         extra={"weights_identity": trainer.backbone.weights_identity},
         path=plan.out,
         staging=plan.out,

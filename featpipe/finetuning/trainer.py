@@ -89,9 +89,19 @@ class TrainState:
 
 @dataclass
 class Evaluation:
+    """A model scored on some items: every metric, the mean loss, the raw outputs (what
+    predictions.npz keeps and intervals resample) and, row for row, the position in the items
+    of the image each came from (an image that failed to decode has no row)."""
+
     metrics: dict[str, float]
     loss: float
-    pred: np.ndarray
+    outputs: np.ndarray
+    index: np.ndarray
+
+    @property
+    def pred(self) -> np.ndarray:
+        """The predicted classes (classification): the argmax of the outputs."""
+        return self.outputs.argmax(axis=1)
 
 
 def _targets(items: list[Item], index: list[int], task: str) -> torch.Tensor:
@@ -390,19 +400,16 @@ class Trainer:
         model.eval()
         transform = ImageToUint8(self.backbone.data_config, False)
         loader = self.loader(items, transform, max(64, self.config.batch_size), False, 0)
-        outs, ys = [], []
+        outs, index = [], []
         for batch in loader:
             if batch.index:
                 outs.append(self.outputs(batch.images, model, tta).cpu())
-                ys.append(_targets(items, batch.index, dataset.task))
-        out, y = torch.cat(outs), torch.cat(ys)
+                index += batch.index
+        out, y = torch.cat(outs), _targets(items, index, dataset.task)
         loss = float(_loss(out, y, dataset.task))
-        if dataset.task == "regression":
-            pred = out.squeeze(1).numpy()
-            return Evaluation(metrics.regression(y.numpy(), pred), loss, pred)
-        pred = out.argmax(1).numpy()
-        scores = metrics.classification(y.numpy(), pred, len(dataset.class_names))
-        return Evaluation(scores, loss, pred)
+        outputs = out.float().numpy()
+        scores = metrics.from_outputs(dataset.task, len(dataset.class_names), y.numpy(), outputs)
+        return Evaluation(scores, loss, outputs, np.array(index, dtype=np.int64))
 
     def run(self, stop_after: int | None = None, progress: EpochProgress | None = None) -> bool:
         """Train (resuming from the checkpoint if there is one); True once every epoch ran or

@@ -34,7 +34,7 @@ from featpipe.heads.stacked import group_key
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews
 from featpipe.runs.metrics import Calibration, FewShotPoint, Predictions
-from featpipe.runs.predictions import RunPredictions, SplitOutputs
+from featpipe.runs.predictions import SELECTION_TEST, RunPredictions, SplitOutputs
 from featpipe.runtime import distributed
 
 
@@ -234,8 +234,9 @@ def sweep(
     config is always fitted on the whole train split. ``cv_seed`` shuffles the CV folds.
 
     The result keeps, per image, the chosen config's outputs on the images selection scored it
-    on and the tested head's on test (:class:`~featpipe.runs.predictions.RunPredictions`), and
-    every config's on the selection images: what intervals and paired comparisons read.
+    on and the tested head's on test (:class:`~featpipe.runs.predictions.RunPredictions`; after
+    a refit selection's train-only head's on test too), and every config's on the selection
+    images: what intervals and paired comparisons read.
     """
     start = time.perf_counter()
     if not configs:
@@ -281,6 +282,10 @@ def sweep(
         outs = list(outputs(tested, features, is_test))
         y_test = features.y[is_test]
         images["test"] = SplitOutputs(features.relpath[is_test], y_test, outs[0])
+        if selection_heads:  # the head a fine-tune starts from, compared with it image by image
+            images[SELECTION_TEST] = SplitOutputs(
+                features.relpath[is_test], y_test, outs[len(best.heads)]
+            )
         scores = [metrics.from_outputs(features.task, n_classes, y_test, o) for o in outs]
         best.test, before = scores[: len(best.heads)], scores[len(best.heads) :]
         if features.task == "classification":

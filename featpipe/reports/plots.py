@@ -1,9 +1,10 @@
 """The report's figures: each a PNG written beside the page, its file name returned.
 
 Validation score against learning rate (one panel per head type, every weight decay visible,
-seed spread as error bars), the backbone × dataset heatmap, few-shot curves, the confusion
-matrix, the reliability diagram, predicted-vs-true and residuals for regression, and train and
-validation curves with the fit diagnosis. :mod:`featpipe.reports.report` lays them out.
+seed spread as error bars), the backbone × dataset heatmap, few-shot curves with each point's
+95% interval, the confusion matrix, the reliability diagram, predicted-vs-true and residuals for
+regression, and train and validation curves with the fit diagnosis.
+:mod:`featpipe.reports.report` lays them out.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import functools
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -146,48 +148,96 @@ def heatmaps(best: dict[tuple[str, str], Run], out: Path) -> list[str]:
     return figures
 
 
+@dataclass(frozen=True)
+class FewShotSeries:
+    """One run's few-shot curve as the plot draws it: per point (in x order) training images
+    per class, the mean accuracy over the draws and the bar's ends. ``bars`` says what the bars
+    are: the 95% interval over the draws and the test images that the fit recorded with each
+    point (:func:`featpipe.stats.few_shot_interval`; a point of one draw, as ``all``, the test
+    images' alone), or for a run recorded before intervals the draws' standard deviation."""
+
+    label: str
+    x: list[int]
+    y: list[float]
+    low: list[float]
+    high: list[float]
+    bars: str
+    all_at: int | None  # the "all" point's x (the whole train split), if the curve has one
+
+
+INTERVAL_BARS = "95% interval over the draws and the test images (one draw: the test images)"
+STD_BARS = "± std over the draws (recorded before intervals)"
+
+
+def few_shot_series(runs: list[Run]) -> list[FewShotSeries]:
+    """The few-shot curve of every run that has one, with each point's bar."""
+    out = []
+    for run in runs:
+        pts = sorted(run.metrics.few_shot, key=lambda p: p.per_class)
+        if not pts:
+            continue
+        recorded = all(p.interval is not None for p in pts)
+        if recorded:
+            low = [p.interval.low for p in pts]  # type: ignore[union-attr]
+            high = [p.interval.high for p in pts]  # type: ignore[union-attr]
+        else:
+            low, high = [p.mean - p.std for p in pts], [p.mean + p.std for p in pts]
+        out.append(
+            FewShotSeries(
+                f"{run.config['dataset']} · {run.config['backbone']} · {head_label(run)[0]}",
+                [p.per_class for p in pts],
+                [p.mean for p in pts],
+                low,
+                high,
+                INTERVAL_BARS if recorded else STD_BARS,
+                next((p.per_class for p in pts if p.shots == "all"), None),
+            )
+        )
+    return out
+
+
 def few_shot_plot(runs: list[Run], out: Path) -> str | None:
-    """Accuracy against real training examples per class, one line per run, in x order.
+    """Accuracy against real training examples per class, one line per run, in x order; each
+    point's bar is its 95% interval over the draws and the test images (where the run recorded
+    one; the caption says which bars are which).
 
     The ``all`` point sits at the largest class's size (all of train) and is labelled so.
     """
-    with_curves = [r for r in runs if r.metrics.few_shot]
-    if not with_curves:
+    series = few_shot_series(runs)
+    if not series:
         return None
+    splits = {p.split for r in runs for p in r.metrics.few_shot}
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    splits = set()
-    for i, run in enumerate(with_curves):
-        pts = sorted(run.metrics.few_shot, key=lambda p: p.per_class)
-        x = [p.per_class for p in pts]
-        y = np.array([p.mean for p in pts])
-        err = np.array([p.std for p in pts])
-        splits |= {p.split for p in pts}
-        head = head_label(run)[0]
-        line = ax.errorbar(
-            x,
+    for i, line in enumerate(series):
+        y = np.array(line.y)
+        below, above = y - np.array(line.low), np.array(line.high) - y
+        old = "" if line.bars == INTERVAL_BARS else f" ({line.bars})"
+        drawn = ax.errorbar(
+            line.x,
             y,
-            yerr=err,
+            yerr=np.vstack([below, above]),
             marker=MARKERS[i % len(MARKERS)],
             capsize=3,
-            label=f"{run.config['dataset']} · {run.config['backbone']} · {head}",
+            label=line.label + old,
         )
-        for p in pts:
-            if p.shots == "all":
-                ax.annotate(
-                    f"all ({p.per_class})",
-                    (p.per_class, p.mean),
-                    textcoords="offset points",
-                    xytext=(4, -12),
-                    fontsize=7,
-                    color=line[0].get_color(),
-                )
+        if line.all_at is not None:
+            ax.annotate(
+                f"all ({line.all_at})",
+                (line.all_at, line.y[line.x.index(line.all_at)]),
+                textcoords="offset points",
+                xytext=(4, -12),
+                fontsize=7,
+                color=drawn[0].get_color(),
+            )
+    bars = {line.bars for line in series}
     ax.set_xscale("log")
     ax.set(
         xlabel="training examples per class (all = the whole train split)",
         ylabel=f"{'/'.join(sorted(splits))} accuracy",
-        title=f"few-shot: accuracy on the {' and '.join(sorted(splits))} split "
-        "(mean ± std over draws)",
+        title=f"few-shot: accuracy on the {' and '.join(sorted(splits))} split, mean over draws"
+        + (f"\n(bars: {INTERVAL_BARS})" if INTERVAL_BARS in bars else ""),
     )
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, out, "few-shot.png")

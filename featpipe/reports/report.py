@@ -223,7 +223,13 @@ def report(runs_dir: Path, out: Path) -> Path:
         parts += [f"<img src='{f}' alt='heatmap'>" for f in figures]
     figure = plots.few_shot_plot([r for group in pairs.values() for r in group], out)
     if figure:
-        parts.append(f"<h2>Few-shot curves</h2><img src='{figure}' alt='few-shot curves'>")
+        parts.append(
+            f"<h2>Few-shot curves</h2><img src='{figure}' alt='few-shot curves'><p class='note'>"
+            "Each point: the mean accuracy over the draws of that many training images per "
+            "class; its bar, the 95% interval over the draws (t) and the test images (bootstrap), "
+            "added in quadrature (a point of one draw: the test images alone). Runs recorded "
+            "before intervals show ± the draws' standard deviation, and say so.</p>"
+        )
     index = 0
     for (dataset, backbone), group in pairs.items():
         section = [f"<h2>{html.escape(dataset)} · {html.escape(backbone)}</h2>"]
@@ -269,7 +275,8 @@ def _rank_order(score: str) -> tuple[int, int]:
 
 def finetune_note(run: Run) -> str | None:
     """What a fine-tune run ran with (its options not at their defaults, as run.json records
-    them) and which weights it kept; None for other runs."""
+    them), which weights it kept, its scores with their intervals and what it gained over the
+    head it started from, on the same test images; None for other runs."""
     if run.config.get("kind") != "finetune":
         return None
     request = run.config.get("request", {})
@@ -285,7 +292,18 @@ def finetune_note(run: Run) -> str | None:
         kept += ", its EMA weights"
     tta = metrics.tta
     scored = f"; val and test scored with test-time augmentation ({tta})" if tta != "none" else ""
-    return f"Fine-tune options: {', '.join(options) or 'the defaults'}. Kept: {kept}{scored}."
+    note = f"Fine-tune options: {', '.join(options) or 'the defaults'}. Kept: {kept}{scored}."
+    scores = [
+        f"{split} {metrics.metric} {interval}"
+        for split in ("val", "test")
+        if (interval := metrics.intervals.get(split, {}).get(metrics.metric)) is not None
+    ]
+    if scores:
+        note += f" Scores (95% intervals): {', '.join(scores)}."
+    gain = str(metrics.gain) if metrics.gain is not None else metrics.gain_note
+    if gain:
+        note += f" {gain[0].upper()}{gain[1:]}."
+    return note
 
 
 def _run_plots(run: Run, out: Path, i: int) -> list[str]:

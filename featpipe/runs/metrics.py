@@ -2,12 +2,15 @@
 read by the report, ``compare``, LP-FT's start and notebooks through attributes.
 
 Every run records the task, how it selected, the chosen config and its validation and test
-scores; each kind adds its own fields (a fit: split sizes, the refit and test predictions; a
-fine-tune: its best epoch, precision and CAM figure). :meth:`RunMetrics.to_dict` writes the
+scores; runs that trained a head (fit and fine-tune) their split sizes and every score's n and
+95% interval with the warnings; each kind adds its own fields (a fit: the refit, test
+predictions and its configs' verdict; a fine-tune: its best epoch, precision, CAM figure and
+what it gained over the head it started from). :meth:`RunMetrics.to_dict` writes the
 common fields and those of the run's kind, so ``metrics.json`` keeps the keys it has always had
 (other tools read it). :meth:`RunMetrics.from_dict` reads every format written so far: a field
 added later (split sizes and test predictions, the refit, the fine-tune's backbone, start
-score, hold-out, precision and CAM details) takes its default where a run lacks it, and the
+score, hold-out, precision and CAM details, the intervals and the gain) takes its default
+where a run lacks it, and the
 CAM figure that fine-tune runs once recorded under ``cam`` is read from there.
 """
 
@@ -15,16 +18,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Self
 
 import numpy as np
 
-from featpipe.stats import Interval
+from featpipe.stats import METRICS, Interval
+from featpipe.stats.paired import format_p
 
 FIT, FINETUNE = "fit", "finetune"
-# field metadata: recorded by runs of one kind only (and only they write it)
-_FIT_ONLY, _FINETUNE_ONLY = {"kind": FIT}, {"kind": FINETUNE}
+# field metadata: recorded by runs of these kinds only (and only they write it)
+_FIT_ONLY, _FINETUNE_ONLY = {"kinds": (FIT,)}, {"kinds": (FINETUNE,)}
+_TRAINED = {"kinds": (FIT, FINETUNE)}  # runs that trained a head: fit and fine-tune
 
 
 class _Record:
@@ -109,6 +114,48 @@ class CamFigure(_Record):
     classes: list[str]
     grid: int  # cells a side of the final map the maps were computed from
     size: int  # input size the maps were computed at
+
+
+@dataclass(frozen=True)
+class Gain:
+    """What fine-tuning changed against the head it started from, on the same test images
+    (paired image by image): ``difference`` is fine-tune − start head in ``metric``, with its
+    paired-bootstrap 95% interval and n; ``p`` the two-sided p of no difference, from ``test``
+    (McNemar exact for accuracy, the paired bootstrap otherwise); ``start`` the directory of
+    the run whose head it started from; ``alpha`` the level it is called a difference at."""
+
+    start: str
+    metric: str
+    difference: Interval
+    p: float
+    test: str
+    alpha: float = 0.05
+
+    def __str__(self) -> str:
+        """``fine-tuning gained 4.1 points [1.2, 7.0] of test accuracy over the head it started
+        from (n=44), p = 0.006 (McNemar exact)``; a loss is said as one, with its interval."""
+        d = self.difference
+        verb = "gained" if d.estimate >= 0 else "lost"
+        if d.estimate < 0:  # the loss and its interval, as positive amounts
+            d = replace(d, estimate=-d.estimate, low=-d.high, high=-d.low)
+        proportion = METRICS[self.metric].proportion if self.metric in METRICS else False
+        amount = (
+            d.format(100, extra_digit=False, unit=" points")
+            if proportion
+            else d.format(extra_digit=False)
+        )
+        tied = "" if self.p <= self.alpha else ": no difference these test images can tell"
+        return (
+            f"fine-tuning {verb} {amount} of test {self.metric} over the head it started from "
+            f"({d.count()}), {format_p(self.p)} ({self.test}){tied}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Gain:
+        return cls(**{**data, "difference": _interval(data["difference"])})
 
 
 def _interval(data: Mapping[str, Any]) -> Interval:
@@ -212,10 +259,11 @@ class RunMetrics:
     few_shot: list[FewShotPoint] = field(default_factory=list)
     extract_seconds: float = 0.0
     fit_seconds: float = 0.0
-    # a fit's: images per split the scores rest on; what the chosen head was trained on
-    # ("train", or "train+val" after a refit) and why a refit asked for was not made; the
-    # selection head's test scores before the refit; regression test predictions; configs
-    split_sizes: dict[str, int] = field(default_factory=dict, metadata=_FIT_ONLY)
+    # a fit's and a fine-tune's: images per split the scores rest on (train after any hold-out)
+    split_sizes: dict[str, int] = field(default_factory=dict, metadata=_TRAINED)
+    # a fit's: what the chosen head was trained on ("train", or "train+val" after a refit) and
+    # why a refit asked for was not made; the selection head's test scores before the refit;
+    # regression test predictions; configs
     trained_on: str = field(default="train", metadata=_FIT_ONLY)
     refit_note: str = field(default="", metadata=_FIT_ONLY)
     test_before_refit: Scores | None = field(default=None, metadata=_FIT_ONLY)
@@ -223,21 +271,23 @@ class RunMetrics:
     n_configs: int = field(default=1, metadata=_FIT_ONLY)
     # a fit's calibration on test, before and after temperature scaling (classification)
     calibration: Calibration | None = field(default=None, metadata=_FIT_ONLY)
-    # a fit's trust in its numbers (issue 24; absent before): per split (val: the chosen config
-    # as selection scored it; test: the run's head) every metric with its n and 95% interval;
-    # the configs compared with the best on the selection images ("A and B are tied; ..."),
-    # and those tied with it; the validation–test gap and below-chance warnings; the splits of
-    # --repeats. The per-image predictions they came from are in predictions.npz.
-    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict, metadata=_FIT_ONLY)
+    # trust in the numbers (issue 24; absent before), a fit's and a fine-tune's: per split (val:
+    # the chosen config as selection scored it, or the fine-tune's kept weights; test: the
+    # run's head) every metric with its n and 95% interval; the validation–test gap and
+    # below-chance warnings. A fit's: the configs compared with the best on the selection
+    # images ("A and B are tied; ..."), and those tied with it; the splits of --repeats. The
+    # per-image predictions they came from are in predictions.npz.
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict, metadata=_TRAINED)
+    warnings: list[str] = field(default_factory=list, metadata=_TRAINED)
     verdict: str = field(default="", metadata=_FIT_ONLY)
     tied_with_best: list[str] = field(default_factory=list, metadata=_FIT_ONLY)
-    warnings: list[str] = field(default_factory=list, metadata=_FIT_ONLY)
     repeats: Repeats | None = field(default=None, metadata=_FIT_ONLY)
     # a fine-tune's: its backbone; the best epoch (-1: none beat the start head) and which of
     # its weights were kept (raw, or ema: their moving average scored better on val); the
     # test-time augmentation of its val and test scores; the start head's val score, the share
     # of train held out as val (None: the data's val split), the precision, the CAM figure's
-    # file ("" for none), what it shows, and why there is none
+    # file ("" for none), what it shows, and why there is none; what it gained over the head
+    # it started from on the same test images, or why that could not be compared
     backbone: str = field(default="", metadata=_FINETUNE_ONLY)
     best_epoch: int = field(default=0, metadata=_FINETUNE_ONLY)
     kept_weights: str = field(default="raw", metadata=_FINETUNE_ONLY)
@@ -248,13 +298,15 @@ class RunMetrics:
     cam: str = field(default="", metadata=_FINETUNE_ONLY)
     cam_figure: CamFigure | None = field(default=None, metadata=_FINETUNE_ONLY)
     cam_note: str | None = field(default=None, metadata=_FINETUNE_ONLY)
+    gain: Gain | None = field(default=None, metadata=_FINETUNE_ONLY)
+    gain_note: str = field(default="", metadata=_FINETUNE_ONLY)
 
     def to_dict(self, kind: str = FIT) -> dict[str, Any]:
         """``metrics.json`` of a run of ``kind``: the common fields and that kind's own."""
         return {
             f.name: _plain(getattr(self, f.name))
             for f in fields(self)
-            if f.metadata.get("kind", kind) == kind
+            if kind in f.metadata.get("kinds", (kind,))
         }
 
     @classmethod
@@ -296,13 +348,14 @@ class RunMetrics:
                     for split, scores in (data.get("intervals") or {}).items()
                 },
                 "repeats": Repeats.from_dict(data["repeats"]) if data.get("repeats") else None,
+                "gain": Gain.from_dict(data["gain"]) if data.get("gain") else None,
             }
         )
 
 
 def _plain(value: Any) -> Any:
     """A field as JSON holds it."""
-    if isinstance(value, Scores | _Record | Calibration | Repeats):
+    if isinstance(value, Scores | _Record | Calibration | Repeats | Gain):
         return value.to_dict()
     if isinstance(value, Interval):
         return asdict(value)

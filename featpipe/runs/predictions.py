@@ -5,7 +5,10 @@ more: every image's prediction, so that two runs scored on the same images can b
 image by image long after they ran (``featpipe compare`` reads them back from the runs). A fit
 run keeps, per split it scored, each image's path (the pairing key: two runs are paired only
 when their paths agree, in order), its true label or value and the head's raw outputs (the
-argmax is the prediction; a two-class head's outputs are also what AUROC ranks by).
+argmax is the prediction; a two-class head's outputs are also what AUROC ranks by). After a
+refit on train + val it also keeps selection's train-only head on test (:data:`SELECTION_TEST`):
+the head a fine-tune starts from, which the fine-tune is compared with image by image. A
+fine-tune run keeps its kept weights' outputs on its val and test splits the same way.
 
 NumPy's ``.npz`` read with ``allow_pickle=False``: arrays only, never code; the outputs keep
 the head's dtype (float32 for torch heads), a few bytes per image and class.
@@ -23,6 +26,8 @@ from featpipe.errors import DataError
 from featpipe.stats import Predictions
 
 FILE = "predictions.npz"
+# after a refit: selection's train-only head (the run's selection-head/) on the test split
+SELECTION_TEST = "selection-test"
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,19 @@ class SplitOutputs:
     def predictions(self, task: str, n_classes: int) -> Predictions:
         return Predictions.from_outputs(task, n_classes, self.y, self.outputs)
 
+    def aligned(self, relpath: np.ndarray) -> SplitOutputs | None:
+        """These outputs in the order of ``relpath`` (another run's images), or None unless
+        both hold exactly the same images: a run that read its images in another order (a
+        fine-tune's loader, a fit's cache) is still paired with it image by image."""
+        relpath = np.asarray(relpath).astype(str)
+        mine = np.asarray(self.relpath).astype(str)
+        same = len(relpath) == len(mine) and np.array_equal(np.sort(relpath), np.sort(mine))
+        if not same or len(np.unique(mine)) != len(mine):
+            return None
+        # the row of ours holding relpath[i]: the same rank among our sorted paths
+        rows = np.argsort(mine, kind="stable")[np.argsort(np.argsort(relpath, kind="stable"))]
+        return SplitOutputs(mine[rows], np.asarray(self.y)[rows], np.asarray(self.outputs)[rows])
+
 
 @dataclass(frozen=True)
 class RunPredictions:
@@ -43,7 +61,8 @@ class RunPredictions:
 
     ``val`` holds selection's head (trained on train alone) on the images selection scored it
     on: the val split, or every train image out of fold after cross-validation; ``test`` the
-    run's head on the test split."""
+    run's head on the test split; :data:`SELECTION_TEST` (after a refit) selection's head on the
+    test split. A fine-tune's ``val`` and ``test`` hold its kept weights on its val and test."""
 
     task: str
     n_classes: int

@@ -14,6 +14,7 @@
     ``head/``         the chosen head: ``head.safetensors`` + ``head.json`` (no pickle);
     ``selection-head/`` a fit run refitted on train + val: the chosen config as selection
                       fitted it, on train alone (fine-tuning starts from it);
+    ``predictions.npz`` per-image outputs on val and test (:mod:`featpipe.runs.predictions`);
     and any files of the run's kind (a fine-tune run's backbone weights, its ``cam.png``).
 
 There is one writer, :func:`write_run`, for every kind; each stage hands it its own record (a
@@ -52,6 +53,8 @@ from featpipe.cache.durable import fsync_dir, fsync_tree, replace_file
 from featpipe.data.datasets import DataWarning
 from featpipe.errors import ArgumentError, DataError, StorageError
 from featpipe.runs.metrics import RunMetrics
+from featpipe.runs.predictions import FILE as PREDICTIONS_FILE
+from featpipe.runs.predictions import SELECTION_TEST, RunPredictions, SplitOutputs
 
 if TYPE_CHECKING:  # torch-free at import: the CLI reads runs without loading torch
     from featpipe.heads.fitted import FittedHead
@@ -125,6 +128,23 @@ class Run:
 
         folder = self.path / "selection-head"
         return FittedHead.load(folder) if folder.is_dir() else self.head()
+
+    def predictions(self) -> RunPredictions | None:
+        """The per-image predictions the run recorded (``predictions.npz``); None for a run
+        that recorded none (a retrieval run, or one written before they were kept)."""
+        path = self.path / PREDICTIONS_FILE
+        return RunPredictions.load(path) if path.is_file() else None
+
+    def selection_test_outputs(self) -> SplitOutputs | None:
+        """The test outputs of the head :meth:`selection_head` loads (what a fine-tune starts
+        from): recorded apart after a refit on train + val, else the run's own test outputs;
+        None where the run did not record them (written before they were kept)."""
+        recorded = self.predictions()
+        if recorded is None:
+            return None
+        if (self.path / "selection-head").is_dir():
+            return recorded.splits.get(SELECTION_TEST)
+        return recorded.splits.get("test")
 
     def curves(self) -> list[dict[str, Any]]:
         path = self.path / "curves.json"

@@ -10,6 +10,7 @@ Works on any predictions (numpy, scipy; no torch)::
     stats.bootstrap(p, "macro_f1")       # BCa bootstrap over test images, seeded
     stats.mcnemar(p, q).p                # exact, on the images one model alone gets right
     stats.paired_bootstrap(p, q, "macro_f1")  # interval and p of the difference
+    stats.paired_difference(p, q, "accuracy")  # the bootstrap's interval, McNemar's p
     print(stats.compare_to_best({"A": p, "B": q, "C": r}, "accuracy"))
     # A and B are tied; C is worse by 4.1 points [1.2, 7.0], p = 0.006
 
@@ -23,7 +24,13 @@ One module per job: ``interval`` (the :class:`Interval` type, Wilson), ``predict
 from featpipe.stats.bootstrap import bootstrap, score
 from featpipe.stats.fewshot import few_shot_interval
 from featpipe.stats.interval import Interval, wilson
-from featpipe.stats.paired import Difference, McNemar, mcnemar, paired_bootstrap
+from featpipe.stats.paired import (
+    Difference,
+    McNemar,
+    mcnemar,
+    paired_bootstrap,
+    paired_difference,
+)
 from featpipe.stats.predictions import METRICS, Metric, Predictions
 from featpipe.stats.ranking import (
     Comparison,
@@ -56,6 +63,7 @@ __all__ = [
     "holm",
     "mcnemar",
     "paired_bootstrap",
+    "paired_difference",
     "paired_splits",
     "score",
     "wilson",

@@ -96,3 +96,24 @@ def paired_bootstrap(
     method = f"paired bootstrap BCa, {n_resamples} resamples, seed {seed}"
     interval = Interval(diff.estimate, low, high, len(a), method, confidence)
     return Difference(interval, diff.p_value(0.0), "paired bootstrap BCa")
+
+
+def paired_difference(
+    a: Predictions,
+    b: Predictions,
+    metric: str,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Difference:
+    """``metric(a) − metric(b)`` on the same test images as featpipe reports every paired
+    comparison: the paired bootstrap's BCa interval of the difference, and p from McNemar's
+    exact test for accuracy (exact, on the discordant images) or the paired bootstrap's for
+    every other metric. ``test`` names which p it is."""
+    difference = paired_bootstrap(
+        a, b, metric, n_resamples=n_resamples, seed=seed, confidence=confidence
+    )
+    if a.metric(metric).name == "accuracy":
+        return Difference(difference.interval, mcnemar(a, b).p, "McNemar exact")
+    return difference

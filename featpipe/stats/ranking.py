@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from featpipe.errors import ArgumentError
 from featpipe.stats.bootstrap import N_RESAMPLES, score
 from featpipe.stats.interval import Interval, check_confidence
-from featpipe.stats.paired import format_p, mcnemar, paired_bootstrap
+from featpipe.stats.paired import format_p, paired_difference
 from featpipe.stats.predictions import METRICS, Metric, Predictions
 from featpipe.stats.splits import across_splits, paired_splits
 
@@ -148,11 +148,8 @@ def compare_to_best(
     for name in others:
         # worse_by = best − row for a score, row − best for an error
         a, b = (rows[best], rows[name]) if m.higher_is_better else (rows[name], rows[best])
-        difference = paired_bootstrap(a, b, metric, **options)
-        if m.name == "accuracy":
-            tests.append((difference.interval, mcnemar(a, b).p, "McNemar exact"))
-        else:
-            tests.append((difference.interval, difference.p, difference.test))
+        difference = paired_difference(a, b, metric, **options)
+        tests.append((difference.interval, difference.p, difference.test))
     adjusted = holm([p for _, p, _ in tests])
     comparisons = tuple(
         Comparison(name, best, m, scores[name], worse_by, p, p_holm, test, p_holm > alpha)

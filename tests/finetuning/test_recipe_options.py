@@ -160,7 +160,9 @@ def test_the_run_keeps_whichever_weights_score_better_on_val(winner, data, tmp_p
     def scored(items, model=None, tta="none") -> Evaluation:
         is_ema = model is trainer.ema.module
         accuracy = 0.9 if is_ema == (winner == "ema") else 0.5
-        return Evaluation({"accuracy": accuracy}, 1.0, np.zeros(len(items), int))
+        return Evaluation(
+            {"accuracy": accuracy}, 1.0, np.zeros((len(items), 2)), np.arange(len(items))
+        )
 
     trainer.evaluate = scored
     trainer.run()

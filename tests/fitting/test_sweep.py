@@ -21,6 +21,7 @@ from featpipe.fitting.sweep import few_shot, plan_shots, stratified_sample, swee
 from featpipe.heads.config import HeadConfig, expand
 from featpipe.heads.fitted import fit_heads
 from featpipe.heads.train_data import TrainData
+from featpipe.runs.predictions import SELECTION_TEST
 
 GRID = expand({"lr": [1e-4, 1e-2, 1.0], "head": ["linear"]}, HeadConfig(epochs=5))
 
@@ -83,10 +84,15 @@ def test_the_chosen_config_is_refitted_on_train_and_val_and_that_head_is_tested(
     assert len(result.selection_heads) == len(result.test_before_refit) == 2
     kept = result.selection_heads[0].decision_function(data.X[test])
     assert not np.allclose(kept, result.best_head.decision_function(data.X[test]), atol=1e-3)
+    # ... and their test outputs recorded beside the refitted head's (a fine-tune starts there)
+    recorded = result.predictions.splits
+    np.testing.assert_allclose(recorded[SELECTION_TEST].outputs, kept, atol=1e-6)
+    assert np.array_equal(recorded[SELECTION_TEST].relpath, recorded["test"].relpath)
     # selection itself is unchanged by the refit
     alone = sweep(data, GRID, seeds=2, refit=False)
     assert [c.val for c in alone.candidates] == [c.val for c in result.candidates]
     assert alone.trained_on == "train" and not alone.selection_heads
+    assert SELECTION_TEST not in alone.predictions.splits  # its test head is selection's
     assert alone.best.test == result.test_before_refit
 
 

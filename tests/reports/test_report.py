@@ -189,3 +189,45 @@ def test_curves_mark_the_selected_epoch_and_name_the_refit(
         [marker] = [line for line in ax.get_lines() if line.get_label() == "selected epoch"]
         assert list(marker.get_xdata()) == [epochs, epochs]
     assert "refitted on train + val" in fig.texts[0].get_text()
+
+
+def test_the_few_shot_plot_draws_each_point_s_interval(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each bar spans the interval fit recorded for the point (over the draws and the test
+    images); a run recorded before intervals gets ± the draws' std, and its legend says so."""
+    from dataclasses import replace
+
+    from featpipe.reports import plots
+    from featpipe.runs.record import list_runs
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out, name: figures.append(fig) or name)
+    [run] = [r for r in list_runs(runs) if r.metrics.few_shot]
+    points = sorted(run.metrics.few_shot, key=lambda p: p.per_class)
+    assert [p.draws for p in points] == [2, 2, 1] and all(p.interval for p in points)
+    # an older run of the same curve: no intervals recorded
+    older = replace(
+        run, metrics=replace(run.metrics, few_shot=[replace(p, interval=None) for p in points])
+    )
+    assert plots.few_shot_plot([run, older], tmp_path) == "few-shot.png"
+    [fig] = figures
+    [ax] = fig.axes
+    new, old = ax.containers  # one errorbar container per run, in order
+    for container, low, high in (
+        (new, [p.interval.low for p in points], [p.interval.high for p in points]),
+        (old, [p.mean - p.std for p in points], [p.mean + p.std for p in points]),
+    ):
+        [bars] = container.lines[2]
+        ends = np.array([segment[:, 1] for segment in bars.get_segments()])
+        np.testing.assert_allclose(ends[:, 0], low)
+        np.testing.assert_allclose(ends[:, 1], high)
+        xs = [segment[0, 0] for segment in bars.get_segments()]
+        assert xs == [p.per_class for p in points]
+    # the two kinds of bar differ here, so the check above tells them apart
+    assert not np.allclose([p.interval.low for p in points], [p.mean - p.std for p in points])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "recorded before intervals" not in labels[0] and "recorded before intervals" in labels[1]
+    assert "95% interval over the draws and the test images" in ax.get_title()
+    series = plots.few_shot_series([run])[0]
+    assert series.low == [p.interval.low for p in points] and series.all_at == points[-1].per_class

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from featpipe.runs.metrics import CamFigure, FewShotPoint, Predictions, RunMetrics, Scores
+from featpipe.runs.metrics import CamFigure, FewShotPoint, Gain, Predictions, RunMetrics, Scores
+from featpipe.stats import Interval
 
 # What fit wrote before split sizes, test predictions and the refit (2edbc78).
 OLD_FIT = {
@@ -87,8 +88,8 @@ OLD_FINETUNE = {
     "cam": "cam.png",
 }
 FIGURE = {"file": "cam.png", "classes": ["a", "b"], "grid": 7, "size": 224}
-# What fine-tune writes today.
-FINETUNE = OLD_FINETUNE | {
+# What fine-tune wrote before intervals (issue 24).
+FINETUNE_BEFORE_INTERVALS = OLD_FINETUNE | {
     "backbone": "tf_efficientnet_lite0",
     "chosen": {"head": "finetune", "unfreeze": "last:1"},
     "start_val": 0.8,
@@ -98,6 +99,23 @@ FINETUNE = OLD_FINETUNE | {
     "cam_note": None,
     "kept_weights": "ema",
     "tta": "dihedral",
+}
+ACCURACY = {"estimate": 0.85, "low": 0.7, "high": 0.93, "n": 8, "method": "wilson"}
+GAIN = {"estimate": 0.05, "low": -0.1, "high": 0.2, "n": 8, "method": "paired bootstrap BCa"}
+# What fine-tune writes today: split sizes, every score's interval, the warnings, the gain.
+FINETUNE = FINETUNE_BEFORE_INTERVALS | {
+    "split_sizes": {"train": 30, "val": 8, "test": 8},
+    "intervals": {"test": {"accuracy": ACCURACY | {"confidence": 0.95, "unit": "images"}}},
+    "warnings": [],
+    "gain": {
+        "start": "runs/d/b/run",
+        "metric": "accuracy",
+        "difference": GAIN | {"confidence": 0.95, "unit": "images"},
+        "p": 0.5,
+        "test": "McNemar exact",
+        "alpha": 0.05,
+    },
+    "gain_note": "",
 }
 
 
@@ -128,11 +146,18 @@ def test_an_old_fine_tune_record_reads_and_its_cam_file_is_kept() -> None:
 
 def test_a_fine_tune_that_recorded_its_cam_figure_under_cam_reads_both() -> None:
     """Between 6c6eb81 and 183c094 ``cam`` held the figure's details, or None for none."""
-    then = {k: v for k, v in FINETUNE.items() if k != "cam_figure"}
+    then = {k: v for k, v in FINETUNE_BEFORE_INTERVALS.items() if k != "cam_figure"}
     metrics = RunMetrics.from_dict(then | {"cam": FIGURE})
     assert metrics.cam == "cam.png"
     assert metrics.cam_figure == CamFigure("cam.png", ["a", "b"], 7, 224)
-    assert metrics.to_dict("finetune") == FINETUNE  # written back as today's format
+    # written back as today's format: what it had, and the defaults of what came later
+    assert metrics.to_dict("finetune") == FINETUNE_BEFORE_INTERVALS | {
+        "split_sizes": {},
+        "intervals": {},
+        "warnings": [],
+        "gain": None,
+        "gain_note": "",
+    }
     none = RunMetrics.from_dict(then | {"cam": None})
     assert none.cam == "" and none.cam_figure is None
 
@@ -167,6 +192,9 @@ def test_typed_fields_of_today_s_records() -> None:
     assert fit.split_sizes["val"] == 2 and fit.trained_on == "train+val"
     tuned = RunMetrics.from_dict(FINETUNE)
     assert tuned.start_val == 0.8 and tuned.precision == "fp32"
+    assert tuned.intervals["test"]["accuracy"] == Interval(**ACCURACY)
+    assert tuned.gain == Gain("runs/d/b/run", "accuracy", Interval(**GAIN), 0.5, "McNemar exact")
+    assert tuned.split_sizes["test"] == 8
     assert tuned.kept_weights == "ema" and tuned.tta == "dihedral"
     assert tuned.cam_figure == CamFigure("cam.png", ["a", "b"], 7, 224)
 
@@ -197,3 +225,11 @@ def test_a_calibration_record_round_trips_and_older_fits_have_none() -> None:
     assert metrics.to_dict("fit")["calibration"] == record["calibration"]
     assert RunMetrics.from_dict(OLD_FIT).calibration is None
     assert "calibration" not in RunMetrics.from_dict(OLD_FIT).to_dict("finetune")
+
+
+def test_only_runs_that_trained_a_head_write_intervals_and_only_fine_tunes_a_gain() -> None:
+    tuned = RunMetrics.from_dict(FINETUNE)
+    assert {"intervals", "warnings", "split_sizes"} <= set(tuned.to_dict("fit"))
+    assert "gain" not in tuned.to_dict("fit") and "verdict" not in tuned.to_dict("finetune")
+    for kind in ("retrieval", "compare"):
+        assert not {"intervals", "warnings", "split_sizes", "gain"} & set(tuned.to_dict(kind))

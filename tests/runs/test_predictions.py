@@ -46,3 +46,21 @@ def test_a_damaged_file_names_itself(tmp_path: Path) -> None:
     bad.write_bytes(b"not an npz")
     with pytest.raises(DataError, match=r"predictions\.npz is damaged"):
         RunPredictions.load(bad)
+
+
+def test_outputs_align_to_another_run_s_order_of_the_same_images() -> None:
+    part = recorded().splits["test"]
+    order = np.random.default_rng(1).permutation(len(part.relpath))
+    shuffled = part.relpath[order]
+    back = part.aligned(shuffled)
+    assert back is not None and np.array_equal(back.relpath, shuffled)
+    assert np.array_equal(back.y, part.y[order])
+    assert np.array_equal(back.outputs, part.outputs[order])
+    assert paired(back, SplitOutputs(shuffled, part.y[order], part.outputs))
+    assert part.aligned(part.relpath[:-1]) is None  # an image fewer
+    other = part.relpath.copy()
+    other[3] = "img/elsewhere.png"
+    assert part.aligned(other) is None  # another image
+    twice = part.relpath.copy()
+    twice[3] = twice[4]
+    assert part.aligned(twice) is None  # an image twice

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from featpipe.errors import ArgumentError
-from featpipe.stats import Predictions, mcnemar, paired_bootstrap
+from featpipe.stats import Predictions, mcnemar, paired_bootstrap, paired_difference
 from oracles import N_RESAMPLES, assert_agrees_with_scipy_bca, classifier
 
 
@@ -121,3 +121,13 @@ def test_paired_comparisons_need_the_same_test_images() -> None:
             Predictions.regression([1.0, 2.0], [1.0, 2.5]),
             Predictions.regression([1.0, 2.0], [1.0, 2.0]),
         )
+
+
+def test_paired_difference_takes_mcnemar_s_p_for_accuracy_and_the_bootstrap_s_otherwise() -> None:
+    a, b = pair(np.random.default_rng(5), 300, 0.6, 0.4)
+    d = paired_difference(a, b, "accuracy", seed=2)
+    boot = paired_bootstrap(a, b, "accuracy", seed=2)
+    assert d.interval == boot.interval and d.test == "McNemar exact"
+    assert d.p == mcnemar(a, b).p != boot.p
+    assert d.interval.estimate == pytest.approx(np.mean(a.pred == a.y) - np.mean(b.pred == b.y))
+    assert paired_difference(a, b, "macro_f1", seed=2) == paired_bootstrap(a, b, "macro_f1", seed=2)
