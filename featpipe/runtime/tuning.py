@@ -31,8 +31,9 @@ The probe must never cost more than it can save. It runs under a hard budget of
 So the budget is the larger of the comparison's cost and the share, never above the ceiling. A
 candidate is built only if a batch of it could fit what is left at the fastest single-image rate
 seen so far; once built, it times one single-image forward and its batch starts only if its
-estimated cost fits, so a precision that is 15× slower costs one image, not a minute. The caller
-skips the probe altogether for datasets too small to repay it.
+estimated cost fits, so a precision that is 15× slower costs one image, not a minute. An engine
+that the budget left untimed is named in the note (the summary line prints it), never passed
+over in silence. The caller skips the probe altogether for datasets too small to repay it.
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ def probe(
     ``images`` is the size of the run being tuned: once the engines are compared, the budget
     shrinks to ``PROBE_SHARE`` of its expected duration (see the module's docstring). Whatever
     is picked measured at least as fast as exact fp32 on plain torch; an explicit precision far
-    slower than fp32 is named in the note.
+    slower than fp32, and an engine the budget left untimed, are named in the note.
     """
     check_engine(device, precision, engine)
     clock = _Clock(budget_s)
@@ -341,6 +342,15 @@ def probe(
     measured = {f"{e}-{p}@{b}": round(r, 1) for (e, p, b), r in rates.items()}
     for x in failed:
         notes.append(f"{x.engine} cannot convert {x.model} ({x.reason}), so {engine} ran it")
+    if not explicit_engine and budget_s > 0:  # no budget: no probe (the caller says why)
+        unfit = {x.engine for x in failed}
+        notes.append(
+            _passed_over(
+                [e for e, p in compared if (e, p, trial) in rates],
+                [e for e, p in compared if (e, p, trial) not in rates and e not in unfit],
+                engine,
+            )
+        )
     note = "; ".join(n for n in notes if n)
     record = {
         "budget_s": round(clock.limit_s, 2),
@@ -351,6 +361,20 @@ def probe(
     if share_s is not None:
         record["share_s"] = round(share_s, 2)  # PROBE_SHARE of the run, before the ceiling
     return Settings(precision, batch_size, is_conv, engine, measured, note, record)
+
+
+def _passed_over(timed: list[str], untimed: list[str], chosen: str) -> str:
+    """A one-line note naming the engines ``auto`` left untimed (over the budget) beside the
+    one it ran, with the flag that runs them: a slow path is never taken in silence."""
+    others = [e for e in untimed if e != chosen]
+    if not others:
+        return ""
+    which = f"{', '.join(timed)} only" if timed else "no engine at its trial batch"
+    them, one = ("it", "it") if len(others) == 1 else ("them", "one")
+    return (
+        f"auto timed {which}: {', '.join(others)} over the probe budget, so {chosen} ran "
+        f"untested against {them} ({' or '.join(f'--engine {e}' for e in others)} to use {one})"
+    )
 
 
 def _far_slower(

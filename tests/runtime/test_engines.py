@@ -400,3 +400,46 @@ def test_a_probe_whose_share_is_too_small_still_compares_every_cpu_engine(
     assert spent == pytest.approx(SleepEngine.now) and spent <= budget + 0.01
     assert "torch-bf16@8" in chosen.probe["over_budget"]
     assert SleepEngine.built == ["torch", "openvino", "onnxruntime"]  # torch bf16 never built
+
+
+def test_an_engine_left_untimed_is_named_with_the_flag_that_runs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # First conversions (an OpenVINO IR, an ONNX export) make the builds dear: OpenVINO's 2 s (as
+    # in the memo of the run that kept torch) leaves ONNX Runtime too little.
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: False)
+    builds = LITE0_BUILDS | {"openvino": 2.0, "onnxruntime": 1.5}
+    chosen = fake_probe(monkeypatch, LITE0, builds, images=3000)
+    assert (chosen.engine, chosen.precision) == ("openvino", "fp32")
+    assert "onnxruntime-fp32@8" in chosen.probe["over_budget"]
+    assert chosen.note == (
+        "auto timed torch, openvino only: onnxruntime over the probe budget, so openvino ran "
+        "untested against it (--engine onnxruntime to use it)"
+    )
+
+
+def test_on_a_tight_budget_the_compared_engines_share_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 s: torch's baseline times a short window, so OpenVINO's build and batch still fit.
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: False)
+    chosen = fake_probe(monkeypatch, LITE0, LITE0_BUILDS, images=3000, budget_s=2.0)
+    assert (chosen.engine, chosen.precision) == ("openvino", "fp32")
+    assert set(chosen.measured) == {"torch-fp32@8", "openvino-fp32@8"}
+    assert SleepEngine.built == ["torch", "openvino"]  # ONNX Runtime's batch cannot fit: unbuilt
+    assert "onnxruntime over the probe budget" in chosen.note
+
+
+def test_engines_the_budget_cannot_time_are_named_and_never_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: False)
+    chosen = fake_probe(monkeypatch, LITE0, LITE0_BUILDS, images=3000, budget_s=1.5)
+    assert (chosen.engine, chosen.precision) == ("torch", "fp32")
+    assert list(chosen.measured) == ["torch-fp32@8"]
+    # OpenVINO was built and found too dear for a batch; ONNX Runtime, then, not even built.
+    assert SleepEngine.built == ["torch", "openvino"]
+    assert chosen.note == (
+        "auto timed torch only: openvino, onnxruntime over the probe budget, so torch ran "
+        "untested against them (--engine openvino or --engine onnxruntime to use one)"
+    )
+    # Asked for torch by name: no engine was passed over, nothing to name.
+    assert fake_probe(monkeypatch, LITE0, engine="torch", budget_s=0.01).note == ""
