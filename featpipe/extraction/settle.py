@@ -38,10 +38,10 @@ if TYPE_CHECKING:
 
 # A dataset of at most this many images is not worth a speed probe: exact fp32 on plain torch at
 # the default batch. The probe's floor is the fp32 baseline's two single-image forwards (for
-# Lite0 on 2 cores: 8.7 s at load 13, where the whole run went at 1.6 img/s), and beyond that it
-# may spend 5% of the run; the most it can save is ~60% (bf16 or ONNX Runtime at 1.5-2.8x), and
-# only a run of minutes leaves the 5% share room to compare a second candidate. Below 256 images
-# the floor alone is a sizeable share of the run and the share leaves nothing to compare.
+# Lite0 on 2 cores: 8.7 s at load 13, where the whole run went at 1.6 img/s); beyond that it
+# compares the engines at one batch (up to its 5 s ceiling, paid once per model and machine: the
+# answer is memoised) and may spend 5% of the run on the rest. Below 256 images the floor alone
+# is a sizeable share of the run, and a run that small gains little from the comparison.
 PROBE_MIN_IMAGES = 256
 
 

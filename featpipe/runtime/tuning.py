@@ -12,12 +12,28 @@ The candidates are timed in order of preference, exact fp32 first, plain torch f
 later one is kept only if it beats the one kept so far by ``MARGIN``. So a reduced precision is
 chosen only by measurement, and the choice is recorded and named like any other.
 
-The probe must never cost more than it can save. It runs under a hard budget: at most
-``PROBE_BUDGET_S`` seconds, and at most ``PROBE_SHARE`` of the run it is tuning as estimated
-from the first measurement (exact fp32 on plain torch, which is also the fallback). Before each
-further candidate it times one single-image forward and starts the candidate only if its
-estimated cost fits what is left, so a precision that is 15× slower costs one image, not a
-minute. The caller skips the probe altogether for datasets too small to repay it.
+The probe must never cost more than it can save. It runs under a hard budget of
+``PROBE_BUDGET_S`` seconds, and within it spends in two parts:
+
+1. *The engines compared*: the candidates at the preferred precision (exact fp32: plain torch,
+   OpenVINO, ONNX Runtime on a CPU) at the trial batch, whatever the size of the run. Their
+   answer is memoised per model and machine by the caller and reused by every later run of any
+   size, so a share of this one run is no measure of its worth; and the engine is the largest
+   exact lever (Lite0 on this project's 2-core CPU: OpenVINO fp32 130.5 img/s forward-only,
+   torch fp32 34.6). Each compared engine's timing window is a fair part of what is left, so the
+   first cannot starve the others. Under the 5% share alone, a 3,000-image run on that CPU
+   had 1.56 s: torch's baseline and an OpenVINO build spent 3.5 s, no converted engine was
+   timed, and ``auto`` silently kept torch (50.9 img/s against OpenVINO's 73.5).
+2. *The rest* (reduced precisions, batch sizes): at most ``PROBE_SHARE`` of the run being tuned,
+   estimated from the first measurement (exact fp32 on plain torch, which is also the
+   fallback), or nothing beyond the comparison if that already spent more.
+
+So the budget is the larger of the comparison's cost and the share, never above the ceiling. A
+candidate is built only if a batch of it could fit what is left at the fastest single-image rate
+seen so far; once built, it times one single-image forward and its batch starts only if its
+estimated cost fits, so a precision that is 15× slower costs one image, not a minute. An engine
+that the budget left untimed is named in the note (the summary line prints it), never passed
+over in silence. The caller skips the probe altogether for datasets too small to repay it.
 """
 
 from __future__ import annotations
@@ -197,6 +213,13 @@ class _Clock:
     def left(self) -> float:
         return self.limit_s - self.spent()
 
+    def shrink(self, share_s: float | None) -> None:
+        """Down to ``share_s`` of the run (if known), never below what is already spent: the
+        engines compared, what follows is paid from the share. Shrinking again changes
+        nothing."""
+        if share_s is not None:
+            self.limit_s = min(self.limit_s, max(self.spent(), share_s))
+
 
 def probe(
     module: Normalized,
@@ -211,9 +234,10 @@ def probe(
 ) -> Settings:
     """Pick engine, precision and batch size for ``module`` on ``device`` by timing them.
 
-    ``images`` is the size of the run being tuned: the budget shrinks to ``PROBE_SHARE`` of its
-    expected duration. Whatever is picked measured at least as fast as exact fp32 on plain
-    torch; an explicit precision far slower than fp32 is named in the note.
+    ``images`` is the size of the run being tuned: once the engines are compared, the budget
+    shrinks to ``PROBE_SHARE`` of its expected duration (see the module's docstring). Whatever
+    is picked measured at least as fast as exact fp32 on plain torch; an explicit precision far
+    slower than fp32, and an engine the budget left untimed, are named in the note.
     """
     check_engine(device, precision, engine)
     clock = _Clock(budget_s)
@@ -222,35 +246,43 @@ def probe(
     rates: dict[tuple[str, str, int], float] = {}
     over_budget: set[str] = set()
 
-    def ready(name: str, prec: str, anyway: bool = False) -> bool:
-        """Build a candidate engine and time one image, if the budget still has room."""
+    def ready(name: str, prec: str) -> None:
+        """Build a candidate engine and time one image, once: whether the budget allows it is
+        the caller's decision (the fp32 baseline and the far-slower check go ahead anyway)."""
         if (name, prec) in engines:
-            return True
-        # Two single-image forwards of the cheapest engine timed so far: the least a new one costs.
-        floor = 2 * min(per_image.values(), default=0.0)
-        if clock.left() <= floor and not anyway:
-            return False
+            return
         settings = {"engine": name, "precision": prec, "channels_last": is_conv}
         engines[(name, prec)] = build_engine(settings, module, device, files)
         per_image[(name, prec)] = 1 / measure(engines[(name, prec)], 1, module.input_size, 0.0)
-        return True
 
-    def timed(name: str, prec: str, batch: int) -> float | None:
-        """Images/s of one candidate, or None when it does not fit the budget."""
+    def window(among: int) -> float:
+        """A timing window that leaves as much to each of the ``among - 1`` after it."""
+        return min(0.6, max(0.0, clock.left()) / (2 * among))
+
+    def fits(name: str, prec: str, batch: int, among: int) -> bool:
+        """Whether a batch's warm-up, one call past its window and the window fit what is
+        left: at the candidate's own single-image rate, or before it is built at the fastest
+        seen so far (no build is started for a batch that cannot fit)."""
+        per = per_image.get((name, prec), min(per_image.values(), default=0.0))
+        return 2 * batch * per + window(among) <= clock.left()
+
+    def timed(name: str, prec: str, batch: int, among: int = 1) -> float | None:
+        """Images/s of one candidate, or None when it does not fit the budget. ``among``: how
+        many candidates, this one first, are still to share what is left."""
         if (name, prec, batch) in rates:
             return rates[(name, prec, batch)]
-        if not ready(name, prec):
+        if not fits(name, prec, batch, among):
             over_budget.add(f"{name}-{prec}@{batch}")
             return None
-        window = min(0.6, max(0.0, clock.left()) / 2)
-        if 2 * batch * per_image[(name, prec)] + window > clock.left():
+        ready(name, prec)
+        if not fits(name, prec, batch, among):
             over_budget.add(f"{name}-{prec}@{batch}")
             return None
         rates[(name, prec, batch)] = measure(
             engines[(name, prec)],
             batch,
             module.input_size,
-            min_seconds=window,
+            min_seconds=window(among),
             windows=3,
             deadline=clock.start + clock.limit_s,
         )
@@ -265,21 +297,27 @@ def probe(
     may_fall_back = auto and precision in ("auto", "fp32") and engine in ("auto", "torch")
     batches = CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES
     trial = batch_size or batches[1]
+    pairs = candidates(device, precision, engine) if auto else []
+    # The engines compared at the preferred precision, before the budget shrinks to the share.
+    compared = [pair for pair in pairs if pair[1] == pairs[0][1]]
+    share_s = None
     if (auto or auto_batch) and budget_s > 0:
         # The fallback and the run's cost estimate: one image is timed whatever the budget
         # says (on a loaded machine that alone can use it up), a batch only if it fits.
-        ready("torch", "fp32", anyway=True)
-        baseline = timed("torch", "fp32", trial) or 1 / per_image[("torch", "fp32")]
+        ready("torch", "fp32")
+        among = max(1, len(compared))
+        baseline = timed("torch", "fp32", trial, among) or 1 / per_image[("torch", "fp32")]
         if images is not None:
-            clock.limit_s = min(clock.limit_s, max(clock.spent(), PROBE_SHARE * images / baseline))
+            share_s = PROBE_SHARE * images / baseline
     notes = [_far_slower(precision, engine, device, ready, per_image)]
     failed: list[ConversionError] = []
     if auto:
-        pairs = candidates(device, precision, engine)
         (engine, precision), kept = pairs[0], None
-        for name, prec in pairs:
+        for i, (name, prec) in enumerate(pairs):
+            if i == len(compared):
+                clock.shrink(share_s)  # the engines are compared: the rest has the share
             try:
-                rate = timed(name, prec, trial)
+                rate = timed(name, prec, trial, max(1, len(compared) - i))
             except ConversionError as exc:
                 if explicit_engine:
                     raise
@@ -287,6 +325,7 @@ def probe(
                 continue
             if (name, prec) == pairs[0] or faster(rate, kept):
                 (engine, precision), kept = (name, prec), rate
+    clock.shrink(share_s)
     if auto_batch:
         sizes = [b for b in batches if timed(engine, precision, b) is not None]
         batch_size = max(sizes, key=lambda b: rates[(engine, precision, b)], default=trial)
@@ -303,6 +342,15 @@ def probe(
     measured = {f"{e}-{p}@{b}": round(r, 1) for (e, p, b), r in rates.items()}
     for x in failed:
         notes.append(f"{x.engine} cannot convert {x.model} ({x.reason}), so {engine} ran it")
+    if not explicit_engine and budget_s > 0:  # no budget: no probe (the caller says why)
+        unfit = {x.engine for x in failed}
+        notes.append(
+            _passed_over(
+                [e for e, p in compared if (e, p, trial) in rates],
+                [e for e, p in compared if (e, p, trial) not in rates and e not in unfit],
+                engine,
+            )
+        )
     note = "; ".join(n for n in notes if n)
     record = {
         "budget_s": round(clock.limit_s, 2),
@@ -310,7 +358,23 @@ def probe(
         "over_budget": sorted(over_budget),
         "fell_back_to_fp32": fell_back,
     }
+    if share_s is not None:
+        record["share_s"] = round(share_s, 2)  # PROBE_SHARE of the run, before the ceiling
     return Settings(precision, batch_size, is_conv, engine, measured, note, record)
+
+
+def _passed_over(timed: list[str], untimed: list[str], chosen: str) -> str:
+    """A one-line note naming the engines ``auto`` left untimed (over the budget) beside the
+    one it ran, with the flag that runs them: a slow path is never taken in silence."""
+    others = [e for e in untimed if e != chosen]
+    if not others:
+        return ""
+    which = f"{', '.join(timed)} only" if timed else "no engine at its trial batch"
+    them, one = ("it", "it") if len(others) == 1 else ("them", "one")
+    return (
+        f"auto timed {which}: {', '.join(others)} over the probe budget, so {chosen} ran "
+        f"untested against {them} ({' or '.join(f'--engine {e}' for e in others)} to use {one})"
+    )
 
 
 def _far_slower(
@@ -329,8 +393,8 @@ def _far_slower(
     if precision in ("auto", "fp32"):
         return ""
     name = "torch" if engine == "auto" else engine
-    ready(name, "fp32", True)
-    ready(name, precision, True)
+    ready(name, "fp32")
+    ready(name, precision)
     ratio = per_image[(name, precision)] / per_image[(name, "fp32")]
     if ratio <= FAR_SLOWER:
         return ""

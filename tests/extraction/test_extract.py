@@ -147,6 +147,28 @@ def test_small_dataset_skips_the_probe_and_a_large_one_is_probed_within_budget(
     assert 0 < kept["spent_s"] <= probed.timings["probe_s"]  # the probe's clock runs inside it
 
 
+def test_engines_the_probe_left_untimed_are_named_in_every_summary_of_its_memo(
+    tree: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featpipe.runtime import tuning
+
+    monkeypatch.setattr(settle, "PROBE_MIN_IMAGES", 4)
+    # A budget no batch fits, whatever the machine's speed: torch's one image is all it times.
+    monkeypatch.setattr(tuning, "PROBE_BUDGET_S", 1e-6)
+    first = extract(tree, cache_dir=cache_dir, **AUTO)
+    assert (first.settings["engine"], first.settings["precision"]) == ("torch", "fp32")
+    said = (
+        "\nnote: auto timed no engine at its trial batch: openvino, onnxruntime over the probe "
+        "budget, so torch ran untested against them (--engine openvino or --engine onnxruntime "
+        "to use one)"
+    )
+    assert first.summary().endswith(said)
+    write_image(tree / "bees" / "bees_100.png", seed=5)
+    grown = extract(tree, cache_dir=cache_dir, **AUTO)  # settled by the memo: no probe
+    assert "probe_s" not in grown.timings and grown.n_new == 1
+    assert grown.summary().endswith(said)
+
+
 def test_status_reports_every_phase_before_the_first_batch(tree: Path, cache_dir: Path) -> None:
     phases: list[Phase] = []
     batches: list[int] = []

@@ -81,6 +81,7 @@ class SleepEngine:
     # every call's cost, across engines: what the probe spent
     slept: ClassVar[list[float]] = []
     now: ClassVar[float] = 0.0  # the virtual clock, in seconds
+    built: ClassVar[list[str]] = []  # the engines fake_probe built, in order
 
     def __init__(self, overhead: float, per_image: float) -> None:
         self.overhead, self.per_image = overhead, per_image
@@ -97,15 +98,25 @@ def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tuning, "time", SimpleNamespace(perf_counter=lambda: SleepEngine.now))
     monkeypatch.setattr(SleepEngine, "slept", [])
     monkeypatch.setattr(SleepEngine, "now", 0.0)
+    monkeypatch.setattr(SleepEngine, "built", [])
 
 
 def fake_probe(
-    monkeypatch: pytest.MonkeyPatch, costs: dict[tuple[str, str], tuple[float, float]], **kwargs
+    monkeypatch: pytest.MonkeyPatch,
+    costs: dict[tuple[str, str], tuple[float, float]],
+    builds: dict[str, float] | None = None,
+    **kwargs,
 ) -> tuning.Settings:
+    """A probe over :class:`SleepEngine` candidates; ``builds``: seconds an engine's build
+    advances the virtual clock (a compile, a session), none by default."""
+
     def build(settings, module, device, onnx_path):
+        SleepEngine.now += (builds or {}).get(settings["engine"], 0.0)
+        SleepEngine.built.append(settings["engine"])
         return SleepEngine(*costs[(settings["engine"], settings["precision"])])
 
     monkeypatch.setattr(tuning, "build_engine", build)
+
     virtual_clock(monkeypatch)
     module = SimpleNamespace(input_size=(8, 8))
     files = Conversions.under(Path("unused"), "tiny", "tiny")
@@ -358,3 +369,77 @@ def test_auto_passes_over_a_network_openvino_cannot_convert_and_says_so(
     )
     with pytest.raises(ConversionError):  # asked for by name: refused, not replaced
         probe(module, torch.device("cpu"), True, files, "auto", 8, "openvino", budget_s=10.0)
+
+
+# What the probe met on this project's 2-core CPU (EfficientNet-Lite0, 224 px, 2026-12-06): torch
+# fp32 timed 96 img/s at batch 8; OpenVINO fp32 runs 130.5 img/s and ONNX Runtime 101.5
+# (forward only); a CPU without bf16 units runs torch bf16 ~15x slower than fp32. Builds: torch
+# moves the module, OpenVINO compiles from its IR and blob, ONNX Runtime opens a session.
+LITE0 = {
+    ("torch", "fp32"): (0.0, 1 / 96),
+    ("openvino", "fp32"): (0.0, 1 / 130.5),
+    ("onnxruntime", "fp32"): (0.0, 1 / 101.5),
+    ("torch", "bf16"): (0.0, 15 / 96),
+}
+LITE0_BUILDS = {"torch": 0.6, "openvino": 0.8, "onnxruntime": 0.6}
+
+
+def test_a_probe_whose_share_is_too_small_still_compares_every_cpu_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: False)
+    # 3,000 images at 96 img/s: the run's 5% share is 1.56 s, about what torch's baseline costs.
+    chosen = fake_probe(monkeypatch, LITE0, LITE0_BUILDS, images=3000)
+    assert chosen.probe["share_s"] == 1.56
+    assert {"openvino-fp32@8", "onnxruntime-fp32@8"} <= set(chosen.measured)
+    assert (chosen.engine, chosen.precision, chosen.batch_size) == ("openvino", "fp32", 8)
+    assert chosen.note == "" and not chosen.probe["fell_back_to_fp32"]
+    # The comparison overran the share but not the ceiling; nothing else was paid for.
+    spent, budget = chosen.probe["spent_s"], chosen.probe["budget_s"]
+    assert chosen.probe["share_s"] < budget <= tuning.PROBE_BUDGET_S
+    assert spent == pytest.approx(SleepEngine.now) and spent <= budget + 0.01
+    assert "torch-bf16@8" in chosen.probe["over_budget"]
+    assert SleepEngine.built == ["torch", "openvino", "onnxruntime"]  # torch bf16 never built
+
+
+def test_an_engine_left_untimed_is_named_with_the_flag_that_runs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # First conversions (an OpenVINO IR, an ONNX export) make the builds dear: OpenVINO's 2 s (as
+    # in the memo of the run that kept torch) leaves ONNX Runtime too little.
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: False)
+    builds = LITE0_BUILDS | {"openvino": 2.0, "onnxruntime": 1.5}
+    chosen = fake_probe(monkeypatch, LITE0, builds, images=3000)
+    assert (chosen.engine, chosen.precision) == ("openvino", "fp32")
+    assert "onnxruntime-fp32@8" in chosen.probe["over_budget"]
+    assert chosen.note == (
+        "auto timed torch, openvino only: onnxruntime over the probe budget, so openvino ran "
+        "untested against it (--engine onnxruntime to use it)"
+    )
+
+
+def test_on_a_tight_budget_the_compared_engines_share_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 s: torch's baseline times a short window, so OpenVINO's build and batch still fit.
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: False)
+    chosen = fake_probe(monkeypatch, LITE0, LITE0_BUILDS, images=3000, budget_s=2.0)
+    assert (chosen.engine, chosen.precision) == ("openvino", "fp32")
+    assert set(chosen.measured) == {"torch-fp32@8", "openvino-fp32@8"}
+    assert SleepEngine.built == ["torch", "openvino"]  # ONNX Runtime's batch cannot fit: unbuilt
+    assert "onnxruntime over the probe budget" in chosen.note
+
+
+def test_engines_the_budget_cannot_time_are_named_and_never_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: False)
+    chosen = fake_probe(monkeypatch, LITE0, LITE0_BUILDS, images=3000, budget_s=1.5)
+    assert (chosen.engine, chosen.precision) == ("torch", "fp32")
+    assert list(chosen.measured) == ["torch-fp32@8"]
+    # OpenVINO was built and found too dear for a batch; ONNX Runtime, then, not even built.
+    assert SleepEngine.built == ["torch", "openvino"]
+    assert chosen.note == (
+        "auto timed torch only: openvino, onnxruntime over the probe budget, so torch ran "
+        "untested against them (--engine openvino or --engine onnxruntime to use one)"
+    )
+    # Asked for torch by name: no engine was passed over, nothing to name.
+    assert fake_probe(monkeypatch, LITE0, engine="torch", budget_s=0.01).note == ""
