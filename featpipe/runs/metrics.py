@@ -22,9 +22,10 @@ import numpy as np
 
 from featpipe.stats import Interval
 
-FIT, FINETUNE = "fit", "finetune"
-# field metadata: recorded by runs of one kind only (and only they write it)
-_FIT_ONLY, _FINETUNE_ONLY = {"kind": FIT}, {"kind": FINETUNE}
+FIT, FINETUNE, RETRIEVAL = "fit", "finetune", "retrieval"
+# field metadata: recorded by runs of these kinds only (and only they write it)
+_FIT_ONLY, _FINETUNE_ONLY = {"kinds": (FIT,)}, {"kinds": (FINETUNE,)}
+_SCORED = {"kinds": (FIT, RETRIEVAL)}  # intervals and comparisons: fits and retrievals
 
 
 class _Record:
@@ -228,8 +229,10 @@ class RunMetrics:
     # the configs compared with the best on the selection images ("A and B are tied; ..."),
     # and those tied with it; the validation–test gap and below-chance warnings; the splits of
     # --repeats. The per-image predictions they came from are in predictions.npz.
-    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict, metadata=_FIT_ONLY)
-    verdict: str = field(default="", metadata=_FIT_ONLY)
+    # A retrieval run records its scores' intervals (n: queries) and, retrieved beside other
+    # feature sets, one line per score comparing them on the same queries.
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict, metadata=_SCORED)
+    verdict: str = field(default="", metadata=_SCORED)
     tied_with_best: list[str] = field(default_factory=list, metadata=_FIT_ONLY)
     warnings: list[str] = field(default_factory=list, metadata=_FIT_ONLY)
     repeats: Repeats | None = field(default=None, metadata=_FIT_ONLY)
@@ -254,7 +257,7 @@ class RunMetrics:
         return {
             f.name: _plain(getattr(self, f.name))
             for f in fields(self)
-            if f.metadata.get("kind", kind) == kind
+            if kind in f.metadata.get("kinds", (kind,))
         }
 
     @classmethod
