@@ -156,6 +156,9 @@ def _one_network(specs: list[BackboneSpec]) -> BackboneSpec:
             f"{', '.join(s.label for s in specs)}: one forward pass serves layers of one "
             f"backbone (MODEL:LAYER, the same weights, pool and input); {what}",
         )
+    for spec in specs:  # as a build of the spec alone would say
+        if len(set(layers_of(spec))) < len(layers_of(spec)):
+            raise ArgumentError("layer", f"{spec.layer}: names a layer twice")
     return networks.pop()
 
 

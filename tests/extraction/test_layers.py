@@ -186,6 +186,8 @@ def test_layers_of_different_backbones_do_not_share_a_pass(tree: Path, cache_dir
     with pytest.raises(ArgumentError, match=r"test_efficientnet@none names no layer"):
         extract_layers(tree, plain, options)
     assert one_pass_groups([*mixed, *plain, *layer_specs("3")]) == [layer_specs("1", "3")]
+    with pytest.raises(ArgumentError, match=r"^layer 1,1: names a layer twice"):
+        extract_layers(tree, layer_specs("1,1", "2"), options)
 
 
 def test_a_row_not_finite_in_one_layer_is_kept_in_the_others(
