@@ -107,9 +107,10 @@ def fill_parts(
     union = _union(run.dataset, pending)
     mine = union[distributed.part(len(union), dist.rank, dist.world)] if dist else union
     # Rows a concurrent extract is computing are left to it (torchrun ranks split theirs above).
+    lacks = [_paths(lacking) for lacking in pending]
     claims = [
-        write.claim([i for i in mine if i.relpath in _paths(lacking)], skip_claimed=dist is None)
-        for write, lacking in zip(writes, pending, strict=True)
+        write.claim([i for i in mine if i.relpath in paths], skip_claimed=dist is None)
+        for write, paths in zip(writes, lacks, strict=True)
     ]
 
     def work(wanted: list[list[Item]]) -> tuple[list[int], float]:
@@ -119,10 +120,8 @@ def fill_parts(
         if run.backbone is None:
             run.backbone = build(spec, choice, run.timings, say)
         t0 = time.perf_counter()
-        from featpipe.extraction.rows import (
-            Parts,
-            extract_rows,
-        )  # torch: a cache hit never gets here
+        # torch: a cache hit never gets here
+        from featpipe.extraction.rows import Parts, extract_rows
 
         rank, world = (dist.rank, dist.world) if dist else (0, 1)
         whole = len(parts) == 1 and len(wanted[0]) == len(items)
