@@ -137,7 +137,8 @@ def extract_layers(
     distributed.on_leader(
         dist, lambda: _remember(run, combined, parts, [requests[i] for i in missing])
     )
-    contents = fingerprinted(run, options, say)
+    # any entry's stat record vouches for the files (a file's content is no entry's own)
+    contents = fingerprinted(parts[0].run, options, say)
     filled = fill_parts(run, parts, contents, combined.spec, choice, dist, start, say, progress)
     for i, part, done in zip(missing, parts, filled, strict=True):
         own = replace(part.run, settings=run.settings | part.run.settings)
