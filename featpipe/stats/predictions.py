@@ -123,6 +123,8 @@ class Predictions:
         y = _vector("labels", labels)
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
             raise ArgumentError("labels", "must hold class indices (whole numbers ≥ 0)")
+        values = np.asarray(values)
+        values = values.astype(np.float64) if values.dtype == np.bool_ else values  # hits
         values = _vector("values", values, len(y)).astype(np.float64)
         if not np.all((values >= 0) & (values <= 1)):  # also refuses NaN
             raise ArgumentError("values", "must lie between 0 and 1 (a hit, a precision)")

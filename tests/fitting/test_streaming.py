@@ -250,7 +250,7 @@ def test_knn_sweep_streamed_predicts_as_in_memory_row_for_row(shapes, tmp_path, 
     assert streamed.best.config == loaded.best.config
     assert streamed.trained_on == loaded.trained_on == "train+val"
     for split in ("val", "test"):
-        ours, theirs = streamed.predictions.images[split], loaded.predictions.images[split]
+        ours, theirs = streamed.predictions.splits[split], loaded.predictions.splits[split]
         np.testing.assert_array_equal(ours.relpath, theirs.relpath)
         np.testing.assert_array_equal(ours.outputs.argmax(1), theirs.outputs.argmax(1))
         np.testing.assert_allclose(ours.outputs, theirs.outputs, rtol=1e-5, atol=1e-6)
