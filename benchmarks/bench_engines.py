@@ -341,7 +341,7 @@ class Stopwatch:
 
         parts = [
             (stage, "scan", "scan"),
-            (stage, "_cache_hit", "cache lookup"),
+            (stage, "cache_hit", "cache lookup"),
             (stage, "resolve", "settle (key, memo)"),
             (settle, "build", "backbone build"),
             (fill, "build", "backbone build"),

@@ -14,7 +14,11 @@ For each dataset (a manifest or tree with train, val and test splits) under one 
 
 For one ViT (random init is enough for the times) on the first dataset: one extraction of the
 last 4 blocks (``layer=-4,-3,-2,-1``, one forward pass) against 4 single-block extractions, and
-a linear probe on the 4-block concatenation against the last block alone.
+a linear probe on the 4-block concatenation against the last block alone; then the compare
+across depths (``-b vit:-4 … -b vit:-1``): each block its own entry from one pass
+(:func:`featpipe.extraction.layers.extract_layers`), timed against the 4 single-block passes,
+with a linear probe on each block. The single-block passes are timed only when their entries
+are not in ``--cache-dir`` yet: give an empty one for the extraction times.
 
     .venv/bin/python benchmarks/bench_protocols.py WORK/elpv/probe.csv \\
         WORK/fashion-mnist/probe.csv WORK/mnist-5k/probe.csv --cache-dir CACHE \\
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -37,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from featpipe.cache.entry import Features
+from featpipe.extraction.layers import extract_layers
 from featpipe.extraction.options import ExtractOptions
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.stage import DEFAULT_GRID
@@ -123,7 +129,9 @@ def _calibrated(scores) -> dict[str, float]:
 
 def layers(data: Path, vit: str, options: ExtractOptions) -> dict[str, Any]:
     """One pass over the last 4 blocks against 4 single-block passes (each extraction's own
-    seconds); linear probes on the last block and on the 4-block concatenation."""
+    seconds); linear probes on the last block and on the 4-block concatenation; and the compare
+    across depths: each of the last 4 blocks its own entry from one pass (into a fresh cache
+    folder, so that the single-block entries above are not its cache hits), a probe on each."""
     found = {}
     for layer in [*LAST_4.split(","), LAST_4]:
         features, [result] = load_feature_set(data, vit, replace(options, layer=layer))
@@ -133,11 +141,24 @@ def layers(data: Path, vit: str, options: ExtractOptions) -> dict[str, Any]:
         features = found[layer][0]
         result, seconds = timed(lambda f=features: sweep(f, expand(DEFAULT_GRID)))
         probes[name] = _row(result, seconds) | {"dims": int(features.X.shape[1])}
+    fresh = Path(tempfile.mkdtemp(prefix="one-pass-", dir=options.cache_dir))
+    try:
+        network = options.spec(vit)
+        depths = [replace(network, layer=layer) for layer in LAST_4.split(",")]
+        run = replace(options, cache_dir=fresh).without_spec()
+        each, each_s = timed(lambda: extract_layers(data, depths, run))
+        by_depth = {}
+        for spec, extracted in zip(depths, each, strict=True):
+            result, seconds = timed(lambda e=extracted: sweep(e.load(), expand(DEFAULT_GRID)))
+            by_depth[spec.layer] = _row(result, seconds) | {"dims": extracted.dim}
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
     return {
         "one_pass_seconds": found[LAST_4][1].seconds,
         "single_pass_seconds": [found[layer][1].seconds for layer in LAST_4.split(",")],
         "images": found[LAST_4][1].n,
         "probes": probes,
+        "each_layer": {"one_pass_seconds": each_s, "probes": by_depth},
     }
 
 
@@ -207,6 +228,21 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"\nExtraction of {vit['images']} images: last 4 blocks in one pass "
             f"{vit['one_pass_seconds']:.1f} s; four single-block passes {singles} s."
+        )
+        each = vit["each_layer"]
+        lines += [
+            "",
+            "| compare across the last 4 layers, from one pass | test accuracy | dims "
+            "| probe seconds |",
+            "|---|---|---|---|",
+        ]
+        for layer, row in each["probes"].items():
+            lines.append(
+                f"| block {layer} | {row['test']:.4f} | {row['dims']} | {row['seconds']:.2f} |"
+            )
+        lines.append(
+            f"\nEach of the last 4 blocks its own entry: one pass {each['one_pass_seconds']:.1f} s"
+            f" against four single-block passes {singles} s."
         )
     return "\n".join(lines) + "\n"
 

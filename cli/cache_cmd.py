@@ -25,7 +25,8 @@ cache_app = typer.Typer(help="Inspect and manage the feature cache.", no_args_is
 
 
 ENTRY_HELP = (
-    "Entry path, dataset/stem, dataset/backbone (e.g. elpv/tv_mobilenet_v2), stem or key prefix."
+    "Entry path, dataset/stem, dataset/backbone (e.g. elpv/tv_mobilenet_v2), stem or key prefix; "
+    "add :LAYER for one layer's entry (elpv/vit_small_patch16_224:-2)."
 )
 
 
@@ -53,7 +54,7 @@ def ls(cache_dir: Path = opt.CacheDir) -> None:
             continue
         table.add_row(
             r.dataset,
-            f"{r.backbone} (views)" if is_views_path(r.path) else r.backbone,
+            f"{r.label} (views)" if is_views_path(r.path) else r.label,
             r.key[:8],
             str(r.n),
             str(r.dim),
@@ -179,24 +180,29 @@ def verify(
     cache_dir: Path = opt.CacheDir,
 ) -> None:
     """Read every byte of the entries and their shards; check checksums, NaN/inf and shape."""
-    paths = find_entries(cache_dir, entry) if entry else [e.path for e in list_entries(cache_dir)]
+    listed = {e.path: e for e in list_entries(cache_dir)}
+    paths = find_entries(cache_dir, entry) if entry else list(listed)
     bad = 0
     for path in paths:
         problems = verify_entry(path)
+        # which feature set it is (a layer's entry is named by its model alone)
+        named = f"  {listed[path].label}" if path in listed and not listed[path].error else ""
         if problems:
             bad += 1
-            console().print(f"[red]FAIL[/] {escape(str(path))}")
+            console().print(f"[red]FAIL[/] {escape(str(path))}{escape(named)}")
             for problem in problems:
                 plain(f"  - {problem}")
         else:
-            console().print(f"[green]ok[/]   {escape(str(path))}")
+            console().print(f"[green]ok[/]   {escape(str(path))}{escape(named)}")
     if bad:
         raise FeatpipeError(f"{bad} of {len(paths)} entries failed verification (listed above)")
 
 
 @cache_app.command()
 def rm(
-    entry: str = typer.Argument(..., help="Entry path, dataset/stem, stem, key prefix or dataset."),
+    entry: str = typer.Argument(
+        ..., help="Entry path, dataset/stem, stem, key prefix or dataset (:LAYER: that layer's)."
+    ),
     cache_dir: Path = opt.CacheDir,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:

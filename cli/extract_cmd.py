@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from featpipe.data.augment import Augment
+from featpipe.data.datasets import Dataset, scan
+from featpipe.errors import ArgumentError
 from featpipe.extraction.options import ExtractOptions
 from featpipe.extraction.stage import ExtractResult
 from featpipe.extraction.stage import extract as extract_features
@@ -51,10 +53,36 @@ def run_extract(
         )
 
 
+def run_layers(
+    data: Path | Dataset, backbones: list[str], options: ExtractOptions
+) -> list[ExtractResult]:
+    """Several backbone specs with the activity line; layers of one model from one pass."""
+    from featpipe.extraction.layers import extract_each  # as extract's: no torch on a hit
+
+    specs = [options.spec(b) for b in backbones]
+    with progress_bar(f"extract {', '.join(backbones)}") as bar:
+        return extract_each(
+            data,
+            specs,
+            options.without_spec(),
+            progress=lambda model: (
+                lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract {model}")
+            ),
+            status=bar.status,
+        )
+
+
 @opt.with_extract_options
 def extract(
     data: Path = typer.Argument(..., help="ImageFolder tree, CSV manifest or image folder."),
-    backbone: str = opt.Backbone,
+    backbones: list[str] = typer.Option(
+        ["tf_efficientnet_lite0"],
+        "--backbone",
+        "-b",
+        help="MODEL[:LAYER][@WEIGHTS]: a timm name or tv/<name> (see: featpipe models), an "
+        "intermediate layer after ':' (vit_small_patch16_224:-2). Repeat for several; layers of "
+        "one model (-b m:-4 -b m:-1) are read from one forward pass, each its own cache entry.",
+    ),
     name: str | None = opt.Name,
     views: int = vopt.Views,
     crop_scale: float = vopt.CropScale,
@@ -65,8 +93,15 @@ def extract(
     extraction: ExtractOptions,
 ) -> None:
     """Run BACKBONE once over DATA and cache the pooled embeddings (only new files are run)."""
+    if len(backbones) > 1:
+        if views:
+            raise ArgumentError("views", "take one --backbone; extract the others on their own")
+        dataset = scan(data, name=name, allow_outside=extraction.allow_outside)  # one scan
+        for result in run_layers(dataset, backbones, extraction):
+            plain(result.summary())
+        return
     recipe = vopt.augment(crop_scale, hflip, color_jitter, view_seed)
-    result = run_extract(data, backbone, extraction, name, views, recipe)
+    result = run_extract(data, backbones[0], extraction, name, views, recipe)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if len(result.ranks) > 1:

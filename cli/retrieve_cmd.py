@@ -1,4 +1,5 @@
-"""``featpipe retrieve``: recall@k and mAP@R of cached features, one row per backbone."""
+"""``featpipe retrieve``: recall@k and mAP@R of cached features, one row per backbone, with
+intervals, the backbones compared on the same queries."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def retrieve(
         ["tf_efficientnet_lite0"],
         "--backbone",
         "-b",
-        help="MODEL[@WEIGHTS] ('+' concatenates); repeat for a leaderboard of backbones.",
+        help="MODEL[:LAYER][@WEIGHTS] ('+' concatenates); repeat for a leaderboard of "
+        "backbones, compared on the same queries (layers of one model: one forward pass).",
     ),
     runs_dir: Path = opt.RunsDir,
     *,
@@ -30,43 +32,44 @@ def retrieve(
     extraction: ExtractOptions,
 ) -> None:
     """Retrieval without a head: test images query a gallery (train, or test leave-one-out);
-    recall@k and mAP@R per backbone, each saved as a run."""
-    from featpipe.fitting.retrieval import retrieve as run_retrieval  # torch: only when it runs
+    recall@k and mAP@R per backbone with their 95% intervals over the queries, compared on the
+    same queries; each saved as a run."""
+    from featpipe.fitting.retrieval import (  # torch: only when it runs
+        retrieve_each,
+        verdict_lines,
+    )
 
-    found = []
-    for backbone in backbones:
-        with progress_bar(f"retrieve: features of {data} under {backbone}") as bar:
-            found.append(
-                run_retrieval(
-                    data,
-                    backbone,
-                    searching,
-                    extract_options=extraction,
-                    runs_dir=runs_dir,
-                    progress=lambda model: (
-                        lambda p: bar.update(
-                            p.done, p.total, p.images_per_second, f"extract {model}"
-                        )
-                    ),
-                    status=bar.status,
-                )
-            )
+    with progress_bar(f"retrieve: features of {data}") as bar:
+        board = retrieve_each(
+            data,
+            backbones,
+            searching,
+            extract_options=extraction,
+            runs_dir=runs_dir,
+            progress=lambda model: (
+                lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract {model}")
+            ),
+            status=bar.status,
+        )
     ks = searching.ks
-    table = Table(title=f"retrieval leaderboard ({searching.label}, by mAP@R)")
+    scores = [*(f"recall@{k}" for k in ks), "map@r"]
+    table = Table(title=f"retrieval leaderboard ({searching.label}, by mAP@R, 95% intervals)")
     for column in ("backbone", *(f"recall@{k}" for k in ks), "mAP@R", "queries", "s"):
         table.add_column(column, justify="left" if column == "backbone" else "right")
-    ranked = sorted(zip(backbones, found, strict=True), key=lambda b: -b[1][1].scores.map_at_r)
+    ranked = sorted(board.runs.items(), key=lambda b: -b[1][1].scores.map_at_r)
     for backbone, (_, result) in ranked:
-        scores = result.scores
         table.add_row(
             backbone,
-            *(f"{scores.recall[k]:.4f}" for k in ks),
-            f"{scores.map_at_r:.4f}",
-            str(scores.queries),
+            *(result.intervals[score].format() for score in scores),
+            str(result.scores.queries),
             f"{result.seconds:.2f}",
         )
     console().print(table)
-    for backbone, (run, result) in zip(backbones, found, strict=True):
+    if board.rankings:
+        n = next(iter(board.rankings.values())).best_score.n
+        for line in verdict_lines(board.rankings):
+            plain(f"on the same {n} test queries, {line}")
+    for backbone, (run, result) in board.runs.items():
         if result.scores.without_positive:
             plain(
                 f"{backbone}: {result.scores.without_positive} queries have no image of their "

@@ -4,7 +4,8 @@ The main entry point of every stage, in the order of the flow::
 
     data       scan, prepare_dataset
     backbones  BackboneSpec, build_backbone, list_backbones, load_classifier
-    extract    extract(data, backbone, ExtractOptions) → ExtractResult
+    extract    extract(data, backbone, ExtractOptions) → ExtractResult; extract_layers (several
+               layers of one backbone from one forward pass, an entry each)
     cache      load_features, iter_chunks → Features; load_views, iter_views (N × K × D)
     augment    Augment (the recipe of extract(views=K))
     heads      Head (a scikit-learn estimator)
@@ -38,6 +39,7 @@ _API = {
     "list_backbones": "featpipe.backbones.build",
     "load_classifier": "featpipe.backbones.build",
     "extract": "featpipe.extraction.stage",
+    "extract_layers": "featpipe.extraction.layers",
     "ExtractOptions": "featpipe.extraction.options",
     "ExtractResult": "featpipe.extraction.stage",
     "load_features": "featpipe.cache.entry",

@@ -32,5 +32,12 @@ def test_smoke_fills_every_row_of_the_table(tmp_path: Path) -> None:
     layers = results["layers"]
     assert layers["probes"]["last 4 blocks"]["dims"] == 4 * layers["probes"]["last block"]["dims"]
     assert len(layers["single_pass_seconds"]) == 4 and layers["images"] == 63
+    each = layers["each_layer"]  # the compare across depths, each block from one pass
+    assert list(each["probes"]) == ["-4", "-3", "-2", "-1"] and each["one_pass_seconds"] > 0
+    assert {row["dims"] for row in each["probes"].values()} == {
+        layers["probes"]["last block"]["dims"]
+    }
+    assert all(0 <= row["test"] <= 1 for row in each["probes"].values())
     table = out.with_suffix(".md").read_text()
     assert "| kNN DINOv2 (T=0.07) |" in table and "last 4 blocks in one pass" in table
+    assert "compare across the last 4 layers, from one pass" in table and "| block -2 |" in table

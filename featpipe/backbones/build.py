@@ -69,6 +69,9 @@ class Backbone:
     num_features: int
     is_conv: bool
     info: dict[str, Any] = field(default_factory=dict)
+    # the width of each layer of ``spec.layer``, in its order (one value without a layer list):
+    # how one forward pass's output splits into per-layer feature sets
+    layer_dims: tuple[int, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,13 +377,17 @@ class TimmIntermediateEmbedder(nn.Module):
         self.map_pool = None if self.tokens else MapPool(pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.layers(x), dim=1)
+
+    def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer pooled, in the order asked, from one forward pass."""
         prefix = {"return_prefix_tokens": True} if self.tokens else {}  # transformers only
         found = self.model.forward_intermediates(
             x, indices=self.indices, intermediates_only=True, **prefix
         )
         # forward_intermediates returns the stages in ascending order
         by_index = dict(zip(sorted(self.indices), found, strict=True))
-        return torch.cat([self._pooled(by_index[i]) for i in self.indices], dim=1)
+        return [self._pooled(by_index[i]) for i in self.indices]
 
     def _pooled(self, stage: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         if not self.tokens:
@@ -458,7 +465,13 @@ def build_backbone(spec: BackboneSpec, choice: WeightsChoice | None = None) -> B
     _, height, width = loaded.data_config["input_size"]
     try:
         with torch.inference_mode():
-            out = embedder(torch.zeros(1, 3, height, width))
+            zeros = torch.zeros(1, 3, height, width)
+            layers = (
+                embedder.layers(zeros)
+                if isinstance(embedder, TimmIntermediateEmbedder)
+                else [embedder(zeros)]
+            )
+            out = torch.cat(layers, dim=1)
     except Exception as exc:  # a pooling/size combination the architecture cannot take
         raise ArgumentError(
             "pool",
@@ -478,4 +491,5 @@ def build_backbone(spec: BackboneSpec, choice: WeightsChoice | None = None) -> B
         num_features=int(out.shape[1]),
         is_conv=is_conv,
         info={"native_num_features": native},
+        layer_dims=tuple(int(layer.shape[1]) for layer in layers),
     )

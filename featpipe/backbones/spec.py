@@ -1,7 +1,11 @@
 """A backbone as the user names it: one value from the command line to the cache and back.
 
-``MODEL[@WEIGHTS]`` names one backbone (any timm name, ``hf-hub:timm/NAME``, or ``tv/NAME`` for
-torchvision), and ``a+b`` joins several whose embeddings are concatenated. The string is parsed
+``MODEL[:LAYER][@WEIGHTS]`` names one backbone (any timm name, ``hf-hub:timm/NAME``, or
+``tv/NAME`` for torchvision), optionally one of its intermediate layers
+(``vit_small_patch16_224:-2``, ``resnet50:layer3``; a comma list concatenates several, as
+``--layer`` does), and ``a+b`` joins several whose embeddings are concatenated. The layer goes
+before the weights because a weights value may hold a colon (``@hub:TAG``) and a model name
+holds none (``hf-hub:`` aside, which is read as a prefix). The string is parsed
 here once, at the edge; every stage after it takes :class:`BackboneSpec` values. A spec also
 comes back from a cache entry's recorded key (:meth:`BackboneSpec.from_key_fields`), so that
 ``predict`` and fine-tuning rebuild exactly the network and preprocessing the features came from.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from featpipe.errors import ArgumentError
@@ -54,16 +58,18 @@ class BackboneSpec:
 
     @classmethod
     def parse(cls, text: str, weights: str = "auto", **options: Any) -> list[BackboneSpec]:
-        """``"a@none+tv/b"`` → two specs; weights named in the text win over ``weights``.
+        """``"a@none+tv/b:-2"`` → two specs; weights and a layer named in the text win over
+        ``weights`` and ``options["layer"]``.
 
         ``options`` (pool, layer, image_size, draft, decode) apply to every part.
         """
         specs = []
         for part in text.split("+"):
-            model, _, own = part.strip().partition("@")
-            if not model:
-                raise ArgumentError("backbone", f"{text}: empty model name; use MODEL[@WEIGHTS]+…")
-            specs.append(cls(model, own or weights, **options))
+            name, _, own = part.strip().partition("@")
+            model, layer = _layer_of(name, text)
+            specs.append(
+                cls(model, own or weights, **(options | ({"layer": layer} if layer else {})))
+            )
         return specs
 
     @classmethod
@@ -108,8 +114,30 @@ class BackboneSpec:
 
     @property
     def label(self) -> str:
-        """``MODEL`` or ``MODEL@WEIGHTS`` when the weights are not the default source."""
-        return self.model if self.weights in _DEFAULT_SOURCES else f"{self.model}@{self.weights}"
+        """``MODEL[:LAYER][@WEIGHTS]``: the weights when they are not the default source, the
+        layer when there is one (two layers of one model are two feature sets); it parses back
+        to this spec's model, layer and weights."""
+        name = self.model if self.layer is None else f"{self.model}:{self.layer}"
+        return name if self.weights in _DEFAULT_SOURCES else f"{name}@{self.weights}"
+
+    def without_layer(self) -> BackboneSpec:
+        """This spec with no layer: what several of its layers share (one forward pass)."""
+        return replace(self, layer=None)
+
+
+def _layer_of(name: str, text: str) -> tuple[str, str | None]:
+    """``"vit_small_patch16_224:-2"`` → (model, ``"-2"``); ``hf-hub:`` is a prefix, not a layer."""
+    prefix = HF_HUB_PREFIX if name.startswith(HF_HUB_PREFIX) else ""
+    model, colon, layer = name[len(prefix) :].rpartition(":")
+    if not colon:
+        model, layer = model or layer, ""
+    if not model:
+        raise ArgumentError("backbone", f"{text}: empty model name; use MODEL[:LAYER][@WEIGHTS]+…")
+    if colon and not layer.strip(", "):
+        raise ArgumentError(
+            "backbone", f"{text}: empty layer after ':'; use MODEL:LAYER (an index or a name)"
+        )
+    return prefix + model, layer or None
 
 
 def label(specs: list[BackboneSpec]) -> str:

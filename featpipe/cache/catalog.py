@@ -128,6 +128,12 @@ class EntrySummary:
     created: float
     key: str
     error: str = ""
+    layer: str | None = None  # the layer(s) its features come from; None: the model's output
+
+    @property
+    def label(self) -> str:
+        """``MODEL`` or ``MODEL:LAYER``, as backbone specs name a layer's feature set."""
+        return self.backbone if self.layer is None else f"{self.backbone}:{self.layer}"
 
 
 def list_entries(cache_dir: Path) -> list[EntrySummary]:
@@ -150,6 +156,7 @@ def list_entries(cache_dir: Path) -> list[EntrySummary]:
                         size_on_disk(path),
                         float(a["created"]),
                         str(a["key"]),
+                        layer=json.loads(a["key_fields"])["layer"],
                     )
                 )
         except StorageError as exc:
@@ -174,23 +181,37 @@ def list_entries(cache_dir: Path) -> list[EntrySummary]:
 
 def find_entries(cache_dir: Path, selector: str) -> list[Path]:
     """Entries matching a path, ``dataset/stem``, ``dataset/backbone`` (the stem without its
-    key, e.g. ``elpv/tv_mobilenet_v2``), a stem, a key prefix, or a dataset name."""
+    key, e.g. ``elpv/tv_mobilenet_v2``), a stem, a key prefix, or a dataset name. Any of these
+    but a path may end in ``:LAYER`` to select the entries of that layer only
+    (``elpv/vit_small_patch16_224:-2``; a stem never holds a colon)."""
     direct = Path(selector)
     if direct.suffix == ".h5" and direct.is_file():
         return [direct]
+    named, colon, layer = selector.partition(":")
     found = []
     for path in sorted(cache_dir.glob("*/*.h5")):
         backbone, _, stem_key = path.stem.rpartition("-")
         names = (f"{path.parent.name}/{path.stem}", f"{path.parent.name}/{backbone}", path.stem)
-        if selector in (*names, path.parent.name) or (
-            len(selector) >= 4 and stem_key.startswith(selector[:8])
+        if named in (*names, path.parent.name) or (
+            len(named) >= 4 and stem_key.startswith(named[:8])
         ):
             found.append(path)
+    if colon:
+        found = [path for path in found if _layer(path) == layer]
     if not found:
         raise MissingError(
             f"no cache entry matches '{selector}' in {cache_dir}: see featpipe cache ls"
         )
     return found
+
+
+def _layer(path: Path) -> str | None:
+    """The layer an entry's features come from (None for the model's output, or unreadable)."""
+    try:
+        with open_entry(path) as f:
+            return json.loads(f.attrs["key_fields"])["layer"]
+    except StorageError:
+        return None
 
 
 def entry_info(path: Path) -> dict[str, Any]:

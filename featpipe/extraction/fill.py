@@ -12,17 +12,39 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.backbones.weights import WeightsChoice
 from featpipe.cache.fingerprints import Contents
 from featpipe.cache.transaction import Transaction
-from featpipe.data.datasets import Item
+from featpipe.data.datasets import Dataset, Item
 from featpipe.extraction import provenance, reuse
 from featpipe.extraction.settle import ExtractRun, build
 from featpipe.progress import Phase, Progress
 from featpipe.runtime import distributed
+
+
+@dataclass(frozen=True)
+class Part:
+    """One entry that a forward pass fills: its settled run (key, settings, entry), and the
+    columns of the pass's output that are its features (None: all of them)."""
+
+    run: ExtractRun
+    columns: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Filled:
+    """What a fill did for one entry: rows extracted, rows copied, every rank's record."""
+
+    extracted: int
+    copied: reuse.Reused
+    ranks: list[dict[str, Any]]
 
 
 def fill(
@@ -44,46 +66,100 @@ def fill(
     copied and every rank's record. The view cache (:mod:`featpipe.extraction.views`) runs
     its view rows through here too, with the same guarantees.
     """
-    write = Transaction(run.entry, run.dataset, run.fields, int(run.settings["dim"]), contents)
-    distributed.on_leader(dist, write.recover)
-    pending = write.pending()
-    copied = (
-        distributed.on_leader(dist, lambda: _reuse(run, write, pending, say))
-        if copy
-        else reuse.Reused()
-    )
-    if copied.rows:
-        pending = write.pending()
-    mine = pending[distributed.part(len(pending), dist.rank, dist.world)] if dist else pending
-    # Rows a concurrent extract is computing are left to it (torchrun ranks split theirs above).
-    mine, claim = write.claim(mine, skip_claimed=dist is None)
+    [done] = fill_parts(run, [Part(run)], contents, spec, choice, dist, start, say, progress, copy)
+    return done.extracted, done.copied, done.ranks
 
-    def work(items: list[Item]) -> tuple[int, float]:
+
+def fill_parts(
+    run: ExtractRun,
+    parts: list[Part],
+    contents: Contents,
+    spec: BackboneSpec,
+    choice: WeightsChoice,
+    dist: distributed.Dist | None,
+    start: float,
+    say: Callable[[Phase], None],
+    progress: Callable[[Progress], None] | None,
+    copy: bool = True,
+) -> list[Filled]:
+    """:func:`fill` for several entries from one forward pass of ``run``'s backbone (``spec``).
+
+    Each entry goes through every step on its own (recover, copy, pending, claim, journals,
+    commit with its own provenance); the pass computes the union of the rows they lack, once,
+    and each entry's journal takes its rows and its columns (:class:`~featpipe.extraction.rows.
+    Parts`). With one part taking every column, this is :func:`fill`.
+    """
+    writes = [
+        Transaction(p.run.entry, run.dataset, p.run.fields, int(p.run.settings["dim"]), contents)
+        for p in parts
+    ]
+    for write in writes:
+        distributed.on_leader(dist, write.recover)
+    pending = [write.pending() for write in writes]
+    copied = [reuse.Reused() for _ in parts]
+    for i, (part, write) in enumerate(zip(parts, writes, strict=True)):
+        if copy:
+            copied[i] = distributed.on_leader(
+                dist, lambda p=part, w=write, lacking=pending[i]: _reuse(p.run, w, lacking, say)
+            )
+        if copied[i].rows:
+            pending[i] = write.pending()
+    union = _union(run.dataset, pending)
+    mine = union[distributed.part(len(union), dist.rank, dist.world)] if dist else union
+    # Rows a concurrent extract is computing are left to it (torchrun ranks split theirs above).
+    lacks = [_paths(lacking) for lacking in pending]
+    claims = [
+        write.claim([i for i in mine if i.relpath in paths], skip_claimed=dist is None)
+        for write, paths in zip(writes, lacks, strict=True)
+    ]
+
+    def work(wanted: list[list[Item]]) -> tuple[list[int], float]:
+        items = _union(run.dataset, wanted)
         if not items:
-            return 0, 0.0
+            return [0] * len(parts), 0.0
         if run.backbone is None:
             run.backbone = build(spec, choice, run.timings, say)
         t0 = time.perf_counter()
-        from featpipe.extraction.rows import extract_rows  # torch: a cache hit never gets here
+        # torch: a cache hit never gets here
+        from featpipe.extraction.rows import Parts, extract_rows
 
         rank, world = (dist.rank, dist.world) if dist else (0, 1)
-        with write.writer(rank, run.options.shard_rows) as writer:
-            rows = extract_rows(run, items, writer, progress, world)
+        whole = len(parts) == 1 and len(wanted[0]) == len(items)
+        with ExitStack() as stack:
+            writers = [
+                stack.enter_context(write.writer(rank, run.options.shard_rows)) for write in writes
+            ]
+            sink = Parts(
+                writers,
+                [p.columns for p in parts],
+                [None if whole else _paths(w) for w in wanted],
+                run.fields.dtype,
+            )
+            extract_rows(run, items, sink, progress, world)
         run.timings["extract_s"] = time.perf_counter() - t0
-        return rows, len(items) / run.timings["extract_s"]
+        return sink.kept, len(items) / run.timings["extract_s"]
 
     try:
-        n_new, rate = distributed.everyone(dist, lambda: work(mine))
+        n_new, rate = distributed.everyone(dist, lambda: work([m for m, _ in claims]))
     finally:
-        claim.release()
-    if claim.elsewhere:  # then finish what the other writer left (it may have been killed)
-        say(Phase("waiting", f"waiting for another extract computing {claim.elsewhere} rows"))
-        claim.wait()
-        write.recover()
-        n_new += work(write.pending())[0]
-    ranks = [{"rank": 0, "rows": n_new, "images_per_s": round(rate, 2), "host": platform.node()}]
+        for _, claim in claims:
+            claim.release()
+    waited = [claim.elsewhere > 0 for _, claim in claims]
+    if any(waited):  # then finish what the other writer left (it may have been killed)
+        rows = sum(claim.elsewhere for _, claim in claims)
+        say(Phase("waiting", f"waiting for another extract computing {rows} rows"))
+        for (_, claim), write in zip(claims, writes, strict=True):
+            if claim.elsewhere:
+                claim.wait()
+                write.recover()
+        more = work([w.pending() if wait else [] for w, wait in zip(writes, waited, strict=True)])
+        n_new = [a + b for a, b in zip(n_new, more[0], strict=True)]
+    ranks = [
+        [{"rank": 0, "rows": n, "images_per_s": round(rate, 2), "host": platform.node()}]
+        for n in n_new
+    ]
     if dist is not None:
-        ranks = distributed.gather(
+        gathered = distributed.gather(
             {
                 "rank": dist.rank,
                 "rows": n_new,
@@ -92,25 +168,45 @@ def fill(
                 "host": platform.node(),
             }
         )
-        run.timings["extract_s"] = max(r["seconds"] for r in ranks)  # the slowest rank's loop
-        n_new = sum(r["rows"] for r in ranks)
+        run.timings["extract_s"] = max(r["seconds"] for r in gathered)  # the slowest rank's loop
+        ranks = [[r | {"rows": r["rows"][i]} for r in gathered] for i in range(len(parts))]
+        n_new = [sum(r["rows"] for r in part) for part in ranks]
 
     def finish() -> None:
-        record = provenance.run_record(
-            device=run.device,
-            settings=run.settings,
-            timings=run.timings,
-            extracted=n_new,
-            copied=copied.rows,
-            copied_from=copied.sources,
-            pending=len(pending),
-            wall_s=time.perf_counter() - start,
-            ranks=ranks,
-        )
-        write.commit(provenance.merge(provenance.previous(run.entry), record))
+        for part, write, n, got, lacking, record_ranks in zip(
+            parts, writes, n_new, copied, pending, ranks, strict=True
+        ):
+            record = provenance.run_record(
+                device=run.device,
+                # the pass's settings (the loop adds its workers) with the entry's own
+                settings=run.settings | part.run.settings,
+                timings=run.timings,
+                extracted=n,
+                copied=got.rows,
+                copied_from=got.sources,
+                pending=len(lacking),
+                wall_s=time.perf_counter() - start,
+                ranks=record_ranks,
+            )
+            write.commit(provenance.merge(provenance.previous(part.run.entry), record))
 
     distributed.on_leader(dist, finish)
-    return n_new, copied, ranks
+    return [
+        Filled(n, got, record_ranks)
+        for n, got, record_ranks in zip(n_new, copied, ranks, strict=True)
+    ]
+
+
+def _paths(items: list[Item]) -> set[str]:
+    return {i.relpath for i in items}
+
+
+def _union(dataset: Dataset, parts: list[list[Item]]) -> list[Item]:
+    """The items any of ``parts`` holds, in dataset order (one list: itself, as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    wanted = set().union(*map(_paths, parts))
+    return [i for i in dataset.items if i.relpath in wanted]
 
 
 def _reuse(

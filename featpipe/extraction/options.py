@@ -121,11 +121,19 @@ class ExtractOptions:
             raise ArgumentError("engine", "openvino runs fp32 or bf16, not fp16 (CUDA): use fp32")
 
     def spec(self, backbone: str | BackboneSpec) -> BackboneSpec:
-        """The one backbone spec of a call: made from a model name and these options, or given
+        """The one backbone spec of a call: parsed from its text (``MODEL[:LAYER][@WEIGHTS]``)
+        with these options, or given
         (then these options must leave the spec's own fields at their defaults: a spec carries
         them, and two answers to one question would be a silent choice)."""
         if not isinstance(backbone, BackboneSpec):
-            return BackboneSpec(backbone, **self.spec_options())
+            specs = BackboneSpec.parse(backbone, **self.spec_options())  # MODEL[:LAYER][@WEIGHTS]
+            if len(specs) > 1:
+                raise ArgumentError(
+                    "backbone",
+                    f"{backbone}: one extraction makes one backbone's entry; extract each part "
+                    "of a '+' concatenation on its own (fit reads them joined)",
+                )
+            return specs[0]
         if self.spec_options() != ExtractOptions().spec_options():
             raise ArgumentError(
                 "backbone",

@@ -2,10 +2,10 @@
 
 The loop decodes images in loader workers (or, with the tensor decoder, reads their bytes there
 and decodes batches on the device), forwards ``uint8`` batches through the engine the probe
-chose, and appends every batch to a journal (:class:`~featpipe.cache.journals.ShardWriter`):
-a killed run loses at most the batch in flight. A file that cannot be decoded, or whose
-features are not finite (or do not fit float16 when stored so), becomes a skipped row with its
-reason, never a row of NaN.
+chose, and appends every batch to a journal (:class:`~featpipe.cache.journals.ShardWriter`, one
+per entry the pass fills: :class:`Parts`): a killed run loses at most the batch in flight. A
+file that cannot be decoded, or whose features are not finite (or do not fit float16 when
+stored so), becomes a skipped row with its reason, never a row of NaN.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ FLOAT16_MAX = 65504.0
 def extract_rows(
     run: ExtractRun,
     pending: list[Item],
-    writer: ShardWriter,
+    sink: Parts,
     progress: Callable[[Progress], None] | None,
     world: int = 1,
-) -> int:
-    """Compute the rows of ``pending`` into ``writer``; returns how many were kept.
+) -> None:
+    """Compute the rows of ``pending`` into ``sink`` (which counts what each entry kept).
 
     ``world``: how many processes share the machine's cores (torchrun ranks), for the default
     worker count.
@@ -77,9 +77,7 @@ def extract_rows(
         for batch in map(finish, loader):
             skipped = [(*pending[i].row_id, reason) for i, reason in batch.failed]
             feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
-            rows, feats, bad = screen(pending, batch.index, feats, fields.dtype)
-            skipped += bad
-            writer.append(rows, feats, skipped)
+            skipped += sink.append(pending, batch.index, feats, skipped)
             done += len(batch.index) + len(batch.failed)
             skipped_total += len(skipped)
             if skipped and run.options.on_error == "fail":
@@ -90,12 +88,60 @@ def extract_rows(
                 )
             if progress is not None:
                 progress(Progress(done, len(pending), skipped_total, time.perf_counter() - t0))
-        return done - skipped_total
+
+
+Skipped = tuple[str, int, int, str]
+
+
+class Parts:
+    """Where the rows of one forward pass go: one journal per entry it fills.
+
+    Most passes fill one entry with every column. A pass over several layers
+    (:mod:`featpipe.extraction.layers`) fills one entry per feature set: each takes its own
+    ``columns`` of the pass's output, and only the rows it ``wants`` (an entry may hold rows
+    another lacks). Each entry's rows are screened on its own columns, so a row that is finite
+    in one layer is kept there even when another layer's is not: each entry holds what an
+    extraction of its layer alone would hold.
+    """
+
+    def __init__(
+        self,
+        writers: list[ShardWriter],
+        columns: list[np.ndarray | None],
+        wants: list[set[str] | None],
+        dtype: str,
+    ) -> None:
+        self.writers, self.columns, self.wants, self.dtype = writers, columns, wants, dtype
+        self.kept = [0] * len(writers)
+
+    def append(
+        self, pending: list[Item], index: list[int], feats: np.ndarray, failed: list[Skipped]
+    ) -> list[Skipped]:
+        """Journal a batch: ``feats`` are the rows ``index`` of ``pending``, ``failed`` the
+        files that could not be decoded. Returns the rows screened out (of any entry)."""
+        screened_out: dict[str, Skipped] = {}
+        for i, (writer, columns, wants) in enumerate(
+            zip(self.writers, self.columns, self.wants, strict=True)
+        ):
+            part, rows_of, skipped = feats, index, failed
+            if wants is not None:
+                mine = [j for j, row in enumerate(index) if pending[row].relpath in wants]
+                part, rows_of = feats[mine], [index[j] for j in mine]
+                skipped = [s for s in failed if s[0] in wants]
+            if columns is not None:
+                part = part[:, columns]
+            if not rows_of and not skipped:
+                continue  # nothing of this batch is this entry's: no empty journal
+            rows, part, bad = screen(pending, rows_of, part, self.dtype)
+            writer.append(rows, part, skipped + bad)
+            self.kept[i] += len(rows)
+            screened_out.update((s[0], s) for s in bad)
+        return list(screened_out.values())
 
 
 def screen(
     pending: list[Item], index: list[int], feats: np.ndarray, dtype: str
-) -> tuple[list[RowId], np.ndarray, list[tuple[str, int, int, str]]]:
+) -> tuple[list[RowId], np.ndarray, list[Skipped]]:
     """Keep finite rows (that also fit float16 when stored so); the rest become skipped."""
     limit = FLOAT16_MAX if dtype == "float16" else np.inf
     good = np.isfinite(feats).all(axis=1) & (np.abs(feats).max(axis=1, initial=0) <= limit)

@@ -77,7 +77,7 @@ def cached(
     return entry, settings
 
 
-def _network(request: Request) -> Request:
+def network_request(request: Request) -> Request:
     """The request reduced to what the key's network part (weights identity, transform) depends
     on. Its memo answers an explicit precision without building the model: ``--precision fp32
     --engine torch`` over an entry made by ``auto`` is a cache hit, not a model build."""
@@ -102,7 +102,7 @@ def _network_memo(
 ) -> tuple[KeyFields, dict[str, Any]] | None:
     """Key fields and settings of a request that needs no probe to settle its key."""
     untimed = _untimed_compute(request, n_images)
-    network = recall(cache_dir, _network(request))
+    network = recall(cache_dir, network_request(request))
     if untimed is None or network is None:
         return None
     fields, settings = network
@@ -176,7 +176,7 @@ def _settle(
     choose = "auto" in (request.precision, request.engine) or request.batch_size is None
     timed = choose and n > PROBE_MIN_IMAGES
     check_speed = request.precision not in ("auto", "fp32")
-    network = recall(cache_dir, _network(request))
+    network = recall(cache_dir, network_request(request))
     backbone = None
     if network is None or timed or check_speed:
         spec = request.spec
@@ -199,7 +199,9 @@ def _settle(
             "decode": spec.decode,
             "is_conv": backbone.is_conv,
         }
-        remember(cache_dir, _network(request), base, described)
+        if spec.layer is not None:  # how a pass over several layers splits into feature sets
+            described["layer_dims"] = list(backbone.layer_dims)
+        remember(cache_dir, network_request(request), base, described)
     else:
         base, described = network
     if backbone is not None and (timed or check_speed):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featpipe.backbones.spec import BackboneSpec
-from featpipe.backbones.weights import resolve_weights
+from featpipe.backbones.weights import WeightsChoice, resolve_weights
 from featpipe.cache.catalog import Request, ensure_writable, recall
 from featpipe.cache.entry import Features, entry_header, load_features, parts_dir
 from featpipe.cache.fingerprints import Contents
@@ -32,7 +32,8 @@ from featpipe.data.augment import Augment
 from featpipe.data.datasets import Dataset, Task, scan
 from featpipe.extraction.fill import fill
 from featpipe.extraction.options import ExtractOptions
-from featpipe.extraction.settle import cached, leader_then_all, resolve
+from featpipe.extraction.reuse import Reused
+from featpipe.extraction.settle import ExtractRun, cached, leader_then_all, resolve
 from featpipe.extraction.views import check_views, extract_views
 from featpipe.progress import Phase, Progress, quiet
 from featpipe.runtime import distributed
@@ -151,34 +152,16 @@ def extract(
     say = status or quiet
     options = (options or ExtractOptions()).merged(overrides)  # every check, before any work
     check_views(views)
-    if not isinstance(data, Dataset):
-        say(Phase("scanning", f"scanning {data}"))
-    dataset = (
-        data
-        if isinstance(data, Dataset)
-        else scan(data, name=name, task=task, allow_outside=options.allow_outside)
-    )
+    dataset = scanned(data, name, task, options, say)
     cache_dir = options.cache_dir
     spec = options.spec(backbone)
     choice = resolve_weights(spec.model, spec.weights)  # once per run, passed down
-    request = Request(
-        spec=spec,
-        weights_detail=choice.detail,
-        precision=options.precision,
-        engine=options.engine,
-        batch_size=options.batch_size,
-        dtype=options.dtype,
-        device=options.device,
-    )
+    request = request_for(spec, choice, options)
     dist = distributed.current()
-    if dist is not None:
-        distributed.check_same(
-            asdict(request) | {"data": str(dataset.root), "dataset": dataset.digest()}
-        )
-        distributed.check_shared(ensure_writable(cache_dir))  # ranks prove it by writing there
+    check_ranks(dist, request, dataset, cache_dir)
     say(Phase("cache", f"looking up {len(dataset)} files in {cache_dir}"))
     hit = distributed.on_leader(
-        dist, lambda: _cache_hit(cache_dir, request, dataset, options.verify_content)
+        dist, lambda: cache_hit(cache_dir, request, dataset, options.verify_content)
     )
 
     def with_views(result: ExtractResult) -> ExtractResult:
@@ -200,15 +183,7 @@ def extract(
     if hit is not None:
         hit.seconds = time.perf_counter() - start
         return with_views(hit)
-    ensure_writable(cache_dir)  # after the hit: a complete entry needs no write access
-    keep_freed_memory()  # before the probe, so that it times what the run will see
-    import_s = 0.0
-    if "torch" not in sys.modules:  # seconds on a loaded machine: say so, and count them
-        say(Phase("building", "loading torch"))
-        t0 = time.perf_counter()
-        import torch  # noqa: F401
-
-        import_s = time.perf_counter() - t0
+    import_s = prepare_to_compute(cache_dir, say)
     run = leader_then_all(
         dist,
         lambda memo: resolve(dataset, request, choice, memo, options, say),
@@ -216,15 +191,87 @@ def extract(
     )
     if import_s:
         run.timings["import_s"] = import_s
-    say(Phase("cache", f"reading the cache and fingerprinting {len(dataset)} files"))
-    record = read_record(parts_dir(run.entry))
-    contents = Contents(dataset, full=options.verify_content, record=record)
+    contents = fingerprinted(run, options, say)
     n_new, copied, ranks = fill(run, contents, spec, choice, dist, start, say, progress)
+    return with_views(computed(run, backbone, n_new, copied, ranks, start))
+
+
+def scanned(
+    data: str | Path | Dataset,
+    name: str | None,
+    task: Task | None,
+    options: ExtractOptions,
+    say: Callable[[Phase], None],
+) -> Dataset:
+    """``data`` scanned (``stat`` only), or as given when it is a scan already."""
+    if isinstance(data, Dataset):
+        return data
+    say(Phase("scanning", f"scanning {data}"))
+    return scan(data, name=name, task=task, allow_outside=options.allow_outside)
+
+
+def request_for(spec: BackboneSpec, choice: WeightsChoice, options: ExtractOptions) -> Request:
+    """The request memos and cache hits are looked up by: the spec and the run's options."""
+    return Request(
+        spec=spec,
+        weights_detail=choice.detail,
+        precision=options.precision,
+        engine=options.engine,
+        batch_size=options.batch_size,
+        dtype=options.dtype,
+        device=options.device,
+    )
+
+
+def check_ranks(
+    dist: distributed.Dist | None, request: Request, dataset: Dataset, cache_dir: Path
+) -> None:
+    """Under torchrun: every rank asks the same of the same data, in a cache they all share."""
+    if dist is not None:
+        distributed.check_same(
+            asdict(request) | {"data": str(dataset.root), "dataset": dataset.digest()}
+        )
+        distributed.check_shared(ensure_writable(cache_dir))  # ranks prove it by writing there
+
+
+def prepare_to_compute(cache_dir: Path, say: Callable[[Phase], None]) -> float:
+    """What a run that computes rows does first (after the cache hit: a complete entry needs
+    no write access): check the cache is writable, keep freed memory, load torch. Returns the
+    seconds torch took to load (0 when it was loaded)."""
+    ensure_writable(cache_dir)
+    keep_freed_memory()  # before the probe, so that it times what the run will see
+    if "torch" in sys.modules:
+        return 0.0
+    say(Phase("building", "loading torch"))  # seconds on a loaded machine: say so, and count them
+    t0 = time.perf_counter()
+    import torch  # noqa: F401
+
+    return time.perf_counter() - t0
+
+
+def fingerprinted(
+    run: ExtractRun, options: ExtractOptions, say: Callable[[Phase], None]
+) -> Contents:
+    """The dataset's file contents as this run compares them (the stat record saves reads)."""
+    say(Phase("cache", f"reading the cache and fingerprinting {len(run.dataset)} files"))
+    record = read_record(parts_dir(run.entry))
+    return Contents(run.dataset, full=options.verify_content, record=record)
+
+
+def computed(
+    run: ExtractRun,
+    backbone: str | BackboneSpec,
+    n_new: int,
+    copied: Reused,
+    ranks: list[dict[str, Any]],
+    start: float,
+) -> ExtractResult:
+    """The result of a run that filled its entry (``start``: when the call began)."""
     n, dim, n_skipped = entry_header(run.entry)
     seconds = time.perf_counter() - start  # the whole call: the rate is over the same interval
-    result = ExtractResult(
+    return ExtractResult(
         run.entry,
-        dataset.name,
+        run.dataset.name,
         backbone,
         n,
         dim,
@@ -238,10 +285,9 @@ def extract(
         n_copied=copied.rows,
         timings=run.timings,
     )
-    return with_views(result)
 
 
-def _cache_hit(
+def cache_hit(
     cache_dir: Path, request: Request, dataset: Dataset, verify_content: bool
 ) -> ExtractResult | None:
     """The result of a request whose entry already describes this scan, if there is one."""

@@ -1,8 +1,10 @@
 """Feature sets: the cached embeddings of one dataset under one or more backbones.
 
-A feature spec names backbones the way the CLI takes them: ``MODEL[@WEIGHTS]``, joined by
-``+`` to concatenate embeddings (``tf_efficientnet_lite0+tv/mobilenet_v2``), with ``@none`` for
-the random-init control (``tf_efficientnet_lite0@none``). Rows are aligned by relative path;
+A feature spec names backbones the way the CLI takes them: ``MODEL[:LAYER][@WEIGHTS]``, joined
+by ``+`` to concatenate embeddings (``tf_efficientnet_lite0+tv/mobilenet_v2``), with ``@none``
+for the random-init control (``tf_efficientnet_lite0@none``) and ``:LAYER`` for an intermediate
+layer's features (``vit_small_patch16_224:-2``; layers of one backbone are read from one forward
+pass, :mod:`featpipe.extraction.layers`). Rows are aligned by relative path;
 a file skipped under one backbone is dropped from the set.
 """
 
@@ -19,8 +21,9 @@ from featpipe.cache.entry import Features, FeatureSet, read_meta
 from featpipe.data.augment import Augment
 from featpipe.data.datasets import Dataset, scan
 from featpipe.errors import FeatpipeError
+from featpipe.extraction.layers import extract_each
 from featpipe.extraction.options import ExtractOptions
-from featpipe.extraction.stage import ExtractResult, extract
+from featpipe.extraction.stage import ExtractResult
 from featpipe.fitting.streaming import open_streamed
 from featpipe.progress import Phase
 
@@ -93,18 +96,15 @@ def load_feature_set(
         specs = parse_feature_spec(specs, options)
     if len(specs) > 1 and not isinstance(data, Dataset):  # one scan serves every backbone
         data = scan(data, allow_outside=options.allow_outside)
-    results = [
-        extract(
-            data,
-            spec,
-            options.without_spec(),  # each spec carries its own
-            progress=progress(spec.model) if progress else None,
-            status=status,
-            views=views,
-            augment=augment,
-        )
-        for spec in specs
-    ]
+    results = extract_each(  # layers of one backbone from one forward pass
+        data,
+        specs,
+        options.without_spec(),  # each spec carries its own
+        progress=progress,
+        status=status,
+        views=views,
+        augment=augment,
+    )
     if memory_budget is not None and len(results) == 1:
         streamed = open_streamed(results[0].entry, memory_budget)
         if streamed is not None:

@@ -14,9 +14,14 @@ each) in memory:
   :class:`ChunkBatches`);
 * ridge from the streamed ``XᵀX`` and ``XᵀY`` (one pass, then one eigendecomposition for every
   ``alpha``: :func:`featpipe.heads.paths.ridge_path_gram`);
-* validation and test are scored block by block (every head in one pass per split).
+* k-NN with nothing to train: its bank is the entry's train rows, read block by block and
+  preprocessed as they are searched (:class:`StreamedKNN`); a (k, T) grid shares one search of
+  the largest k per block of queries (:func:`featpipe.heads.fitted.decision_functions`), and the
+  saved head's bank is written to ``head.safetensors`` block by block;
+* validation and test are scored block by block (every head in one pass per split; a k-NN head
+  reads its bank once per block of queries).
 
-scikit-learn heads that need every row at once (logreg, linearsvc, knn) are refused before any
+scikit-learn heads that need every row at once (logreg, linearsvc) are refused before any
 work, with the budget named. Selection uses the val split (cross-validation would read the entry
 ``k`` times per config), and few-shot curves need the features in memory.
 """
@@ -38,11 +43,13 @@ from torch import nn
 from featpipe.cache.entry import FeatureSet, entry_header, load_columns, read_spans
 from featpipe.errors import ArgumentError
 from featpipe.heads.config import HeadConfig
-from featpipe.heads.fitted import FittedHead, linear_modules, path_groups
+from featpipe.heads.fitted import CosineKNN, FittedHead, linear_modules, path_groups
 from featpipe.heads.paths import balanced_weights, ridge_path_gram, ridge_targets
 from featpipe.heads.preprocess import Preprocessor, moments
 from featpipe.heads.rows import Batch
 from featpipe.heads.stacked import target_scaling, train_sources, training_targets
+from featpipe.heads.tensorfile import TensorBlocks
+from featpipe.protocols.knn import nearest_neighbours
 
 # Without a budget: this share of the memory available when fit starts.
 DEFAULT_SHARE = 0.5
@@ -57,7 +64,7 @@ BLOCK_SHARE = 0.25
 # (about 0.6 ms): at that 4 MiB budget runs are 3 rows and reading makes the streamed fit 9x
 # slower than in memory; under budgets of GiBs runs are hundreds of rows and reads cost little.
 RUNS_PER_BLOCK = 64
-STREAMABLE = ("linear", "mlp", "ridge")
+STREAMABLE = ("linear", "mlp", "ridge", "knn")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -307,6 +314,78 @@ def _ridge(
     return linear_modules(solutions, classes, n_classes)
 
 
+@dataclass(frozen=True)
+class StreamedBank:
+    """The rows in ``mask`` of a streamed entry as a k-NN bank: read block by block,
+    preprocessed and scaled to unit length as :func:`~featpipe.heads.fitted.knn_modules` makes
+    a bank in memory (the same rows, the same arithmetic)."""
+
+    features: StreamedFeatures
+    mask: np.ndarray
+    pre: Preprocessor
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.sum())
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(unit rows, labels)`` blocks; a regression bank's labels are zeros (the search
+        reads the rows, the head their targets)."""
+        classes = self.features.task == "classification"
+        for X, rows in self.features.blocks(self.mask):
+            Z = torch.from_numpy(self.pre.transform(X)).float()
+            labels = self.features.y[rows] if classes else np.zeros(len(rows), np.int64)
+            yield nn.functional.normalize(Z, dim=1).numpy(), labels
+
+
+class StreamedKNN(CosineKNN):
+    """A k-NN head whose bank stays on disk (:class:`StreamedBank`): it scores as the
+    :class:`~featpipe.heads.fitted.CosineKNN` fitted on the same rows in memory, searching the
+    bank block by block, and is saved as that head (its bank written block by block), so a run
+    reads it back as an ordinary k-NN head."""
+
+    def __init__(self, bank: StreamedBank, k: int, n_classes: int, temperature: float) -> None:
+        y = bank.features.y[bank.mask]
+        targets = torch.as_tensor(y, dtype=torch.long if n_classes else torch.float32)
+        empty = torch.empty(0, bank.pre.pca or bank.features.dim)
+        super().__init__(empty, targets, k, n_classes, temperature, normalized=True)
+        self.streamed = bank
+
+    @property
+    def size(self) -> int:
+        return self.streamed.size
+
+    @property
+    def source(self) -> object:
+        return self.streamed
+
+    def bank_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.streamed.blocks()
+
+    def nearest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        found = nearest_neighbours(x.numpy(), self.bank_blocks(), self.width)
+        return torch.from_numpy(found.similarities), torch.from_numpy(found.rows)
+
+    def saved_state(self) -> dict[str, torch.Tensor | TensorBlocks]:
+        dim = self.bank.shape[1]
+        bank = TensorBlocks(
+            (self.size, dim), np.dtype(np.float32), lambda: (Z for Z, _ in self.bank_blocks())
+        )
+        return {"bank": bank, "targets": self.targets}
+
+
+def _knn(
+    configs: list[HeadConfig],
+    features: StreamedFeatures,
+    mask: np.ndarray,
+    pre: Preprocessor,
+    n_classes: int,
+) -> list[nn.Module]:
+    """k-NN heads that differ in ``k`` and ``temperature``, over one bank on disk."""
+    bank = StreamedBank(features, mask, pre)
+    return [StreamedKNN(bank, c.k, n_classes, c.temperature) for c in configs]
+
+
 def fit_heads(configs: list[HeadConfig], features: StreamedFeatures) -> list[FittedHead]:
     """:func:`featpipe.heads.fitted.fit_heads` on the train split, streamed (val for curves)."""
     refuse_unstreamable(features, configs)
@@ -342,7 +421,8 @@ def fit_heads(configs: list[HeadConfig], features: StreamedFeatures) -> list[Fit
         for group in path_groups([configs[i] for i in others]):
             ids = [others[j] for j in group]
             start = time.perf_counter()
-            modules = _ridge([configs[i] for i in ids], features, train, pre, n_out)
+            fit = _knn if configs[ids[0]].head == "knn" else _ridge
+            modules = fit([configs[i] for i in ids], features, train, pre, n_out)
             seconds = (time.perf_counter() - start) / len(ids)
             for i, module in zip(ids, modules, strict=True):
                 fitted[i] = FittedHead(

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from featpipe.errors import ArgumentError, DataError, StorageError
@@ -28,6 +28,7 @@ from featpipe.heads.metrics import r2
 from featpipe.heads.paths import logistic_path, ridge_classifier_path, ridge_path
 from featpipe.heads.preprocess import Preprocessor
 from featpipe.heads.stacked import train_torch_heads
+from featpipe.heads.tensorfile import TensorBlocks, write_safetensors
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import with_view_rows
 from featpipe.protocols.knn import UNIFORM, KNNSweep, knn_sweep, vote
@@ -67,20 +68,44 @@ class CosineKNN(nn.Module):
         return UNIFORM if self.temperature == 0 else self.temperature
 
     @property
+    def size(self) -> int:
+        """How many rows the bank holds."""
+        return self.bank.shape[0]
+
+    @property
     def width(self) -> int:
         """The neighbours that vote: k, or the whole bank when it is smaller."""
-        return min(self.k, self.bank.shape[0])
+        return min(self.k, self.size)
+
+    @property
+    def source(self) -> object:
+        """What the neighbour search reads: heads over one source (and one preprocessing)
+        share one search (:func:`decision_functions`)."""
+        return self.bank
+
+    def bank_blocks(self) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """The bank as ``(unit rows, labels)`` blocks, what :func:`knn_sweep` searches."""
+        return [(self.bank.numpy(), self.targets.numpy())]
+
+    def nearest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's ``width`` most similar bank rows: (similarities, bank row numbers)."""
+        top = (nn.functional.normalize(x, dim=1) @ self.bank.t()).topk(self.width, dim=1)
+        return top.values, top.indices
+
+    def saved_state(self) -> dict[str, torch.Tensor | TensorBlocks]:
+        """The tensors a saved head holds; a bank on disk gives its blocks instead
+        (:class:`~featpipe.heads.tensorfile.TensorBlocks`)."""
+        return dict(self.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sims = nn.functional.normalize(x, dim=1) @ self.bank.t()
-        top = sims.topk(self.width, dim=1)
+        similarities, rows = self.nearest(x)
         if self.n_classes == 0:  # regression: the neighbours' targets, weighted as they vote
-            values = self.targets[top.indices].float()
+            values = self.targets[rows].float()
             if math.isinf(self.vote_temperature):
                 return values.mean(dim=1, keepdim=True)
-            weights = torch.softmax(top.values / self.vote_temperature, dim=1)
+            weights = torch.softmax(similarities / self.vote_temperature, dim=1)
             return (weights * values).sum(dim=1, keepdim=True)
-        return vote(top.values, self.targets[top.indices], self.n_classes, self.vote_temperature)
+        return vote(similarities, self.targets[rows], self.n_classes, self.vote_temperature)
 
 
 def knn_modules(
@@ -320,12 +345,11 @@ class FittedHead:
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        state = {f"head.{k}": v.contiguous() for k, v in self.module.state_dict().items()}
-        state |= {
-            f"pre.{k}": torch.from_numpy(np.ascontiguousarray(v))
-            for k, v in self.preprocessor.arrays.items()
-        }
-        save_file(state, str(folder / "head.safetensors"))
+        module = self.module
+        own = module.saved_state() if isinstance(module, CosineKNN) else module.state_dict()
+        state = {f"head.{k}": v for k, v in own.items()}
+        state |= {f"pre.{k}": np.asarray(v) for k, v in self.preprocessor.arrays.items()}
+        write_safetensors(folder / "head.safetensors", state)
         meta = {
             "format": HEAD_FORMAT,
             "config": self.config.to_dict(),
@@ -393,9 +417,10 @@ def decision_functions(heads: list[FittedHead], X: np.ndarray) -> Iterator[np.nd
             continue
         module = head.module
         if key not in searches:
-            bank = [(module.bank.numpy(), module.targets.numpy())]
             Z = head.transform(X)
-            searches[key] = knn_sweep(Z, bank, module.n_classes, [widths[key]], [UNIFORM])
+            searches[key] = knn_sweep(
+                Z, module.bank_blocks(), module.n_classes, [widths[key]], [UNIFORM]
+            )
         scores = searches[key].scores(module.width, module.vote_temperature)
         yield scores.astype(np.float32, copy=False)
 
@@ -406,7 +431,7 @@ def _knn_bank(head: FittedHead) -> tuple[int, int] | None:
     module = head.module
     if not isinstance(module, CosineKNN) or module.n_classes == 0:
         return None
-    return id(head.preprocessor), id(module.bank)
+    return id(head.preprocessor), id(module.source)
 
 
 def _timed_sklearn(

@@ -13,7 +13,9 @@ positive when it has the query's class. The definitions are those of Musgrave, B
   whether result i is a positive), averaged over the queries.
 
 A query without any positive in its gallery has neither, and is left out of both means (as
-pytorch-metric-learning leaves out its "lone" queries); the result counts them. Equal distances
+pytorch-metric-learning leaves out its "lone" queries); the result counts them. The result keeps
+every scored query's own hit and AP@R: the means' intervals resample them, and two feature sets
+are compared query by query (:mod:`featpipe.fitting.retrieval`). Equal distances
 rank in gallery order, so the result does not depend on how a sort breaks ties. The queries are
 scored in blocks of ``block_rows``: memory is about 16 bytes × ``block_rows`` × gallery rows.
 Numpy only: no torch import.
@@ -36,13 +38,29 @@ METRICS: tuple[Metric, ...] = ("cosine", "l2")
 
 @dataclass(frozen=True)
 class RetrievalScores:
-    """``recall[k]`` is recall@k; ``map_at_r`` mAP@R; over ``queries`` queries, not counting the
-    ``without_positive`` queries whose gallery holds no row of their class."""
+    """Each scored query's own values and their means: ``hits[k]`` whether a positive is among
+    its first k results, ``average_precision`` its AP@R; ``scored`` the scored queries' indices
+    among the queries given, in order (what intervals resample and paired comparisons pair);
+    ``without_positive`` the queries whose gallery holds no row of their class (not scored)."""
 
-    recall: dict[int, float]
-    map_at_r: float
-    queries: int
+    hits: dict[int, np.ndarray]
+    average_precision: np.ndarray
+    scored: np.ndarray
     without_positive: int
+
+    @property
+    def recall(self) -> dict[int, float]:
+        """recall@k for each k: the share of scored queries with a hit."""
+        return {k: float(hit.mean()) for k, hit in self.hits.items()}
+
+    @property
+    def map_at_r(self) -> float:
+        return float(self.average_precision.mean())
+
+    @property
+    def queries(self) -> int:
+        """How many queries the scores rest on."""
+        return len(self.scored)
 
 
 def retrieval_scores(
@@ -84,8 +102,8 @@ def retrieval_scores(
     q_keys, g_keys = (_unit(q), _unit(g)) if metric == "cosine" else (q, g)
     g_sq = (g * g).sum(axis=1)
 
-    hits = np.zeros(len(ks), dtype=np.int64)
-    ap_sum = 0.0
+    hits: list[list[np.ndarray]] = [[] for _ in ks]
+    precisions: list[np.ndarray] = []
     for first in range(0, len(q), block_rows):
         rows = slice(first, first + block_rows)
         products = q_keys[rows] @ g_keys.T
@@ -98,21 +116,21 @@ def retrieval_scores(
         relevant = yg[_first_ranked(dist, depth)] == yq[rows, None]
         scored = r > 0
         for i, k in enumerate(ks):
-            hits[i] += int(relevant[scored, :k].any(axis=1).sum())
+            hits[i].append(relevant[scored, :k].any(axis=1))
         # AP@R: precision at each of the first R ranks that holds a positive, over R
         precision = np.cumsum(relevant, axis=1) / np.arange(1, depth + 1)
         within_r = np.arange(depth) < r[:, None]
         ap = (precision * relevant * within_r).sum(axis=1)
-        ap_sum += float((ap[scored] / r[scored]).sum())
+        precisions.append(ap[scored] / r[scored])
 
-    n_scored = int((positives > 0).sum())
-    if n_scored == 0:
+    scored_rows = np.flatnonzero(positives > 0)
+    if len(scored_rows) == 0:
         raise ArgumentError("query_labels", "no query has a row of its class in its gallery")
     return RetrievalScores(
-        recall={k: float(h) / n_scored for k, h in zip(ks, hits, strict=True)},
-        map_at_r=ap_sum / n_scored,
-        queries=n_scored,
-        without_positive=len(q) - n_scored,
+        hits={k: np.concatenate(h) for k, h in zip(ks, hits, strict=True)},
+        average_precision=np.concatenate(precisions),
+        scored=scored_rows,
+        without_positive=len(q) - len(scored_rows),
     )
 
 

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.data.datasets import scan
 from featpipe.errors import ArgumentError, FeatpipeError
+from featpipe.extraction.layers import extract_shared
 from featpipe.extraction.options import ExtractOptions, as_extract_options
 from featpipe.fitting.options import SweepOptions
 from featpipe.heads.config import parse_value
@@ -154,7 +155,8 @@ class Standing:
 
 
 def _random_twin(spec: str) -> str:
-    return "+".join(f"{s.model}@none" for s in BackboneSpec.parse(spec))
+    """The random-init control of a feature set: every part's weights ``none``, its layer kept."""
+    return "+".join(replace(s, weights="none").label for s in BackboneSpec.parse(spec))
 
 
 def compare(
@@ -166,12 +168,18 @@ def compare(
 
     ``progress`` and ``status`` are :func:`featpipe.fit`'s (per-batch progress, and the steps
     before batches run)."""
+    from featpipe.fitting.features import parse_feature_spec  # torch: likewise
     from featpipe.fitting.stage import fit  # torch: the CLI imports this module at start
 
+    specs = [s for b in experiment.backbones for s in parse_feature_spec(b, experiment.extract)]
     rows: list[Row] = []
     for data in experiment.data:
         # One scan per dataset serves every backbone: the freshness check is paid once a call.
         dataset = scan(data, allow_outside=experiment.extract.allow_outside)
+        # Layers of one backbone (m:-4, m:-1) come from one forward pass; each fit is a hit.
+        extract_shared(
+            dataset, specs, experiment.extract.without_spec(), progress=progress, status=status
+        )
         for backbone in experiment.backbones:
             run, result = fit(
                 dataset,

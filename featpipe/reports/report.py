@@ -250,21 +250,42 @@ def report(runs_dir: Path, out: Path) -> Path:
 
 def retrieval_table(runs: list[Run], out: Path) -> str:
     """Retrieval runs, one row each (newest first per dataset and backbone): the protocol's
-    settings, recall@k and mAP@R, the queries they rest on."""
+    settings, recall@k and mAP@R with their 95% intervals, the queries they rest on; then the
+    comparisons on the same queries each run recorded."""
     scores = sorted({k for r in runs for k in r.metrics.test.averaged()}, key=_rank_order)
+    ordered = sorted(runs, key=lambda r: (r.config["dataset"], r.config["backbone"]))
     rows = [
         [
             r.config["dataset"],
             r.config["backbone"],
             r.metrics.chosen.get("metric", ""),
             r.metrics.chosen.get("gallery", ""),
-            *(_num(r.metrics.test.averaged().get(k)) for k in scores),
+            *(_scored(r, "test", k, r.metrics.test.averaged().get(k)) for k in scores),
+            _queries(r),
             f"{r.metrics.fit_seconds:.2f}",
             _run_link(r, out),
         ]
-        for r in sorted(runs, key=lambda r: (r.config["dataset"], r.config["backbone"]))
+        for r in ordered
     ]
-    return _table(rows, ["dataset", "backbone", "similarity", "gallery", *scores, "s", "run"])
+    header = ["dataset", "backbone", "similarity", "gallery", *scores, "queries", "s", "run"]
+    notes = [
+        "<p class='note'>Scores with their 95% interval: a seeded BCa bootstrap over the queries "
+        "(2,000 resamples; the gallery held fixed). Runs written before intervals were recorded "
+        "show bare numbers.</p>"
+    ]
+    compared = {(r.config["dataset"], r.metrics.verdict): r for r in ordered if r.metrics.verdict}
+    for dataset, verdict in compared:
+        lines = "<br>".join(html.escape(line) for line in verdict.splitlines())
+        notes.append(
+            f"<p class='note'><b>{html.escape(dataset)}</b>, on the same queries: {lines}</p>"
+        )
+    return _table(rows, header) + "".join(notes)
+
+
+def _queries(run: Run) -> str:
+    """The queries a retrieval run's scores rest on ('' where not recorded)."""
+    scored = run.metrics.intervals.get("test", {})
+    return str(next(iter(scored.values())).n) if scored else ""
 
 
 def _rank_order(score: str) -> tuple[int, int]:

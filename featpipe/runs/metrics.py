@@ -26,10 +26,12 @@ import numpy as np
 from featpipe.stats import METRICS, Interval
 from featpipe.stats.paired import format_p
 
-FIT, FINETUNE = "fit", "finetune"
+FIT, FINETUNE, RETRIEVAL = "fit", "finetune", "retrieval"
 # field metadata: recorded by runs of these kinds only (and only they write it)
 _FIT_ONLY, _FINETUNE_ONLY = {"kinds": (FIT,)}, {"kinds": (FINETUNE,)}
 _TRAINED = {"kinds": (FIT, FINETUNE)}  # runs that trained a head: fit and fine-tune
+_SCORED = {"kinds": (FIT, RETRIEVAL)}  # comparisons between configs or feature sets
+_INTERVALS = {"kinds": (FIT, FINETUNE, RETRIEVAL)}  # every run that scores on test images
 
 
 class _Record:
@@ -277,9 +279,11 @@ class RunMetrics:
     # below-chance warnings. A fit's: the configs compared with the best on the selection
     # images ("A and B are tied; ..."), and those tied with it; the splits of --repeats. The
     # per-image predictions they came from are in predictions.npz.
-    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict, metadata=_TRAINED)
+    # A retrieval run records its scores' intervals (n: queries) and, retrieved beside other
+    # feature sets, one line per score comparing them on the same queries.
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict, metadata=_INTERVALS)
     warnings: list[str] = field(default_factory=list, metadata=_TRAINED)
-    verdict: str = field(default="", metadata=_FIT_ONLY)
+    verdict: str = field(default="", metadata=_SCORED)
     tied_with_best: list[str] = field(default_factory=list, metadata=_FIT_ONLY)
     repeats: Repeats | None = field(default=None, metadata=_FIT_ONLY)
     # a fine-tune's: its backbone; the best epoch (-1: none beat the start head) and which of

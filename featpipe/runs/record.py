@@ -52,7 +52,7 @@ from featpipe.backbones.spec import slugify
 from featpipe.cache.durable import fsync_dir, fsync_tree, replace_file
 from featpipe.data.datasets import DataWarning
 from featpipe.errors import ArgumentError, DataError, StorageError
-from featpipe.runs.metrics import RunMetrics
+from featpipe.runs.metrics import FINETUNE, FIT, RETRIEVAL, RunMetrics
 from featpipe.runs.predictions import FILE as PREDICTIONS_FILE
 from featpipe.runs.predictions import SELECTION_TEST, RunPredictions, SplitOutputs
 
@@ -63,8 +63,7 @@ if TYPE_CHECKING:  # torch-free at import: the CLI reads runs without loading to
 # its weights, so predict and export serve it like a fit run. Format 1 runs (fit runs have the
 # same files; fine-tune runs had no head) are still read.
 RUN_FORMAT = 2
-RETRIEVAL = "retrieval"  # a run without a head: retrieval scores of a feature set
-KINDS = ("fit", "finetune", "compare", RETRIEVAL)
+KINDS = (FIT, FINETUNE, "compare", RETRIEVAL)  # retrieval: scores of a feature set, no head
 DEFAULT_RUNS_DIR = Path(os.environ.get("FEATPIPE_RUNS", "runs"))
 REQUIRED = ("run.json", "metrics.json", "rows.csv")
 TEMP_SUFFIX = ".tmp"

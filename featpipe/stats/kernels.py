@@ -65,6 +65,9 @@ def kernel(metric: Metric, atoms: Atoms, model: int, n_classes: int) -> Kernel:
     y, pred = atoms.columns[:, 0], atoms.columns[:, 1 + model]
     if metric.name == "auroc":
         return Auroc(y, pred, atoms.counts)
+    if metric.task == "per_query":  # the mean of the queries' own scores
+        per_atom = np.column_stack([np.ones_like(pred), pred])
+        return Sums(per_atom, lambda sums: sums[:, 1] / sums[:, 0], atoms.counts)
     if metric.task == "regression":
         return _regression(metric.name, y, pred, atoms.counts)
     return _confusion(

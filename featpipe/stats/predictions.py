@@ -38,6 +38,8 @@ METRICS = {
         Metric("r2", "regression", True, False),
         Metric("mae", "regression", False, False),
         Metric("mse", "regression", False, False),
+        # per-query scores in [0, 1] (retrieval's recall@k hits, AP@R): their mean
+        Metric("mean", "per_query", True, True),
     )
 }
 
@@ -52,9 +54,10 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 class Predictions:
     """One model's predictions on one test set, one entry per image.
 
-    Build it with :meth:`classification`, :meth:`regression` or :meth:`from_outputs`, which
-    check the arrays. ``scores``: a two-class head's raw outputs (one or two columns), which
-    AUROC ranks by; None when not given.
+    Build it with :meth:`classification`, :meth:`regression`, :meth:`from_outputs` or
+    :meth:`per_query` (``pred`` holds each query's score), which check the arrays.
+    ``scores``: a two-class head's raw outputs (one or two columns), which AUROC ranks by; None
+    when not given.
     """
 
     task: str
@@ -111,6 +114,21 @@ class Predictions:
             if not np.all(np.isfinite(a)):
                 raise ArgumentError(name, "holds NaN or infinite values")
         return cls("regression", _read_only(y), _read_only(pred), 0)
+
+    @classmethod
+    def per_query(cls, labels: Any, values: Any) -> Predictions:
+        """One score in [0, 1] per query whose mean is what is reported (metric ``mean``):
+        retrieval's recall@k hit (0 or 1) or AP@R of each query. ``labels``: each query's
+        class, which the pairing of two models on the same queries checks."""
+        y = _vector("labels", labels)
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+            raise ArgumentError("labels", "must hold class indices (whole numbers ≥ 0)")
+        values = np.asarray(values)
+        values = values.astype(np.float64) if values.dtype == np.bool_ else values  # hits
+        values = _vector("values", values, len(y)).astype(np.float64)
+        if not np.all((values >= 0) & (values <= 1)):  # also refuses NaN
+            raise ArgumentError("values", "must lie between 0 and 1 (a hit, a precision)")
+        return cls("per_query", _read_only(y.astype(np.int64)), _read_only(values), 0)
 
     @classmethod
     def from_outputs(cls, task: str, n_classes: int, y: Any, outputs: Any) -> Predictions:

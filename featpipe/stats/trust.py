@@ -36,6 +36,8 @@ def chance_level(metric: str, y_true: Any, n_classes: int | None = None) -> floa
       MSE: the variance (predicting the median, the mean).
     """
     m = _metric(metric)
+    if m.task == "per_query":
+        raise ArgumentError("metric", f"{metric}: a mean of per-query scores has no chance level")
     y = np.asarray(y_true, dtype=np.float64)
     if y.ndim != 1 or len(y) == 0 or not np.all(np.isfinite(y)):
         raise ArgumentError("y_true", "give one finite true label or value per test image")

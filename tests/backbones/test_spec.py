@@ -29,6 +29,33 @@ def test_parse_joins_parts_and_weights_in_the_text_win() -> None:
         BackboneSpec.parse("a+")
 
 
+def test_a_layer_follows_the_model_and_precedes_the_weights() -> None:
+    """``MODEL[:LAYER][@WEIGHTS]``: ``hf-hub:`` is a prefix and ``@hub:TAG`` weights, not layers."""
+    [hub] = BackboneSpec.parse("hf-hub:timm/vit_small_patch16_224.augreg_in21k:-2@hub:x")
+    assert (hub.model, hub.layer, hub.weights) == (
+        "hf-hub:timm/vit_small_patch16_224.augreg_in21k",
+        "-2",
+        "hub:x",
+    )
+    [plain] = BackboneSpec.parse("hf-hub:timm/resnet18.a1_in1k@hub:a1", layer="3")
+    assert (plain.model, plain.layer, plain.weights) == (
+        "hf-hub:timm/resnet18.a1_in1k",
+        "3",
+        "hub:a1",
+    )
+    specs = BackboneSpec.parse("m:-4,-1@none+tv/b+m:blocks.3", layer="2", pool="cls")
+    assert [(s.model, s.layer) for s in specs] == [("m", "-4,-1"), ("tv/b", "2"), ("m", "blocks.3")]
+    assert label(specs) == "m:-4,-1@none+tv/b:2+m:blocks.3"
+    assert [s.slug for s in specs] == ["m", "tv_b", "m"]  # a layer's entry is named by its model
+    again = BackboneSpec.parse(label(specs), pool="cls")
+    assert [(s.model, s.layer, s.weights) for s in again] == [
+        (s.model, s.layer, s.weights) for s in specs
+    ]
+    for bad, message in (("m:", "empty layer after ':'"), (":-2", "empty model name")):
+        with pytest.raises(ArgumentError, match=rf"^backbone {bad}: {message}"):
+            BackboneSpec.parse(bad)
+
+
 def test_spec_comes_back_from_the_entry_it_made(tree: Path, cache_dir: Path) -> None:
     spec = BackboneSpec("test_efficientnet", "none", pool="max", image_size=32, draft=True)
     options = {k: v for k, v in TINY.items() if k not in ("backbone", "weights", "image_size")}

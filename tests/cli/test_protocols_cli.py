@@ -4,6 +4,7 @@ own command, calibration in every classification run; bad values are one-line er
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,11 +46,22 @@ def test_dinov2_knn_sweep_and_calibration_through_fit(dataset, tmp_path) -> None
 def test_retrieve_prints_a_leaderboard_and_saves_runs(dataset, tmp_path) -> None:
     common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs"]
     other = ["-b", "resnet18@none"]
-    done = featpipe("retrieve", dataset, *common, *other, "--gallery", "test", "--metric", "l2")
+    args = ["retrieve", dataset, *common, *other, "--gallery", "test", "--metric", "l2"]
+    done = featpipe(*args, columns=200)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "retrieval leaderboard (retrieval(l2, gallery=test)" in done.stdout
     assert "recall@10" in done.stdout and "mAP@R" in done.stdout
     assert "test_efficientnet" in done.stdout and "resnet18@none" in done.stdout
+    # every score with its 95% interval over the 15 queries, on both rows
+    rows = r"^\s*(test_efficientnet|resnet18@none)\s"
+    scored = [line for line in done.stdout.splitlines() if re.search(rows, line)]
+    assert len(scored) == 2, done.stdout
+    for line in scored:
+        assert len(re.findall(r"\d\.\d+ \[\d\.\d+, \d\.\d+\]", line)) == 4, line
+        assert re.search(r"\]\s+15\s", line), line
+    # and the two compared on the same queries, score by score (paired bootstrap, Holm)
+    for score in ("recall@1", "recall@5", "recall@10", "map@r"):
+        assert f"on the same 15 test queries, {score}: " in done.stdout
     runs = list_runs(tmp_path / "runs")
     assert sorted(r.config["backbone"] for r in runs) == ["resnet18@none", "test_efficientnet@none"]
     assert all(r.config["kind"] == "retrieval" for r in runs)

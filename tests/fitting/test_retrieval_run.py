@@ -12,7 +12,7 @@ from featpipe.errors import ArgumentError, DataError
 from featpipe.extraction.options import ExtractOptions
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.options import RetrievalOptions
-from featpipe.fitting.retrieval import retrieve
+from featpipe.fitting.retrieval import retrieve, retrieve_each, verdict_lines
 from featpipe.reports.report import report
 from featpipe.runs.record import load_run
 
@@ -76,8 +76,44 @@ def test_retrieval_run_equals_brute_force(dataset, tmp_path, gallery: str, metri
     assert saved.metrics.chosen == {"protocol": "retrieval", "metric": metric, "gallery": gallery}
     with pytest.raises(DataError, match="retrieval run: it has no head"):
         saved.head()
+    # every score with its n (the queries) and its seeded bootstrap interval, recorded
+    names = ["recall@1", "recall@3", "recall@10", "map@r"]
+    assert list(result.intervals) == names and list(saved.metrics.intervals["test"]) == names
+    for name, value in result.row().items():
+        interval = saved.metrics.intervals["test"][name]
+        assert interval == result.intervals[name]
+        assert (interval.estimate, interval.n, interval.unit) == (value, 18, "queries")
+        assert interval.method == "bootstrap BCa, 2000 resamples, seed 0"
+        assert interval.low <= value <= interval.high
+    assert result.intervals["map@r"].low < map_at_r < result.intervals["map@r"].high
+    [row] = saved.rows()
+    assert row["test_n"] == 18 and float(row["test_map@r_low"]) == result.intervals["map@r"].low
     page = report(tmp_path / "runs", tmp_path / "report").read_text()
-    assert "Retrieval (test images as queries" in page and f"{map_at_r:.4f}" in page
+    assert "Retrieval (test images as queries" in page
+    assert result.intervals["map@r"].format() in page and "bootstrap over the queries" in page
+
+
+def test_a_feature_set_against_itself_under_two_names_is_tied_with_p_1(dataset, tmp_path):
+    """Several feature sets on the same queries are compared query by query (Holm); the same
+    features under two names differ by nothing."""
+    options = ExtractOptions(**EXTRACT, cache_dir=tmp_path / "cache")
+    names = [TINY["backbone"], f"{TINY['backbone']}@none", "resnet18@none"]
+    board = retrieve_each(dataset, names, extract_options=options, runs_dir=tmp_path / "runs")
+    assert list(board.runs) == names and list(board.rankings) == list(board.runs[names[0]][1].row())
+    for score, ranking in board.rankings.items():
+        same = {c.name: c for c in ranking.comparisons}
+        if ranking.best in names[:2]:  # the twin is compared with it
+            twin = same[names[1] if ranking.best == names[0] else names[0]]
+            assert (twin.p, twin.p_holm, twin.tied, twin.worse_by.estimate) == (1, 1, True, 0)
+        else:  # both twins against another best: the same difference, the same p
+            a, b = same[names[0]], same[names[1]]
+            assert (a.p, a.worse_by) == (b.p, b.worse_by), score
+    lines = verdict_lines(board.rankings)
+    assert len(lines) == 4 and lines[-1].startswith("map@r: ")
+    for run, _ in board.runs.values():
+        assert load_run(run.path).metrics.verdict == "\n".join(lines)
+    with pytest.raises(ArgumentError, match="resnet18@none is given twice"):
+        retrieve_each(dataset, ["resnet18@none"] * 2, extract_options=options)
 
 
 def test_retrieval_options_and_data_are_checked(tmp_path) -> None:

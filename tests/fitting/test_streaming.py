@@ -6,6 +6,7 @@ Real features: offline EfficientNet-Lite0 on real Fashion-MNIST images (30 per c
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +15,23 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY, make_tree
 from featpipe.cache import entry as cache_entry
 from featpipe.data.bundled import prepare_dataset
 from featpipe.errors import ArgumentError, DataError
 from featpipe.extraction import stage as extraction_stage
+from featpipe.extraction.stage import extract
 from featpipe.fitting import streaming
 from featpipe.fitting.stage import fit
-from featpipe.fitting.streaming import ChunkBatches, fit_preprocessor, open_streamed
+from featpipe.fitting.streaming import (
+    ChunkBatches,
+    StreamedBank,
+    StreamedKNN,
+    fit_preprocessor,
+    open_streamed,
+)
+from featpipe.heads.config import HeadConfig
+from featpipe.heads.fitted import CosineKNN, FittedHead, knn_modules
 from featpipe.heads.preprocess import Preprocessor
 
 LITE0 = {
@@ -182,7 +193,7 @@ def test_heads_that_cannot_stream_are_refused_naming_the_budget(fashion, tmp_pat
     assert caught.value.param == "memory_budget"
     cli = Path(sys.executable).parent / "featpipe"
     done = subprocess.run(
-        [str(cli), "fit", str(data), "--head", "knn", "--holdout", "0.2", "--memory-budget",
+        [str(cli), "fit", str(data), "--head", "linearsvc", "--holdout", "0.2", "--memory-budget",
          BUDGET, "--runs-dir", str(tmp_path), "--cache-dir", str(options["cache_dir"]),
          "--weights", "offline", "--precision", "fp32", "--engine", "torch",
          "--image-size", "64"],
@@ -190,7 +201,7 @@ def test_heads_that_cannot_stream_are_refused_naming_the_budget(fashion, tmp_pat
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "--memory-budget 1 MiB: the train features" in done.stderr
-    assert "knn cannot learn from chunks" in done.stderr
+    assert "linearsvc cannot learn from chunks" in done.stderr
 
 
 def test_budget_sizes_parse_in_binary_units_and_bad_ones_name_the_option() -> None:
@@ -203,3 +214,72 @@ def test_budget_sizes_parse_in_binary_units_and_bad_ones_name_the_option() -> No
         with pytest.raises(ArgumentError) as caught:
             parse_size(bad)
         assert caught.value.param == "memory_budget"
+
+
+TINY_RUN = {k: v for k, v in TINY.items() if k != "backbone"}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("knn-streamed") / "shapes"
+    make_tree(root, classes=("a", "b", "c"), per_class=10, split="train", seed=0)
+    make_tree(root, classes=("a", "b", "c"), per_class=4, split="val", seed=1)
+    return make_tree(root, classes=("a", "b", "c"), per_class=5, split="test", seed=2)
+
+
+def test_knn_sweep_streamed_predicts_as_in_memory_row_for_row(shapes, tmp_path, monkeypatch):
+    """DINOv2's (k, T) sweep on a cache forced to stream (blocks of a few rows, the bank read
+    from disk per block of queries): the same choice, the same outputs on val and test, the
+    same saved head (its bank written block by block)."""
+    options = TINY_RUN | {"backbone": "test_efficientnet", "cache_dir": tmp_path / "cache"}
+    backbone = options.pop("backbone")
+    kwargs = {
+        "head": {"head": "knn", "standardize": False, "l2norm": True},
+        "grid": {"k": [3, 20], "temperature": [0.0, 0.07]},
+        "extract_options": options,
+    }
+    memory_run, loaded = fit(shapes, backbone, runs_dir=tmp_path / "a", **kwargs)
+    _no_full_load(monkeypatch)
+    reads = []
+    real = streaming.read_spans
+    monkeypatch.setattr(streaming, "read_spans", lambda *a: reads.append(a) or real(*a))
+    streamed_run, streamed = fit(
+        shapes, backbone, runs_dir=tmp_path / "b", memory_budget="4K", **kwargs
+    )
+    assert len(reads) > 10  # many small blocks from disk, never the matrix at once
+    assert streamed.best.config == loaded.best.config
+    assert streamed.trained_on == loaded.trained_on == "train+val"
+    for split in ("val", "test"):
+        ours, theirs = streamed.predictions.splits[split], loaded.predictions.splits[split]
+        np.testing.assert_array_equal(ours.relpath, theirs.relpath)
+        np.testing.assert_array_equal(ours.outputs.argmax(1), theirs.outputs.argmax(1))
+        np.testing.assert_allclose(ours.outputs, theirs.outputs, rtol=1e-5, atol=1e-6)
+    for cand_s, cand_m in zip(streamed.candidates, loaded.candidates, strict=True):
+        assert cand_s.val == cand_m.val  # every (k, T) scored the same on val
+    saved = [FittedHead.load(run.path / "head") for run in (streamed_run, memory_run)]
+    assert all(isinstance(h.module, CosineKNN) for h in saved)
+    ours, theirs = (h.module for h in saved)
+    assert ours.bank.shape == theirs.bank.shape == (42, saved[1].n_features)
+    np.testing.assert_allclose(ours.bank.numpy(), theirs.bank.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(ours.targets.numpy(), theirs.targets.numpy())
+
+
+def test_streamed_knn_regression_weighs_targets_as_in_memory(shapes, tmp_path) -> None:
+    """The head's own forward (regression: no sweep) searches the bank on disk too."""
+    options = TINY_RUN | {"cache_dir": tmp_path / "cache"}
+    result = extract(shapes, "test_efficientnet", **options)
+    streamed = open_streamed(result.entry, 1 << 10)
+    loaded = cache_entry.load_features(result.entry)
+    assert streamed is not None and streamed.block_rows < 5
+    targets = np.linspace(0.0, 1.0, len(loaded)).astype(np.float32)
+    loaded = dataclasses.replace(loaded, task="regression", targets=targets)
+    streamed = dataclasses.replace(streamed, task="regression", targets=targets)
+    train = loaded.split == "train"
+    pre = Preprocessor(False, True, 0).fit(loaded.X[train])
+    queries = torch.from_numpy(pre.transform(loaded.X[~train]))
+    for temperature in (0.0, 0.07):
+        config = HeadConfig(head="knn", k=4, temperature=temperature)
+        [memory] = knn_modules([config], pre.transform(loaded.X[train]), targets[train], 0)
+        disk = StreamedKNN(StreamedBank(streamed, train, pre), 4, 0, temperature)
+        with torch.no_grad():
+            np.testing.assert_allclose(disk(queries), memory(queries), rtol=1e-5, atol=1e-6)

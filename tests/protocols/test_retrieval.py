@@ -17,15 +17,24 @@ KS = (1, 2, 5, 10)
 def oracle(
     q: np.ndarray, yq: np.ndarray, g: np.ndarray, yg: np.ndarray, metric: str, loo: bool
 ) -> tuple[dict[int, float], float, int]:
-    """recall@k, mAP@R and the queries scored, by Musgrave et al.'s definitions, one query at a
-    time over its fully sorted gallery (equal distances in gallery order)."""
+    """recall@k, mAP@R and the queries scored (see :func:`per_query`)."""
+    hits, aps, _ = per_query(q, yq, g, yg, metric, loo)
+    return {k: float(np.mean(h)) for k, h in hits.items()}, float(np.mean(aps)), len(aps)
+
+
+def per_query(
+    q: np.ndarray, yq: np.ndarray, g: np.ndarray, yg: np.ndarray, metric: str, loo: bool
+) -> tuple[dict[int, list[bool]], list[float], list[int]]:
+    """Each scored query's hit at every k and its AP@R, and which queries were scored, by
+    Musgrave et al.'s definitions, one query at a time over its fully sorted gallery (equal
+    distances in gallery order)."""
     if metric == "cosine":
         unit = lambda X: X / np.linalg.norm(X, axis=1, keepdims=True)  # noqa: E731
         D = 1.0 - unit(q) @ unit(g).T
     else:
         D = np.sqrt(((q[:, None, :] - g[None, :, :]) ** 2).sum(axis=2))
-    hits = dict.fromkeys(KS, 0)
-    aps = []
+    hits: dict[int, list[bool]] = {k: [] for k in KS}
+    aps, scored = [], []
     for i in range(len(q)):
         order = np.argsort(D[i], kind="stable")
         if loo:
@@ -34,14 +43,15 @@ def oracle(
         R = int(relevant.sum())
         if R == 0:
             continue
+        scored.append(i)
         for k in KS:
-            hits[k] += bool(relevant[:k].any())
+            hits[k].append(bool(relevant[:k].any()))
         precision_sum = 0.0
         for rank in range(R):
             if relevant[rank]:
                 precision_sum += relevant[: rank + 1].sum() / (rank + 1)
         aps.append(precision_sum / R)
-    return {k: h / len(aps) for k, h in hits.items()}, float(np.mean(aps)), len(aps)
+    return hits, aps, scored
 
 
 def data(n: int, seed: int, n_classes: int = 6, d: int = 12) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +80,13 @@ def test_scores_equal_the_brute_force_oracle(metric: str, gallery_mode: str) -> 
     assert got.map_at_r == pytest.approx(map_at_r, abs=1e-12)
     # neither metric is at a bound, so an off-by-one in a rank would show
     assert 0.2 < map_at_r < 0.8 and 0.3 < recall[1] < 0.95
+    # and query by query: what intervals resample and comparisons pair
+    hits, aps, scored = per_query(q, yq, g, yg, metric, gallery_mode == "leave-one-out")
+    np.testing.assert_array_equal(got.scored, scored)
+    for k in KS:
+        np.testing.assert_array_equal(got.hits[k], hits[k])
+    np.testing.assert_allclose(got.average_precision, aps, rtol=0, atol=1e-12)
+    assert len(set(np.round(aps, 6))) > 30  # the APs differ from query to query
 
 
 @pytest.mark.parametrize("loo", [False, True])
@@ -94,7 +111,11 @@ def test_float32_features_give_the_float64_scores() -> None:
     g, yg = data(200, seed=5)
     exact = retrieval_scores(q, yq, g, yg, ks=KS)
     single = retrieval_scores(q.astype(np.float32), yq, g.astype(np.float32), yg, ks=KS)
-    assert single == exact
+    assert (single.recall, single.map_at_r) == (exact.recall, exact.map_at_r)
+    for k in KS:
+        np.testing.assert_array_equal(single.hits[k], exact.hits[k])
+    np.testing.assert_array_equal(single.average_precision, exact.average_precision)
+    np.testing.assert_array_equal(single.scored, exact.scored)
 
 
 def test_bad_input_names_the_parameter() -> None:

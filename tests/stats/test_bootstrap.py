@@ -196,3 +196,36 @@ def test_featpipe_stats_runs_without_importing_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.stdout.strip() == "NO-TORCH", done.stderr
+
+
+def per_query_case(rng: np.random.Generator, n: int = 300) -> tuple[Predictions, np.ndarray]:
+    """Per-query APs of a retrieval: skewed values in [0, 1], many exactly 1, a few 0."""
+    values = np.clip(rng.beta(2, 0.7, size=n) + rng.choice([0, 0.3], size=n), 0, 1)
+    values[rng.random(n) < 0.05] = 0.0
+    return Predictions.per_query(rng.integers(0, 5, size=n), values), values
+
+
+def test_the_mean_of_per_query_scores_resamples_as_numpy_means_them() -> None:
+    """``mean`` (retrieval's recall@k and mAP@R): the kernel on every resample and jackknife
+    is the plain mean of the drawn queries' values; its interval is scipy's BCa."""
+    rng = np.random.default_rng(21)
+    p, values = per_query_case(rng)
+    atoms = Atoms.of([p], METRICS["mean"])
+    k = kernel(METRICS["mean"], atoms, 0, p.n_classes)
+    rows = rng.integers(0, len(p), size=(50, len(p)))
+    counts = np.stack([np.bincount(atoms.inverse[r], minlength=len(atoms)) for r in rows])
+    np.testing.assert_allclose(k.values(counts.astype(np.float64)), values[rows].mean(axis=1))
+    left_out = np.array([np.delete(values, i).mean() for i in range(len(values))])
+    np.testing.assert_allclose(k.jackknife()[atoms.inverse], left_out, rtol=1e-12)
+    ours = bootstrap(p, "mean", n_resamples=N_RESAMPLES, seed=1)
+    assert score(p, "mean") == bootstrap(p, "mean")  # no closed form: the bootstrap
+    assert_agrees_with_scipy_bca(ours, (values,), lambda v, axis=-1: v.mean(axis=axis))
+
+
+def test_per_query_scores_are_checked() -> None:
+    with pytest.raises(ArgumentError, match=r"^values must lie between 0 and 1"):
+        Predictions.per_query([0, 1], [0.5, 1.5])
+    with pytest.raises(ArgumentError, match=r"^labels must hold class indices"):
+        Predictions.per_query([0.5, 1], [0.5, 1.0])
+    with pytest.raises(ArgumentError, match=r"^metric accuracy: for per_query, choose one of mean"):
+        score(Predictions.per_query([0, 1], [0.5, 1.0]), "accuracy")

@@ -164,3 +164,23 @@ def test_compare_splits_to_best_is_holm_over_paired_t_tests() -> None:
     wide = compare_splits_to_best(rows, "accuracy", n_test=100, n_train=400)
     w = {c.name: c.worse_by for c in wide.comparisons}
     assert all(w[n].high - w[n].low > by_name[n].worse_by.high - by_name[n].worse_by.low for n in w)
+
+
+def test_per_query_scores_compare_query_by_query_and_a_set_with_itself_is_tied() -> None:
+    """Retrieval's comparisons: the paired bootstrap over the same queries, Holm."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, size=200)
+    good = np.clip(rng.beta(4, 1, size=200), 0, 1)
+    worse = np.clip(good - rng.uniform(0.05, 0.3, size=200), 0, 1)
+    rows = {
+        "a": Predictions.per_query(labels, good),
+        "a again": Predictions.per_query(labels, good.copy()),  # the same set, another name
+        "b": Predictions.per_query(labels, worse),
+    }
+    ranking = compare_to_best(rows, "mean")
+    assert ranking.best == "a" and ranking.tied == ["a", "a again"]
+    same, other = ranking.comparisons
+    assert (same.p, same.p_holm, same.worse_by.estimate) == (1.0, 1.0, 0.0)
+    assert not other.tied and other.worse_by.low > 0 and other.test == "paired bootstrap BCa"
+    assert other.worse_by.estimate == pytest.approx(good.mean() - worse.mean(), abs=1e-12)
+    assert "b is worse by" in str(ranking) and "points" in str(ranking)
