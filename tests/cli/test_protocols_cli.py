@@ -53,12 +53,12 @@ def test_retrieve_prints_a_leaderboard_and_saves_runs(dataset, tmp_path) -> None
     assert "recall@10" in done.stdout and "mAP@R" in done.stdout
     assert "test_efficientnet" in done.stdout and "resnet18@none" in done.stdout
     # every score with its 95% interval over the 15 queries, on both rows
-    rows = r"^\s*(test_efficientnet|resnet18@none)\s"
+    rows = r"^[\s│]*(test_efficientnet|resnet18@none)\s"  # inside the table's border or not
     scored = [line for line in done.stdout.splitlines() if re.search(rows, line)]
     assert len(scored) == 2, done.stdout
     for line in scored:
         assert len(re.findall(r"\d\.\d+ \[\d\.\d+, \d\.\d+\]", line)) == 4, line
-        assert re.search(r"\]\s+15\s", line), line
+        assert re.search(r"\][\s│]+15[\s│]", line), line
     # and the two compared on the same queries, score by score (paired bootstrap, Holm)
     for score in ("recall@1", "recall@5", "recall@10", "map@r"):
         assert f"on the same 15 test queries, {score}: " in done.stdout
