@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from featpipe import stats
 from featpipe.cache.entry import Features
 from featpipe.extraction.layers import extract_layers
 from featpipe.extraction.options import ExtractOptions
@@ -83,15 +84,22 @@ def protocols(features: Features) -> dict[str, Any]:
     """Linear probe, kNN uniform and weighted, retrieval, the (k, T) sweep, calibration."""
     linear, linear_s = timed(lambda: sweep(features, expand(DEFAULT_GRID)))
     rows: dict[str, Any] = {"linear probe": _row(linear, linear_s)}
+    knns = {}
     for name, temperature in (("kNN uniform", 0.0), ("kNN DINOv2 (T=0.07)", 0.07)):
         knn, seconds = timed(lambda t=temperature: sweep(features, [replace(KNN, temperature=t)]))
-        rows[name] = _row(knn, seconds)
+        rows[name], knns[name] = _row(knn, seconds), knn
+    _against_linear(rows, knns, linear)
     test, train = features.where("test"), features.where("train")
     found, seconds = timed(lambda: retrieval_scores(test.X, test.y, train.X, train.y))
+    labels = test.y[found.scored]
+    recall = stats.score(stats.Predictions.per_query(labels, found.hits[1]), "mean")
+    average = stats.score(stats.Predictions.per_query(labels, found.average_precision), "mean")
     rows["retrieval (cosine, gallery train)"] = {
         "test": found.recall[1],
         "map_at_r": found.map_at_r,
         "seconds": seconds,
+        **_interval(recall),
+        "map_at_r_interval": [average.low, average.high],
     }
     grid = expand({"k": list(SWEEP_KS), "temperature": list(SWEEP_TS)}, KNN)
     swept, sweep_s = timed(lambda: sweep(features, grid, refit=False))
@@ -105,6 +113,7 @@ def protocols(features: Features) -> dict[str, Any]:
             "one_fit_seconds": one_s,
             "chosen": swept.best.config.label(),
             "test": swept.best.mean("accuracy", "test"),
+            **_interval(swept.verdict.intervals["test"]["accuracy"]),
         },
         "calibration": {
             "temperature": calibration.temperature,
@@ -120,7 +129,46 @@ def _row(result, seconds: float) -> dict[str, Any]:
         "test": result.best.mean("accuracy", "test"),
         "chosen": result.best.config.label(),
         "seconds": seconds,
+        **_interval(result.verdict.intervals["test"]["accuracy"]),
     }
+
+
+def _against_linear(rows: dict[str, Any], knns: dict[str, Any], linear) -> None:
+    """Each k-NN against the linear probe on the same test images: the accuracy difference
+    with its paired-bootstrap interval, McNemar's exact p, and Holm's correction over the
+    k-NN rows of the dataset; recorded in each k-NN row as ``vs_linear``."""
+    reference = linear.predictions.on("test")
+    found = {
+        name: stats.paired_difference(knn.predictions.on("test"), reference, "accuracy")
+        for name, knn in knns.items()
+    }
+    adjusted = stats.holm([d.p for d in found.values()])
+    for (name, difference), p_holm in zip(found.items(), adjusted, strict=True):
+        d = difference.interval
+        verdict = (
+            "tied"
+            if d.low <= 0 <= d.high or p_holm > 0.05
+            else ("better" if d.estimate > 0 else "worse")
+        )
+        rows[name]["vs_linear"] = {
+            "difference": d.estimate,
+            "interval": [d.low, d.high],
+            "p": difference.p,
+            "p_holm": p_holm,
+            "test": difference.test,
+            "verdict": verdict,
+        }
+
+
+def _interval(score: stats.Interval) -> dict[str, Any]:
+    """A score's n and 95% interval (Wilson for accuracy, BCa bootstrap for a mean)."""
+    return {"n": score.n, "interval": [score.low, score.high], "method": score.method}
+
+
+def _score(row: dict[str, Any], key: str = "test", bounds: str = "interval") -> str:
+    """``0.8578 [0.82, 0.89]``: a table cell with the score's interval."""
+    low, high = row[bounds]
+    return f"{row[key]:.4f} [{low:.3f}, {high:.3f}]"
 
 
 def _calibrated(scores) -> dict[str, float]:
@@ -178,9 +226,13 @@ def toy_tree(root: Path) -> Path:
 
 
 def subset(manifest: Path, images: int, out: Path) -> Path:
-    """The first ``images`` rows of a CSV manifest, with absolute paths (the ViT rows)."""
+    """``images`` rows of a CSV manifest drawn with seed 0, in the manifest's order, with
+    absolute paths (the ViT rows). Drawn, not the first rows: a manifest listed class by class
+    would give one class (ELPV's first 600 rows are all defective)."""
     lines = manifest.read_text().splitlines()
-    header, rows = lines[0], lines[1 : images + 1]
+    header, body = lines[0], lines[1:]
+    chosen = np.sort(np.random.default_rng(0).permutation(len(body))[:images])
+    rows = [body[i] for i in chosen]
     column = header.split(",").index("path")
     fixed = []
     for row in rows:
@@ -193,19 +245,26 @@ def subset(manifest: Path, images: int, out: Path) -> Path:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| dataset | protocol | test score | seconds |",
-        "|---|---|---|---|",
+        "| dataset | protocol | test score [95% interval] | n | seconds |",
+        "|---|---|---|---|---|",
     ]
     for name, found in results["datasets"].items():
         for protocol, row in found["rows"].items():
-            score = f"{row['test']:.4f}"
+            score = _score(row)
             if "map_at_r" in row:
-                score = f"recall@1 {row['test']:.4f}, mAP@R {row['map_at_r']:.4f}"
-            lines.append(f"| {name} | {protocol} | {score} | {row['seconds']:.2f} |")
+                score = f"recall@1 {score}, mAP@R {_score(row, 'map_at_r', 'map_at_r_interval')}"
+            if "vs_linear" in row:
+                v = row["vs_linear"]
+                low, high = (100 * b for b in v["interval"])
+                score += (
+                    f"; − linear: {100 * v['difference']:+.1f} points [{low:+.1f}, {high:+.1f}], "
+                    f"Holm p = {v['p_holm']:.2g}: {v['verdict']}"
+                )
+            lines.append(f"| {name} | {protocol} | {score} | {row['n']} | {row['seconds']:.2f} |")
         swept = found["sweep"]
         lines.append(
             f"| {name} | (k, T) sweep: {swept['heads']} heads, one search | "
-            f"{swept['test']:.4f} ({swept['chosen']}) | {swept['seconds']:.2f} "
+            f"{_score(swept)} ({swept['chosen']}) | {swept['n']} | {swept['seconds']:.2f} "
             f"(one kNN fit: {swept['one_fit_seconds']:.2f}) |"
         )
         cal = found["calibration"]
@@ -217,13 +276,19 @@ def markdown(results: dict[str, Any]) -> str:
         )
         lines.append(
             f"| {name} | linear probe calibration | ECE {cal['before']['ece']:.4f}, "
-            f"NLL {cal['before']['nll']:.4f}; {scaled} | |"
+            f"NLL {cal['before']['nll']:.4f}; {scaled} | | |"
         )
     vit = results.get("layers")
     if vit:
-        lines += ["", "| ViT layers | test accuracy | dims | probe seconds |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| ViT layers | test accuracy [95% interval] | n | dims | probe seconds |",
+            "|---|---|---|---|---|",
+        ]
         for name, row in vit["probes"].items():
-            lines.append(f"| {name} | {row['test']:.4f} | {row['dims']} | {row['seconds']:.2f} |")
+            lines.append(
+                f"| {name} | {_score(row)} | {row['n']} | {row['dims']} | {row['seconds']:.2f} |"
+            )
         singles = " + ".join(f"{s:.1f}" for s in vit["single_pass_seconds"])
         lines.append(
             f"\nExtraction of {vit['images']} images: last 4 blocks in one pass "
@@ -232,13 +297,14 @@ def markdown(results: dict[str, Any]) -> str:
         each = vit["each_layer"]
         lines += [
             "",
-            "| compare across the last 4 layers, from one pass | test accuracy | dims "
-            "| probe seconds |",
-            "|---|---|---|---|",
+            "| compare across the last 4 layers, from one pass | test accuracy [95% interval] "
+            "| n | dims | probe seconds |",
+            "|---|---|---|---|---|",
         ]
         for layer, row in each["probes"].items():
             lines.append(
-                f"| block {layer} | {row['test']:.4f} | {row['dims']} | {row['seconds']:.2f} |"
+                f"| block {layer} | {_score(row)} | {row['n']} | {row['dims']} "
+                f"| {row['seconds']:.2f} |"
             )
         lines.append(
             f"\nEach of the last 4 blocks its own entry: one pass {each['one_pass_seconds']:.1f} s"
@@ -267,7 +333,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         vit_data = data[0]
         if scale["vit_images"]:
             vit_data = subset(data[0], scale["vit_images"], Path(tmp) / "vit.csv")
-        vit_options = replace(options, weights="auto", pool="cls+avg")
+        # the subset's manifest (in a temporary folder) names the dataset's files by absolute path
+        vit_options = replace(options, weights="auto", pool="cls+avg", allow_outside=True)
         results["layers"] = {"model": scale["vit"], **layers(vit_data, scale["vit"], vit_options)}
     table = markdown(results)
     print(table)

@@ -28,6 +28,19 @@ def test_smoke_fills_every_row_of_the_table(tmp_path: Path) -> None:
         "retrieval (cosine, gallery train)",
     }
     assert all(0 <= row["test"] <= 1 and row["seconds"] > 0 for row in found["rows"].values())
+    # every score carries its n (the 15 test images) and a 95% interval around it
+    for row in [*found["rows"].values(), found["sweep"]]:
+        low, high = row["interval"]
+        assert row["n"] == found["sizes"]["test"] == 15 and low <= row["test"] <= high
+    retrieval = found["rows"]["retrieval (cosine, gallery train)"]
+    low, high = retrieval["map_at_r_interval"]
+    assert low <= retrieval["map_at_r"] <= high
+    # each k-NN against the linear probe on the same test images, Holm over the two
+    for name in ("kNN uniform", "kNN DINOv2 (T=0.07)"):
+        versus = found["rows"][name]["vs_linear"]
+        low, high = versus["interval"]
+        assert low <= versus["difference"] <= high and versus["p"] <= versus["p_holm"] <= 1
+        assert versus["verdict"] in {"better", "tied", "worse"}
     assert found["sweep"]["heads"] == 8 and found["calibration"]["after"] is not None
     layers = results["layers"]
     assert layers["probes"]["last 4 blocks"]["dims"] == 4 * layers["probes"]["last block"]["dims"]
@@ -40,4 +53,5 @@ def test_smoke_fills_every_row_of_the_table(tmp_path: Path) -> None:
     assert all(0 <= row["test"] <= 1 for row in each["probes"].values())
     table = out.with_suffix(".md").read_text()
     assert "| kNN DINOv2 (T=0.07) |" in table and "last 4 blocks in one pass" in table
+    assert "− linear:" in table and "| 15 |" in table
     assert "compare across the last 4 layers, from one pass" in table and "| block -2 |" in table
