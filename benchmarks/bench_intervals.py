@@ -119,11 +119,13 @@ def measure(
             ),
             "std_across_splits": m.repeats.std["accuracy"] if m.repeats else None,
             "redrawn": m.repeats.redrawn if m.repeats else None,
+            "splits_method": m.repeats.summary["accuracy"].method if m.repeats else None,
         }
         for r, m in zip(one, many, strict=True)
     ]
     out["verdict_one_split"] = str(single.ranking) if single.ranking else single.note
     out["verdict_repeats"] = str(split.splits) if split.splits else ""
+    out["repeats_test"] = sorted({c.test for c in split.splits.comparisons}) if split.splits else []
     by_one = {r.backbone: r.test for r in one}
     by_many = {r.backbone: (r.repeats.summary["accuracy"].estimate if r.repeats else r.test)
                for r in many}  # fmt: skip
@@ -156,7 +158,8 @@ def table(results: list[dict[str, Any]]) -> str:
     for result in results:
         lines += [
             f"* **{result['dataset']}**, one split: {result['verdict_one_split']}.",
-            f"  Over {result['repeats']} splits: {result['verdict_repeats']}.",
+            f"  Over {result['repeats']} splits ({', '.join(result['repeats_test'])}): "
+            f"{result['verdict_repeats']}.",
             f"  Ranking by one split: {' > '.join(result['ranking_one_split'])}; by the mean "
             f"over {result['repeats']}: {' > '.join(result['ranking_repeats'])} "
             f"({result['rank_moves']} places differ). Heads: {result['heads_one_split_s']:.1f} s "

@@ -139,7 +139,8 @@ def print_verdicts(rows: list[Row], standings: list[Standing]) -> None:
             plain(f"{standing.dataset}: no paired comparison ({standing.note})")
         if standing.splits is not None:
             splits = standing.splits.best_score.n
-            plain(f"{standing.dataset}, paired over {splits} splits: {standing.splits}")
+            tests = ", ".join(sorted({c.test for c in standing.splits.comparisons}))
+            plain(f"{standing.dataset}, paired over {splits} splits ({tests}): {standing.splits}")
     for row in rows:
         for line in row.warnings:
             plain(f"warning: {row.dataset} · {row.backbone}: {line}")

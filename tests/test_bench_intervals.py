@@ -37,6 +37,12 @@ def test_smoke_mode_measures_intervals_verdicts_and_repeats(tmp_path: Path) -> N
         assert "tied" in result["verdict_one_split"] or "worse" in result["verdict_one_split"]
         assert result["verdict_repeats"]
         assert sorted(result["ranking_one_split"]) == sorted(result["ranking_repeats"])
+    # re-drawn test images: the corrected t over splits; one fixed test split shared by every
+    # split: the two-way bootstrap over splits and test images (its luck is in every split)
+    assert all("Nadeau" in row["splits_method"] for row in results[0]["rows"])
+    assert results[0]["repeats_test"] == ["corrected resampled paired t"]
+    assert all("two-way bootstrap" in row["splits_method"] for row in results[1]["rows"])
+    assert results[1]["repeats_test"] == ["two-way bootstrap"]
     assert results[1]["rows"][0]["n"] == 16  # the fixed test split: 8 images of each class
     assert "| smoke | test_efficientnet@none |" in done.stdout
     assert "| smoke-fixed | test_efficientnet@none |" in done.stdout

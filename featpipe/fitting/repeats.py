@@ -12,10 +12,15 @@ every backbone of a dataset, whatever its row order), with the same shares:
 * a fixed test split (folders, a CSV column): test stays, the val carve-out of train + val is
   re-drawn; with no val split (cross-validation), the folds are.
 
-Each split's score already carries its test set's noise; the spread across splits adds which
-images were drawn. The summary is :func:`featpipe.stats.across_splits`, with Nadeau & Bengio's
-correction (n_test / n_train) when the test images themselves are re-drawn, since the splits
-then share most of their images.
+When the test images themselves are re-drawn, each split's score carries its own test set's
+noise and the spread across splits adds which images were drawn: the summary is
+:func:`featpipe.stats.across_splits`, with Nadeau & Bengio's correction (n_test / n_train),
+since the splits share most of their images. With a fixed test split every split is scored on
+the same test images, whose luck the spread across splits cannot see: accuracy's summary is then
+:func:`featpipe.stats.shared_test_summary`, the two-way bootstrap over splits and test images,
+from each split's per-image correctness (recorded in :class:`Repeats` for paired comparisons
+across backbones); the other metrics keep the t over splits, whose method says that it covers
+the carve-outs only.
 """
 
 from __future__ import annotations
@@ -32,8 +37,14 @@ from featpipe.errors import ArgumentError
 from featpipe.fitting.run import SweepResult
 from featpipe.fitting.sweep import sweep
 from featpipe.heads.config import HeadConfig, varying
-from featpipe.runs.metrics import REDRAWN_ALL, REDRAWN_FOLDS, REDRAWN_VAL, Repeats
-from featpipe.stats import Interval, across_splits
+from featpipe.runs.metrics import (
+    REDRAWN_ALL,
+    REDRAWN_FOLDS,
+    REDRAWN_VAL,
+    Repeats,
+    correct_matrix,
+)
+from featpipe.stats import Interval, across_splits, shared_test_summary
 
 
 def redrawn(features: FeatureSet) -> str:
@@ -93,14 +104,20 @@ def repeat(
     scores = {m: [r.best.mean(m, "test") for r in results] for m in metric_names}
     n_test = [r.split_sizes["test"] for r in results]
     n_train = [r.split_sizes["train"] + r.split_sizes["val"] for r in results]
-    correct = {}
+    correction = {}
     if what == REDRAWN_ALL:  # the splits share most of their images
-        correct = {"n_test": int(np.mean(n_test)), "n_train": int(np.mean(n_train))}
+        correction = {"n_test": int(np.mean(n_test)), "n_train": int(np.mean(n_train))}
+    correct = None if what == REDRAWN_ALL else _correct(results)
     summary: dict[str, Interval] = {}
     std: dict[str, float] = {}
     for m, values in scores.items():
         if len(values) >= 2 and np.all(np.isfinite(values)):
-            s = across_splits(values, **correct)
+            s = across_splits(values, **correction)
+            if correct is not None and m == "accuracy":
+                s = shared_test_summary(correct_matrix(correct))
+            elif what != REDRAWN_ALL:
+                method = f"{s.interval.method}; the same test images in every split: {CARVE_OUTS}"
+                s = replace(s, interval=replace(s.interval, method=method))
             summary[m], std[m] = s.interval, s.std
     return Repeats(
         what,
@@ -111,4 +128,20 @@ def repeat(
         summary,
         std,
         first.seconds + time.perf_counter() - start,
+        correct,
     )
+
+
+CARVE_OUTS = "covers the val carve-outs only, not the test images' own noise"
+
+
+def _correct(results: list[SweepResult]) -> list[str] | None:
+    """Each split's per-image correctness on the shared test images (split 0's order), as
+    :attr:`Repeats.correct` stores it; None for regression or where predictions are missing."""
+    rows = []
+    for result in results:
+        p = result.predictions.on("test") if result.predictions is not None else None
+        if p is None or p.task != "classification":
+            return None
+        rows.append("".join("1" if c else "0" for c in (p.y == p.pred)))
+    return rows

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.data.datasets import scan
 from featpipe.errors import ArgumentError, FeatpipeError
@@ -39,14 +41,15 @@ from featpipe.extraction.options import ExtractOptions, as_extract_options
 from featpipe.fitting.options import SweepOptions
 from featpipe.heads.config import parse_value
 from featpipe.options import declared
-from featpipe.runs.metrics import REDRAWN_ALL, Repeats
+from featpipe.runs.metrics import REDRAWN_ALL, Repeats, correct_matrix
 from featpipe.runs.predictions import FILE as PREDICTIONS_FILE
-from featpipe.runs.predictions import RunPredictions, paired
+from featpipe.runs.predictions import RunPredictions, SplitOutputs, paired
 from featpipe.runs.record import DEFAULT_RUNS_DIR
 from featpipe.stats import (
     Interval,
     Predictions,
     Ranking,
+    compare_shared_test_to_best,
     compare_splits_to_best,
     compare_to_best,
     paired_bootstrap,
@@ -287,11 +290,39 @@ def _split_ranking(group: list[Row], names: list[str]) -> Ranking | None:
     )
     if not same or any(metric not in r.scores for r in repeats if r is not None):
         return None
-    correct = {}
-    if first.redrawn == REDRAWN_ALL:
-        correct = {
-            "n_test": int(sum(first.n_test) / len(first.n_test)),
-            "n_train": int(sum(first.n_train) / len(first.n_train)),
-        }
+    if first.redrawn != REDRAWN_ALL:
+        # one fixed test split: its images' luck is shared by every split, so the comparison
+        # resamples them as well (the two-way bootstrap); only accuracy has per-image values
+        matrices = _shared_correct(group) if metric == "accuracy" else None
+        if matrices is None:
+            return None
+        return compare_shared_test_to_best(dict(zip(names, matrices, strict=True)), metric)
+    correct = {
+        "n_test": int(sum(first.n_test) / len(first.n_test)),
+        "n_train": int(sum(first.n_train) / len(first.n_train)),
+    }
     scores = {name: r.scores[metric] for name, r in zip(names, repeats, strict=True) if r}
     return compare_splits_to_best(scores, metric, **correct)
+
+
+def _shared_correct(rows: list[Row]) -> list[np.ndarray] | None:
+    """Each row's per-split, per-image correctness on the shared test images, in the first
+    row's image order; None unless every run recorded it on the same images."""
+    aligned = []
+    first: np.ndarray | None = None
+    for row in rows:
+        path = Path(row.run) / PREDICTIONS_FILE
+        outputs = RunPredictions.load(path) if path.exists() else None
+        test = outputs.splits.get("test") if outputs is not None else None
+        if test is None or row.repeats is None or row.repeats.correct is None:
+            return None
+        matrix = correct_matrix(row.repeats.correct)
+        if matrix.shape[1] != len(test.relpath):
+            return None
+        first = test.relpath if first is None else first
+        # the run's images in the first run's order: the matrix's columns follow its rows
+        moved = SplitOutputs(test.relpath, test.y, matrix.T).aligned(first)
+        if moved is None:
+            return None
+        aligned.append(moved.outputs.T)
+    return aligned

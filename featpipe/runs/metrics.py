@@ -168,6 +168,13 @@ def _intervals(data: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Interv
     return {k: _interval(v) for k, v in (data or {}).items()}
 
 
+def correct_matrix(correct: list[str]) -> np.ndarray:
+    """:attr:`Repeats.correct` as an R × n float matrix of 1s and 0s."""
+    return np.array(
+        [np.frombuffer(row.encode("ascii"), np.uint8) - ord("0") for row in correct], float
+    )
+
+
 # what a repeat draws again (Repeats.redrawn)
 REDRAWN_ALL, REDRAWN_VAL, REDRAWN_FOLDS = "train/val/test", "val", "cv folds"
 
@@ -192,6 +199,10 @@ class Repeats:
     summary: dict[str, Interval]  # metric → mean over splits, interval across splits
     std: dict[str, float]  # metric → standard deviation across splits
     seconds: float = 0.0
+    # a fixed test split (every split scored on the same test images): per split, one
+    # character per test image in split 0's test order, "1" classified correctly, "0" not;
+    # what the two-way bootstrap over splits and images reads (featpipe.stats.splits)
+    correct: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,11 +35,18 @@ from featpipe.stats.predictions import METRICS, Metric, Predictions
 from featpipe.stats.ranking import (
     Comparison,
     Ranking,
+    compare_shared_test_to_best,
     compare_splits_to_best,
     compare_to_best,
     holm,
 )
-from featpipe.stats.splits import SplitSummary, across_splits, paired_splits
+from featpipe.stats.splits import (
+    SplitSummary,
+    across_splits,
+    paired_shared_test,
+    paired_splits,
+    shared_test_summary,
+)
 from featpipe.stats.trust import below_chance, chance_level, gap_warning
 
 __all__ = [
@@ -56,6 +63,7 @@ __all__ = [
     "below_chance",
     "bootstrap",
     "chance_level",
+    "compare_shared_test_to_best",
     "compare_splits_to_best",
     "compare_to_best",
     "few_shot_interval",
@@ -64,7 +72,9 @@ __all__ = [
     "mcnemar",
     "paired_bootstrap",
     "paired_difference",
+    "paired_shared_test",
     "paired_splits",
     "score",
+    "shared_test_summary",
     "wilson",
 ]

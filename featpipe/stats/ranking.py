@@ -18,13 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from featpipe.errors import ArgumentError
 from featpipe.stats.bootstrap import N_RESAMPLES, score
 from featpipe.stats.interval import Interval, check_confidence
 from featpipe.stats.paired import format_p, paired_difference
 from featpipe.stats.predictions import METRICS, Metric, Predictions
-from featpipe.stats.splits import across_splits, paired_splits
+from featpipe.stats.splits import (
+    across_splits,
+    paired_shared_test,
+    paired_splits,
+    shared_test_summary,
+)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -187,6 +193,43 @@ def compare_splits_to_best(
     for name in others:
         a, b = (best, name) if m.higher_is_better else (name, best)
         differences.append(paired_splits(rows[a], rows[b], **options))
+    adjusted = holm([d.p for d in differences])
+    comparisons = tuple(
+        Comparison(
+            name, best, m, summaries[name].interval, d.interval, d.p, p_holm, d.test, p_holm > alpha
+        )
+        for name, d, p_holm in zip(others, differences, adjusted, strict=True)
+    )
+    return Ranking(m, best, summaries[best].interval, comparisons, alpha)
+
+
+def compare_shared_test_to_best(
+    rows: Mapping[str, Any],
+    metric: str,
+    *,
+    alpha: float = 0.05,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Ranking:
+    """:func:`compare_to_best` over repeated splits that share one test split (a fixed test
+    split, the val carve-out re-drawn): ``rows`` maps a name to its per-image values (R splits
+    × n images, the same images in the same order for every row; accuracy: 1 correct). Each
+    row's score is :func:`shared_test_summary`'s, each comparison :func:`paired_shared_test`'s
+    two-way bootstrap, Holm across the table. Only a metric that is a mean over images
+    (accuracy) can be split into per-image values."""
+    if len(rows) < 2:
+        raise ArgumentError("rows", f"{len(rows)} given: a comparison needs at least two")
+    if metric != "accuracy":
+        raise ArgumentError("metric", f"{metric}: only accuracy is a mean of per-image values")
+    if not 0 < alpha < 1:
+        raise ArgumentError("alpha", f"{alpha}: give a level between 0 and 1, e.g. 0.05")
+    m = METRICS[metric]
+    options = {"n_resamples": n_resamples, "seed": seed, "confidence": confidence}
+    summaries = {name: shared_test_summary(values, **options) for name, values in rows.items()}
+    best = max(rows, key=lambda name: summaries[name].mean)
+    others = [name for name in rows if name != best]
+    differences = [paired_shared_test(rows[best], rows[name], **options) for name in others]
     adjusted = holm([d.p for d in differences])
     comparisons = tuple(
         Comparison(

@@ -11,10 +11,10 @@ import pytest
 
 from featpipe.cache.entry import Features
 from featpipe.errors import ArgumentError
-from featpipe.fitting.repeats import redraw, redrawn, repeat
+from featpipe.fitting.repeats import CARVE_OUTS, redraw, redrawn, repeat
 from featpipe.fitting.sweep import few_shot, sweep
 from featpipe.heads.config import HeadConfig, expand
-from featpipe.runs.metrics import REDRAWN_ALL, REDRAWN_FOLDS, REDRAWN_VAL
+from featpipe.runs.metrics import REDRAWN_ALL, REDRAWN_FOLDS, REDRAWN_VAL, correct_matrix
 
 GRID = expand({"wd": [0.0, 0.1]}, HeadConfig(head="linear", epochs=5, lr=0.1))
 
@@ -88,6 +88,26 @@ def test_repeat_summarises_split_0_and_the_redrawn_splits() -> None:
     with pytest.raises(ArgumentError, match="test split"):
         no_test = replace(f, split=np.where(f.split == "test", "train", f.split))
         repeat(sweep(no_test, GRID), no_test, GRID, 2)
+
+
+def test_a_fixed_test_split_keeps_per_image_correctness_and_resamples_its_images() -> None:
+    """Every split scored on the same 100 test images: each split's per-image correctness is
+    recorded (its mean is that split's accuracy), accuracy's interval is the two-way bootstrap
+    over splits and images, the other metrics' t over splits says it covers the carve-outs only;
+    re-drawn test images record none."""
+    f = features("folders")
+    repeats = repeat(sweep(f, GRID), f, GRID, 3)
+    assert repeats.redrawn == REDRAWN_VAL and repeats.correct is not None
+    matrix = correct_matrix(repeats.correct)
+    assert matrix.shape == (3, 100)
+    assert matrix.mean(axis=1) == pytest.approx(repeats.scores["accuracy"])
+    s = repeats.summary["accuracy"]
+    assert "two-way bootstrap over 3 splits × 100 shared test images" in s.method
+    assert s.low <= s.estimate <= s.high and s.estimate == pytest.approx(matrix.mean())
+    # the test images' luck is in it: at least as wide as one split's Wilson interval, nearly
+    assert s.high - s.low > 0.1
+    assert CARVE_OUTS in repeats.summary["macro_f1"].method
+    assert repeat(sweep(features(), GRID), features(), GRID, 2).correct is None
 
 
 def test_a_sweep_keeps_per_image_outputs_intervals_and_a_config_verdict() -> None:

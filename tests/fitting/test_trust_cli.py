@@ -89,6 +89,20 @@ def test_compare_of_a_backbone_with_itself_is_tied_with_p_1(tmp_path) -> None:
     assert INTERVAL.search(out)
 
 
+def test_compare_over_repeats_on_a_fixed_test_split_resamples_its_images(tmp_path) -> None:
+    """A fixed test/ folder: every repeat is scored on the same test images, so the paired
+    verdict over the splits is the two-way bootstrap over splits and those images."""
+    data = make_tree(tmp_path / "fixed", per_class=12, split="train")
+    make_tree(data, per_class=6, split="test", seed=1)
+    done = featpipe(
+        "compare", "--data", data, "--backbone", "test_efficientnet@none",
+        "test_efficientnet@none", "--sweep", "head=logreg", "--holdout", "0.25", "--repeats",
+        "3", "--runs-dir", tmp_path / "runs", "--cache-dir", tmp_path / "cache", *flags(EXTRACT),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"fixed, paired over 3 splits \(two-way bootstrap\): .* are tied", done.stdout)
+
+
 def test_repeats_through_the_command_line(dataset, tmp_path) -> None:
     done = featpipe(
         "fit", dataset, *flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir",

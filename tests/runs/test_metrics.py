@@ -68,6 +68,7 @@ FIT_WITH_INTERVALS = FIT | {
         "summary": {"r2": SPLITS | {"confidence": 0.95, "unit": "splits"}},
         "std": {"r2": 0.07},
         "seconds": 1.0,
+        "correct": None,  # per-image correctness: classification on a fixed test split only
     },
 }
 # The first fine-tune runs (5f2755b): no backbone, start score, hold-out, precision or CAM notes.
