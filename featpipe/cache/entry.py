@@ -24,6 +24,7 @@ the next extract recomputes their rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -36,7 +37,7 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
-from featpipe.cache.durable import stale_temporaries
+from featpipe.cache.durable import replace_file, stale_temporaries
 from featpipe.cache.fingerprints import Contents
 from featpipe.cache.hdf5 import checksum_ok
 from featpipe.cache.index import CORRUPT_SUFFIX, first_corrupt_shard, quarantine
@@ -158,12 +159,15 @@ def _refuse(path: Path, problem: str) -> StorageError:
     )
 
 
-def open_entry(path: str | Path) -> h5py.File:
+def open_entry(path: str | Path, trust_stat: bool = True) -> h5py.File:
     """Open an entry for reading after checking it is complete, intact and not from the future.
 
     The checks are cheap (attributes, small columns and a ``stat`` per shard): the checksum
     refuses an entry whose labels, splits, row keys or attributes were changed after it was
-    written, and the shard sizes refuse a shard that was truncated or replaced.
+    written, and the shard sizes refuse a shard that was truncated or replaced. The checksum
+    is computed once per version of the entry file: a version verified before, by this process
+    or by an earlier one (as its :data:`VERIFIED_NAME` records), is not read again (see
+    :data:`_VERIFIED`); ``trust_stat=False`` (``cache verify``) checksums regardless.
     """
     path = Path(path)
     if not path.is_file():
@@ -176,12 +180,17 @@ def open_entry(path: str | Path) -> h5py.File:
         raise _refuse(path, f"is not a readable HDF5 file ({exc})") from None
     try:
         opened = FileStat.of(os.fstat(f.id.get_vfd_handle()))  # the file opened, not the path
-        _check(path, f, verified=_VERIFIED.get(str(path)) == opened)
+        settled = Trust().settled(opened, time.time_ns())
+        known = trust_stat and _VERIFIED.get(str(path)) == opened
+        vouched = known or (trust_stat and settled and _verified_before(path) == opened)
+        _check(path, f, verified=vouched)
     except BaseException:
         f.close()
         raise
-    if Trust().settled(opened, time.time_ns()):
+    if settled:
         _VERIFIED[str(path)] = opened
+        if not vouched:
+            _record_verified(path, opened)
     return f
 
 
@@ -191,6 +200,28 @@ def open_entry(path: str | Path) -> h5py.File:
 # stat rule's guards apply (:mod:`featpipe.cache.statrecord`): a version written within
 # RACY_NS, or on a filesystem whose stats cannot vouch, is checksummed at every open.
 _VERIFIED: dict[str, FileStat] = {}
+
+# Beside the shards: the FileStat of the entry version last verified, so that the next process
+# need not checksum it again (its columns are 0.2 s of a 200,000-file cache hit). By the stat
+# rule an unchanged FileStat is an unchanged file: an edit in place (h5py's "r+") or a
+# replacement changes its ctime or inode. ``cache verify`` checksums regardless.
+VERIFIED_NAME = "entry.verified"
+
+
+def _verified_before(path: Path) -> FileStat | None:
+    try:
+        return FileStat(*map(int, (parts_dir(path) / VERIFIED_NAME).read_text().split()))
+    except (OSError, ValueError, TypeError):
+        return None  # none recorded, or damaged: checksum
+
+
+def _record_verified(path: Path, opened: FileStat) -> None:
+    parts = parts_dir(path)
+    if not parts.is_dir():
+        return
+    # a read-only cache fails the write: the next process checksums again, nothing worse
+    with contextlib.suppress(OSError):
+        replace_file(parts / VERIFIED_NAME, " ".join(map(str, opened)).encode())
 
 
 def _check(path: Path, f: h5py.File, verified: bool = False) -> None:
@@ -393,7 +424,7 @@ def verify(path: Path) -> list[str]:
     problems: list[str] = []
     parts = parts_dir(path)
     try:
-        f = open_entry(path)
+        f = open_entry(path, trust_stat=False)
     except StorageError as exc:
         return [str(exc), *_leftovers(path)]
     with f:

@@ -86,7 +86,7 @@ def check_views(views: int) -> None:
 def view_dataset(dataset: Dataset, views: int) -> Dataset:
     """The dataset whose items are the views: K per training image, in dataset order."""
     items = [
-        replace(item, relpath=view_name(item.relpath, v))
+        item._replace(relpath=view_name(item.relpath, v))
         for item in dataset.items
         if item.split == "train"
         for v in range(views)

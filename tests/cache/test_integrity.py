@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import featpipe.cache.entry as entry_module
+import featpipe.cache.statrecord as statrecord
 from conftest import SLOW, TINY, flags, make_tree, write_image
 from featpipe.cache.entry import load_features, parts_dir, verify
 from featpipe.errors import StorageError
@@ -144,6 +146,39 @@ def test_an_edited_entry_is_refused_then_rebuilt(tree: Path, cache_dir: Path, ed
     again = run(tree, cache_dir)
     assert not again.hit and again.n_new == 0  # the rows are sound: only the entry is rebuilt
     np.testing.assert_array_equal(again.load().labels, labels)
+
+
+def test_a_verified_entry_is_not_checksummed_again_until_it_changes(
+    tree: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settled entry verified once records its FileStat beside its shards: the next process
+    opens it without the checksum; an edit in place changes its stat and is refused; a damaged
+    record, or ``cache verify``, checksums regardless."""
+    monkeypatch.setattr(statrecord, "RACY_NS", 0)  # a test's files are milliseconds old
+    entry = run(tree, cache_dir).entry
+    load_features(entry)
+    marker = parts_dir(entry) / entry_module.VERIFIED_NAME
+    assert marker.read_text().split()[3] == str(entry.stat().st_ino)
+    checksummed: list[str] = []
+    checksum_ok = entry_module.checksum_ok
+    monkeypatch.setattr(
+        entry_module, "checksum_ok", lambda f: checksummed.append(f.filename) or checksum_ok(f)
+    )
+
+    def fresh_process_load() -> None:
+        monkeypatch.setattr(entry_module, "_VERIFIED", {})
+        load_features(entry)
+
+    fresh_process_load()
+    assert checksummed == []  # vouched for by the record
+    assert verify(entry) == [] and len(checksummed) == 1  # cache verify checksums regardless
+    marker.write_text("not a stat")
+    fresh_process_load()
+    assert len(checksummed) == 2  # a damaged record vouches for nothing
+    with h5py.File(entry, "r+") as f:
+        f["label"].write_direct(np.zeros(f["label"].shape, np.int64))
+    with pytest.raises(StorageError, match="fails its checksum"):
+        fresh_process_load()
 
 
 def test_cache_verify_cli_names_an_edited_entry(tree: Path, cache_dir: Path) -> None:

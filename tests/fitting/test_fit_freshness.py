@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, CacheChecks
+from conftest import TINY, CacheChecks, forget_verified
 from featpipe.fitting.stage import fit
 
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
@@ -30,4 +30,8 @@ def test_fit_on_fresh_entries_scans_once_reads_no_file_and_checksums_each_entry_
     fit_both()  # extracts both entries
     checks = CacheChecks(monkeypatch)
     fit_both()
-    checks.paid_once(entries=2)
+    checks.paid_once(checksummed=0)  # verified by the call before, recorded beside them
+    forget_verified(tmp_path / "cache")
+    checks = CacheChecks(monkeypatch)
+    fit_both()
+    checks.paid_once(checksummed=2)  # unrecorded: once each, not once per open

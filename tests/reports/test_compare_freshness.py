@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, CacheChecks
+from conftest import TINY, CacheChecks, forget_verified
 from featpipe.extraction.options import as_extract_options
 from featpipe.reports.compare import Experiment, compare
 
@@ -29,4 +29,9 @@ def test_compare_on_fresh_entries_scans_each_dataset_once_and_reads_no_file(
     checks = CacheChecks(monkeypatch)
     rows = compare(experiment)
     assert len(rows) == 2
-    checks.paid_once(entries=2)
+    checks.paid_once(checksummed=0)  # verified by the call before, recorded beside them
+    forget_verified(tmp_path / "cache")
+    checks = CacheChecks(monkeypatch)
+    rows = compare(experiment)
+    assert len(rows) == 2
+    checks.paid_once(checksummed=2)  # unrecorded: once each, not once per open

@@ -21,7 +21,6 @@ from featpipe.stats import (
     shared_test_summary,
 )
 
-
 FLIPS = 0.03
 
 
