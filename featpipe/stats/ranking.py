@@ -23,7 +23,7 @@ from typing import Any
 from featpipe.errors import ArgumentError
 from featpipe.stats.bootstrap import N_RESAMPLES, score
 from featpipe.stats.interval import Interval, check_confidence
-from featpipe.stats.paired import format_p, paired_difference
+from featpipe.stats.paired import Difference, format_p, paired_difference
 from featpipe.stats.predictions import METRICS, Metric, Predictions
 from featpipe.stats.splits import (
     across_splits,
@@ -177,30 +177,20 @@ def compare_splits_to_best(
     each of the same R splits. Each row's score is :func:`across_splits`' mean and interval,
     each comparison :func:`paired_splits`' paired t over the per-split differences (with
     Nadeau & Bengio's correction given ``n_test`` and ``n_train``), Holm across the table."""
-    if len(rows) < 2:
-        raise ArgumentError("rows", f"{len(rows)} given: a comparison needs at least two")
+    _check_table(rows, alpha)
     if metric not in METRICS:
         raise ArgumentError("metric", f"{metric}: choose one of {', '.join(METRICS)}")
-    if not 0 < alpha < 1:
-        raise ArgumentError("alpha", f"{alpha}: give a level between 0 and 1, e.g. 0.05")
     m = METRICS[metric]
     options = {"n_test": n_test, "n_train": n_train, "confidence": confidence}
     summaries = {name: across_splits(values, **options) for name, values in rows.items()}
     sign = 1 if m.higher_is_better else -1
     best = max(rows, key=lambda name: sign * summaries[name].mean)
-    others = [name for name in rows if name != best]
-    differences = []
-    for name in others:
-        a, b = (best, name) if m.higher_is_better else (name, best)
-        differences.append(paired_splits(rows[a], rows[b], **options))
-    adjusted = holm([d.p for d in differences])
-    comparisons = tuple(
-        Comparison(
-            name, best, m, summaries[name].interval, d.interval, d.p, p_holm, d.test, p_holm > alpha
-        )
-        for name, d, p_holm in zip(others, differences, adjusted, strict=True)
-    )
-    return Ranking(m, best, summaries[best].interval, comparisons, alpha)
+    differences = {}
+    for name in rows:
+        if name != best:
+            a, b = (best, name) if m.higher_is_better else (name, best)
+            differences[name] = paired_splits(rows[a], rows[b], **options)
+    return _ranked(m, best, {k: v.interval for k, v in summaries.items()}, differences, alpha)
 
 
 def compare_shared_test_to_best(
@@ -218,23 +208,40 @@ def compare_shared_test_to_best(
     row's score is :func:`shared_test_summary`'s, each comparison :func:`paired_shared_test`'s
     two-way bootstrap, Holm across the table. Only a metric that is a mean over images
     (accuracy) can be split into per-image values."""
-    if len(rows) < 2:
-        raise ArgumentError("rows", f"{len(rows)} given: a comparison needs at least two")
+    _check_table(rows, alpha)
     if metric != "accuracy":
         raise ArgumentError("metric", f"{metric}: only accuracy is a mean of per-image values")
-    if not 0 < alpha < 1:
-        raise ArgumentError("alpha", f"{alpha}: give a level between 0 and 1, e.g. 0.05")
-    m = METRICS[metric]
     options = {"n_resamples": n_resamples, "seed": seed, "confidence": confidence}
     summaries = {name: shared_test_summary(values, **options) for name, values in rows.items()}
     best = max(rows, key=lambda name: summaries[name].mean)
-    others = [name for name in rows if name != best]
-    differences = [paired_shared_test(rows[best], rows[name], **options) for name in others]
-    adjusted = holm([d.p for d in differences])
+    differences = {
+        name: paired_shared_test(rows[best], rows[name], **options) for name in rows if name != best
+    }
+    intervals = {k: v.interval for k, v in summaries.items()}
+    return _ranked(METRICS[metric], best, intervals, differences, alpha)
+
+
+def _check_table(rows: Mapping[str, Any], alpha: float) -> None:
+    if len(rows) < 2:
+        raise ArgumentError("rows", f"{len(rows)} given: a comparison needs at least two")
+    if not 0 < alpha < 1:
+        raise ArgumentError("alpha", f"{alpha}: give a level between 0 and 1, e.g. 0.05")
+
+
+def _ranked(
+    metric: Metric,
+    best: str,
+    scores: Mapping[str, Interval],
+    differences: Mapping[str, Difference],
+    alpha: float,
+) -> Ranking:
+    """The table over splits: each row against ``best`` by its difference (best − row for a
+    score), Holm across the table."""
+    adjusted = holm([d.p for d in differences.values()])
     comparisons = tuple(
         Comparison(
-            name, best, m, summaries[name].interval, d.interval, d.p, p_holm, d.test, p_holm > alpha
+            name, best, metric, scores[name], d.interval, d.p, p_holm, d.test, p_holm > alpha
         )
-        for name, d, p_holm in zip(others, differences, adjusted, strict=True)
+        for (name, d), p_holm in zip(differences.items(), adjusted, strict=True)
     )
-    return Ranking(m, best, summaries[best].interval, comparisons, alpha)
+    return Ranking(metric, best, scores[best], comparisons, alpha)
