@@ -145,11 +145,8 @@ def _against_linear(rows: dict[str, Any], knns: dict[str, Any], linear) -> None:
     adjusted = stats.holm([d.p for d in found.values()])
     for (name, difference), p_holm in zip(found.items(), adjusted, strict=True):
         d = difference.interval
-        verdict = (
-            "tied"
-            if d.low <= 0 <= d.high or p_holm > 0.05
-            else ("better" if d.estimate > 0 else "worse")
-        )
+        # the product's rule (featpipe.stats.ranking): tied unless Holm's p is at most 0.05
+        verdict = "tied" if p_holm > 0.05 else ("better" if d.estimate > 0 else "worse")
         rows[name]["vs_linear"] = {
             "difference": d.estimate,
             "interval": [d.low, d.high],

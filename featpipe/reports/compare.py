@@ -232,9 +232,9 @@ def compare(
     return rows
 
 
-def _paired_test(rows: list[Row]) -> list[Predictions] | None:
-    """The rows' test predictions, or None unless every run recorded them on the same test
-    images in the same order (the pairing of a paired test)."""
+def _recorded(rows: list[Row]) -> list[RunPredictions] | None:
+    """Each row's recorded predictions (read once for both of a standing's comparisons), or
+    None unless every run recorded them on its test split."""
     recorded = []
     for row in rows:
         path = Path(row.run) / PREDICTIONS_FILE
@@ -242,6 +242,14 @@ def _paired_test(rows: list[Row]) -> list[Predictions] | None:
         if outputs is None or "test" not in outputs.splits:
             return None
         recorded.append(outputs)
+    return recorded
+
+
+def _paired_test(recorded: list[RunPredictions] | None) -> list[Predictions] | None:
+    """The rows' test predictions, or None unless every run recorded them on the same test
+    images in the same order (the pairing of a paired test)."""
+    if recorded is None:
+        return None
     first = recorded[0].splits["test"]
     if not all(paired(first, r.splits["test"]) for r in recorded[1:]):
         return None
@@ -267,18 +275,22 @@ def standings(rows: list[Row]) -> list[Standing]:
         if len(group) < 2:
             continue
         names = row_names(group)
-        predictions = _paired_test(group)
+        recorded = _recorded(group)
+        predictions = _paired_test(recorded)
         ranking, note = None, ""
         if predictions is None:
             note = "not every run recorded its predictions on the same test images"
         else:
             ranking = compare_to_best(dict(zip(names, predictions, strict=True)), group[0].metric)
-        out.append(Standing(dataset, ranking, _split_ranking(group, names), note))
+        out.append(Standing(dataset, ranking, _split_ranking(group, names, recorded), note))
     return out
 
 
-def _split_ranking(group: list[Row], names: list[str]) -> Ranking | None:
-    """The rows paired split by split, when all were repeated over the same splits."""
+def _split_ranking(
+    group: list[Row], names: list[str], recorded: list[RunPredictions] | None
+) -> Ranking | None:
+    """The rows paired split by split, when all were repeated over the same splits
+    (``recorded``: the runs' predictions, for splits that share one test split)."""
     repeats = [r.repeats for r in group]
     if any(r is None for r in repeats):
         return None
@@ -293,7 +305,7 @@ def _split_ranking(group: list[Row], names: list[str]) -> Ranking | None:
     if first.redrawn != REDRAWN_ALL:
         # one fixed test split: its images' luck is shared by every split, so the comparison
         # resamples them as well (the two-way bootstrap); only accuracy has per-image values
-        matrices = _shared_correct(group) if metric == "accuracy" else None
+        matrices = _shared_correct(group, recorded) if metric == "accuracy" else None
         if matrices is None:
             return None
         return compare_shared_test_to_best(dict(zip(names, matrices, strict=True)), metric)
@@ -305,21 +317,22 @@ def _split_ranking(group: list[Row], names: list[str]) -> Ranking | None:
     return compare_splits_to_best(scores, metric, **correct)
 
 
-def _shared_correct(rows: list[Row]) -> list[np.ndarray] | None:
+def _shared_correct(
+    rows: list[Row], recorded: list[RunPredictions] | None
+) -> list[np.ndarray] | None:
     """Each row's per-split, per-image correctness on the shared test images, in the first
     row's image order; None unless every run recorded it on the same images."""
+    if recorded is None:
+        return None
+    first = recorded[0].splits["test"].relpath
     aligned = []
-    first: np.ndarray | None = None
-    for row in rows:
-        path = Path(row.run) / PREDICTIONS_FILE
-        outputs = RunPredictions.load(path) if path.exists() else None
-        test = outputs.splits.get("test") if outputs is not None else None
-        if test is None or row.repeats is None or row.repeats.correct is None:
+    for row, outputs in zip(rows, recorded, strict=True):
+        test = outputs.splits["test"]
+        if row.repeats is None or row.repeats.correct is None:
             return None
         matrix = correct_matrix(row.repeats.correct)
         if matrix.shape[1] != len(test.relpath):
             return None
-        first = test.relpath if first is None else first
         # the run's images in the first run's order: the matrix's columns follow its rows
         moved = SplitOutputs(test.relpath, test.y, matrix.T).aligned(first)
         if moved is None:
