@@ -224,7 +224,7 @@ def compare(
         twin = by_key.get((row.dataset, _random_twin(row.backbone)))
         if twin is not None and twin is not row:
             row.gap = row.test - twin.test
-            pair = _paired_test([row, twin])
+            pair = _paired_test(_recorded([row, twin]))
             if pair is not None:
                 ours, theirs = pair
                 gap = paired_bootstrap(ours, theirs, row.metric)
