@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from featpipe.cache.durable import atomic_write
-from featpipe.cache.entry import ENTRY_FORMAT, parts_dir
+from featpipe.cache.entry import ENTRY_FORMAT, Header, parts_dir
 from featpipe.cache.fingerprints import Contents, content_digest
 from featpipe.cache.hdf5 import file_image, in_memory_file, seal_checksum, write_strings
 from featpipe.cache.index import CORRUPT_SUFFIX, ShardIndex, Stored, transient
@@ -50,8 +50,10 @@ def commit(
     contents: Contents,
     provenance: dict[str, Any],
     found: dict[str, Stored] | None = None,
-) -> int:
-    """Write the entry for ``dataset`` from the shards in ``index``; returns its row count.
+) -> Header:
+    """Write the entry for ``dataset`` from the shards in ``index``; returns its header (what
+    :func:`~featpipe.cache.entry.entry_header` would read back, without opening it again: a
+    version this young is checksummed at every open, by the stat rule's racy window).
 
     A row counts when its path, size, mtime and content fingerprint (and its full hash, under
     ``contents.full``) match the file now on disk. ``found``: the stored rows of files already
@@ -161,4 +163,4 @@ def commit(
     # Shards whose rows were recomputed for this entry: an older featpipe's, and corrupt ones.
     for stale in [parts / n for n in index.legacy] + list(parts.glob(f"*{CORRUPT_SUFFIX}")):
         stale.unlink(missing_ok=True)
-    return len(kept)
+    return Header(len(kept), dim, len(skipped))

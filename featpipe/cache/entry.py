@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import h5py
 import numpy as np
@@ -258,10 +258,17 @@ def _check(path: Path, f: h5py.File, verified: bool = False) -> None:
                 )
 
 
-def entry_header(path: Path) -> tuple[int, int, int]:
-    """``(rows, dimension, skipped files)`` of an entry."""
+class Header(NamedTuple):
+    """An entry's size: rows, feature dimension, skipped files."""
+
+    n: int
+    dim: int
+    n_skipped: int
+
+
+def entry_header(path: Path) -> Header:
     with open_entry(path) as f:
-        return int(f.attrs["n"]), int(f.attrs["dim"]), int(f.attrs["n_skipped"])
+        return Header(int(f.attrs["n"]), int(f.attrs["dim"]), int(f.attrs["n_skipped"]))
 
 
 def entry_meta(f: h5py.File) -> dict[str, Any]:
@@ -391,6 +398,8 @@ def matches(
     some (a copied or touched dataset), it records their stats, so that neither the next check
     nor the extract after a miss reads them again.
     """
+    if _manifest(path) != dataset.digest():  # a miss: no need to checksum the entry first
+        return None
     try:
         f = open_entry(path)
     except StorageError:
@@ -413,6 +422,18 @@ def matches(
         if full and contents.digest(kept, full=True) != attrs["content_full"]:
             return None
     return contents
+
+
+def _manifest(path: Path) -> str | None:
+    """The scan digest an entry says it holds, read without checking the entry: what decides
+    a miss, which trusts nothing in the entry (the run that follows reads the shards and writes
+    a new entry). A hit is decided only after :func:`open_entry` has checked it."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("manifest")
+    except OSError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def verify(path: Path) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from featpipe.cache.claims import Claim, claim_rows
 from featpipe.cache.commit import commit
-from featpipe.cache.entry import parts_dir
+from featpipe.cache.entry import Header, parts_dir
 from featpipe.cache.fingerprints import Contents
 from featpipe.cache.index import ShardIndex, Stored, read_index, transient
 from featpipe.cache.journals import ShardWriter, recover_orphans
@@ -90,8 +90,8 @@ class Transaction:
             shard_rows=shard_rows,
         )
 
-    def commit(self, provenance: dict[str, Any]) -> int:
-        """Write the entry from every shard now on disk; returns its row count."""
+    def commit(self, provenance: dict[str, Any]) -> Header:
+        """Write the entry from every shard now on disk; returns its header."""
         index = read_index(self.parts, self._index)
         found = self._found if index is self._index else {}  # read again whole: look again
         return commit(

@@ -173,12 +173,22 @@ class Dataset:
     # The wall clock (``time.time_ns()``) before the scan's first ``stat``: a file changed
     # within a timestamp tick of it may change again unseen (see featpipe.cache.statrecord).
     scanned_ns: int = 0
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def digest(self) -> str:
-        """A hash of everything a cache entry records about this scan; equal means up to date."""
+        """A hash of everything a cache entry records about this scan; equal means up to date.
+
+        Computed once (0.2 s at 200,000 files, asked for by the hit check and the commit): a
+        scan is not changed once made; a changed one is a new :class:`Dataset`
+        (``dataclasses.replace``), with its own digest."""
+        if self._digest is None:
+            self._digest = self._compute_digest()
+        return self._digest
+
+    def _compute_digest(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps([self.task, self.class_names, self.layout]).encode())
         h.update(  # one update: the same bytes as one per line, without 200,000 calls

@@ -20,6 +20,7 @@ import numpy as np
 
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.backbones.weights import WeightsChoice
+from featpipe.cache.entry import Header
 from featpipe.cache.fingerprints import Contents
 from featpipe.cache.transaction import Transaction
 from featpipe.data.datasets import Dataset, Item
@@ -40,11 +41,13 @@ class Part:
 
 @dataclass(frozen=True)
 class Filled:
-    """What a fill did for one entry: rows extracted, rows copied, every rank's record."""
+    """What a fill did for one entry: rows extracted, rows copied, every rank's record, and
+    the header of the entry it committed (None on the ranks that did not commit it)."""
 
     extracted: int
     copied: reuse.Reused
     ranks: list[dict[str, Any]]
+    header: Header | None = None
 
 
 def fill(
@@ -57,17 +60,18 @@ def fill(
     say: Callable[[Phase], None],
     progress: Callable[[Progress], None] | None,
     copy: bool = True,
-) -> tuple[int, reuse.Reused, list[dict[str, Any]]]:
+) -> Filled:
     """Compute the rows of ``run.dataset`` that no shard holds and commit its entry.
 
     Recovers killed runs' journals, copies rows from other datasets' entries (``copy``), splits
     the rest among torchrun ranks, claims them against concurrent extracts, extracts them into
     journals and shards, and (rank 0) commits the entry. Returns the rows extracted, the rows
-    copied and every rank's record. The view cache (:mod:`featpipe.extraction.views`) runs
-    its view rows through here too, with the same guarantees.
+    copied, every rank's record and the committed entry's header. The view cache
+    (:mod:`featpipe.extraction.views`) runs its view rows through here too, with the same
+    guarantees.
     """
     [done] = fill_parts(run, [Part(run)], contents, spec, choice, dist, start, say, progress, copy)
-    return done.extracted, done.copied, done.ranks
+    return done
 
 
 def fill_parts(
@@ -172,9 +176,11 @@ def fill_parts(
         ranks = [[r | {"rows": r["rows"][i]} for r in gathered] for i in range(len(parts))]
         n_new = [sum(r["rows"] for r in part) for part in ranks]
 
+    headers: list[Header | None] = [None] * len(parts)
+
     def finish() -> None:
-        for part, write, n, got, lacking, record_ranks in zip(
-            parts, writes, n_new, copied, pending, ranks, strict=True
+        for i, (part, write, n, got, lacking, record_ranks) in enumerate(
+            zip(parts, writes, n_new, copied, pending, ranks, strict=True)
         ):
             record = provenance.run_record(
                 device=run.device,
@@ -188,12 +194,12 @@ def fill_parts(
                 wall_s=time.perf_counter() - start,
                 ranks=record_ranks,
             )
-            write.commit(provenance.merge(provenance.previous(part.run.entry), record))
+            headers[i] = write.commit(provenance.merge(provenance.previous(part.run.entry), record))
 
     distributed.on_leader(dist, finish)
     return [
-        Filled(n, got, record_ranks)
-        for n, got, record_ranks in zip(n_new, copied, ranks, strict=True)
+        Filled(n, got, record_ranks, header)
+        for n, got, record_ranks, header in zip(n_new, copied, ranks, headers, strict=True)
     ]
 
 

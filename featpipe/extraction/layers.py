@@ -142,7 +142,7 @@ def extract_layers(
     filled = fill_parts(run, parts, contents, combined.spec, choice, dist, start, say, progress)
     for i, part, done in zip(missing, parts, filled, strict=True):
         own = replace(part.run, settings=run.settings | part.run.settings)
-        hits[i] = computed(own, specs[i].label, done.extracted, done.copied, done.ranks, start)
+        hits[i] = computed(own, specs[i].label, done, start)
     return hits
 
 

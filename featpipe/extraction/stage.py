@@ -30,9 +30,8 @@ from featpipe.cache.fingerprints import Contents
 from featpipe.cache.statrecord import read_record
 from featpipe.data.augment import Augment
 from featpipe.data.datasets import Dataset, Task, scan
-from featpipe.extraction.fill import fill
+from featpipe.extraction.fill import Filled, fill
 from featpipe.extraction.options import ExtractOptions
-from featpipe.extraction.reuse import Reused
 from featpipe.extraction.settle import ExtractRun, cached, leader_then_all, resolve
 from featpipe.extraction.views import check_views, extract_views
 from featpipe.progress import Phase, Progress, quiet
@@ -192,8 +191,8 @@ def extract(
     if import_s:
         run.timings["import_s"] = import_s
     contents = fingerprinted(run, options, say)
-    n_new, copied, ranks = fill(run, contents, spec, choice, dist, start, say, progress)
-    return with_views(computed(run, backbone, n_new, copied, ranks, start))
+    filled = fill(run, contents, spec, choice, dist, start, say, progress)
+    return with_views(computed(run, backbone, filled, start))
 
 
 def scanned(
@@ -259,15 +258,10 @@ def fingerprinted(
 
 
 def computed(
-    run: ExtractRun,
-    backbone: str | BackboneSpec,
-    n_new: int,
-    copied: Reused,
-    ranks: list[dict[str, Any]],
-    start: float,
+    run: ExtractRun, backbone: str | BackboneSpec, filled: Filled, start: float
 ) -> ExtractResult:
     """The result of a run that filled its entry (``start``: when the call began)."""
-    n, dim, n_skipped = entry_header(run.entry)
+    n, dim, n_skipped = filled.header or entry_header(run.entry)  # torchrun's other ranks
     seconds = time.perf_counter() - start  # the whole call: the rate is over the same interval
     return ExtractResult(
         run.entry,
@@ -275,14 +269,14 @@ def computed(
         backbone,
         n,
         dim,
-        n_new,
+        filled.extracted,
         n_skipped,
         seconds,
         hit=False,
-        images_per_second=n_new / seconds if seconds > 0 else 0.0,
+        images_per_second=filled.extracted / seconds if seconds > 0 else 0.0,
         settings=run.settings,
-        ranks=ranks,
-        n_copied=copied.rows,
+        ranks=filled.ranks,
+        n_copied=filled.copied.rows,
         timings=run.timings,
     )
 

@@ -195,7 +195,7 @@ def extract_views(
         options,
         images=lambda pending: _sources(dataset, settings["data_config"], augment, pending),
     )
-    n_new, _, _ = fill(
+    filled = fill(
         run,
         contents,
         spec,
@@ -206,7 +206,7 @@ def extract_views(
         progress,
         copy=False,  # a view's pixels depend on its image's path (the seed): never copied
     )
-    return done(n_new, False, run.timings)
+    return done(filled.extracted, False, run.timings)
 
 
 def _sources(

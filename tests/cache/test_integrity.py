@@ -26,6 +26,7 @@ import featpipe.cache.entry as entry_module
 import featpipe.cache.statrecord as statrecord
 from conftest import SLOW, TINY, flags, make_tree, write_image
 from featpipe.cache.entry import load_features, parts_dir, verify
+from featpipe.data.datasets import scan
 from featpipe.errors import StorageError
 from featpipe.extraction.stage import extract
 
@@ -179,6 +180,32 @@ def test_a_verified_entry_is_not_checksummed_again_until_it_changes(
         f["label"].write_direct(np.zeros(f["label"].shape, np.int64))
     with pytest.raises(StorageError, match="fails its checksum"):
         fresh_process_load()
+
+
+def test_a_miss_checksums_no_entry_and_a_forged_manifest_is_still_refused(
+    tree: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extract that adds rows decides its miss from the entry's manifest alone and takes
+    its result's size from its own commit: it checksums no entry (0.3 s each at 200,000 rows).
+    A hit is still decided only after the checksum: an entry whose manifest was edited to
+    match a new scan is refused, and rebuilt."""
+    first = run(tree, cache_dir)
+    checksummed: list[str] = []
+    checksum_ok = entry_module.checksum_ok
+    monkeypatch.setattr(
+        entry_module, "checksum_ok", lambda f: checksummed.append(f.filename) or checksum_ok(f)
+    )
+    monkeypatch.setattr(entry_module, "_VERIFIED", {})
+    write_image(tree / "ants" / "new.png", seed=99)
+    grown = run(tree, cache_dir)
+    assert (grown.n_new, grown.n) == (1, first.n + 1) and checksummed == []
+    assert entry_module.entry_header(grown.entry) == (grown.n, grown.dim, grown.n_skipped)
+    write_image(tree / "bees" / "newer.png", seed=98)
+    with h5py.File(grown.entry, "r+") as f:
+        f.attrs["manifest"] = scan(tree).digest()  # claims to hold the new scan
+    forged = run(tree, cache_dir)
+    assert not forged.hit and (forged.n_new, forged.n) == (1, first.n + 2)
+    assert grown.entry in {Path(name) for name in checksummed}  # refused by its checksum
 
 
 def test_cache_verify_cli_names_an_edited_entry(tree: Path, cache_dir: Path) -> None:
