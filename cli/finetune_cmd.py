@@ -74,6 +74,8 @@ def finetune(
         if value == value  # NaN: not scored (no test split)
     ]
     plain(f"{kept}, with 95% intervals: {', '.join(scores)}{tta}")
+    if result.tta_note:
+        plain(result.tta_note)
     trust = result.trust
     for split, scored in trust.intervals.items():
         others = [f"{k} {v.format()}" for k, v in scored.items() if k != metric]

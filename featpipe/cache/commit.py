@@ -21,7 +21,7 @@ import numpy as np
 from featpipe.cache.durable import atomic_write
 from featpipe.cache.entry import ENTRY_FORMAT, Header, parts_dir
 from featpipe.cache.fingerprints import Contents, content_digest
-from featpipe.cache.hdf5 import file_image, in_memory_file, seal_checksum, write_strings
+from featpipe.cache.hdf5 import Column, file_image, in_memory_file, seal_checksum, write_columns
 from featpipe.cache.index import CORRUPT_SUFFIX, ShardIndex, Stored, transient
 from featpipe.cache.key import KeyFields
 from featpipe.collector import paused
@@ -111,23 +111,26 @@ def commit(
             f.create_virtual_dataset("features", layout, fillvalue=np.nan)
         else:
             f.create_dataset("features", shape=(0, dim), dtype=fields.dtype)
-        write_strings(f, "relpath", [i.relpath for i in kept])
-        f["size"] = np.array([i.size for i in kept], dtype=np.int64)
-        f["mtime_ns"] = np.array([i.mtime_ns for i in kept], dtype=np.int64)
-        write_strings(f, "fingerprint", fingerprints)
-        write_strings(f, "sha256", hashes)
-        f["label"] = np.array([i.label for i in kept], dtype=np.int64)
-        f["target"] = np.array([i.target for i in kept], dtype=np.float64)
-        write_strings(f, "split", [i.split for i in kept])
-        write_strings(f, "class_names", list(dataset.class_names))
-        write_strings(f, "source/shard_names", shard_names)
-        f["source/shard_bytes"] = np.array(
-            [(parts / name).stat().st_size for name in shard_names], dtype=np.int64
-        )
-        f["source/shard"] = np.array([s for s, _ in sources], dtype=np.int32)
-        f["source/row"] = np.array([r for _, r in sources], dtype=np.int64)
-        write_strings(f, "skipped/relpath", [s[0] for s in skipped])
-        write_strings(f, "skipped/reason", [s[1] for s in skipped])
+        columns: dict[str, Column] = {
+            "relpath": [i.relpath for i in kept],
+            "size": np.array([i.size for i in kept], dtype=np.int64),
+            "mtime_ns": np.array([i.mtime_ns for i in kept], dtype=np.int64),
+            "fingerprint": fingerprints,
+            "sha256": hashes,
+            "label": np.array([i.label for i in kept], dtype=np.int64),
+            "target": np.array([i.target for i in kept], dtype=np.float64),
+            "split": [i.split for i in kept],
+            "class_names": list(dataset.class_names),
+            "source/shard_names": shard_names,
+            "source/shard_bytes": np.array(
+                [(parts / name).stat().st_size for name in shard_names], dtype=np.int64
+            ),
+            "source/shard": np.array([s for s, _ in sources], dtype=np.int32),
+            "source/row": np.array([r for _, r in sources], dtype=np.int64),
+            "skipped/relpath": [s[0] for s in skipped],
+            "skipped/reason": [s[1] for s in skipped],
+        }
+        write_columns(f, columns)
         now = time.time()
         f.attrs.update(
             {
@@ -156,7 +159,7 @@ def commit(
                 "provenance": json.dumps(provenance, sort_keys=True, default=str),
             }
         )
-        seal_checksum(f)
+        seal_checksum(f, written=columns)
         image = file_image(f)
     atomic_write(entry, image)
     contents.remember(parts)

@@ -63,8 +63,9 @@ class Transaction:
         run."""
         index = self._index = read_index(self.parts, self._index)
         pending = []
-        for item in self.dataset.items:
-            stored, reason = index.lookup(item, self.contents)
+        items = self.dataset.items
+        looked_up = index.lookup_all(items, self.contents)
+        for item, (stored, reason) in zip(items, looked_up, strict=True):
             if stored is not None:
                 self._found[item.relpath] = stored
             elif reason is None or transient(reason):

@@ -84,7 +84,13 @@ class TrainState:
         then keeps the first epoch. For a regression the metric is R², which orders epochs
         exactly as the validation MSE does.
         """
-        return metric > self.best_metric or (metric == self.best_metric and loss < self.best_loss)
+        return better(metric, loss, self.best_metric, self.best_loss)
+
+
+def better(metric: float, loss: float, than_metric: float, than_loss: float) -> bool:
+    """The order of validation scores (:meth:`TrainState.improves`): the task's metric (higher
+    is better: accuracy, R²), then the loss."""
+    return metric > than_metric or (metric == than_metric and loss < than_loss)
 
 
 @dataclass

@@ -299,7 +299,8 @@ class RunMetrics:
     repeats: Repeats | None = field(default=None, metadata=_FIT_ONLY)
     # a fine-tune's: its backbone; the best epoch (-1: none beat the start head) and which of
     # its weights were kept (raw, or ema: their moving average scored better on val); the
-    # test-time augmentation of its val and test scores; the start head's val score, the share
+    # test-time augmentation of its val and test scores (and why the one asked for was left
+    # out: it scored worse on val); the start head's val score, the share
     # of train held out as val (None: the data's val split), the precision, the CAM figure's
     # file ("" for none), what it shows, and why there is none; what it gained over the head
     # it started from on the same test images, or why that could not be compared
@@ -307,6 +308,7 @@ class RunMetrics:
     best_epoch: int = field(default=0, metadata=_FINETUNE_ONLY)
     kept_weights: str = field(default="raw", metadata=_FINETUNE_ONLY)
     tta: str = field(default="none", metadata=_FINETUNE_ONLY)
+    tta_note: str = field(default="", metadata=_FINETUNE_ONLY)
     start_val: float | None = field(default=None, metadata=_FINETUNE_ONLY)
     holdout: float | None = field(default=None, metadata=_FINETUNE_ONLY)
     precision: str = field(default="", metadata=_FINETUNE_ONLY)

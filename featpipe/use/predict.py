@@ -178,9 +178,10 @@ def embed_views(
 
 
 def run_tta(run: Run) -> str:
-    """The test-time augmentation a run's scores were measured with: a fine-tune run's
-    ``tta`` (runs from before it existed: none); a fit run has none."""
-    return run.config.get("request", {}).get("tta") or "none"
+    """The test-time augmentation a run's scores were measured with: a fine-tune run's (the
+    one it asked for, unless that scored worse on val: its ``metrics.json``); a fit run has
+    none."""
+    return run.metrics.tta
 
 
 def predict(

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 import featpipe.cache.entry as entry_module
+import featpipe.cache.hdf5 as hdf5
 import featpipe.cache.statrecord as statrecord
 from conftest import SLOW, TINY, flags, make_tree, write_image
 from featpipe.cache.entry import load_features, parts_dir, verify
@@ -180,6 +181,26 @@ def test_a_verified_entry_is_not_checksummed_again_until_it_changes(
         f["label"].write_direct(np.zeros(f["label"].shape, np.int64))
     with pytest.raises(StorageError, match="fails its checksum"):
         fresh_process_load()
+
+
+def test_the_checksum_of_columns_in_memory_is_the_one_read_back() -> None:
+    """commit hashes the columns it wrote from memory; a reader hashes what it reads: the two
+    must agree for every kind of column (numbers, UTF-8 strings, empty columns)."""
+    columns: dict[str, hdf5.Column] = {
+        "relpath": ["a/1.png", "b/ünïcode 2.png", ""],
+        "size": np.array([1, 2, 3], np.int64),
+        "target": np.array([0.5, -1.0, 2.0]),
+        "source/shard": np.array([0, 0, 1], np.int32),
+        "skipped/relpath": [],
+        "skipped/size": np.array([], np.int64),
+    }
+    with hdf5.in_memory_file() as f:
+        hdf5.write_columns(f, columns)
+        f.create_dataset("features", data=np.ones((3, 2), np.float32))
+        f.attrs["n"] = 3
+        assert hdf5.checksum(f, written=columns) == hdf5.checksum(f)
+        columns["relpath"] = ["a/1.png", "b/ünïcode 2.png", "c"]  # not what the file holds
+        assert hdf5.checksum(f, written=columns) != hdf5.checksum(f)
 
 
 def test_a_miss_checksums_no_entry_and_a_forged_manifest_is_still_refused(

@@ -25,6 +25,8 @@ from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
 from featpipe.finetuning.stage import finetune
 from featpipe.finetuning.trainer import Evaluation, Trainer
+from featpipe.runs.record import load_run
+from featpipe.use.predict import run_tta
 
 FEATPIPE = str(Path(sys.executable).parent / "featpipe")
 BASE = TINY_FINETUNE | {"workers": 0}
@@ -196,6 +198,31 @@ def test_tta_is_the_mean_softmax_of_explicitly_transformed_images(data, tmp_path
             assert result.metrics["accuracy"] == pytest.approx(accuracy)
 
 
+@pytest.mark.parametrize("views_win", [True, False])
+def test_tta_scores_test_only_where_it_beats_the_plain_image_on_val(
+    views_win, data, tmp_path, monkeypatch
+) -> None:
+    """The views asked for score test (and are what predict replays) only if they beat the
+    plain image on val; otherwise the run says why they were left out."""
+    evaluate = Trainer.evaluate
+    calls: list[tuple[int, str]] = []
+
+    def scored(self, items, model=None, tta="none") -> Evaluation:
+        calls.append((len(items), tta))
+        result = evaluate(self, items, model, tta)
+        result.metrics["accuracy"] = {"none": 0.5, "hflip": 0.9 if views_win else 0.1}[tta]
+        return result
+
+    monkeypatch.setattr(Trainer, "evaluate", scored)
+    run, result = finetune(data, FinetuneConfig(**BASE | {"tta": "hflip"}), tmp_path / "run")
+    chosen = "hflip" if views_win else "none"
+    assert result.tta == chosen and run_tta(load_run(run.path)) == chosen
+    assert calls[-1] == (result.split_sizes["test"], chosen)  # the last: test, with those views
+    assert result.val["accuracy"] == (0.9 if views_win else 0.5)
+    left_out = "--tta hflip left out: val accuracy 0.1000 with it, 0.5000 without"
+    assert result.tta_note == ("" if views_win else left_out)
+
+
 def test_train_and_eval_images_are_at_the_chosen_size_and_progressive_sizes(data, tmp_path):
     for name, options, train_sizes in (
         ("fixed", {"image_size": 48}, [48, 48]),
@@ -272,7 +299,10 @@ def test_the_options_are_recorded_in_the_run(data, tmp_path) -> None:
     assert {k: recorded[k] for k in options} == options
     assert recorded["rot90"] is False and recorded["progressive"] is None
     metrics = json.loads((run.path / "metrics.json").read_text())
-    assert metrics["tta"] == "hflip" and metrics["kept_weights"] == result.kept_weights
+    assert metrics["tta"] == result.tta and metrics["kept_weights"] == result.kept_weights
+    assert metrics["tta_note"] == result.tta_note and (result.tta == "hflip") != bool(
+        result.tta_note
+    )
 
 
 @pytest.mark.parametrize(

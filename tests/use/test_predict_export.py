@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -199,12 +200,13 @@ def test_predict_with_tta_averages_the_trained_network_over_the_symmetries(finet
             expected = torch.stack([torch.softmax(model(v), 1) for v in transformed]).mean(0)
         rows = predict(files, run.path, device="cpu", tta=tta)
         np.testing.assert_allclose(probabilities(rows, files, classes), expected, atol=2e-4)
-    # By default (run), predict does what the run's scores were measured with (its --tta).
-    assert run.config["request"]["tta"] == "none"
+    # By default (run), predict does what the run's scores were measured with (its --tta,
+    # unless that did worse on val: metrics.json's tta).
+    assert run.config["request"]["tta"] == run.metrics.tta == "none"
     plain = probabilities(predict(files, run, device="cpu"), files, classes)
     np.testing.assert_allclose(plain, torch.softmax(model(x), 1).detach().numpy(), atol=2e-4)
     recorded = load_run(run.path)
-    recorded.config["request"]["tta"] = "hflip"
+    recorded.metrics = replace(recorded.metrics, tta="hflip")
     assert predict(files, recorded, device="cpu") == predict(files, run, device="cpu", tta="hflip")
     with pytest.raises(ArgumentError, match=r"^tta sideways: choose one of run, none, hflip"):
         predict(files, run, tta="sideways")
