@@ -33,6 +33,9 @@ be measured on different days; each carries its machine, date and load) and a ma
 to ``benchmarks/results/scale.md``. The data stays under ``--work`` for the next run (its
 cache is rebuilt every time); ``--remove`` deletes it afterwards.
 
+``--additions K`` times K 1% additions against their 1% alone, the first as above, the others
+after the fits, each on top of the last: the spread of the difference the goal is about.
+
 ``--smoke`` runs every step at N=300 (a test runs it: tests/test_bench_scale_smoke.py).
 
 Usage::
@@ -180,7 +183,7 @@ def needed_bytes(n: int, have_data: bool) -> int:
     return data + int(n * 1.02 * ROW_BYTES) + HEADROOM
 
 
-def bench(n: int, work: Path) -> dict:
+def bench(n: int, work: Path, additions: int = 1) -> dict:
     base = work / f"n{n}"
     base = base.resolve()
     data, cache, runs, logs = base / f"scale{n}", base / "cache", base / "runs", base / "logs"
@@ -221,11 +224,20 @@ def bench(n: int, work: Path) -> dict:
     step("extract (first)", extract)
     step("extract (hit)", extract)
     alone = [FEATPIPE, "extract", str(staging), *model, *settled(steps["extract (first)"])]
-    step("extract 1% alone", [*alone, "--cache-dir", str(side_cache)])
-    for path in staging.glob("class*/*.png"):
-        path.rename(data / path.parent.name / path.name)
-    time.sleep(2.5)  # a rename changes ctime: past the racy window again
-    step("extract (+1%)", extract)
+
+    def add_one_percent(suffix: str) -> tuple[float, float]:
+        """The 1% in ``staging`` extracted alone, then moved into the dataset and extracted
+        there: the two wall times."""
+        names = f"extract 1% alone{suffix}", f"extract (+1%){suffix}"
+        shutil.rmtree(side_cache, ignore_errors=True)
+        step(names[0], [*alone, "--cache-dir", str(side_cache)])
+        for path in staging.glob("class*/*.png"):
+            path.rename(data / path.parent.name / path.name)
+        time.sleep(2.5)  # a rename changes ctime: past the racy window again
+        step(names[1], extract)
+        return steps[names[0]]["seconds"], steps[names[1]]["seconds"]
+
+    pairs = [add_one_percent("")]
     step("extract (hit, +1%)", extract)
     swapped = swap_one(data)
     step("extract (swap)", extract)
@@ -238,10 +250,16 @@ def bench(n: int, work: Path) -> dict:
     fit += ["--holdout", "0.15"]  # where the scan made no val split: a streamed fit needs one
     step("fit (memory)", fit)
     step("fit (streamed)", [*fit, "--memory-budget", str(streamed_budget(n))])
+    for k in range(2, additions + 1):  # more 1% additions on top: the pair's spread
+        generate(staging, added, f"{ADDED}{k}-", seed=k)
+        time.sleep(2.5)
+        pairs.append(add_one_percent(f" #{k}"))
     return {
         "n": n,
         "added": added,
         "swapped": swapped,
+        # (1% alone, +1%) wall seconds, pair by pair: the first is the table's
+        "additions": [{"alone": a, "added": b, "extra": round(b - a, 3)} for a, b in pairs],
         "megabytes": round(sum(p.stat().st_size for p in data.rglob("*.png")) / 1e6, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
@@ -283,6 +301,14 @@ def markdown(results: dict[str, dict]) -> str:
                 else f"{s['seconds']:.2f} s / {s['peak_rss_mib']:.0f} MiB (load {s['load']:.1f})"
             )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for r in sizes:
+        extra = [a["extra"] for a in r.get("additions", [])]
+        if extra:
+            lines.append(
+                f"- N={r['n']:,}: +1% minus the 1% alone, {len(extra)} pair(s): "
+                + ", ".join(f"{e:.2f}" for e in extra)
+                + f" s (mean {sum(extra) / len(extra):.2f} s)"
+            )
     lines += ["", "| fit check, in one process | check s | load s | dataset files opened |"]
     lines.append("|---|---|---|---|")
     for r in sizes:
@@ -301,6 +327,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--remove", action="store_true", help="Delete the data afterwards.")
     parser.add_argument(
+        "--additions",
+        type=int,
+        default=1,
+        help="1%% additions to time against the 1%% alone (the first before the hits, the "
+        "others after the fits, each on top of the last): the spread of their difference.",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help=f"Every step at N={SMOKE_N}, to scale-smoke.json."
     )
     args = parser.parse_args()
@@ -310,7 +343,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     for n in args.n:
-        record = bench(n, args.work)
+        record = bench(n, args.work, args.additions)
         record["command"] = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
         results[str(n)] = record
         args.json.parent.mkdir(parents=True, exist_ok=True)
