@@ -21,10 +21,11 @@ each scales with the number of training images ``n`` in the direction published 
   8-view average took the weights the run kept (the start head's) from val 0.881 to 0.841.
 
 The tiers are the published directions turned into starting values, not values featpipe
-measured; the measurement on ELPV is below.
-
-MEASURED REASON (to be filled in from ``benchmarks/results/finetune-elpv.json`` after the
-benchmark runs on a quiet machine): TODO(lead).
+measured. What they gave on ELPV (``benchmarks/bench_finetune_elpv.py``, seed 0, 1,673 training
+images at 224 px; README "Fine-tuning on ELPV"): no epoch of the recipe beat the start head on
+val (0.881), so the run kept that head, and its 8-view TTA scored worse on val and was left
+out: test 0.841, the start head's own, against the paper's 0.884. Nothing here is yet shown to
+beat the head on that dataset.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def chosen_tta(trainer: Trainer, asked: str) -> tuple[str, Evaluation, str]:
 
     Averaging over views helps only a model that treats them alike: on ELPV the dihedral
     average took the kept weights (the start head's, trained on unrotated cells) from val
-    accuracy 0.881 to 0.841, and test from 0.848 to 0.825. So the views must beat the plain
+    accuracy 0.881 to 0.841, and test from 0.841 to 0.825. So the views must beat the plain
     image on val, as the EMA must beat the raw weights, before they score test.
     """
     plan, metric = trainer.plan, trainer.plan.metric
