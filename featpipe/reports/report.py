@@ -313,6 +313,8 @@ def finetune_note(run: Run) -> str | None:
         kept += ", its EMA weights"
     tta = metrics.tta
     scored = f"; val and test scored with test-time augmentation ({tta})" if tta != "none" else ""
+    if metrics.tta_note:  # asked for, and left out: it did worse on val
+        scored = f"; {metrics.tta_note}"
     note = f"Fine-tune options: {', '.join(options) or 'the defaults'}. Kept: {kept}{scored}."
     scores = [
         f"{split} {metrics.metric} {interval}"

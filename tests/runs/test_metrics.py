@@ -103,7 +103,8 @@ FINETUNE_BEFORE_INTERVALS = OLD_FINETUNE | {
 }
 ACCURACY = {"estimate": 0.85, "low": 0.7, "high": 0.93, "n": 8, "method": "wilson"}
 GAIN = {"estimate": 0.05, "low": -0.1, "high": 0.2, "n": 8, "method": "paired bootstrap BCa"}
-# What fine-tune writes today: split sizes, every score's interval, the warnings, the gain.
+# What fine-tune writes today: split sizes, every score's interval, the warnings, the gain, and
+# why the TTA asked for was left out ("": it was not).
 FINETUNE = FINETUNE_BEFORE_INTERVALS | {
     "split_sizes": {"train": 30, "val": 8, "test": 8},
     "intervals": {"test": {"accuracy": ACCURACY | {"confidence": 0.95, "unit": "images"}}},
@@ -117,6 +118,7 @@ FINETUNE = FINETUNE_BEFORE_INTERVALS | {
         "alpha": 0.05,
     },
     "gain_note": "",
+    "tta_note": "",
 }
 
 
@@ -158,6 +160,7 @@ def test_a_fine_tune_that_recorded_its_cam_figure_under_cam_reads_both() -> None
         "warnings": [],
         "gain": None,
         "gain_note": "",
+        "tta_note": "",
     }
     none = RunMetrics.from_dict(then | {"cam": None})
     assert none.cam == "" and none.cam_figure is None
