@@ -301,6 +301,7 @@ def markdown(results: dict[str, dict]) -> str:
                 else f"{s['seconds']:.2f} s / {s['peak_rss_mib']:.0f} MiB (load {s['load']:.1f})"
             )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
     for r in sizes:
         extra = [a["extra"] for a in r.get("additions", [])]
         if extra:

@@ -96,25 +96,21 @@ class ShardIndex:
     def lookup(self, item: Item, contents: Contents) -> tuple[Stored | None, str | None]:
         """The stored row of ``item`` for the content it has now (its full hash too, under
         ``contents.full``); if there is none, why the file was skipped, if it was."""
-        quick = contents.quick.get(item.relpath, "")
-        sha = contents.hashes([item.relpath])[0] if contents.full else None
-        stored = self.find(item.row_id, quick, sha)
-        return stored, self.skip_reason(item.row_id, quick) if stored is None else None
+        return self.lookup_all([item], contents)[0]
 
     def lookup_all(
         self, items: Sequence[Item], contents: Contents
     ) -> list[tuple[Stored | None, str | None]]:
-        """:meth:`lookup` of every item, in one loop: the common case (a quick fingerprint, one
-        stored row per file) inlined, 0.5 s to 0.2 s at 200,000 files."""
-        if contents.full:
-            return [self.lookup(item, contents) for item in items]
+        """:meth:`lookup` of every item, in one loop. The common case (no full hash, one stored
+        row per file) is :meth:`find` inlined: 0.55 s to 0.40 s at 202,000 files."""
         quick, rows, more = contents.quick.get, self.rows.get, self.more
+        shas = contents.hashes([i.relpath for i in items]) if contents.full else None
         found: list[tuple[Stored | None, str | None]] = []
-        for item in items:
+        for n, item in enumerate(items):
             row_id = (item.relpath, item.stat.size, item.stat.mtime_ns)
             fingerprint = quick(item.relpath, "")
-            if row_id in more:
-                stored = self.find(row_id, fingerprint)
+            if shas is not None or row_id in more:
+                stored = self.find(row_id, fingerprint, shas[n] if shas is not None else None)
             else:
                 stored = rows(row_id)
                 if stored is not None and (not fingerprint or stored.fingerprint != fingerprint):
