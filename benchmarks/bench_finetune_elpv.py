@@ -43,6 +43,11 @@ row from the work folder into ``benchmarks/results/finetune-elpv.json`` and ``.m
 (it never writes ``benchmarks/results``). It checks that the rows run; its times say nothing
 about the real ones.
 
+``--device cuda``: extraction and fine-tuning on a GPU (fine-tuning then trains with AMP,
+``finetune``'s ``--precision auto``; the heads' features stay fp32), every spare core decoding;
+the device is recorded in the results, and its runs are kept apart (``runs-cuda/``), so a CPU
+run is never taken for a GPU one.
+
 Time per row on this machine kind (2 cores, fp32), per seed; multiply by ``--seeds``. This is
 an ESTIMATE, not a measurement: it scales the README's figure for the same LP-FT (470 s for 6
 epochs on 1,562 training and 276 val images) to this split (1,673 / 295 / 656), and the README's
@@ -267,10 +272,14 @@ def describe_split(manifest: Path) -> dict[str, Any]:
 class Bench:
     """Runs rows for seeds under ``work``, keeping each finished run's summary there."""
 
-    def __init__(self, work: Path, scale: Scale, precision: str) -> None:
+    def __init__(self, work: Path, scale: Scale, precision: str, device: str = "auto") -> None:
         self.work = work
         self.scale = scale
         self.precision = precision
+        self.device = device
+        # CPU runs under runs/, GPU runs under runs-cuda/: a finished run is never reused for
+        # a row measured on the other kind of device
+        self.runs = work / ("runs" if _device_name(device) == "cpu" else "runs-cuda")
         root = prepare_dataset("elpv", work / "elpv", per_class=scale.per_class)
         self.manifest = write_split(root)
         self.split = describe_split(self.manifest)
@@ -281,13 +290,14 @@ class Bench:
             "weights": self.scale.weights,
             "precision": self.precision,
             "engine": "torch",
+            "device": self.device,
             "image_size": self.scale.sizes[size],
             "cache_dir": self.work / "cache",
         }
 
     def _kept(self, row_id: str, seed: int, compute: Callable[[Path], dict[str, Any]]) -> dict:
         """A finished run's summary, or run it (timed) and keep its summary."""
-        folder = self.work / "runs" / row_id / f"seed{seed}"
+        folder = self.runs / row_id / f"seed{seed}"
         record = folder / "bench.json"
         if record.exists():
             return json.loads(record.read_text())
@@ -325,7 +335,7 @@ class Bench:
         options = row.options(self.train_images, self.scale)
         if self.scale.epochs is not None:
             options |= {"epochs": self.scale.epochs}
-        config = FinetuneConfig(from_run=start_run, seed=seed, **options)
+        config = FinetuneConfig(from_run=start_run, seed=seed, device=self.device, **options)
 
         def compute(folder: Path) -> dict[str, Any]:
             run, result = finetune(self.manifest, config, folder / "run")
@@ -388,6 +398,15 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _device_name(device: str) -> str:
+    """What the runs train on, for the record (``auto`` takes CUDA where there is one)."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name(torch.device(device if device != "auto" else "cuda"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="all", help="all, or ids / group numbers: 1,2,3-ema,4")
@@ -395,6 +414,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "out" / "finetune-elpv")
     parser.add_argument("--precision", default="fp32", help="of the cached features (and LP-FT)")
     parser.add_argument("--smoke", action="store_true", help="a few images, 1 epoch, tiny model")
+    parser.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda: where extraction and training run"
+    )
     parser.add_argument("--out", type=Path, help="results stem (default: benchmarks/results/…)")
     args = parser.parse_args()
     if args.seeds < 1:
@@ -402,11 +424,12 @@ def main() -> None:
     rows = select(args.rows)
     scale = SMOKE if args.smoke else REAL
     stem = args.out or (args.work / "finetune-elpv-smoke" if args.smoke else RESULTS)
-    bench = Bench(args.work, scale, args.precision)
+    bench = Bench(args.work, scale, args.precision, args.device)
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/bench_finetune_elpv.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "device": _device_name(args.device),
         "smoke": args.smoke,
         "network": f"{scale.backbone} ({scale.weights} weights), features at {args.precision}",
         "split": bench.split,

@@ -86,6 +86,8 @@ def test_smoke_runs_a_head_and_the_full_recipe_and_keeps_finished_runs(tmp_path:
     full = results["rows"][1]["seeds"][0]
     assert full["tta"] == "dihedral" and full["options"]["rot90"] is True
     assert full["options"]["epochs"] == 1  # the smoke run's single epoch
+    assert results["device"] == "cpu"  # and CPU runs are kept under runs/, GPU runs apart
+    assert (tmp_path / "runs" / "4" / "seed1" / "bench.json").exists()
     again = smoke(tmp_path, "4", seeds=2)  # read back from --work, not run again
     assert again["rows"][0]["seeds"] == results["rows"][1]["seeds"]
     assert "| 6 | VGG-19 fine-tuned" in (tmp_path / "finetune-elpv-smoke.md").read_text()
