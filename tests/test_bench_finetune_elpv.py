@@ -97,3 +97,11 @@ def test_smoke_runs_a_head_and_the_full_recipe_and_keeps_finished_runs(tmp_path:
 def test_smoke_runs_every_row(tmp_path: Path, bench) -> None:
     results = smoke(tmp_path, "all", seeds=2)
     check(results, [r.id for r in bench.ROWS], seeds=2)
+
+
+def test_gpu_runs_are_kept_apart_from_cpu_runs(bench, tmp_path: Path, monkeypatch) -> None:
+    assert bench.Bench(tmp_path, bench.SMOKE, "fp32", "cpu").runs == tmp_path / "runs"
+    monkeypatch.setattr(bench, "_device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    gpu = bench.Bench(tmp_path, bench.SMOKE, "fp32", "cuda")
+    assert gpu.runs == tmp_path / "runs-cuda"
+    assert gpu.extract_options("native")["device"] == "cuda"
