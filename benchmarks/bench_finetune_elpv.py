@@ -29,7 +29,10 @@ Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
             fitted at 300 px)
 4           the full recipe (:func:`featpipe.finetuning.recipe.recipe` for 1,673 training
             images, rotation-symmetric) from row 1's head, at 224 px
-5           the same at 300 px, from a head fitted at 300 px
+4-first     the recipe before it was retuned on this split (lr 1e-4, layer decay 0.7,
+            RandAugment m5, crops of 35-100%), and ``4-first-lr`` the same at lr 1e-3 and
+            layer decay 0.85: the evidence for the retuning
+5           row 4 at 300 px, from a head fitted at 300 px
 6           the paper's figures, quoted (not run)
 ==========  ===============================================================================
 
@@ -122,6 +125,21 @@ LP_FT_BEFORE: dict[str, Any] = {
     "epochs": 6,
 }
 
+# Row 4-first: the recipe of featpipe.finetuning.recipe before it was retuned on this split (its
+# values for 1,673 rotation-symmetric training images), and row 4-first-lr, the same at a
+# higher rate: the evidence the retuning rests on.
+FIRST_RECIPE: dict[str, Any] = {
+    "gradual": "0:last:3,2:all",
+    "layer_decay": 0.7,
+    "epochs": 10,
+    "lr": 1e-4,
+    "crop_scale": 0.35,
+    "auto_augment": "rand-m5-mstd0.5-inc1",
+    "ema": 0.98113,
+    "tta": "dihedral",
+    "rot90": True,
+}
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -159,9 +177,9 @@ def _full_recipe(n: int, scale: Scale) -> dict[str, Any]:
 
 
 def _recipe_value(name: str, replaced: tuple[str, ...] = ()) -> Callable[[int, Scale], dict]:
-    """Row 2 with one value of the recipe for the training set's size (``replaced``: row 2's
-    options it takes the place of)."""
-    return lambda n, scale: LP_FT_BEFORE | dict.fromkeys(replaced) | {name: recipe(n)[name]}
+    """Row 2 with one value of the first recipe (``replaced``: row 2's options it takes the
+    place of)."""
+    return lambda n, scale: LP_FT_BEFORE | dict.fromkeys(replaced) | {name: FIRST_RECIPE[name]}
 
 
 ROWS = [
@@ -184,11 +202,11 @@ ROWS = [
     ),
     Row("3-erasing", "+ random erasing 0.25", options=_addition({"random_erasing": 0.25})),
     Row("3-rot90", "+ random 90° rotations and vertical flips", options=_addition({"rot90": True})),
-    Row("3-ema", "+ weight EMA (the recipe's decay)", options=_recipe_value("ema")),
+    Row("3-ema", "+ weight EMA (the first recipe's decay)", options=_recipe_value("ema")),
     Row("3-tta", "+ TTA over the 8 symmetries", options=_addition({"tta": "dihedral"})),
     Row(
         "3-layer-decay",
-        "+ layer decay (the recipe's) instead of the multipliers",
+        "+ layer decay (the first recipe's 0.7) instead of the multipliers",
         options=_recipe_value("layer_decay", replaced=("lr_mult",)),
     ),
     Row(
@@ -198,18 +216,31 @@ ROWS = [
     ),
     Row("3-300px", "+ 300 px (head fitted at 300 px)", size="large", options=_addition({})),
     Row("4", "the full recipe (advise's, rotation-symmetric)", options=_full_recipe),
+    Row(
+        "4-first",
+        "the first recipe: lr 1e-4, layer decay 0.7, RandAugment m5, crops of 35-100%",
+        options=lambda n, scale: FIRST_RECIPE,
+    ),
+    Row(
+        "4-first-lr",
+        "the first recipe at lr 1e-3 and layer decay 0.85",
+        options=lambda n, scale: FIRST_RECIPE | {"lr": 1e-3, "layer_decay": 0.85},
+    ),
     Row("5", "the full recipe at 300 px", size="large", options=_full_recipe),
 ]
 BY_ID = {row.id: row for row in ROWS}
 
 
 def select(spec: str) -> list[Row]:
-    """``all``, row ids, or a group's number (``3``: every ``3-…`` row), comma-joined."""
+    """``all``, row ids, or a group's number (``3``: every ``3-…`` row; a number that is a row's
+    id, like ``4``, is that row alone), comma-joined."""
     if spec == "all":
         return list(ROWS)
     chosen: list[Row] = []
     for token in (t.strip() for t in spec.split(",") if t.strip()):
-        group = [r for r in ROWS if r.id == token or r.id.startswith(f"{token}-")]
+        group = (
+            [BY_ID[token]] if token in BY_ID else [r for r in ROWS if r.id.startswith(f"{token}-")]
+        )
         if not group and token != "6":
             raise SystemExit(f"--rows {token}: choose among all, {', '.join(BY_ID)}, 3 or 6")
         chosen += [r for r in group if r not in chosen]

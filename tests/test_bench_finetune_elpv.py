@@ -49,7 +49,8 @@ def test_the_split_is_stratified_seeded_and_written_once(bench, tmp_path: Path) 
 
 
 def test_rows_are_chosen_by_id_or_group(bench) -> None:
-    assert [r.id for r in bench.select("1,4")] == ["1", "4"]
+    assert [r.id for r in bench.select("1,4")] == ["1", "4"]  # 4 is a row: not its group
+    assert [r.id for r in bench.select("4-first,4-first-lr")] == ["4-first", "4-first-lr"]
     group = [r.id for r in bench.select("3")]
     assert len(group) == 10 and all(i.startswith("3-") for i in group)
     assert bench.select("6") == [] and len(bench.select("all")) == len(bench.ROWS)
