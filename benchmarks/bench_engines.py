@@ -25,9 +25,12 @@ an extraction's time goes.
    screening, the SHA-256 of written files, the journal writes, the HDF5 seal and the commit;
    the rest (the loader's own overhead, the loop, provenance) is what is left. It runs with
    ``workers=0``, featpipe's choice on 2 cores (:func:`featpipe.runtime.workers.default_workers`),
-   so every part runs in this process and the parts add up to the wall; a run per worker count
-   in ``--workers`` then shows what overlapping decoding with the forward in loader processes
-   gains end to end, against the engine's forward-only ceiling at the batch size it ran.
+   and without the thread that decodes the next batch meanwhile
+   (:func:`featpipe.data.loader.prefetched`), so every part runs in this thread and the parts
+   add up to the wall. Runs per worker count in ``--workers`` then show what overlapping
+   decoding with the forward gains end to end, against the engine's forward-only ceiling at
+   the batch size it ran: ``0`` decodes between batches, ``0+thread`` in the prefetch thread
+   (featpipe's default without workers), ``1`` and up in loader processes; alternated.
 
 Timings on a shared machine are only comparable within one run; run it on a quiet machine::
 
@@ -38,6 +41,12 @@ Timings on a shared machine are only comparable within one run; run it on a quie
 ``--parts`` picks some of ``ceiling,whole,shares`` (all by default), e.g. only the shares::
 
     .venv/bin/python benchmarks/bench_engines.py --parts shares --work /tmp/bench-engines
+
+``--configs`` and ``--datasets`` pick some of the configurations (``default``, ``torch fp32``,
+``openvino fp32``) and datasets (``pngs``, ``elpv``)::
+
+    .venv/bin/python benchmarks/bench_engines.py --parts shares --datasets elpv \
+        --configs "openvino fp32,torch fp32" --work /tmp/bench-engines
 
 ``--smoke`` runs every part tiny (one model, batch 4, one round, 24 images) to check the
 mechanics; its figures mean nothing.
@@ -53,7 +62,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -375,27 +384,35 @@ def shares(
     work: Path,
     workers: list[int],
     repeats: int,
+    configs: dict[str, list[str]] = CONFIGS,
     **options: Any,
 ) -> dict[str, Any]:
-    """Where a warm ``extract()``'s time goes, per configuration, and end to end per worker
-    count against the forward-only ceiling (see the module docstring). ``options``: extract
-    options of every run (the weights, say), each configuration's on top."""
+    """Where a warm ``extract()``'s time goes, per configuration (of :data:`CONFIGS`), and end
+    to end per way of decoding against the forward-only ceiling (see the module docstring).
+    ``options``: extract options of every run (the weights, say), each configuration's on
+    top."""
     row: dict[str, Any] = {"dataset": name, "model": model, "configs": {}}
-    for config, flags in CONFIGS.items():
+    for config, flags in configs.items():
         pairs = dict(zip(flags[::2], flags[1::2], strict=True))
         overrides = options | {f.removeprefix("--").replace("-", "_"): v for f, v in pairs.items()}
         cache = work / f"cache-shares-{name}-{config.replace(' ', '-')}"
         shutil.rmtree(cache, ignore_errors=True)
         in_process(data, model, cache, overrides, 0)  # cold: conversions, the probe's memo
         watch = Stopwatch()
-        with watch.wrapped():
+        with watch.wrapped(), decoding_between_batches():
             result = in_process(data, model, cache, overrides, 0)
         parts = dict(watch.seconds)
         parts["rest"] = max(0.0, result.seconds - sum(parts.values()))
-        ends: dict[int, list[float]] = {w: [] for w in workers}
+        ways = [(str(w), w, False) for w in workers]
+        if 0 in workers:
+            ways.insert(workers.index(0) + 1, ("0+thread", 0, True))
+        ends: dict[str, list[float]] = {label: [] for label, _, _ in ways}
         for _ in range(repeats):
-            for w in workers:  # alternated: a noisy moment hits every worker count alike
-                ends[w].append(in_process(data, model, cache, overrides, w).images_per_second)
+            for label, w, thread in ways:  # alternated: a noisy moment hits each alike
+                with contextlib.nullcontext() if thread else decoding_between_batches():
+                    ends[label].append(
+                        in_process(data, model, cache, overrides, w).images_per_second
+                    )
         settings = result.settings
         row["configs"][config] = {
             "engine": settings["engine"],
@@ -405,7 +422,8 @@ def shares(
             "wall_s": round(result.seconds, 3),
             "parts_s": {part: round(s, 6) for part, s in parts.items()},
             "shares": {part: round(s / result.seconds, 4) for part, s in parts.items()},
-            "images_per_s_by_workers": {str(w): round(max(r), 1) for w, r in ends.items()},
+            "images_per_s_by_workers": {w: round(max(r), 1) for w, r in ends.items()},
+            "images_per_s_runs": {w: [round(x, 1) for x in r] for w, r in ends.items()},
             "forward_ceiling_images_per_s": round(
                 forward_ceiling(model, overrides, settings, work), 1
             ),
@@ -413,6 +431,18 @@ def shares(
         print_shares(name, config, row["configs"][config])
     print(json.dumps(row), flush=True)
     return row
+
+
+@contextlib.contextmanager
+def decoding_between_batches() -> Iterator[None]:
+    """Extractions without the prefetch thread while the block runs: with no loader workers,
+    each batch is decoded in the main thread between forwards (as before the thread)."""
+    original = rows.prefetched
+    rows.prefetched = lambda items, ahead: original(items, 0)
+    try:
+        yield
+    finally:
+        rows.prefetched = original
 
 
 def in_process(data: Path, model: str, cache: Path, options: dict[str, Any], workers: int) -> Any:
@@ -451,6 +481,15 @@ def print_shares(name: str, config: str, record: dict[str, Any]) -> None:
 PARTS = ("ceiling", "whole", "shares")
 
 
+def choices(value: str, allowed: Iterable[str], flag: str) -> list[str]:
+    """A comma-joined subset of ``allowed``, in the order given."""
+    picked = [v.strip() for v in value.split(",") if v.strip()]
+    for v in picked:
+        if v not in allowed:
+            raise argparse.ArgumentTypeError(f"{flag} {v}: choose from {', '.join(allowed)}")
+    return picked
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -466,9 +505,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["ceiling"] = [ceiling(m, work, batch, rounds, seconds) for m in models]
         results["conversion_s"] = {model: conversion_seconds(model, work)}
     n, per_class = (24, 6) if args.smoke else (args.n, None)
-    pngs = args.pngs or generated_pngs(work / f"pngs-{n}", n)
-    elpv = prepare_dataset("elpv", work / ("elpv-smoke" if args.smoke else "elpv"), per_class)
-    datasets = {pngs.name: pngs, elpv.name: elpv}
+    datasets = {}
+    if "pngs" in args.datasets:
+        pngs = args.pngs or generated_pngs(work / f"pngs-{n}", n)
+        datasets[pngs.name] = pngs
+    if "elpv" in args.datasets:
+        elpv = prepare_dataset("elpv", work / ("elpv-smoke" if args.smoke else "elpv"), per_class)
+        datasets[elpv.name] = elpv
     repeats = 1 if args.smoke else args.repeats
     if "whole" in parts:
         results["whole_process"] = [
@@ -477,8 +520,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
     if "shares" in parts:
         workers = [int(w) for w in args.workers.split(",")]
+        configs = {c: CONFIGS[c] for c in args.configs}
         results["shares"] = [
-            shares(name, data, model, work, workers, repeats, weights=MODELS[model])
+            shares(name, data, model, work, workers, repeats, configs, weights=MODELS[model])
             for name, data in datasets.items()
         ]
     return results
@@ -497,6 +541,18 @@ def main() -> None:
     parser.add_argument("--pngs", type=Path, help="An ImageFolder of PNGs instead of generated.")
     parser.add_argument(
         "--workers", default="0,1", help="Shares: the loader worker counts run end to end."
+    )
+    parser.add_argument(
+        "--configs",
+        type=lambda v: choices(v, CONFIGS, "--configs"),
+        default=list(CONFIGS),
+        help="Shares: some of " + ", ".join(CONFIGS),
+    )
+    parser.add_argument(
+        "--datasets",
+        type=lambda v: choices(v, ("pngs", "elpv"), "--datasets"),
+        default=["pngs", "elpv"],
+        help="Whole process and shares: pngs, elpv or both",
     )
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -18,6 +18,7 @@ import featpipe.data.images as images
 import featpipe.data.transforms as transforms
 import featpipe.extraction.rows as rows
 from conftest import TINY
+from featpipe.data.loader import prefetched
 from featpipe.runtime.tuning import build_engine
 
 ROOT = Path(__file__).parent.parent
@@ -83,8 +84,9 @@ def test_shares_time_every_part_of_an_extraction_and_add_up_to_its_wall(
         assert all(s > 0 for s in parts.values()), parts  # every part ran and was timed
         assert sum(parts.values()) <= record["wall_s"] + 0.01  # parts never overlap
         assert sum(record["shares"].values()) == pytest.approx(1.0, abs=0.002)
-        assert set(record["images_per_s_by_workers"]) == {"0", "1"}
+        assert list(record["images_per_s_by_workers"]) == ["0", "0+thread", "1"]
         assert record["forward_ceiling_images_per_s"] > 0
+    assert rows.prefetched is prefetched  # the runs without the thread put it back
     assert row["configs"]["openvino fp32"]["engine"] == "openvino"
     assert row["configs"]["torch fp32"]["engine"] == "torch"
 

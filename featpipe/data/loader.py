@@ -7,9 +7,11 @@ order (the cache writes rows in the order they come).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -93,3 +95,54 @@ def make_loader(
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
     )
+
+
+T = TypeVar("T")
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items`` in order, produced up to ``depth`` ahead by a thread (0: no thread).
+
+    With no loader workers (featpipe's choice on 2 cores) the next batch then decodes while the
+    engine runs on this one: PIL's decoders and resamplers, torch and OpenVINO release the GIL,
+    so the two overlap where the engine's threads leave a core idle, without a worker process
+    and its copies. An exception of ``items`` is raised here, at the place it would have come;
+    a consumer that stops early stops the thread after the item it is producing.
+    """
+    if depth == 0:
+        yield from items
+        return
+    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((False, item)):
+                    return
+            put((True, None))
+        except BaseException as exc:  # raised again in the consumer's thread
+            put((True, exc))
+
+    thread = threading.Thread(target=produce, name="featpipe-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            done, value = ready.get()
+            if done:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()

@@ -81,6 +81,7 @@ class ExtractResult:
         s = self.settings
         draft = ", JPEG draft decoding" if s.get("jpeg_draft") else ""  # opt-in, changes pixels
         draft += ", tensor decoding" if s.get("decode") == "tensor" else ""  # likewise
+        thread = " + decoding thread" if s.get("prefetch") else ""  # the next batch, meanwhile
         if self.hit:
             return (
                 f"cache hit: {self.entry}  N={self.n} D={self.dim}  "
@@ -103,7 +104,7 @@ class ExtractResult:
         phases = f" (of which {phases})" if phases else ""
         how = (
             f"  [{s['engine']} {s['precision']}, batch {s['batch_size']}, "
-            f"{s.get('workers', 0)} workers{draft}]"
+            f"{s.get('workers', 0)} workers{thread}{draft}]"
             if self.n_new
             else ""
         )

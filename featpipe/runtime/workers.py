@@ -12,8 +12,9 @@ def default_workers(n_items: int, batch_size: int, world: int = 1, gpu: bool = F
     15 workers decoded 6,900 img/s against 5,900 for 8). On a CPU the forward's threads use
     every core, and a worker only pays where cores are many: on 2 cores, decoding in the main
     process between batches ran Lite0 on ELPV at 139–147 img/s against 124–131 with one worker
-    (bf16, batch 8, measured alternately in one process). Under torchrun the cores are shared
-    by ``world`` ranks.
+    (bf16, batch 8, measured alternately in one process); with OpenVINO a thread then decodes
+    one batch ahead (:data:`featpipe.extraction.rows.PREFETCH`). Under torchrun the cores are
+    shared by ``world`` ranks.
     """
     cores = max(1, (os.cpu_count() or 2) // world)
     if n_items <= 2 * batch_size or cores <= 2:

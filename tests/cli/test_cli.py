@@ -41,7 +41,7 @@ def test_extract_with_openvino_through_the_console_script(
     )
     assert done.returncode == 0, done.stderr
     assert "12 extracted in" in done.stdout
-    assert "[openvino fp32, batch 4, 0 workers]" in done.stdout
+    assert "[openvino fp32, batch 4, 0 workers + decoding thread]" in done.stdout
 
 
 def test_cache_commands(tree: Path, cache_dir: Path, capsys) -> None:

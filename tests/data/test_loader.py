@@ -3,13 +3,16 @@ torch's byte-by-byte gather when they come channels-last (as PIL's do)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from featpipe.data.loader import collate, stack
+from featpipe.data.loader import collate, prefetched, stack
 from featpipe.data.transforms import ImageToUint8
 from featpipe.runtime.engines import Normalized, TorchEngine
 
@@ -58,3 +61,52 @@ def test_the_torch_engine_gives_the_same_rows_for_either_layout(tmp_path: Path) 
     for channels_last in (True, False):
         engine = TorchEngine(module, torch.device("cpu"), "fp32", channels_last)
         assert np.array_equal(engine(stack(images)), engine(torch.stack(images)))
+
+
+def test_prefetched_keeps_order_and_runs_ahead_in_a_thread() -> None:
+    produced: list[tuple[int, str]] = []
+
+    def items():
+        for i in range(6):
+            produced.append((i, threading.current_thread().name))
+            yield i
+
+    out = prefetched(items(), depth=2)
+    assert next(out) == 0
+    deadline = time.monotonic() + 5
+    while len(produced) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    # the item taken, two waiting in the queue and one waiting to enter it: no further
+    assert len(produced) == 4
+    assert list(out) == [1, 2, 3, 4, 5]
+    assert {name for _, name in produced} == {"featpipe-prefetch"}
+    assert list(prefetched(iter(range(4)), depth=0)) == [0, 1, 2, 3]  # 0: inline
+
+
+def test_prefetched_raises_where_the_item_would_have_come_and_stops_when_closed() -> None:
+    def failing():
+        yield 1
+        raise ValueError("bad.png: cannot decode")
+
+    out = prefetched(failing())
+    assert next(out) == 1
+    with pytest.raises(ValueError, match="cannot decode"):
+        next(out)
+
+    pulled = []
+
+    def endless():
+        i = 0
+        while True:
+            pulled.append(i)
+            yield i
+            i += 1
+
+    out = prefetched(endless(), depth=1)
+    assert next(out) == 0
+    out.close()  # joins the thread: it stops after the item it was producing
+    n = len(pulled)
+    time.sleep(0.1)
+    assert len(pulled) == n and n <= 3
+    assert not any(t.name == "featpipe-prefetch" for t in threading.enumerate())
