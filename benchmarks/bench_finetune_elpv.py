@@ -29,6 +29,8 @@ Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
             fitted at 300 px)
 4           the full recipe (:func:`featpipe.finetuning.recipe.recipe` for 1,673 training
             images, rotation-symmetric) from row 1's head, at 224 px
+4-crop35    row 4 with the first recipe's crops of 35-100% (of the retuning's four changes,
+            the crop alone undone)
 4-first     the recipe before it was retuned on this split (lr 1e-4, layer decay 0.7,
             RandAugment m5, crops of 35-100%), and ``4-first-lr`` the same at lr 1e-3 and
             layer decay 0.85: the evidence for the retuning
@@ -216,6 +218,11 @@ ROWS = [
     ),
     Row("3-300px", "+ 300 px (head fitted at 300 px)", size="large", options=_addition({})),
     Row("4", "the full recipe (advise's, rotation-symmetric)", options=_full_recipe),
+    Row(
+        "4-crop35",
+        "the recipe with the first recipe's crops of 35-100%",
+        options=lambda n, scale: _full_recipe(n, scale) | {"crop_scale": 0.35},
+    ),
     Row(
         "4-first",
         "the first recipe: lr 1e-4, layer decay 0.7, RandAugment m5, crops of 35-100%",
