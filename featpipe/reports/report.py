@@ -312,9 +312,12 @@ def finetune_note(run: Run) -> str | None:
     if metrics.kept_weights == "ema":
         kept += ", its EMA weights"
     tta = metrics.tta
-    scored = f"; val and test scored with test-time augmentation ({tta})" if tta != "none" else ""
     if metrics.tta_note:  # asked for, and left out: it did worse on val
         scored = f"; {metrics.tta_note}"
+    elif tta != "none":
+        scored = f"; val and test scored with test-time augmentation ({tta})"
+    else:
+        scored = ""
     note = f"Fine-tune options: {', '.join(options) or 'the defaults'}. Kept: {kept}{scored}."
     scores = [
         f"{split} {metrics.metric} {interval}"
