@@ -27,15 +27,9 @@ from featpipe.progress import Progress
 from featpipe.runtime.devices import host_threads
 from featpipe.runtime.engines import Normalized
 from featpipe.runtime.tuning import build_engine
-from featpipe.runtime.workers import default_workers
+from featpipe.runtime.workers import decode_ahead, default_workers
 
 FLOAT16_MAX = 65504.0
-# Batches decoded ahead in a thread when there are no loader workers and OpenVINO runs the
-# forward (bench_engines.py --parts shares, ELPV, Lite0 fp32, batch 8, 2 cores, 3 alternated
-# runs each: 125-130 img/s against 105-109 decoding between batches and 118-120 with one
-# worker process). Not with torch: its forward threads and the decoding thread then ran 61-67
-# img/s against 73-76 between batches. ONNX Runtime was not measured.
-PREFETCH = 2
 
 
 def extract_rows(
@@ -81,7 +75,7 @@ def extract_rows(
         dim = int(settings["dim"])
         done = skipped_total = 0
         t0 = time.perf_counter()
-        ahead = PREFETCH if n_workers == 0 and settings["engine"] == "openvino" else 0
+        ahead = decode_ahead(n_workers, settings["engine"])
         settings["prefetch"] = ahead
         with closing(prefetched(map(finish, loader), ahead)) as batches:
             for batch in batches:

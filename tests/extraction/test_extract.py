@@ -199,6 +199,7 @@ def test_openvino_decodes_ahead_in_a_thread_with_the_same_rows(
     are not: measured slower); the rows, their order and the features are those of decoding
     between batches, bit for bit."""
     from featpipe.extraction import rows
+    from featpipe.runtime.workers import PREFETCH
 
     real, asked = rows.prefetched, []
 
@@ -214,8 +215,8 @@ def test_openvino_decodes_ahead_in_a_thread_with_the_same_rows(
     a, b = ahead.load(), between.load()
     assert list(a.relpath) == list(b.relpath) and np.array_equal(a.X, b.X)
     torch = run(tree, cache_dir / "torch", **one)
-    assert asked == [rows.PREFETCH, rows.PREFETCH, 0]  # OpenVINO twice, then torch
-    assert ahead.settings["prefetch"] == rows.PREFETCH and torch.settings["prefetch"] == 0
+    assert asked == [PREFETCH, PREFETCH, 0]  # OpenVINO twice, then torch
+    assert ahead.settings["prefetch"] == PREFETCH and torch.settings["prefetch"] == 0
     assert "0 workers + decoding thread" in ahead.summary()
     assert "0 workers]" in torch.summary()
 
