@@ -4,8 +4,8 @@ an extraction's time goes.
 1. **Ceiling**: forward passes only, per model (EfficientNet-Lite0 and ``tv/mobilenet_v2`` with
    offline ImageNet weights, ``vit_tiny_patch16_224`` at random init), batch 32, 224 px, in one
    process: torch fp32 channels_last, ONNX Runtime fp32, OpenVINO fp32 (as featpipe runs it:
-   ``PERFORMANCE_HINT=LATENCY``, one request per batch; and ``THROUGHPUT``, the batch split
-   across its streams' requests, the alternative that choice was made against), torch bf16
+   ``PERFORMANCE_HINT=THROUGHPUT``, whole batches taking turns on its streams' requests; and
+   ``LATENCY``, one stream and one request per batch, the hint it was chosen against), torch bf16
    autocast and OpenVINO bf16 (both only on a CPU with bf16 units: without, torch's bf16 ran
    15× slower than fp32 and OpenVINO's bf16 hint quietly runs fp32). The engines are alternated
    within each round, best of ``--rounds``; each engine's min cosine to torch fp32 is taken on
@@ -30,7 +30,9 @@ an extraction's time goes.
    add up to the wall. Runs per worker count in ``--workers`` then show what overlapping
    decoding with the forward gains end to end, against the engine's forward-only ceiling at
    the batch size it ran: ``0`` decodes between batches, ``0+thread`` in the prefetch thread
-   (featpipe's default without workers), ``1`` and up in loader processes; alternated.
+   (featpipe's default without workers), ``0+thread LATENCY`` the same with OpenVINO fp32's
+   ``LATENCY`` hint (the choice of ``THROUGHPUT`` is made in this loop), ``1`` and up in loader
+   processes; alternated.
 
 Timings on a shared machine are only comparable within one run; run it on a quiet machine::
 
@@ -96,6 +98,7 @@ from featpipe.runtime.engines import (
     OPENVINO_PRECISIONS,
     Engine,
     Normalized,
+    OneBatchAtATime,
     export_openvino,
     openvino_core,
     openvino_has_bf16,
@@ -117,37 +120,24 @@ CONFIGS = {
 }
 
 
-class OpenVinoThroughput:
-    """OpenVINO with ``PERFORMANCE_HINT=THROUGHPUT``: the batch split across its optimal number
-    of infer requests, run asynchronously (the hint featpipe's engine was measured against)."""
+class OpenVinoLatency(OneBatchAtATime):
+    """OpenVINO with ``PERFORMANCE_HINT=LATENCY``: one stream runs each whole batch on all its
+    threads, one synchronous request (the hint featpipe's engine was measured against)."""
 
-    name = "openvino-throughput"
+    name = "openvino-latency"
 
     def __init__(self, files: Conversions, threads: int) -> None:
-        import openvino as ov
-
         config = {
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS["fp32"],
-            "PERFORMANCE_HINT": "THROUGHPUT",
+            "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads,
             "CACHE_DIR": str(files.openvino / "compiled"),
         }
         compiled = openvino_core().compile_model(str(files.openvino / IR_NAME), "CPU", config)
-        self.requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        self.queue = ov.AsyncInferQueue(compiled, self.requests)
-        self.parts: dict[int, np.ndarray] = {}
-        self.queue.set_callback(self._done)
-
-    def _done(self, request: Any, index: int) -> None:
-        self.parts[index] = request.get_output_tensor(0).data.copy()
+        self.request = compiled.create_infer_request()
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        chunks = np.array_split(images.numpy(), min(self.requests, len(images)))
-        self.parts.clear()
-        for i, chunk in enumerate(chunks):
-            self.queue.start_async({0: chunk}, i)
-        self.queue.wait_all()
-        return np.concatenate([self.parts[i] for i in range(len(chunks))])
+        return self.request.infer({0: np.ascontiguousarray(images.numpy())})[0].copy()
 
 
 def photo_batch(work: Path, config: dict[str, Any], batch: int) -> torch.Tensor:
@@ -180,7 +170,7 @@ def engines_for(module: Normalized, files: Conversions, is_conv: bool) -> dict[s
         settings = {"engine": name, "precision": precision, "channels_last": is_conv}
         built[f"{name} {precision}"] = build_engine(settings, module, cpu, files)
     export_openvino(module, files)
-    built["openvino fp32 THROUGHPUT"] = OpenVinoThroughput(files, torch.get_num_threads())
+    built["openvino fp32 LATENCY"] = OpenVinoLatency(files, torch.get_num_threads())
     return built
 
 
@@ -338,7 +328,7 @@ class Stopwatch:
         """Time an extraction's parts (see the module docstring) while the block runs."""
         watch = self
 
-        class TimedEngine:
+        class TimedEngine(OneBatchAtATime):
             def __init__(self, engine: Engine) -> None:
                 self.name, self.forward = engine.name, watch.timed("forward", engine)
 
@@ -403,17 +393,22 @@ def shares(
             result = in_process(data, model, cache, overrides, 0)
         parts = dict(watch.seconds)
         parts["rest"] = max(0.0, result.seconds - sum(parts.values()))
-        ways = [(str(w), w, False) for w in workers]
+        settings = result.settings
+        ways: list[tuple[str, int, Callable[[], Any]]]
+        ways = [(str(w), w, decoding_between_batches) for w in workers]
         if 0 in workers:
-            ways.insert(workers.index(0) + 1, ("0+thread", 0, True))
+            after_none = [("0+thread", 0, contextlib.nullcontext)]
+            if (settings["engine"], settings["precision"]) == ("openvino", "fp32"):
+                after_none.append(("0+thread LATENCY", 0, openvino_latency))
+            at = workers.index(0) + 1
+            ways[at:at] = after_none
         ends: dict[str, list[float]] = {label: [] for label, _, _ in ways}
         for _ in range(repeats):
-            for label, w, thread in ways:  # alternated: a noisy moment hits each alike
-                with contextlib.nullcontext() if thread else decoding_between_batches():
+            for label, w, way in ways:  # alternated: a noisy moment hits each alike
+                with way():
                     ends[label].append(
                         in_process(data, model, cache, overrides, w).images_per_second
                     )
-        settings = result.settings
         row["configs"][config] = {
             "engine": settings["engine"],
             "precision": settings["precision"],
@@ -443,6 +438,26 @@ def decoding_between_batches() -> Iterator[None]:
         yield
     finally:
         rows.prefetched = original
+
+
+@contextlib.contextmanager
+def openvino_latency() -> Iterator[None]:
+    """OpenVINO fp32 with the ``LATENCY`` hint (:class:`OpenVinoLatency`, one stream, one
+    request per batch) in extractions while the block runs: the hint featpipe's engine was
+    chosen against, in the loop where it was chosen."""
+    original = rows.build_engine
+
+    def build(settings: dict[str, Any], module: Normalized, device: Any, files: Any) -> Engine:
+        if settings["engine"] != "openvino":
+            return original(settings, module, device, files)
+        export_openvino(module, files)
+        return OpenVinoLatency(files, torch.get_num_threads())
+
+    rows.build_engine = build
+    try:
+        yield
+    finally:
+        rows.build_engine = original
 
 
 def in_process(data: Path, model: str, cache: Path, options: dict[str, Any], workers: int) -> Any:

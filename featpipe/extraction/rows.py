@@ -2,10 +2,11 @@
 
 The loop decodes images in loader workers (or, with the tensor decoder, reads their bytes there
 and decodes batches on the device), forwards ``uint8`` batches through the engine the probe
-chose, and appends every batch to a journal (:class:`~featpipe.cache.journals.ShardWriter`, one
-per entry the pass fills: :class:`Parts`): a killed run loses at most the batch in flight. A
-file that cannot be decoded, or whose features are not finite (or do not fit float16 when
-stored so), becomes a skipped row with its reason, never a row of NaN.
+chose (``Engine.map``: OpenVINO's streams take the next batches while one runs), and appends
+every batch to a journal (:class:`~featpipe.cache.journals.ShardWriter`, one per entry the pass
+fills: :class:`Parts`): a killed run loses at most the batches in flight. A file that cannot be
+decoded, or whose features are not finite (or do not fit float16 when stored so), becomes a
+skipped row with its reason, never a row of NaN.
 """
 
 from __future__ import annotations
@@ -77,10 +78,13 @@ def extract_rows(
         t0 = time.perf_counter()
         ahead = decode_ahead(n_workers, settings["engine"])
         settings["prefetch"] = ahead
-        with closing(prefetched(map(finish, loader), ahead)) as batches:
-            for batch in batches:
+        with (
+            closing(prefetched(map(finish, loader), ahead)) as batches,
+            closing(engine.map((b, b.images if b.index else None) for b in batches)) as computed,
+        ):
+            for batch, rows in computed:
                 skipped = [(*pending[i].row_id, reason) for i, reason in batch.failed]
-                feats = engine(batch.images) if batch.index else np.empty((0, dim), np.float32)
+                feats = np.empty((0, dim), np.float32) if rows is None else rows
                 skipped += sink.append(pending, batch.index, feats, skipped)
                 done += len(batch.index) + len(batch.failed)
                 skipped_total += len(skipped)

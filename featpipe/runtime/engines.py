@@ -16,12 +16,15 @@ are kept under the cache directory, written once and atomically, so a rerun conv
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import os
 import shutil
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -31,11 +34,27 @@ from featpipe.data.transforms import Normalize
 from featpipe.runtime.conversions import Conversions, converting
 from featpipe.runtime.devices import autocast
 
+T = TypeVar("T")
+Rows = np.ndarray | None  # an item's embeddings; None for an item without images
+
 
 class Engine(Protocol):
     name: str
 
     def __call__(self, images: torch.Tensor) -> np.ndarray: ...
+
+    def map(self, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, Rows]]:
+        """``(tag, images)`` → ``(tag, rows)`` in order; ``None`` images give ``None`` rows.
+        An engine with several infer requests computes the next items meanwhile."""
+        ...
+
+
+class OneBatchAtATime:
+    """An engine that computes a batch when called: :meth:`Engine.map` is a loop over calls."""
+
+    def map(self, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, Rows]]:
+        for tag, images in items:
+            yield tag, None if images is None else self(images)  # type: ignore[operator]
 
 
 class Normalized(nn.Module):
@@ -51,7 +70,7 @@ class Normalized(nn.Module):
         return self.embedder(self.normalize(images))
 
 
-class TorchEngine:
+class TorchEngine(OneBatchAtATime):
     name = "torch"
 
     def __init__(
@@ -111,7 +130,7 @@ def _example(size: tuple[int, int]) -> torch.Tensor:
     return torch.zeros(2, 3, *size, dtype=torch.uint8)
 
 
-class OnnxEngine:
+class OnnxEngine(OneBatchAtATime):
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int, spin: bool) -> None:
@@ -197,13 +216,22 @@ def openvino_has_bf16() -> bool:
 
 
 class OpenVinoEngine:
-    """One compiled model, one synchronous request per batch.
+    """One compiled model with ``PERFORMANCE_HINT=THROUGHPUT``: several streams (two on 2
+    cores, one thread each), one infer request per stream.
 
-    ``PERFORMANCE_HINT=LATENCY``: one stream runs each whole batch on all its threads, like the
-    other engines. The alternative, ``THROUGHPUT`` (two streams here, the batch split across two
-    asynchronous requests), ran Lite0 at batch 32 no faster on this project's 2-core CPU (40.1
-    against 40.9 img/s), but at batch 4 faster (12.3 against 7.5 img/s): single readings on a
-    heavily loaded machine, to be settled by benchmarks/bench_engines.py, which measures both.
+    :meth:`map` gives each request a whole batch of its own, so the next batches run while this
+    one does; a single call (``predict``'s) splits its batch across the requests instead, so
+    that every stream works on it. The rows do not depend on the split or the batch size (a
+    test checks it bit for bit), nor on the hint (``LATENCY`` gave the same bits below).
+
+    The hint was chosen by measurement in the extraction loop, where a thread decodes the next
+    batch meanwhile: ELPV, Lite0, batch 8, 2 cores, 9 alternated pairs, ``THROUGHPUT`` with 2, 3
+    or 4 requests 131-139 img/s against ``LATENCY`` (one stream running each batch on both
+    threads) 126-130, faster in all nine (``benchmarks/bench_engines.py --parts shares`` runs
+    the loop with both). Forward only, with nothing
+    decoding beside it, the two were within noise (README, "CPU engines"). Why, not measured:
+    a decoding thread that takes a core from one of ``LATENCY``'s two threads holds up both at
+    the next layer, and only one of two streams.
     Compiled blobs go to ``CACHE_DIR`` beside the IR, so a rerun compiles from the blob.
     """
 
@@ -212,15 +240,47 @@ class OpenVinoEngine:
     def __init__(self, files: Conversions, precision: str, threads: int) -> None:
         config = {
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
-            "PERFORMANCE_HINT": "LATENCY",
+            "PERFORMANCE_HINT": "THROUGHPUT",
             "INFERENCE_NUM_THREADS": threads,
             "CACHE_DIR": str(files.openvino / "compiled"),
         }
         compiled = openvino_core().compile_model(str(files.openvino / IR_NAME), "CPU", config)
-        self.request = compiled.create_infer_request()
+        count = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        self.requests = [compiled.create_infer_request() for _ in range(count)]
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        # Copied in and out: a shared input would leave the request pointing at a freed batch.
-        # The network takes NCHW: a channels-last batch is made so by numpy, which transposes
-        # a batch of uint8 in a tenth of the time torch's strided copy takes.
-        return self.request.infer({0: np.ascontiguousarray(images.numpy())})[0]
+        parts = torch.tensor_split(images, max(1, min(len(self.requests), len(images))))
+        return np.concatenate([rows for _, rows in self.map(enumerate(parts))])
+
+    def map(self, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, Rows]]:
+        """Each item's rows, in order, with up to one batch per request in flight: the
+        requests take turns, and a request's rows are collected before it takes the next."""
+        turns = itertools.cycle(self.requests)
+        waiting: collections.deque[tuple[T, Any]] = collections.deque()
+        try:
+            for tag, images in items:
+                request = None
+                if images is not None:
+                    request = next(turns)
+                    while any(r is request for _, r in waiting):  # still holds earlier rows
+                        yield _collected(*waiting.popleft())
+                    # Copied in: a shared input would leave the request pointing at a freed
+                    # batch. The network takes NCHW: numpy makes a channels-last batch so in a
+                    # tenth of the time torch's strided copy takes.
+                    request.start_async({0: np.ascontiguousarray(images.numpy())})
+                waiting.append((tag, request))
+            while waiting:
+                yield _collected(*waiting.popleft())
+        finally:  # a consumer that stopped early leaves no request running
+            for _, request in waiting:
+                if request is not None:
+                    request.wait()
+
+
+def _collected(tag: T, request: Any) -> tuple[T, Rows]:
+    """``tag`` with its request's rows (copied out: the request's output is overwritten by
+    its next batch), or ``None`` for an item without images."""
+    if request is None:
+        return tag, None
+    request.wait()
+    return tag, request.get_output_tensor(0).data.copy()

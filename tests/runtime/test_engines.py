@@ -16,7 +16,13 @@ from featpipe.backbones.build import BackboneSpec, build_backbone
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.runtime import engines, tuning
 from featpipe.runtime.conversions import ConversionError, Conversions
-from featpipe.runtime.engines import Normalized, OnnxEngine, TorchEngine, export_onnx
+from featpipe.runtime.engines import (
+    Normalized,
+    OneBatchAtATime,
+    OnnxEngine,
+    TorchEngine,
+    export_onnx,
+)
 from featpipe.runtime.tuning import CPU_BATCHES, build_engine, probe
 
 
@@ -69,7 +75,7 @@ def test_explicit_settings_skip_the_probe(tmp_path: Path) -> None:
         probe(module, torch.device("cpu"), True, files, "bf16", 4, "onnxruntime")
 
 
-class SleepEngine:
+class SleepEngine(OneBatchAtATime):
     """A stand-in engine whose cost is a known function of the batch: ``overhead + batch * per``.
 
     The probe's decisions depend only on timings. A call advances a virtual clock (the one the
@@ -163,6 +169,34 @@ def test_openvino_matches_torch_takes_any_batch_and_converts_once(
     del engine, again
     gc.collect()
     assert signal_stack_is_mapped()
+
+
+def test_openvino_streams_give_every_batch_its_own_rows_in_order_bit_for_bit(
+    tmp_path: Path,
+) -> None:
+    module, files = tiny(), Conversions.under(tmp_path, "test_efficientnet", "m")
+    engines.export_openvino(module, files)
+    engine = engines.OpenVinoEngine(files, "fp32", threads=2)
+    assert len(engine.requests) >= 2  # THROUGHPUT: a stream, and a request, per thread
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+               for n in (5, 3, 1, 4, 2)]  # fmt: skip
+    alone = [np.concatenate([engine(b[i : i + 1]) for i in range(len(b))]) for b in batches]
+    # Items without images (a batch whose files all failed) keep their place.
+    items = [(0, batches[0]), (1, None), (2, batches[1]), (3, batches[2]), (4, None)]
+    items += [(5, batches[3]), (6, batches[4])]
+    out = list(engine.map(iter(items)))
+    assert [tag for tag, _ in out] == list(range(7))
+    assert out[1][1] is None and out[4][1] is None
+    computed = [rows for _, rows in out if rows is not None]
+    for rows, split, one_by_one in zip(computed, map(engine, batches), alone, strict=True):
+        assert np.array_equal(rows, split) and np.array_equal(rows, one_by_one)
+    # A consumer that stops early leaves no request busy: the next map runs on the same ones.
+    stopped = engine.map(iter(items))
+    next(stopped), next(stopped)
+    stopped.close()
+    ((_, again),) = engine.map(items[:1])
+    assert np.array_equal(again, out[0][1])
 
 
 def signal_stack_is_mapped() -> bool:
