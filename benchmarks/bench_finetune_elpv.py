@@ -30,7 +30,8 @@ Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
 4           the full recipe (:func:`featpipe.finetuning.recipe.recipe` for 1,673 training
             images, rotation-symmetric) from row 1's head, at 224 px
 4-crop35    row 4 with the first recipe's crops of 35-100% (of the retuning's four changes,
-            the crop alone undone); ``4-randaugment`` with its RandAugment m5
+            the crop alone undone); ``4-randaugment`` with its RandAugment m5;
+            ``4-epochs20`` with 20 epochs
 4-first     the recipe before it was retuned on this split (lr 1e-4, layer decay 0.7,
             RandAugment m5, crops of 35-100%), and ``4-first-lr`` the same at lr 1e-3 and
             layer decay 0.85: the evidence for the retuning
@@ -227,6 +228,11 @@ ROWS = [
         "4-randaugment",
         "the recipe with the first recipe's RandAugment m5",
         options=lambda n, scale: _full_recipe(n, scale) | {"auto_augment": "rand-m5-mstd0.5-inc1"},
+    ),
+    Row(
+        "4-epochs20",
+        "the recipe with 20 epochs instead of 10 (18 of them all blocks)",
+        options=lambda n, scale: _full_recipe(n, scale) | {"epochs": 20},
     ),
     Row(
         "4-first",
