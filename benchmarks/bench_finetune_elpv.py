@@ -14,9 +14,12 @@ runs featpipe on the same protocol:
 * **seeds**: ``--seeds N`` (default 3) independent runs per row: seed ``s`` is the head's seed
   and the fine-tune's (data order, augmentation, mixing); mean ± sample std (ddof 1) of test
   accuracy over seeds, and of balanced accuracy (the paper's "average accuracy" may be either);
-* **network**: EfficientNet-Lite0 with its offline ImageNet weights, features cached at
-  ``--precision`` (default fp32: the same features on every machine; LP-FT on a CPU trains at
-  the precision of the head's features), torch engine; wall-clock seconds per run.
+* **network**: EfficientNet-Lite0 with its offline ImageNet weights (``--backbone``: another
+  with offline weights, Lite1 or Lite2, at its own input size; its results go to
+  ``finetune-elpv-<backbone>``, and a ``--work`` holding another network's runs is refused),
+  features cached at ``--precision`` (default fp32: the same features on every machine; LP-FT
+  on a CPU trains at the precision of the head's features), torch engine; wall-clock seconds
+  per run.
 
 Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
 
@@ -86,6 +89,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -349,7 +353,13 @@ class Bench:
         folder = self.runs / row_id / f"seed{seed}"
         record = folder / "bench.json"
         if record.exists():
-            return json.loads(record.read_text())
+            kept = json.loads(record.read_text())
+            if kept.get("backbone", BACKBONE) != self.scale.backbone:
+                raise StorageError(
+                    f"{record} was run with {kept.get('backbone', BACKBONE)}, not "
+                    f"{self.scale.backbone}: use another --work"
+                )
+            return kept
         resumed = (folder / "run" / "checkpoint.pt").exists()
         start = time.perf_counter()
         summary = compute(folder)
@@ -357,6 +367,7 @@ class Bench:
         summary["resumed"] = resumed  # then the time covers only what was left to train
         summary["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         summary["load_average"] = os.getloadavg()[0]
+        summary["backbone"] = self.scale.backbone
         folder.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(summary, indent=1) + "\n")
         return summary
@@ -466,13 +477,23 @@ def main() -> None:
     parser.add_argument(
         "--device", default="auto", help="auto | cpu | cuda: where extraction and training run"
     )
+    parser.add_argument(
+        "--backbone",
+        default=BACKBONE,
+        help="a timm name with offline weights (tf_efficientnet_lite0/1/2): every row's network",
+    )
     parser.add_argument("--out", type=Path, help="results stem (default: benchmarks/results/…)")
     args = parser.parse_args()
     if args.seeds < 1:
         raise SystemExit("--seeds: use 1 or more")
+    if args.smoke and args.backbone != BACKBONE:
+        raise SystemExit("--backbone: the smoke run has its own tiny network; leave it out")
     rows = select(args.rows)
-    scale = SMOKE if args.smoke else REAL
-    stem = args.out or (args.work / "finetune-elpv-smoke" if args.smoke else RESULTS)
+    scale = SMOKE if args.smoke else dataclasses.replace(REAL, backbone=args.backbone)
+    other = "" if args.backbone == BACKBONE else f"-{args.backbone}"
+    stem = args.out or (
+        args.work / "finetune-elpv-smoke" if args.smoke else RESULTS.with_name(RESULTS.name + other)
+    )
     bench = Bench(args.work, scale, args.precision, args.device)
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -106,3 +106,15 @@ def test_gpu_runs_are_kept_apart_from_cpu_runs(bench, tmp_path: Path, monkeypatc
     gpu = bench.Bench(tmp_path, bench.SMOKE, "fp32", "cuda")
     assert gpu.runs == tmp_path / "runs-cuda"
     assert gpu.extract_options("native")["device"] == "cuda"
+
+
+def test_a_work_folder_of_another_backbone_is_refused_not_reused(bench, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    smoke = bench.Bench(work, bench.SMOKE, "fp32", "cpu")
+    kept = work / "runs" / "1" / "seed0" / "bench.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text(json.dumps({"backbone": "tf_efficientnet_lite2", "test_accuracy": 0.9}))
+    with pytest.raises(StorageError, match="was run with tf_efficientnet_lite2, not test_eff"):
+        smoke.run(bench.BY_ID["1"], 0)
+    kept.write_text(json.dumps({"backbone": "test_efficientnet", "test_accuracy": 0.9}))
+    assert smoke.run(bench.BY_ID["1"], 0)["test_accuracy"] == 0.9  # its own: read back
