@@ -27,7 +27,8 @@ def default_workers(n_items: int, batch_size: int, world: int = 1, gpu: bool = F
 # forward (bench_engines.py --parts shares, ELPV, Lite0 fp32, batch 8, 2 cores, 3 alternated
 # runs each: 125-130 img/s against 105-109 decoding between batches and 118-120 with one
 # worker process). Not with torch: its forward threads and the decoding thread then ran 61-67
-# img/s against 73-76 between batches. ONNX Runtime was not measured.
+# img/s against 73-76 between batches (a later run: 74-78 against 71-76, a tie; the rule is not
+# changed on one run). ONNX Runtime was not measured.
 PREFETCH = 2
 
 
