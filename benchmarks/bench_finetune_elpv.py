@@ -32,13 +32,15 @@ Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
             fitted at 300 px)
 4           the full recipe (:func:`featpipe.finetuning.recipe.recipe` for 1,673 training
             images, rotation-symmetric) from row 1's head, at 224 px
-4-crop35    row 4 with the first recipe's crops of 35-100% (of the retuning's four changes,
-            the crop alone undone); ``4-randaugment`` with its RandAugment m5;
-            ``4-epochs20`` with 20 epochs
+4-select-   the recipe as it was until 2026-12-07: epoch, EMA and TTA chosen by val
+metric      accuracy instead of val loss. The rows measured then vary it: ``4-crop35``
+            with the first recipe's crops of 35-100% (of the retuning's four changes, the
+            crop alone undone), ``4-randaugment`` with its RandAugment m5, ``4-epochs20``
+            with 20 epochs, and row 5
 4-first     the recipe before it was retuned on this split (lr 1e-4, layer decay 0.7,
             RandAugment m5, crops of 35-100%), and ``4-first-lr`` the same at lr 1e-3 and
             layer decay 0.85: the evidence for the retuning
-5           row 4 at 300 px, from a head fitted at 300 px
+5           row 4-select-metric at 300 px, from a head fitted at 300 px
 6           the paper's figures, quoted (not run)
 ==========  ===============================================================================
 
@@ -183,6 +185,12 @@ def _full_recipe(n: int, scale: Scale) -> dict[str, Any]:
     return recipe(n, symmetric=True)  # ELPV's cells are still cells after a turn or a flip
 
 
+def _by_accuracy(n: int, scale: Scale) -> dict[str, Any]:
+    """The recipe as it was until 2026-12-07, choosing by val accuracy: the rows measured
+    then vary it."""
+    return _full_recipe(n, scale) | {"select_by": "metric"}
+
+
 def _recipe_value(name: str, replaced: tuple[str, ...] = ()) -> Callable[[int, Scale], dict]:
     """Row 2 with one value of the first recipe (``replaced``: row 2's options it takes the
     place of)."""
@@ -224,19 +232,24 @@ ROWS = [
     Row("3-300px", "+ 300 px (head fitted at 300 px)", size="large", options=_addition({})),
     Row("4", "the full recipe (advise's, rotation-symmetric)", options=_full_recipe),
     Row(
+        "4-select-metric",
+        "the recipe choosing epoch, EMA and TTA by val accuracy (as before 2026-12-07)",
+        options=_by_accuracy,
+    ),
+    Row(
         "4-crop35",
-        "the recipe with the first recipe's crops of 35-100%",
-        options=lambda n, scale: _full_recipe(n, scale) | {"crop_scale": 0.35},
+        "row 4-select-metric with the first recipe's crops of 35-100%",
+        options=lambda n, scale: _by_accuracy(n, scale) | {"crop_scale": 0.35},
     ),
     Row(
         "4-randaugment",
-        "the recipe with the first recipe's RandAugment m5",
-        options=lambda n, scale: _full_recipe(n, scale) | {"auto_augment": "rand-m5-mstd0.5-inc1"},
+        "row 4-select-metric with the first recipe's RandAugment m5",
+        options=lambda n, scale: _by_accuracy(n, scale) | {"auto_augment": "rand-m5-mstd0.5-inc1"},
     ),
     Row(
         "4-epochs20",
-        "the recipe with 20 epochs instead of 10 (18 of them all blocks)",
-        options=lambda n, scale: _full_recipe(n, scale) | {"epochs": 20},
+        "row 4-select-metric with 20 epochs instead of 10 (18 of them all blocks)",
+        options=lambda n, scale: _by_accuracy(n, scale) | {"epochs": 20},
     ),
     Row(
         "4-first",
@@ -248,7 +261,7 @@ ROWS = [
         "the first recipe at lr 1e-3 and layer decay 0.85",
         options=lambda n, scale: FIRST_RECIPE | {"lr": 1e-3, "layer_decay": 0.85},
     ),
-    Row("5", "the full recipe at 300 px", size="large", options=_full_recipe),
+    Row("5", "row 4-select-metric at 300 px", size="large", options=_by_accuracy),
 ]
 BY_ID = {row.id: row for row in ROWS}
 
@@ -348,8 +361,16 @@ class Bench:
             "cache_dir": self.work / "cache",
         }
 
-    def _kept(self, row_id: str, seed: int, compute: Callable[[Path], dict[str, Any]]) -> dict:
-        """A finished run's summary, or run it (timed) and keep its summary."""
+    def _kept(
+        self,
+        row_id: str,
+        seed: int,
+        compute: Callable[[Path], dict[str, Any]],
+        options: dict[str, Any] | None = None,
+    ) -> dict:
+        """A finished run's summary, or run it (timed) and keep its summary. A summary kept
+        with another network, or with other fine-tune ``options`` (the row's definition has
+        changed since), is refused: it is not this row's result."""
         folder = self.runs / row_id / f"seed{seed}"
         record = folder / "bench.json"
         if record.exists():
@@ -358,6 +379,13 @@ class Bench:
                 raise StorageError(
                     f"{record} was run with {kept.get('backbone', BACKBONE)}, not "
                     f"{self.scale.backbone}: use another --work"
+                )
+            if options is not None and FinetuneConfig(**kept["options"]) != FinetuneConfig(
+                **options
+            ):
+                raise StorageError(
+                    f"{record} was run with other options than row {row_id} has now: move its "
+                    "folder to the row it belongs to, or use another --work"
                 )
             return kept
         resumed = (folder / "run" / "checkpoint.pt").exists()
@@ -408,7 +436,7 @@ class Bench:
                 "options": {k: v for k, v in options.items() if v is not None},
             }
 
-        return self._kept(row.id, seed, compute)
+        return self._kept(row.id, seed, compute, options)
 
 
 def _scores(run_path: Path) -> dict[str, Any]:

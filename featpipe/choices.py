@@ -13,5 +13,8 @@ ON_ERROR = ("skip", "fail")
 DECODERS = ("pil", "tensor")
 # Test-time augmentation: the identity; with the horizontal flip; all 8 symmetries of the square.
 TTA = ("none", "hflip", "dihedral")
+# Which val score chooses the epoch, the EMA and the test-time augmentation: the task's metric
+# (ties broken by the loss), or the loss (ties broken by the metric).
+SELECT_BY = ("metric", "loss")
 # The --auto-augment value for torchvision's TrivialAugmentWide (timm has no string for it).
 TRIVIAL_AUGMENT = "trivialaugment"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from featpipe.errors import StorageError
+from featpipe.finetuning.config import FinetuneConfig
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_finetune_elpv.py"
@@ -118,3 +119,24 @@ def test_a_work_folder_of_another_backbone_is_refused_not_reused(bench, tmp_path
         smoke.run(bench.BY_ID["1"], 0)
     kept.write_text(json.dumps({"backbone": "test_efficientnet", "test_accuracy": 0.9}))
     assert smoke.run(bench.BY_ID["1"], 0)["test_accuracy"] == 0.9  # its own: read back
+
+
+def test_a_run_kept_with_other_options_than_its_row_has_now_is_refused(bench, tmp_path) -> None:
+    """Changing a row (the recipe choosing by val loss, say) must not pass off the runs of its
+    old definition as its result."""
+    smoke = bench.Bench(tmp_path, bench.SMOKE, "fp32", "cpu")
+    row = bench.BY_ID["4"]
+    options = row.options(smoke.train_images, smoke.scale) | {"epochs": 1}
+    for row_id in ("1", "4"):  # a head and a fine-tune kept as finished
+        kept = tmp_path / "runs" / row_id / "seed0" / "bench.json"
+        kept.parent.mkdir(parents=True)
+        summary = {"backbone": "test_efficientnet", "test_accuracy": 0.9, "run": "r"}
+        kept.write_text(json.dumps(summary | {"options": options}))
+    assert smoke.run(row, 0)["test_accuracy"] == 0.9  # the same options, defaults left out
+    old = {k: v for k, v in options.items() if k != "select_by"}  # from before --select-by
+    kept.write_text(json.dumps(summary | {"options": old}))
+    with pytest.raises(StorageError, match=r"runs/4/seed0/bench\.json was run with other options"):
+        smoke.run(row, 0)
+    # what such runs are now: row 4-select-metric, where they were moved
+    before = bench.BY_ID["4-select-metric"].options(smoke.train_images, smoke.scale)
+    assert FinetuneConfig(**old) == FinetuneConfig(**before | {"epochs": 1})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featpipe.backbones.weights import WEIGHTS_HELP
-from featpipe.choices import PRECISIONS, TRIVIAL_AUGMENT, TTA
+from featpipe.choices import PRECISIONS, SELECT_BY, TRIVIAL_AUGMENT, TTA
 from featpipe.errors import ArgumentError
 from featpipe.heads.config import OPTIMIZERS
 from featpipe.heads.config import TORCH_HEADS as HEADS
@@ -221,6 +221,13 @@ class FinetuneConfig:
         constraint=OneOf(TTA),
         help="Test-time augmentation of the final val/test scores (and predict's default): "
         "none | hflip (2 views) | dihedral (8: rotations and flips); softmax averaged.",
+    )
+    select_by: str = option(
+        "metric",
+        constraint=OneOf(SELECT_BY),
+        help="What chooses the epoch, EMA and TTA on val: metric (accuracy, R²; ties by the loss) "
+        "| loss (ties by the metric): the loss moves with every image, not only those that "
+        "cross the boundary.",
     )
     head: str = option("linear", constraint=OneOf(HEADS), help="Fresh head: linear | mlp")
     head_init: str = option("kaiming", constraint=OneOf(HEAD_INITS), help=" | ".join(HEAD_INITS))

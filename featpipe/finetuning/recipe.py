@@ -17,6 +17,9 @@ each scales with the number of training images ``n`` in the direction published 
   pretrained weights when there is little to learn them from; **learning rate** larger with
   more data (AdamW);
 * an **EMA** of the weights over about one epoch of steps, kept where it scores better on val;
+* **selection by val loss** (``select_by="loss"``): the epoch, the EMA and the TTA are chosen
+  by the val loss, which every val image moves, rather than by accuracy, which moves only with
+  the images that cross the decision boundary (on 295 val images, one image is 0.34 points);
 * **test-time augmentation** with the flip, or all 8 symmetries for rotation-symmetric images
   (which also train with random 90° rotations and vertical flips), scoring test only where it
   beats the plain image on val (:func:`featpipe.finetuning.stage.chosen_tta`).
@@ -91,6 +94,7 @@ def recipe(train_images: int, pretrained: bool = True, symmetric: bool = False) 
         "crop_scale": CROP_SCALE,
         "ema": round(min(0.9999, max(0.9, 1 - 1 / steps_per_epoch)), 5),
         "tta": "dihedral" if symmetric else "hflip",
+        "select_by": "loss",
     }
     if size.magnitude is not None:
         fields["auto_augment"] = f"rand-m{size.magnitude}-mstd0.5-inc1"

@@ -239,16 +239,18 @@ def chosen_tta(trainer: Trainer, asked: str) -> tuple[str, Evaluation, str]:
     accuracy 0.881 to 0.841, and test from 0.841 to 0.825. So the views must beat the plain
     image on val, as the EMA must beat the raw weights, before they score test.
     """
-    plan, metric = trainer.plan, trainer.plan.metric
+    plan, metric, select_by = trainer.plan, trainer.plan.metric, trainer.config.select_by
     with_views = trainer.evaluate(plan.val, tta=asked)
     if asked == "none":
         return asked, with_views, ""
     plain = trainer.evaluate(plan.val)
-    if better(with_views.metrics[metric], with_views.loss, plain.metrics[metric], plain.loss):
+    scores = [(e.metrics[metric], e.loss) for e in (with_views, plain)]
+    if better(select_by, *scores):
         return asked, with_views, ""
+    shown, at = (metric, 0) if select_by == "metric" else ("loss", 1)
     note = (
-        f"--tta {asked} left out: val {metric} {with_views.metrics[metric]:.4f} with it, "
-        f"{plain.metrics[metric]:.4f} without"
+        f"--tta {asked} left out: val {shown} {scores[0][at]:.4f} with it, "
+        f"{scores[1][at]:.4f} without"
     )
     return "none", plain, note
 

@@ -24,7 +24,7 @@ from featpipe.finetuning.checkpoint import Checkpointer
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
 from featpipe.finetuning.stage import finetune
-from featpipe.finetuning.trainer import Evaluation, Trainer
+from featpipe.finetuning.trainer import Evaluation, Trainer, better
 from featpipe.runs.record import load_run
 from featpipe.use.predict import run_tta
 
@@ -175,6 +175,46 @@ def test_the_run_keeps_whichever_weights_score_better_on_val(winner, data, tmp_p
     assert trainer.state.history["val_metric_ema"] == [0.9 if winner == "ema" else 0.5]
 
 
+# Per epoch (val accuracy, val loss): accuracy peaks at epoch 1, a one-image spike; the loss
+# is lowest at epoch 2. Epoch 3 ties epoch 2's loss with a lower accuracy.
+EPOCH_SCORES = [(0.80, 0.50), (0.84, 0.45), (0.83, 0.40), (0.82, 0.40)]
+
+
+@pytest.mark.parametrize(("select_by", "kept"), [("metric", 1), ("loss", 2)])
+def test_select_by_chooses_the_epoch_by_val_accuracy_or_val_loss(
+    select_by, kept, data, tmp_path
+) -> None:
+    trainer = trainer_for(data, tmp_path / select_by, epochs=4, select_by=select_by)
+    epoch_weights = []
+
+    def scored(items, model=None, tta="none") -> Evaluation:
+        accuracy, loss = EPOCH_SCORES[trainer.state.epoch]
+        epoch_weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        n = len(items)
+        return Evaluation({"accuracy": accuracy}, loss, np.zeros((n, 3)), np.arange(n))
+
+    trainer.evaluate = scored
+    trainer.run()
+    assert trainer.state.best_epoch == kept
+    assert (trainer.state.best_metric, trainer.state.best_loss) == EPOCH_SCORES[kept]
+    best = Checkpointer(tmp_path / select_by).load_best()  # the weights of that epoch
+    assert all(torch.equal(best[k], epoch_weights[kept][k]) for k in best)
+
+
+@pytest.mark.parametrize(
+    ("score", "than", "by_metric", "by_loss"),
+    [
+        ((0.9, 0.5), (0.8, 0.4), True, False),  # more accurate, higher loss
+        ((0.8, 0.4), (0.8, 0.5), True, True),  # a tie in accuracy: the loss decides
+        ((0.9, 0.4), (0.8, 0.4), True, True),  # a tie in loss: the accuracy decides
+        ((0.8, 0.4), (0.8, 0.4), False, False),  # a full tie keeps the earlier
+    ],
+)
+def test_the_two_orders_of_val_scores(score, than, by_metric, by_loss) -> None:
+    assert better("metric", score, than) is by_metric
+    assert better("loss", score, than) is by_loss
+
+
 def test_tta_is_the_mean_softmax_of_explicitly_transformed_images(data, tmp_path) -> None:
     trainer = trainer_for(data, tmp_path / "run")
     items = trainer.plan.val
@@ -220,6 +260,27 @@ def test_tta_scores_test_only_where_it_beats_the_plain_image_on_val(
     assert calls[-1] == (result.split_sizes["test"], chosen)  # the last: test, with those views
     assert result.val["accuracy"] == (0.9 if views_win else 0.5)
     left_out = "--tta hflip left out: val accuracy 0.1000 with it, 0.5000 without"
+    assert result.tta_note == ("" if views_win else left_out)
+
+
+@pytest.mark.parametrize("views_win", [True, False])
+def test_with_select_by_loss_tta_must_lower_the_val_loss(
+    views_win, data, tmp_path, monkeypatch
+) -> None:
+    """The views are more accurate on val here, but only a lower val loss lets them in."""
+    evaluate = Trainer.evaluate
+
+    def scored(self, items, model=None, tta="none") -> Evaluation:
+        result = evaluate(self, items, model, tta)
+        result.metrics["accuracy"] = {"none": 0.5, "hflip": 0.9}[tta]
+        result.loss = {"none": 0.4, "hflip": 0.3 if views_win else 0.6}[tta]
+        return result
+
+    monkeypatch.setattr(Trainer, "evaluate", scored)
+    config = FinetuneConfig(**BASE | {"tta": "hflip", "select_by": "loss"})
+    _, result = finetune(data, config, tmp_path / "run")
+    assert result.tta == ("hflip" if views_win else "none")
+    left_out = "--tta hflip left out: val loss 0.6000 with it, 0.4000 without"
     assert result.tta_note == ("" if views_win else left_out)
 
 
@@ -294,6 +355,7 @@ def test_a_checkpoint_from_before_these_options_still_resumes(data, tmp_path) ->
 
 def test_the_options_are_recorded_in_the_run(data, tmp_path) -> None:
     options = {"auto_augment": "trivialaugment", "augment": True, "ema": 0.9, "tta": "hflip"}
+    options |= {"select_by": "loss"}
     run, result = finetune(data, FinetuneConfig(**BASE | options), tmp_path / "run")
     recorded = json.loads((run.path / "run.json").read_text())["request"]
     assert {k: recorded[k] for k in options} == options
@@ -314,6 +376,7 @@ def test_the_options_are_recorded_in_the_run(data, tmp_path) -> None:
         (["--ema", "1.5"], "--ema 1.5: use a decay in (0, 1)"),
         (["--random-erasing", "2"], "--random-erasing 2.0: use a probability in [0, 1]"),
         (["--mixup", "-1"], "--mixup -1.0: use 0 (off) or a positive alpha"),
+        (["--select-by", "accuracy"], "--select-by accuracy: choose one of metric, loss"),
         (["--no-augment", "--auto-augment", "v0"], "--auto-augment v0: it is part of the"),
     ],
 )
@@ -364,6 +427,8 @@ def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
         "dihedral",
         "--image-size",
         "224",
+        "--select-by",
+        "loss",
     ]
     with pytest.raises(Captured) as caught:
         main(["finetune", str(data), *flags])
@@ -377,6 +442,7 @@ def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
         "progressive": "0:160,3:224",
         "tta": "dihedral",
         "image_size": 224,
+        "select_by": "loss",
     }
     config = caught.value.args[0]
     assert {k: getattr(config, k) for k in expected} == expected
