@@ -32,6 +32,7 @@ Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
             fitted at 300 px)
 4           the full recipe (:func:`featpipe.finetuning.recipe.recipe` for 1,673 training
             images, rotation-symmetric) from row 1's head, at 224 px
+4-smoothing the recipe with label smoothing 0.1 (timm's ``--smoothing`` default)
 4-select-   the recipe as it was until 2026-12-07: epoch, EMA and TTA chosen by val
 metric      accuracy instead of val loss. The rows measured then vary it: ``4-crop35``
             with the first recipe's crops of 35-100% (of the retuning's four changes, the
@@ -231,6 +232,11 @@ ROWS = [
     ),
     Row("3-300px", "+ 300 px (head fitted at 300 px)", size="large", options=_addition({})),
     Row("4", "the full recipe (advise's, rotation-symmetric)", options=_full_recipe),
+    Row(
+        "4-smoothing",
+        "the recipe with label smoothing 0.1 (timm's default)",
+        options=lambda n, scale: _full_recipe(n, scale) | {"smoothing": 0.1},
+    ),
     Row(
         "4-select-metric",
         "the recipe choosing epoch, EMA and TTA by val accuracy (as before 2026-12-07)",

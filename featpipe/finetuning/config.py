@@ -205,6 +205,12 @@ class FinetuneConfig:
         constraint=Interval(0, what="0 (off) or a positive alpha"),
         help="CutMix alpha, e.g. 1.0; with --mixup each batch is one or the other; 0 = off.",
     )
+    smoothing: float = option(
+        0.0,
+        constraint=Interval(0, 1, "left", "a share in [0, 1)"),
+        help="Label smoothing of the training loss (timm's), e.g. 0.1: each target keeps "
+        "1 - s and spreads s over all classes; val and test losses stay plain; 0 = off.",
+    )
     ema: float | None = option(
         None,
         constraint=Interval(0, 1, "neither", "a decay in (0, 1)"),

@@ -176,11 +176,12 @@ def make_plan(
     dataset = data if isinstance(data, Dataset) else scan(data)
     if dataset.task == "none":
         raise DataError(f"{dataset.root}: fine-tuning needs labels")
-    if config.mixes and dataset.task != "classification":
-        param = "mixup" if config.mixup else "cutmix"
+    if (config.mixes or config.smoothing) and dataset.task != "classification":
+        param = "mixup" if config.mixup else "cutmix" if config.cutmix else "smoothing"
+        what = "smoothing softens" if param == "smoothing" else "mixing blends"
         raise ArgumentError(
             param,
-            f"{getattr(config, param)}: mixing blends class labels, and {dataset.root} is a "
+            f"{getattr(config, param)}: {what} class labels, and {dataset.root} is a "
             "regression; leave it off",
         )
     if start is not None and start.head.class_names != dataset.class_names:

@@ -123,12 +123,15 @@ def _targets(items: list[Item], index: list[int], task: str) -> torch.Tensor:
     return torch.tensor([items[i].label for i in index], dtype=torch.long)
 
 
-def _loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """MSE, cross-entropy, or with mixed batches (``y`` one row of class weights per image)
-    timm's soft-target cross-entropy."""
+def _loss(out: torch.Tensor, y: torch.Tensor, task: str, smoothing: float = 0.0) -> torch.Tensor:
+    """MSE, cross-entropy (with label ``smoothing``: training only), or with mixed batches
+    (``y`` one row of class weights per image, already smoothed by timm's ``Mixup``) timm's
+    soft-target cross-entropy."""
     if task == "regression":
         return F.mse_loss(out.squeeze(1), y)
-    return SoftTargetCrossEntropy()(out, y) if y.ndim == 2 else F.cross_entropy(out, y)
+    if y.ndim == 2:
+        return SoftTargetCrossEntropy()(out, y)
+    return F.cross_entropy(out, y, label_smoothing=smoothing)
 
 
 class Trainer:
@@ -171,7 +174,7 @@ class Trainer:
             Mixup(
                 mixup_alpha=config.mixup,
                 cutmix_alpha=config.cutmix,
-                label_smoothing=0.0,
+                label_smoothing=config.smoothing,
                 num_classes=plan.n_outputs,
             )
             if config.mixes
@@ -356,7 +359,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             out = self.logits(x)
-            loss = _loss(out, target, task)
+            loss = _loss(out, target, task, config.smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # gradient norms below are of true gradients

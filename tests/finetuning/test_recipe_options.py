@@ -96,8 +96,11 @@ def test_random_erasing_erases_one_rectangle_at_rate_p(data, tmp_path) -> None:
     assert 0.17 <= erased / 400 <= 0.33  # p = 0.25 (binomial sd 0.022; seeded)
 
 
-def test_mixup_mixes_images_and_one_hot_targets_with_the_drawn_lambda(data, tmp_path) -> None:
-    trainer = trainer_for(data, tmp_path / "run", mixup=0.4)
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_mixup_mixes_images_and_one_hot_targets_with_the_drawn_lambda(
+    smoothing, data, tmp_path
+) -> None:
+    trainer = trainer_for(data, tmp_path / "run", mixup=0.4, smoothing=smoothing)
     x = torch.randn(9, 3, 32, 32)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
     np.random.seed(7)
@@ -107,7 +110,7 @@ def test_mixup_mixes_images_and_one_hot_targets_with_the_drawn_lambda(data, tmp_
     mixed, target = trainer.augment_batch(x.clone(), y)
     even, ye = x[:8], y[:8]  # an odd batch is mixed without its last image
     torch.testing.assert_close(mixed, lam * even + (1 - lam) * even.flip(0))
-    one_hot = F.one_hot(ye, 3).float()
+    one_hot = F.one_hot(ye, 3).float() * (1 - smoothing) + smoothing / 3  # smoothed first
     torch.testing.assert_close(target, lam * one_hot + (1 - lam) * one_hot.flip(0))
 
 
@@ -123,6 +126,32 @@ def test_cutmix_pastes_a_box_and_weights_the_targets_by_its_area(data, tmp_path)
     assert pasted[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # a box
     lam = 1 - float(pasted.sum()) / (32 * 32)
     torch.testing.assert_close(target[0], torch.tensor([lam, 1 - lam, 0.0]))  # labels 0 and 1
+
+
+def test_label_smoothing_trains_on_softened_targets_and_scores_on_plain_ones(
+    data, tmp_path, monkeypatch
+) -> None:
+    """Training steps take cross-entropy against 1 - s + s/K on the label and s/K elsewhere;
+    val and test losses (what --select-by loss compares) stay the plain cross-entropy."""
+    import featpipe.finetuning.trainer as trainer_module
+
+    loss = trainer_module._loss
+    calls: list[tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor]] = []
+
+    def recorded(out, y, task, smoothing=0.0):
+        value = loss(out, y, task, smoothing)
+        calls.append((out.detach(), y, out.requires_grad, value.detach()))
+        return value
+
+    monkeypatch.setattr(trainer_module, "_loss", recorded)
+    trainer = trainer_for(data, tmp_path / "run", smoothing=0.2, epochs=1, unfreeze="all")
+    trainer.run()
+    training = [c for c in calls if c[2]]
+    assert training and len(training) < len(calls)  # steps, then the val pass
+    for out, y, grad, value in calls:
+        target = F.one_hot(y, 3).float() * (0.8 if grad else 1.0) + (0.2 / 3 if grad else 0.0)
+        expected = -(target * out.log_softmax(1)).sum(1).mean()
+        torch.testing.assert_close(value, expected)
 
 
 def test_ema_is_the_exponential_average_of_the_weights_and_is_checkpointed(data, tmp_path):
@@ -377,6 +406,7 @@ def test_the_options_are_recorded_in_the_run(data, tmp_path) -> None:
         (["--random-erasing", "2"], "--random-erasing 2.0: use a probability in [0, 1]"),
         (["--mixup", "-1"], "--mixup -1.0: use 0 (off) or a positive alpha"),
         (["--select-by", "accuracy"], "--select-by accuracy: choose one of metric, loss"),
+        (["--smoothing", "1"], "--smoothing 1.0: use a share in [0, 1)"),
         (["--no-augment", "--auto-augment", "v0"], "--auto-augment v0: it is part of the"),
     ],
 )
@@ -386,17 +416,26 @@ def test_bad_values_are_one_line_errors_naming_the_flag(flags, message, data, ca
     assert message in err and len(err.splitlines()) == 1, err
 
 
-def test_the_console_script_refuses_mixing_a_regression_in_one_line(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--mixup", "--mixup 0.2: mixing blends"),
+        ("--smoothing", "--smoothing 0.2: smoothing softens"),
+    ],
+)
+def test_the_console_script_refuses_soft_labels_for_a_regression_in_one_line(
+    flag, message, tmp_path
+) -> None:
     lines = ["path,label"]
     for i, image in enumerate(sorted(make_tree(tmp_path / "reg").rglob("*.png"))):
         lines.append(f"{image.relative_to(tmp_path / 'reg').as_posix()},{i / 10:.2f}")
     (tmp_path / "reg" / "values.csv").write_text("\n".join(lines) + "\n")
     args = ["finetune", tmp_path / "reg" / "values.csv", "-b", "test_efficientnet", "-w", "none"]
     proc = subprocess.run(
-        [FEATPIPE, *map(str, args), "--mixup", "0.2"], capture_output=True, text=True, timeout=600
+        [FEATPIPE, *map(str, args), flag, "0.2"], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "--mixup 0.2: mixing blends class labels" in proc.stderr
+    assert f"{message} class labels, and" in proc.stderr
 
 
 def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
@@ -429,6 +468,8 @@ def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
         "224",
         "--select-by",
         "loss",
+        "--smoothing",
+        "0.1",
     ]
     with pytest.raises(Captured) as caught:
         main(["finetune", str(data), *flags])
@@ -443,6 +484,7 @@ def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
         "tta": "dihedral",
         "image_size": 224,
         "select_by": "loss",
+        "smoothing": 0.1,
     }
     config = caught.value.args[0]
     assert {k: getattr(config, k) for k in expected} == expected
