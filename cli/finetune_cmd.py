@@ -40,7 +40,7 @@ def finetune(
     ema = "val_metric_ema" in history
     table = Table(title=f"fine-tune {result.backbone} ({result.freezing})")
     columns = ["epoch", "stage", "trainable", "train loss", "val loss", f"val {result.metric}"]
-    columns += [f"val {result.metric} (EMA)"] if ema else []
+    columns += ["val loss (EMA)", f"val {result.metric} (EMA)"] if ema else []
     for column in [*columns, "img/s"]:
         table.add_column(column, justify="right")
     for i, epoch in enumerate(history["epoch"]):
@@ -51,7 +51,11 @@ def finetune(
             f"{history['train_loss'][i]:.4f}",
             f"{history['val_loss'][i]:.4f}",
             f"{history['val_metric'][i]:.4f}",
-            *([f"{history['val_metric_ema'][i]:.4f}"] if ema else []),
+            *(
+                [f"{history['val_loss_ema'][i]:.4f}", f"{history['val_metric_ema'][i]:.4f}"]
+                if ema
+                else []
+            ),
             f"{history['train_images_per_s'][i]:.1f}",
         )
     console().print(table)
@@ -59,6 +63,7 @@ def finetune(
     kept = (
         f"best epoch {result.best_epoch + 1}"
         + (" (its EMA weights)" if result.kept_weights == "ema" else "")
+        + (" by val loss" if config.select_by == "loss" else "")
         if result.best_epoch >= 0
         else "no epoch beat the starting head; kept it"
     )

@@ -382,6 +382,17 @@ def test_a_checkpoint_from_before_these_options_still_resumes(data, tmp_path) ->
     assert len(result.history["epoch"]) == 2 and result.kept_weights == "raw"
 
 
+def test_the_command_line_says_what_chose_the_epoch(data, tmp_path, capsys) -> None:
+    tiny = ["-b", "test_efficientnet", "-w", "none", "--image-size", "32", "--epochs", "2"]
+    tiny += ["--batch-size", "8", "--no-augment", "--workers", "0", "--ema", "0.9"]
+    for select_by in ("metric", "loss"):
+        out = ["--out", str(tmp_path / select_by), "--select-by", select_by]
+        assert main(["finetune", str(data), *tiny, *out]) == 0
+        printed = " ".join(capsys.readouterr().out.split())  # rich may wrap the table
+        assert ("by val loss" in printed) == (select_by == "loss"), printed
+        assert "val loss (EMA)" in printed and "val accuracy (EMA)" in printed
+
+
 def test_the_options_are_recorded_in_the_run(data, tmp_path) -> None:
     options = {"auto_augment": "trivialaugment", "augment": True, "ema": 0.9, "tta": "hflip"}
     options |= {"select_by": "loss"}
