@@ -23,27 +23,27 @@ runs featpipe on the same protocol:
 
 Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
 
-==========  ===============================================================================
-1           head only: ``featpipe fit`` with its default grid (head seed ``s``)
-2           LP-FT as before this recipe (what ``advise`` printed: ``--gradual 0:last:3,2:all
-            --lr-mult 0.1,0.33,1 --lr 1e-4 --crop-scale 0.35 --epochs 6``) from row 1's head
-3-<name>    row 2 plus one addition: randaugment, trivialaugment, mixup-cutmix, erasing,
-            rot90, ema, tta, layer-decay, progressive, 300px (LP-FT at 300 px from a head
-            fitted at 300 px)
-4           the full recipe (:func:`featpipe.finetuning.recipe.recipe` for 1,673 training
-            images, rotation-symmetric) from row 1's head, at 224 px
-4-smoothing the recipe with label smoothing 0.1 (timm's ``--smoothing`` default)
-4-select-   the recipe as it was until 2026-12-07: epoch, EMA and TTA chosen by val
-metric      accuracy instead of val loss. The rows measured then vary it: ``4-crop35``
-            with the first recipe's crops of 35-100% (of the retuning's four changes, the
-            crop alone undone), ``4-randaugment`` with its RandAugment m5, ``4-epochs20``
-            with 20 epochs, and row 5
-4-first     the recipe before it was retuned on this split (lr 1e-4, layer decay 0.7,
-            RandAugment m5, crops of 35-100%), and ``4-first-lr`` the same at lr 1e-3 and
-            layer decay 0.85: the evidence for the retuning
-5           row 4-select-metric at 300 px, from a head fitted at 300 px
-6           the paper's figures, quoted (not run)
-==========  ===============================================================================
+===============  ===============================================================================
+1                head only: ``featpipe fit`` with its default grid (head seed ``s``)
+2                LP-FT as before this recipe (what ``advise`` printed: ``--gradual 0:last:3,2:all
+                 --lr-mult 0.1,0.33,1 --lr 1e-4 --crop-scale 0.35 --epochs 6``) from row 1's head
+3-<name>         row 2 plus one addition: randaugment, trivialaugment, mixup-cutmix, erasing,
+                 rot90, ema, tta, layer-decay, progressive, 300px (LP-FT at 300 px from a head
+                 fitted at 300 px)
+4                the full recipe (:func:`featpipe.finetuning.recipe.recipe` for 1,673 training
+                 images, rotation-symmetric) from row 1's head, at 224 px
+4-smoothing      the recipe with label smoothing 0.1 (timm's ``--smoothing`` default)
+4-select-metric  the recipe as it was until 2026-12-07: epoch, EMA and TTA chosen by val
+                 accuracy instead of val loss. The rows measured then vary it: ``4-crop35``
+                 with the first recipe's crops of 35-100% (of the retuning's four changes, the
+                 crop alone undone), ``4-randaugment`` with its RandAugment m5, ``4-epochs20``
+                 with 20 epochs, and row 5
+4-first          the recipe before it was retuned on this split (lr 1e-4, layer decay 0.7,
+                 RandAugment m5, crops of 35-100%), and ``4-first-lr`` the same at lr 1e-3 and
+                 layer decay 0.85: the evidence for the retuning
+5                row 4-select-metric at 300 px, from a head fitted at 300 px
+6                the paper's figures, quoted (not run)
+===============  ===============================================================================
 
 Every finished run is kept under ``--work`` (``runs/<row>/seed<s>`` and a ``bench.json`` beside
 it), so an interrupted benchmark reruns only what did not finish (a fine-tune killed mid-way
