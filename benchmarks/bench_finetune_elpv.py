@@ -33,6 +33,8 @@ Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
 4                the full recipe (:func:`featpipe.finetuning.recipe.recipe` for 1,673 training
                  images, rotation-symmetric) from row 1's head, at 224 px
 4-smoothing      the recipe with label smoothing 0.1 (timm's ``--smoothing`` default)
+4-refit          the recipe, then ``--refit``: trained again on train + val (1,968 images) for
+                 the epochs val chose; its ``test_before_refit`` is row 4's run
 4-select-metric  the recipe as it was until 2026-12-07: epoch, EMA and TTA chosen by val
                  accuracy instead of val loss. The rows measured then vary it: ``4-crop35``
                  with the first recipe's crops of 35-100% (of the retuning's four changes, the
@@ -238,6 +240,11 @@ ROWS = [
         options=lambda n, scale: _full_recipe(n, scale) | {"smoothing": 0.1},
     ),
     Row(
+        "4-refit",
+        "the recipe, then refitted on train + val for the chosen epochs (--refit)",
+        options=lambda n, scale: _full_recipe(n, scale) | {"refit": True},
+    ),
+    Row(
         "4-select-metric",
         "the recipe choosing epoch, EMA and TTA by val accuracy (as before 2026-12-07)",
         options=_by_accuracy,
@@ -438,6 +445,7 @@ class Bench:
                 "best_epoch": result.best_epoch + 1,
                 "kept_weights": result.kept_weights,
                 "tta": result.tta,
+                "test_before_refit": result.test_before_refit,  # None: not refitted
                 "precision": result.precision,
                 "options": {k: v for k, v in options.items() if v is not None},
             }

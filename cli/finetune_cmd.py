@@ -79,6 +79,15 @@ def finetune(
         if value == value  # NaN: not scored (no test split)
     ]
     plain(f"{kept}, with 95% intervals: {', '.join(scores)}{tta}")
+    if result.trained_on == "train+val":
+        sizes, before = result.split_sizes, result.test_before_refit
+        was = f"; before the refit, test {metric} {before[metric]:.4f}" if before else ""
+        epochs = result.best_epoch + 1
+        trained = f"for the {epochs} epoch(s) val chose" if epochs else "(val kept the start head)"
+        plain(
+            f"test is the network refitted on train + val ({sizes['train'] + sizes['val']:,} "
+            f"images) {trained}{was}"
+        )
     if result.tta_note:
         plain(result.tta_note)
     trust = result.trust

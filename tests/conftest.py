@@ -58,9 +58,12 @@ DATA_CONFIG_32 = {
 }
 
 
-def kill_after_first_checkpoint(options: dict, data: Path, out: Path, timeout: float) -> None:
+def kill_after_first_checkpoint(
+    options: dict, data: Path, out: Path, timeout: float, checkpoint: str = "checkpoint.pt"
+) -> None:
     """Fine-tune ``data`` with ``options`` (FinetuneConfig fields) into ``out`` in a child
-    process, and SIGKILL it as soon as its first checkpoint exists: the caller resumes it."""
+    process, and SIGKILL it as soon as its first ``checkpoint`` (under ``out``; the refit's is
+    ``refit/checkpoint.pt``) exists: the caller resumes it."""
     code = (
         "import sys; from featpipe.finetuning.config import FinetuneConfig;"
         "from featpipe.finetuning.stage import finetune;"
@@ -69,7 +72,7 @@ def kill_after_first_checkpoint(options: dict, data: Path, out: Path, timeout: f
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(out)])
     deadline = time.monotonic() + timeout
-    while not (out / "checkpoint.pt").exists():
+    while not (out / checkpoint).exists():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)

@@ -235,6 +235,13 @@ class FinetuneConfig:
         "| loss (ties by the metric): the loss moves with every image, not only those that "
         "cross the boundary.",
     )
+    refit: bool = option(
+        False,
+        help="Once val has chosen the epoch, the weights (raw or EMA) and the TTA, train again "
+        "from the start on train + val for that many epochs of the same schedule (from the "
+        "--from run's own head, refitted on train + val if it was) and keep that network, as "
+        "fit refits its head; val scores stay the choice's, test shows both.",
+    )
     head: str = option("linear", constraint=OneOf(HEADS), help="Fresh head: linear | mlp")
     head_init: str = option("kaiming", constraint=OneOf(HEAD_INITS), help=" | ".join(HEAD_INITS))
     head_scale: float = option(

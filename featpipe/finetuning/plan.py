@@ -30,12 +30,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StartRun:
-    """The fit run LP-FT starts from, read through the runs reader: its head, the backbone its
-    features came from (with the weights' identity, which must still match), the precision they
-    were cached at, and the share of train it held out (None: the data's own val split)."""
+    """The fit run LP-FT starts from, read through the runs reader: its head as selection
+    fitted it on train (``head``) and the run's own head (``refit_head``: fitted again on train
+    + val where the fit refitted it, which a fine-tune's ``--refit`` starts from), the backbone
+    its features came from (with the weights' identity, which must still match), the precision
+    they were cached at, and the share of train it held out (None: the data's own val split)."""
 
     path: Path
     head: FittedHead
+    refit_head: FittedHead
     spec: BackboneSpec
     weights_identity: str
     precision: str
@@ -62,6 +65,7 @@ def read_start(path: str | Path) -> StartRun:
     return StartRun(
         run.path,
         run.selection_head(),  # never trained on val, where fine-tuning chooses its epochs
+        run.head(),
         spec,
         fields["weights"],
         fields["precision"],
@@ -83,6 +87,14 @@ class Plan:
     precision: str
     out: Path
     start: StartRun | None
+    # the epochs of the schedule to train: all of them (``config.epochs``), or for the refit on
+    # train + val the number the run chose on val (:mod:`featpipe.finetuning.refit`)
+    epochs: int
+
+    @property
+    def selects(self) -> bool:
+        """Whether the run chooses its epoch and weights on val (not a refit, which has none)."""
+        return bool(self.val)
 
     @property
     def metric(self) -> str:
@@ -207,4 +219,5 @@ def make_plan(
         precision=_precision(config, device, start),
         out=out or new_run_path(runs_dir, dataset.name, str(config.backbone), "finetune"),
         start=start,
+        epochs=config.epochs,
     )

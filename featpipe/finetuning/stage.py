@@ -11,6 +11,7 @@ the report show its scores with their intervals as a fit's (:mod:`featpipe.finet
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ from featpipe.finetuning.cam import (
 from featpipe.finetuning.checkpoint import BEST, CHECKPOINT
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
+from featpipe.finetuning.refit import REFIT_DIR, refit
 from featpipe.finetuning.trainer import EpochProgress, Evaluation, Trainer, better
 from featpipe.finetuning.trust import Trust, assess_finetune
 from featpipe.fitting.run import interval_columns
@@ -45,6 +47,7 @@ from featpipe.heads.fitted import FittedHead
 from featpipe.heads.preprocess import Preprocessor
 from featpipe.runs.metrics import CamFigure, RunMetrics, Scores
 from featpipe.runs.predictions import FILE as PREDICTIONS_FILE
+from featpipe.runs.predictions import SELECTION_TEST
 from featpipe.runs.record import DEFAULT_RUNS_DIR, Run, load_run, write_run
 from featpipe.stats import Interval
 
@@ -82,6 +85,10 @@ class FinetuneResult:
     split_sizes: dict[str, int]  # train (after any hold-out), val and test images
     # every score's n and interval per split, the warnings, the gain over the start head
     trust: Trust
+    # what the kept network trained on: "train", or "train+val" after --refit; then the test
+    # scores of the weights val chose, before the refit (what the refit changed)
+    trained_on: str = "train"
+    test_before_refit: dict[str, float] | None = None
 
     @property
     def val_score(self) -> float:
@@ -126,6 +133,12 @@ class FinetuneResult:
             warnings=self.trust.warnings,
             gain=self.trust.gain,
             gain_note=self.trust.gain_note,
+            trained_on=self.trained_on,
+            test_before_refit=(
+                None
+                if self.test_before_refit is None
+                else Scores(self.test_before_refit[self.metric], 0.0, [self.test_before_refit])
+            ),
         )
 
 
@@ -255,17 +268,27 @@ def chosen_tta(trainer: Trainer, asked: str) -> tuple[str, Evaluation, str]:
     return "none", plain, note
 
 
-def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
-    """Evaluate the best weights, draw the CAM, and complete the run directory."""
+def finish(trainer: Trainer, kept: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
+    """Evaluate the best weights, draw the CAM, and complete the run directory.
+
+    ``trainer`` chose the epoch, the weights and the TTA on val; ``kept`` holds the network the
+    run keeps and scores on test: the same trainer, or after ``--refit`` the one trained again
+    on train + val (:mod:`featpipe.finetuning.refit`), whose test scores are shown beside the
+    chosen network's.
+    """
     plan, config = trainer.plan, trainer.config
     dataset = plan.dataset
     trainer.load_best()
     tta, val, tta_note = chosen_tta(trainer, config.tta)
-    test = trainer.evaluate(plan.test, tta=tta) if plan.test else None
+    refitted = kept is not trainer
+    test = kept.evaluate(plan.test, tta=tta) if plan.test else None
+    before = trainer.evaluate(plan.test, tta=tta) if plan.test and refitted else None
     evaluations = {"val": val} | ({"test": test} if test is not None else {})
+    if before is not None:
+        evaluations[SELECTION_TEST] = before
     n_classes = len(dataset.class_names)
     trust = assess_finetune(
-        {"val": plan.val, "test": plan.test},
+        {"val": plan.val, "test": plan.test, SELECTION_TEST: plan.test},
         evaluations,
         dataset.task,
         n_classes,
@@ -299,6 +322,8 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         cam_note=cam_note,
         split_sizes={"train": len(plan.train), "val": len(plan.val), "test": len(plan.test)},
         trust=trust,
+        trained_on="train+val" if refitted else "train",
+        test_before_refit=before.metrics if before is not None else None,
     )
     row = {
         "head": "finetune",
@@ -322,9 +347,7 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
             "history": trainer.state.history,
         }
     ]
-    backbone_state = {
-        k: v.contiguous().cpu() for k, v in trainer.model.backbone.state_dict().items()
-    }
+    backbone_state = {k: v.contiguous().cpu() for k, v in kept.model.backbone.state_dict().items()}
     run = write_run(
         kind="finetune",
         dataset=dataset.name,
@@ -335,7 +358,7 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         rows=[row],
         curves=curves,
         entries=[_backbone_entry(trainer.backbone, plan.precision, BACKBONE_STATE)],
-        head=_head(trainer),
+        head=_head(kept),
         files={
             BACKBONE_STATE: lambda path: save_file(backbone_state, str(path)),
             PREDICTIONS_FILE: trust.predictions.save,
@@ -344,9 +367,10 @@ def finish(trainer: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
         path=plan.out,
         staging=plan.out,
     )
-    # The run now holds the best weights as backbone + head: the training files are spent.
+    # The run now holds the kept weights as backbone + head: the training files are spent.
     for name in (CHECKPOINT, BEST):
         (plan.out / name).unlink(missing_ok=True)
+    shutil.rmtree(plan.out / REFIT_DIR, ignore_errors=True)
     return run, result
 
 
@@ -375,4 +399,5 @@ def finetune(
     trainer = Trainer(make_plan(data, config, out, runs_dir))
     start = time.perf_counter()
     trainer.run(progress=progress)
-    return finish(trainer, time.perf_counter() - start)
+    kept = refit(trainer, progress) if config.refit else trainer
+    return finish(trainer, kept, time.perf_counter() - start)

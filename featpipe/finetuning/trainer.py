@@ -436,46 +436,58 @@ class Trainer:
 
     def _run(self, stop_after: int | None, progress: EpochProgress | None) -> bool:
         stage = self._resume()
-        metric = self.plan.metric
         done_now = 0
-        if self.plan.start is not None and self.state.epoch == 0:
+        if self.plan.selects and self.plan.start is not None and self.state.epoch == 0:
             # LP-FT: the fitted head is a candidate too, so fine-tuning never ends below the
             # validation score it started from (strong augmentation can make epoch 1 worse).
             start = self.evaluate(self.plan.val)
-            self.state.start_metric = self.state.best_metric = start.metrics[metric]
+            self.state.start_metric = self.state.best_metric = start.metrics[self.plan.metric]
             self.state.best_loss = start.loss
             self.checkpointer.save_best(self.model.state_dict())
-        while self.state.epoch < self.config.epochs:
+        while self.state.epoch < self.plan.epochs and not self.stopped_early():
             epoch = self.state.epoch
             stage = self.enter(epoch, stage)
             t0 = time.perf_counter()
             record = self.train_epoch(epoch, stage, progress)
             record["train_images_per_s"] = len(self.plan.train) / (time.perf_counter() - t0)
-            val = self.evaluate(self.plan.val)
-            record.update({"epoch": epoch, "val_loss": val.loss, "val_metric": val.metrics[metric]})
-            candidates = [("raw", val, self.model)]
-            if self.ema is not None:
-                ema_val = self.evaluate(self.plan.val, self.ema.module)
-                record["val_loss_ema"] = ema_val.loss
-                record["val_metric_ema"] = ema_val.metrics[metric]
-                candidates.append(("ema", ema_val, self.ema.module))
+            record["epoch"] = epoch
+            if self.plan.selects:
+                record |= self.choose(epoch)
             for key, value in record.items():
                 self.state.history.setdefault(key, []).append(value)
-            for weights, evaluation, model in candidates:  # the EMA wins only if better
-                score = evaluation.metrics[metric]
-                if self.state.improves(score, evaluation.loss, self.config.select_by):
-                    self.state.best_metric, self.state.best_loss = score, evaluation.loss
-                    self.state.best_epoch, self.state.best_weights = epoch, weights
-                    self.checkpointer.save_best(model.state_dict())
             self.state.epoch += 1
             self.checkpointer.save(self._snapshot())
             done_now += 1
-            patience = self.config.patience
-            if patience and epoch - self.state.best_epoch >= patience:
-                return True
             if stop_after is not None and done_now >= stop_after:
-                return self.state.epoch >= self.config.epochs
+                return self.state.epoch >= self.plan.epochs or self.stopped_early()
         return True
+
+    def stopped_early(self) -> bool:
+        """Whether early stopping ended the run: ``patience`` epochs since the best one. Asked
+        before every epoch, so a run resumed after it stopped trains no further."""
+        patience = self.config.patience
+        last = self.state.epoch - 1
+        return bool(patience) and self.plan.selects and last - self.state.best_epoch >= patience
+
+    def choose(self, epoch: int) -> dict[str, Any]:
+        """Score ``epoch``'s weights (and their EMA) on val and keep them if they beat the best
+        so far; returns the epoch record's val columns."""
+        metric = self.plan.metric
+        val = self.evaluate(self.plan.val)
+        record = {"val_loss": val.loss, "val_metric": val.metrics[metric]}
+        candidates = [("raw", val, self.model)]
+        if self.ema is not None:
+            ema_val = self.evaluate(self.plan.val, self.ema.module)
+            record["val_loss_ema"] = ema_val.loss
+            record["val_metric_ema"] = ema_val.metrics[metric]
+            candidates.append(("ema", ema_val, self.ema.module))
+        for weights, evaluation, model in candidates:  # the EMA wins only if better
+            score = evaluation.metrics[metric]
+            if self.state.improves(score, evaluation.loss, self.config.select_by):
+                self.state.best_metric, self.state.best_loss = score, evaluation.loss
+                self.state.best_epoch, self.state.best_weights = epoch, weights
+                self.checkpointer.save_best(model.state_dict())
+        return record
 
     def load_best(self) -> None:
         self.model.load_state_dict(self.checkpointer.load_best())

@@ -10,8 +10,8 @@ images hard for both cancel out of the difference. The numbers come from the fit
 other metric, the validation–test gap and chance warnings) and :mod:`featpipe.stats`
 (:func:`~featpipe.stats.paired_difference`: McNemar's exact p for accuracy, the paired bootstrap's
 interval). The start head's test outputs are read from its fit run's ``predictions.npz``
-(selection's train-only head, the one LP-FT starts from), matched to the fine-tune's test images
-by path.
+(selection's train-only head, the one LP-FT starts from; after ``--refit``, which starts from the
+run's own head, that head's), matched to the fine-tune's test images by path.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from featpipe.errors import ArgumentError, DataError
 from featpipe.finetuning.trainer import Evaluation
 from featpipe.fitting.verdict import assess
 from featpipe.runs.metrics import Gain
-from featpipe.runs.predictions import RunPredictions, SplitOutputs
+from featpipe.runs.predictions import SELECTION_TEST, RunPredictions, SplitOutputs
 from featpipe.runs.record import load_run
 from featpipe.stats import Interval, paired_difference
 
@@ -53,13 +53,19 @@ def split_outputs(items: list[Item], evaluation: Evaluation, task: str) -> Split
 
 
 def against_start(
-    start: Path, tested: SplitOutputs, task: str, n_classes: int, metric: str
+    start: Path,
+    tested: SplitOutputs,
+    task: str,
+    n_classes: int,
+    metric: str,
+    refitted: bool = False,
 ) -> tuple[Gain | None, str]:
     """Fine-tune − start head on the same test images, or None and the reason it cannot be
-    compared (the start run recorded no test outputs of that head, or other test images)."""
+    compared (the start run recorded no test outputs of that head, or other test images). The
+    start head of a refit (``refitted``) is the start run's own head, else selection's."""
     why = f"not compared with the head it started from ({start}): "
     try:
-        recorded = load_run(start).selection_test_outputs()
+        recorded = load_run(start).test_outputs(selection=not refitted)
     except DataError as exc:
         return None, why + str(exc)
     if recorded is None:
@@ -88,13 +94,15 @@ def assess_finetune(
     start: Path | None,
 ) -> Trust:
     """The :class:`Trust` of a fine-tune: ``evaluations`` maps ``val`` (and ``test`` where
-    the data has one) to the kept weights' evaluation of ``items`` of that split; ``start`` is
-    the run whose head it started from (None: a fresh head)."""
+    the data has one) to the kept weights' evaluation of ``items`` of that split, and after a
+    refit :data:`~featpipe.runs.predictions.SELECTION_TEST` to the weights val chose on test;
+    ``start`` is the run whose head it started from (None: a fresh head)."""
     splits = {s: split_outputs(items[s], e, task) for s, e in evaluations.items()}
     predictions = RunPredictions(task, n_classes, splits)
-    scored = {s: p for s in splits if (p := predictions.on(s)) is not None}
+    scored = {s: p for s in ("val", "test") if (p := predictions.on(s)) is not None}
     verdict = assess(scored, {}, metric)
     gain, note = None, ""
     if start is not None and "test" in splits:
-        gain, note = against_start(start, splits["test"], task, n_classes, metric)
+        refitted = SELECTION_TEST in splits
+        gain, note = against_start(start, splits["test"], task, n_classes, metric, refitted)
     return Trust(predictions, verdict.intervals, verdict.warnings, gain, note)

@@ -332,9 +332,10 @@ def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
     history = curves[0]["history"]
     finetune = run.config.get("kind") == "finetune"
     # The epoch selection scored: the fine-tune's best epoch, or the selection head's (its last
-    # epoch, or its best with early stopping); a refitted head trained on train + val after it.
+    # epoch, or its best with early stopping); a refitted head (or network, ``finetune
+    # --refit``) trained on train + val after it.
     best_epoch = run.metrics.best_epoch if finetune else run.selection_head().best_epoch
-    refitted = not finetune and run.metrics.trained_on == "train+val"
+    refitted = run.metrics.trained_on == "train+val"
     n_classes = len(run.metrics.class_names) if run.metrics.task != "regression" else 0
     diag = diagnose_history(history, n_classes, n_val=_val_size(run))
     epochs = range(1, len(history["train_loss"]) + 1)
@@ -359,7 +360,8 @@ def curves_plot(run: Run, out: Path, index: int) -> tuple[str, str] | None:
         ax.axvline(best_epoch + 1, color="grey", linestyle=":", label="selected epoch")
         ax.set(xlabel="epoch", ylabel=label)
         ax.legend(fontsize=8)
-    refit = " · then refitted on train + val (the saved head)" if refitted else ""
+    saved = "network" if finetune else "head"
+    refit = f" · then refitted on train + val (the saved {saved})" if refitted else ""
     fig.suptitle(
         f"{run.config['dataset']} · {run.config['backbone']} · {head_label(run)[0]}{refit}",
         fontsize=9,

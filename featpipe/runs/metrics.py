@@ -274,12 +274,12 @@ class RunMetrics:
     fit_seconds: float = 0.0
     # a fit's and a fine-tune's: images per split the scores rest on (train after any hold-out)
     split_sizes: dict[str, int] = field(default_factory=dict, metadata=_TRAINED)
-    # a fit's: what the chosen head was trained on ("train", or "train+val" after a refit) and
-    # why a refit asked for was not made; the selection head's test scores before the refit;
-    # regression test predictions; configs
-    trained_on: str = field(default="train", metadata=_FIT_ONLY)
+    # a fit's and a fine-tune's: what the kept head (network) was trained on ("train", or
+    # "train+val" after a refit) and the test scores of what selection chose, before the
+    # refit; a fit's: why a refit asked for was not made; regression test predictions; configs
+    trained_on: str = field(default="train", metadata=_TRAINED)
+    test_before_refit: Scores | None = field(default=None, metadata=_TRAINED)
     refit_note: str = field(default="", metadata=_FIT_ONLY)
-    test_before_refit: Scores | None = field(default=None, metadata=_FIT_ONLY)
     test_predictions: Predictions | None = field(default=None, metadata=_FIT_ONLY)
     n_configs: int = field(default=1, metadata=_FIT_ONLY)
     # a fit's calibration on test, before and after temperature scaling (classification)

@@ -134,14 +134,16 @@ class Run:
         path = self.path / PREDICTIONS_FILE
         return RunPredictions.load(path) if path.is_file() else None
 
-    def selection_test_outputs(self) -> SplitOutputs | None:
+    def test_outputs(self, selection: bool = True) -> SplitOutputs | None:
         """The test outputs of the head :meth:`selection_head` loads (what a fine-tune starts
         from): recorded apart after a refit on train + val, else the run's own test outputs;
-        None where the run did not record them (written before they were kept)."""
+        with ``selection=False`` those of the run's own head (:meth:`head`, what a fine-tune's
+        refit starts from). None where the run did not record them (written before they were
+        kept)."""
         recorded = self.predictions()
         if recorded is None:
             return None
-        if (self.path / "selection-head").is_dir():
+        if selection and (self.path / "selection-head").is_dir():
             return recorded.splits.get(SELECTION_TEST)
         return recorded.splits.get("test")
 

@@ -12,12 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats as scipy_stats
 
 import featpipe
 from conftest import TINY, TINY_FINETUNE, make_tree
 from featpipe.finetuning.config import FinetuneConfig
+from featpipe.finetuning.plan import make_plan
+from featpipe.finetuning.refit import refit_plan
 from featpipe.finetuning.stage import finetune
+from featpipe.finetuning.trainer import Trainer
 from featpipe.finetuning.trust import against_start
 from featpipe.fitting.stage import fit
 from featpipe.reports.report import report
@@ -183,7 +187,7 @@ def test_the_start_run_keeps_selection_s_head_on_test_apart_from_the_refitted_on
     start = start_head_on_test(tuned)
     kept = recorded.splits[SELECTION_TEST]
     assert [start[p] for p in kept.relpath] == kept.outputs.argmax(axis=1).tolist()
-    assert load_run(tuned["start"]).selection_test_outputs() is not None
+    assert load_run(tuned["start"]).test_outputs() is not None
 
 
 def test_a_fresh_head_has_nothing_to_compare_with(tmp_path: Path) -> None:
@@ -214,3 +218,36 @@ def test_the_gain_reads_as_a_sentence(
     assert ("no difference these test images can tell" in text) == (p > 0.05)
     r2 = str(Gain("runs/x", "r2", Interval(0.05, 0.01, 0.09, 30, "b"), 0.01, "paired bootstrap"))
     assert "gained 0.050 [0.010, 0.090] of test r2" in r2  # not a proportion: no points
+
+
+def test_a_refit_starts_from_the_start_run_s_own_head_and_is_compared_with_it(
+    tuned: dict[str, Path], tmp_path: Path
+) -> None:
+    start = load_run(tuned["start"])
+    config = FinetuneConfig(**CONFIG | {"from_run": str(start.path), "refit": True, "workers": 0})
+    plan = make_plan(tuned["data"], config, tmp_path / "run")
+    before_training = Trainer(refit_plan(plan, 0)).model.head[1].state_dict()
+    own, selection = start.head().module.state_dict(), start.selection_head().module.state_dict()
+    assert all(torch.equal(before_training[k], own[k]) for k in own)
+    assert not all(torch.equal(own[k], selection[k]) for k in own)  # so the check can fail
+
+    run, result = finetune(tuned["data"], config, tmp_path / "run")
+    test = RunPredictions.load(run.path / FILE).splits["test"]
+    theirs = start.test_outputs(selection=False).aligned(test.relpath)
+    right_ours = test.outputs.argmax(axis=1) == test.y
+    right_theirs = theirs.outputs.argmax(axis=1) == theirs.y
+    gain = result.trust.gain
+    assert gain is not None and result.trained_on == "train+val"
+    assert gain.difference.estimate == pytest.approx(right_ours.mean() - right_theirs.mean())
+
+
+def test_a_refit_is_paired_with_the_start_run_s_own_head_not_selection_s(
+    tuned: dict[str, Path],
+) -> None:
+    # the start run's own head tested against itself: no difference, whatever the images; its
+    # selection head differs on some test image (macro F1 sees which wrong class it predicts)
+    own = load_run(tuned["start"]).test_outputs(selection=False)
+    same, _ = against_start(tuned["start"], own, "classification", 3, "macro_f1", refitted=True)
+    other, _ = against_start(tuned["start"], own, "classification", 3, "macro_f1")
+    assert same is not None and same.difference.estimate == 0.0
+    assert other is not None and other.difference.estimate != 0.0

@@ -118,6 +118,8 @@ FINETUNE = FINETUNE_BEFORE_INTERVALS | {
         "alpha": 0.05,
     },
     "gain_note": "",
+    "trained_on": "train+val",  # --refit
+    "test_before_refit": {"mean": 0.75, "std": 0.0, "all": [{"accuracy": 0.75}]},
     "tta_note": "",
 }
 
@@ -161,6 +163,8 @@ def test_a_fine_tune_that_recorded_its_cam_figure_under_cam_reads_both() -> None
         "gain": None,
         "gain_note": "",
         "tta_note": "",
+        "trained_on": "train",  # before --refit: trained on train
+        "test_before_refit": None,
     }
     none = RunMetrics.from_dict(then | {"cam": None})
     assert none.cam == "" and none.cam_figure is None
