@@ -29,11 +29,18 @@ def finetune(
     from featpipe.finetuning.stage import finetune as run_finetune  # torch: only when it runs
 
     dataset = scan(data, allow_outside=allow_outside)
+    # the refit trains on every image but test's, the choosing run on fewer (val is held back)
+    refit_images = sum(i.split != "test" for i in dataset.items) if config.refit else None
     with progress_bar("fine-tune") as bar:
 
         def update(epoch: int, done: int, total: int, seconds: float) -> None:
             rate = done / seconds if seconds > 0 else 0.0
-            bar.update(done, total, rate, f"fine-tune epoch {epoch + 1}/{config.epochs}")
+            label = (
+                f"refit on train + val, epoch {epoch + 1}"
+                if total == refit_images
+                else f"fine-tune epoch {epoch + 1}/{config.epochs}"
+            )
+            bar.update(done, total, rate, label)
 
         run, result = run_finetune(dataset, config, out, runs_dir, progress=update)
     history = result.history

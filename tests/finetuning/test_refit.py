@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY_FINETUNE, kill_after_first_checkpoint, make_tree
 from featpipe.cli.app import main
+from featpipe.cli.render import Activity
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
 from featpipe.finetuning.refit import REFIT_DIR, refit_plan
@@ -142,10 +143,15 @@ def test_a_run_stopped_early_trains_no_further_when_resumed(data, tmp_path, monk
     assert resumed.state.epoch == 3 and len(resumed.state.history["epoch"]) == 3
 
 
-def test_the_command_line_says_what_the_refit_trained(data, tmp_path, capsys) -> None:
+def test_the_command_line_says_what_the_refit_trained(data, tmp_path, capsys, monkeypatch) -> None:
+    shown: list[tuple[int, str]] = []  # the progress bar's (total, label)
+    monkeypatch.setattr(
+        Activity, "update", lambda self, done, total, rate, label=None: shown.append((total, label))
+    )
     tiny = ["-b", "test_efficientnet", "-w", "none", "--image-size", "32", "--epochs", "2"]
     tiny += ["--batch-size", "8", "--no-augment", "--workers", "0", "--refit"]
     assert main(["finetune", str(data), *tiny, "--out", str(tmp_path / "run")]) == 0
+    assert {(18, "fine-tune epoch 1/2"), (27, "refit on train + val, epoch 1")} <= set(shown)
     printed = " ".join(capsys.readouterr().out.split())
     assert "refitted on train + val (27 images)" in printed, printed
     assert "before the refit, test accuracy" in printed, printed
