@@ -133,10 +133,16 @@ def test_a_run_kept_with_other_options_than_its_row_has_now_is_refused(bench, tm
         summary = {"backbone": "test_efficientnet", "test_accuracy": 0.9, "run": "r"}
         kept.write_text(json.dumps(summary | {"options": options}))
     assert smoke.run(row, 0)["test_accuracy"] == 0.9  # the same options, defaults left out
-    old = {k: v for k, v in options.items() if k != "select_by"}  # from before --select-by
+    # from before --select-by and --refit
+    old = {k: v for k, v in options.items() if k not in ("select_by", "refit")}
     kept.write_text(json.dumps(summary | {"options": old}))
     with pytest.raises(StorageError, match=r"runs/4/seed0/bench\.json was run with other options"):
         smoke.run(row, 0)
     # what such runs are now: row 4-select-metric, where they were moved
     before = bench.BY_ID["4-select-metric"].options(smoke.train_images, smoke.scale)
     assert FinetuneConfig(**old) == FinetuneConfig(**before | {"epochs": 1})
+    # and the runs from before --refit alone: row 4-no-refit
+    no_refit = bench.BY_ID["4-no-refit"].options(smoke.train_images, smoke.scale)
+    assert FinetuneConfig(**options | {"refit": False}) == FinetuneConfig(
+        **no_refit | {"epochs": 1}
+    )

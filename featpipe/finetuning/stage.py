@@ -268,19 +268,21 @@ def chosen_tta(trainer: Trainer, asked: str) -> tuple[str, Evaluation, str]:
     return "none", plain, note
 
 
-def finish(trainer: Trainer, kept: Trainer, seconds: float) -> tuple[Run, FinetuneResult]:
+def finish(
+    trainer: Trainer, seconds: float, refitted: Trainer | None = None
+) -> tuple[Run, FinetuneResult]:
     """Evaluate the best weights, draw the CAM, and complete the run directory.
 
-    ``trainer`` chose the epoch, the weights and the TTA on val; ``kept`` holds the network the
-    run keeps and scores on test: the same trainer, or after ``--refit`` the one trained again
-    on train + val (:mod:`featpipe.finetuning.refit`), whose test scores are shown beside the
-    chosen network's.
+    ``trainer`` chose the epoch, the weights and the TTA on val, and its network is the run's,
+    unless ``--refit`` trained it again on train + val (``refitted``,
+    :mod:`featpipe.finetuning.refit`): then that network is kept and scored on test, and the
+    chosen one's test scores are recorded beside it.
     """
+    kept = refitted or trainer
     plan, config = trainer.plan, trainer.config
     dataset = plan.dataset
     trainer.load_best()
     tta, val, tta_note = chosen_tta(trainer, config.tta)
-    refitted = kept is not trainer
     test = kept.evaluate(plan.test, tta=tta) if plan.test else None
     before = trainer.evaluate(plan.test, tta=tta) if plan.test and refitted else None
     evaluations = {"val": val} | ({"test": test} if test is not None else {})
@@ -322,7 +324,7 @@ def finish(trainer: Trainer, kept: Trainer, seconds: float) -> tuple[Run, Finetu
         cam_note=cam_note,
         split_sizes={"train": len(plan.train), "val": len(plan.val), "test": len(plan.test)},
         trust=trust,
-        trained_on="train+val" if refitted else "train",
+        trained_on="train" if refitted is None else "train+val",
         test_before_refit=before.metrics if before is not None else None,
     )
     row = {
@@ -399,5 +401,5 @@ def finetune(
     trainer = Trainer(make_plan(data, config, out, runs_dir))
     start = time.perf_counter()
     trainer.run(progress=progress)
-    kept = refit(trainer, progress) if config.refit else trainer
-    return finish(trainer, kept, time.perf_counter() - start)
+    refitted = refit(trainer, progress) if config.refit else None
+    return finish(trainer, time.perf_counter() - start, refitted)

@@ -149,7 +149,20 @@ def half_precision(device: torch.device) -> str:
     return "bf16"
 
 
-def check_engine(device: torch.device, precision: str, engine: str) -> None:
+# OpenVINO 2026.4's bf16 on a transformer: on a 2-core Xeon with AMX, ViT-Tiny at batch 32
+# crashed the process (segfault) in 3 of 7 runs and ran 16 img/s against its fp32's 85
+# (2026-12-07; convnets ran bf16 without a crash there). A crash cannot be caught, so it is
+# refused before it is built, and ``auto`` never times it.
+OPENVINO_BF16_REFUSED = (
+    "bf16: OpenVINO's bf16 crashed (segfault) on a vision transformer in 3 of 7 runs on a CPU "
+    "with AMX, and ran 5x slower than its fp32; use --precision fp32 with --engine openvino, "
+    "or --engine torch for bf16"
+)
+
+
+def check_engine(device: torch.device, precision: str, engine: str, is_conv: bool = True) -> None:
+    """Refuse, in one line, an engine that cannot run ``precision`` on ``device`` for this
+    network (``is_conv``: a convolutional one; others are transformers)."""
     check_precision(device, precision)
     if engine not in ENGINES:
         raise ArgumentError("engine", f"{engine}: choose one of {', '.join(ENGINES)}")
@@ -163,9 +176,13 @@ def check_engine(device: torch.device, precision: str, engine: str) -> None:
         raise ArgumentError(
             "precision", "bf16: OpenVINO has no bf16 on this CPU (no AVX512-BF16 or AMX): use fp32"
         )
+    if engine == "openvino" and precision == "bf16" and not is_conv:
+        raise ArgumentError("precision", OPENVINO_BF16_REFUSED)
 
 
-def candidates(device: torch.device, precision: str, engine: str) -> list[tuple[str, str]]:
+def candidates(
+    device: torch.device, precision: str, engine: str, is_conv: bool = True
+) -> list[tuple[str, str]]:
     """The (engine, precision) pairs a request leaves open, in order of preference: exact fp32
     before a reduced precision, plain torch before a converted network. OpenVINO comes before
     ONNX Runtime because it measured faster on this project's CPU (issue 25: 361 against 229
@@ -174,16 +191,17 @@ def candidates(device: torch.device, precision: str, engine: str) -> list[tuple[
     engines = [engine] if engine != "auto" else ["torch"]
     if engine == "auto" and device.type == "cpu":
         engines += ["openvino", "onnxruntime"]
-    return [(e, p) for p in precisions for e in engines if _computes(e, p)]
+    return [(e, p) for p in precisions for e in engines if _computes(e, p, is_conv)]
 
 
-def _computes(engine: str, precision: str) -> bool:
-    """Whether ``engine`` computes ``precision`` on this machine: ONNX Runtime only fp32,
-    OpenVINO fp32 and, on CPUs with bf16 units, bf16."""
+def _computes(engine: str, precision: str, is_conv: bool) -> bool:
+    """Whether ``engine`` computes ``precision`` on this machine for this network: ONNX Runtime
+    only fp32, OpenVINO fp32 and, on CPUs with bf16 units, bf16 for a convnet
+    (:data:`OPENVINO_BF16_REFUSED`)."""
     if engine == "onnxruntime":
         return precision == "fp32"
     if engine == "openvino":
-        return precision == "fp32" or (precision == "bf16" and openvino_has_bf16())
+        return precision == "fp32" or (precision == "bf16" and openvino_has_bf16() and is_conv)
     return True
 
 
@@ -195,7 +213,7 @@ def untimed(
     engine: str = "auto",
 ) -> Settings:
     """The settings when nothing is timed: exact fp32 on plain torch, unless asked otherwise."""
-    check_engine(device, precision, engine)
+    check_engine(device, precision, engine, is_conv)
     batches = CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES
     return Settings(
         "fp32" if precision == "auto" else precision,
@@ -244,7 +262,7 @@ def probe(
     is picked measured at least as fast as exact fp32 on plain torch; an explicit precision far
     slower than fp32, and an engine the budget left untimed, are named in the note.
     """
-    check_engine(device, precision, engine)
+    check_engine(device, precision, engine, is_conv)
     clock = _Clock(budget_s)
     engines: dict[tuple[str, str], Engine] = {}
     per_image: dict[tuple[str, str], float] = {}  # seconds of one single-image forward
@@ -302,7 +320,7 @@ def probe(
     may_fall_back = auto and precision in ("auto", "fp32") and engine in ("auto", "torch")
     batches = CUDA_BATCHES if device.type == "cuda" else CPU_BATCHES
     trial = batch_size or batches[1]
-    pairs = candidates(device, precision, engine) if auto else []
+    pairs = candidates(device, precision, engine, is_conv) if auto else []
     # The engines compared at the preferred precision, before the budget shrinks to the share.
     compared = [pair for pair in pairs if pair[1] == pairs[0][1]]
     share_s = None

@@ -151,7 +151,7 @@ def embed_views(
     ):
         name = pipeline.engines[i] if engine == "auto" else engine
         if name != "torch":  # torch runs whatever the key names (fp16 too, slowly on a CPU)
-            check_engine(dev, precision, name)
+            check_engine(dev, precision, name, backbone.is_conv)
         settings = {"engine": name, "precision": precision, "channels_last": backbone.is_conv}
         converted = Conversions.under(
             pipeline.run.path, backbone.spec.model, f"{i}-{backbone.spec.slug}"

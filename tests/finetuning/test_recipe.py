@@ -24,7 +24,7 @@ def test_every_recipe_is_a_valid_config(train_images, pretrained, symmetric) -> 
     assert (config.auto_augment is None) == (train_images < 5_000)
     assert config.auto_augment is None or config.auto_augment.startswith("rand-m")
     assert config.rot90 is symmetric and config.tta == ("dihedral" if symmetric else "hflip")
-    assert config.select_by == "loss"
+    assert config.select_by == "loss" and config.refit  # then trained again on train + val
     if pretrained:
         assert config.gradual and config.layer_decay and config.weights == "auto"
     else:

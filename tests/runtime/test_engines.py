@@ -111,10 +111,12 @@ def fake_probe(
     monkeypatch: pytest.MonkeyPatch,
     costs: dict[tuple[str, str], tuple[float, float]],
     builds: dict[str, float] | None = None,
+    is_conv: bool = True,
     **kwargs,
 ) -> tuning.Settings:
     """A probe over :class:`SleepEngine` candidates; ``builds``: seconds an engine's build
-    advances the virtual clock (a compile, a session), none by default."""
+    advances the virtual clock (a compile, a session), none by default; ``is_conv``: whether
+    the network probed is a convnet."""
 
     def build(settings, module, device, onnx_path):
         SleepEngine.now += (builds or {}).get(settings["engine"], 0.0)
@@ -126,7 +128,7 @@ def fake_probe(
     virtual_clock(monkeypatch)
     module = SimpleNamespace(input_size=(8, 8))
     files = Conversions.under(Path("unused"), "tiny", "tiny")
-    return probe(module, torch.device("cpu"), True, files, **kwargs)
+    return probe(module, torch.device("cpu"), is_conv, files, **kwargs)
 
 
 def test_openvino_matches_torch_takes_any_batch_and_converts_once(
@@ -380,6 +382,24 @@ def test_auto_picks_a_reduced_precision_only_by_measurement_and_records_it(
     assert set(chosen.measured) == every  # each candidate timed and recorded, the winner too
     assert chosen.as_dict()["precision"] == expected[1]  # what the key and summary line take
     assert not chosen.probe["fell_back_to_fp32"] and chosen.note == ""
+
+
+def test_openvino_bf16_is_never_built_for_a_transformer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It crashed the process on ViT-Tiny (tuning.OPENVINO_BF16_REFUSED): here it is the fastest
+    # candidate, picked for a convnet, and still neither built nor timed for a transformer.
+    monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: True)
+    costs = CPU_COSTS | {("openvino", "bf16"): (0.0, 0.0001)}
+    conv = fake_probe(monkeypatch, costs, batch_size=8, budget_s=10.0)
+    assert (conv.engine, conv.precision) == ("openvino", "bf16")
+    vit = fake_probe(monkeypatch, costs, batch_size=8, budget_s=10.0, is_conv=False)
+    assert not any(m.startswith("openvino-bf16") for m in vit.measured)
+    assert (vit.engine, vit.precision) == ("openvino", "fp32")  # the fastest left
+    cpu = torch.device("cpu")
+    assert ("openvino", "bf16") not in tuning.candidates(cpu, "auto", "auto", is_conv=False)
+    with pytest.raises(ArgumentError) as refused:
+        tuning.untimed(cpu, False, "bf16", 4, "openvino")
+    assert refused.value.param == "precision" and "segfault" in str(refused.value)
+    tuning.check_engine(cpu, "bf16", "openvino", is_conv=True)  # a convnet may ask for it
 
 
 def test_auto_passes_over_a_network_openvino_cannot_convert_and_says_so(
