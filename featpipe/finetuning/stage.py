@@ -349,6 +349,15 @@ def finish(
             "history": trainer.state.history,
         }
     ]
+    if refitted is not None:  # its epochs on train + val: train columns only, nothing on val
+        curves.append(
+            curves[0]
+            | {
+                "config": curves[0]["config"] | {"refit": True},
+                "label": f"finetune({config.freezing}) refit on train + val",
+                "history": refitted.state.history,
+            }
+        )
     backbone_state = {k: v.contiguous().cpu() for k, v in kept.model.backbone.state_dict().items()}
     run = write_run(
         kind="finetune",

@@ -102,6 +102,10 @@ def test_the_refit_is_the_chosen_epochs_of_the_schedule_on_train_plus_val(
         accuracy = float(np.mean(part.outputs.argmax(axis=1) == part.y))
         assert scores is not None and scores.mean == pytest.approx(accuracy)
     assert SELECTION_TEST not in m.intervals  # intervals are the kept network's, as fit's
+    chosen, again = load_run(run.path).curves()  # the refit's 3 epochs kept beside the 4 chosen
+    assert len(chosen["history"]["epoch"]) == 4 and again["config"]["refit"] is True
+    assert again["history"]["epoch"] == [0, 1, 2] and "val_loss" not in again["history"]
+    assert again["history"]["image_size"] == [32] * 3
     # the training files of both stages are spent once the run is written
     assert not (run.path / REFIT_DIR).exists() and not (run.path / "checkpoint.pt").exists()
 
