@@ -149,18 +149,27 @@ def half_precision(device: torch.device) -> str:
     return "bf16"
 
 
-# OpenVINO 2026.4's bf16 on a transformer: on a 2-core Xeon with AMX, ViT-Tiny at batch 32
-# crashed the process (segfault) in 3 of 7 runs and ran 16 img/s against its fp32's 85
-# (2026-12-07; convnets ran bf16 without a crash there). A crash cannot be caught, so it is
-# refused before it is built, and ``auto`` never times it.
-OPENVINO_BF16_REFUSED = (
-    "bf16: OpenVINO's bf16 crashed (segfault) on a vision transformer in 3 of 7 runs on a CPU "
-    "with AMX, and ran 5x slower than its fp32; use --precision fp32 with --engine openvino, "
-    "or --engine torch for bf16"
-)
+def openvino_bf16_refusal(is_conv: bool) -> str:
+    """Why OpenVINO's bf16 is refused for this network on this CPU ("" where it runs): the one
+    rule :func:`check_engine` refuses an explicit request by and ``auto`` leaves it out by.
+
+    Without bf16 units OpenVINO would quietly compute fp32 under a bf16 hint. On a transformer,
+    OpenVINO 2026.4's bf16 on a 2-core Xeon with AMX (ViT-Tiny at batch 32) crashed the process
+    (segfault) in 3 of 7 runs and ran 16 img/s against its fp32's 85 (2026-12-07; convnets ran
+    bf16 without a crash there); a crash cannot be caught, so it is never built.
+    """
+    if not openvino_has_bf16():
+        return "bf16: OpenVINO has no bf16 on this CPU (no AVX512-BF16 or AMX): use fp32"
+    if not is_conv:
+        return (
+            "bf16: OpenVINO's bf16 crashed (segfault) on a vision transformer in 3 of 7 runs on "
+            "a CPU with AMX, and ran 5x slower than its fp32; use --precision fp32 with --engine "
+            "openvino, or --engine torch for bf16"
+        )
+    return ""
 
 
-def check_engine(device: torch.device, precision: str, engine: str, is_conv: bool = True) -> None:
+def check_engine(device: torch.device, precision: str, engine: str, is_conv: bool) -> None:
     """Refuse, in one line, an engine that cannot run ``precision`` on ``device`` for this
     network (``is_conv``: a convolutional one; others are transformers)."""
     check_precision(device, precision)
@@ -172,16 +181,12 @@ def check_engine(device: torch.device, precision: str, engine: str, is_conv: boo
         )
     if engine == "openvino" and device.type != "cpu":
         raise ArgumentError("engine", f"openvino runs on CPU, not {device.type}: use device cpu")
-    if engine == "openvino" and precision == "bf16" and not openvino_has_bf16():
-        raise ArgumentError(
-            "precision", "bf16: OpenVINO has no bf16 on this CPU (no AVX512-BF16 or AMX): use fp32"
-        )
-    if engine == "openvino" and precision == "bf16" and not is_conv:
-        raise ArgumentError("precision", OPENVINO_BF16_REFUSED)
+    if engine == "openvino" and precision == "bf16" and (why := openvino_bf16_refusal(is_conv)):
+        raise ArgumentError("precision", why)
 
 
 def candidates(
-    device: torch.device, precision: str, engine: str, is_conv: bool = True
+    device: torch.device, precision: str, engine: str, is_conv: bool
 ) -> list[tuple[str, str]]:
     """The (engine, precision) pairs a request leaves open, in order of preference: exact fp32
     before a reduced precision, plain torch before a converted network. OpenVINO comes before
@@ -196,12 +201,11 @@ def candidates(
 
 def _computes(engine: str, precision: str, is_conv: bool) -> bool:
     """Whether ``engine`` computes ``precision`` on this machine for this network: ONNX Runtime
-    only fp32, OpenVINO fp32 and, on CPUs with bf16 units, bf16 for a convnet
-    (:data:`OPENVINO_BF16_REFUSED`)."""
+    only fp32, OpenVINO fp32 and bf16 where :func:`openvino_bf16_refusal` allows it."""
     if engine == "onnxruntime":
         return precision == "fp32"
     if engine == "openvino":
-        return precision == "fp32" or (precision == "bf16" and openvino_has_bf16() and is_conv)
+        return precision == "fp32" or (precision == "bf16" and not openvino_bf16_refusal(is_conv))
     return True
 
 

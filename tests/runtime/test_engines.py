@@ -292,7 +292,7 @@ def test_openvino_bf16_is_refused_on_a_cpu_without_it(
     for caught in (untimed, probed):
         assert caught.value.param == "precision" and "no bf16 on this CPU" in str(caught.value)
     with pytest.raises(ArgumentError, match="openvino runs on CPU, not cuda"):
-        tuning.check_engine(torch.device("cuda"), "fp32", "openvino")
+        tuning.check_engine(torch.device("cuda"), "fp32", "openvino", is_conv=True)
 
 
 def test_probe_stops_at_its_budget_when_a_candidate_is_far_slower(monkeypatch) -> None:
@@ -385,7 +385,7 @@ def test_auto_picks_a_reduced_precision_only_by_measurement_and_records_it(
 
 
 def test_openvino_bf16_is_never_built_for_a_transformer(monkeypatch: pytest.MonkeyPatch) -> None:
-    # It crashed the process on ViT-Tiny (tuning.OPENVINO_BF16_REFUSED): here it is the fastest
+    # It crashed the process on ViT-Tiny (tuning.openvino_bf16_refusal): here it is the fastest
     # candidate, picked for a convnet, and still neither built nor timed for a transformer.
     monkeypatch.setattr(tuning, "openvino_has_bf16", lambda: True)
     costs = CPU_COSTS | {("openvino", "bf16"): (0.0, 0.0001)}
