@@ -24,7 +24,9 @@ runs featpipe on the same protocol:
 Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
 
 ===============  ===============================================================================
-1                head only: ``featpipe fit`` with its default grid (head seed ``s``)
+1                head only: ``featpipe fit`` with its default grid (head seed ``s``);
+                 ``1-whole`` the same on the whole cell (``crop_pct`` 1: no centre crop, where
+                 Lite0's own 0.875 cuts 19 of the 300 pixels off each edge)
 2                LP-FT as before this recipe (what ``advise`` printed: ``--gradual 0:last:3,2:all
                  --lr-mult 0.1,0.33,1 --lr 1e-4 --crop-scale 0.35 --epochs 6``) from row 1's head
 3-<name>         row 2 plus one addition: randaugment, trivialaugment, mixup-cutmix, erasing,
@@ -34,6 +36,7 @@ Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
                  images, rotation-symmetric) from row 1's head, at 224 px: the epoch, EMA and
                  TTA chosen on val, then ``--refit`` on train + val (1,968 images); each seed
                  records the chosen network's test scores too (``test_before_refit``)
+4-whole          row 4 on the whole cell, from row 1-whole's head
 4-no-refit       the recipe as it was until 2026-12-07 08:00 UTC: the chosen network kept, not
                  refitted (row 4's training up to its choice, epoch for epoch)
 4-smoothing      row 4-no-refit with label smoothing 0.1 (timm's ``--smoothing`` default)
@@ -161,14 +164,34 @@ class Scale:
 
     backbone: str
     weights: str
-    sizes: dict[str, int | None]  # "native" and "large" (300 px) → --image-size
+    # "native", "large" (300 px) and "whole" (the whole cell: crop_pct 1) → extract options
+    sizes: dict[str, dict[str, Any]]
     progressive: str
     per_class: int | None
     epochs: int | None  # every fine-tune's epochs (smoke), or each row's own
 
 
-REAL = Scale(BACKBONE, "offline", {"native": None, "large": 300}, "0:160,3:224", None, None)
-SMOKE = Scale("test_efficientnet", "none", {"native": 32, "large": 40}, "0:24,1:32", 8, 1)
+REAL = Scale(
+    BACKBONE,
+    "offline",
+    {"native": {}, "large": {"image_size": 300}, "whole": {"crop_pct": 1.0}},
+    "0:160,3:224",
+    None,
+    None,
+)
+SMOKE = Scale(
+    "test_efficientnet",
+    "none",
+    {
+        "native": {"image_size": 32},
+        "large": {"image_size": 40},
+        "whole": {"image_size": 32, "crop_pct": 1.0},
+    },
+    "0:24,1:32",
+    8,
+    1,
+)
+HEAD_ROWS = {"native": "1", "large": "1-300px", "whole": "1-whole"}  # each size's head
 
 
 @dataclass(frozen=True)
@@ -210,6 +233,7 @@ def _recipe_value(name: str, replaced: tuple[str, ...] = ()) -> Callable[[int, S
 
 ROWS = [
     Row("1", "head only (featpipe fit, default grid)"),
+    Row("1-whole", "head only on the whole cell (crop_pct 1)", size="whole"),
     Row("2", "LP-FT as before the recipe", options=_addition({})),
     Row(
         "3-randaugment",
@@ -242,6 +266,12 @@ ROWS = [
     ),
     Row("3-300px", "+ 300 px (head fitted at 300 px)", size="large", options=_addition({})),
     Row("4", "the full recipe (advise's, rotation-symmetric)", options=_full_recipe),
+    Row(
+        "4-whole",
+        "the full recipe on the whole cell (crop_pct 1), from row 1-whole's head",
+        size="whole",
+        options=_full_recipe,
+    ),
     Row("4-no-refit", "the recipe keeping the network val chose (no --refit)", options=_no_refit),
     Row(
         "4-smoothing",
@@ -374,7 +404,7 @@ class Bench:
             "precision": self.precision,
             "engine": "torch",
             "device": self.device,
-            "image_size": self.scale.sizes[size],
+            **self.scale.sizes[size],
             "cache_dir": self.work / "cache",
         }
 
@@ -418,7 +448,7 @@ class Bench:
         return summary
 
     def head(self, seed: int, size: str) -> dict[str, Any]:
-        row_id = "1" if size == "native" else "1-300px"
+        row_id = HEAD_ROWS[size]
 
         def compute(folder: Path) -> dict[str, Any]:
             run, _ = fit(
@@ -526,6 +556,20 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(torch.device(device if device != "auto" else "cuda"))
 
 
+def results_stem(args: argparse.Namespace) -> Path:
+    """Where the tables go: ``--out``, else ``benchmarks/results`` for a real ``--rows all``
+    (that record holds every row, so a run of a few rows never overwrites the others'), else
+    the work folder."""
+    if args.out is not None:
+        return args.out
+    if args.smoke:
+        return args.work / "finetune-elpv-smoke"
+    if args.rows != "all":
+        return args.work / "finetune-elpv-rows"
+    other = "" if args.backbone == BACKBONE else f"-{args.backbone}"
+    return RESULTS.with_name(RESULTS.name + other)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="all", help="all, or ids / group numbers: 1,2,3-ema,4")
@@ -541,7 +585,11 @@ def main() -> None:
         default=BACKBONE,
         help="a timm name with offline weights (tf_efficientnet_lite0/1/2): every row's network",
     )
-    parser.add_argument("--out", type=Path, help="results stem (default: benchmarks/results/…)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results stem (default: benchmarks/results/… for --rows all, else under --work)",
+    )
     args = parser.parse_args()
     if args.seeds < 1:
         raise SystemExit("--seeds: use 1 or more")
@@ -549,10 +597,7 @@ def main() -> None:
         raise SystemExit("--backbone: the smoke run has its own tiny network; leave it out")
     rows = select(args.rows)
     scale = SMOKE if args.smoke else dataclasses.replace(REAL, backbone=args.backbone)
-    other = "" if args.backbone == BACKBONE else f"-{args.backbone}"
-    stem = args.out or (
-        args.work / "finetune-elpv-smoke" if args.smoke else RESULTS.with_name(RESULTS.name + other)
-    )
+    stem = results_stem(args)
     bench = Bench(args.work, scale, args.precision, args.device)
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

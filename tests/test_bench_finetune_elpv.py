@@ -4,6 +4,7 @@ the row selection, and its ``--smoke`` mode end to end (a few rows here; every r
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -93,12 +94,35 @@ def test_smoke_runs_a_head_and_the_full_recipe_and_keeps_finished_runs(tmp_path:
     again = smoke(tmp_path, "4", seeds=2)  # read back from --work, not run again
     assert again["rows"][0]["seeds"] == results["rows"][1]["seeds"]
     assert "| 6 | VGG-19 fine-tuned" in (tmp_path / "finetune-elpv-smoke.md").read_text()
+    # elpv_errors.py reads the kept runs: errors by defect probability, pairs, the ensemble
+    errors = ROOT / "benchmarks" / "elpv_errors.py"
+    args = ["--work", str(tmp_path), "--rows", "4", "--against", "1", "--seeds", "2"]
+    done = subprocess.run([sys.executable, str(errors), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    for seed in (0, 1):
+        accuracy = results["rows"][1]["seeds"][seed]["test_accuracy"]
+        assert lines[seed].startswith(f"row 4 seed {seed}: accuracy {accuracy:.4f}; errors p=")
+        assert "; vs row 1: " in lines[seed]
+    assert lines[2].startswith("row 4: the 2 seeds' mean softmax scores ")
 
 
 @pytest.mark.slow
 def test_smoke_runs_every_row(tmp_path: Path, bench) -> None:
     results = smoke(tmp_path, "all", seeds=2)
     check(results, [r.id for r in bench.ROWS], seeds=2)
+
+
+def test_only_every_row_overwrites_the_recorded_results(bench, tmp_path: Path) -> None:
+    def stem(**given: object) -> Path:
+        args = {"out": None, "smoke": False, "rows": "all", "backbone": bench.BACKBONE}
+        return bench.results_stem(argparse.Namespace(work=tmp_path, **args | given))
+
+    assert stem() == bench.RESULTS
+    assert stem(backbone="tf_efficientnet_lite2").name == "finetune-elpv-tf_efficientnet_lite2"
+    assert stem(rows="1,4") == tmp_path / "finetune-elpv-rows"
+    assert stem(rows="all", smoke=True) == tmp_path / "finetune-elpv-smoke"
+    assert stem(rows="1", out=tmp_path / "x") == tmp_path / "x"
 
 
 def test_gpu_runs_are_kept_apart_from_cpu_runs(bench, tmp_path: Path, monkeypatch) -> None:

@@ -29,7 +29,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from featpipe.backbones.pooling import MapPool, TokenPool
-from featpipe.backbones.spec import HF_HUB_PREFIX, TV_PREFIX, BackboneSpec
+from featpipe.backbones.spec import CROP_PCT, HF_HUB_PREFIX, TV_PREFIX, BackboneSpec
 from featpipe.backbones.tv import TorchvisionEmbedder, family_of
 from featpipe.backbones.weights import (
     OFFLINE,
@@ -217,16 +217,24 @@ def _tv_recipe(member: Any) -> dict[str, Any]:
     }
 
 
-def _with_image_size(config: dict[str, Any], image_size: int | None) -> dict[str, Any]:
-    if image_size is None:
-        return config
-    if image_size < 16:
-        raise ArgumentError("image_size", f"{image_size} is too small; use 16 or more pixels")
-    return {**config, "input_size": (3, image_size, image_size)}
+def _overridden(config: dict[str, Any], spec: BackboneSpec) -> dict[str, Any]:
+    """``config`` with the spec's input size and centre-crop fraction, where it sets them."""
+    if spec.image_size is not None:
+        if spec.image_size < 16:
+            raise ArgumentError(
+                "image_size", f"{spec.image_size} is too small; use 16 or more pixels"
+            )
+        config = {**config, "input_size": (3, spec.image_size, spec.image_size)}
+    if spec.crop_pct is not None:
+        if not CROP_PCT.ok(spec.crop_pct):
+            raise ArgumentError("crop_pct", CROP_PCT.message(spec.crop_pct))
+        config = {**config, "crop_pct": float(spec.crop_pct)}
+    return config
 
 
 def data_config(spec: BackboneSpec, choice: WeightsChoice, identity: str) -> dict[str, Any]:
-    """The preprocessing of the weights actually loaded, honouring ``image_size``.
+    """The preprocessing of the weights actually loaded, honouring ``image_size`` and
+    ``crop_pct``.
 
     In order: a file that is a published torchvision checkpoint (by its sha256, whichever
     library's architecture loads it: ``mobilenetv2_100`` with torchvision's MobileNetV2 file
@@ -251,7 +259,7 @@ def data_config(spec: BackboneSpec, choice: WeightsChoice, identity: str) -> dic
         for k, v in config.items()
         if k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     }
-    return _with_image_size(config, spec.image_size)
+    return _overridden(config, spec)
 
 
 # --------------------------------------------------------------------------------------------

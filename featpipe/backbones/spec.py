@@ -21,12 +21,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from featpipe.errors import ArgumentError
+from featpipe.options import Interval
 
 TV_PREFIX = "tv/"
 HF_HUB_PREFIX = "hf-hub:"
 # ``--weights`` values that only say where the default weights come from: not part of a label.
 _DEFAULT_SOURCES = ("auto", "offline", "hub")
 _UNSAFE = re.compile(r"[^\w.+@-]")
+# timm's crop_pct: the centre crop's share of the resized short side
+CROP_PCT = Interval(0, 1, closed="right", what="a fraction in (0, 1]; 1 keeps the whole image")
+CROP_PCT_HELP = (
+    "Centre crop as a fraction of the resized image (timm's crop_pct; default: the weights' "
+    "own, 0.875 for most). 1 keeps the whole image, for images whose edges matter."
+)
 
 
 def slugify(text: str) -> str:
@@ -46,6 +53,9 @@ class BackboneSpec:
     (faster, but the pixels are not the model's own preprocessing; see
     :func:`featpipe.data.images.load_image`). ``decode`` chooses the decoder: ``pil`` (exact)
     or ``tensor`` (JPEGs decoded on the device; see :mod:`featpipe.data.tensor_decode`).
+    ``image_size`` and ``crop_pct`` override the weights' own input size and centre-crop
+    fraction (timm's ``crop_pct``: the crop's share of the resized short side; 1.0 keeps the
+    whole image, which matters where an image's edges hold what is looked for).
     """
 
     model: str
@@ -53,6 +63,7 @@ class BackboneSpec:
     pool: str = "avg"
     layer: str | None = None
     image_size: int | None = None
+    crop_pct: float | None = None
     draft: bool = False
     decode: str = "pil"
 
@@ -61,7 +72,7 @@ class BackboneSpec:
         """``"a@none+tv/b:-2"`` → two specs; weights and a layer named in the text win over
         ``weights`` and ``options["layer"]``.
 
-        ``options`` (pool, layer, image_size, draft, decode) apply to every part.
+        ``options`` (pool, layer, image_size, crop_pct, draft, decode) apply to every part.
         """
         specs = []
         for part in text.split("+"):
@@ -88,6 +99,7 @@ class BackboneSpec:
             pool=key_fields["pool"],
             layer=key_fields["layer"],
             image_size=int(transform["input_size"][-1]),
+            crop_pct=float(transform["crop_pct"]),
             draft=bool(transform.get("jpeg_draft", False)),
             decode="tensor" if "decode" in transform else "pil",
         )

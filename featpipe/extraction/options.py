@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from featpipe.backbones.spec import BackboneSpec
+from featpipe.backbones.spec import CROP_PCT, CROP_PCT_HELP, BackboneSpec
 from featpipe.backbones.weights import WEIGHTS_HELP
 from featpipe.cache.catalog import DEFAULT_CACHE_DIR
 from featpipe.choices import DECODERS, DTYPES, ENGINES, ON_ERROR, POOLS, PRECISIONS
@@ -26,7 +26,7 @@ from featpipe.errors import ArgumentError
 from featpipe.options import Interval, OneOf, auto_int, check, option
 
 # The options a BackboneSpec carries (the network and its pixels); the rest are the run's.
-SPEC_FIELDS = ("weights", "pool", "layer", "image_size", "draft", "decode")
+SPEC_FIELDS = ("weights", "pool", "layer", "image_size", "crop_pct", "draft", "decode")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class ExtractOptions:
     image_size: int | None = option(
         None, constraint=Interval(1), help="Override the model's input size (px)."
     )
+    crop_pct: float | None = option(None, constraint=CROP_PCT, help=CROP_PCT_HELP)
     precision: str = option(
         "auto", constraint=OneOf(PRECISIONS), help="auto (probe) | fp32 | bf16 | fp16 (CUDA)."
     )

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from featpipe.backbones.spec import CROP_PCT, CROP_PCT_HELP
 from featpipe.backbones.weights import WEIGHTS_HELP
 from featpipe.choices import PRECISIONS, SELECT_BY, TRIVIAL_AUGMENT, TTA
 from featpipe.errors import ArgumentError
@@ -127,6 +128,7 @@ class FinetuneConfig:
     )
     weights: str = option("auto", short="-w", help=WEIGHTS_HELP)
     image_size: int | None = option(None, help="Override the model's input size (px).")
+    crop_pct: float | None = option(None, constraint=CROP_PCT, help=CROP_PCT_HELP)
     unfreeze: str = option(
         "head", help="head | all | last:N | NAME | type:norm | param:GLOB, comma-joined."
     )

@@ -81,7 +81,12 @@ def build_model(plan: Plan) -> tuple[FinetuneModel, Backbone, set[str]]:
             )
         head = start.head.to_module().train()
     else:
-        spec = BackboneSpec(str(config.backbone), config.weights, image_size=config.image_size)
+        spec = BackboneSpec(
+            str(config.backbone),
+            config.weights,
+            image_size=config.image_size,
+            crop_pct=config.crop_pct,
+        )
         backbone = build_backbone(spec)
         head = fresh_head(
             backbone.num_features, plan.n_outputs, config.head, config.head_init, config.head_scale

@@ -107,7 +107,7 @@ class Plan:
 
 
 def _resolve_backbone(config: FinetuneConfig, start: StartRun | None) -> FinetuneConfig:
-    """With a ``from_run`` the run names the backbone (model, weights, input size), so the run
+    """With a ``from_run`` the run names the backbone (model, weights, input size, crop), so the run
     directory and the results table record the network that was actually trained."""
     if start is None:
         return replace(config, backbone=config.backbone or DEFAULT_BACKBONE)
@@ -124,7 +124,19 @@ def _resolve_backbone(config: FinetuneConfig, start: StartRun | None) -> Finetun
             f"{config.image_size}: run {start.path} was fitted at {spec.image_size} px; leave "
             "the image size out when starting from a run",
         )
-    return replace(config, backbone=spec.model, weights=spec.weights, image_size=spec.image_size)
+    if config.crop_pct not in (None, spec.crop_pct):
+        raise ArgumentError(
+            "crop_pct",
+            f"{config.crop_pct}: run {start.path} was fitted with crop_pct {spec.crop_pct}; "
+            "leave the crop out when starting from a run",
+        )
+    return replace(
+        config,
+        backbone=spec.model,
+        weights=spec.weights,
+        image_size=spec.image_size,
+        crop_pct=spec.crop_pct,
+    )
 
 
 def _split(

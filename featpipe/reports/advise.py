@@ -222,9 +222,10 @@ KEY_OPTIONS = (
     "decode",
     "cache_dir",
     "image_size",
+    "crop_pct",
     "allow_outside",
 )
-FINETUNE_KEYS = ("image_size", "allow_outside")
+FINETUNE_KEYS = ("image_size", "crop_pct", "allow_outside")
 
 
 def _flag_list(options: ExtractOptions, keys: tuple[str, ...]) -> str:

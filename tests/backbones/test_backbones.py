@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -90,6 +91,29 @@ def test_vit_cls_and_mean_pool_differ() -> None:
     avg = build_backbone(BackboneSpec("test_vit", weights="none", pool="avg"))
     with torch.inference_mode():
         assert not torch.allclose(cls.module(x), avg.module(x))
+
+
+def test_crop_pct_keeps_the_edges_it_names(tmp_path: Path) -> None:
+    """timm's crop_pct: the centre crop's share of the resized image. A 40 px image with a
+    white 3 px frame, at 32 px: a crop of 0.5 cuts the frame off, 1 keeps all of it; left out,
+    the weights' own (test_efficientnet's 0.95)."""
+    from featpipe.data.transforms import ImageToUint8
+
+    pixels = np.full((40, 40, 3), 255, dtype=np.uint8)
+    pixels[3:-3, 3:-3] = 0
+    path = tmp_path / "framed.png"
+    Image.fromarray(pixels).save(path)
+    edges = {}
+    for crop in (None, 0.5, 1.0):
+        spec = BackboneSpec("test_efficientnet", weights="none", image_size=32, crop_pct=crop)
+        config = build_backbone(spec).data_config
+        assert config["crop_pct"] == (crop or 0.95)
+        image = ImageToUint8(config, False)(str(path))
+        assert image.shape == (3, 32, 32)
+        edges[crop] = int(image[:, 0, :].float().mean())
+    assert edges[1.0] > 200 and edges[0.5] < 20
+    with pytest.raises(ArgumentError, match=r"^crop_pct 1.5: use a fraction in \(0, 1\]"):
+        build_backbone(BackboneSpec("test_efficientnet", weights="none", crop_pct=1.5))
 
 
 def test_112px_input_works_thanks_to_global_pooling() -> None:

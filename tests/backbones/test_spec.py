@@ -57,7 +57,9 @@ def test_a_layer_follows_the_model_and_precedes_the_weights() -> None:
 
 
 def test_spec_comes_back_from_the_entry_it_made(tree: Path, cache_dir: Path) -> None:
-    spec = BackboneSpec("test_efficientnet", "none", pool="max", image_size=32, draft=True)
+    spec = BackboneSpec(
+        "test_efficientnet", "none", pool="max", image_size=32, crop_pct=1.0, draft=True
+    )
     options = {k: v for k, v in TINY.items() if k not in ("backbone", "weights", "image_size")}
     result = extract(tree, spec, cache_dir=cache_dir, **options)
     fields = read_meta(result.entry)["key_fields"]

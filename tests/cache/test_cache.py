@@ -91,6 +91,7 @@ def test_relabelling_never_reextracts(tmp_path: Path, cache_dir: Path) -> None:
     "change",
     [
         {"image_size": 48},
+        {"crop_pct": 1.0},
         {"pool": "max"},
         {"dtype": "float16"},
         {"precision": "bf16"},

@@ -45,6 +45,15 @@ def test_usage_errors_are_one_line_with_status_2(args, message, tmp_path) -> Non
     assert "--help" in lines[0]  # where to read on
 
 
+@pytest.mark.parametrize(("command", "value"), [("extract", "1.5"), ("finetune", "0")])
+def test_crop_pct_outside_0_1_is_refused_before_any_work(command, value, tmp_path) -> None:
+    done = featpipe(command, tmp_path, "--crop-pct", value)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        f"error: --crop-pct {float(value)}: use a fraction in (0, 1]; 1 keeps the whole image"
+    )
+
+
 def test_version_names_featpipe_torch_timm_and_device() -> None:
     done = featpipe("--version")
     assert done.returncode == 0, done.stderr

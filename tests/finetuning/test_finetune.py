@@ -153,6 +153,13 @@ def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
     implied = {k: v for k, v in BASE.items() if k not in ("backbone", "image_size")}
     named = make_plan(data, FinetuneConfig(**implied, from_run=str(run.path)), tmp_path / "ft2")
     assert (named.config.backbone, named.config.image_size) == ("test_efficientnet", 32)
+    assert named.config.crop_pct == 0.95  # the run's crop too: the pixels its head was fitted on
+    with pytest.raises(ArgumentError, match=r"^crop_pct 1.0: run .* fitted with crop_pct 0.95"):
+        make_plan(
+            data,
+            FinetuneConfig(**implied, from_run=str(run.path), crop_pct=1.0),
+            tmp_path / "x",
+        )
     with pytest.raises(ArgumentError, match="was fitted on test_efficientnet"):
         make_plan(
             data,

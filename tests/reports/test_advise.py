@@ -182,6 +182,7 @@ def test_every_advised_command_keeps_the_options_advise_was_given(quadrant, tmp_
     given = {
         "weights": "offline",
         "image_size": 96,
+        "crop_pct": 1.0,
         "precision": "fp32",
         "cache_dir": tmp_path / "my cache",
         "pool": "max",
@@ -202,8 +203,10 @@ def test_every_advised_command_keeps_the_options_advise_was_given(quadrant, tmp_
         params = commands[name].make_context(name, args[2:]).params
         assert params["runs_dir"] == tmp_path / "runs" and params["allow_outside"]
         if name == "fit":
-            for key in ("weights", "image_size", "precision", "cache_dir", "pool", "draft"):
+            keys = ("weights", "image_size", "crop_pct", "precision", "cache_dir", "pool", "draft")
+            for key in keys:
                 assert params[key] == given[key], key
             assert params["batch_size"] == "auto"
         elif "--from" not in args:  # from scratch: the size kept, the weights the recipe's
             assert params["image_size"] == 96 and params["weights"] == "none"
+            assert params["crop_pct"] == 1.0
