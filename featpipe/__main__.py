@@ -1,7 +1,5 @@
 """``python -m featpipe`` (and ``torchrun -m featpipe``) run the command line."""
 
-import sys
+from featpipe.cli.app import run
 
-from featpipe.cli.app import main
-
-sys.exit(main())
+run()

@@ -115,5 +115,11 @@ def test_smoke_runs_every_part(tmp_path: Path) -> None:
         if "fp32" in engine:  # the exact engines agree with torch on real photos
             assert record["min_cosine_to_torch_fp32"] >= 0.99999, engine
     assert [r["dataset"] for r in results["whole_process"]] == ["pngs-24", "elpv-smoke"]
+    for row in results["whole_process"]:  # the naive recipe alternated with featpipe's runs
+        walls = [c["warm_walls_s"] for c in row["configs"].values()]
+        assert len(row["naive_recipe_walls_s"]) == len(walls[0])
+        assert row["naive_recipe_wall_s"] == min(row["naive_recipe_walls_s"])
+        ratio = row["naive_recipe_wall_s"] / row["configs"]["default"]["warm_wall_s"]
+        assert row["default_vs_naive_whole"] == round(ratio, 2)
     assert [r["dataset"] for r in results["shares"]] == ["pngs-24", "elpv-smoke"]
     assert all(set(c["parts_s"]) == PARTS for r in results["shares"] for c in r["configs"].values())
