@@ -4,6 +4,7 @@ status before the first batch."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -116,6 +117,36 @@ def test_an_unreadable_entry_of_another_dataset_is_passed_over(tree: Path, cache
     manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
     listed = run(manifest, cache_dir)
     assert (listed.n_copied, listed.n_new, listed.n) == (0, 12, 12)
+
+
+def test_loading_timm_is_counted_in_the_summary(tree: Path, cache_dir: Path) -> None:
+    """The first computing run in a process imports torch, timm and torchvision (seconds on a
+    small machine); the summary's "loading torch and timm" counts them, whichever step would
+    import timm first. In a fresh process, a finder notes when timm's import starts: within
+    the seconds counted from the announcement of that step."""
+    script = (
+        "import sys, time, importlib.abc, json\n"
+        "started = []\n"
+        "class Note(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'timm': started.append(time.perf_counter())\n"
+        "sys.meta_path.insert(0, Note())\n"
+        "from featpipe.extraction.stage import extract\n"
+        "steps = []\n"
+        "say = lambda phase: steps.append((time.perf_counter(), phase.message))\n"
+        "options = json.loads(sys.argv[3])\n"
+        "result = extract(sys.argv[1], options.pop('backbone'), cache_dir=sys.argv[2],\n"
+        "                 status=say, **options)\n"
+        "loading = next(i for i, (_, m) in enumerate(steps) if m == 'loading torch and timm')\n"
+        "print(0 <= started[0] - steps[loading][0] <= result.timings['import_s'])\n"
+        "print(result.summary())\n"
+    )
+    args = [str(tree), str(cache_dir), json.dumps(TINY)]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    inside, summary = done.stdout.strip().splitlines()[:2]
+    assert inside == "True"
+    assert "(of which loading torch and timm " in summary
 
 
 def test_summary_rate_and_seconds_cover_the_same_interval(tree: Path, cache_dir: Path) -> None:
