@@ -237,7 +237,7 @@ def check_ranks(
 def prepare_to_compute(cache_dir: Path, say: Callable[[Phase], None]) -> float:
     """What a run that computes rows does first (after the cache hit: a complete entry needs
     no write access): check the cache is writable, keep freed memory, load torch, timm and
-    torchvision. Returns the seconds they took to load (0 when they were loaded): 2.2 s on a
+    torchvision. Returns the seconds they took to load (0 when they were loaded): 2.3 s on a
     2-core Xeon, of which timm and torchvision 1.3 s, more than building most models, so the
     summary line counts them here rather than leave them inside whichever step imports first."""
     ensure_writable(cache_dir)

@@ -107,8 +107,8 @@ class Plan:
 
 
 def _resolve_backbone(config: FinetuneConfig, start: StartRun | None) -> FinetuneConfig:
-    """With a ``from_run`` the run names the backbone (model, weights, input size, crop), so the run
-    directory and the results table record the network that was actually trained."""
+    """With a ``from_run`` the run names the backbone (model, weights, input size, crop), so
+    the run directory and the results table record the network that was actually trained."""
     if start is None:
         return replace(config, backbone=config.backbone or DEFAULT_BACKBONE)
     spec = start.spec
