@@ -88,7 +88,9 @@ row             per seed     why
 3-layer-decay   ~8.5 min     the same work as row 2
 3-progressive   ~7.5 min     three of six epochs at 160 px (half the pixels)
 3-300px         ~15 min      (300 / 224)² = 1.8× the pixels; + ~1 min fit at 300 px once
-4               ~18 min      10 epochs (8 of them all blocks), RandAugment, EMA, TTA ×8
+4               ~18 min      10 epochs (8 of them all blocks), EMA, TTA ×8, then the refit
+1-whole         ~30 s        as row 1, on the whole cell (a second extraction)
+4-whole         ~19 min      as row 4, from row 1-whole's head
 5               ~32 min      row 4 at 1.8× the pixels
 ==============  ===========  ========================================================
 
