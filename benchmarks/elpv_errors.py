@@ -17,35 +17,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binomtest
 
-from featpipe.runs.predictions import SplitOutputs
+from featpipe.protocols.calibration import softmax
+from featpipe.runs.predictions import RunPredictions, SplitOutputs
 from featpipe.runs.record import load_run
+from featpipe.stats.paired import format_p, mcnemar
 
 
-def test_outputs(work: Path, row: str, seed: int) -> SplitOutputs:
-    """The test outputs of ``row``'s run for ``seed`` (a fine-tune's ``run``, or the head
-    fit's one run folder)."""
-    folder = work / "runs" / row / f"seed{seed}"
-    runs = [folder / "run"] if (folder / "run").is_dir() else sorted(folder.glob("runs/*/*/*"))
-    if len(runs) != 1:
-        raise SystemExit(f"{folder}: expected one finished run, found {len(runs)}")
-    return load_run(runs[0]).predictions().splits["test"]
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def mcnemar(right: np.ndarray, other: np.ndarray) -> str:
-    only, only_other = int(np.sum(right & ~other)), int(np.sum(~right & other))
-    if only + only_other == 0:
-        return "0 / 0"
-    return f"{only} / {only_other}, p = {binomtest(only, only + only_other).pvalue:.3f}"
+def kept_predictions(work: Path, row: str, seed: int) -> RunPredictions:
+    """The predictions of ``row``'s run for ``seed``, found through the summary the bench kept
+    beside it (``bench.json`` names the run)."""
+    record = work / "runs" / row / f"seed{seed}" / "bench.json"
+    if not record.exists():
+        raise SystemExit(f"{record}: no finished run; run the bench for row {row} first")
+    return load_run(Path(json.loads(record.read_text())["run"])).predictions()
 
 
 def main() -> None:
@@ -58,9 +47,10 @@ def main() -> None:
     with (args.work / "elpv" / "defect_probability.csv").open() as handle:
         probability = {r["path"]: float(r["label"]) for r in csv.DictReader(handle)}
     for row in args.rows.split(","):
-        probs = []
+        tests: list[SplitOutputs] = []
         for seed in range(args.seeds):
-            test = test_outputs(args.work, row, seed)
+            kept = kept_predictions(args.work, row, seed)
+            test: SplitOutputs = kept.splits["test"]
             right = test.outputs.argmax(1) == test.y
             level = np.round([probability[p] for p in test.relpath], 2)
             errors = ", ".join(
@@ -69,17 +59,21 @@ def main() -> None:
             )
             line = f"row {row} seed {seed}: accuracy {right.mean():.4f}; errors {errors}"
             if args.against:
-                other = test_outputs(args.work, args.against, seed).aligned(test.relpath)
+                other = kept_predictions(args.work, args.against, seed).splits["test"]
+                paired = mcnemar(
+                    test.predictions(kept.task, kept.n_classes),
+                    other.aligned(test.relpath).predictions(kept.task, kept.n_classes),
+                )
                 line += (
-                    f"; vs row {args.against}: {mcnemar(right, other.outputs.argmax(1) == other.y)}"
+                    f"; vs row {args.against}: {paired.only_a} / {paired.only_b}, "
+                    f"{format_p(paired.p)}"
                 )
             print(line)
-            probs.append((test.relpath, softmax(test.outputs), test.y))
-        paths, _, y = probs[0]
-        if all(np.array_equal(p, paths) for p, _, _ in probs):
-            mean = np.mean([p for _, p, _ in probs], axis=0)
-            ensemble = np.mean(mean.argmax(1) == y)
-            print(f"row {row}: the {len(probs)} seeds' mean softmax scores {ensemble:.4f}")
+            tests.append(test)
+        first = tests[0]  # the seeds' runs, image by image in the first one's order
+        mean = np.mean([softmax(t.aligned(first.relpath).outputs) for t in tests], axis=0)
+        ensemble = np.mean(mean.argmax(1) == first.y)
+        print(f"row {row}: the {len(tests)} seeds' mean softmax scores {ensemble:.4f}")
 
 
 if __name__ == "__main__":
