@@ -9,6 +9,7 @@ from rich.table import Table
 
 from featpipe.data.datasets import scan
 from featpipe.finetuning.config import FinetuneConfig
+from featpipe.progress import Phase
 
 from . import options as opt
 from .render import console, human_count, plain, progress_bar
@@ -29,20 +30,19 @@ def finetune(
     from featpipe.finetuning.stage import finetune as run_finetune  # torch: only when it runs
 
     dataset = scan(data, allow_outside=allow_outside)
-    # the refit trains on every image but test's, the choosing run on fewer (val is held back)
-    refit_images = sum(i.split != "test" for i in dataset.items) if config.refit else None
     with progress_bar("fine-tune") as bar:
+        step = [f"fine-tune epoch {{}}/{config.epochs}"]  # the stage says when the refit begins
 
         def update(epoch: int, done: int, total: int, seconds: float) -> None:
             rate = done / seconds if seconds > 0 else 0.0
-            label = (
-                f"refit on train + val, epoch {epoch + 1}"
-                if total == refit_images
-                else f"fine-tune epoch {epoch + 1}/{config.epochs}"
-            )
-            bar.update(done, total, rate, label)
+            bar.update(done, total, rate, step[0].format(epoch + 1))
 
-        run, result = run_finetune(dataset, config, out, runs_dir, progress=update)
+        def status(phase: Phase) -> None:
+            if phase.name == "refitting":
+                step[0] = f"{phase.message}, epoch {{}}"
+            bar.status(phase)
+
+        run, result = run_finetune(dataset, config, out, runs_dir, progress=update, status=status)
     history = result.history
     ema = "val_metric_ema" in history
     table = Table(title=f"fine-tune {result.backbone} ({result.freezing})")

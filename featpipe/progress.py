@@ -33,7 +33,7 @@ class Phase:
     ``probing``, ``copying`` (rows of the same files from another dataset's entry),
     ``waiting`` (for a concurrent extract computing some of the rows) and ``warning`` (a
     one-line warning worth showing before the run goes on); the stages above extraction add
-    their own (``fitting``, ``measuring``).
+    their own (``fitting``, ``measuring``, ``refitting``).
     """
 
     name: str

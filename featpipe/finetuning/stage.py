@@ -14,6 +14,7 @@ import copy
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from featpipe.heads import metrics
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import FittedHead
 from featpipe.heads.preprocess import Preprocessor
+from featpipe.progress import Phase, quiet
 from featpipe.runs.metrics import CamFigure, RunMetrics, Scores
 from featpipe.runs.predictions import FILE as PREDICTIONS_FILE
 from featpipe.runs.predictions import SELECTION_TEST
@@ -404,11 +406,18 @@ def finetune(
     out: Path | None = None,
     runs_dir: Path = DEFAULT_RUNS_DIR,
     progress: EpochProgress | None = None,
+    status: Callable[[Phase], None] | None = None,
 ) -> tuple[Run, FinetuneResult]:
-    """Fine-tune on ``data`` (resuming from ``out``'s checkpoint); returns the run and result."""
+    """Fine-tune on ``data`` (resuming from ``out``'s checkpoint); returns the run and result.
+
+    ``progress`` is called after every batch; ``status`` when a step begins that its batches
+    do not tell apart (``refitting``: the epochs after it train again on train + val)."""
     _check_unfinished(out)
     trainer = Trainer(make_plan(data, config, out, runs_dir))
     start = time.perf_counter()
     trainer.run(progress=progress)
-    refitted = refit(trainer, progress) if config.refit else None
+    refitted = None
+    if config.refit:
+        (status or quiet)(Phase("refitting", "refit on train + val"))
+        refitted = refit(trainer, progress)
     return finish(trainer, time.perf_counter() - start, refitted)
