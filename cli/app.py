@@ -133,7 +133,8 @@ def run() -> NoReturn:
     part atomically, runs write their files whole); all the teardown still does is free
     memory the system frees anyway and unregister torch's operator libraries one by one
     (``weakref.finalize`` hooks of ``torch.library``), about 0.9 s after any command that
-    loaded timm (`featpipe extract` on 3,000 PNGs, 2-core Xeon: 20.34 s against 19.36 s).
+    loaded timm (`featpipe extract` on 3,000 PNGs, 2-core Xeon, one run each: 20.34 s against
+    19.36 s; 3 alternated rounds of whole processes in README "Without the teardown").
     So the output is flushed and the process exits with the command's status.
     """
     code = main()
