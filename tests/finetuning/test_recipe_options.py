@@ -455,7 +455,7 @@ def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
     class Captured(Exception):
         pass
 
-    def capture(dataset, config, out, runs_dir, progress):
+    def capture(dataset, config, out, runs_dir, progress, status):
         raise Captured(config)
 
     monkeypatch.setattr(stage, "finetune", capture)
