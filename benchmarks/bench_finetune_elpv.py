@@ -115,7 +115,7 @@ from typing import Any
 
 import numpy as np
 
-from featpipe.data.bundled import prepare_dataset
+from featpipe.data.bundled import prepare_dataset, write_elpv_soft_labels
 from featpipe.errors import StorageError
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.recipe import recipe
@@ -205,6 +205,7 @@ class Row:
     what: str
     size: str = "native"
     options: Callable[[int, Scale], dict[str, Any]] | None = None  # None: the head itself
+    soft: bool = False  # trains on the cells' defect probabilities (``--soft-labels``)
 
 
 def _addition(extra: dict[str, Any]) -> Callable[[int, Scale], dict[str, Any]]:
@@ -273,6 +274,12 @@ ROWS = [
         "the full recipe on the whole cell (crop_pct 1), from row 1-whole's head",
         size="whole",
         options=_full_recipe,
+    ),
+    Row(
+        "4-soft",
+        "the full recipe on soft labels: each cell's defect probability (0, 1/3, 2/3, 1)",
+        options=_full_recipe,
+        soft=True,
     ),
     Row("4-no-refit", "the recipe keeping the network val chose (no --refit)", options=_no_refit),
     Row(
@@ -397,6 +404,7 @@ class Bench:
         self.runs = work / ("runs" if _device_name(device) == "cpu" else "runs-cuda")
         root = prepare_dataset("elpv", work / "elpv", per_class=scale.per_class)
         self.manifest = write_split(root)
+        self.soft_labels = write_elpv_soft_labels(root)
         self.split = describe_split(self.manifest)
         self.train_images = split_sizes(self.split)["train"]
 
@@ -472,6 +480,8 @@ class Bench:
         options = row.options(self.train_images, self.scale)
         if self.scale.epochs is not None:
             options |= {"epochs": self.scale.epochs}
+        if row.soft:
+            options |= {"soft_labels": str(self.soft_labels)}
         config = FinetuneConfig(from_run=start_run, seed=seed, device=self.device, **options)
 
         def compute(folder: Path) -> dict[str, Any]:

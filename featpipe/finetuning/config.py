@@ -110,8 +110,9 @@ def check_auto_augment(text: str) -> None:
             )
 
 
-def _run_path(value: Path | None, param: str) -> str | None:
-    """``--from`` arrives as a path; the config records it as text (JSON, checkpoints)."""
+def _path_text(value: Path | None, param: str) -> str | None:
+    """``--from`` and ``--soft-labels`` arrive as paths; the config records them as text (JSON,
+    checkpoints)."""
     return str(value) if value else None
 
 
@@ -213,6 +214,18 @@ class FinetuneConfig:
         help="Label smoothing of the training loss (timm's), e.g. 0.1: each target keeps "
         "1 - s and spreads s over all classes; val and test losses stay plain; 0 = off.",
     )
+    soft_labels: str | None = option(
+        None,
+        help="CSV path,<class>,… of class probabilities per training image (paths as the "
+        "dataset names them), trained on instead of one-hot labels where listed (e.g. "
+        "annotators' doubt); val and test stay scored on the hard labels.",
+        cli_type=Path | None,
+        parse=_path_text,
+    )
+    # Resolved from the file when the run is planned, so a resume with another file is refused.
+    soft_labels_sha256: str | None = option(
+        None, cli=False, help="SHA-256 of the soft-labels file (filled in by the plan)."
+    )
     ema: float | None = option(
         None,
         constraint=Interval(0, 1, "neither", "a decay in (0, 1)"),
@@ -256,7 +269,7 @@ class FinetuneConfig:
         flag="--from",
         help="LP-FT: start from this run's head.",
         cli_type=Path | None,
-        parse=_run_path,
+        parse=_path_text,
     )
     reinit: str | None = option(None, help="Re-initialise blocks, e.g. last:2 (hybrid).")
     seed: int = option(0, help="Seed for the head init, data order and augmentation.")

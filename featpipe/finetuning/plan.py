@@ -16,6 +16,7 @@ import torch
 
 from featpipe.backbones.build import BackboneSpec
 from featpipe.data.datasets import Dataset, Item, scan
+from featpipe.data.soft_labels import SoftLabels, read_soft_labels
 from featpipe.data.splits import HOLDOUT, hold_out
 from featpipe.errors import ArgumentError, DataError
 from featpipe.finetuning.config import DEFAULT_BACKBONE, FinetuneConfig
@@ -90,6 +91,7 @@ class Plan:
     # the epochs of the schedule to train: all of them (``config.epochs``), or for the refit on
     # train + val the number the run chose on val (:mod:`featpipe.finetuning.refit`)
     epochs: int
+    soft_labels: SoftLabels | None = None  # training targets where listed (``--soft-labels``)
 
     @property
     def selects(self) -> bool:
@@ -175,6 +177,28 @@ def _split(
     return train, val, test, fraction
 
 
+def _soft_labels(config: FinetuneConfig, dataset: Dataset, train: list[Item]) -> SoftLabels | None:
+    """The ``--soft-labels`` file, read and checked; it must still be the file the run was
+    planned with (``soft_labels_sha256``, set on a resume) and label some training image."""
+    if config.soft_labels is None:
+        return None
+    soft = read_soft_labels(config.soft_labels, dataset)
+    if config.soft_labels_sha256 not in (None, soft.sha256):
+        raise ArgumentError(
+            "soft_labels",
+            f"{config.soft_labels}: the file changed since the run was planned (SHA-256 "
+            f"{soft.sha256[:12]}…, recorded {config.soft_labels_sha256[:12]}…); restore it, or "
+            "start a new run",
+        )
+    if not soft.covered(train):
+        raise ArgumentError(
+            "soft_labels",
+            f"{config.soft_labels}: none of the {len(train)} training images is listed; list "
+            "training images (val and test are scored on the hard labels)",
+        )
+    return soft
+
+
 def _precision(config: FinetuneConfig, device: torch.device, start: StartRun | None) -> str:
     check_precision(device, config.precision)
     if config.precision != "auto":
@@ -215,6 +239,9 @@ def make_plan(
             f"dataset's {dataset.class_names}",
         )
     train, val, test, fraction = _split(dataset, start)
+    soft = _soft_labels(config, dataset, train)
+    if soft is not None:
+        config = replace(config, soft_labels_sha256=soft.sha256)
     device = resolve_device(config.device)
     if config.workers is None:
         # Resolved once and stored with the run: augmentation streams depend on it.
@@ -232,4 +259,5 @@ def make_plan(
         out=out or new_run_path(runs_dir, dataset.name, str(config.backbone), "finetune"),
         start=start,
         epochs=config.epochs,
+        soft_labels=soft,
     )

@@ -91,6 +91,8 @@ class FinetuneResult:
     # scores of the weights val chose, before the refit (what the refit changed)
     trained_on: str = "train"
     test_before_refit: dict[str, float] | None = None
+    # training images (of those the kept network trained on) with a --soft-labels row
+    soft_labelled: int = 0
 
     @property
     def val_score(self) -> float:
@@ -328,6 +330,7 @@ def finish(
         trust=trust,
         trained_on="train" if refitted is None else "train+val",
         test_before_refit=before.metrics if before is not None else None,
+        soft_labelled=soft.covered(kept.plan.train) if (soft := plan.soft_labels) else 0,
     )
     row = {
         "head": "finetune",

@@ -170,12 +170,16 @@ class Trainer:
             if config.random_erasing
             else None
         )
+        # With soft labels the targets arrive as class probabilities, already smoothed
+        # (:meth:`train_targets`): timm mixes such dense rows as they are in its multi-label mode.
+        soft = plan.soft_labels is not None
         self.mixup = (
             Mixup(
                 mixup_alpha=config.mixup,
                 cutmix_alpha=config.cutmix,
-                label_smoothing=config.smoothing,
+                label_smoothing=0.0 if soft else config.smoothing,
                 num_classes=plan.n_outputs,
+                multi_label=soft,
             )
             if config.mixes
             else None
@@ -301,6 +305,18 @@ class Trainer:
             x, y = self.mixup(x[:even], y[:even])
         return x, y
 
+    def train_targets(self, index: list[int]) -> torch.Tensor:
+        """The training targets of the images at ``index``: labels (or values), or with soft
+        labels one row of class probabilities per image (one-hot where the file lists none),
+        label-smoothed here as ``F.cross_entropy`` and timm smooth a one-hot target: each row
+        keeps ``1 - s`` and spreads ``s`` over all classes."""
+        plan, train = self.plan, self.plan.train
+        if plan.soft_labels is None:
+            return _targets(train, index, plan.dataset.task)
+        rows = plan.soft_labels.targets([train[i] for i in index], plan.n_outputs)
+        smoothing = self.config.smoothing
+        return torch.from_numpy(rows * (1 - smoothing) + smoothing / plan.n_outputs)
+
     def train_transform(self, epoch: int) -> ImageToUint8 | RandomSymmetries:
         """Path → ``uint8`` tensor for ``epoch``'s training images, at its size."""
         config = self.config
@@ -348,7 +364,7 @@ class Trainer:
         for batch in loader:
             if len(batch.index) < 2:
                 continue  # BatchNorm cannot train on one image
-            y = _targets(train, batch.index, task).to(self.device)
+            y = self.train_targets(batch.index).to(self.device)
             x, target = self.augment_batch(self.normalize(batch.images.to(self.device)), y)
             factor = lr_factor(
                 config.schedule,
