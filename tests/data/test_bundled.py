@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featpipe.data.bundled import FASHION_DIR, prepare_dataset
+from featpipe.data.bundled import FASHION_DIR, prepare_dataset, write_elpv_soft_labels
 from featpipe.data.datasets import scan
+from featpipe.data.soft_labels import read_soft_labels
 from featpipe.errors import FeatpipeError
 
 
-def test_elpv_classification_tree_and_regression_csv(tmp_path: Path) -> None:
+def test_elpv_classification_tree_regression_csv_and_soft_labels(tmp_path: Path) -> None:
     root = prepare_dataset("elpv", tmp_path / "elpv", per_class=5)
     ds = scan(root)
     assert ds.class_names == ["defective", "functional"] and len(ds) == 10
@@ -23,6 +24,13 @@ def test_elpv_classification_tree_and_regression_csv(tmp_path: Path) -> None:
     reg = scan(root / "defect_probability.csv")
     assert reg.task == "regression" and len(reg) == 10
     assert {i.target >= 0.5 for i in reg.items} == {True, False}
+    soft = read_soft_labels(root / "soft_labels.csv", ds)  # [defective, functional]
+    assert len(soft.probabilities) == 10
+    for item in reg.items:
+        np.testing.assert_allclose(soft.probabilities[item.relpath], [item.target, 1 - item.target])
+    written = (root / "soft_labels.csv").read_bytes()
+    (root / "soft_labels.csv").unlink()  # a tree prepared before the file existed
+    assert write_elpv_soft_labels(root).read_bytes() == written
     assert prepare_dataset("elpv", root, per_class=5) == root  # idempotent
     with pytest.raises(FeatpipeError, match="already holds another prepared dataset"):
         prepare_dataset("elpv", root, per_class=6)

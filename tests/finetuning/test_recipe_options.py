@@ -355,9 +355,13 @@ def test_a_vit_at_another_size_resamples_its_position_embeddings(data, tmp_path)
 
 
 def test_resume_after_sigkill_is_bit_identical_with_every_addition_on(data, tmp_path) -> None:
-    config = FinetuneConfig(**EVERYTHING)
+    soft = data / "soft.csv"  # soft labels too, for every image: mixed with mixup/CutMix
+    rows = [f"{p.relative_to(data).as_posix()},0.6,0.3,0.1" for p in sorted(data.rglob("*.png"))]
+    soft.write_text("path,a,b,c\n" + "\n".join(rows) + "\n")
+    options = EVERYTHING | {"soft_labels": str(soft)}
+    config = FinetuneConfig(**options)
     whole_run, whole = finetune(data, config, tmp_path / "whole")
-    kill_after_first_checkpoint(EVERYTHING, data, tmp_path / "killed", timeout=300)
+    kill_after_first_checkpoint(options, data, tmp_path / "killed", timeout=300)
     killed_run, killed = finetune(data, config, tmp_path / "killed")
     for key in ("train_loss", "val_loss", "val_loss_ema", "image_size"):
         assert killed.history[key] == whole.history[key], key
@@ -481,6 +485,8 @@ def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
         "loss",
         "--smoothing",
         "0.1",
+        "--soft-labels",
+        "probabilities.csv",
     ]
     with pytest.raises(Captured) as caught:
         main(["finetune", str(data), *flags])
@@ -496,6 +502,7 @@ def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
         "image_size": 224,
         "select_by": "loss",
         "smoothing": 0.1,
+        "soft_labels": "probabilities.csv",
     }
     config = caught.value.args[0]
     assert {k: getattr(config, k) for k in expected} == expected
