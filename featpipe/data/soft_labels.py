@@ -36,7 +36,6 @@ SUM_TOLERANCE = 1e-3  # probabilities written with 3 decimals (0.333, 0.667) sti
 class SoftLabels:
     """Parsed soft labels: each listed image's probabilities, in the dataset's class order."""
 
-    source: Path
     sha256: str
     probabilities: dict[str, np.ndarray]  # relpath → float32 vector over the dataset's classes
 
@@ -122,4 +121,4 @@ def read_soft_labels(path: str | Path, dataset: Dataset) -> SoftLabels:
         probabilities[relpath] = _probabilities(path, line, row[1:])[order]
     if not probabilities:
         raise _refuse(path, "lists no images; add rows path,<probabilities>")
-    return SoftLabels(path, hashlib.sha256(raw).hexdigest(), probabilities)
+    return SoftLabels(hashlib.sha256(raw).hexdigest(), probabilities)

@@ -170,6 +170,15 @@ def test_a_resume_with_a_changed_file_is_refused(data, tmp_path) -> None:
         trainer_for(data, tmp_path / "run", **options).run()
 
 
+def test_a_recorded_config_whose_file_changed_is_refused(data, tmp_path) -> None:
+    csv = soft_file(data, every_image(data, doubtful))
+    recorded = make_plan(data, FinetuneConfig(**BASE, soft_labels=str(csv)), tmp_path / "a").config
+    assert make_plan(data, recorded, tmp_path / "b").config == recorded  # the same file: fine
+    soft_file(data, every_image(data, one_hot))
+    with pytest.raises(ArgumentError, match="the file changed since the run was planned"):
+        make_plan(data, recorded, tmp_path / "c")
+
+
 def test_a_file_that_labels_no_training_image_is_refused(data, tmp_path) -> None:
     plan = make_plan(data, FinetuneConfig(**BASE), tmp_path / "plain")
     held_out = {item.relpath: doubtful(item.label) for item in plan.val + plan.test}
