@@ -112,3 +112,16 @@ def test_help_prints_brackets_as_written() -> None:
     """Help text is prose: ``MODEL[@WEIGHTS]`` must not be eaten as rich markup."""
     done = featpipe("fit", "--help")
     assert "MODEL[@WEIGHTS]" in done.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["datasets", "ls"]])
+def test_a_reader_that_left_early_gets_no_traceback(args: list[str]) -> None:
+    """``featpipe … | head``: the pipe is closed before the program writes; it stops quietly
+    (status 1 from click's broken-pipe handling, seen here), never with a traceback."""
+    proc = subprocess.Popen(
+        [str(FEATPIPE), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) in (0, 1) and err == "", err
