@@ -125,7 +125,8 @@ def finetune_options(line: str, run: Path) -> dict:
     assert args[:2] == ["featpipe", "finetune"]
     finetune = typer.main.get_command(app).commands["finetune"]
     params = finetune.make_context("finetune", args[2:]).params
-    options = {o.name: o.from_cli(params.pop(o.name)) for o in declared(FinetuneConfig)}
+    on_cli = [o for o in declared(FinetuneConfig) if o.spec.cli]  # not those the plan fills
+    options = {o.name: o.from_cli(params.pop(o.name)) for o in on_cli}
     return options | {"other": params}
 
 
