@@ -195,3 +195,21 @@ def settled_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     are milliseconds old: no racy window)."""
     monkeypatch.setattr(statrecord, "RACY_NS", 0)
     return make_tree(tmp_path / "shapes", classes=("a", "b", "c"), per_class=8)
+
+
+@pytest.fixture
+def losses(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Every call of the fine-tune trainer's loss, as (outputs, targets, whether it trains: a
+    training step's outputs carry gradients, the value)."""
+    import featpipe.finetuning.trainer as trainer_module
+
+    loss = trainer_module._loss
+    calls: list[tuple] = []
+
+    def recorded(out, y, task, smoothing=0.0):
+        value = loss(out, y, task, smoothing)
+        calls.append((out.detach(), y, out.requires_grad, value.detach()))
+        return value
+
+    monkeypatch.setattr(trainer_module, "_loss", recorded)
+    return calls

@@ -129,21 +129,11 @@ def test_cutmix_pastes_a_box_and_weights_the_targets_by_its_area(data, tmp_path)
 
 
 def test_label_smoothing_trains_on_softened_targets_and_scores_on_plain_ones(
-    data, tmp_path, monkeypatch
+    data, tmp_path, losses
 ) -> None:
     """Training steps take cross-entropy against 1 - s + s/K on the label and s/K elsewhere;
     val and test losses (what --select-by loss compares) stay the plain cross-entropy."""
-    import featpipe.finetuning.trainer as trainer_module
-
-    loss = trainer_module._loss
-    calls: list[tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor]] = []
-
-    def recorded(out, y, task, smoothing=0.0):
-        value = loss(out, y, task, smoothing)
-        calls.append((out.detach(), y, out.requires_grad, value.detach()))
-        return value
-
-    monkeypatch.setattr(trainer_module, "_loss", recorded)
+    calls = losses
     trainer = trainer_for(data, tmp_path / "run", smoothing=0.2, epochs=1, unfreeze="all")
     trainer.run()
     training = [c for c in calls if c[2]]

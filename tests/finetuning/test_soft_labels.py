@@ -97,20 +97,8 @@ def test_mixup_mixes_the_soft_rows_with_the_drawn_lambda(data, tmp_path) -> None
     torch.testing.assert_close(target, lam * y[:8] + (1 - lam) * y[:8].flip(0))  # smoothed once
 
 
-def test_the_loss_trains_on_soft_rows_and_scores_val_on_the_labels(
-    data, tmp_path, monkeypatch
-) -> None:
-    import featpipe.finetuning.trainer as trainer_module
-
-    loss = trainer_module._loss
-    calls: list[tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor]] = []
-
-    def recorded(out, y, task, smoothing=0.0):
-        value = loss(out, y, task, smoothing)
-        calls.append((out.detach(), y, out.requires_grad, value.detach()))
-        return value
-
-    monkeypatch.setattr(trainer_module, "_loss", recorded)
+def test_the_loss_trains_on_soft_rows_and_scores_val_on_the_labels(data, tmp_path, losses) -> None:
+    calls = losses
     csv = soft_file(data, every_image(data, doubtful))
     trainer_for(data, tmp_path / "run", soft_labels=str(csv), epochs=1, unfreeze="all").run()
     training = [c for c in calls if c[2]]
