@@ -87,20 +87,19 @@ def finetune(
     ]
     plain(f"{kept}, with 95% intervals: {', '.join(scores)}{tta}")
     if result.trained_on == "train+val":
-        sizes, before = result.split_sizes, result.test_before_refit
+        before = result.test_before_refit
         was = f"; before the refit, test {metric} {before[metric]:.4f}" if before else ""
         epochs = result.best_epoch + 1
         trained = f"for the {epochs} epoch(s) val chose" if epochs else "(val kept the start head)"
         plain(
-            f"test is the network refitted on train + val ({sizes['train'] + sizes['val']:,} "
+            f"test is the network refitted on train + val ({result.trained_images:,} "
             f"images) {trained}{was}"
         )
     if result.soft_labelled:
-        sizes = result.split_sizes
-        trained = sizes["train"] + (sizes["val"] if result.trained_on == "train+val" else 0)
         plain(
-            f"trained on soft labels for {result.soft_labelled:,} of {trained:,} images "
-            f"({config.soft_labels}); val and test scored on the hard labels"
+            f"trained on soft labels for {result.soft_labelled:,} of "
+            f"{result.trained_images:,} images ({config.soft_labels}); val and test scored on "
+            "the hard labels"
         )
     if result.tta_note:
         plain(result.tta_note)

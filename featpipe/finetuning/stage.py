@@ -95,6 +95,12 @@ class FinetuneResult:
     soft_labelled: int = 0
 
     @property
+    def trained_images(self) -> int:
+        """How many images the kept network trained on: train, and val too after a refit."""
+        sizes = self.split_sizes
+        return sizes["train"] + (sizes["val"] if self.trained_on == "train+val" else 0)
+
+    @property
     def val_score(self) -> float:
         return self.val[self.metric]
 
