@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def soft_file(data: Path, rows: dict[str, list[float]], name: str = "soft.csv") 
     return out
 
 
-def every_image(data: Path, probs: callable) -> dict[str, list[float]]:
+def every_image(data: Path, probs: Callable[[int], list[float]]) -> dict[str, list[float]]:
     """``probs(label)`` for every image of ``data``, keyed by its path under ``data``."""
     return {
         p.relative_to(data).as_posix(): probs(CLASSES.index(p.parent.name))
