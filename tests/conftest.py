@@ -109,6 +109,16 @@ def make_tree(
     return root
 
 
+@pytest.fixture(autouse=True)
+def plain_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with the environment of output piped to a file: no ``COLUMNS`` and no
+    ``LINES``. The CLI lays piped output out 160 columns wide unless ``COLUMNS`` says otherwise,
+    and the tests that read its tables expect that width (those that need another set it). A
+    shell may export ``COLUMNS``, and a pytest-xdist worker has COLUMNS=80 and LINES=24."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "tiny")
