@@ -186,12 +186,12 @@ def fit(
     extraction: ExtractOptions,
 ) -> None:
     """Fit heads on cached features (extracting first if needed); save and rank them."""
-    from featpipe.fitting.stage import fit as fit_heads  # torch: only when fit runs
-
     fixed = parse_fixed(set_)
     if head:
         fixed["head"] = parse_value("head", head)
     grid_values = grid_from(sweep, grid)
+    from featpipe.fitting.stage import fit as fit_heads  # torch: after the options parsed
+
     with progress_bar(f"fit: loading features of {data}") as bar:
         run, result = fit_heads(
             data,

@@ -1,0 +1,34 @@
+"""A mistyped option value is refused before the heavy libraries load: the answer to a typo
+comes in a fraction of the time a real run needs to start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = (
+    "import sys; from featpipe.cli.app import main; code = main(sys.argv[1:]); "
+    "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "lr=abc"], "--set lr=abc: expected a number"),
+        (["--head", "knn", "--set", "temperature=-1"], "--set temperature=-1: must be 0"),
+        (["--sweep", "lr=x,1"], "--sweep lr=x: expected a number"),
+        (["--head", "forest"], "forest"),
+    ],
+)
+def test_fit_refuses_a_bad_head_value_before_loading_torch(
+    tree: Path, args: list[str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "fit", str(tree), *args], capture_output=True, text=True
+    )
+    assert done.stdout.split()[-2:] == ["NO-TORCH", "2"], done.stdout + done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
