@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,47 @@ def kill_after_first_checkpoint(
     proc.wait()
 
 
+# The installed console script, as a person runs it in a terminal.
+FEATPIPE = Path(sys.executable).with_name("featpipe")
+
+
+def console_script(
+    *args: object, columns: int | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``featpipe *args`` (each passed through ``str``) in a subprocess, its output captured
+    as text; a non-zero exit status is the caller's to check. ``columns`` sets ``COLUMNS``, the
+    width its tables are laid out for; without it the child has none (see ``plain_terminal``)."""
+    env = None if columns is None else os.environ | {"COLUMNS": str(columns)}
+    return subprocess.run(
+        [str(FEATPIPE), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now: a rendezvous for rank processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world: int, port: str) -> dict[str, str]:
+    """This process's environment plus what torchrun gives rank ``rank`` of ``world`` (one
+    node, the rendezvous on 127.0.0.1:``port``)."""
+    return os.environ | {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+    }
+
+
 def flags(options: dict) -> list[str]:
     """Library keyword arguments as CLI flags (``batch_size`` → ``--batch-size``)."""
     out: list[str] = []
@@ -106,6 +148,26 @@ def make_tree(
     for c, name in enumerate(classes):
         for i in range(per_class):
             write_image(base / name / f"{name}_{i:03d}.png", seed=seed * 1000 + c * 100 + i)
+    return root
+
+
+def split_tree(root: Path) -> Path:
+    """Three classes in train (10 a class), val (4) and test (5) folders, each split seeded
+    apart."""
+    make_tree(root, classes=("a", "b", "c"), per_class=10, split="train", seed=0)
+    make_tree(root, classes=("a", "b", "c"), per_class=4, split="val", seed=1)
+    return make_tree(root, classes=("a", "b", "c"), per_class=5, split="test", seed=2)
+
+
+def colour_tree(root: Path, per_class: int = 12) -> Path:
+    """Classes told apart by colour: even random-init features separate them."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("red", "green", "blue")):
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+            pixels[..., c] += 180
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i:02d}.png")
     return root
 
 

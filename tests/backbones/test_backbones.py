@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import torchvision
 from PIL import Image
 from timm.data import ImageNetInfo, create_transform
 
+from conftest import console_script
 from featpipe.backbones.build import (
     build_backbone,
     check_model_name,
@@ -25,8 +24,6 @@ from featpipe.backbones.build import (
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.backbones.weights import OFFLINE, resolve_weights
 from featpipe.errors import ArgumentError, DataError, FeatpipeError
-
-CLI = str(Path(sys.executable).parent / "featpipe")
 
 CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
 INFO = ImageNetInfo()
@@ -281,11 +278,8 @@ def test_cli_names_bad_backbones_and_malicious_weights_in_one_line(
         (["-b", "test_efficientnet", "--weights", str(evil)], f"--weights {evil}: refused"),
     ]
     for args, expected in cases:
-        done = subprocess.run(
-            [CLI, "extract", str(tree), *args, "--cache-dir", str(tmp_path / "cache")],
-            capture_output=True,
-            text=True,
-            timeout=300,
+        done = console_script(
+            "extract", tree, *args, "--cache-dir", tmp_path / "cache", timeout=300
         )
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2, done.stderr

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, flags
+from conftest import TINY, console_script, flags
 from featpipe.backbones import build, weights
 from featpipe.backbones.spec import BackboneSpec, label
 from featpipe.cache.entry import read_meta
 from featpipe.errors import ArgumentError
 from featpipe.extraction import stage
 from featpipe.extraction.stage import extract
-
-CLI = str(Path(sys.executable).parent / "featpipe")
 
 
 def test_parse_joins_parts_and_weights_in_the_text_win() -> None:
@@ -76,11 +72,8 @@ def test_jpeg_draft_is_opt_in_keyed_and_named(tree: Path, cache_dir: Path) -> No
     exact = extract(tree, cache_dir=cache_dir, **TINY)
     assert read_meta(exact.entry)["key_fields"]["transform"]["jpeg_draft"] is False
     assert "JPEG draft" not in exact.summary()
-    done = subprocess.run(
-        [CLI, "extract", str(tree), *flags(TINY), "--cache-dir", str(cache_dir), "--jpeg-draft"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = console_script(
+        "extract", tree, *flags(TINY), "--cache-dir", cache_dir, "--jpeg-draft", timeout=300
     )
     assert done.returncode == 0, done.stderr
     assert "JPEG draft decoding" in done.stdout

@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TINY, write_image
+from conftest import TINY, console_script, write_image
 from featpipe.cache.export import export_entry
 from featpipe.errors import ArgumentError, StorageError
 from featpipe.extraction.stage import extract
-
-FEATPIPE = str(Path(sys.executable).parent / "featpipe")
-
-
-def featpipe(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [FEATPIPE, *map(str, args)], capture_output=True, text=True, cwd=cwd, check=False
-    )
 
 
 @pytest.fixture
@@ -75,22 +65,24 @@ def test_npy_export_of_a_regression_with_an_unlabelled_row(tmp_path: Path, cache
 
 
 def test_cli_cache_export_and_its_errors(entry: Path, cache_dir: Path, tmp_path: Path):
-    done = featpipe(
+    done = console_script(
         "cache", "export", "tiny", "--format", "npy", "--cache-dir", cache_dir, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / f"tiny-{entry.stem}-npy" / "features.npy").is_file()
-    bad = featpipe("cache", "export", "tiny", "--format", "csv", "--cache-dir", cache_dir)
+    bad = console_script("cache", "export", "tiny", "--format", "csv", "--cache-dir", cache_dir)
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: --format csv: choose one of parquet, npy"
     )
-    again = featpipe("cache", "export", "tiny", "-f", "npy", "--cache-dir", cache_dir, cwd=tmp_path)
+    again = console_script(
+        "cache", "export", "tiny", "-f", "npy", "--cache-dir", cache_dir, cwd=tmp_path
+    )
     assert again.returncode == 2 and "already exists" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
 
 
 def test_cli_cache_info_is_a_summary_with_json_behind_an_option(entry: Path, cache_dir: Path):
-    done = featpipe("cache", "info", "tiny", "--cache-dir", cache_dir)
+    done = console_script("cache", "info", "tiny", "--cache-dir", cache_dir)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) <= 14  # was ~120 lines of key JSON
@@ -103,7 +95,7 @@ def test_cli_cache_info_is_a_summary_with_json_behind_an_option(entry: Path, cac
     assert fields["splits"] == "train 8, val 2, test 2  (stratified)"
     assert fields["classes"] == "2: ants, bees" and fields["skipped"] == "0"
     assert fields["last run"].startswith("12 rows extracted at")
-    full = featpipe("cache", "info", "tiny", "--cache-dir", cache_dir, "--json")
+    full = console_script("cache", "info", "tiny", "--cache-dir", cache_dir, "--json")
     record = json.loads(full.stdout)
     assert record[0]["key_fields"]["model"] == "test_efficientnet"
     assert record[0]["splits"] == {"test": 2, "train": 8, "val": 2}

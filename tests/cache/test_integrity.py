@@ -12,7 +12,6 @@ import errno
 import fcntl
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +24,11 @@ from PIL import Image
 import featpipe.cache.entry as entry_module
 import featpipe.cache.hdf5 as hdf5
 import featpipe.cache.statrecord as statrecord
-from conftest import SLOW, TINY, flags, make_tree, write_image
+from conftest import FEATPIPE, SLOW, TINY, console_script, flags, make_tree, write_image
 from featpipe.cache.entry import load_features, parts_dir, verify
 from featpipe.data.datasets import scan
 from featpipe.errors import StorageError
 from featpipe.extraction.stage import extract
-
-FEATPIPE = Path(sys.executable).with_name("featpipe")
 
 
 def run(data: Path, cache_dir: Path, **overrides):
@@ -82,9 +79,8 @@ def test_a_change_in_the_middle_needs_verify_content(tree: Path, cache_dir: Path
     os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
     # The quick fingerprint reads the first and last 64 KiB: the documented limit of the rule.
     assert run(tree, cache_dir).hit
-    cmd = [str(FEATPIPE), "extract", str(tree), "--cache-dir", str(cache_dir), *flags(TINY)]
-    checked = subprocess.run(
-        [*cmd, "--verify-content"], capture_output=True, text=True, timeout=300
+    checked = console_script(
+        "extract", tree, "--cache-dir", cache_dir, *flags(TINY), "--verify-content", timeout=300
     )
     assert checked.returncode == 0 and " 1 extracted" in checked.stdout, checked.stderr
     entry = next((cache_dir / "tiny").glob("*.h5"))
@@ -233,12 +229,7 @@ def test_cache_verify_cli_names_an_edited_entry(tree: Path, cache_dir: Path) -> 
     first = run(tree, cache_dir)
     with h5py.File(first.entry, "r+") as f:
         f["label"][0] = 1 - f["label"][0]
-    done = subprocess.run(
-        [str(FEATPIPE), "cache", "verify", "--cache-dir", str(cache_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = console_script("cache", "verify", "--cache-dir", cache_dir, timeout=300)
     assert done.returncode == 2
     assert "fails its checksum" in done.stdout and "Traceback" not in done.stderr
     assert "1 of 1 entries failed verification" in done.stderr
@@ -359,14 +350,13 @@ def test_a_real_full_disk_is_one_line_and_resumes(tmp_path: Path, free_kib: int)
         filler = disk / "filler"
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         filler.write_bytes(bytes(free - free_kib * 1024))
-        cmd = [str(FEATPIPE), "extract", str(data), "--cache-dir", str(disk / "cache")]
-        cmd += flags(TINY | {"batch_size": 2})
-        full = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        args = ["extract", data, "--cache-dir", disk / "cache", *flags(TINY | {"batch_size": 2})]
+        full = console_script(*args, timeout=300)
         assert full.returncode == 2, full.stderr
         assert "No space left on device" in full.stderr and "rerun" in full.stderr
         assert "Traceback" not in full.stderr and len(full.stderr.strip().splitlines()) == 1
         filler.unlink()
-        again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        again = console_script(*args, timeout=300)
         assert again.returncode == 0, again.stderr
         entry = next((disk / "cache" / "tiny").glob("*.h5"))
         X = load_features(entry).X

@@ -10,9 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from test_usage import FEATPIPE
-
-from conftest import TINY, flags
+from conftest import FEATPIPE, TINY, console_script, flags
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -58,9 +56,5 @@ def test_steps_before_the_first_batch_and_the_fitting_are_shown(tree: Path, tmp_
 
 
 def test_a_pipe_gets_no_activity_line(tree: Path, tmp_path) -> None:
-    done = subprocess.run(
-        [str(FEATPIPE), "extract", str(tree), *flags(TINY), "--cache-dir", str(tmp_path / "c")],
-        capture_output=True,
-        text=True,
-    )
+    done = console_script("extract", tree, *flags(TINY), "--cache-dir", tmp_path / "c")
     assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, flags
+from conftest import TINY, console_script, flags
 from featpipe.cli.app import main
 
 TINY_ARGS = flags(TINY)
@@ -31,14 +31,8 @@ def test_extract_summary_then_cache_hit(tree: Path, cache_dir: Path, capsys) -> 
 def test_extract_with_openvino_through_the_console_script(
     tree: Path, cache_dir: Path, tiny_openvino
 ) -> None:
-    featpipe = str(Path(sys.executable).with_name("featpipe"))
-    args = [featpipe, "extract", str(tree), *flags(TINY | {"engine": "openvino"})]
-    done = subprocess.run(
-        [*args, "--cache-dir", str(tiny_openvino(cache_dir))],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["extract", tree, *flags(TINY | {"engine": "openvino"})]
+    done = console_script(*args, "--cache-dir", tiny_openvino(cache_dir), timeout=300)
     assert done.returncode == 0, done.stderr
     assert "12 extracted in" in done.stdout
     assert "[openvino fp32, batch 4, 0 workers + decoding thread]" in done.stdout

@@ -4,16 +4,10 @@ two lines at 80 columns and on one at 120."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from conftest import make_tree
+from conftest import console_script, make_tree
 
-CLI = Path(sys.executable).parent / "featpipe"
 BACKBONES = ["test_efficientnet@none", "test_resnet@none", "test_convnext@none", "test_vit@none"]
 
 
@@ -24,28 +18,23 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     data = make_tree(root / "shapes", classes=("a", "b"), per_class=10)
     outputs = []
     for columns in (80, 120):
-        done = subprocess.run(
-            [
-                str(CLI),
-                "compare",
-                "--data",
-                str(data),
-                "--backbone",
-                *BACKBONES,
-                "--image-size",
-                "32",
-                "--precision",
-                "fp32",
-                "--engine",
-                "torch",
-                "--cache-dir",
-                str(root / "cache"),
-                "--runs-dir",
-                str(root / "runs"),
-            ],
-            capture_output=True,
-            text=True,
-            env=os.environ | {"COLUMNS": str(columns)},
+        done = console_script(
+            "compare",
+            "--data",
+            str(data),
+            "--backbone",
+            *BACKBONES,
+            "--image-size",
+            "32",
+            "--precision",
+            "fp32",
+            "--engine",
+            "torch",
+            "--cache-dir",
+            str(root / "cache"),
+            "--runs-dir",
+            str(root / "runs"),
+            columns=columns,
         )
         assert done.returncode == 0, done.stderr[-2000:]
         outputs.append(done.stdout)

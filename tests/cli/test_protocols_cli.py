@@ -3,39 +3,25 @@ own command, calibration in every classification run; bad values are one-line er
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, flags, make_tree
+from conftest import TINY, console_script, flags, split_tree
 from featpipe.runs.record import list_runs
-
-CLI = Path(sys.executable).parent / "featpipe"
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("protocols") / "shapes"
-    make_tree(root, classes=("a", "b", "c"), per_class=10, split="train", seed=0)
-    make_tree(root, classes=("a", "b", "c"), per_class=4, split="val", seed=1)
-    return make_tree(root, classes=("a", "b", "c"), per_class=5, split="test", seed=2)
-
-
-def featpipe(*args: object, columns: int | None = None) -> subprocess.CompletedProcess:
-    """The console script; ``columns`` sets the width tables are laid out for."""
-    env = os.environ | ({"COLUMNS": str(columns)} if columns else {})
-    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, env=env)
+    return split_tree(tmp_path_factory.mktemp("protocols") / "shapes")
 
 
 def test_dinov2_knn_sweep_and_calibration_through_fit(dataset, tmp_path) -> None:
     common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs"]
     grid = ["--sweep", "k=3,20", "temperature=0,0.07"]
     fixed = ["--set", "standardize=false", "l2norm=true"]
-    done = featpipe("fit", dataset, *common, "--head", "knn", *grid, *fixed)
+    done = console_script("fit", dataset, *common, "--head", "knn", *grid, *fixed)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "knn(k=20, temperature=0.07" in done.stdout and "knn(k=3, temperature=0" in done.stdout
     [run] = list_runs(tmp_path / "runs")
@@ -47,7 +33,7 @@ def test_retrieve_prints_a_leaderboard_and_saves_runs(dataset, tmp_path) -> None
     common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs"]
     other = ["-b", "resnet18@none"]
     args = ["retrieve", dataset, *common, *other, "--gallery", "test", "--metric", "l2"]
-    done = featpipe(*args, columns=200)
+    done = console_script(*args, columns=200)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "retrieval leaderboard (retrieval(l2, gallery=test)" in done.stdout
     assert "recall@10" in done.stdout and "mAP@R" in done.stdout
@@ -65,7 +51,8 @@ def test_retrieve_prints_a_leaderboard_and_saves_runs(dataset, tmp_path) -> None
     runs = list_runs(tmp_path / "runs")
     assert sorted(r.config["backbone"] for r in runs) == ["resnet18@none", "test_efficientnet@none"]
     assert all(r.config["kind"] == "retrieval" for r in runs)
-    listed = featpipe("results", "--runs-dir", tmp_path / "runs", columns=300)  # headers unwrapped
+    # headers unwrapped
+    listed = console_script("results", "--runs-dir", tmp_path / "runs", columns=300)
     assert listed.returncode == 0 and "test recall@1" in listed.stdout
     assert "test map@r" in listed.stdout and "gallery: test" in listed.stdout
 
@@ -82,7 +69,7 @@ def test_retrieve_prints_a_leaderboard_and_saves_runs(dataset, tmp_path) -> None
 )
 def test_bad_values_are_one_line_errors(dataset, tmp_path, args, flag, message) -> None:
     command, *rest = args
-    done = featpipe(command, dataset, *rest, "--cache-dir", tmp_path / "cache")
+    done = console_script(command, dataset, *rest, "--cache-dir", tmp_path / "cache")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

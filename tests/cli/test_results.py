@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from test_usage import featpipe
 
+from conftest import console_script
 from featpipe.runs.metrics import RunMetrics
 from featpipe.runs.record import write_run
 
@@ -49,7 +49,7 @@ def runs(tmp_path: Path) -> tuple[Path, list[str]]:
 
 def test_filter_that_matches_nothing_says_so(runs) -> None:
     folder, _ = runs
-    done = featpipe("results", "--runs-dir", folder, "--where", "head=linearx")
+    done = console_script("results", "--runs-dir", folder, "--where", "head=linearx", columns=160)
     assert done.returncode == 2
     line = done.stderr.strip()
     assert len(line.splitlines()) == 1 and "fit something first" not in line
@@ -59,34 +59,33 @@ def test_filter_that_matches_nothing_says_so(runs) -> None:
 @pytest.mark.parametrize("option", [["--where", "val_acc=1"], ["--sort", "val_acc"]])
 def test_unknown_columns_are_refused_with_the_valid_ones(runs, option) -> None:
     folder, _ = runs
-    done = featpipe("results", "--runs-dir", folder, *option)
+    done = console_script("results", "--runs-dir", folder, *option, columns=160)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "val_acc" in done.stderr and "val_accuracy" in done.stderr and "head" in done.stderr
 
 
 def test_table_names_runs_marks_one_chosen_per_run_and_says_when_cut(runs) -> None:
     folder, names = runs
-    done = featpipe("results", "--runs-dir", folder)
+    done = console_script("results", "--runs-dir", folder, columns=160)
     assert done.returncode == 0, done.stderr
     assert all(name in done.stdout for name in names)
     assert done.stdout.count("✓") == 2  # one per run, although elpv's choice has two seeds
     assert "±" in done.stdout  # seeds averaged with their spread
     assert "showing" not in done.stdout
-    cut = featpipe("results", "--runs-dir", folder, "--limit", "3")
+    cut = console_script("results", "--runs-dir", folder, "--limit", "3", columns=160)
     assert "showing 3 of 8" in cut.stdout
 
 
 def test_where_numbers_compare_as_numbers_and_csv_keeps_seeds(runs, tmp_path) -> None:
     folder, _ = runs
     out = tmp_path / "rows.csv"
-    done = featpipe(
-        "results", "--runs-dir", folder, "--where", "lr=1e-2", "dataset=elpv", "--csv", out
-    )
+    where = ["--where", "lr=1e-2", "dataset=elpv"]
+    done = console_script("results", "--runs-dir", folder, *where, "--csv", out, columns=160)
     assert done.returncode == 0, done.stderr
     assert re.search(r"2 configs \(4 rows\)", done.stdout)
     assert len(out.read_text().splitlines()) == 1 + 4
 
 
 def test_empty_runs_folder_says_fit_something_first(tmp_path) -> None:
-    done = featpipe("results", "--runs-dir", tmp_path / "none")
+    done = console_script("results", "--runs-dir", tmp_path / "none", columns=160)
     assert done.returncode == 2 and "fit something first" in done.stderr

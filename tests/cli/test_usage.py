@@ -6,22 +6,12 @@ What a person meets in a terminal is the behaviour under test, so these run
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import typer
 
-FEATPIPE = Path(sys.executable).with_name("featpipe")
-
-
-def featpipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "160"}
-    return subprocess.run(
-        [str(FEATPIPE), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env
-    )
+from conftest import FEATPIPE, console_script
 
 
 @pytest.mark.parametrize(
@@ -36,7 +26,7 @@ def featpipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     ],
 )
 def test_usage_errors_are_one_line_with_status_2(args, message, tmp_path) -> None:
-    done = featpipe(*args, cwd=tmp_path)
+    done = console_script(*args, cwd=tmp_path, columns=160)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
@@ -47,7 +37,7 @@ def test_usage_errors_are_one_line_with_status_2(args, message, tmp_path) -> Non
 
 @pytest.mark.parametrize(("command", "value"), [("extract", "1.5"), ("finetune", "0")])
 def test_crop_pct_outside_0_1_is_refused_before_any_work(command, value, tmp_path) -> None:
-    done = featpipe(command, tmp_path, "--crop-pct", value)
+    done = console_script(command, tmp_path, "--crop-pct", value, columns=160)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (
         f"error: --crop-pct {float(value)}: use a fraction in (0, 1]; 1 keeps the whole image"
@@ -55,7 +45,7 @@ def test_crop_pct_outside_0_1_is_refused_before_any_work(command, value, tmp_pat
 
 
 def test_version_names_featpipe_torch_timm_and_device() -> None:
-    done = featpipe("--version")
+    done = console_script("--version", columns=160)
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
     for part in ("featpipe 0.", "torch 2.", "timm 1.", "device "):
@@ -64,7 +54,7 @@ def test_version_names_featpipe_torch_timm_and_device() -> None:
 
 
 def test_bare_group_prints_its_help() -> None:
-    done = featpipe("cache")
+    done = console_script("cache", columns=160)
     assert done.returncode == 0 and "Commands" in done.stdout and "ls" in done.stdout
 
 
@@ -96,7 +86,7 @@ def test_every_option_and_argument_is_described() -> None:
 
 @pytest.mark.parametrize("command", ["extract", "finetune", "cache info", "predict"])
 def test_help_reads_like_click(command: str) -> None:
-    done = featpipe(*command.split(), "--help")
+    done = console_script(*command.split(), "--help", columns=160)
     assert done.returncode == 0
     text = done.stdout
     usage = next(line for line in text.splitlines() if "Usage:" in line)
@@ -110,7 +100,7 @@ def test_help_reads_like_click(command: str) -> None:
 
 def test_help_prints_brackets_as_written() -> None:
     """Help text is prose: ``MODEL[@WEIGHTS]`` must not be eaten as rich markup."""
-    done = featpipe("fit", "--help")
+    done = console_script("fit", "--help", columns=160)
     assert "MODEL[@WEIGHTS]" in done.stdout
 
 

@@ -3,20 +3,12 @@ symlink loops, broken links, paths outside a manifest and duplicate rows (exit c
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import pytest
 
-from conftest import TINY, flags, write_image
-
-FEATPIPE = str(Path(sys.executable).parent / "featpipe")
-
-
-def featpipe(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FEATPIPE, *map(str, args)], capture_output=True, text=True, check=False)
+from conftest import TINY, console_script, flags, write_image
 
 
 def _broken_links(tree: Path) -> None:
@@ -28,7 +20,7 @@ def _broken_links(tree: Path) -> None:
 
 def test_describe_reports_loops_and_broken_links_instead_of_a_traceback(tree: Path) -> None:
     _broken_links(tree)
-    done = featpipe("datasets", "describe", tree)
+    done = console_script("datasets", "describe", tree)
     assert done.returncode == 0 and done.stderr == ""
     lines = done.stdout.splitlines()
     assert lines[0] == "tiny: 12 images, imagefolder, task classification, 2 classes (ants, bees)"
@@ -41,7 +33,7 @@ def test_describe_reports_loops_and_broken_links_instead_of_a_traceback(tree: Pa
 def test_extract_records_loops_and_broken_links_in_the_entry(tree: Path, tmp_path: Path) -> None:
     _broken_links(tree)
     cache = tmp_path / "cache"
-    done = featpipe("extract", tree, *flags(TINY), "--cache-dir", cache)
+    done = console_script("extract", tree, *flags(TINY), "--cache-dir", cache)
     assert done.returncode == 0, done.stderr
     assert "N=12 D=256" in done.stdout and "4 skipped" in done.stdout
     (entry,) = cache.glob("tiny/*.h5")
@@ -61,20 +53,20 @@ def test_manifest_outside_paths_and_duplicates_are_one_line_errors(tmp_path: Pat
     write_image(tmp_path / "outside.png", seed=7)
     manifest = root / "m.csv"
     manifest.write_text("path,label\n0.png,a\n../outside.png,b\n1.png,b\n2.png,a\n")
-    done = featpipe("datasets", "describe", manifest)
+    done = console_script("datasets", "describe", manifest)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         f"error: --allow-outside is off, and {manifest} names files outside {root} on line 3 "
         "(e.g. ../outside.png): move them under the manifest's folder, or allow files outside it"
     ]
-    allowed = featpipe("datasets", "describe", manifest, "--allow-outside")
+    allowed = console_script("datasets", "describe", manifest, "--allow-outside")
     assert allowed.returncode == 0 and "4 images" in allowed.stdout
     manifest.write_text("path,label,split\n0.png,a,train\n./0.png,a,test\n1.png,b,train\n")
-    done = featpipe("datasets", "describe", manifest)
+    done = console_script("datasets", "describe", manifest)
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
     assert "lines 2 and 3 list the same file 0.png with different splits" in done.stderr
     manifest.write_text("path,label\n0.png,a\n0.png,a\n1.png,b\n2.png,\n3.png,NaN\n")
-    done = featpipe("datasets", "describe", manifest)
+    done = console_script("datasets", "describe", manifest)
     assert done.returncode == 0 and done.stderr == ""
     assert "unlabelled: 2 images without a label (split 'predict': excluded from fitting)" in (
         done.stdout
@@ -88,7 +80,7 @@ def test_extract_shows_a_corrected_duplicate_as_one_warning_line(tmp_path: Path)
         write_image(root / f"{i}.png", seed=i)
     manifest = root / "m.csv"
     manifest.write_text("path,label\n0.png,a\n1.png,b\n./0.png,a\n2.png,a\n3.png,b\n")
-    done = featpipe("extract", manifest, *flags(TINY), "--cache-dir", tmp_path / "cache")
+    done = console_script("extract", manifest, *flags(TINY), "--cache-dir", tmp_path / "cache")
     assert done.returncode == 0, done.stderr
     assert [line for line in done.stderr.splitlines() if "warning" in line] == [
         f"warning: {manifest}: dropped 1 exact duplicate row(s) (line 4); each file is read once"
@@ -102,7 +94,7 @@ def test_fit_leaves_unlabelled_rows_out(tmp_path: Path) -> None:
         write_image(tmp_path / "ds" / f"{i}.png", seed=i)
         rows.append(f"{i}.png,{'' if i == 23 else ('cat' if i % 2 else 'dog')}")
     (tmp_path / "ds" / "m.csv").write_text("\n".join(rows) + "\n")
-    done = featpipe(
+    done = console_script(
         "fit", tmp_path / "ds" / "m.csv", *flags(TINY), "--head", "logreg",
         "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs",
     )  # fmt: skip
@@ -120,12 +112,12 @@ def test_every_command_that_reads_data_refuses_outside_paths(tmp_path: Path, com
     manifest.write_text("path,label\n0.png,a\n1.png,b\n2.png,a\n3.png,b\n../outside.png,b\n")
     out = ["--cache-dir", tmp_path / "cache"] if command != "finetune" else []
     out += ["--runs-dir", tmp_path / "runs"] if command != "extract" else []
-    done = featpipe(command, manifest, "-b", "test_efficientnet", "-w", "none", *out)
+    done = console_script(command, manifest, "-b", "test_efficientnet", "-w", "none", *out)
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].startswith(
         f"error: --allow-outside is off, and {manifest} names files outside {root} on line 6"
     )
     if command == "extract":  # the same flag lets them in
-        allowed = featpipe(command, manifest, *flags(TINY), *out, "--allow-outside")
+        allowed = console_script(command, manifest, *flags(TINY), *out, "--allow-outside")
         assert allowed.returncode == 0, allowed.stderr
         assert "N=5 D=256" in allowed.stdout

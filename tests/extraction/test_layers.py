@@ -3,9 +3,6 @@ own entry (``-b m:a -b m:b``); and DINOv2's ``cls+avg`` pool."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import torch
 from timm.models.efficientnet import EfficientNet
 from timm.models.vision_transformer import VisionTransformer
 
-from conftest import TINY, flags, make_tree
+from conftest import TINY, console_script, flags, make_tree
 from featpipe.backbones.build import build_backbone
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.cache.catalog import list_entries
@@ -234,25 +231,21 @@ def test_compare_across_layers_runs_one_forward_pass(
 
 def test_layer_entries_in_cache_ls_verify_and_rm(tree: Path, cache_dir: Path) -> None:
     """Through the console script: `extract -b m:a -b m:b` writes an entry per layer."""
-    cli = str(Path(sys.executable).parent / "featpipe")
     common = ["--cache-dir", str(cache_dir), "--image-size", "32", *flags(RUN)]
-
-    def featpipe(*args: str) -> subprocess.CompletedProcess:
-        env = os.environ | {"COLUMNS": "200"}
-        return subprocess.run([cli, *args], capture_output=True, text=True, env=env)
-
-    made = featpipe(
+    made = console_script(
         "extract", str(tree), "-b", "test_efficientnet:1@none", "-b", "test_efficientnet:-1@none",
-        *common,
+        *common, columns=200,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     assert made.stdout.count("12 extracted") == 2
-    listed = featpipe("cache", "ls", "--cache-dir", str(cache_dir))
+    listed = console_script("cache", "ls", "--cache-dir", str(cache_dir), columns=200)
     assert "test_efficientnet:1 " in listed.stdout and "test_efficientnet:-1 " in listed.stdout
-    checked = featpipe("cache", "verify", "--cache-dir", str(cache_dir))
+    checked = console_script("cache", "verify", "--cache-dir", str(cache_dir), columns=200)
     assert checked.returncode == 0, checked.stdout
     assert checked.stdout.count("ok ") == 2 and "test_efficientnet:-1" in checked.stdout
-    gone = featpipe("cache", "rm", "tiny/test_efficientnet:1", "-y", "--cache-dir", str(cache_dir))
+    gone = console_script(
+        "cache", "rm", "tiny/test_efficientnet:1", "-y", "--cache-dir", str(cache_dir), columns=200
+    )
     assert gone.returncode == 0 and "removed 1 entries" in gone.stdout, gone.stderr
     left = list_entries(cache_dir)
     assert [e.label for e in left] == ["test_efficientnet:-1"]

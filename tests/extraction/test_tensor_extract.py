@@ -3,9 +3,6 @@ real photos with real weights, fallbacks in the same run, the key, the cache, th
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -14,7 +11,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from conftest import TINY, flags
+from conftest import TINY, console_script, flags
 from featpipe.cache.entry import load_features, read_meta
 from featpipe.data import tensor_decode
 from featpipe.errors import ArgumentError, FeatpipeError
@@ -24,7 +21,6 @@ from featpipe.extraction.stage import extract
 MIN_COSINE = 0.999
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera")  # camera is grayscale
 EXACT = {"precision": "fp32", "engine": "torch", "batch_size": 3, "workers": 0}
-FEATPIPE = Path(sys.executable).with_name("featpipe")
 
 
 @pytest.fixture(scope="module")
@@ -115,23 +111,18 @@ def test_an_unknown_decoder_is_refused_before_any_work(tmp_path: Path) -> None:
         extract(tmp_path / "nowhere", cache_dir=tmp_path / "cache", decode="gpu", **TINY)
 
 
-def _featpipe(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([str(FEATPIPE), *map(str, args)], capture_output=True, text=True, env=env)
-
-
 def test_the_decode_flag_through_the_console_script(photos: Path, tmp_path: Path) -> None:
     options = flags({k: v for k, v in TINY.items() if k != "backbone"})
     common = ["extract", photos, "-b", TINY["backbone"], "--cache-dir", tmp_path / "c", *options]
-    done = _featpipe(*common, "--decode", "tensor")
+    done = console_script(*common, "--decode", "tensor", columns=200)
     assert done.returncode == 0, done.stderr
     assert "tensor decoding" in done.stdout
-    hit = _featpipe(*common, "--decode", "tensor")
+    hit = console_script(*common, "--decode", "tensor", columns=200)
     assert hit.returncode == 0 and "cache hit" in hit.stdout and "tensor decoding" in hit.stdout
     entry = next(tmp_path.glob("c/*/*.h5"))
-    info = _featpipe("cache", "info", entry)
+    info = console_script("cache", "info", entry, columns=200)
     assert info.returncode == 0 and "tensor decoding" in info.stdout, info.stderr
-    bad = _featpipe(*common, "--decode", "gpu")
+    bad = console_script(*common, "--decode", "gpu", columns=200)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == ["error: --decode gpu: choose one of pil, tensor"], (
         bad.stderr

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import featpipe
-from conftest import TINY, TINY_FINETUNE, kill_after_first_checkpoint, make_tree
+from conftest import TINY, TINY_FINETUNE, colour_tree, kill_after_first_checkpoint, make_tree
 from featpipe.backbones.build import BackboneSpec
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError
@@ -166,18 +165,6 @@ def test_lp_ft_starts_from_exactly_the_saved_head(data, tmp_path):
             FinetuneConfig(**BASE | {"backbone": "resnet18"}, from_run=str(run.path)),
             tmp_path / "x",
         )
-
-
-def colour_tree(root: Path, per_class: int = 12) -> Path:
-    """Classes told apart by colour: even random-init features separate them."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("red", "green", "blue")):
-        for i in range(per_class):
-            pixels = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
-            pixels[..., c] += 180
-            (root / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(root / name / f"{name}_{i:02d}.png")
-    return root
 
 
 def test_lp_ft_never_ends_below_the_head_it_started_from(tmp_path):

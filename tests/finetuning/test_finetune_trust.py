@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from scipy import stats as scipy_stats
 
 import featpipe
-from conftest import TINY, TINY_FINETUNE, make_tree
+from conftest import FEATPIPE, TINY, TINY_FINETUNE, console_script, make_tree
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
 from featpipe.finetuning.refit import refit_plan
@@ -30,7 +29,6 @@ from featpipe.runs.predictions import FILE, SELECTION_TEST, RunPredictions, Spli
 from featpipe.runs.record import list_runs, load_run, results_table
 from featpipe.stats import Interval, wilson
 
-FEATPIPE = str(Path(sys.executable).parent / "featpipe")
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 # random images in three classes: near chance, so the start head and the fine-tune disagree on
 # some test images and the paired test has discordant images to count
@@ -52,7 +50,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     args = ["finetune", data, "--from", start.path, "--epochs", "2", "--lr", "0.05"]
     args += ["--unfreeze", "all", "--no-augment", "--batch-size", "8", "--runs-dir", root / "runs"]
-    done = subprocess.run([FEATPIPE, *map(str, args)], capture_output=True, text=True, timeout=600)
+    done = console_script(*args)
     assert done.returncode == 0, done.stderr[-3000:]
     (root / "stdout.txt").write_text(done.stdout)
     [tuned] = [r for r in list_runs(root / "runs") if r.kind == "finetune"]
@@ -146,7 +144,7 @@ def test_the_console_line_results_and_the_report_show_the_intervals_and_the_gain
         capture_output=True,
         text=True,
         timeout=300,
-        env={"COLUMNS": "300", "PATH": str(Path(FEATPIPE).parent)},
+        env={"COLUMNS": "300", "PATH": str(FEATPIPE.parent)},
     )
     assert listed.returncode == 0, listed.stderr
     assert f"[{test.low:.2f}, {test.high:.2f}]" in listed.stdout

@@ -5,8 +5,6 @@ ViT position embeddings), test-time augmentation; resumable bit for bit; one-lin
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import TINY_FINETUNE, kill_after_first_checkpoint, make_tree
+from conftest import TINY_FINETUNE, console_script, kill_after_first_checkpoint, make_tree
 from featpipe.cli.app import main
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError
@@ -28,7 +26,6 @@ from featpipe.finetuning.trainer import Evaluation, Trainer, better
 from featpipe.runs.record import load_run
 from featpipe.use.predict import run_tta
 
-FEATPIPE = str(Path(sys.executable).parent / "featpipe")
 BASE = TINY_FINETUNE | {"workers": 0}
 # Every addition at once (what a kill and resume must replay exactly).
 EVERYTHING = BASE | {
@@ -436,9 +433,7 @@ def test_the_console_script_refuses_soft_labels_for_a_regression_in_one_line(
         lines.append(f"{image.relative_to(tmp_path / 'reg').as_posix()},{i / 10:.2f}")
     (tmp_path / "reg" / "values.csv").write_text("\n".join(lines) + "\n")
     args = ["finetune", tmp_path / "reg" / "values.csv", "-b", "test_efficientnet", "-w", "none"]
-    proc = subprocess.run(
-        [FEATPIPE, *map(str, args), flag, "0.2"], capture_output=True, text=True, timeout=600
-    )
+    proc = console_script(*args, flag, "0.2")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"{message} class labels, and" in proc.stderr
 

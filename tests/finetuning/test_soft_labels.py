@@ -4,8 +4,6 @@ on the hard labels; the file is part of the run (a resume with another one is re
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_FINETUNE, make_tree
+from conftest import TINY_FINETUNE, console_script, make_tree
 from featpipe.cli.app import main
 from featpipe.errors import ArgumentError, StorageError
 from featpipe.finetuning.config import FinetuneConfig
@@ -23,7 +21,6 @@ from featpipe.finetuning.refit import refit_plan
 from featpipe.finetuning.stage import finetune
 from featpipe.finetuning.trainer import Trainer
 
-FEATPIPE = str(Path(sys.executable).parent / "featpipe")
 BASE = TINY_FINETUNE | {"workers": 0}
 CLASSES = ("a", "b", "c")
 
@@ -192,11 +189,6 @@ def test_the_console_script_refuses_a_bad_file_in_one_line(data) -> None:
     bad = data / "bad.csv"
     bad.write_text("path,a,b\n")  # class c missing
     tiny = ["-b", "test_efficientnet", "-w", "none"]
-    proc = subprocess.run(
-        [FEATPIPE, "finetune", str(data), *tiny, "--soft-labels", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = console_script("finetune", data, *tiny, "--soft-labels", bad)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"--soft-labels {bad}: header ['path', 'a', 'b']" in proc.stderr

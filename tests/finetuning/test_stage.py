@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import featpipe
-from conftest import TINY, TINY_FINETUNE, make_tree
+from conftest import TINY, TINY_FINETUNE, colour_tree, console_script, make_tree
 from featpipe.errors import ArgumentError, StorageError
 from featpipe.finetuning.blocks import all_blocks
 from featpipe.finetuning.cam import pick_tiles
@@ -28,7 +25,6 @@ from featpipe.finetuning.trainer import Trainer
 from featpipe.fitting.stage import fit, with_holdout
 from featpipe.runs.record import load_run
 
-FEATPIPE = str(Path(sys.executable).parent / "featpipe")
 BASE = TINY_FINETUNE
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
@@ -36,18 +32,6 @@ EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "imgs", classes=("a", "b", "c"), per_class=7)
-
-
-def colour_tree(root: Path, per_class: int = 12) -> Path:
-    """Classes told apart by colour: even random-init features separate them."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("red", "green", "blue")):
-        for i in range(per_class):
-            pixels = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
-            pixels[..., c] += 180
-            (root / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(root / name / f"{name}_{i:02d}.png")
-    return root
 
 
 def fit_head(data: Path, tmp_path: Path, **options) -> Path:
@@ -61,12 +45,6 @@ def fit_head(data: Path, tmp_path: Path, **options) -> Path:
         **options,
     )
     return run.path
-
-
-def cli(*args: object) -> subprocess.CompletedProcess:
-    """The installed ``featpipe`` command, as a user runs it."""
-    command = [FEATPIPE, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
 class Payload:
@@ -84,7 +62,7 @@ def test_a_planted_checkpoint_is_never_unpickled(data, tmp_path):
     out.mkdir()
     marker = tmp_path / "payload-ran"
     torch.save({"config": Payload(marker), "state": {}}, out / "checkpoint.pt")
-    proc = cli(
+    proc = console_script(
         "finetune",
         data,
         "-b",
@@ -154,7 +132,7 @@ def test_start_line_is_printed_for_a_start_score_of_zero(tmp_path):
     weights = run / "selection-head" / "head.safetensors"
     state = load_file(str(weights))
     save_file({k: -v if k.startswith("head.") else v for k, v in state.items()}, str(weights))
-    proc = cli(
+    proc = console_script(
         "finetune",
         data,
         "--from",

@@ -9,16 +9,13 @@ heads as the resident one, because it draws the same rows in the same order.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, flags, make_tree
+from conftest import TINY, console_script, flags, make_tree
 from featpipe.errors import ArgumentError
 from featpipe.fitting.stage import fit
 from featpipe.heads import placement
@@ -28,7 +25,6 @@ from featpipe.heads.stacked import train_torch_heads
 from featpipe.heads.train_data import TrainData
 
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
-FEATPIPE = Path(sys.executable).with_name("featpipe")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
@@ -123,12 +119,8 @@ def test_fit_on_cuda_without_cuda_is_refused_before_any_work(tmp_path: Path) -> 
 def test_fit_device_cuda_through_the_console_script_is_one_line(
     dataset: Path, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [str(FEATPIPE), "fit", str(dataset), *flags(TINY), "--device", "cuda"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        cwd=tmp_path,
+    done = console_script(
+        "fit", dataset, *flags(TINY), "--device", "cuda", columns=200, cwd=tmp_path
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()

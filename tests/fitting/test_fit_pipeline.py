@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, flags, make_tree
+from conftest import TINY, console_script, flags, make_tree
 from featpipe.cli.app import main
 from featpipe.errors import FeatpipeError
 from featpipe.fitting.stage import fit
@@ -60,13 +58,11 @@ def test_fit_cli_prints_leaderboard_and_results_export_csv(dataset, tmp_path, ca
 def test_fit_refits_on_train_and_val_unless_told_not_to(dataset, tmp_path) -> None:
     """Through the console script: the run says what its head was trained on, keeps the
     train-only head beside it, and --no-refit keeps selection's head as the run's head."""
-    cli = Path(sys.executable).parent / "featpipe"
     common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--holdout", "0.3"]
     common += ["--set", "epochs=3", "--sweep", "wd=0,0.1"]
     runs = {}
     for name, extra in (("refit", []), ("plain", ["--no-refit"])):
-        args = [cli, "fit", dataset, *common, *extra, "--runs-dir", tmp_path / name]
-        done = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+        done = console_script("fit", dataset, *common, *extra, "--runs-dir", tmp_path / name)
         assert done.returncode == 0, done.stderr[-2000:]
         [run_json] = (tmp_path / name).rglob("run.json")
         runs[name] = load_run(run_json.parent)

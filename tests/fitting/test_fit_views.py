@@ -4,9 +4,6 @@ eval features), scikit-learn heads take them as rows, and the run records the vi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, flags
+from conftest import TINY, console_script, flags
 from featpipe.heads.config import HeadConfig
 from featpipe.heads.fitted import fit_heads
 from featpipe.heads.train_data import TrainData
 from featpipe.heads.views import TrainViews, view_rows
-
-FEATPIPE = str(Path(sys.executable).parent / "featpipe")
 
 
 def _data(n: int = 60, d: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -95,16 +90,10 @@ def test_scikit_learn_heads_take_every_view_as_a_row() -> None:
     )
 
 
-def featpipe(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}  # table cells on one line
-    command = [FEATPIPE, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-
-
 def test_fit_with_views_through_the_console_script_records_them(tree: Path, tmp_path: Path):
     common = [*flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir", tmp_path / "runs"]
     sweep = ["--sweep", "head=linear,logreg", "--holdout", "0.3"]
-    done = featpipe("fit", tree, *common, "--views", 2, *sweep)
+    done = console_script("fit", tree, *common, "--views", 2, *sweep, columns=200, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     [run_json] = (tmp_path / "runs").rglob("run.json")
     # views exist for the train images only: no refit on train + val, and the run says so
@@ -115,13 +104,19 @@ def test_fit_with_views_through_the_console_script_records_them(tree: Path, tmp_
     assert views["count"] == 2 and views["mode"] == "random"
     assert views["augment"]["scale"] == [0.08, 1.0] and views["rows_without_views"] == 0
     assert Path(views["entry"]).is_file() and "-views-" in Path(views["entry"]).name
-    listed = featpipe("cache", "ls", "--cache-dir", tmp_path / "cache")
+    listed = console_script(
+        "cache", "ls", "--cache-dir", tmp_path / "cache", columns=200, timeout=300
+    )
     assert "test_efficientnet (views)" in listed.stdout
-    bad = featpipe("fit", tree, *common, "--views", 2, "--view-mode", "every")
+    bad = console_script(
+        "fit", tree, *common, "--views", 2, "--view-mode", "every", columns=200, timeout=300
+    )
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: --view-mode every: choose one of random, all, epoch"
     )
-    bad = featpipe("extract", tree, *common[:-2], "--views", 2, "--crop-scale", 0)
+    bad = console_script(
+        "extract", tree, *common[:-2], "--views", 2, "--crop-scale", 0, columns=200, timeout=300
+    )
     assert (
         bad.returncode == 2 and "--crop-scale" in bad.stderr and len(bad.stderr.splitlines()) == 1
     )

@@ -7,15 +7,13 @@ Real features: offline EfficientNet-Lite0 on real Fashion-MNIST images (30 per c
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, make_tree
+from conftest import TINY, console_script, split_tree
 from featpipe.cache import entry as cache_entry
 from featpipe.data.bundled import prepare_dataset
 from featpipe.errors import ArgumentError, DataError
@@ -191,13 +189,10 @@ def test_heads_that_cannot_stream_are_refused_naming_the_budget(fashion, tmp_pat
             memory_budget=BUDGET,
         )
     assert caught.value.param == "memory_budget"
-    cli = Path(sys.executable).parent / "featpipe"
-    done = subprocess.run(
-        [str(cli), "fit", str(data), "--head", "linearsvc", "--holdout", "0.2", "--memory-budget",
-         BUDGET, "--runs-dir", str(tmp_path), "--cache-dir", str(options["cache_dir"]),
-         "--weights", "offline", "--precision", "fp32", "--engine", "torch",
-         "--image-size", "64"],
-        capture_output=True, text=True, check=False,
+    done = console_script(
+        "fit", data, "--head", "linearsvc", "--holdout", "0.2", "--memory-budget", BUDGET,
+        "--runs-dir", tmp_path, "--cache-dir", options["cache_dir"], "--weights", "offline",
+        "--precision", "fp32", "--engine", "torch", "--image-size", "64",
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "--memory-budget 1 MiB: the train features" in done.stderr
@@ -221,10 +216,7 @@ TINY_RUN = {k: v for k, v in TINY.items() if k != "backbone"}
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("knn-streamed") / "shapes"
-    make_tree(root, classes=("a", "b", "c"), per_class=10, split="train", seed=0)
-    make_tree(root, classes=("a", "b", "c"), per_class=4, split="val", seed=1)
-    return make_tree(root, classes=("a", "b", "c"), per_class=5, split="test", seed=2)
+    return split_tree(tmp_path_factory.mktemp("knn-streamed") / "shapes")
 
 
 def test_knn_sweep_streamed_predicts_as_in_memory_row_for_row(shapes, tmp_path, monkeypatch):

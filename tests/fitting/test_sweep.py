@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import free_port, rank_env
 from featpipe.cache.entry import Features
 from featpipe.errors import ArgumentError, FeatpipeError
 from featpipe.fitting.features import concatenate
@@ -196,7 +195,7 @@ def test_caches_with_different_label_sets_refuse_to_join() -> None:
 # One torchrun rank: record the configs this rank fits, run the selection, print both as JSON.
 RANK_SCRIPT = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = sys.argv[1:]  # this folder and tests/, where conftest is
 from test_sweep import SPLIT_GRID, features
 import featpipe.fitting.sweep as sw
 fitted, real = [], sw.fit_heads
@@ -213,22 +212,13 @@ SPLIT_GRID = expand({"head": ["linear", "logreg", "knn"], "lr": [1e-3, 1e-2]}, H
 def test_torchrun_deals_configs_out_with_a_val_split(monkeypatch) -> None:
     """Two gloo ranks with a val split: each fits its own share of the grid (none fits all of
     it), and every rank ends with the scores of the whole grid, equal to one process's."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = str(free_port())
     procs = []
     for rank in (0, 1):
-        env = os.environ | {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", RANK_SCRIPT, str(Path(__file__).parent)],
-                env=env,
+                [sys.executable, "-c", RANK_SCRIPT, *map(str, Path(__file__).parents[:2])],
+                env=rank_env(rank, 2, port),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

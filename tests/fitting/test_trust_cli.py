@@ -4,29 +4,20 @@ installed console script (what a person meets in a terminal) and from Python."""
 from __future__ import annotations
 
 import csv
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import TINY, flags, make_tree
+from conftest import TINY, console_script, flags, make_tree
 from featpipe.fitting.stage import fit
 from featpipe.runs.predictions import FILE, RunPredictions
 from featpipe.runs.record import load_run
 
-FEATPIPE = Path(sys.executable).with_name("featpipe")
 EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 # an interval as the leaderboards print it: 0.333 [0.10, 0.70]
 INTERVAL = re.compile(r"\d\.\d+ \[-?\d\.\d+, \d\.\d+\]")
-
-
-def featpipe(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run([str(FEATPIPE), *map(str, args)], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture
@@ -36,9 +27,10 @@ def dataset(tmp_path: Path) -> Path:
 
 def test_fit_prints_n_and_intervals_and_records_them(dataset, tmp_path) -> None:
     runs = tmp_path / "runs"
-    done = featpipe(
+    done = console_script(
         "fit", dataset, *flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir", runs,
         "--sweep", "wd=0,0.1", "--set", "epochs=3",
+        columns=250,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
@@ -60,7 +52,7 @@ def test_fit_prints_n_and_intervals_and_records_them(dataset, tmp_path) -> None:
         assert all(data[k].dtype != object for k in data.files)
     # rows.csv and the results CSV carry n and every interval of the chosen config
     csv_path = tmp_path / "results.csv"
-    done = featpipe("results", "--runs-dir", runs, "--csv", csv_path)
+    done = console_script("results", "--runs-dir", runs, "--csv", csv_path, columns=250)
     assert done.returncode == 0, done.stderr[-2000:]
     assert INTERVAL.search(done.stdout)
     for path in (run.path / "rows.csv", csv_path):
@@ -76,10 +68,11 @@ def test_fit_prints_n_and_intervals_and_records_them(dataset, tmp_path) -> None:
 
 def test_compare_of_a_backbone_with_itself_is_tied_with_p_1(tmp_path) -> None:
     data = make_tree(tmp_path / "pairs", per_class=12)
-    done = featpipe(
+    done = console_script(
         "compare", "--data", data, "--backbone", "test_efficientnet@none",
         "test_efficientnet@none", "--sweep", "head=logreg", "--runs-dir", tmp_path / "runs",
         "--cache-dir", tmp_path / "cache", *flags(EXTRACT),
+        columns=250,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
@@ -94,19 +87,21 @@ def test_compare_over_repeats_on_a_fixed_test_split_resamples_its_images(tmp_pat
     verdict over the splits is the two-way bootstrap over splits and those images."""
     data = make_tree(tmp_path / "fixed", per_class=12, split="train")
     make_tree(data, per_class=6, split="test", seed=1)
-    done = featpipe(
+    done = console_script(
         "compare", "--data", data, "--backbone", "test_efficientnet@none",
         "test_efficientnet@none", "--sweep", "head=logreg", "--holdout", "0.25", "--repeats",
         "3", "--runs-dir", tmp_path / "runs", "--cache-dir", tmp_path / "cache", *flags(EXTRACT),
+        columns=250,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"fixed, paired over 3 splits \(two-way bootstrap\): .* are tied", done.stdout)
 
 
 def test_repeats_through_the_command_line(dataset, tmp_path) -> None:
-    done = featpipe(
+    done = console_script(
         "fit", dataset, *flags(TINY), "--cache-dir", tmp_path / "cache", "--runs-dir",
         tmp_path / "runs", "--head", "logreg", "--repeats", "3",
+        columns=250,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "over 3 splits (re-drawn: train/val/test" in done.stdout
@@ -114,7 +109,7 @@ def test_repeats_through_the_command_line(dataset, tmp_path) -> None:
     [run_json] = (tmp_path / "runs").rglob("run.json")
     repeats = load_run(run_json.parent).metrics.repeats
     assert repeats is not None and len(repeats.scores["accuracy"]) == 3
-    bad = featpipe("fit", dataset, "--repeats", "0")
+    bad = console_script("fit", dataset, "--repeats", "0", columns=250)
     assert bad.returncode == 2 and "--repeats" in bad.stderr
 
 

@@ -4,15 +4,12 @@ labels that show what was set; one-line errors that name the option and where it
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import console_script
 from featpipe.errors import ArgumentError
 from featpipe.heads.config import (
     DEFAULTS,
@@ -26,8 +23,6 @@ from featpipe.heads.config import (
 from featpipe.heads.estimator import Head
 from featpipe.heads.fitted import FittedHead, fit_heads
 from featpipe.heads.train_data import TrainData
-
-FEATPIPE = Path(sys.executable).with_name("featpipe")
 
 GRID_FILES = {
     "g.toml": 'head = ["mlp"]\nlr = [1e-3, 0.01]\nhidden = 64\nbn = false\ndropout = "0.3"\n',
@@ -98,12 +93,7 @@ def test_bad_grid_file_names_the_file_and_the_option(tmp_path) -> None:
     ],
 )
 def test_cli_option_errors_name_the_flag(tmp_path, args, line) -> None:
-    done = subprocess.run(
-        [str(FEATPIPE), "fit", str(tmp_path / "nowhere"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    done = console_script("fit", tmp_path / "nowhere", *args, columns=200)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(line), done.stderr

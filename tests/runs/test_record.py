@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, make_tree
+from conftest import TINY, console_script, make_tree
 from featpipe.errors import DataError, StorageError
 from featpipe.fitting.stage import fit
 from featpipe.runs.metrics import RunMetrics, Scores
@@ -26,8 +26,6 @@ from featpipe.runs.record import (
     stale_temps,
     write_run,
 )
-
-FEATPIPE = Path(sys.executable).with_name("featpipe")
 
 
 def write(runs_dir: Path, kind: str = "fit", **changes) -> Path:
@@ -133,11 +131,8 @@ def test_readers_skip_and_name_incomplete_runs(tmp_path) -> None:
 def test_results_cli_lists_the_good_runs_and_names_the_broken_ones(tmp_path) -> None:
     good = write(tmp_path)
     states = damage(tmp_path)
-    done = subprocess.run(
-        [str(FEATPIPE), "results", "--runs-dir", str(tmp_path), "--csv", str(tmp_path / "t.csv")],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = console_script(
+        "results", "--runs-dir", tmp_path, "--csv", tmp_path / "t.csv", timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
@@ -202,11 +197,8 @@ def test_report_cli_skips_and_names_incomplete_runs(tmp_path) -> None:
     run, _ = fit(data, TINY["backbone"], runs_dir=tmp_path / "runs", extract_options=extract)
     assert run.kind == "fit" and (run.path / "head" / "head.json").is_file()
     states = damage(tmp_path / "runs")
-    done = subprocess.run(
-        [str(FEATPIPE), "report", "--runs-dir", str(tmp_path / "runs"), "-o", str(tmp_path / "r")],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = console_script(
+        "report", "--runs-dir", tmp_path / "runs", "-o", tmp_path / "r", timeout=300
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr

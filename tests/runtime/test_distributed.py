@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SLOW, TINY, flags, make_tree
+from conftest import SLOW, TINY, flags, free_port, make_tree, rank_env
 from featpipe.extraction.stage import extract
 from featpipe.fitting.stage import fit
 from featpipe.runs.record import list_runs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(n: int, *args: str) -> list[str]:
@@ -111,13 +104,6 @@ def test_mismatched_arguments_are_an_error_on_every_rank(photos, tmp_path) -> No
     port = str(free_port())
     procs = []
     for rank, pool in ((0, "avg"), (1, "max")):
-        env = os.environ | {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
         procs.append(
             subprocess.Popen(
                 [
@@ -132,7 +118,7 @@ def test_mismatched_arguments_are_an_error_on_every_rank(photos, tmp_path) -> No
                     "--cache-dir",
                     str(tmp_path / "c"),
                 ],
-                env=env,
+                env=rank_env(rank, 2, port),
                 stderr=subprocess.PIPE,
                 text=True,
             )

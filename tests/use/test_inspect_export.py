@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 
-FEATPIPE = str(Path(sys.executable).with_name("featpipe"))
+from conftest import console_script
+
 README_EXAMPLE = ["inspect", "tv/mobilenet_v2", "--weights", "offline", "--export", "onnx", "-o"]
 CATS = range(281, 286)  # ImageNet's domestic cats (tabby … Egyptian cat)
 
@@ -23,12 +20,7 @@ def test_inspect_onnx_has_a_dynamic_batch_and_real_weights(tmp_path, photos) -> 
     import onnxruntime as ort
 
     out = tmp_path / "mobilenet_v2.onnx"
-    done = subprocess.run(
-        [FEATPIPE, *README_EXAMPLE, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = console_script(*README_EXAMPLE, out)
     assert done.returncode == 0, done.stderr
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[0] == "batch"

@@ -10,8 +10,6 @@ the export's sidecar, through torchvision, not featpipe's own transform.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +21,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from conftest import TINY, make_tree
+from conftest import TINY, console_script, make_tree
 from featpipe.cache.entry import load_features
 from featpipe.data.bundled import prepare_dataset
 from featpipe.data.transforms import ImageToUint8
@@ -307,12 +305,11 @@ def test_predict_on_a_run_without_a_head_names_the_run(elpv_run, tmp_path) -> No
 
 def test_cli_export_and_predict_errors_are_one_line(tmp_path) -> None:
     """Through the console script: a bad format names --format; a folder that is no run says so."""
-    featpipe = str(Path(sys.executable).with_name("featpipe"))
     for args, says in (
         (["export", str(tmp_path), "--format", "tflite"], "--format tflite: choose one of"),
         (["predict", str(tmp_path), "--run", str(tmp_path / "nope")], "is not a featpipe run"),
     ):
-        done = subprocess.run([featpipe, *args], capture_output=True, text=True, timeout=120)
+        done = console_script(*args, timeout=120)
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("error: ") and says in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
