@@ -34,6 +34,9 @@ TINY = {
 }
 
 
+# TINY's extraction options alone: what fit, finetune and compare take beside their backbone.
+TINY_EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
+
 # The same settings for a resnet18 that runs long enough to be killed mid-way.
 SLOW = TINY | {"backbone": "resnet18", "image_size": 64}
 

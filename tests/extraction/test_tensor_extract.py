@@ -11,7 +11,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from conftest import TINY, console_script, flags
+from conftest import TINY, TINY_EXTRACT, console_script, flags
 from featpipe.cache.entry import load_features, read_meta
 from featpipe.data import tensor_decode
 from featpipe.errors import ArgumentError, FeatpipeError
@@ -112,7 +112,7 @@ def test_an_unknown_decoder_is_refused_before_any_work(tmp_path: Path) -> None:
 
 
 def test_the_decode_flag_through_the_console_script(photos: Path, tmp_path: Path) -> None:
-    options = flags({k: v for k, v in TINY.items() if k != "backbone"})
+    options = flags(TINY_EXTRACT)
     common = ["extract", photos, "-b", TINY["backbone"], "--cache-dir", tmp_path / "c", *options]
     done = console_script(*common, "--decode", "tensor", columns=200)
     assert done.returncode == 0, done.stderr

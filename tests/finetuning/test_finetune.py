@@ -11,7 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 import featpipe
-from conftest import TINY, TINY_FINETUNE, colour_tree, kill_after_first_checkpoint, make_tree
+from conftest import (
+    TINY,
+    TINY_EXTRACT,
+    TINY_FINETUNE,
+    colour_tree,
+    kill_after_first_checkpoint,
+    make_tree,
+)
 from featpipe.backbones.build import BackboneSpec
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError
@@ -124,7 +131,7 @@ def test_learning_rate_groups(data, tmp_path):
 
 def fit_head(data: Path, tmp_path: Path, epochs: int, precision: str = "fp32"):
     """A linear head on the tiny model's cached features (the run LP-FT starts from)."""
-    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    extract = TINY_EXTRACT | {"cache_dir": tmp_path / "c"}
     return fit(
         data,
         "test_efficientnet",
@@ -259,7 +266,7 @@ def test_lp_ft_never_validates_on_images_the_head_was_trained_on(tmp_path):
     data = tmp_path / "tt"
     make_tree(data, classes=("a", "b", "c"), per_class=12, split="train")
     make_tree(data, classes=("a", "b", "c"), per_class=3, split="test", seed=9)
-    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    extract = TINY_EXTRACT | {"cache_dir": tmp_path / "c"}
     head = {"head": "logreg"}
     cv_run, _ = fit(
         data, "test_efficientnet", head=head, runs_dir=tmp_path / "r", extract_options=extract

@@ -15,7 +15,7 @@ import torch
 from scipy import stats as scipy_stats
 
 import featpipe
-from conftest import FEATPIPE, TINY, TINY_FINETUNE, console_script, make_tree
+from conftest import FEATPIPE, TINY, TINY_EXTRACT, TINY_FINETUNE, console_script, make_tree
 from featpipe.finetuning.config import FinetuneConfig
 from featpipe.finetuning.plan import make_plan
 from featpipe.finetuning.refit import refit_plan
@@ -29,7 +29,6 @@ from featpipe.runs.predictions import FILE, SELECTION_TEST, RunPredictions, Spli
 from featpipe.runs.record import list_runs, load_run, results_table
 from featpipe.stats import Interval, wilson
 
-EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 # random images in three classes: near chance, so the start head and the fine-tune disagree on
 # some test images and the paired test has discordant images to count
 CONFIG = TINY_FINETUNE | {"epochs": 2, "lr": 0.05, "unfreeze": "all"}
@@ -46,7 +45,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "test_efficientnet",
         head={"head": "linear", "epochs": 20},
         runs_dir=root / "runs",
-        extract_options=EXTRACT | {"cache_dir": root / "cache"},
+        extract_options=TINY_EXTRACT | {"cache_dir": root / "cache"},
     )
     args = ["finetune", data, "--from", start.path, "--epochs", "2", "--lr", "0.05"]
     args += ["--unfreeze", "all", "--no-augment", "--batch-size", "8", "--runs-dir", root / "runs"]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import featpipe
-from conftest import TINY, TINY_FINETUNE, colour_tree, console_script, make_tree
+from conftest import TINY, TINY_EXTRACT, TINY_FINETUNE, colour_tree, console_script, make_tree
 from featpipe.errors import ArgumentError, StorageError
 from featpipe.finetuning.blocks import all_blocks
 from featpipe.finetuning.cam import pick_tiles
@@ -26,7 +26,6 @@ from featpipe.fitting.stage import fit, with_holdout
 from featpipe.runs.record import load_run
 
 BASE = TINY_FINETUNE
-EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
 
 @pytest.fixture
@@ -41,7 +40,7 @@ def fit_head(data: Path, tmp_path: Path, **options) -> Path:
         "test_efficientnet",
         head={"head": "linear", "epochs": 20},
         runs_dir=tmp_path / "runs",
-        extract_options=EXTRACT | {"cache_dir": tmp_path / "cache"},
+        extract_options=TINY_EXTRACT | {"cache_dir": tmp_path / "cache"},
         **options,
     )
     return run.path

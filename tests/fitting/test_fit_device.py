@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, console_script, flags, make_tree
+from conftest import TINY, TINY_EXTRACT, console_script, flags, make_tree
 from featpipe.errors import ArgumentError
 from featpipe.fitting.stage import fit
 from featpipe.heads import placement
@@ -24,7 +24,6 @@ from featpipe.heads.rows import InMemory
 from featpipe.heads.stacked import train_torch_heads
 from featpipe.heads.train_data import TrainData
 
-EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
@@ -97,7 +96,7 @@ def test_fit_on_cpu_and_auto_give_the_same_heads_and_record_the_device(
             grid={"lr": [1e-3, 1e-2]},
             holdout=0.2,
             runs_dir=tmp_path / "runs",
-            extract_options=EXTRACT | {"cache_dir": tmp_path / "cache"},
+            extract_options=TINY_EXTRACT | {"cache_dir": tmp_path / "cache"},
             device=device,
         )
         request = json.loads((run.path / "run.json").read_text())["request"]

@@ -6,17 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, CacheChecks, forget_verified
+from conftest import TINY_EXTRACT, CacheChecks, forget_verified
 from featpipe.fitting.stage import fit
-
-EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
 
 def test_fit_on_fresh_entries_scans_once_reads_no_file_and_checksums_each_entry_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settled_shapes: Path
 ) -> None:
     data = settled_shapes
-    options = EXTRACT | {"cache_dir": tmp_path / "cache"}
+    options = TINY_EXTRACT | {"cache_dir": tmp_path / "cache"}
 
     def fit_both() -> None:
         fit(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, console_script, flags, make_tree
+from conftest import TINY, TINY_EXTRACT, console_script, flags, make_tree
 from featpipe.cli.app import main
 from featpipe.errors import FeatpipeError
 from featpipe.fitting.stage import fit
@@ -17,8 +17,6 @@ from featpipe.heads.config import HeadConfig
 from featpipe.reports.compare import read_experiment
 from featpipe.reports.diagnosis import diagnose
 from featpipe.runs.record import load_run
-
-EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
 
 @pytest.fixture
@@ -91,7 +89,7 @@ def test_a_run_records_head_configs_one_way(dataset, tmp_path) -> None:
         head={"head": "mlp", "hidden": "16", "dropout": "0.3", "epochs": 2},
         seeds=2,
         runs_dir=tmp_path / "runs",
-        extract_options=EXTRACT | {"cache_dir": tmp_path / "cache"},
+        extract_options=TINY_EXTRACT | {"cache_dir": tmp_path / "cache"},
     )
     configs = [c.config for c in result.candidates]
     request = json.loads((run.path / "run.json").read_text())["request"]
@@ -157,7 +155,7 @@ def test_run_from_a_newer_version_is_refused(dataset, tmp_path) -> None:
         "test_efficientnet",
         head={"head": "knn"},
         runs_dir=tmp_path / "r",
-        extract_options=EXTRACT | {"cache_dir": tmp_path / "cache"},
+        extract_options=TINY_EXTRACT | {"cache_dir": tmp_path / "cache"},
     )
     config = json.loads((run.path / "run.json").read_text())
     config["format"] = 99

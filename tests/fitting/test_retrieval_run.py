@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, make_tree
+from conftest import TINY, TINY_EXTRACT, make_tree
 from featpipe.errors import ArgumentError, DataError
 from featpipe.extraction.options import ExtractOptions
 from featpipe.fitting.features import load_feature_set
@@ -15,8 +15,6 @@ from featpipe.fitting.options import RetrievalOptions
 from featpipe.fitting.retrieval import retrieve, retrieve_each, verdict_lines
 from featpipe.reports.report import report
 from featpipe.runs.record import load_run
-
-EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,7 @@ def brute_force(queries, yq, gallery, yg, metric: str, ks, leave_one_out: bool):
 
 @pytest.mark.parametrize(("gallery", "metric"), [("train", "cosine"), ("test", "l2")])
 def test_retrieval_run_equals_brute_force(dataset, tmp_path, gallery: str, metric: str) -> None:
-    options = ExtractOptions(**EXTRACT, cache_dir=tmp_path / "cache")
+    options = ExtractOptions(**TINY_EXTRACT, cache_dir=tmp_path / "cache")
     searching = RetrievalOptions(gallery=gallery, metric=metric, ks=[1, 3, 10])
     run, result = retrieve(
         dataset,
@@ -96,7 +94,7 @@ def test_retrieval_run_equals_brute_force(dataset, tmp_path, gallery: str, metri
 def test_a_feature_set_against_itself_under_two_names_is_tied_with_p_1(dataset, tmp_path):
     """Several feature sets on the same queries are compared query by query (Holm); the same
     features under two names differ by nothing."""
-    options = ExtractOptions(**EXTRACT, cache_dir=tmp_path / "cache")
+    options = ExtractOptions(**TINY_EXTRACT, cache_dir=tmp_path / "cache")
     names = [TINY["backbone"], f"{TINY['backbone']}@none", "resnet18@none"]
     board = retrieve_each(dataset, names, extract_options=options, runs_dir=tmp_path / "runs")
     assert list(board.runs) == names and list(board.rankings) == list(board.runs[names[0]][1].row())
@@ -124,6 +122,6 @@ def test_retrieval_options_and_data_are_checked(tmp_path) -> None:
     with pytest.raises(ArgumentError, match=r"^metric"):
         RetrievalOptions(metric="dot")
     no_test = make_tree(tmp_path / "flat", classes=("a", "b"), per_class=4, split="train")
-    options = ExtractOptions(**EXTRACT, cache_dir=tmp_path / "cache")
+    options = ExtractOptions(**TINY_EXTRACT, cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match="needs a test split"):
         retrieve(no_test, TINY["backbone"], extract_options=options, runs_dir=tmp_path / "runs")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, console_script, split_tree
+from conftest import TINY_EXTRACT, console_script, split_tree
 from featpipe.cache import entry as cache_entry
 from featpipe.data.bundled import prepare_dataset
 from featpipe.errors import ArgumentError, DataError
@@ -211,9 +211,6 @@ def test_budget_sizes_parse_in_binary_units_and_bad_ones_name_the_option() -> No
         assert caught.value.param == "memory_budget"
 
 
-TINY_RUN = {k: v for k, v in TINY.items() if k != "backbone"}
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return split_tree(tmp_path_factory.mktemp("knn-streamed") / "shapes")
@@ -223,7 +220,7 @@ def test_knn_sweep_streamed_predicts_as_in_memory_row_for_row(shapes, tmp_path, 
     """DINOv2's (k, T) sweep on a cache forced to stream (blocks of a few rows, the bank read
     from disk per block of queries): the same choice, the same outputs on val and test, the
     same saved head (its bank written block by block)."""
-    options = TINY_RUN | {"backbone": "test_efficientnet", "cache_dir": tmp_path / "cache"}
+    options = TINY_EXTRACT | {"backbone": "test_efficientnet", "cache_dir": tmp_path / "cache"}
     backbone = options.pop("backbone")
     kwargs = {
         "head": {"head": "knn", "standardize": False, "l2norm": True},
@@ -258,7 +255,7 @@ def test_knn_sweep_streamed_predicts_as_in_memory_row_for_row(shapes, tmp_path, 
 
 def test_streamed_knn_regression_weighs_targets_as_in_memory(shapes, tmp_path) -> None:
     """The head's own forward (regression: no sweep) searches the bank on disk too."""
-    options = TINY_RUN | {"cache_dir": tmp_path / "cache"}
+    options = TINY_EXTRACT | {"cache_dir": tmp_path / "cache"}
     result = extract(shapes, "test_efficientnet", **options)
     streamed = open_streamed(result.entry, 1 << 10)
     loaded = cache_entry.load_features(result.entry)

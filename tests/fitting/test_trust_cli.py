@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, console_script, flags, make_tree
+from conftest import TINY, TINY_EXTRACT, console_script, flags, make_tree
 from featpipe.fitting.stage import fit
 from featpipe.runs.predictions import FILE, RunPredictions
 from featpipe.runs.record import load_run
 
-EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 # an interval as the leaderboards print it: 0.333 [0.10, 0.70]
 INTERVAL = re.compile(r"\d\.\d+ \[-?\d\.\d+, \d\.\d+\]")
 
@@ -71,7 +70,7 @@ def test_compare_of_a_backbone_with_itself_is_tied_with_p_1(tmp_path) -> None:
     done = console_script(
         "compare", "--data", data, "--backbone", "test_efficientnet@none",
         "test_efficientnet@none", "--sweep", "head=logreg", "--runs-dir", tmp_path / "runs",
-        "--cache-dir", tmp_path / "cache", *flags(EXTRACT),
+        "--cache-dir", tmp_path / "cache", *flags(TINY_EXTRACT),
         columns=250,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -90,7 +89,8 @@ def test_compare_over_repeats_on_a_fixed_test_split_resamples_its_images(tmp_pat
     done = console_script(
         "compare", "--data", data, "--backbone", "test_efficientnet@none",
         "test_efficientnet@none", "--sweep", "head=logreg", "--holdout", "0.25", "--repeats",
-        "3", "--runs-dir", tmp_path / "runs", "--cache-dir", tmp_path / "cache", *flags(EXTRACT),
+        "3", "--runs-dir", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
+        *flags(TINY_EXTRACT),
         columns=250,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -114,7 +114,7 @@ def test_repeats_through_the_command_line(dataset, tmp_path) -> None:
 
 
 def test_repeats_from_python_redraw_splits_and_keep_split_0(dataset, tmp_path) -> None:
-    options = {"extract_options": EXTRACT | {"cache_dir": tmp_path / "cache"}}
+    options = {"extract_options": TINY_EXTRACT | {"cache_dir": tmp_path / "cache"}}
     once, single = fit(dataset, "test_efficientnet", head={"head": "logreg"},
                        runs_dir=tmp_path / "a", **options)  # fmt: skip
     run, result = fit(dataset, "test_efficientnet", head={"head": "logreg"}, repeats=4,

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, CacheChecks, forget_verified
+from conftest import TINY_EXTRACT, CacheChecks, forget_verified
 from featpipe.extraction.options import as_extract_options
 from featpipe.reports.compare import Experiment, compare
-
-EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
 
 def test_compare_on_fresh_entries_scans_each_dataset_once_and_reads_no_file(
@@ -22,7 +20,7 @@ def test_compare_on_fresh_entries_scans_each_dataset_once_and_reads_no_file(
         data=[str(data)],
         backbones=["test_efficientnet", "test_resnet"],
         head={"head": "ridge"},
-        extract=as_extract_options(EXTRACT | {"cache_dir": tmp_path / "cache"}),
+        extract=as_extract_options(TINY_EXTRACT | {"cache_dir": tmp_path / "cache"}),
         runs_dir=str(tmp_path / "runs"),
     )
     compare(experiment)  # extracts both entries

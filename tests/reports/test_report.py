@@ -10,15 +10,13 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from conftest import TINY, TINY_FINETUNE, make_tree, write_image
+from conftest import TINY_EXTRACT, TINY_FINETUNE, make_tree, write_image
 from featpipe.fitting.stage import fit
 from featpipe.heads import metrics
 from featpipe.reports.diagnosis import diagnose
 from featpipe.reports.report import per_class_rows, report
 from featpipe.runs.metrics import RunMetrics
 from featpipe.runs.record import Run
-
-EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 
 
 class _Links(html.parser.HTMLParser):
@@ -49,7 +47,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         make_tree(
             data, classes=("a", "b"), per_class=8 if split == "train" else 5, split=split, seed=seed
         )
-    options = EXTRACT | {"cache_dir": root / "cache"}
+    options = TINY_EXTRACT | {"cache_dir": root / "cache"}
     fit(
         data,
         "test_efficientnet",

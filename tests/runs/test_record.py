@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, console_script, make_tree
+from conftest import TINY, TINY_EXTRACT, console_script, make_tree
 from featpipe.errors import DataError, StorageError
 from featpipe.fitting.stage import fit
 from featpipe.runs.metrics import RunMetrics, Scores
@@ -193,7 +193,7 @@ def test_a_temp_folder_without_a_lock_is_stale_only_when_old(tmp_path) -> None:
 
 def test_report_cli_skips_and_names_incomplete_runs(tmp_path) -> None:
     data = make_tree(tmp_path / "shapes", per_class=8)
-    extract = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": tmp_path / "c"}
+    extract = TINY_EXTRACT | {"cache_dir": tmp_path / "c"}
     run, _ = fit(data, TINY["backbone"], runs_dir=tmp_path / "runs", extract_options=extract)
     assert run.kind == "fit" and (run.path / "head" / "head.json").is_file()
     states = damage(tmp_path / "runs")

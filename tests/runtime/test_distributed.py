@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SLOW, TINY, flags, free_port, make_tree, rank_env
+from conftest import SLOW, TINY, TINY_EXTRACT, flags, free_port, make_tree, rank_env
 from featpipe.extraction.stage import extract
 from featpipe.fitting.stage import fit
 from featpipe.runs.record import list_runs
@@ -131,7 +131,7 @@ def test_mismatched_arguments_are_an_error_on_every_rank(photos, tmp_path) -> No
 
 def test_sweep_split_across_ranks_matches_one_process(photos, tmp_path) -> None:
     cache, runs = tmp_path / "cache", tmp_path / "runs"
-    options = {k: v for k, v in TINY.items() if k != "backbone"} | {"cache_dir": cache}
+    options = TINY_EXTRACT | {"cache_dir": cache}
     extract(photos, **TINY, cache_dir=cache)
     args = [
         "fit",

@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from conftest import TINY, console_script, make_tree
+from conftest import TINY, TINY_EXTRACT, console_script, make_tree
 from featpipe.cache.entry import load_features
 from featpipe.data.bundled import prepare_dataset
 from featpipe.data.transforms import ImageToUint8
@@ -35,7 +35,6 @@ from featpipe.runs.record import Run, load_run
 from featpipe.use.export import export
 from featpipe.use.predict import predict
 
-TINY_EXTRACT = {k: v for k, v in TINY.items() if k != "backbone"}
 LITE0 = {
     "weights": "offline",
     "precision": "fp32",
