@@ -210,7 +210,7 @@ def shard_problem(shard: Path) -> str | None:
                 return "its checksum does not match its rows"
             for block in _blocks(f["features"]):
                 f["features"][block]  # fletcher32 checksums are checked on read
-    except (OSError, KeyError) as exc:
+    except (OSError, KeyError, RuntimeError) as exc:  # h5py: RuntimeError for a bad header
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return None
 

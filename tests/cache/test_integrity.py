@@ -266,6 +266,24 @@ def test_a_damaged_shard_is_named_and_recomputed(
     assert verify(again.entry) == []
 
 
+def test_verify_names_a_shard_whose_object_header_is_damaged(tree: Path, cache_dir: Path) -> None:
+    """Damage HDF5 reports as RuntimeError (a column's object header overwritten), not OSError:
+    still a corrupt shard, moved aside and named in one line, never a traceback."""
+    first = run(tree, cache_dir)
+    shard = next(parts_dir(first.entry).glob("*.h5"))
+    with h5py.File(shard, "r") as f:
+        header = h5py.h5o.get_info(f["size"].id).addr
+    data = bytearray(shard.read_bytes())
+    data[header : header + 64] = b"\xab" * 64
+    shard.write_bytes(bytes(data))
+    done = console_script("cache", "verify", "--cache-dir", cache_dir, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{shard.name}: corrupt (" in done.stdout + done.stderr
+    assert (shard.parent / f"{shard.name}.corrupt").exists()
+    again = run(tree, cache_dir)
+    assert not again.hit and again.n_new == 12 and verify(again.entry) == []
+
+
 # A full disk, raised by the write itself.
 
 
