@@ -157,6 +157,20 @@ def _timm_pretrained_name(spec: BackboneSpec, choice: WeightsChoice) -> str:
     return spec.arch
 
 
+def _timm_pretrained_cfg(spec: BackboneSpec, choice: WeightsChoice) -> Any:
+    """timm's pretrained config for these weights, or None where it has none. A ``hub:TAG``
+    timm does not know is the user's error, named with the tags it does know."""
+    try:
+        return timm.models.get_pretrained_cfg(_timm_pretrained_name(spec, choice))
+    except RuntimeError:  # timm: "Invalid pretrained tag (TAG) for ARCH."
+        tags = [name.split(".", 1)[1] for name in timm.list_pretrained(f"{spec.arch}.*")]
+        raise ArgumentError(
+            "weights",
+            f"{choice.describe()}: timm has no such weights for {spec.model}; choose one of "
+            + ", ".join(f"hub:{tag}" for tag in tags),
+        ) from None
+
+
 def _tv_weights_enum(spec: BackboneSpec, choice: WeightsChoice) -> Any:
     enum = torchvision.models.get_model_weights(spec.arch)
     tag = choice.value if choice.kind == "hub" and choice.value else "DEFAULT"
@@ -180,7 +194,7 @@ def weights_identity(spec: BackboneSpec, choice: WeightsChoice) -> str:
     if spec.is_torchvision:
         member = _tv_weights_enum(spec, choice)
         return f"hub:torchvision/{type(member).__name__}.{member.name}:{Path(member.url).name}"
-    cfg = timm.models.get_pretrained_cfg(_timm_pretrained_name(spec, choice))
+    cfg = _timm_pretrained_cfg(spec, choice)
     if cfg is None:
         raise ArgumentError("weights", f"{choice.describe()}: timm has no pretrained {spec.model}")
     source = cfg.hf_hub_id or cfg.url or spec.arch
@@ -252,7 +266,7 @@ def data_config(spec: BackboneSpec, choice: WeightsChoice, identity: str) -> dic
     elif spec.is_torchvision:
         config = _tv_recipe(_tv_weights_enum(spec, choice))
     else:
-        cfg = timm.models.get_pretrained_cfg(_timm_pretrained_name(spec, choice))
+        cfg = _timm_pretrained_cfg(spec, choice)
         config = resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg else {})
     config = {
         k: tuple(v) if isinstance(v, list) else v
@@ -268,7 +282,7 @@ def data_config(spec: BackboneSpec, choice: WeightsChoice, identity: str) -> dic
 
 def _timm_hub_model(spec: BackboneSpec, choice: WeightsChoice, **kwargs: Any) -> nn.Module:
     name = _timm_pretrained_name(spec, choice)
-    cfg = timm.models.get_pretrained_cfg(name)
+    cfg = _timm_pretrained_cfg(spec, choice)
     if cfg is not None and cfg.hf_hub_id and not hub_reachable("huggingface.co"):
         from huggingface_hub import try_to_load_from_cache
 

@@ -338,6 +338,11 @@ def test_unknown_weights_option_is_a_clear_error() -> None:
         build_backbone(BackboneSpec("resnet18", weights="nope.pth"))
     with pytest.raises(FeatpipeError, match=r"no offline package carries weights for resnet18"):
         build_backbone(BackboneSpec("resnet18", weights="offline"))
+    # a tag timm does not know: named with the ones it does, before anything is downloaded
+    with pytest.raises(ArgumentError, match=r"^weights hub:foo: timm has no such weights .*"):
+        build_backbone(BackboneSpec("tf_efficientnet_lite0", weights="hub:foo"))
+    with pytest.raises(ArgumentError, match=r"choose one of hub:a1_in1k, .*hub:tv_in1k$"):
+        build_backbone(BackboneSpec("resnet18", weights="hub:foo"))
 
 
 @pytest.mark.parametrize("model", ["test_efficientnet", "tv/resnet18"])
