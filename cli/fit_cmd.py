@@ -121,7 +121,8 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
         plain(result.few_shot_note)
     verdict = result.verdict
     if verdict.ranking is not None:
-        plain(f"configs on the same {result.selection} images: {verdict.ranking}")
+        over = f", over their {seeds} seeds" if seeds > 1 else ""
+        plain(f"configs on the same {result.selection} images{over}: {verdict.ranking}")
     keys = varying([c.config for c in result.candidates])
     refitted = " (refitted on train + val)" if result.trained_on == "train+val" else ""
     plain(f"chosen: {result.best.config.label(keys)}{refitted}")

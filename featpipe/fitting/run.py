@@ -45,9 +45,14 @@ class Candidate:
     fit_seconds: list[float] = field(default_factory=list)
     histories: list[dict[str, list[float]]] = field(default_factory=list)
     heads: list[FittedHead] = field(default_factory=list)
-    # the first seed's raw outputs on the images selection scored it on (the val rows, or the
-    # train rows out of fold), for intervals and paired comparisons between configs
-    val_outputs: np.ndarray | None = None
+    # every seed's raw outputs on the images selection scored it on (the val rows, or the
+    # train rows out of fold), in seed order: for intervals and paired comparisons of configs
+    seed_outputs: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def val_outputs(self) -> np.ndarray | None:
+        """The first seed's selection outputs: what the config's intervals are computed on."""
+        return self.seed_outputs[0] if self.seed_outputs else None
 
     def mean(self, metric: str, split: str = "val") -> float:
         scores = self.val if split == "val" else self.test
@@ -109,11 +114,12 @@ class SweepResult:
         ranked = sorted(self.candidates, key=lambda c: -c.mean(self.metric))
         keys = varying([c.config for c in self.candidates])
         configs = {
-            c.config.label(keys): replace(selection, outputs=c.val_outputs).predictions(
-                p.task, p.n_classes
-            )
+            c.config.label(keys): [
+                replace(selection, outputs=out).predictions(p.task, p.n_classes)
+                for out in c.seed_outputs
+            ]
             for c in ranked
-            if c.val_outputs is not None and selection is not None
+            if c.seed_outputs and selection is not None
         }
         return assess(splits, configs, self.metric)
 

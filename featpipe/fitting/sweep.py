@@ -131,15 +131,12 @@ def select(
     y_val, n_classes = features.y[is_val], len(features.class_names)
     if is_val.any():
         heads = _fit(features, runs, n_jobs, views)
-        for r, (i, head, out) in enumerate(
-            zip(owner, heads, outputs(heads, features, is_val), strict=True)
-        ):
+        for i, head, out in zip(owner, heads, outputs(heads, features, is_val), strict=True):
             candidates[i].val.append(metrics.from_outputs(features.task, n_classes, y_val, out))
             candidates[i].fit_seconds.append(head.fit_seconds)
             candidates[i].histories.append(head.history)
             candidates[i].heads.append(head)
-            if r < len(configs):  # the first seed's outputs: what paired comparisons read
-                candidates[i].val_outputs = out
+            candidates[i].seed_outputs.append(out)  # runs go seed by seed: in seed order
         return candidates, "val"
     train = _split_rows(features, "train")
     y = features.y[train.index]
@@ -156,11 +153,11 @@ def select(
         for r, (head, out) in enumerate(zip(heads, decision_functions(heads, held), strict=True)):
             fold_scores[r].append(metrics.from_outputs(features.task, n_classes, yv, out))
             fold_seconds[r] += head.fit_seconds
-            if r < len(configs):  # every train image scored once, out of fold
-                cand = candidates[owner[r]]
-                if cand.val_outputs is None:
-                    cand.val_outputs = np.zeros((len(train), out.shape[1]), out.dtype)
-                cand.val_outputs[val_idx] = out
+            # every train image scored once per seed, out of fold
+            seed, cand = r // len(configs), candidates[owner[r]]
+            if len(cand.seed_outputs) == seed:
+                cand.seed_outputs.append(np.zeros((len(train), out.shape[1]), out.dtype))
+            cand.seed_outputs[seed][val_idx] = out
         del held  # not held through the next fold's fit
     for r, i in enumerate(owner):
         names = fold_scores[r][0]

@@ -11,8 +11,10 @@ and the validation–test gap and below-chance warnings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from featpipe.errors import ArgumentError
 from featpipe.stats import (
@@ -22,6 +24,7 @@ from featpipe.stats import (
     Ranking,
     below_chance,
     chance_level,
+    compare_shared_test_to_best,
     compare_to_best,
     gap_warning,
     score,
@@ -60,12 +63,27 @@ def intervals(predictions: Predictions, only: str | None = None) -> dict[str, In
     return out
 
 
-def rank(rows: Mapping[str, Predictions], metric: str) -> Ranking | None:
-    """The rows compared with the best on the same images (Holm across them); None for fewer
-    than two rows."""
+def rank(rows: Mapping[str, Sequence[Predictions]], metric: str) -> Ranking | None:
+    """The rows (each config's predictions, one per seed) compared with the best on the same
+    images, Holm across them; None for fewer than two rows.
+
+    Several seeds are ranked as the sweep ranks them, by the mean over seeds: for accuracy,
+    every seed's per-image correctness enters the two-way bootstrap over seeds and images
+    (:func:`~featpipe.stats.compare_shared_test_to_best`), so "best" is the config the sweep
+    chose. A metric that is no mean over images cannot be split that way: with several seeds
+    it gets no comparison (None) rather than one seed's, which may name another best."""
     if len(rows) < 2:
         return None
-    return compare_to_best(rows, metric)
+    seeds = {len(predictions) for predictions in rows.values()}
+    if seeds == {1}:
+        return compare_to_best({name: p[0] for name, p in rows.items()}, metric)
+    if metric != "accuracy" or len(seeds) != 1:
+        return None
+    correct = {
+        name: np.stack([p.pred == p.y for p in predictions]).astype(np.float64)
+        for name, predictions in rows.items()
+    }
+    return compare_shared_test_to_best(correct, metric)
 
 
 def warnings(
@@ -92,7 +110,7 @@ def warnings(
 
 def assess(
     split_predictions: Mapping[str, Predictions],
-    configs: Mapping[str, Predictions],
+    configs: Mapping[str, Sequence[Predictions]],
     metric: str,
 ) -> Verdict:
     """The :class:`Verdict` of a sweep: ``split_predictions`` maps ``val``/``test`` to the

@@ -130,3 +130,19 @@ def test_repeats_from_python_redraw_splits_and_keep_split_0(dataset, tmp_path) -
     assert repeats.std["accuracy"] == pytest.approx(np.std(scores, ddof=1))
     assert repeats.n_test == [6, 6, 6, 6]
     assert run.config["request"]["repeats"] == 4
+
+
+def test_with_several_seeds_the_chosen_config_is_the_one_called_best(
+    dataset, tmp_path, capsys
+) -> None:
+    """The leaderboard ranks configs by their mean over seeds and the sweep chooses by it; the
+    paired comparison must name the same config best (it once used the first seed alone)."""
+    from featpipe.cli.app import main
+
+    args = ["fit", dataset, *flags(TINY), "--cache-dir", tmp_path / "cache"]
+    args += ["--runs-dir", tmp_path / "runs", "--sweep", "lr=0.001,0.1", "--set", "epochs=2"]
+    assert main([str(a) for a in [*args, "--seeds", "3"]]) == 0
+    out = capsys.readouterr().out
+    assert "configs on the same val images, over their 3 seeds: " in out
+    [first] = [line for line in out.splitlines() if line.startswith("│ 1 ")]
+    assert "best" in first  # row 1 is the chosen config: ranked by the mean, like the choice
