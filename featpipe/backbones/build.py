@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,15 +310,23 @@ def _timm_hub_model(spec: BackboneSpec, choice: WeightsChoice, **kwargs: Any) ->
 
 
 def _tv_hub_state(spec: BackboneSpec, choice: WeightsChoice) -> dict[str, torch.Tensor]:
+    """torchvision's file for these weights, from torch's hub cache or downloaded. Offline and
+    not cached, the one-line error comes at once (torch would print a "Downloading:" line to
+    stderr before failing)."""
     member = _tv_weights_enum(spec, choice)
-    try:
-        return member.get_state_dict(progress=False, check_hash=True)
-    except (OSError, RuntimeError) as exc:
-        raise ArgumentError(
-            "weights",
-            f"{choice.describe()}: cannot download {spec.model} weights {member.name} from "
-            f"{member.url} ({str(exc).splitlines()[0]}); {offline_hint(spec.model)}",
-        ) from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
+    host = urllib.parse.urlparse(member.url).hostname or ""
+    reason = None if cached.is_file() or hub_reachable(host) else f"{host} is unreachable"
+    if reason is None:
+        try:
+            return member.get_state_dict(progress=False, check_hash=True)
+        except (OSError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0]
+    raise ArgumentError(
+        "weights",
+        f"{choice.describe()}: cannot download {spec.model} weights {member.name} from "
+        f"{member.url} ({reason}); {offline_hint(spec.model)}",
+    )
 
 
 def _timm_kwargs(spec: BackboneSpec) -> dict[str, Any]:

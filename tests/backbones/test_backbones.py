@@ -177,6 +177,17 @@ def test_hub_failure_names_the_offline_options(model: str, offline_hub: None) ->
         build_backbone(BackboneSpec(model, weights="hub"))
 
 
+def test_torchvision_hub_offline_is_one_line_before_any_download(
+    offline_hub: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    """Not cached and its host unreachable: refused at once, without torch's "Downloading:"
+    line on stderr before the error."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    with pytest.raises(ArgumentError, match=r"^weights hub: .*\(download.pytorch.org is unre"):
+        build_backbone(BackboneSpec("tv/resnet18", weights="hub"))
+    assert "Downloading" not in capfd.readouterr().err
+
+
 def test_hf_hub_name_is_the_timm_model_it_names() -> None:
     """``hf-hub:timm/NAME`` is timm's NAME: same architecture, same pretrained config."""
     hub = build_backbone(BackboneSpec("hf-hub:timm/resnet18.a1_in1k", weights="none"))
