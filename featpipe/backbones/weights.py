@@ -23,6 +23,7 @@ import importlib
 import importlib.metadata
 import re
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch's note on a file pickled with protocol 4 (plain pickle.dump) is noise
+                # before the one line that refuses or loads it
+                warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's own text would advise turning weights_only off, which runs the file's code.
         raise DataError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -272,6 +273,25 @@ def test_malicious_weights_file_is_refused_in_one_line(tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith(f"weights {evil}: refused") and "\n" not in message
     assert "weights_only" not in message
+    assert not marker.exists()
+
+
+def test_a_plain_pickle_weights_file_is_refused_without_torchs_warning(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    """pickle.dump writes protocol 4, on which torch.load warns before refusing: the one line
+    must come alone."""
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"w": Payload()}, protocol=4))
+    with pytest.raises(DataError, match=r"refused, the file holds Python objects"):
+        build_backbone(BackboneSpec("test_efficientnet", weights=str(evil)))
+    assert [str(w.message) for w in recwarn] == []
     assert not marker.exists()
 
 
