@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         args = expand(list(sys.argv[1:] if argv is None else argv))
         with warnings.catch_warnings():
             warnings.showwarning = show_warning  # a corrected input: one line, like errors
-            app(args=args, standalone_mode=False, prog_name="featpipe")
+            # a command's typer.Exit(code) comes back as its value (standalone_mode off)
+            returned = app(args=args, standalone_mode=False, prog_name="featpipe")
     except FeatpipeError as exc:
         console(stderr=True).print(f"[bold red]error:[/] {escape(exc.render(opt.flag))}")
         return 2
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as exc:
         return exc.exit_code
-    return 0
+    return returned if isinstance(returned, int) else 0
 
 
 def run() -> NoReturn:

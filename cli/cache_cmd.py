@@ -210,6 +210,13 @@ def rm(
     paths = find_entries(cache_dir, entry)
     if not yes:
         names = "\n  ".join(str(p) for p in paths)
-        typer.confirm(f"remove {len(paths)} entries?\n  {names}\n", abort=True)
+        try:
+            confirmed = typer.confirm(f"remove {len(paths)} entries?\n  {names}\n")
+        except typer.Abort:  # no answer: input ended (a pipe, or Ctrl-D)
+            console().print()  # end the prompt's line
+            confirmed = False
+        if not confirmed:
+            plain("nothing removed (answer y to remove them, or pass --yes)", stderr=True)
+            raise typer.Exit(1)
     freed = sum(remove_entry(p) for p in paths)
     console().print(f"removed {len(paths)} entries, freed {human_bytes(freed)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_extract_with_openvino_through_the_console_script(
     assert "[openvino fp32, batch 4, 0 workers + decoding thread]" in done.stdout
 
 
-def test_cache_commands(tree: Path, cache_dir: Path, capsys) -> None:
+def test_cache_commands(tree: Path, cache_dir: Path, capsys, monkeypatch) -> None:
     cli(capsys, "extract", tree, *TINY_ARGS, "--cache-dir", cache_dir)
     code, out, _ = cli(capsys, "cache", "ls", "--cache-dir", cache_dir)
     assert code == 0 and "tiny" in out and "test_efficientnet" in out and "256" in out
@@ -46,6 +47,10 @@ def test_cache_commands(tree: Path, cache_dir: Path, capsys) -> None:
     assert code == 0 and "splits" in out and "last run" in out  # --json has the rest
     code, out, _ = cli(capsys, "cache", "verify", "--cache-dir", cache_dir)
     assert code == 0 and "ok" in out
+    for answer in ("", "n\n"):  # input ended before an answer, or a no: nothing removed
+        monkeypatch.setattr("sys.stdin", io.StringIO(answer))
+        code, out, err = cli(capsys, "cache", "rm", "tiny", "--cache-dir", cache_dir)
+        assert code == 1 and "nothing removed (answer y" in err and "interrupted" not in err
     code, out, _ = cli(capsys, "cache", "rm", "tiny", "-y", "--cache-dir", cache_dir)
     assert code == 0 and "removed 1 entries" in out
     code, _, err = cli(capsys, "cache", "info", "tiny", "--cache-dir", cache_dir)
