@@ -119,6 +119,8 @@ class WeightsChoice:
         if self.path is not None:
             st = self.path.stat()
             return f"{self.path}:{st.st_size}:{st.st_mtime_ns}"
+        if self.kind == "hub" and self.value:
+            return f"hub:{self.value}"
         return self.kind
 
 

@@ -72,7 +72,9 @@ def machine_signature() -> str:
 class Request:
     """An extract request: the backbone spec and run options as typed, plus what could silently
     change their meaning behind the same strings (``weights_detail``: the weights file's size and
-    mtime, or the offline package's version; see ``WeightsChoice.detail``)."""
+    mtime, or the offline package's version; see ``WeightsChoice.detail``). The digest leaves
+    the ``--weights`` spelling out and keeps what it resolved to, so ``auto`` that finds the
+    offline package and ``offline`` (or a file by two paths) share one memo and one fast hit."""
 
     spec: BackboneSpec
     weights_detail: str
@@ -85,6 +87,7 @@ class Request:
     @property
     def digest(self) -> str:
         fields = asdict(self)
+        del fields["spec"]["weights"]  # weights_detail says what they resolved to
         fields["versions"] = [_version(d) for d in ("featpipe", "torch", "torchvision", "timm")]
         if "auto" in (self.precision, self.engine) or self.batch_size is None:
             fields["machine"] = machine_signature()

@@ -69,6 +69,26 @@ def test_explicit_request_equal_to_the_entry_key_is_a_hit_without_the_model(
     assert spelled.summary().startswith("cache hit:")
 
 
+def test_the_same_weights_spelled_another_way_are_a_hit_without_the_model(
+    tree: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A weights file named by its absolute path, then by a relative one: one resolved choice,
+    so the second run is the fast hit, not a model build and a probe for 0 new rows."""
+    import timm
+    import torch
+
+    torch.save(timm.create_model("test_efficientnet").state_dict(), tmp_path / "w.pth")
+    made = extract(tree, cache_dir=cache_dir, **TINY | {"weights": str(tmp_path / "w.pth")})
+    assert made.n_new == 12
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        "featpipe.backbones.build.build_backbone",
+        lambda *a, **k: pytest.fail("the model was built"),
+    )
+    again = extract(tree, cache_dir=cache_dir, **TINY | {"weights": "w.pth"})
+    assert again.hit and again.entry == made.entry
+
+
 def test_explicit_request_hit_from_the_cli_imports_no_torch(tree: Path, cache_dir: Path) -> None:
     extract(tree, cache_dir=cache_dir, **AUTO)
     spelled = TINY | {"batch_size": 16}
