@@ -34,7 +34,7 @@ demo: setup
 
 # One pytest worker per core (pytest-xdist), each with one torch/OpenMP thread, as are the CLI
 # processes the tests start: two workers at two threads each on two cores spin against each
-# other (570 s against 278 s for the suite, README "What the test suite proves").
+# other (570 s against 265-321 s for the suite, README "What the test suite proves").
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
