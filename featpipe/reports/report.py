@@ -153,7 +153,8 @@ def _trust_notes(runs: list[Run]) -> list[str]:
     for run in runs:
         m, lines = run.metrics, []
         if m.verdict:
-            lines.append(f"configs on the same {m.selection} images: {m.verdict}")
+            over = f", over their {len(m.val.all)} seeds" if len(m.val.all) > 1 else ""
+            lines.append(f"configs on the same {m.selection} images{over}: {m.verdict}")
         if m.repeats is not None:
             lines += [
                 f"test {k} over {len(m.repeats.chosen)} re-drawn splits "

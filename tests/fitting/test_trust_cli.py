@@ -146,3 +146,9 @@ def test_with_several_seeds_the_chosen_config_is_the_one_called_best(
     assert "configs on the same val images, over their 3 seeds: " in out
     [first] = [line for line in out.splitlines() if line.startswith("│ 1 ")]
     assert "best" in first  # row 1 is the chosen config: ranked by the mean, like the choice
+    report = tmp_path / "report"
+    assert main(["report", "--runs-dir", str(tmp_path / "runs"), "-o", str(report)]) == 0
+    assert (
+        "configs on the same val images, over their 3 seeds: "
+        in (report / "index.html").read_text()
+    )
