@@ -34,11 +34,12 @@ demo: setup
 
 # One pytest worker per core (pytest-xdist), each with one torch/OpenMP thread, as are the CLI
 # processes the tests start: two workers at two threads each on two cores spin against each
-# other (570 s against 265-321 s for the suite, README "What the test suite proves").
+# other (570 s against 265-321 s for the suite, README "What the test suite proves"). At most 4
+# workers: each holds torch, timm and OpenVINO (1.0-1.1 GB resident in the engine tests).
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n auto
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n auto --maxprocesses 4
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
