@@ -33,6 +33,7 @@ from featpipe.runs.predictions import FILE as PREDICTIONS_FILE
 from featpipe.runs.predictions import RunPredictions
 from featpipe.runs.record import Run, write_run
 from featpipe.stats import Interval
+from featpipe.stats.predictions import Predictions as ImagePredictions
 
 
 @dataclass(eq=False)  # identity: candidates hold heads and output arrays, compared by who they are
@@ -45,14 +46,13 @@ class Candidate:
     fit_seconds: list[float] = field(default_factory=list)
     histories: list[dict[str, list[float]]] = field(default_factory=list)
     heads: list[FittedHead] = field(default_factory=list)
-    # every seed's raw outputs on the images selection scored it on (the val rows, or the
-    # train rows out of fold), in seed order: for intervals and paired comparisons of configs
-    seed_outputs: list[np.ndarray] = field(default_factory=list)
-
-    @property
-    def val_outputs(self) -> np.ndarray | None:
-        """The first seed's selection outputs: what the config's intervals are computed on."""
-        return self.seed_outputs[0] if self.seed_outputs else None
+    # the first seed's raw outputs on the images selection scored it on (the val rows, or the
+    # train rows out of fold), for intervals and paired comparisons between configs
+    val_outputs: np.ndarray | None = None
+    # every seed's prediction on those images (class or value: stats.predicted), in seed order:
+    # several seeds are compared by their mean. Predictions, not outputs, so that a large grid
+    # of many classes keeps one array of outputs per config, not one per seed
+    seed_predictions: list[np.ndarray] = field(default_factory=list)
 
     def mean(self, metric: str, split: str = "val") -> float:
         scores = self.val if split == "val" else self.test
@@ -114,12 +114,16 @@ class SweepResult:
         ranked = sorted(self.candidates, key=lambda c: -c.mean(self.metric))
         keys = varying([c.config for c in self.candidates])
         configs = {
-            c.config.label(keys): [
-                replace(selection, outputs=out).predictions(p.task, p.n_classes)
-                for out in c.seed_outputs
-            ]
+            c.config.label(keys): (
+                [replace(selection, outputs=c.val_outputs).predictions(p.task, p.n_classes)]
+                if len(c.seed_predictions) < 2
+                else [
+                    ImagePredictions.from_predicted(p.task, p.n_classes, selection.y, pred)
+                    for pred in c.seed_predictions
+                ]
+            )
             for c in ranked
-            if c.seed_outputs and selection is not None
+            if c.val_outputs is not None and selection is not None
         }
         return assess(splits, configs, self.metric)
 

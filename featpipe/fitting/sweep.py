@@ -36,6 +36,7 @@ from featpipe.heads.views import TrainViews
 from featpipe.runs.metrics import Calibration, FewShotPoint, Predictions
 from featpipe.runs.predictions import SELECTION_TEST, RunPredictions, SplitOutputs
 from featpipe.runtime import distributed
+from featpipe.stats.predictions import predicted
 
 
 def _check(features: FeatureSet) -> None:
@@ -131,12 +132,15 @@ def select(
     y_val, n_classes = features.y[is_val], len(features.class_names)
     if is_val.any():
         heads = _fit(features, runs, n_jobs, views)
-        for i, head, out in zip(owner, heads, outputs(heads, features, is_val), strict=True):
+        scored = zip(owner, heads, outputs(heads, features, is_val), strict=True)
+        for r, (i, head, out) in enumerate(scored):
             candidates[i].val.append(metrics.from_outputs(features.task, n_classes, y_val, out))
             candidates[i].fit_seconds.append(head.fit_seconds)
             candidates[i].histories.append(head.history)
             candidates[i].heads.append(head)
-            candidates[i].seed_outputs.append(out)  # runs go seed by seed: in seed order
+            if r < len(configs):  # the first seed's outputs: intervals, one-seed comparisons
+                candidates[i].val_outputs = out
+            candidates[i].seed_predictions.append(predicted(features.task, out))  # seed order
         return candidates, "val"
     train = _split_rows(features, "train")
     y = features.y[train.index]
@@ -154,10 +158,18 @@ def select(
             fold_scores[r].append(metrics.from_outputs(features.task, n_classes, yv, out))
             fold_seconds[r] += head.fit_seconds
             # every train image scored once per seed, out of fold
-            seed, cand = r // len(configs), candidates[owner[r]]
-            if len(cand.seed_outputs) == seed:
-                cand.seed_outputs.append(np.zeros((len(train), out.shape[1]), out.dtype))
-            cand.seed_outputs[seed][val_idx] = out
+            seed, cand, pred = (
+                r // len(configs),
+                candidates[owner[r]],
+                predicted(features.task, out),
+            )
+            if seed == 0:
+                if cand.val_outputs is None:
+                    cand.val_outputs = np.zeros((len(train), out.shape[1]), out.dtype)
+                cand.val_outputs[val_idx] = out
+            if len(cand.seed_predictions) == seed:
+                cand.seed_predictions.append(np.zeros(len(train), pred.dtype))
+            cand.seed_predictions[seed][val_idx] = pred
         del held  # not held through the next fold's fit
     for r, i in enumerate(owner):
         names = fold_scores[r][0]

@@ -50,6 +50,19 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def predicted(task: str, outputs: Any) -> np.ndarray:
+    """What a head's raw outputs (one row per image) predict: the argmax class, or the value of
+    a regression. The one rule :meth:`Predictions.from_outputs` and the sweep's seeds use."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim != 2:
+        raise ArgumentError("outputs", f"shape {outputs.shape}: give one row per image")
+    if task == "regression":
+        return outputs[:, 0].astype(np.float64)
+    if task != "classification":
+        raise ArgumentError("task", f"{task}: choose classification or regression")
+    return outputs.argmax(axis=1)
+
+
 @dataclass(frozen=True, eq=False)
 class Predictions:
     """One model's predictions on one test set, one entry per image.
@@ -135,15 +148,17 @@ class Predictions:
         """From a head's raw outputs (its ``decision_function``), as
         ``featpipe.heads.metrics.from_outputs`` scores them: the prediction is the argmax."""
         outputs = np.asarray(outputs, dtype=np.float64)
-        if outputs.ndim != 2:
-            raise ArgumentError("outputs", f"shape {outputs.shape}: give one row per image")
+        pred = predicted(task, outputs)
         if task == "regression":
-            return cls.regression(y, outputs[:, 0])
-        if task != "classification":
-            raise ArgumentError("task", f"{task}: choose classification or regression")
-        return cls.classification(
-            y, outputs.argmax(axis=1), n_classes, outputs if n_classes == 2 else None
-        )
+            return cls.regression(y, pred)
+        return cls.classification(y, pred, n_classes, outputs if n_classes == 2 else None)
+
+    @classmethod
+    def from_predicted(cls, task: str, n_classes: int, y: Any, pred: Any) -> Predictions:
+        """From :func:`predicted`'s values: the class (or value) alone, without the outputs."""
+        if task == "regression":
+            return cls.regression(y, pred)
+        return cls.classification(y, pred, n_classes)
 
     def __len__(self) -> int:
         return len(self.y)

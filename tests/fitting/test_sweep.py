@@ -62,6 +62,24 @@ def test_cross_validation_when_there_is_no_val_split() -> None:
     assert result.best.heads and result.best.test  # refitted on all of train, then tested
 
 
+@pytest.mark.parametrize("splits", [("train", "val", "test"), ("train", "train", "test")])
+def test_every_seed_s_predictions_are_kept_and_the_ranking_names_the_chosen_best(splits) -> None:
+    """Per seed, the prediction on every selection image (val, or out of fold after CV) is its
+    outputs' argmax; the ranking compares configs by their mean over seeds, as the choice does."""
+    data = features(splits=splits)
+    result = sweep(data, GRID, seeds=3, cv=3)
+    on = data.split == "val" if "val" in splits else data.split == "train"
+    for cand in result.candidates:
+        assert len(cand.seed_predictions) == 3 and all(
+            len(p) == on.sum() for p in cand.seed_predictions
+        )
+        np.testing.assert_array_equal(cand.seed_predictions[0], cand.val_outputs.argmax(axis=1))
+        accuracy = [np.mean(p == data.y[on]) for p in cand.seed_predictions]
+        np.testing.assert_allclose(np.mean(accuracy), cand.mean("accuracy"))
+    ranked = result.verdict.ranking
+    assert ranked is not None and ranked.best == result.best.config.label(["lr"])
+
+
 def test_the_chosen_config_is_refitted_on_train_and_val_and_that_head_is_tested() -> None:
     data = features()
     result = sweep(data, GRID, seeds=2)
