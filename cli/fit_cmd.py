@@ -11,6 +11,7 @@ from rich.table import Table
 
 from featpipe.extraction.options import ExtractOptions
 from featpipe.fitting.options import SweepOptions
+from featpipe.fitting.verdict import compared_line
 from featpipe.heads.config import (
     parse_assignments,
     parse_grid_args,
@@ -121,8 +122,7 @@ def print_fit(run: Any, result: SweepResult, seeds: int) -> None:
         plain(result.few_shot_note)
     verdict = result.verdict
     if verdict.ranking is not None:
-        over = f", over their {seeds} seeds" if seeds > 1 else ""
-        plain(f"configs on the same {result.selection} images{over}: {verdict.ranking}")
+        plain(compared_line(result.selection, seeds, verdict.ranking))
     keys = varying([c.config for c in result.candidates])
     refitted = " (refitted on train + val)" if result.trained_on == "train+val" else ""
     plain(f"chosen: {result.best.config.label(keys)}{refitted}")

@@ -316,8 +316,9 @@ def _tv_hub_state(spec: BackboneSpec, choice: WeightsChoice) -> dict[str, torch.
     member = _tv_weights_enum(spec, choice)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
     host = urllib.parse.urlparse(member.url).hostname or ""
-    reason = None if cached.is_file() or hub_reachable(host) else f"{host} is unreachable"
-    if reason is None:
+    if not cached.is_file() and not hub_reachable(host):
+        reason = f"{host} is unreachable"
+    else:
         try:
             return member.get_state_dict(progress=False, check_hash=True)
         except (OSError, RuntimeError) as exc:

@@ -49,9 +49,9 @@ class Candidate:
     # the first seed's raw outputs on the images selection scored it on (the val rows, or the
     # train rows out of fold), for intervals and paired comparisons between configs
     val_outputs: np.ndarray | None = None
-    # every seed's prediction on those images (class or value: stats.predicted), in seed order:
-    # several seeds are compared by their mean. Predictions, not outputs, so that a large grid
-    # of many classes keeps one array of outputs per config, not one per seed
+    # with several seeds, every seed's prediction on those images (class or value:
+    # metrics.predicted), in seed order: the configs are compared by their mean. Predictions,
+    # not outputs, so that a large grid of many classes keeps one array of outputs per config
     seed_predictions: list[np.ndarray] = field(default_factory=list)
 
     def mean(self, metric: str, split: str = "val") -> float:

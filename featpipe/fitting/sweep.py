@@ -36,7 +36,6 @@ from featpipe.heads.views import TrainViews
 from featpipe.runs.metrics import Calibration, FewShotPoint, Predictions
 from featpipe.runs.predictions import SELECTION_TEST, RunPredictions, SplitOutputs
 from featpipe.runtime import distributed
-from featpipe.stats.predictions import predicted
 
 
 def _check(features: FeatureSet) -> None:
@@ -140,7 +139,8 @@ def select(
             candidates[i].heads.append(head)
             if r < len(configs):  # the first seed's outputs: intervals, one-seed comparisons
                 candidates[i].val_outputs = out
-            candidates[i].seed_predictions.append(predicted(features.task, out))  # seed order
+            if seeds > 1:  # in seed order: configs are then compared by their mean
+                candidates[i].seed_predictions.append(metrics.predicted(features.task, out))
         return candidates, "val"
     train = _split_rows(features, "train")
     y = features.y[train.index]
@@ -158,18 +158,16 @@ def select(
             fold_scores[r].append(metrics.from_outputs(features.task, n_classes, yv, out))
             fold_seconds[r] += head.fit_seconds
             # every train image scored once per seed, out of fold
-            seed, cand, pred = (
-                r // len(configs),
-                candidates[owner[r]],
-                predicted(features.task, out),
-            )
+            seed, cand = r // len(configs), candidates[owner[r]]
             if seed == 0:
                 if cand.val_outputs is None:
                     cand.val_outputs = np.zeros((len(train), out.shape[1]), out.dtype)
                 cand.val_outputs[val_idx] = out
-            if len(cand.seed_predictions) == seed:
-                cand.seed_predictions.append(np.zeros(len(train), pred.dtype))
-            cand.seed_predictions[seed][val_idx] = pred
+            if seeds > 1:
+                pred = metrics.predicted(features.task, out)
+                if len(cand.seed_predictions) == seed:
+                    cand.seed_predictions.append(np.zeros(len(train), pred.dtype))
+                cand.seed_predictions[seed][val_idx] = pred
         del held  # not held through the next fold's fit
     for r, i in enumerate(owner):
         names = fold_scores[r][0]

@@ -86,6 +86,13 @@ def rank(rows: Mapping[str, Sequence[Predictions]], metric: str) -> Ranking | No
     return compare_shared_test_to_best(correct, metric)
 
 
+def compared_line(selection: str, seeds: int, ranking: object) -> str:
+    """The line that says how the configs stand on the same images (the CLI's and the
+    report's): ``ranking`` as text, over how many seeds where there were several."""
+    over = f", over their {seeds} seeds" if seeds > 1 else ""
+    return f"configs on the same {selection} images{over}: {ranking}"
+
+
 def warnings(
     metric: str, val: Interval | None, test: Interval | None, test_truth: Predictions | None
 ) -> list[str]:

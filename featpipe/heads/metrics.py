@@ -8,7 +8,11 @@ Regression: R² (the selection metric), MAE and MSE.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from featpipe.errors import ArgumentError
 
 
 def r2(y: np.ndarray, pred: np.ndarray) -> float:
@@ -62,10 +66,24 @@ def primary(task: str) -> str:
     return "r2" if task == "regression" else "accuracy"
 
 
+def predicted(task: str, outputs: Any) -> np.ndarray:
+    """What a head's raw outputs (one row per image) predict: the argmax class, or the value of
+    a regression. The one rule: :func:`from_outputs`, ``stats.Predictions.from_outputs`` and the
+    sweep's seeds use it."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim != 2:
+        raise ArgumentError("outputs", f"shape {outputs.shape}: give one row per image")
+    if task == "regression":
+        return outputs[:, 0]
+    if task != "classification":
+        raise ArgumentError("task", f"{task}: choose classification or regression")
+    return outputs.argmax(axis=1)
+
+
 def from_outputs(task: str, n_classes: int, y: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
     """Metrics from a head's raw outputs (its ``decision_function``), however they were
     computed: at once, or block by block from a cache larger than memory."""
+    pred = predicted(task, outputs)  # the argmax class, or a regression's value
     if task == "regression":
-        return regression(y, outputs[:, 0])
-    # predict is the argmax of the outputs: one pass gives both
-    return classification(y, outputs.argmax(axis=1), n_classes, outputs)
+        return regression(y, pred)
+    return classification(y, pred, n_classes, outputs)

@@ -24,6 +24,7 @@ import numpy as np
 
 from featpipe.errors import MissingError
 from featpipe.finetuning.config import FinetuneConfig
+from featpipe.fitting.verdict import compared_line
 from featpipe.options import declared
 from featpipe.reports import plots
 from featpipe.runs.metrics import Calibrated
@@ -153,8 +154,7 @@ def _trust_notes(runs: list[Run]) -> list[str]:
     for run in runs:
         m, lines = run.metrics, []
         if m.verdict:
-            over = f", over their {len(m.val.all)} seeds" if len(m.val.all) > 1 else ""
-            lines.append(f"configs on the same {m.selection} images{over}: {m.verdict}")
+            lines.append(compared_line(m.selection, len(m.val.all), m.verdict))
         if m.repeats is not None:
             lines += [
                 f"test {k} over {len(m.repeats.chosen)} re-drawn splits "

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from featpipe.errors import ArgumentError
+from featpipe.heads.metrics import predicted
 
 
 @dataclass(frozen=True)
@@ -48,19 +49,6 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     a = np.array(a)  # a copy: the caller's array may change, these may not
     a.flags.writeable = False
     return a
-
-
-def predicted(task: str, outputs: Any) -> np.ndarray:
-    """What a head's raw outputs (one row per image) predict: the argmax class, or the value of
-    a regression. The one rule :meth:`Predictions.from_outputs` and the sweep's seeds use."""
-    outputs = np.asarray(outputs)
-    if outputs.ndim != 2:
-        raise ArgumentError("outputs", f"shape {outputs.shape}: give one row per image")
-    if task == "regression":
-        return outputs[:, 0].astype(np.float64)
-    if task != "classification":
-        raise ArgumentError("task", f"{task}: choose classification or regression")
-    return outputs.argmax(axis=1)
 
 
 @dataclass(frozen=True, eq=False)
