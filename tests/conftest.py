@@ -105,6 +105,17 @@ def console_script(
     )
 
 
+def main_in_new_process(*args: object) -> subprocess.CompletedProcess[str]:
+    """featpipe's ``main(args)`` in a fresh interpreter, output captured: its stdout ends with
+    ``TORCH`` or ``NO-TORCH`` (whether the call imported torch) and the exit code."""
+    script = (
+        "import sys; from featpipe.cli.app import main; code = main(sys.argv[1:]); "
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)"
+    )
+    command = [sys.executable, "-c", script, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now: a rendezvous for rank processes."""
     with socket.socket() as s:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, console_script, flags
+from conftest import TINY, console_script, flags, main_in_new_process
 from featpipe.cli.app import main
 
 TINY_ARGS = flags(TINY)
@@ -77,14 +75,10 @@ def test_bad_options_give_one_line_errors(tree, cache_dir, capsys, args, message
 
 def test_cache_hit_does_not_import_torch(tree: Path, cache_dir: Path) -> None:
     """The CLI answers a cache hit from the memo and the entry alone: torch stays unloaded."""
-    args = [str(tree), *TINY_ARGS, "--cache-dir", str(cache_dir)]
-    script = (
-        "import sys; from featpipe.cli.app import main; code = main(['extract', *sys.argv[1:]]); "
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)"
-    )
-    first = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    args = ["extract", tree, *TINY_ARGS, "--cache-dir", cache_dir]
+    first = main_in_new_process(*args)
     assert first.stdout.split()[-2:] == ["TORCH", "0"], first.stderr
-    again = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    again = main_in_new_process(*args)
     assert "cache hit:" in again.stdout
     assert again.stdout.split()[-2:] == ["NO-TORCH", "0"], again.stdout
 

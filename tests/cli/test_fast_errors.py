@@ -3,16 +3,11 @@ comes in a fraction of the time a real run needs to start."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = (
-    "import sys; from featpipe.cli.app import main; code = main(sys.argv[1:]); "
-    "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)"
-)
+from conftest import main_in_new_process
 
 
 @pytest.mark.parametrize(
@@ -27,8 +22,6 @@ SCRIPT = (
 def test_fit_refuses_a_bad_head_value_before_loading_torch(
     tree: Path, args: list[str], message: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "fit", str(tree), *args], capture_output=True, text=True
-    )
+    done = main_in_new_process("fit", tree, *args)
     assert done.stdout.split()[-2:] == ["NO-TORCH", "2"], done.stdout + done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, flags, write_image
+from conftest import TINY, flags, main_in_new_process, write_image
 from featpipe.cache.entry import read_meta
 from featpipe.errors import ArgumentError
 from featpipe.extraction import provenance, settle
@@ -92,12 +92,7 @@ def test_the_same_weights_spelled_another_way_are_a_hit_without_the_model(
 def test_explicit_request_hit_from_the_cli_imports_no_torch(tree: Path, cache_dir: Path) -> None:
     extract(tree, cache_dir=cache_dir, **AUTO)
     spelled = TINY | {"batch_size": 16}
-    script = (
-        "import sys; from featpipe.cli.app import main; code = main(['extract', *sys.argv[1:]]); "
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)"
-    )
-    args = [str(tree), *flags(spelled), "--cache-dir", str(cache_dir)]
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    done = main_in_new_process("extract", tree, *flags(spelled), "--cache-dir", cache_dir)
     assert "cache hit:" in done.stdout, done.stdout + done.stderr
     assert done.stdout.split()[-2:] == ["NO-TORCH", "0"], done.stdout
 
