@@ -37,6 +37,7 @@ Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
                  TTA chosen on val, then ``--refit`` on train + val (1,968 images); each seed
                  records the chosen network's test scores too (``test_before_refit``)
 4-whole          row 4 on the whole cell, from row 1-whole's head
+4-drop-path      row 4 with stochastic depth 0.2 (``--drop-path``: timm's ``drop_path_rate``)
 4-no-refit       the recipe as it was until 2026-12-07 08:00 UTC: the chosen network kept, not
                  refitted (row 4's training up to its choice, epoch for epoch)
 4-smoothing      row 4-no-refit with label smoothing 0.1 (timm's ``--smoothing`` default)
@@ -280,6 +281,11 @@ ROWS = [
         "the full recipe on soft labels: each cell's defect probability (0, 1/3, 2/3, 1)",
         options=_full_recipe,
         soft=True,
+    ),
+    Row(
+        "4-drop-path",
+        "the full recipe with stochastic depth 0.2 (timm's drop_path_rate)",
+        options=lambda n, scale: _full_recipe(n, scale) | {"drop_path": 0.2},
     ),
     Row("4-no-refit", "the recipe keeping the network val chose (no --refit)", options=_no_refit),
     Row(

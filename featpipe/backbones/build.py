@@ -339,23 +339,35 @@ def _timm_kwargs(spec: BackboneSpec) -> dict[str, Any]:
     return {}
 
 
-def load_classifier(spec: BackboneSpec, choice: WeightsChoice | None = None) -> LoadedClassifier:
+def load_classifier(
+    spec: BackboneSpec, choice: WeightsChoice | None = None, drop_path: float = 0.0
+) -> LoadedClassifier:
     """The full network with its weights and its original (ImageNet) classifier.
 
     ``choice`` is the run's resolved ``spec.weights`` (:func:`resolve_weights`), when the
-    caller resolved it already; it is resolved here otherwise.
+    caller resolved it already; it is resolved here otherwise. ``drop_path``: stochastic depth
+    for fine-tuning, built by the network's own builder (it spreads the rate over the blocks);
+    it acts only in training, so it is not part of the spec, which is what changes embeddings.
     """
     check_model_name(spec)
     choice = choice if choice is not None else resolve_weights(spec.model, spec.weights)
     identity = weights_identity(spec, choice)
     torch.manual_seed(RANDOM_SEED)  # the "none" control is the same network on every run
     if spec.is_torchvision:
-        model = torchvision.models.get_model(spec.arch, weights=None)
+        depth = {"stochastic_depth_prob": drop_path} if drop_path else {}
+        try:
+            model = torchvision.models.get_model(spec.arch, weights=None, **depth)
+        except TypeError:
+            raise ArgumentError(
+                "drop_path",
+                f"{drop_path}: {spec.model} has no stochastic depth (torchvision builds it only "
+                "for EfficientNet, ConvNeXt, Swin and the like); drop --drop-path",
+            ) from None
         classifier = family_of(spec.arch).classifier
         if choice.kind == "hub":
             load_strict(model, _tv_hub_state(spec, choice), spec.model, classifier, "none")
     else:
-        kwargs = _timm_kwargs(spec)
+        kwargs = _timm_kwargs(spec) | ({"drop_path_rate": drop_path} if drop_path else {})
         try:
             model = (
                 _timm_hub_model(spec, choice, **kwargs)
@@ -363,6 +375,11 @@ def load_classifier(spec: BackboneSpec, choice: WeightsChoice | None = None) -> 
                 else timm.create_model(spec.arch, pretrained=False, **kwargs)
             )
         except TypeError as exc:
+            if "drop_path_rate" in str(exc):
+                raise ArgumentError(
+                    "drop_path",
+                    f"{drop_path}: {spec.model} has no stochastic depth; drop --drop-path",
+                ) from None
             raise ArgumentError(
                 "image_size", f"{spec.image_size}: {spec.model} has a fixed input size ({exc})"
             ) from None
@@ -481,14 +498,17 @@ def _tv_embedder(model: nn.Module, spec: BackboneSpec) -> nn.Module:
     return TorchvisionEmbedder(model, spec.arch, pool)
 
 
-def build_backbone(spec: BackboneSpec, choice: WeightsChoice | None = None) -> Backbone:
+def build_backbone(
+    spec: BackboneSpec, choice: WeightsChoice | None = None, drop_path: float = 0.0
+) -> Backbone:
     """Load weights, remove the classifier, attach the pooling and check the output shape.
 
-    ``choice``: the run's resolved weights, so that they are looked up once per run.
+    ``choice``: the run's resolved weights, so that they are looked up once per run;
+    ``drop_path``: stochastic depth for fine-tuning (:func:`load_classifier`).
     """
     if spec.pool not in POOLS:
         raise ArgumentError("pool", f"{spec.pool}: choose one of {', '.join(POOLS)}")
-    loaded = load_classifier(spec, choice)
+    loaded = load_classifier(spec, choice, drop_path)
     model = loaded.model
     is_conv = any(isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in model.modules())
     native = model.num_features if hasattr(model, "num_features") else None

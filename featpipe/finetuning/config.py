@@ -214,6 +214,13 @@ class FinetuneConfig:
         help="Label smoothing of the training loss (timm's), e.g. 0.1: each target keeps "
         "1 - s and spreads s over all classes; val and test losses stay plain; 0 = off.",
     )
+    drop_path: float = option(
+        0.0,
+        constraint=Interval(0, 1, "left", "a probability in [0, 1)"),
+        help="Stochastic depth while training (timm's drop_path_rate, torchvision's "
+        "stochastic_depth_prob): the last block is skipped with this probability, earlier ones "
+        "less, as the network's builder spreads it; evaluation is unchanged; 0 = off.",
+    )
     soft_labels: str | None = option(
         None,
         help="CSV path,<class>,… of class probabilities per training image (paths as the "

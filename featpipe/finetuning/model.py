@@ -72,7 +72,7 @@ def build_model(plan: Plan) -> tuple[FinetuneModel, Backbone, set[str]]:
     config = plan.config
     start = plan.start
     if start is not None:
-        backbone = build_backbone(start.spec)
+        backbone = build_backbone(start.spec, drop_path=config.drop_path)
         if backbone.weights_identity != start.weights_identity:
             raise DataError(
                 f"run {start.path} was fitted on {start.spec.model} weights "
@@ -87,7 +87,7 @@ def build_model(plan: Plan) -> tuple[FinetuneModel, Backbone, set[str]]:
             image_size=config.image_size,
             crop_pct=config.crop_pct,
         )
-        backbone = build_backbone(spec)
+        backbone = build_backbone(spec, drop_path=config.drop_path)
         head = fresh_head(
             backbone.num_features, plan.n_outputs, config.head, config.head_init, config.head_scale
         )

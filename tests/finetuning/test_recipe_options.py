@@ -71,6 +71,52 @@ def test_rot90_trains_on_exactly_the_eight_symmetries_of_each_image(data, tmp_pa
     assert seen == allowed
 
 
+def test_drop_path_is_timms_stochastic_depth_in_training_only(data, tmp_path) -> None:
+    # test_convnext: every block has a residual branch to skip (test_efficientnet has none)
+    convnext = {"backbone": "test_convnext", "unfreeze": "all"}
+    trainer = trainer_for(data, tmp_path / "run", drop_path=0.2, **convnext)
+    plain = trainer_for(data, tmp_path / "plain", **convnext)
+    reference = timm.create_model("test_convnext", drop_path_rate=0.2)
+
+    def rates(module: torch.nn.Module) -> list[float]:
+        return [m.drop_prob for m in module.modules() if type(m).__name__ == "DropPath"]
+
+    # timm's builder spreads the rate over the blocks, up to 0.2 for the last
+    assert rates(trainer.model) == rates(reference) and len(set(rates(reference))) > 2
+    assert rates(plain.model) == [] and max(rates(reference)) == pytest.approx(0.2)
+    x = torch.randn(4, 3, 32, 32)
+    trainer.model.eval(), plain.model.eval()
+    with torch.no_grad():  # evaluation is the network without it, to the bit
+        assert torch.equal(trainer.model(x), plain.model(x))
+        trainer.model.train()
+        torch.manual_seed(0)
+        first = trainer.model(x)
+        assert not torch.equal(first, trainer.model(x))  # blocks skipped at random
+        torch.manual_seed(0)
+        assert torch.equal(first, trainer.model(x))  # by torch's generator, seeded per epoch
+
+
+def test_a_resumed_run_with_drop_path_is_bit_identical(data, tmp_path) -> None:
+    options = BASE | {"backbone": "test_convnext", "unfreeze": "all", "epochs": 3}
+    config = FinetuneConfig(**options | {"drop_path": 0.3})
+    whole_run, whole = finetune(data, config, tmp_path / "whole")
+    assert not Trainer(make_plan(data, config, tmp_path / "resumed")).run(stop_after=1)
+    resumed_run, resumed = finetune(data, config, tmp_path / "resumed")
+    assert resumed.history["train_loss"] == whole.history["train_loss"]
+    a = load_file(str(whole_run.path / "backbone.safetensors"))
+    b = load_file(str(resumed_run.path / "backbone.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, plain = finetune(data, FinetuneConfig(**options), tmp_path / "plain")
+    assert plain.history["train_loss"] != whole.history["train_loss"]  # it did act
+
+
+def test_drop_path_on_a_network_without_stochastic_depth_is_one_line(data, tmp_path) -> None:
+    args = ["finetune", data, "-b", "tv/resnet18", "-w", "none", "--drop-path", "0.1"]
+    proc = console_script(*args, "--out", tmp_path / "run")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--drop-path 0.1: tv/resnet18 has no stochastic depth" in proc.stderr
+
+
 def test_random_erasing_erases_one_rectangle_at_rate_p(data, tmp_path) -> None:
     trainer = trainer_for(data, tmp_path / "run", random_erasing=0.25)
     x = torch.full((400, 3, 32, 32), 3.0)  # normalised pixels far from the noise it fills with
@@ -409,6 +455,7 @@ def test_the_options_are_recorded_in_the_run(data, tmp_path) -> None:
         (["--mixup", "-1"], "--mixup -1.0: use 0 (off) or a positive alpha"),
         (["--select-by", "accuracy"], "--select-by accuracy: choose one of metric, loss"),
         (["--smoothing", "1"], "--smoothing 1.0: use a share in [0, 1)"),
+        (["--drop-path", "1"], "--drop-path 1.0: use a probability in [0, 1)"),
         (["--no-augment", "--auto-augment", "v0"], "--auto-augment v0: it is part of the"),
     ],
 )
@@ -472,6 +519,8 @@ def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
         "0.1",
         "--soft-labels",
         "probabilities.csv",
+        "--drop-path",
+        "0.2",
     ]
     with pytest.raises(Captured) as caught:
         main(["finetune", str(data), *flags])
@@ -488,6 +537,7 @@ def test_the_command_line_takes_every_new_option(data, monkeypatch) -> None:
         "select_by": "loss",
         "smoothing": 0.1,
         "soft_labels": "probabilities.csv",
+        "drop_path": 0.2,
     }
     config = caught.value.args[0]
     assert {k: getattr(config, k) for k in expected} == expected
