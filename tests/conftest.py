@@ -123,6 +123,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(n: int, *args: str) -> list[str]:
+    """The command that runs ``featpipe *args`` as ``n`` ranks under torchrun on this machine."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={n}",
+        f"--master-port={free_port()}",
+        "-m",
+        "featpipe",
+        *args,
+    ]
+
+
 def rank_env(rank: int, world: int, port: str) -> dict[str, str]:
     """This process's environment plus what torchrun gives rank ``rank`` of ``world`` (one
     node, the rendezvous on 127.0.0.1:``port``)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, flags, main_in_new_process, write_image
+from conftest import TINY, flags, main_in_new_process, torchrun, write_image
 from featpipe.cache.entry import read_meta
 from featpipe.errors import ArgumentError
 from featpipe.extraction import provenance, settle
@@ -323,7 +323,6 @@ def test_a_network_openvino_cannot_convert_is_refused_naming_the_model(
 
 
 def test_under_torchrun_the_rate_is_over_the_whole_run_too(tree: Path, tmp_path: Path) -> None:
-    from runtime.test_distributed import torchrun
 
     cache = tmp_path / "fresh"  # not created yet: the ranks must manage that too
     done = subprocess.run(

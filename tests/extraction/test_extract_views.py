@@ -14,7 +14,7 @@ import pytest
 import torch
 from extraction.test_kill_resume import _kill_after
 
-from conftest import DATA_CONFIG_32, SLOW, TINY, flags, make_tree
+from conftest import DATA_CONFIG_32, SLOW, TINY, flags, make_tree, torchrun
 from featpipe.cache.entry import verify
 from featpipe.cache.views import iter_views, load_views
 from featpipe.data.augment import Augment, view_source
@@ -118,7 +118,6 @@ def test_sigkill_during_views_then_resume_equals_an_uninterrupted_run(tmp_path: 
 
 
 def test_two_ranks_compute_the_views_of_one_process(tree: Path, tmp_path: Path) -> None:
-    from runtime.test_distributed import torchrun
 
     cache = tmp_path / "two"
     args = ["extract", str(tree), *flags(TINY), "--cache-dir", str(cache), "--views", "3"]

@@ -13,23 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SLOW, TINY, TINY_EXTRACT, flags, free_port, make_tree, rank_env
+from conftest import SLOW, TINY, TINY_EXTRACT, flags, free_port, make_tree, rank_env, torchrun
 from featpipe.extraction.stage import extract
 from featpipe.fitting.stage import fit
 from featpipe.runs.record import list_runs
-
-
-def torchrun(n: int, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={n}",
-        f"--master-port={free_port()}",
-        "-m",
-        "featpipe",
-        *args,
-    ]
 
 
 def ranks_said(done: subprocess.CompletedProcess) -> str:
