@@ -31,8 +31,9 @@ an extraction's time goes.
    decoding with the forward gains end to end, against the engine's forward-only ceiling at
    the batch size it ran: ``0`` decodes between batches, ``0+thread`` in the prefetch thread
    (featpipe's default without workers), ``0+thread LATENCY`` the same with OpenVINO fp32's
-   ``LATENCY`` hint (the choice of ``THROUGHPUT`` is made in this loop), ``1`` and up in loader
-   processes; alternated.
+   ``LATENCY`` hint (the choice of ``THROUGHPUT`` is made in this loop), ``0+thread PIL PNGs``
+   the default with PIL decoding every PNG (libspng off), ``1`` and up in loader processes;
+   alternated. The whole-process part runs that PIL configuration too (``default, PIL PNGs``).
 
 Timings on a shared machine are only comparable within one run; run it on a quiet machine::
 
@@ -77,6 +78,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_extract import naive_recipe
 
 import featpipe.cache.journals as journals
+import featpipe.data.images as images
 import featpipe.data.loader as loader
 import featpipe.data.tensor_decode as tensor_decode
 import featpipe.data.transforms as transforms
@@ -112,12 +114,20 @@ MODELS = {
     "vit_tiny_patch16_224": "none",
 }
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
-# The whole-process configurations: the default against the two exact fp32 engines.
+# The whole-process configurations: the default against the two exact fp32 engines, and the
+# default with PIL decoding every PNG (as before libspng, and where pyspng has no wheel).
+PIL_PNGS = "default, PIL PNGs"
 CONFIGS = {
     "default": [],
     "torch fp32": ["--engine", "torch", "--precision", "fp32"],
     "openvino fp32": ["--engine", "openvino", "--precision", "fp32"],
+    PIL_PNGS: [],
 }
+# ``featpipe`` as its console script runs it, with libspng switched off in the process.
+PIL_ONLY = (
+    "import sys, featpipe.data.images as images; images.pyspng = None; "
+    "from featpipe.cli.app import run; sys.argv[0] = 'featpipe'; run()"
+)
 
 
 class OpenVinoLatency(OneBatchAtATime):
@@ -237,10 +247,17 @@ def generated_pngs(out: Path, n: int, size: int = 256) -> Path:
     return out
 
 
-def featpipe_extract(data: Path, model: str, cache: Path, extra: list[str]) -> dict[str, Any]:
-    """One ``featpipe extract`` process, timed from outside; its summary line kept."""
-    featpipe = str(Path(sys.executable).with_name("featpipe"))
-    command = [featpipe, "extract", str(data), "-b", model, "-w", MODELS[model], *extra]
+def featpipe_extract(
+    data: Path, model: str, cache: Path, extra: list[str], pil_pngs: bool = False
+) -> dict[str, Any]:
+    """One ``featpipe extract`` process, timed from outside; its summary line kept.
+    ``pil_pngs``: PIL decodes every PNG (libspng off), the program otherwise the same."""
+    program = (
+        [sys.executable, "-c", PIL_ONLY]
+        if pil_pngs
+        else [str(Path(sys.executable).with_name("featpipe"))]
+    )
+    command = [*program, "extract", str(data), "-b", model, "-w", MODELS[model], *extra]
     start = time.perf_counter()
     done = subprocess.run(
         [*command, "--cache-dir", str(cache)], capture_output=True, text=True, check=True
@@ -274,14 +291,16 @@ def whole_process(
     caches = {config: work / f"cache-{name}-{config.replace(' ', '-')}" for config in CONFIGS}
     for cache in caches.values():
         shutil.rmtree(cache, ignore_errors=True)
-    cold = {config: featpipe_extract(data, model, caches[config], flags)
+    cold = {config: featpipe_extract(data, model, caches[config], flags, config == PIL_PNGS)
             for config, flags in CONFIGS.items()}  # fmt: skip
     runs: dict[str, list[dict[str, Any]]] = {config: [] for config in CONFIGS}
     recipes: list[dict[str, float]] = []
     for _ in range(repeats):
         for config, flags in CONFIGS.items():
             drop_entries(caches[config])
-            runs[config].append(featpipe_extract(data, model, caches[config], flags))
+            runs[config].append(
+                featpipe_extract(data, model, caches[config], flags, config == PIL_PNGS)
+            )
         if naive:  # alternated with them: the same machine state
             recipes.append(naive_recipe(data, model, torch.device("cpu")))
     images = sum(1 for p in data.rglob("*.png"))
@@ -413,6 +432,7 @@ def shares(
             after_none = [("0+thread", 0, contextlib.nullcontext)]
             if (settings["engine"], settings["precision"]) == ("openvino", "fp32"):
                 after_none.append(("0+thread LATENCY", 0, openvino_latency))
+            after_none.append(("0+thread PIL PNGs", 0, pil_png_decoding))
             at = workers.index(0) + 1
             ways[at:at] = after_none
         ends: dict[str, list[float]] = {label: [] for label, _, _ in ways}
@@ -451,6 +471,18 @@ def decoding_between_batches() -> Iterator[None]:
         yield
     finally:
         rows.prefetched = original
+
+
+@contextlib.contextmanager
+def pil_png_decoding() -> Iterator[None]:
+    """PIL decodes every PNG while the block runs (libspng off: as before it, and where pyspng
+    has no wheel); the same pixels."""
+    original = images.pyspng
+    images.pyspng = None
+    try:
+        yield
+    finally:
+        images.pyspng = original
 
 
 @contextlib.contextmanager

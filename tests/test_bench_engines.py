@@ -121,5 +121,8 @@ def test_smoke_runs_every_part(tmp_path: Path) -> None:
         assert row["naive_recipe_wall_s"] == min(row["naive_recipe_walls_s"])
         ratio = row["naive_recipe_wall_s"] / row["configs"]["default"]["warm_wall_s"]
         assert row["default_vs_naive_whole"] == round(ratio, 2)
+    assert all("default, PIL PNGs" in r["configs"] for r in results["whole_process"])
     assert [r["dataset"] for r in results["shares"]] == ["pngs-24", "elpv-smoke"]
+    ways = [c["images_per_s_by_workers"] for r in results["shares"] for c in r["configs"].values()]
+    assert all("0+thread PIL PNGs" in w for w in ways)
     assert all(set(c["parts_s"]) == PARTS for r in results["shares"] for c in r["configs"].values())
