@@ -27,9 +27,9 @@ def finetune(
     config: FinetuneConfig,
 ) -> None:
     """Fine-tune: unfreeze blocks, gradually or at once; resumable; a run like fit's."""
+    dataset = scan(data, allow_outside=allow_outside)  # a wrong path fails before torch loads
     from featpipe.finetuning.stage import finetune as run_finetune  # torch: only when it runs
 
-    dataset = scan(data, allow_outside=allow_outside)
     with progress_bar("fine-tune") as bar:
         step = [f"fine-tune epoch {{}}/{config.epochs}"]  # the stage says when the refit begins
 

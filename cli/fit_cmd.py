@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from featpipe.data.datasets import scan
 from featpipe.extraction.options import ExtractOptions
 from featpipe.fitting.options import SweepOptions
 from featpipe.fitting.verdict import compared_line
@@ -191,11 +192,12 @@ def fit(
     if head:
         fixed["head"] = parse_value("head", head)
     grid_values = grid_from(sweep, grid)
+    dataset = scan(data, allow_outside=extraction.allow_outside)  # a wrong path: before torch
     from featpipe.fitting.stage import fit as fit_heads  # torch: after the options parsed
 
     with progress_bar(f"fit: loading features of {data}") as bar:
         run, result = fit_heads(
-            data,
+            dataset,
             backbone,
             sweeping,
             grid=grid_values,

@@ -25,3 +25,13 @@ def test_fit_refuses_a_bad_head_value_before_loading_torch(
     done = main_in_new_process("fit", tree, *args)
     assert done.stdout.split()[-2:] == ["NO-TORCH", "2"], done.stdout + done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("command", ["fit", "finetune", "extract"])
+def test_a_dataset_that_does_not_exist_is_refused_before_loading_torch(
+    tmp_path: Path, command: str
+) -> None:
+    done = main_in_new_process(command, tmp_path / "nowhere")
+    assert done.stdout.split()[-2:] == ["NO-TORCH", "2"], done.stdout + done.stderr
+    assert f"dataset {tmp_path / 'nowhere'} does not exist" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
