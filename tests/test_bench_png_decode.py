@@ -29,6 +29,7 @@ def test_it_times_both_decoders_and_compares_every_file(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.loads(out.read_text())["folders"]
     assert row["files"] == 3 and row["pixels_equal"] == "3/3"
+    assert row["decoded_by_libspng"] == 2  # the colour ones; the grey one went to PIL
     assert [len(r) for r in row["ms_per_image_rounds"].values()] == [2, 2]
     rounds, best = row["ms_per_image_rounds"], row["ms_per_image_best"]
     assert best == {name: min(ms) for name, ms in rounds.items()} and row["pil_over_libspng"] > 0
