@@ -358,6 +358,8 @@ def load_classifier(
         try:
             model = torchvision.models.get_model(spec.arch, weights=None, **depth)
         except TypeError:
+            if not depth:
+                raise
             raise ArgumentError(
                 "drop_path",
                 f"{drop_path}: {spec.model} has no stochastic depth (torchvision builds it only "

@@ -45,10 +45,6 @@ def is_image_name(path: str | Path) -> bool:
     return 0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
-def is_png_name(path: Path) -> bool:
-    return path.suffix.lower() == ".png"
-
-
 def _to_8bit(img: Image.Image) -> Image.Image:
     """Scale high-bit-depth single-channel images to 8 bits instead of clipping them."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -119,7 +115,7 @@ def _spng_pixels(img: Image.Image, data: bytes | None) -> Image.Image | None:
     """
     if pyspng is None or data is None or img.format != "PNG" or img.mode != "RGB":
         return None
-    if data[24] != 8:  # IHDR's bit depth (PIL checked IHDR comes first): 16 bits
+    if data[24] != 8:  # the bit depth in IHDR, the first chunk: 16-bit RGB
         return None
     types = _intact_chunk_types(data)
     if types is None or types & _PNG_EXTRAS:
@@ -128,7 +124,7 @@ def _spng_pixels(img: Image.Image, data: bytes | None) -> Image.Image | None:
         pixels = pyspng.load(data)
     except RuntimeError:
         return None
-    return Image.fromarray(pixels, img.mode) if pixels.shape[:2] == img.size[::-1] else None
+    return Image.fromarray(pixels) if pixels.shape == (img.height, img.width, 3) else None
 
 
 def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
@@ -150,7 +146,7 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
         if path.stat().st_size == 0:
             raise ImageDecodeError("zero-byte file")
         # A PNG is read whole, for libspng; PIL parses its header from the same bytes.
-        data = path.read_bytes() if pyspng is not None and is_png_name(path) else None
+        data = path.read_bytes() if pyspng and path.suffix.lower() == ".png" else None
         source: Path | IO[bytes] = io.BytesIO(data) if data is not None else path
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
