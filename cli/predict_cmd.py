@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from featpipe.runs.record import load_run
+
 from . import options as opt
 from .render import console
 
@@ -30,9 +32,10 @@ def predict(
     ),
 ) -> None:
     """Predict new images with a run's backbone(s) and head; write CSV."""
+    loaded = load_run(run)  # a wrong --run fails before torch loads
     from featpipe.use.predict import predict as run_predict  # torch: only when predict runs
 
-    rows = run_predict(images, run, out, device, engine=engine, tta=tta)
+    rows = run_predict(images, loaded, out, device, engine=engine, tta=tta)
     table = Table(title=f"predictions ({len(rows)} images) → {out}")
     for column in ("path", "prediction", "confidence", "error"):
         table.add_column(column)

@@ -35,3 +35,11 @@ def test_a_dataset_that_does_not_exist_is_refused_before_loading_torch(
     assert done.stdout.split()[-2:] == ["NO-TORCH", "2"], done.stdout + done.stderr
     assert f"dataset {tmp_path / 'nowhere'} does not exist" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_predict_with_a_run_that_does_not_exist_is_refused_before_loading_torch(
+    tmp_path: Path,
+) -> None:
+    done = main_in_new_process("predict", tmp_path, "--run", tmp_path / "nowhere")
+    assert done.stdout.split()[-2:] == ["NO-TORCH", "2"], done.stdout + done.stderr
+    assert "nowhere is not a featpipe run directory" in done.stderr, done.stderr
