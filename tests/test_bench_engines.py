@@ -76,7 +76,7 @@ def test_shares_time_every_part_of_an_extraction_and_add_up_to_its_wall(
 ) -> None:
     options = {k: TINY[k] for k in ("weights", "image_size", "batch_size")}
     row = bench.shares("tiny", tree, TINY["backbone"], tmp_path / "work", [0, 1], 1, **options)
-    assert list(row["configs"]) == list(bench.CONFIGS)
+    assert list(row["configs"]) == list(bench.SHARE_CONFIGS)
     for config, record in row["configs"].items():
         assert set(record["parts_s"]) == PARTS, config
         assert record["images"] == 12
@@ -84,12 +84,15 @@ def test_shares_time_every_part_of_an_extraction_and_add_up_to_its_wall(
         assert all(s > 0 for s in parts.values()), parts  # every part ran and was timed
         assert sum(parts.values()) <= record["wall_s"] + 0.01  # parts never overlap
         assert sum(record["shares"].values()) == pytest.approx(1.0, abs=0.002)
-        # OpenVINO fp32 is also run with the LATENCY hint its engine was chosen against
+        # OpenVINO fp32 is also run with the LATENCY hint its engine was chosen against, and
+        # every configuration with PIL decoding the PNGs
         latency = ["0+thread LATENCY"] if record["engine"] == "openvino" else []
-        assert list(record["images_per_s_by_workers"]) == ["0", "0+thread", *latency, "1"]
+        ways = ["0", "0+thread", *latency, "0+thread PIL PNGs", "1"]
+        assert list(record["images_per_s_by_workers"]) == ways
         assert record["forward_ceiling_images_per_s"] > 0
     assert rows.prefetched is prefetched  # the runs without the thread put it back
     assert rows.build_engine is build_engine  # and the runs with the LATENCY hint the engine
+    assert images.pyspng is not None  # and the runs with PIL decoding libspng
     assert row["configs"]["openvino fp32"]["engine"] == "openvino"
     assert row["configs"]["torch fp32"]["engine"] == "torch"
 
