@@ -120,9 +120,10 @@ class ShardIndex:
         return found
 
     def skip_reason(self, row_id: RowId, fingerprint: str) -> str | None:
-        """Why this file was skipped, if it was (transient reasons included)."""
-        if not fingerprint:
-            return None
+        """Why this file was skipped, if it was (transient reasons included). An unreadable
+        file has the empty fingerprint now and had it when its skip was recorded (``chmod
+        000``: the read of its fingerprint fails as its decoding did), so ``""`` matches ``""``
+        here, unlike for stored rows, which are never computed from an unreadable file."""
         for stored_fp, reason in self.skipped.get(row_id, ()):
             if stored_fp == fingerprint:
                 return reason

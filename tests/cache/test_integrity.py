@@ -7,9 +7,11 @@ skips, a read-only cache and concurrent writers.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import subprocess
 import time
@@ -416,21 +418,21 @@ def test_temporary_files_of_dead_writers_are_reported_then_removed(
 def test_a_file_skipped_for_permission_is_retried(
     tree: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``chmod 000`` then ``chmod 644`` (simulated at ``open``: this suite may run as root)."""
-    from PIL import Image as PILImage
-
+    """``chmod 000`` then ``chmod 644``, simulated at the system's ``open`` (this suite may run
+    as root), which PIL and ``Path.read_bytes`` (a PNG for libspng) both go through."""
     locked = str(tree / "ants" / "ants_002.png")
-    real_open = PILImage.open
+    real_open = io.open
 
-    def refusing_open(fp, *args, **kwargs):
-        if str(fp) == locked:
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == locked:
             raise PermissionError(errno.EACCES, "Permission denied", locked)
-        return real_open(fp, *args, **kwargs)
+        return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(PILImage, "open", refusing_open)
+    monkeypatch.setattr(io, "open", refusing_open)
+    monkeypatch.setattr(builtins, "open", refusing_open)
     first = run(tree, cache_dir)
     assert first.n == 11 and first.n_skipped == 1
-    monkeypatch.setattr(PILImage, "open", real_open)
+    monkeypatch.undo()
     again = run(tree, cache_dir)
     assert not again.hit and again.n == 12 and again.n_new == 1 and again.n_skipped == 0
     assert run(tree, cache_dir).hit
