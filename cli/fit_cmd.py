@@ -20,6 +20,7 @@ from featpipe.heads.config import (
     read_grid_file,
     varying,
 )
+from featpipe.progress import Phase
 from featpipe.runs.metrics import Repeats
 from featpipe.stats import Interval
 from featpipe.stats.paired import format_p
@@ -192,10 +193,11 @@ def fit(
     if head:
         fixed["head"] = parse_value("head", head)
     grid_values = grid_from(sweep, grid)
-    dataset = scan(data, allow_outside=extraction.allow_outside)  # a wrong path: before torch
-    from featpipe.fitting.stage import fit as fit_heads  # torch: after the options parsed
-
     with progress_bar(f"fit: loading features of {data}") as bar:
+        bar.status(Phase("scanning", f"scanning {data}"))
+        dataset = scan(data, allow_outside=extraction.allow_outside)  # a wrong path: no torch
+        from featpipe.fitting.stage import fit as fit_heads  # torch: after the options parsed
+
         run, result = fit_heads(
             dataset,
             backbone,

@@ -136,17 +136,18 @@ class Predictions:
         """From a head's raw outputs (its ``decision_function``), as
         ``featpipe.heads.metrics.from_outputs`` scores them: the prediction is the argmax."""
         outputs = np.asarray(outputs, dtype=np.float64)
-        pred = predicted(task, outputs)
-        if task == "regression":
-            return cls.regression(y, pred)
-        return cls.classification(y, pred, n_classes, outputs if n_classes == 2 else None)
+        scores = outputs if n_classes == 2 else None  # a binary task's AUROC reads them
+        return cls.from_predicted(task, n_classes, y, predicted(task, outputs), scores)
 
     @classmethod
-    def from_predicted(cls, task: str, n_classes: int, y: Any, pred: Any) -> Predictions:
-        """From :func:`predicted`'s values: the class (or value) alone, without the outputs."""
+    def from_predicted(
+        cls, task: str, n_classes: int, y: Any, pred: Any, scores: Any = None
+    ) -> Predictions:
+        """From :func:`predicted`'s values: the class (or value), with a classifier's
+        ``scores`` where they are kept."""
         if task == "regression":
             return cls.regression(y, pred)
-        return cls.classification(y, pred, n_classes)
+        return cls.classification(y, pred, n_classes, scores)
 
     def __len__(self) -> int:
         return len(self.y)
