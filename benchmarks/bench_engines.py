@@ -95,12 +95,10 @@ from featpipe.data.bundled import prepare_dataset
 from featpipe.data.transforms import ImageToUint8
 from featpipe.extraction.options import ExtractOptions
 from featpipe.runtime.conversions import Conversions
-from featpipe.runtime.engines import (
+from featpipe.runtime.engines import Engine, Normalized, OneBatchAtATime
+from featpipe.runtime.openvino_engine import (
     IR_NAME,
     OPENVINO_PRECISIONS,
-    Engine,
-    Normalized,
-    OneBatchAtATime,
     export_openvino,
     openvino_core,
     openvino_has_bf16,

@@ -3,6 +3,10 @@
 Each worker decodes, resizes and crops; a file that fails becomes a recorded reason instead of
 an exception, so a corrupt JPEG in hour three costs one row, not the run. Batches keep dataset
 order (the cache writes rows in the order they come).
+
+Torch-free at import: a run without torch (:func:`featpipe.extraction.settle.
+runs_without_torch`) batches numpy images with :func:`in_order` and :func:`collate_arrays`;
+torch is loaded where a tensor or a ``DataLoader`` is made.
 """
 
 from __future__ import annotations
@@ -11,20 +15,22 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+import numpy as np
 
 from featpipe.data.images import ImageDecodeError
-from featpipe.data.transforms import ImageToUint8
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader
 
 
 @dataclass
 class Batch:
     """Decoded images with the positions they came from, plus the positions that failed."""
 
-    images: torch.Tensor  # uint8 [B, 3, H, W]
+    images: Any  # uint8 [B, 3, H, W]: a torch tensor, or a numpy array in a run without torch
     index: list[int]
     failed: list[tuple[int, str]]
 
@@ -33,7 +39,10 @@ class Batch:
         return self
 
 
-class ImageFiles(Dataset):
+class ImageFiles:
+    """Paths → (position, decoded image or None, reason): a map-style dataset for
+    ``DataLoader`` or :func:`in_order`."""
+
     def __init__(self, paths: Sequence[str], transform: Callable[[str], Any]) -> None:
         self.paths = list(paths)
         self.transform = transform
@@ -59,21 +68,50 @@ def stack(images: list[torch.Tensor]) -> torch.Tensor:
     extraction before (``bench_engines.py --parts shares``). The values are the same; torch's
     channels_last engines take this layout as it is, the others make it contiguous.
     """
+    import torch
+
     if all(t.permute(1, 2, 0).is_contiguous() for t in images):
         return torch.stack([t.permute(1, 2, 0) for t in images]).permute(0, 3, 1, 2)
     return torch.stack(images)
 
 
 def collate(samples: list[tuple[int, torch.Tensor | None, str]]) -> Batch:
+    import torch
+
     ok = [(i, t) for i, t, _ in samples if t is not None]
     failed = [(i, reason) for i, t, reason in samples if t is None]
     images = stack([t for _, t in ok]) if ok else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
     return Batch(images, [i for i, _ in ok], failed)
 
 
+def collate_arrays(samples: list[tuple[int, np.ndarray | None, str]]) -> Batch:
+    """:func:`collate` of H×W×C ``uint8`` arrays (C 1 or 3, grey made three channels here),
+    without torch: one channels-last copy, handed on as its N×C×H×W view, as :func:`stack`
+    hands on torch's."""
+    ok = [(i, a) for i, a, _ in samples if a is not None]
+    failed = [(i, reason) for i, a, reason in samples if a is None]
+    if not ok:
+        return Batch(np.empty((0, 3, 1, 1), np.uint8), [], failed)
+    arrays = [np.broadcast_to(a, (*a.shape[:2], 3)) for _, a in ok]
+    return Batch(np.stack(arrays).transpose(0, 3, 1, 2), [i for i, _ in ok], failed)
+
+
+def in_order(
+    paths: Sequence[str],
+    transform: Callable[[str], Any],
+    batch_size: int,
+    collate_fn: Callable[[list], Batch] = collate_arrays,
+) -> Iterator[Batch]:
+    """Batches in dataset order, decoded in this process: what ``DataLoader`` without workers
+    does, without loading torch."""
+    files = ImageFiles(paths, transform)
+    for start in range(0, len(files), batch_size):
+        yield collate_fn([files[i] for i in range(start, min(start + batch_size, len(files)))])
+
+
 def make_loader(
     paths: Sequence[str],
-    transform: ImageToUint8 | Callable[[str], Any],
+    transform: Callable[[str], Any],
     batch_size: int,
     workers: int,
     pin_memory: bool,
@@ -84,6 +122,8 @@ def make_loader(
     """Ordered batches for extraction; ``shuffle`` with a seeded ``generator`` for training
     (the generator also seeds the workers, so augmentation is reproducible). The tensor decode
     path passes its own ``transform`` and ``collate_fn`` (:mod:`featpipe.data.tensor_decode`)."""
+    from torch.utils.data import DataLoader
+
     return DataLoader(
         ImageFiles(paths, transform),
         batch_size=batch_size,

@@ -8,7 +8,6 @@ lists every setting that changes the pixels, and goes into the cache key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,13 +15,8 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
+from featpipe.data.eval_pixels import EvalPixels
 from featpipe.data.images import load_image
-
-
-def scale_size(data_config: dict[str, Any]) -> int:
-    """The short side after resizing, before the centre crop (timm's rule)."""
-    size = data_config["input_size"][-1]
-    return math.floor(size / data_config["crop_pct"])
 
 
 def fingerprint(data_config: dict[str, Any], draft: bool) -> dict[str, Any]:
@@ -40,18 +34,25 @@ def fingerprint(data_config: dict[str, Any], draft: bool) -> dict[str, Any]:
 class ImageToUint8:
     """Path → upright image → resize → crop → ``uint8`` 3×H×W tensor. Picklable for workers.
 
+    The pixels are :class:`~featpipe.data.eval_pixels.EvalPixels`' (timm's eval transform's
+    rules without torch), or timm's transform itself for a config it does not cover.
     Grayscale images are resized as one band and expanded to three channels afterwards: the
     same numbers as resizing an RGB copy (a test checks it), at a third of the cost.
     """
 
     def __init__(self, data_config: dict[str, Any], draft: bool) -> None:
+        # timm's own transform: the fallback here, and the geometry the tensor decoder copies
         self.pil_transform: Callable[[Image.Image], torch.Tensor] = create_transform(
             **data_config, is_training=False, use_prefetcher=True
         )
-        self.draft_size = scale_size(data_config) if draft else None
+        self.pixels = EvalPixels(data_config, draft)
+        self.covered = EvalPixels.covers(data_config)
 
     def __call__(self, path: str) -> torch.Tensor:
-        tensor = self.pil_transform(load_image(path, self.draft_size))
+        if self.covered:
+            tensor = torch.from_numpy(self.pixels(path)).permute(2, 0, 1)
+        else:
+            tensor = self.pil_transform(load_image(path, self.pixels.draft_size))
         return tensor.expand(3, -1, -1) if tensor.shape[0] == 1 else tensor
 
 

@@ -121,7 +121,7 @@ def fill_parts(
         items = _union(run.dataset, wanted)
         if not items:
             return [0] * len(parts), 0.0
-        if run.backbone is None:
+        if run.backbone is None and not run.without_torch:
             run.backbone = build(spec, choice, run.timings, say)
         t0 = time.perf_counter()
         # torch: a cache hit never gets here

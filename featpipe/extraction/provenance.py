@@ -32,17 +32,16 @@ from featpipe.cache.catalog import machine_signature
 
 
 def versions() -> dict[str, str]:
+    """The libraries a run's numbers depend on. torch, torchvision and timm are named by their
+    installed distributions' metadata (as the cache's memos are), not imported: a run without
+    torch (:func:`featpipe.extraction.settle.runs_without_torch`) must not load them to say
+    which it did not use. Their metadata leaves out a local build tag such as ``+cu130``."""
     import h5py
     import PIL
-    import timm
-    import torch
-    import torchvision
 
     return {
         "featpipe": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
+        **{name: importlib.metadata.version(name) for name in ("torch", "torchvision", "timm")},
         "h5py": h5py.__version__,
         "hdf5": h5py.version.hdf5_version,
         "numpy": np.__version__,
@@ -54,9 +53,10 @@ def versions() -> dict[str, str]:
 
 
 def device_name(device: Any) -> str:
-    import torch
+    """The GPU's name, or the CPU's (``device`` None: a run without torch, on the CPU)."""
+    if device is not None and device.type == "cuda":
+        import torch
 
-    if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return machine_signature().split("|")[1] + f" ({os.cpu_count()} cores)"
 

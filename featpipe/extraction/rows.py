@@ -1,33 +1,32 @@
 """Computing rows: the hot loop of an extract run, and the screen between the model and the disk.
 
 The loop decodes images in loader workers (or, with the tensor decoder, reads their bytes there
-and decodes batches on the device), forwards ``uint8`` batches through the engine the probe
-chose (``Engine.map``: OpenVINO's streams take the next batches while one runs), and appends
-every batch to a journal (:class:`~featpipe.cache.journals.ShardWriter`, one per entry the pass
-fills: :class:`Parts`): a killed run loses at most the batches in flight. A file that cannot be
-decoded, or whose features are not finite (or do not fit float16 when stored so), becomes a
+and decodes batches on the device; or, in a run without torch, in a thread of this process),
+forwards ``uint8`` batches through the engine the probe chose (``Engine.map``: OpenVINO's
+streams take the next batches while one runs), and appends every batch to a journal
+(:class:`~featpipe.cache.journals.ShardWriter`, one per entry the pass fills: :class:`Parts`):
+a killed run loses at most the batches in flight. A file that cannot be decoded, or whose
+features are not finite (or do not fit float16 when stored so), becomes a
 skipped row with its reason, never a row of NaN.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
+from typing import Any
 
 import numpy as np
 
 from featpipe.cache.journals import ShardWriter
 from featpipe.data.datasets import Item, RowId
-from featpipe.data.loader import make_loader, prefetched
-from featpipe.data.tensor_decode import pipeline
-from featpipe.data.transforms import ImageToUint8
+from featpipe.data.eval_pixels import EvalPixels
+from featpipe.data.loader import Batch, in_order, prefetched
 from featpipe.errors import FeatpipeError
 from featpipe.extraction.settle import ExtractRun, conversions
 from featpipe.progress import Progress
-from featpipe.runtime.devices import host_threads
-from featpipe.runtime.engines import Normalized
-from featpipe.runtime.tuning import build_engine
+from featpipe.runtime.openvino_engine import OpenVinoEngine, Rows, cpu_threads
 from featpipe.runtime.workers import decode_ahead, default_workers
 
 FLOAT16_MAX = 65504.0
@@ -45,10 +44,27 @@ def extract_rows(
     ``world``: how many processes share the machine's cores (torchrun ranks), for the default
     worker count.
     """
+    settings = run.settings
+    batch_size = int(settings["batch_size"])
+    if run.without_torch:  # settle.runs_without_torch: numpy batches into the compiled IR
+        paths = [str(run.dataset.root / i.relpath) for i in pending]
+        own = EvalPixels(settings["data_config"], run.fields.transform["jpeg_draft"])
+        engine = OpenVinoEngine(
+            conversions(run.options.cache_dir, run.fields), settings["precision"], cpu_threads()
+        )
+        settings |= {"workers": 0, "torch_loaded": False}
+        _loop(run, pending, sink, progress, engine.map, in_order(paths, own, batch_size))
+        return
+    from featpipe.data.loader import make_loader  # torch: DataLoader
+    from featpipe.data.tensor_decode import pipeline
+    from featpipe.data.transforms import ImageToUint8
+    from featpipe.runtime.devices import host_threads
+    from featpipe.runtime.engines import Normalized
+    from featpipe.runtime.tuning import build_engine
+
     with host_threads(run.device):  # a CUDA loop leaves the cores to the workers
         assert run.backbone is not None
-        settings, fields, device = run.settings, run.fields, run.device
-        batch_size = int(settings["batch_size"])
+        fields, device = run.fields, run.device
         gpu = device.type == "cuda"
         workers = run.options.workers
         n_workers = (
@@ -70,33 +86,45 @@ def extract_rows(
             own = ImageToUint8(config, fields.transform["jpeg_draft"])
             decode = "tensor" if "decode" in fields.transform else "pil"
         transform, collate, finish = pipeline(decode, paths, own, device)
-        loader = make_loader(
-            paths, transform, batch_size, n_workers, device.type == "cuda", collate_fn=collate
-        )
-        dim = int(settings["dim"])
-        done = skipped_total = 0
-        t0 = time.perf_counter()
-        ahead = decode_ahead(n_workers, settings["engine"])
-        settings["prefetch"] = ahead
-        with (
-            closing(prefetched(map(finish, loader), ahead)) as batches,
-            closing(engine.map((b, b.images if b.index else None) for b in batches)) as computed,
-        ):
-            for batch, rows in computed:
-                skipped = [(*pending[i].row_id, reason) for i, reason in batch.failed]
-                feats = np.empty((0, dim), np.float32) if rows is None else rows
-                skipped += sink.append(pending, batch.index, feats, skipped)
-                done += len(batch.index) + len(batch.failed)
-                skipped_total += len(skipped)
-                if skipped and run.options.on_error == "fail":
-                    path = run.dataset.root / skipped[0][0]
-                    raise FeatpipeError(
-                        f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
-                        "--on-error skip to record it and go on"
-                    )
-                if progress is not None:
-                    elapsed = time.perf_counter() - t0
-                    progress(Progress(done, len(pending), skipped_total, elapsed))
+        loader = make_loader(paths, transform, batch_size, n_workers, gpu, collate_fn=collate)
+        _loop(run, pending, sink, progress, engine.map, map(finish, loader))
+
+
+def _loop(
+    run: ExtractRun,
+    pending: list[Item],
+    sink: Parts,
+    progress: Callable[[Progress], None] | None,
+    compute: Callable[[Iterable[tuple[Batch, Any]]], Iterator[tuple[Batch, Rows]]],
+    loader: Iterable[Batch],
+) -> None:
+    """The loop itself: batches (decoded ahead by a thread where :func:`decode_ahead` says so)
+    through ``compute`` (an engine's ``map``) into the sink, screened, with progress."""
+    settings = run.settings
+    dim = int(settings["dim"])
+    done = skipped_total = 0
+    t0 = time.perf_counter()
+    ahead = decode_ahead(settings["workers"], settings["engine"])
+    settings["prefetch"] = ahead
+    with (
+        closing(prefetched(loader, ahead)) as batches,
+        closing(compute((b, b.images if b.index else None) for b in batches)) as computed,
+    ):
+        for batch, rows in computed:
+            skipped = [(*pending[i].row_id, reason) for i, reason in batch.failed]
+            feats = np.empty((0, dim), np.float32) if rows is None else rows
+            skipped += sink.append(pending, batch.index, feats, skipped)
+            done += len(batch.index) + len(batch.failed)
+            skipped_total += len(skipped)
+            if skipped and run.options.on_error == "fail":
+                path = run.dataset.root / skipped[0][0]
+                raise FeatpipeError(
+                    f"{path}: {skipped[0][3]}; fix or remove the file, or pass "
+                    "--on-error skip to record it and go on"
+                )
+            if progress is not None:
+                elapsed = time.perf_counter() - t0
+                progress(Progress(done, len(pending), skipped_total, elapsed))
 
 
 Skipped = tuple[str, int, int, str]

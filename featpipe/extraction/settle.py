@@ -9,7 +9,11 @@ Settling goes from cheap to dear, so that a cache hit stops early:
    known and whose precision needs no probe, finds its entry without building the model;
 3. otherwise :func:`resolve` settles the key: it builds the model only when something must be
    measured or the network is not memoised yet, and probes speed (:mod:`featpipe.runtime.tuning`)
-   for a dataset large enough to be worth it; what it learns is memoised for the next call.
+   for a dataset large enough to be worth it; what it learns is memoised for the next call;
+4. a request whose memo names OpenVINO, whose IR is on disk and whose eval transform
+   :class:`~featpipe.data.eval_pixels.EvalPixels` computes runs without torch at all
+   (:func:`runs_without_torch`, :func:`settled_without_torch`): numpy batches into the compiled
+   IR, with the same pixels and the same network as the torch path.
 
 The result is an :class:`ExtractRun`, which :func:`featpipe.extraction.fill.fill` runs.
 """
@@ -28,10 +32,13 @@ from featpipe.cache.catalog import Request, entry_path, recall, remember
 from featpipe.cache.entry import matches
 from featpipe.cache.key import KeyFields
 from featpipe.data.datasets import Dataset, Item
+from featpipe.data.eval_pixels import EvalPixels
 from featpipe.extraction.options import ExtractOptions
 from featpipe.progress import Phase
 from featpipe.runtime import distributed
 from featpipe.runtime.conversions import Conversions
+from featpipe.runtime.openvino_engine import IR_NAME
+from featpipe.runtime.workers import default_workers
 
 if TYPE_CHECKING:
     from featpipe.backbones.build import Backbone
@@ -60,6 +67,7 @@ class ExtractRun:
     options: ExtractOptions
     # pending items → (loader sources, picklable source → uint8 image); None: the eval view
     images: Callable[[list[Item]], tuple[list[str], Callable[[str], Any]]] | None = None
+    without_torch: bool = False  # numpy and OpenVINO only: no device, no backbone
 
 
 def cached(
@@ -126,6 +134,44 @@ def leader_then_all(
         distributed.settle(error)
     assert runs[0] is not None
     return runs[0]
+
+
+def runs_without_torch(
+    memo: tuple[KeyFields, dict[str, Any]], request: Request, options: ExtractOptions, n: int
+) -> bool:
+    """Whether a settled request of ``n`` images can run without loading torch, timm and
+    torchvision (2.4 s of a warm run's start on a 2-core Xeon).
+
+    It can when its memo names OpenVINO on the CPU (the engine needs only its IR, written by an
+    earlier run), its pixels are PIL's and :class:`~featpipe.data.eval_pixels.EvalPixels`
+    computes its eval transform, and the loop decodes in this process (no loader workers: the
+    default on 2 cores). Anything else (another engine, ``--device cuda``, tensor decoding,
+    loader workers) runs as before, with the same numbers.
+    """
+    fields, settings = memo
+    workers = options.workers
+    if workers is None:
+        workers = default_workers(n, int(settings["batch_size"]))
+    return (
+        settings.get("engine") == "openvino"
+        and request.device in ("auto", "cpu")
+        and "decode" not in fields.transform
+        and EvalPixels.covers(settings["data_config"])
+        and workers == 0
+        and (conversions(options.cache_dir, fields).openvino / IR_NAME).is_file()
+    )
+
+
+def settled_without_torch(
+    dataset: Dataset,
+    request: Request,
+    memo: tuple[KeyFields, dict[str, Any]],
+    options: ExtractOptions,
+) -> ExtractRun:
+    """The run of a request that :func:`runs_without_torch`: its memo, nothing else."""
+    fields, settings = memo
+    entry = entry_path(options.cache_dir, dataset.name, request.spec.slug, fields.digest)
+    return ExtractRun(dataset, fields, settings, entry, None, None, {}, options, without_torch=True)
 
 
 def resolve(

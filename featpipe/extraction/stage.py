@@ -32,7 +32,14 @@ from featpipe.data.augment import Augment
 from featpipe.data.datasets import Dataset, Task, scan
 from featpipe.extraction.fill import Filled, fill
 from featpipe.extraction.options import ExtractOptions
-from featpipe.extraction.settle import ExtractRun, cached, leader_then_all, resolve
+from featpipe.extraction.settle import (
+    ExtractRun,
+    cached,
+    leader_then_all,
+    resolve,
+    runs_without_torch,
+    settled_without_torch,
+)
 from featpipe.extraction.views import check_views, extract_views
 from featpipe.progress import Phase, Progress, quiet
 from featpipe.runtime import distributed
@@ -82,6 +89,7 @@ class ExtractResult:
         draft = ", JPEG draft decoding" if s.get("jpeg_draft") else ""  # opt-in, changes pixels
         draft += ", tensor decoding" if s.get("decode") == "tensor" else ""  # likewise
         thread = " + decoding thread" if s.get("prefetch") else ""  # the next batch, meanwhile
+        thread += ", torch not loaded" if s.get("torch_loaded") is False else ""  # settle's
         if self.hit:
             return (
                 f"cache hit: {self.entry}  N={self.n} D={self.dim}  "
@@ -183,14 +191,19 @@ def extract(
     if hit is not None:
         hit.seconds = time.perf_counter() - start
         return with_views(hit)
-    import_s = prepare_to_compute(cache_dir, say)
-    run = leader_then_all(
-        dist,
-        lambda memo: resolve(dataset, request, choice, memo, options, say),
-        lambda: recall(cache_dir, request),
-    )
-    if import_s:
-        run.timings["import_s"] = import_s
+    memo = recall(cache_dir, request) if dist is None and not views else None
+    if memo is not None and runs_without_torch(memo, request, options, len(dataset)):
+        prepare_to_compute(cache_dir, say, load_torch=False)
+        run = settled_without_torch(dataset, request, memo, options)
+    else:
+        import_s = prepare_to_compute(cache_dir, say)
+        run = leader_then_all(
+            dist,
+            lambda memo: resolve(dataset, request, choice, memo, options, say),
+            lambda: recall(cache_dir, request),
+        )
+        if import_s:
+            run.timings["import_s"] = import_s
     contents = fingerprinted(run, options, say)
     filled = fill(run, contents, spec, choice, dist, start, say, progress)
     return with_views(computed(run, backbone, filled, start))
@@ -234,15 +247,18 @@ def check_ranks(
         distributed.check_shared(ensure_writable(cache_dir))  # ranks prove it by writing there
 
 
-def prepare_to_compute(cache_dir: Path, say: Callable[[Phase], None]) -> float:
+def prepare_to_compute(
+    cache_dir: Path, say: Callable[[Phase], None], load_torch: bool = True
+) -> float:
     """What a run that computes rows does first (after the cache hit: a complete entry needs
     no write access): check the cache is writable, keep freed memory, load torch, timm and
-    torchvision. Returns the seconds they took to load (0 when they were loaded): 2.3 s on a
-    2-core Xeon, of which timm and torchvision 1.3 s, more than building most models, so the
-    summary line counts them here rather than leave them inside whichever step imports first."""
+    torchvision (unless the run goes without them). Returns the seconds they took to load (0
+    when they were loaded or not needed): 2.3 s on a 2-core Xeon, of which timm and torchvision
+    1.3 s, more than building most models, so the summary line counts them here rather than
+    leave them inside whichever step imports first."""
     ensure_writable(cache_dir)
     keep_freed_memory()  # before the probe, so that it times what the run will see
-    if "featpipe.backbones.build" in sys.modules:
+    if not load_torch or "featpipe.backbones.build" in sys.modules:
         return 0.0
     say(Phase("building", "loading torch and timm"))  # seconds on a loaded machine: say so
     t0 = time.perf_counter()

@@ -49,16 +49,8 @@ from featpipe.choices import ENGINES
 from featpipe.errors import ArgumentError
 from featpipe.runtime.conversions import ConversionError, Conversions
 from featpipe.runtime.devices import check_precision
-from featpipe.runtime.engines import (
-    Engine,
-    Normalized,
-    OnnxEngine,
-    OpenVinoEngine,
-    TorchEngine,
-    export_onnx,
-    export_openvino,
-    openvino_has_bf16,
-)
+from featpipe.runtime.engines import Engine, Normalized, OnnxEngine, TorchEngine, export_onnx
+from featpipe.runtime.openvino_engine import OpenVinoEngine, export_openvino, openvino_has_bf16
 
 CPU_BATCHES = (4, 8, 16, 32)
 CUDA_BATCHES = (64, 128, 256)

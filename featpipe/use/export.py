@@ -25,12 +25,8 @@ import torch
 from featpipe.data.transforms import ImageToUint8
 from featpipe.errors import ArgumentError, DataError
 from featpipe.runs.record import Run
-from featpipe.runtime.engines import (
-    OPENVINO_PRECISIONS,
-    openvino_core,
-    write_onnx,
-    write_openvino,
-)
+from featpipe.runtime.engines import write_onnx
+from featpipe.runtime.openvino_engine import OPENVINO_PRECISIONS, openvino_core, write_openvino
 from featpipe.use.predict import DeployedPipeline, RunPipeline, collect_images, load_pipeline
 
 # Each format and the file it is written to by default (an IR's weights go to a .bin beside it).

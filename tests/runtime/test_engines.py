@@ -14,7 +14,7 @@ import torch
 
 from featpipe.backbones.build import BackboneSpec, build_backbone
 from featpipe.errors import ArgumentError, FeatpipeError
-from featpipe.runtime import engines, tuning
+from featpipe.runtime import openvino_engine, tuning
 from featpipe.runtime.conversions import ConversionError, Conversions
 from featpipe.runtime.engines import (
     Normalized,
@@ -155,7 +155,7 @@ def test_openvino_matches_torch_takes_any_batch_and_converts_once(
     eager = TorchEngine(module, torch.device("cpu"), "fp32", channels_last=False)(images)
     settings = {"engine": "openvino", "precision": "fp32", "channels_last": False}
     engine = build_engine(settings, module, torch.device("cpu"), files)
-    ir = files.openvino / engines.IR_NAME
+    ir = files.openvino / openvino_engine.IR_NAME
     made = ir.stat().st_mtime_ns
     # A batch of 5, then a last batch of 2 on the same compiled model: the batch axis is dynamic.
     np.testing.assert_allclose(engine(images), eager, rtol=1e-4, atol=1e-5)
@@ -167,7 +167,8 @@ def test_openvino_matches_torch_takes_any_batch_and_converts_once(
     assert [c["INFERENCE_PRECISION_HINT"] for c in configs] == ["f32", "f32"]
     assert any((files.openvino / "compiled").iterdir())  # OpenVINO's own compiled blob
     # Once released, the engines leave this thread's signal stack where
-    # signals can be delivered (see engines.openvino_core: else the next SIGCHLD is a SIGSEGV).
+    # signals can be delivered (see openvino_engine.openvino_core: else the next SIGCHLD is a
+    # SIGSEGV).
     del engine, again
     gc.collect()
     assert signal_stack_is_mapped()
@@ -177,8 +178,8 @@ def test_openvino_streams_give_every_batch_its_own_rows_in_order_bit_for_bit(
     tmp_path: Path,
 ) -> None:
     module, files = tiny(), Conversions.under(tmp_path, "test_efficientnet", "m")
-    engines.export_openvino(module, files)
-    engine = engines.OpenVinoEngine(files, "fp32", threads=2)
+    openvino_engine.export_openvino(module, files)
+    engine = openvino_engine.OpenVinoEngine(files, "fp32", threads=2)
     assert len(engine.requests) >= 2  # THROUGHPUT: a stream, and a request, per thread
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -225,11 +226,11 @@ def test_ranks_converting_at_once_leave_one_whole_ir(
         path.write_text("ours")
         path.with_suffix(".bin").write_text("ours")
         files.openvino.mkdir(parents=True)
-        (files.openvino / engines.IR_NAME).write_text("theirs")
-        (files.openvino / engines.IR_NAME).with_suffix(".bin").write_text("theirs")
+        (files.openvino / openvino_engine.IR_NAME).write_text("theirs")
+        (files.openvino / openvino_engine.IR_NAME).with_suffix(".bin").write_text("theirs")
 
-    monkeypatch.setattr(engines, "write_openvino", write)
-    ir = engines.export_openvino(tiny(), files)
+    monkeypatch.setattr(openvino_engine, "write_openvino", write)
+    ir = openvino_engine.export_openvino(tiny(), files)
     assert [p.read_text() for p in (ir, ir.with_suffix(".bin"))] == ["theirs", "theirs"]
     assert [p.name for p in tmp_path.glob(".openvino/*")] == ["m"]  # no temporary left
 
@@ -274,8 +275,8 @@ def test_bf16_units_are_read_from_openvinos_cpu_capabilities(
             asked.append((device, name))
             return capabilities
 
-    monkeypatch.setattr(engines, "openvino_core", Core)
-    assert engines.openvino_has_bf16() is has_bf16
+    monkeypatch.setattr(openvino_engine, "openvino_core", Core)
+    assert openvino_engine.openvino_has_bf16() is has_bf16
     assert asked == [("CPU", "OPTIMIZATION_CAPABILITIES")]
 
 

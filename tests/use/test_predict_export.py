@@ -247,7 +247,7 @@ def test_export_refuses_an_unknown_format(elpv_run, tmp_path) -> None:
 def test_openvino_export_agrees_with_cached_features_as_its_user_runs_it(
     elpv_run, tmp_path
 ) -> None:
-    from featpipe.runtime.engines import openvino_core
+    from featpipe.runtime.openvino_engine import openvino_core
 
     run, _ = elpv_run
     cached = load_features(run.config["entries"][0]["entry"])
@@ -261,7 +261,8 @@ def test_openvino_export_agrees_with_cached_features_as_its_user_runs_it(
     # check ran with, and its user passes it on.
     assert sidecar["compile_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
     # The process's one Core: Cores released out of order leave OpenVINO 2026.4's signal stack
-    # dangling (see featpipe.runtime.engines.openvino_core); a user's process has one anyway.
+    # dangling (see featpipe.runtime.openvino_engine.openvino_core); a user's process has one
+    # anyway.
     model = openvino_core().compile_model(str(target), "CPU", sidecar["compile_config"])
     got = model({0: recipe_images(files, sidecar).numpy()})[0]
     np.testing.assert_allclose(got, run.head().predict_proba(cached.X), atol=2e-4)
