@@ -78,6 +78,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_extract import naive_recipe
 
 import featpipe.cache.journals as journals
+import featpipe.data.eval_pixels as eval_pixels
 import featpipe.data.images as images
 import featpipe.data.loader as loader
 import featpipe.data.tensor_decode as tensor_decode
@@ -86,12 +87,14 @@ import featpipe.extraction.fill as fill
 import featpipe.extraction.rows as rows
 import featpipe.extraction.settle as settle
 import featpipe.extraction.stage as stage
+import featpipe.runtime.tuning as tuning
 from featpipe import extract
 from featpipe.backbones.build import BackboneSpec, build_backbone
 from featpipe.cache.catalog import machine_signature
 from featpipe.cache.fingerprints import Contents
 from featpipe.cache.transaction import Transaction
 from featpipe.data.bundled import prepare_dataset
+from featpipe.data.eval_pixels import EvalPixels
 from featpipe.data.transforms import ImageToUint8
 from featpipe.extraction.options import ExtractOptions
 from featpipe.runtime.conversions import Conversions
@@ -99,6 +102,7 @@ from featpipe.runtime.engines import Engine, Normalized, OneBatchAtATime
 from featpipe.runtime.openvino_engine import (
     IR_NAME,
     OPENVINO_PRECISIONS,
+    OpenVinoEngine,
     export_openvino,
     openvino_core,
     openvino_has_bf16,
@@ -147,7 +151,7 @@ class OpenVinoLatency(OneBatchAtATime):
         self.request = compiled.create_infer_request()
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        return self.request.infer({0: np.ascontiguousarray(images.numpy())})[0].copy()
+        return self.request.infer({0: np.ascontiguousarray(np.asarray(images))})[0].copy()
 
 
 def photo_batch(work: Path, config: dict[str, Any], batch: int) -> torch.Tensor:
@@ -367,22 +371,29 @@ class Stopwatch:
             def __call__(self, images: torch.Tensor) -> np.ndarray:
                 return self.forward(images)
 
-        def build(*args: Any) -> Engine:
+        def build(*args: Any) -> Engine:  # the torch path's engines
             return TimedEngine(self.timed("engine build", build_engine)(*args))
+
+        def openvino(*args: Any) -> Engine:  # the engine of a run without torch
+            return TimedEngine(self.timed("engine build", OpenVinoEngine)(*args))
 
         parts = [
             (stage, "scan", "scan"),
             (stage, "cache_hit", "cache lookup"),
             (stage, "resolve", "settle (key, memo)"),
+            (stage, "settled_without_torch", "settle (key, memo)"),
             (settle, "build", "backbone build"),
             (fill, "build", "backbone build"),
             (Contents, "__init__", "fingerprints"),
             (Contents, "hashes", "SHA-256 of written files"),
-            (transforms, "load_image", "decode"),
-            (ImageToUint8, "__call__", "resize, crop, to tensor"),
+            (transforms, "load_image", "decode"),  # timm's transform, where EvalPixels is not
+            (eval_pixels, "load_image", "decode"),
+            (EvalPixels, "__call__", "resize, crop"),
+            (ImageToUint8, "__call__", "to tensor"),  # the torch path's, around EvalPixels
             (journals.Journal, "append", "journal write"),
             (journals, "seal", "HDF5 seal"),
             (loader, "collate", "collate"),
+            (loader, "collate_arrays", "collate"),
             (tensor_decode, "pil_collate", "collate"),  # the exact path's collate, as bound there
             (rows, "screen", "screening"),
             (Transaction, "commit", "commit"),
@@ -391,10 +402,10 @@ class Stopwatch:
         try:
             for owner, name, part in parts:
                 setattr(owner, name, self.timed(part, getattr(owner, name)))
-            rows.build_engine = build
+            tuning.build_engine, rows.OpenVinoEngine = build, openvino
             yield
         finally:
-            rows.build_engine = build_engine
+            tuning.build_engine, rows.OpenVinoEngine = build_engine, OpenVinoEngine
             for owner, name, original in originals:
                 setattr(owner, name, original)
 
@@ -448,6 +459,7 @@ def shares(
             "batch_size": settings["batch_size"],
             "images": result.n_new,
             "wall_s": round(result.seconds, 3),
+            "torch_loaded": settings.get("torch_loaded", True),  # False: settle's path without
             "parts_s": {part: round(s, 6) for part, s in parts.items()},
             "shares": {part: round(s / result.seconds, 4) for part, s in parts.items()},
             "images_per_s_by_workers": {w: round(max(r), 1) for w, r in ends.items()},
@@ -490,7 +502,7 @@ def openvino_latency() -> Iterator[None]:
     """OpenVINO fp32 with the ``LATENCY`` hint (:class:`OpenVinoLatency`, one stream, one
     request per batch) in extractions while the block runs: the hint featpipe's engine was
     chosen against, in the loop where it was chosen."""
-    original = rows.build_engine
+    original = tuning.build_engine
 
     def build(settings: dict[str, Any], module: Normalized, device: Any, files: Any) -> Engine:
         if settings["engine"] != "openvino":
@@ -498,11 +510,13 @@ def openvino_latency() -> Iterator[None]:
         export_openvino(module, files)
         return OpenVinoLatency(files, torch.get_num_threads())
 
-    rows.build_engine = build
+    # the torch path builds its engine by its settings; a run without torch makes OpenVINO's
+    tuning.build_engine = build
+    rows.OpenVinoEngine = lambda files, precision, threads: OpenVinoLatency(files, threads)
     try:
         yield
     finally:
-        rows.build_engine = original
+        tuning.build_engine, rows.OpenVinoEngine = original, OpenVinoEngine
 
 
 def in_process(data: Path, model: str, cache: Path, options: dict[str, Any], workers: int) -> Any:

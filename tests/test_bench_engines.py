@@ -17,8 +17,10 @@ import pytest
 import featpipe.data.images as images
 import featpipe.data.transforms as transforms
 import featpipe.extraction.rows as rows
+import featpipe.runtime.tuning as tuning
 from conftest import TINY
 from featpipe.data.loader import prefetched
+from featpipe.runtime.openvino_engine import OpenVinoEngine
 from featpipe.runtime.tuning import build_engine
 
 ROOT = Path(__file__).parent.parent
@@ -32,7 +34,8 @@ PARTS = {
     "commit",
     "fingerprints",
     "decode",
-    "resize, crop, to tensor",
+    "resize, crop",
+    "to tensor",
     "forward",
     "SHA-256 of written files",
     "journal write",
@@ -41,6 +44,9 @@ PARTS = {
     "backbone build",
     "rest",
 }
+# A warm OpenVINO run goes without torch (featpipe.extraction.settle.runs_without_torch): no
+# backbone, no tensors.
+PARTS_WITHOUT_TORCH = PARTS - {"backbone build", "to tensor"}
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +71,12 @@ def test_the_stopwatch_counts_a_nested_part_once_and_puts_featpipe_back(bench) -
     assert watch.seconds["inner"] + watch.seconds["outer"] <= elapsed  # exclusive parts
     with pytest.raises(RuntimeError), watch.wrapped():
         assert transforms.load_image is not images.load_image
-        assert rows.build_engine is not build_engine
+        assert tuning.build_engine is not build_engine
+        assert rows.OpenVinoEngine is not OpenVinoEngine
         raise RuntimeError("an extraction that fails")
     assert transforms.load_image is images.load_image  # put back, even after an error
-    assert rows.build_engine is build_engine
+    assert tuning.build_engine is build_engine
+    assert rows.OpenVinoEngine is OpenVinoEngine
 
 
 def test_shares_time_every_part_of_an_extraction_and_add_up_to_its_wall(
@@ -78,7 +86,8 @@ def test_shares_time_every_part_of_an_extraction_and_add_up_to_its_wall(
     row = bench.shares("tiny", tree, TINY["backbone"], tmp_path / "work", [0, 1], 1, **options)
     assert list(row["configs"]) == list(bench.SHARE_CONFIGS)
     for config, record in row["configs"].items():
-        assert set(record["parts_s"]) == PARTS, config
+        expected = PARTS if record["torch_loaded"] else PARTS_WITHOUT_TORCH
+        assert set(record["parts_s"]) == expected, config
         assert record["images"] == 12
         parts = {part: s for part, s in record["parts_s"].items() if part != "rest"}
         assert all(s > 0 for s in parts.values()), parts  # every part ran and was timed
@@ -91,9 +100,11 @@ def test_shares_time_every_part_of_an_extraction_and_add_up_to_its_wall(
         assert list(record["images_per_s_by_workers"]) == ways
         assert record["forward_ceiling_images_per_s"] > 0
     assert rows.prefetched is prefetched  # the runs without the thread put it back
-    assert rows.build_engine is build_engine  # and the runs with the LATENCY hint the engine
+    assert tuning.build_engine is build_engine  # and the runs with the LATENCY hint the engines
+    assert rows.OpenVinoEngine is OpenVinoEngine
     assert images.pyspng is not None  # and the runs with PIL decoding libspng
     assert row["configs"]["openvino fp32"]["engine"] == "openvino"
+    assert row["configs"]["openvino fp32"]["torch_loaded"] is False  # all settings given, warm
     assert row["configs"]["torch fp32"]["engine"] == "torch"
 
 

@@ -89,7 +89,8 @@ class Request:
         fields = asdict(self)
         del fields["spec"]["weights"]  # weights_detail says what they resolved to
         fields["versions"] = [_version(d) for d in ("featpipe", "torch", "torchvision", "timm")]
-        if "auto" in (self.precision, self.engine) or self.batch_size is None:
+        # What this machine chose (a probe), or may refuse (an engine for the device auto finds)
+        if "auto" in (self.precision, self.engine, self.device) or self.batch_size is None:
             fields["machine"] = machine_signature()
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 

@@ -97,16 +97,14 @@ def collate_arrays(samples: list[tuple[int, np.ndarray | None, str]]) -> Batch:
 
 
 def in_order(
-    paths: Sequence[str],
-    transform: Callable[[str], Any],
-    batch_size: int,
-    collate_fn: Callable[[list], Batch] = collate_arrays,
+    paths: Sequence[str], transform: Callable[[str], Any], batch_size: int
 ) -> Iterator[Batch]:
-    """Batches in dataset order, decoded in this process: what ``DataLoader`` without workers
-    does, without loading torch."""
+    """Batches of :func:`collate_arrays` in dataset order, decoded in this process: what
+    ``DataLoader`` without workers does, without loading torch."""
     files = ImageFiles(paths, transform)
     for start in range(0, len(files), batch_size):
-        yield collate_fn([files[i] for i in range(start, min(start + batch_size, len(files)))])
+        stop = min(start + batch_size, len(files))
+        yield collate_arrays([files[i] for i in range(start, stop)])
 
 
 def make_loader(

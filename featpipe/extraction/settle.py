@@ -210,9 +210,10 @@ def _settle(
 
     The model is built only when something must be measured or the network is not memoised
     yet. The probe runs for datasets above ``PROBE_MIN_IMAGES`` with a setting left to choose,
-    under its budget; only its answer is memoised per request (a small dataset's untimed fp32
-    must not stop a large one from being probed). An explicit reduced precision is timed
-    against fp32 on one image each, for the warning.
+    under its budget; its answer is memoised per request, and so are the settings of a request
+    that gives every one (a small dataset's untimed fp32 must not stop a large one from being
+    probed). An explicit reduced precision is timed against fp32 on one image each, for the
+    warning.
     """
     from featpipe.data import tensor_decode, transforms  # torch: a cache hit never settles
     from featpipe.runtime import tuning  # torch: likewise
@@ -281,7 +282,9 @@ def _settle(
         chosen.probe = chosen.probe | {"skipped": why}
     fields = base.computed(chosen.precision, chosen.engine)
     settings = chosen.as_dict() | described
-    if timed:
+    # A probe's answer, or every setting given (then nothing depends on the dataset's size);
+    # an explicit reduced precision is timed again each run, for its warning.
+    if timed or not (choose or check_speed):
         remember(cache_dir, request, fields, settings)
     return (fields, settings), backbone
 

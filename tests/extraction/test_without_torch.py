@@ -21,6 +21,8 @@ from featpipe.runtime import tuning
 
 # auto settings, so that the request is probed and its answer memoised
 AUTO = TINY | {"engine": "auto", "precision": "auto", "batch_size": None}
+# every setting given: memoised as given
+EXPLICIT = TINY | {"engine": "openvino", "precision": "fp32", "batch_size": 4}
 REPORT = """
 import json, sys
 import featpipe
@@ -58,12 +60,13 @@ def in_new_process(data: Path, options: dict[str, Any]) -> dict[str, Any]:
     return json.loads(out.stdout.splitlines()[-1])
 
 
+@pytest.mark.parametrize("request_", [AUTO, EXPLICIT], ids=["auto", "explicit"])
 def test_warm_openvino_run_loads_no_torch_and_stores_the_same_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_openvino: Any
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_openvino: Any, request_: dict
 ) -> None:
     openvino_probe(monkeypatch)
     data, cache = dataset(tmp_path / "data"), tiny_openvino(tmp_path / "cache")
-    options = {k: v for k, v in AUTO.items() if k != "backbone"} | {"cache_dir": str(cache)}
+    options = {k: v for k, v in request_.items() if k != "backbone"} | {"cache_dir": str(cache)}
     first = extract(data, AUTO["backbone"], **options)  # the torch path, which memoises
     assert first.settings["engine"] == "openvino" and "torch_loaded" not in first.settings
     before = first.load()
