@@ -22,7 +22,7 @@ import numpy as np
 from featpipe.cache.journals import ShardWriter
 from featpipe.data.datasets import Item, RowId
 from featpipe.data.eval_pixels import EvalPixels
-from featpipe.data.loader import Batch, in_order, prefetched
+from featpipe.data.loader import Batch, in_order, make_loader, prefetched
 from featpipe.errors import FeatpipeError
 from featpipe.extraction.settle import ExtractRun, conversions
 from featpipe.progress import Progress
@@ -44,50 +44,64 @@ def extract_rows(
     ``world``: how many processes share the machine's cores (torchrun ranks), for the default
     worker count.
     """
-    settings = run.settings
-    batch_size = int(settings["batch_size"])
-    if run.without_torch:  # settle.runs_without_torch: numpy batches into the compiled IR
-        paths = [str(run.dataset.root / i.relpath) for i in pending]
-        own = EvalPixels(settings["data_config"], run.fields.transform["jpeg_draft"])
-        engine = OpenVinoEngine(
-            conversions(run.options.cache_dir, run.fields), settings["precision"], cpu_threads()
-        )
-        settings |= {"workers": 0, "torch_loaded": False}
-        _loop(run, pending, sink, progress, engine.map, in_order(paths, own, batch_size))
+    if run.without_torch:  # settle.runs_without_torch
+        _loop(run, pending, sink, progress, *_numpy_source(run, pending))
         return
-    from featpipe.data.loader import make_loader  # torch: DataLoader
+    from featpipe.runtime.devices import host_threads  # torch: a run without it never gets here
+
+    with host_threads(run.device):  # a CUDA loop leaves the cores to the workers
+        _loop(run, pending, sink, progress, *_torch_source(run, pending, world))
+
+
+Compute = Callable[[Iterable[tuple[Batch, Any]]], Iterator[tuple[Batch, Rows]]]
+
+
+def _numpy_source(run: ExtractRun, pending: list[Item]) -> tuple[Compute, Iterable[Batch]]:
+    """A run without torch: EvalPixels' arrays, batched in this process, into the compiled IR."""
+    settings = run.settings
+    paths = [str(run.dataset.root / i.relpath) for i in pending]
+    own = EvalPixels(settings["data_config"], run.fields.transform["jpeg_draft"])
+    files = conversions(run.options.cache_dir, run.fields)
+    engine = OpenVinoEngine(files, settings["precision"], cpu_threads())
+    settings |= {"workers": 0, "torch_loaded": False}
+    return engine.map, in_order(paths, own, int(settings["batch_size"]))
+
+
+def _torch_source(
+    run: ExtractRun, pending: list[Item], world: int
+) -> tuple[Compute, Iterable[Batch]]:
+    """The engine the settings name, fed by a DataLoader (workers, tensor decoding, views)."""
     from featpipe.data.tensor_decode import pipeline
     from featpipe.data.transforms import ImageToUint8
-    from featpipe.runtime.devices import host_threads
     from featpipe.runtime.engines import Normalized
     from featpipe.runtime.tuning import build_engine
 
-    with host_threads(run.device):  # a CUDA loop leaves the cores to the workers
-        assert run.backbone is not None
-        fields, device = run.fields, run.device
-        gpu = device.type == "cuda"
-        workers = run.options.workers
-        n_workers = (
-            default_workers(len(pending), batch_size, world, gpu) if workers is None else workers
-        )
-        settings["workers"] = n_workers
-        config = run.backbone.data_config
-        engine = build_engine(
-            settings,
-            Normalized(run.backbone.module, config),
-            device,
-            conversions(run.options.cache_dir, fields),
-        )
-        if run.images is not None:  # augmented views: their PIL training transform, in the workers
-            paths, own = run.images(pending)
-            decode = "pil"
-        else:
-            paths = [str(run.dataset.root / i.relpath) for i in pending]
-            own = ImageToUint8(config, fields.transform["jpeg_draft"])
-            decode = "tensor" if "decode" in fields.transform else "pil"
-        transform, collate, finish = pipeline(decode, paths, own, device)
-        loader = make_loader(paths, transform, batch_size, n_workers, gpu, collate_fn=collate)
-        _loop(run, pending, sink, progress, engine.map, map(finish, loader))
+    assert run.backbone is not None
+    settings, fields, device = run.settings, run.fields, run.device
+    batch_size = int(settings["batch_size"])
+    gpu = device.type == "cuda"
+    workers = run.options.workers
+    n_workers = (
+        default_workers(len(pending), batch_size, world, gpu) if workers is None else workers
+    )
+    settings["workers"] = n_workers
+    config = run.backbone.data_config
+    engine = build_engine(
+        settings,
+        Normalized(run.backbone.module, config),
+        device,
+        conversions(run.options.cache_dir, fields),
+    )
+    if run.images is not None:  # augmented views: their PIL training transform, in the workers
+        paths, own = run.images(pending)
+        decode = "pil"
+    else:
+        paths = [str(run.dataset.root / i.relpath) for i in pending]
+        own = ImageToUint8(config, fields.transform["jpeg_draft"])
+        decode = "tensor" if "decode" in fields.transform else "pil"
+    transform, collate, finish = pipeline(decode, paths, own, device)
+    loader = make_loader(paths, transform, batch_size, n_workers, gpu, collate_fn=collate)
+    return engine.map, map(finish, loader)
 
 
 def _loop(
@@ -95,7 +109,7 @@ def _loop(
     pending: list[Item],
     sink: Parts,
     progress: Callable[[Progress], None] | None,
-    compute: Callable[[Iterable[tuple[Batch, Any]]], Iterator[tuple[Batch, Rows]]],
+    compute: Compute,
     loader: Iterable[Batch],
 ) -> None:
     """The loop itself: batches (decoded ahead by a thread where :func:`decode_ahead` says so)
