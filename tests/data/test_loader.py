@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from featpipe.data.loader import collate, prefetched, stack
+from featpipe.data.eval_pixels import EvalPixels
+from featpipe.data.loader import collate, collate_arrays, in_order, prefetched, stack
 from featpipe.data.transforms import ImageToUint8
 from featpipe.runtime.engines import Normalized, TorchEngine
 
@@ -61,6 +62,24 @@ def test_the_torch_engine_gives_the_same_rows_for_either_layout(tmp_path: Path) 
     for channels_last in (True, False):
         engine = TorchEngine(module, torch.device("cpu"), "fp32", channels_last)
         assert np.array_equal(engine(stack(images)), engine(torch.stack(images)))
+
+
+def test_arrays_collate_to_the_torch_paths_batch_as_one_contiguous_nchw_array(
+    tmp_path: Path,
+) -> None:
+    """The run without torch batches EvalPixels' arrays: the same values as the torch path's
+    batch, grey made three channels, failures passed on, in the layout OpenVINO takes."""
+    pil_images(tmp_path, ("RGB", "L", "RGB"))  # writes 0.png, 1.png, 2.png
+    (tmp_path / "3.png").write_bytes(b"not a png")
+    paths = [str(tmp_path / f"{i}.png") for i in range(4)]
+    [batch] = list(in_order(paths, EvalPixels(CONFIG, False), batch_size=4))
+    images = [ImageToUint8(CONFIG, False)(p) for p in paths[:3]]
+    assert isinstance(batch.images, np.ndarray) and batch.images.flags.c_contiguous
+    assert batch.images.shape == (3, 3, 16, 16) and batch.images.dtype == np.uint8
+    np.testing.assert_array_equal(batch.images, torch.stack(images).numpy())
+    assert batch.index == [0, 1, 2] and [i for i, _ in batch.failed] == [3]
+    empty = collate_arrays([(0, None, "unreadable")])
+    assert empty.index == [] and empty.failed == [(0, "unreadable")]
 
 
 def test_prefetched_keeps_order_and_runs_ahead_in_a_thread() -> None:
