@@ -28,8 +28,16 @@ FINGERPRINT_BLOCK = 64 << 10
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _map(fn: Any, values: Iterable[Any]) -> list[Any]:
+# Up to this many files are read in the calling thread: a batch's rows, just decoded, come from
+# the page cache, and handing each to a pool thread cost more than reading it (ELPV's 2,624
+# cells hashed in batches of 8: 0.24 s through the pool, 0.11 s in the caller; 2-core Xeon).
+IN_THREAD = 32
+
+
+def _map(fn: Any, values: Sequence[Any]) -> list[Any]:
     """Reading files is I/O: a few threads hide its latency (hashlib releases the GIL)."""
+    if len(values) <= IN_THREAD:
+        return [fn(v) for v in values]
     global _POOL
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="featpipe-hash")
