@@ -37,7 +37,7 @@ from featpipe.data.datasets import Dataset, Task
 from featpipe.errors import ArgumentError
 from featpipe.extraction.fill import Part, fill_parts
 from featpipe.extraction.options import ExtractOptions
-from featpipe.extraction.settle import ExtractRun, build, leader_then_all, network_request, resolve
+from featpipe.extraction.settle import ExtractRun, build, network_request
 from featpipe.extraction.stage import (
     ExtractResult,
     cache_hit,
@@ -45,9 +45,9 @@ from featpipe.extraction.stage import (
     computed,
     extract,
     fingerprinted,
-    prepare_to_compute,
     request_for,
     scanned,
+    settled,
 )
 from featpipe.progress import Phase, Progress, quiet
 from featpipe.runtime import distributed
@@ -125,14 +125,7 @@ def extract_layers(
         return found
     read = list(dict.fromkeys(layer for i in missing for layer in layers_of(specs[i])))
     combined = request_for(replace(network, layer=",".join(read)), choice, options)
-    import_s = prepare_to_compute(cache_dir, say)
-    run = leader_then_all(
-        dist,
-        lambda memo: resolve(dataset, combined, choice, memo, options, say),
-        lambda: recall(cache_dir, combined),
-    )
-    if import_s:
-        run.timings["import_s"] = import_s
+    run = settled(dataset, combined, choice, options, dist, say)
     parts = _parts(run, [specs[i] for i in missing], read, combined, choice, say)
     distributed.on_leader(
         dist, lambda: _remember(run, combined, parts, [requests[i] for i in missing])
@@ -199,10 +192,10 @@ def _remember(
 ) -> None:
     """Memoise each layer's request as its own extraction would, so that a later extraction
     of one layer finds its entry without building the model: its network (always), and its
-    settled key where the pass's own request was settled by a probe (memoised)."""
+    settled key where the pass's own request was memoised (by a probe, or every setting given)."""
     cache_dir = run.options.cache_dir
     network = recall(cache_dir, network_request(combined))
-    settled = recall(cache_dir, combined) is not None
+    memoised = recall(cache_dir, combined) is not None
     for part, request in zip(parts, requests, strict=True):
         own = {k: part.run.settings[k] for k in ("dim", "layer_dims")}
         if network is not None:
@@ -213,7 +206,7 @@ def _remember(
                 replace(base, layer=request.spec.layer),
                 described | own,
             )
-        if settled:
+        if memoised:
             remember(cache_dir, request, part.run.fields, run.settings | own)
 
 

@@ -196,14 +196,7 @@ def extract(
         prepare_to_compute(cache_dir, say, load_torch=False)
         run = settled_without_torch(dataset, request, memo, options)
     else:
-        import_s = prepare_to_compute(cache_dir, say)
-        run = leader_then_all(
-            dist,
-            lambda memo: resolve(dataset, request, choice, memo, options, say),
-            lambda: recall(cache_dir, request),
-        )
-        if import_s:
-            run.timings["import_s"] = import_s
+        run = settled(dataset, request, choice, options, dist, say)
     contents = fingerprinted(run, options, say)
     filled = fill(run, contents, spec, choice, dist, start, say, progress)
     return with_views(computed(run, backbone, filled, start))
@@ -265,6 +258,27 @@ def prepare_to_compute(
     import featpipe.backbones.build  # noqa: F401  (torch, timm, torchvision)
 
     return time.perf_counter() - t0
+
+
+def settled(
+    dataset: Dataset,
+    request: Request,
+    choice: WeightsChoice,
+    options: ExtractOptions,
+    dist: distributed.Dist | None,
+    say: Callable[[Phase], None],
+) -> ExtractRun:
+    """The run of a request on the torch path: torch loaded (its seconds counted), then rank 0
+    resolves the key and speed settings and the other ranks read its memo."""
+    import_s = prepare_to_compute(options.cache_dir, say)
+    run = leader_then_all(
+        dist,
+        lambda memo: resolve(dataset, request, choice, memo, options, say),
+        lambda: recall(options.cache_dir, request),
+    )
+    if import_s:
+        run.timings["import_s"] = import_s
+    return run
 
 
 def fingerprinted(
