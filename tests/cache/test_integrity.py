@@ -462,7 +462,11 @@ def _shard_rows(cache: Path) -> int:
 def test_two_concurrent_extracts_compute_each_row_once(tmp_path: Path) -> None:
     data = make_tree(tmp_path / "photos", classes=("a", "b"), per_class=40)
     cache = tmp_path / "cache"
-    cmd = [str(FEATPIPE), "extract", str(data), "--cache-dir", str(cache), *flags(SLOW)]
+    # The first must still be computing when the second looks its entry up (under a second, from
+    # the memo, without torch): at 64 px resnet18 finished 80 images first in a loaded suite and
+    # the second was a cache hit; at 160 px their forward takes six times as long.
+    slower = SLOW | {"image_size": 160}
+    cmd = [str(FEATPIPE), "extract", str(data), "--cache-dir", str(cache), *flags(slower)]
     subprocess.run([*cmd[:2], "--help"], capture_output=True, check=True)  # warm imports
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
