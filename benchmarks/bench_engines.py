@@ -33,7 +33,9 @@ an extraction's time goes.
    (featpipe's default without workers), ``0+thread LATENCY`` the same with OpenVINO fp32's
    ``LATENCY`` hint (the choice of ``THROUGHPUT`` is made in this loop), ``0+thread PIL PNGs``
    the default with PIL decoding every PNG (libspng off), ``1`` and up in loader processes;
-   alternated. The whole-process part runs that PIL configuration too (``default, PIL PNGs``).
+   alternated. The whole-process part runs that PIL configuration too (``default, PIL PNGs``),
+   and the default forced onto the torch path (``default, with torch``: as before a warm
+   OpenVINO run went without torch), so that each is compared with the default side by side.
 
 Timings on a shared machine are only comparable within one run; run it on a quiet machine::
 
@@ -116,22 +118,29 @@ MODELS = {
     "vit_tiny_patch16_224": "none",
 }
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
-# The whole-process configurations: the default against the two exact fp32 engines, and the
-# default with PIL decoding every PNG (as before libspng, and where pyspng has no wheel).
+# The whole-process configurations: the default against the two exact fp32 engines, the
+# default with PIL decoding every PNG (as before libspng, and where pyspng has no wheel), and
+# the default on the torch path (as before a warm run went without torch).
 PIL_PNGS = "default, PIL PNGs"
+WITH_TORCH = "default, with torch"
 CONFIGS = {
     "default": [],
     "torch fp32": ["--engine", "torch", "--precision", "fp32"],
     "openvino fp32": ["--engine", "openvino", "--precision", "fp32"],
     PIL_PNGS: [],
+    WITH_TORCH: [],
 }
 # The shares' configurations: PIL decoding is a way each of them runs there (``0+thread PIL PNGs``).
-SHARE_CONFIGS = {name: flags for name, flags in CONFIGS.items() if name != PIL_PNGS}
-# ``featpipe`` as its console script runs it, with libspng switched off in the process.
-PIL_ONLY = (
-    "import sys, featpipe.data.images as images; images.pyspng = None; "
-    "from featpipe.cli.app import run; sys.argv[0] = 'featpipe'; run()"
-)
+SHARE_CONFIGS = {
+    name: flags for name, flags in CONFIGS.items() if name not in (PIL_PNGS, WITH_TORCH)
+}
+# ``featpipe`` as its console script runs it, with one thing switched off in the process: libspng,
+# or the run without torch (featpipe.extraction.settle.runs_without_torch).
+PATCHED = {
+    PIL_PNGS: "import featpipe.data.images as m; m.pyspng = None",
+    WITH_TORCH: "import featpipe.extraction.stage as m; m.runs_without_torch = lambda *a: False",
+}
+CONSOLE = "; import sys; from featpipe.cli.app import run; sys.argv[0] = 'featpipe'; run()"
 
 
 class OpenVinoLatency(OneBatchAtATime):
@@ -252,13 +261,13 @@ def generated_pngs(out: Path, n: int, size: int = 256) -> Path:
 
 
 def featpipe_extract(
-    data: Path, model: str, cache: Path, extra: list[str], pil_pngs: bool = False
+    data: Path, model: str, cache: Path, extra: list[str], config: str = ""
 ) -> dict[str, Any]:
     """One ``featpipe extract`` process, timed from outside; its summary line kept.
-    ``pil_pngs``: PIL decodes every PNG (libspng off), the program otherwise the same."""
+    ``config``: one of :data:`PATCHED` runs the program with that part switched off."""
     program = (
-        [sys.executable, "-c", PIL_ONLY]
-        if pil_pngs
+        [sys.executable, "-c", PATCHED[config] + CONSOLE]
+        if config in PATCHED
         else [str(Path(sys.executable).with_name("featpipe"))]
     )
     command = [*program, "extract", str(data), "-b", model, "-w", MODELS[model], *extra]
@@ -295,16 +304,14 @@ def whole_process(
     caches = {config: work / f"cache-{name}-{config.replace(' ', '-')}" for config in CONFIGS}
     for cache in caches.values():
         shutil.rmtree(cache, ignore_errors=True)
-    cold = {config: featpipe_extract(data, model, caches[config], flags, config == PIL_PNGS)
+    cold = {config: featpipe_extract(data, model, caches[config], flags, config)
             for config, flags in CONFIGS.items()}  # fmt: skip
     runs: dict[str, list[dict[str, Any]]] = {config: [] for config in CONFIGS}
     recipes: list[dict[str, float]] = []
     for _ in range(repeats):
         for config, flags in CONFIGS.items():
             drop_entries(caches[config])
-            runs[config].append(
-                featpipe_extract(data, model, caches[config], flags, config == PIL_PNGS)
-            )
+            runs[config].append(featpipe_extract(data, model, caches[config], flags, config))
         if naive:  # alternated with them: the same machine state
             recipes.append(naive_recipe(data, model, torch.device("cpu")))
     images = sum(1 for p in data.rglob("*.png"))

@@ -30,9 +30,9 @@ from torch import nn
 from featpipe.data.transforms import Normalize
 from featpipe.runtime.conversions import Conversions, converting
 from featpipe.runtime.devices import autocast
+from featpipe.runtime.openvino_engine import Rows
 
 T = TypeVar("T")
-Rows = np.ndarray | None  # an item's embeddings; None for an item without images
 
 
 class Engine(Protocol):

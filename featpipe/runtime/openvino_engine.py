@@ -94,10 +94,12 @@ def openvino_core() -> Any:
 
 
 def cpu_threads() -> int:
-    """The threads OpenVINO gets in a run without torch: what torch's intra-op pool would have
-    (``torch.get_num_threads()``, which the torch path passes): ``OMP_NUM_THREADS`` where set,
-    else the cores this process may run on. Such runs have no loader workers, so on the 2-core
-    machines they happen on every core computes."""
+    """The threads OpenVINO gets in a run without torch, where the torch path passes
+    ``torch.get_num_threads()``: ``OMP_NUM_THREADS`` where set (torch honours it too), else the
+    cores this process may run on. Both gave 2 on the 2-core machines these runs were measured
+    on; where torch's default is the physical cores of an SMT machine the two can differ (not
+    measured: whether the thread count moves OpenVINO's rows at rounding level, as engines and
+    batch sizes may in fp32). Such runs have no loader workers, so every core computes."""
     threads = os.environ.get("OMP_NUM_THREADS", "")
     if threads.isdigit() and int(threads) > 0:
         return int(threads)

@@ -7,7 +7,8 @@ them with a pipeline featpipe did not compute: timm's ``resolve_data_config`` +
 ``MobileNet_V2_Weights.IMAGENET1K_V1.transforms()`` and a ``torch.load``-ed state dict for
 ``tv/mobilenet_v2``. The model's own classifier applied to the cached rows must name the photo.
 So featpipe's decoding, its ``uint8`` transform, its device-side normaliser, the engine (torch,
-and OpenVINO in fp32: each must agree with the reference to a cosine of 0.99999) and the cache
+and OpenVINO in fp32, also in a warm run without torch: each must agree with the reference to
+a cosine of 0.99999) and the cache
 are all on the path under test. (Lite0's reference network gets its weights through
 featpipe's loader, because the offline file uses ``efficientnet_pytorch`` key names; the
 classifier test is what proves those weights right.)
@@ -29,13 +30,16 @@ from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from featpipe.backbones.build import load_classifier
 from featpipe.backbones.spec import BackboneSpec
 from featpipe.backbones.weights import OFFLINE
+from featpipe.cache.catalog import remove_entry
 from featpipe.cache.entry import Features, load_features
 from featpipe.extraction.stage import extract
 
 CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
 INFO = ImageNetInfo()
 EXACT = {"precision": "fp32", "batch_size": 3, "workers": 0}
-ENGINES = ["torch", "openvino"]
+# "warm": OpenVINO's second run of the same request, which goes without torch
+# (featpipe.extraction.settle.runs_without_torch): EvalPixels' pixels, numpy batches, the IR.
+ENGINES = ["torch", "openvino", "openvino warm"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,13 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cached(folder: Path, backbone: str, cache: Path, engine: str) -> Features:
-    result = extract(folder, backbone, weights="offline", cache_dir=cache, engine=engine, **EXACT)
+    engine, _, warm = engine.partition(" ")
+    options = EXACT | {"weights": "offline", "cache_dir": cache, "engine": engine}
+    result = extract(folder, backbone, **options)
+    if warm:  # the entry removed, its memo and IR kept: the run without torch
+        remove_entry(result.entry)
+        result = extract(folder, backbone, **options)
+        assert result.settings["torch_loaded"] is False
     assert result.settings["engine"] == engine and result.n_new == 3
     return load_features(result.entry)  # read back from the cache file, not from memory
 
