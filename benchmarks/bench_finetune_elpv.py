@@ -37,6 +37,8 @@ Rows (``--rows``: ids, a leading number for a whole group, or ``all``):
                  TTA chosen on val, then ``--refit`` on train + val (1,968 images); each seed
                  records the chosen network's test scores too (``test_before_refit``)
 4-whole          row 4 on the whole cell, from row 1-whole's head
+4-soft           row 4 trained on soft labels (``--soft-labels``: each cell's defect probability)
+4-whole-soft     rows 4-whole and 4-soft together: the two ties with the least seed spread
 4-drop-path      row 4 with stochastic depth 0.2 (``--drop-path``: timm's ``drop_path_rate``)
 4-no-refit       the recipe as it was until 2026-12-07 08:00 UTC: the chosen network kept, not
                  refitted (row 4's training up to its choice, epoch for epoch)
@@ -92,6 +94,7 @@ row             per seed     why
 4               ~18 min      10 epochs (8 of them all blocks), EMA, TTA ×8, then the refit
 1-whole         ~30 s        as row 1, on the whole cell (a second extraction)
 4-whole         ~19 min      as row 4, from row 1-whole's head
+4-whole-soft    ~19 min      as row 4-whole
 5               ~32 min      row 4 at 1.8× the pixels
 ==============  ===========  ========================================================
 
@@ -279,6 +282,13 @@ ROWS = [
     Row(
         "4-soft",
         "the full recipe on soft labels: each cell's defect probability (0, 1/3, 2/3, 1)",
+        options=_full_recipe,
+        soft=True,
+    ),
+    Row(
+        "4-whole-soft",
+        "the full recipe on the whole cell and on soft labels (rows 4-whole and 4-soft together)",
+        size="whole",
         options=_full_recipe,
         soft=True,
     ),
