@@ -7,14 +7,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from featpipe.errors import StorageError
 from featpipe.finetuning.config import FinetuneConfig
+from featpipe.runs.predictions import SplitOutputs
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_finetune_elpv.py"
@@ -105,6 +108,33 @@ def test_smoke_runs_a_head_and_the_full_recipe_and_keeps_finished_runs(tmp_path:
         assert lines[seed].startswith(f"row 4 seed {seed}: accuracy {accuracy:.4f}; errors p=")
         assert "; vs row 1: " in lines[seed]
     assert lines[2].startswith("row 4: the 2 seeds' mean softmax scores ")
+    # the misses both runs share are misses of each, so missing only those beats both runs
+    pattern = r"all 2 runs miss (\d+) of (\d+) cells \(p=.*\); missing only those scores (\S+)"
+    shared = re.fullmatch(pattern, lines[3])
+    assert shared is not None, lines[3]
+    best = max(seed["test_accuracy"] for seed in results["rows"][1]["seeds"])
+    assert float(shared[3]) >= best - 1e-4
+    assert float(shared[3]) == pytest.approx(1 - int(shared[1]) / int(shared[2]), abs=1e-4)
+
+
+def test_shared_misses_are_the_cells_every_run_gets_wrong() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "elpv_errors", ROOT / "benchmarks" / "elpv_errors.py"
+    )
+    errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(errors)
+    cells = np.array(["a.png", "b.png", "c.png", "d.png"])
+    y = np.array([0, 1, 1, 0])
+    first = SplitOutputs(cells, y, np.eye(2)[[0, 0, 0, 1]])  # misses b, c, d
+    # the same images in another order, missing c and d only: b is not shared
+    order = np.array([3, 2, 1, 0])
+    second = SplitOutputs(cells[order], y[order], np.eye(2)[[1, 0, 1, 0]])
+    probability = {"a.png": 0.0, "b.png": 1.0, "c.png": 2 / 3, "d.png": 1 / 3}
+    line = errors.shared_misses([first, second], probability)
+    assert line == (
+        "all 2 runs miss 2 of 4 cells (p=0.00: 0/1, p=0.33: 1/1, p=0.67: 1/1, p=1.00: 0/1); "
+        "missing only those scores 0.5000"
+    )
 
 
 @pytest.mark.slow
