@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from featpipe.data.datasets import scan
 from featpipe.extraction.options import ExtractOptions
+from featpipe.progress import Phase
 
 from . import options as opt
 from .render import console, plain, progress_bar
@@ -22,15 +24,16 @@ def advise(
     extraction: ExtractOptions,
 ) -> None:
     """Measure size and domain similarity; name the quadrant and the next command."""
-    from featpipe.reports.advise import advise as run_advise  # torch: only when advise runs
-
     with progress_bar(f"advise: loading features of {data}") as bar:
+        bar.status(Phase("scanning", f"scanning {data}"))
+        dataset = scan(data, allow_outside=extraction.allow_outside)  # a wrong path: no torch
+        from featpipe.reports.advise import advise as run_advise  # torch: after the scan
 
         def progress(label: str):  # per-batch callback of one extraction, named on the bar
             return lambda p: bar.update(p.done, p.total, p.images_per_second, f"extract ({label})")
 
         advice = run_advise(
-            data,
+            dataset,
             backbone,
             extraction.weights,
             extraction,

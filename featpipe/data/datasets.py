@@ -173,6 +173,9 @@ class Dataset:
     # The wall clock (``time.time_ns()``) before the scan's first ``stat``: a file changed
     # within a timestamp tick of it may change again unseen (see featpipe.cache.statrecord).
     scanned_ns: int = 0
+    # What the scan was pointed at (the folder or the CSV manifest), so a command printed for
+    # this dataset names it as the user did; not part of the digest (moving a tree keeps it).
+    source: Path | None = None
     _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -789,4 +792,5 @@ def scan(
         )
     for note in dataset.notes:
         warnings.warn(note, DataWarning, stacklevel=2)
+    dataset.source = source
     return dataset

@@ -44,9 +44,11 @@ import torch
 
 from featpipe.backbones.build import BackboneSpec, load_classifier
 from featpipe.cache.entry import Features
+from featpipe.data.datasets import Dataset
 from featpipe.data.splits import HOLDOUT
 from featpipe.errors import DataError
 from featpipe.extraction.options import ExtractOptions, as_extract_options
+from featpipe.extraction.stage import scanned
 from featpipe.finetuning.recipe import recipe
 from featpipe.fitting.features import load_feature_set
 from featpipe.fitting.sweep import few_shot, sweep
@@ -126,7 +128,7 @@ def _probe(features: Features) -> tuple[float, dict[str, Any]]:
 
 
 def advise(
-    data: str | Path,
+    data: str | Path | Dataset,
     backbone: str = "tf_efficientnet_lite0",
     weights: str = "auto",
     extract_options: ExtractOptions | Mapping[str, Any] | None = None,
@@ -141,12 +143,16 @@ def advise(
     (``"pretrained"``, then ``"random-init control"``: on a slow machine the control alone can
     take many minutes). The next command keeps the extract options and ``runs_dir`` given here,
     so following it reuses this cache instead of extracting again at the defaults.
+
+    ``data`` is a folder, a CSV manifest or a :class:`~featpipe.data.datasets.Dataset` already
+    scanned from one; it is scanned once, for both extractions.
     """
     options = as_extract_options(extract_options)
+    dataset = scanned(data, None, None, options, status or (lambda _phase: None))
 
-    def features(label: str, spec: str) -> Features:
+    def features(label: str, spec: str) -> Features:  # both extractions read the one scan
         per_batch = (lambda _model: progress(label)) if progress else None
-        loaded, _ = load_feature_set(data, spec, options, progress=per_batch, status=status)
+        loaded, _ = load_feature_set(dataset, spec, options, progress=per_batch, status=status)
         return loaded
 
     pretrained = features("pretrained", f"{backbone}@{weights}")
@@ -181,7 +187,9 @@ def advise(
             "similar_confidence": SIMILAR_CONFIDENCE,
         },
     }
-    context = CommandContext(str(data), backbone, replace(options, weights=weights), runs_dir)
+    context = CommandContext(
+        str(dataset.source or dataset.root), backbone, replace(options, weights=weights), runs_dir
+    )
     has_val = bool((pretrained.split == "val").any())
     tuned = fine_tune_images(len(train), has_val)
     return Advice(

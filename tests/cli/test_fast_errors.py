@@ -27,7 +27,7 @@ def test_fit_refuses_a_bad_head_value_before_loading_torch(
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-@pytest.mark.parametrize("command", ["fit", "finetune", "extract"])
+@pytest.mark.parametrize("command", ["fit", "finetune", "extract", "advise"])
 def test_a_dataset_that_does_not_exist_is_refused_before_loading_torch(
     tmp_path: Path, command: str
 ) -> None:

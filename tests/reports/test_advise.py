@@ -58,6 +58,7 @@ def test_advise_cli_prints_evidence_quadrant_and_next_command(tmp_path: Path, ca
     # Following the advice reuses this cache: the command keeps what advise was given.
     command = out.split("next:", 1)[1].strip()
     for kept in (
+        f"featpipe fit {data} ",  # the folder as given, though the CLI passed advise its scan
         "--weights offline",
         "--image-size 32",
         "--precision fp32",
