@@ -27,10 +27,11 @@ def finetune(
     config: FinetuneConfig,
 ) -> None:
     """Fine-tune: unfreeze blocks, gradually or at once; resumable; a run like fit's."""
-    dataset = scan(data, allow_outside=allow_outside)  # a wrong path fails before torch loads
-    from featpipe.finetuning.stage import finetune as run_finetune  # torch: only when it runs
-
     with progress_bar("fine-tune") as bar:
+        bar.status(Phase("scanning", f"scanning {data}"))
+        dataset = scan(data, allow_outside=allow_outside)  # a wrong path: no torch
+        from featpipe.finetuning.stage import finetune as run_finetune  # torch: after the scan
+
         step = [f"fine-tune epoch {{}}/{config.epochs}"]  # the stage says when the refit begins
 
         def update(epoch: int, done: int, total: int, seconds: float) -> None:
