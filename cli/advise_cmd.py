@@ -7,9 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from featpipe.data.datasets import scan
 from featpipe.extraction.options import ExtractOptions
-from featpipe.progress import Phase
+from featpipe.extraction.stage import scanned
 
 from . import options as opt
 from .render import console, plain, progress_bar
@@ -25,8 +24,7 @@ def advise(
 ) -> None:
     """Measure size and domain similarity; name the quadrant and the next command."""
     with progress_bar(f"advise: loading features of {data}") as bar:
-        bar.status(Phase("scanning", f"scanning {data}"))
-        dataset = scan(data, allow_outside=extraction.allow_outside)  # a wrong path: no torch
+        dataset = scanned(data, None, None, extraction, bar.status)  # a wrong path: no torch
         from featpipe.reports.advise import advise as run_advise  # torch: after the scan
 
         def progress(label: str):  # per-batch callback of one extraction, named on the bar

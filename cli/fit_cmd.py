@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from featpipe.data.datasets import scan
 from featpipe.extraction.options import ExtractOptions
+from featpipe.extraction.stage import scanned
 from featpipe.fitting.options import SweepOptions
 from featpipe.fitting.verdict import compared_line
 from featpipe.heads.config import (
@@ -20,7 +20,6 @@ from featpipe.heads.config import (
     read_grid_file,
     varying,
 )
-from featpipe.progress import Phase
 from featpipe.runs.metrics import Repeats
 from featpipe.stats import Interval
 from featpipe.stats.paired import format_p
@@ -194,8 +193,7 @@ def fit(
         fixed["head"] = parse_value("head", head)
     grid_values = grid_from(sweep, grid)
     with progress_bar(f"fit: loading features of {data}") as bar:
-        bar.status(Phase("scanning", f"scanning {data}"))
-        dataset = scan(data, allow_outside=extraction.allow_outside)  # a wrong path: no torch
+        dataset = scanned(data, None, None, extraction, bar.status)  # a wrong path: no torch
         from featpipe.fitting.stage import fit as fit_heads  # torch: after the options parsed
 
         run, result = fit_heads(
