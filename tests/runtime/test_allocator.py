@@ -41,4 +41,6 @@ def test_freed_activation_buffers_are_reused_not_faulted_in_again() -> None:
     assert applied == "True"
     # By default every large activation buffer is a fresh mmap, faulted in page by page.
     assert default > 4 * 10_000
-    assert kept < default / 10
+    # Kept buffers fault in about 20 times less (3,200 against 70,000); one loaded fresh-clone
+    # run saw 7,894 against 69,067, so the bound leaves room: a no-op setting faults as often.
+    assert kept < default / 4
