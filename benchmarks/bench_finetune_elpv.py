@@ -333,7 +333,13 @@ ROWS = [
         "the first recipe at lr 1e-3 and layer decay 0.85",
         options=lambda n, scale: FIRST_RECIPE | {"lr": 1e-3, "layer_decay": 0.85},
     ),
-    Row("5", "row 4-select-metric at 300 px", size="large", options=_by_accuracy),
+    Row(
+        "5",
+        "the full recipe at 300 px, from row 1-300px's head",
+        size="large",
+        options=_full_recipe,
+    ),
+    Row("5-select-metric", "row 4-select-metric at 300 px", size="large", options=_by_accuracy),
 ]
 BY_ID = {row.id: row for row in ROWS}
 
