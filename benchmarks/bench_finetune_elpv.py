@@ -532,8 +532,20 @@ def _scores(run_path: Path) -> dict[str, Any]:
     }
 
 
+def test_predicted(run_path: Path) -> str:
+    """The run's predicted class of each test cell, one digit a cell, the cells in path order.
+
+    Recorded with each seed so that a later row can be paired with this one image by image
+    (``elpv_errors.py --against RESULTS.json:ROW``) on another machine, once ``--work`` and its
+    runs are gone: the split's ``sha256`` names the cells."""
+    test = load_run(run_path).predictions().splits["test"]
+    order = np.argsort(np.asarray(test.relpath).astype(str), kind="stable")
+    return "".join(str(int(c)) for c in test.outputs.argmax(1)[order])
+
+
 def summarise(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": row.id, "what": row.what, "seeds": runs}
+    seeds = [r | {"test_predicted": test_predicted(Path(r["run"]))} for r in runs]
+    out: dict[str, Any] = {"id": row.id, "what": row.what, "seeds": seeds}
     before = [r.get("test_before_refit") for r in runs]
     columns = {
         name: [r[name] for r in runs]

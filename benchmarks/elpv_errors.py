@@ -6,7 +6,9 @@ For each ``--rows`` row, seed by seed, on the 656 test cells:
   confidence; the binary label is defective from 0.5), read from the prepared tree's
   ``defect_probability.csv``: which cells the accuracy is lost on;
 * with ``--against ROW``, McNemar's exact test against that row's run of the same seed (the
-  images only one of them gets right, and the two-sided p);
+  images only one of them gets right, and the two-sided p). ``--against RESULTS.json:ROW``
+  pairs with the predictions a results file recorded for that row instead (each seed's
+  ``test_predicted``), on any machine that writes the same split, once the runs are gone;
 * the accuracy of the seeds' mean softmax (an ensemble of the row's runs);
 * over every run read (all rows and seeds): the cells that all of them miss, by defect
   probability, and the accuracy a run would have that missed only those. That bounds what
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from featpipe.protocols.calibration import softmax
 from featpipe.runs.predictions import RunPredictions, SplitOutputs
 from featpipe.runs.record import load_run
 from featpipe.stats.paired import format_p, mcnemar
+from featpipe.stats.predictions import Predictions
 
 
 def kept_predictions(work: Path, row: str, seed: int) -> RunPredictions:
@@ -45,7 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="bench_finetune_elpv's --work")
     parser.add_argument("--rows", default="4", help="comma-separated row ids")
-    parser.add_argument("--against", help="a row to pair each seed with (McNemar)")
+    parser.add_argument(
+        "--against", help="a row to pair each seed with (McNemar), or RESULTS.json:ROW"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     with (args.work / "elpv" / "defect_probability.csv").open() as handle:
@@ -61,11 +67,11 @@ def main() -> None:
             errors = by_level(~right, level)
             line = f"row {row} seed {seed}: accuracy {right.mean():.4f}; errors {errors}"
             if args.against:
-                other = kept_predictions(args.work, args.against, seed).splits["test"]
-                paired = mcnemar(
-                    test.predictions(kept.task, kept.n_classes),
-                    other.aligned(test.relpath).predictions(kept.task, kept.n_classes),
+                mine = test.predictions(kept.task, kept.n_classes)
+                theirs = Predictions.classification(
+                    test.y, against(args.work, args.against, seed, test), kept.n_classes
                 )
+                paired = mcnemar(mine, theirs)
                 line += (
                     f"; vs row {args.against}: {paired.only_a} / {paired.only_b}, "
                     f"{format_p(paired.p)}"
@@ -78,6 +84,27 @@ def main() -> None:
         print(f"row {row}: the {len(tests)} seeds' mean softmax scores {ensemble:.4f}")
         every += tests
     print(shared_misses(every, probability))
+
+
+def against(work: Path, spec: str, seed: int, test: SplitOutputs) -> np.ndarray:
+    """The predicted classes of ``spec`` (a row of ``work``, or ``RESULTS.json:ROW``) for
+    ``seed``, aligned to ``test``'s cells."""
+    results, _, row = spec.rpartition(":")
+    if not results:
+        other = kept_predictions(work, spec, seed).splits["test"].aligned(test.relpath)
+        return other.outputs.argmax(1)
+    recorded = json.loads(Path(results).read_text())
+    manifest = work / "elpv" / "paper-split.csv"
+    if recorded["split"]["sha256"] != hashlib.sha256(manifest.read_bytes()).hexdigest():
+        raise SystemExit(f"{results}: recorded on another split than {manifest}")
+    rows = {r["id"]: r for r in recorded["rows"]}
+    if row not in rows or seed >= len(rows[row]["seeds"]):
+        raise SystemExit(f"{results}: no seed {seed} of row {row} recorded")
+    digits = rows[row]["seeds"][seed].get("test_predicted")
+    if digits is None:
+        raise SystemExit(f"{results}: row {row} was recorded before its predictions were")
+    by_cell = dict(zip(sorted(np.asarray(test.relpath).astype(str)), digits, strict=True))
+    return np.array([int(by_cell[p]) for p in np.asarray(test.relpath).astype(str)])
 
 
 def by_level(wrong: np.ndarray, level: np.ndarray) -> str:

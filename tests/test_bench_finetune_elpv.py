@@ -5,9 +5,11 @@ the row selection, and its ``--smoke`` mode end to end (a few rows here; every r
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +117,26 @@ def test_smoke_runs_a_head_and_the_full_recipe_and_keeps_finished_runs(tmp_path:
     best = max(seed["test_accuracy"] for seed in results["rows"][1]["seeds"])
     assert float(shared[3]) >= best - 1e-4
     assert float(shared[3]) == pytest.approx(1 - int(shared[1]) / int(shared[2]), abs=1e-4)
+    # each seed records its test predictions (cells in path order), scoring its accuracy...
+    with (tmp_path / "elpv" / "paper-split.csv").open() as handle:
+        cells = sorted(
+            (r["path"], r["label"]) for r in csv.DictReader(handle) if r["split"] == "test"
+        )
+    classes = sorted({label for _, label in cells})
+    truth = [classes.index(label) for _, label in cells]
+    for row in results["rows"]:
+        for seed in row["seeds"]:
+            hits = [int(d) == t for d, t in zip(seed["test_predicted"], truth, strict=True)]
+            assert np.mean(hits) == pytest.approx(seed["test_accuracy"])
+    # ...so a later row pairs with them once the runs are gone, as it pairs with the runs
+    first = tmp_path / "first.json"  # rows 1 and 4 (the smoke file now holds the rerun's 4)
+    first.write_text(json.dumps(results))
+    recorded = [*args[:-4], "--against", f"{first}:1", *args[-2:]]
+    shutil.rmtree(tmp_path / "runs" / "1")
+    done = subprocess.run([sys.executable, str(errors), *recorded], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    pairs = [line.rsplit(": ", 1)[1] for line in done.stdout.splitlines()[:2]]
+    assert pairs == [line.rsplit(": ", 1)[1] for line in lines[:2]]
 
 
 def test_shared_misses_are_the_cells_every_run_gets_wrong() -> None:
