@@ -56,6 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     with (args.work / "elpv" / "defect_probability.csv").open() as handle:
         probability = {r["path"]: float(r["label"]) for r in csv.DictReader(handle)}
+    recorded = recorded_predictions(args.work, args.against) if args.against else None
     every: list[SplitOutputs] = []  # each run of each row
     for row in args.rows.split(","):
         tests: list[SplitOutputs] = []
@@ -69,7 +70,7 @@ def main() -> None:
             if args.against:
                 mine = test.predictions(kept.task, kept.n_classes)
                 theirs = Predictions.classification(
-                    test.y, against(args.work, args.against, seed, test), kept.n_classes
+                    test.y, against(args.work, args.against, recorded, seed, test), kept.n_classes
                 )
                 paired = mcnemar(mine, theirs)
                 line += (
@@ -86,25 +87,37 @@ def main() -> None:
     print(shared_misses(every, probability))
 
 
-def against(work: Path, spec: str, seed: int, test: SplitOutputs) -> np.ndarray:
-    """The predicted classes of ``spec`` (a row of ``work``, or ``RESULTS.json:ROW``) for
-    ``seed``, aligned to ``test``'s cells."""
+def recorded_predictions(work: Path, spec: str) -> list[str] | None:
+    """Each seed's ``test_predicted`` for ``spec`` = ``RESULTS.json:ROW`` (read and checked
+    against ``work``'s split once), or None when ``spec`` is a row of ``work``."""
     results, _, row = spec.rpartition(":")
     if not results:
-        other = kept_predictions(work, spec, seed).splits["test"].aligned(test.relpath)
-        return other.outputs.argmax(1)
+        return None
     recorded = json.loads(Path(results).read_text())
     manifest = work / "elpv" / "paper-split.csv"
     if recorded["split"]["sha256"] != hashlib.sha256(manifest.read_bytes()).hexdigest():
         raise SystemExit(f"{results}: recorded on another split than {manifest}")
-    rows = {r["id"]: r for r in recorded["rows"]}
-    if row not in rows or seed >= len(rows[row]["seeds"]):
-        raise SystemExit(f"{results}: no seed {seed} of row {row} recorded")
-    digits = rows[row]["seeds"][seed].get("test_predicted")
-    if digits is None:
+    seeds = {r["id"]: r["seeds"] for r in recorded["rows"]}.get(row)
+    if seeds is None:
+        raise SystemExit(f"{results}: no row {row} recorded")
+    if any("test_predicted" not in seed for seed in seeds):
         raise SystemExit(f"{results}: row {row} was recorded before its predictions were")
-    by_cell = dict(zip(sorted(np.asarray(test.relpath).astype(str)), digits, strict=True))
-    return np.array([int(by_cell[p]) for p in np.asarray(test.relpath).astype(str)])
+    return [seed["test_predicted"] for seed in seeds]
+
+
+def against(
+    work: Path, spec: str, recorded: list[str] | None, seed: int, test: SplitOutputs
+) -> np.ndarray:
+    """The predicted classes of ``spec`` for ``seed``, aligned to ``test``'s cells: from its
+    run in ``work``, or from the ``recorded`` digits (one a cell, the cells in path order)."""
+    if recorded is None:
+        other = kept_predictions(work, spec, seed).splits["test"].aligned(test.relpath)
+        return other.outputs.argmax(1)
+    if seed >= len(recorded):
+        raise SystemExit(f"{spec}: no seed {seed} recorded")
+    cells = np.asarray(test.relpath).astype(str)
+    by_cell = dict(zip(sorted(cells), recorded[seed], strict=True))
+    return np.array([int(by_cell[p]) for p in cells])
 
 
 def by_level(wrong: np.ndarray, level: np.ndarray) -> str:
